@@ -1,0 +1,161 @@
+package lsync
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Defaults chosen so that a change reaches peers in milliseconds while a
+// burst (tar x, git checkout) still travels as a few large batches.
+const (
+	DefaultDelay          = 20 * time.Millisecond
+	DefaultMaxDelay       = time.Second
+	DefaultVerifyInterval = 10 * time.Minute
+	DefaultConcurrency    = 8
+	DefaultSSHPort        = 22
+	DefaultConnectTimeout = 10 * time.Second
+)
+
+// JobConfig is one `sync:` entry: a source tree pushed to a set of targets.
+type JobConfig struct {
+	Name     string        `yaml:"name"`
+	Source   string        `yaml:"source"`
+	Delay    time.Duration `yaml:"delay"`
+	MaxDelay time.Duration `yaml:"max_delay"`
+	// Delete is a pointer so that an omitted key means the default (true)
+	// while an explicit `delete: false` is honoured.
+	Delete   *bool    `yaml:"delete"`
+	Checksum bool     `yaml:"checksum"`
+	Exclude  []string `yaml:"exclude"`
+	// VerifyInterval 0 disables the periodic verification pass; nil means default.
+	VerifyInterval *time.Duration `yaml:"verify_interval"`
+	Concurrency    int            `yaml:"concurrency"`
+	Targets        []TargetConfig `yaml:"targets"`
+}
+
+// TargetConfig is one peer (or local directory when Host is empty).
+type TargetConfig struct {
+	Name           string        `yaml:"name"`
+	Host           string        `yaml:"host"`
+	Port           int           `yaml:"port"`
+	User           string        `yaml:"user"`
+	Identity       string        `yaml:"identity"`
+	KnownHosts     string        `yaml:"known_hosts"`
+	Path           string        `yaml:"path"`
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+}
+
+// IsLocal reports whether the target is a local directory (NFS mount, tests).
+func (t TargetConfig) IsLocal() bool { return t.Host == "" }
+
+// DeleteEnabled returns the effective `delete` setting.
+func (c JobConfig) DeleteEnabled() bool { return c.Delete == nil || *c.Delete }
+
+// EffectiveVerifyInterval returns the verification period, 0 meaning off.
+func (c JobConfig) EffectiveVerifyInterval() time.Duration {
+	if c.VerifyInterval == nil {
+		return DefaultVerifyInterval
+	}
+	return *c.VerifyInterval
+}
+
+// SetDefaults fills in every unset field.
+func (c *JobConfig) SetDefaults() {
+	if c.Delay == 0 {
+		c.Delay = DefaultDelay
+	}
+	if c.MaxDelay == 0 {
+		c.MaxDelay = DefaultMaxDelay
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	for i := range c.Targets {
+		t := &c.Targets[i]
+		if t.Host != "" && t.Port == 0 {
+			t.Port = DefaultSSHPort
+		}
+		if t.ConnectTimeout == 0 {
+			t.ConnectTimeout = DefaultConnectTimeout
+		}
+	}
+}
+
+// Validate returns an error naming the offending key, relative to the job
+// (the config loader prefixes `sync[N].`).
+func (c *JobConfig) Validate() error {
+	var errs []error
+	if c.Name == "" {
+		errs = append(errs, errors.New("name: required"))
+	}
+	if c.Source == "" {
+		errs = append(errs, errors.New("source: required"))
+	} else if !filepath.IsAbs(c.Source) {
+		errs = append(errs, fmt.Errorf("source: %q must be an absolute path", c.Source))
+	}
+	if c.Delay < 0 {
+		errs = append(errs, errors.New("delay: must not be negative"))
+	}
+	if c.MaxDelay < c.Delay {
+		errs = append(errs, fmt.Errorf("max_delay: %s must be >= delay %s", c.MaxDelay, c.Delay))
+	}
+	if c.VerifyInterval != nil && *c.VerifyInterval < 0 {
+		errs = append(errs, errors.New("verify_interval: must not be negative (0 disables)"))
+	}
+	if c.Concurrency < 1 || c.Concurrency > 256 {
+		errs = append(errs, fmt.Errorf("concurrency: %d out of range 1..256", c.Concurrency))
+	}
+	for i, pat := range c.Exclude {
+		if _, err := filepath.Match(strings.TrimSuffix(strings.ReplaceAll(pat, "**", "*"), "/"), ""); err != nil {
+			errs = append(errs, fmt.Errorf("exclude[%d]: bad pattern %q: %v", i, pat, err))
+		}
+	}
+	if len(c.Targets) == 0 {
+		errs = append(errs, errors.New("targets: at least one target is required"))
+	}
+	seen := map[string]bool{}
+	for i, t := range c.Targets {
+		for _, err := range t.validate() {
+			errs = append(errs, fmt.Errorf("targets[%d].%w", i, err))
+		}
+		if seen[t.Name] {
+			errs = append(errs, fmt.Errorf("targets[%d].name: duplicate target %q", i, t.Name))
+		}
+		seen[t.Name] = true
+	}
+	return errors.Join(errs...)
+}
+
+func (t TargetConfig) validate() []error {
+	var errs []error
+	if t.Name == "" {
+		errs = append(errs, errors.New("name: required"))
+	}
+	if t.Path == "" {
+		errs = append(errs, errors.New("path: required"))
+	} else if !filepath.IsAbs(t.Path) {
+		errs = append(errs, fmt.Errorf("path: %q must be an absolute path", t.Path))
+	}
+	if t.IsLocal() {
+		if t.User != "" || t.Identity != "" || t.KnownHosts != "" {
+			errs = append(errs, errors.New("host: required when user, identity or known_hosts is set"))
+		}
+		return errs
+	}
+	if t.Port < 1 || t.Port > 65535 {
+		errs = append(errs, fmt.Errorf("port: %d out of range 1..65535", t.Port))
+	}
+	if t.User == "" {
+		errs = append(errs, errors.New("user: required for an SSH target"))
+	}
+	if t.Identity == "" {
+		errs = append(errs, errors.New("identity: required for an SSH target"))
+	}
+	if t.KnownHosts == "" {
+		errs = append(errs, errors.New("known_hosts: required for an SSH target (host keys are always verified)"))
+	}
+	return errs
+}

@@ -1,0 +1,94 @@
+package lsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"strings"
+	"time"
+)
+
+// TempPrefix starts the name of every file we write before renaming it into
+// place. Watchers and tree walks on both sides ignore such names, and a
+// reconciliation pass removes leftovers of a crashed transfer.
+const TempPrefix = ".lockstep-tmp-"
+
+// ErrDisconnected wraps errors that mean the session to a target is gone;
+// the job then reconnects with backoff and catches up by reconciliation.
+// Any other error is about one path (permission, disk full) and is retried
+// for that path without tearing down the session.
+var ErrDisconnected = errors.New("target disconnected")
+
+// Entry describes one node of a tree. Path is slash-separated and relative
+// to the tree root ("" is never returned for the root itself).
+type Entry struct {
+	Path       string
+	Mode       fs.FileMode // includes type bits (fs.ModeDir, fs.ModeSymlink)
+	Size       int64
+	ModTime    time.Time
+	LinkTarget string // for symlinks only
+}
+
+// Target is where a job writes. All paths are relative to the target root
+// and have passed CleanRel; implementations must additionally refuse to
+// write through a parent component that is a symlink, so a write can never
+// leave the root.
+type Target interface {
+	// Walk visits every entry under the root, parents before children.
+	// Names starting with TempPrefix are reported too, so that the caller
+	// can clean them up.
+	Walk(ctx context.Context, fn func(Entry) error) error
+	// Stat returns the entry without following a final symlink; a missing
+	// path yields an error matching fs.ErrNotExist.
+	Stat(ctx context.Context, rel string) (Entry, error)
+	// WriteFile lands content atomically: written to a TempPrefix name in
+	// the same directory, mode and mtime set, then renamed over rel.
+	// Missing parent directories are created.
+	WriteFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) error
+	// Mkdir creates rel (and missing parents) and sets its mode.
+	Mkdir(ctx context.Context, rel string, mode fs.FileMode) error
+	// Symlink atomically replaces rel by a symlink to linkTarget.
+	Symlink(ctx context.Context, rel, linkTarget string) error
+	// Chtimes sets the mtime of rel (used on directories after their
+	// contents were written).
+	Chtimes(ctx context.Context, rel string, mtime time.Time) error
+	// Chmod sets the permission bits of rel.
+	Chmod(ctx context.Context, rel string, mode fs.FileMode) error
+	// Rename moves from to to, replacing to.
+	Rename(ctx context.Context, from, to string) error
+	// RemoveAll removes rel recursively; a missing path is not an error.
+	RemoveAll(ctx context.Context, rel string) error
+	// Open reads back a file (checksum mode and verification).
+	Open(ctx context.Context, rel string) (io.ReadCloser, error)
+	Close() error
+}
+
+// Connector opens sessions to one target. The job owns reconnection and
+// backoff; a Connector only dials.
+type Connector interface {
+	Connect(ctx context.Context) (Target, error)
+	// Name is the target's configured name, for logs and status.
+	Name() string
+}
+
+// CleanRel normalises a relative path and refuses anything that could
+// escape the root: absolute paths, "..", NUL bytes.
+func CleanRel(rel string) (string, error) {
+	if strings.ContainsRune(rel, 0) {
+		return "", fmt.Errorf("path %q contains a NUL byte", rel)
+	}
+	if path.IsAbs(rel) || strings.HasPrefix(rel, "\\") {
+		return "", fmt.Errorf("path %q is absolute; expected a path relative to the root", rel)
+	}
+	c := path.Clean(rel)
+	if c == "." || c == "" {
+		return "", fmt.Errorf("path %q names the root itself", rel)
+	}
+	if c == ".." || strings.HasPrefix(c, "../") {
+		return "", fmt.Errorf("path %q escapes the root", rel)
+	}
+	return c, nil
+}

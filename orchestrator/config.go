@@ -1,0 +1,140 @@
+package orchestrator
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"time"
+)
+
+// Defaults: a 200ms keepalive and 1s deadtime put failover well inside
+// keepalived's ≈3.5s master-down interval and heartbeat's 30s deadtime.
+const (
+	DefaultListen          = "127.0.0.1:9430"
+	DefaultKeepalive       = 200 * time.Millisecond
+	DefaultDeadtime        = time.Second
+	DefaultResourceTimeout = 20 * time.Second
+	DefaultFailbackHold    = 60 * time.Second
+)
+
+// ClusterConfig is the `cluster:` section.
+type ClusterConfig struct {
+	KeyFile      string        `yaml:"key_file"`
+	Keepalive    time.Duration `yaml:"keepalive"`
+	Deadtime     time.Duration `yaml:"deadtime"`
+	Nodes        []NodeConfig  `yaml:"nodes"`
+	Witness      []string      `yaml:"witness"`
+	AutoFailback bool          `yaml:"auto_failback"`
+	FailbackHold time.Duration `yaml:"failback_hold"`
+	// TakeoverWait is how long a survivor whose database is fenced waits
+	// for it to catch up before taking the writer role anyway (0 = never).
+	TakeoverWait time.Duration `yaml:"takeover_wait"`
+	// AgentCheck is the HAProxy agent-check listen address ("" = off).
+	AgentCheck string           `yaml:"agent_check"`
+	Resources  []ResourceConfig `yaml:"resources"`
+}
+
+// NodeConfig is one cluster member.
+type NodeConfig struct {
+	Name    string `yaml:"name"`
+	Address string `yaml:"address"`
+	DB      string `yaml:"db"`
+}
+
+// ResourceConfig is one entry of the ordered resource group: exactly one of
+// IPAddr or Exec is set.
+type ResourceConfig struct {
+	IPAddr  string        `yaml:"ipaddr"`
+	Dev     string        `yaml:"dev"`
+	Exec    string        `yaml:"exec"`
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// SetDefaults fills in every unset field.
+func (c *ClusterConfig) SetDefaults() {
+	if c.Keepalive == 0 {
+		c.Keepalive = DefaultKeepalive
+	}
+	if c.Deadtime == 0 {
+		c.Deadtime = DefaultDeadtime
+	}
+	if c.FailbackHold == 0 {
+		c.FailbackHold = DefaultFailbackHold
+	}
+	for i := range c.Resources {
+		if c.Resources[i].Timeout == 0 {
+			c.Resources[i].Timeout = DefaultResourceTimeout
+		}
+	}
+}
+
+// Validate returns errors naming the key relative to `cluster.`.
+func (c *ClusterConfig) Validate() error {
+	var errs []error
+	if c.KeyFile == "" {
+		errs = append(errs, errors.New("key_file: required (heartbeats are always authenticated)"))
+	}
+	if c.Keepalive <= 0 {
+		errs = append(errs, errors.New("keepalive: must be positive"))
+	}
+	if c.Deadtime <= 2*c.Keepalive {
+		errs = append(errs, fmt.Errorf("deadtime: %s must be > 2 x keepalive (%s)", c.Deadtime, 2*c.Keepalive))
+	}
+	if len(c.Nodes) < 2 {
+		errs = append(errs, fmt.Errorf("nodes: at least 2 nodes are required, got %d", len(c.Nodes)))
+	}
+	seen := map[string]bool{}
+	for i, n := range c.Nodes {
+		if n.Name == "" {
+			errs = append(errs, fmt.Errorf("nodes[%d].name: required", i))
+		} else if seen[n.Name] {
+			errs = append(errs, fmt.Errorf("nodes[%d].name: duplicate node %q", i, n.Name))
+		}
+		seen[n.Name] = true
+		if _, _, err := net.SplitHostPort(n.Address); err != nil {
+			errs = append(errs, fmt.Errorf("nodes[%d].address: %q is not host:port", i, n.Address))
+		}
+	}
+	for i, w := range c.Witness {
+		u, err := url.Parse(w)
+		if err != nil || u.Host == "" {
+			errs = append(errs, fmt.Errorf("witness[%d]: %q is not a URL like tcp://host:port, icmp://host or http(s)://host/path", i, w))
+			continue
+		}
+		switch u.Scheme {
+		case "tcp", "icmp", "http", "https":
+		default:
+			errs = append(errs, fmt.Errorf("witness[%d]: unsupported scheme %q (tcp, icmp, http, https)", i, u.Scheme))
+		}
+	}
+	if c.AgentCheck != "" {
+		if _, _, err := net.SplitHostPort(c.AgentCheck); err != nil {
+			errs = append(errs, fmt.Errorf("agent_check: %q is not host:port", c.AgentCheck))
+		}
+	}
+	for i, r := range c.Resources {
+		switch {
+		case r.IPAddr != "" && r.Exec != "":
+			errs = append(errs, fmt.Errorf("resources[%d]: set either ipaddr or exec, not both", i))
+		case r.IPAddr != "":
+			if _, err := netip.ParsePrefix(r.IPAddr); err != nil {
+				errs = append(errs, fmt.Errorf("resources[%d].ipaddr: %q is not an address/prefix like 10.0.0.10/24", i, r.IPAddr))
+			}
+			if r.Dev == "" {
+				errs = append(errs, fmt.Errorf("resources[%d].dev: required with ipaddr", i))
+			}
+		case r.Exec != "":
+			if r.Dev != "" {
+				errs = append(errs, fmt.Errorf("resources[%d].dev: only valid with ipaddr", i))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("resources[%d]: one of ipaddr or exec is required", i))
+		}
+		if r.Timeout < 0 {
+			errs = append(errs, fmt.Errorf("resources[%d].timeout: must not be negative", i))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -84,10 +84,18 @@ func exitCodeFor(err error) int {
 		return exitOK
 	}
 	var s silentExit
+	if !errors.As(err, &s) {
+		fmt.Fprintln(os.Stderr, "lockstep:", err)
+	}
+	return exitCodeOf(err)
+}
+
+// exitCodeOf maps an error returned by a command to the process exit code.
+func exitCodeOf(err error) int {
+	var s silentExit
 	if errors.As(err, &s) {
 		return int(s)
 	}
-	fmt.Fprintln(os.Stderr, "lockstep:", err)
 	var e *exitError
 	if errors.As(err, &e) {
 		return e.code

@@ -44,6 +44,12 @@ type NodeStatus struct {
 	LastErrorGTID  string    `json:"last_error_gtid,omitempty"`
 	HeartbeatAge   *float64  `json:"heartbeat_age_seconds"`
 	ObservedAt     time.Time `json:"observed_at"`
+
+	// Added by the supervisor (issue 3).
+	Flavor       string     `json:"flavor,omitempty"`        // mariadb | mysql
+	GTIDExecuted string     `json:"gtid_executed,omitempty"` // MySQL
+	ErrantGTIDs  []string   `json:"errant_gtids,omitempty"`
+	FenceSince   *time.Time `json:"fence_since,omitempty"`
 }
 
 // PairStatus is the whole pair: what `repl status` shows and what the

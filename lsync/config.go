@@ -4,14 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"time"
 )
 
 // Defaults chosen so that a change reaches peers in milliseconds while a
 // burst (tar x, git checkout) still travels as a few large batches.
 const (
-	DefaultDelay          = 20 * time.Millisecond
+	DefaultDelay          = 10 * time.Millisecond
 	DefaultMaxDelay       = time.Second
 	DefaultVerifyInterval = 10 * time.Minute
 	DefaultConcurrency    = 8
@@ -33,7 +32,12 @@ type JobConfig struct {
 	// VerifyInterval 0 disables the periodic verification pass; nil means default.
 	VerifyInterval *time.Duration `yaml:"verify_interval"`
 	Concurrency    int            `yaml:"concurrency"`
-	Targets        []TargetConfig `yaml:"targets"`
+	// TwoWay marks a job whose targets push back to this node (each node
+	// runs the mirror job). Conflicts then resolve by newest mtime, a tie
+	// going to the node name that sorts first, and full passes never
+	// delete on the target: a file only there is the peer's to push.
+	TwoWay  bool           `yaml:"two_way"`
+	Targets []TargetConfig `yaml:"targets"`
 }
 
 // TargetConfig is one peer (or local directory when Host is empty).
@@ -108,10 +112,8 @@ func (c *JobConfig) Validate() error {
 	if c.Concurrency < 1 || c.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf("concurrency: %d out of range 1..256", c.Concurrency))
 	}
-	for i, pat := range c.Exclude {
-		if _, err := filepath.Match(strings.TrimSuffix(strings.ReplaceAll(pat, "**", "*"), "/"), ""); err != nil {
-			errs = append(errs, fmt.Errorf("exclude[%d]: bad pattern %q: %v", i, pat, err))
-		}
+	if _, err := NewExcluder(c.Exclude); err != nil {
+		errs = append(errs, err)
 	}
 	if len(c.Targets) == 0 {
 		errs = append(errs, errors.New("targets: at least one target is required"))

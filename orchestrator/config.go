@@ -17,6 +17,7 @@ const (
 	DefaultDeadtime        = time.Second
 	DefaultResourceTimeout = 20 * time.Second
 	DefaultFailbackHold    = 60 * time.Second
+	DefaultMaxClockSkew    = 5 * time.Second
 )
 
 // ClusterConfig is the `cluster:` section.
@@ -31,6 +32,16 @@ type ClusterConfig struct {
 	// TakeoverWait is how long a survivor whose database is fenced waits
 	// for it to catch up before taking the writer role anyway (0 = never).
 	TakeoverWait time.Duration `yaml:"takeover_wait"`
+	// TakeoverMargin is how long a survivor waits beyond deadtime before it
+	// takes the writer role from a silent peer. An isolated writer fences
+	// itself at deadtime, so the margin must cover one keepalive (the
+	// survivor may have heard its last heartbeat one keepalive before the
+	// cut) plus the time the writer needs to fence. Default 2 x keepalive.
+	TakeoverMargin time.Duration `yaml:"takeover_margin"`
+	// MaxClockSkew bounds how far a heartbeat's timestamp may be from our
+	// clock; older messages are rejected as stale (replay protection that
+	// survives a restart of the receiver).
+	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
 	// AgentCheck is the HAProxy agent-check listen address ("" = off).
 	AgentCheck string           `yaml:"agent_check"`
 	Resources  []ResourceConfig `yaml:"resources"`
@@ -63,6 +74,12 @@ func (c *ClusterConfig) SetDefaults() {
 	if c.FailbackHold == 0 {
 		c.FailbackHold = DefaultFailbackHold
 	}
+	if c.TakeoverMargin == 0 {
+		c.TakeoverMargin = 2 * c.Keepalive
+	}
+	if c.MaxClockSkew == 0 {
+		c.MaxClockSkew = DefaultMaxClockSkew
+	}
 	for i := range c.Resources {
 		if c.Resources[i].Timeout == 0 {
 			c.Resources[i].Timeout = DefaultResourceTimeout
@@ -75,12 +92,23 @@ func (c *ClusterConfig) Validate() error {
 	var errs []error
 	if c.KeyFile == "" {
 		errs = append(errs, errors.New("key_file: required (heartbeats are always authenticated)"))
+	} else if _, err := LoadKey(c.KeyFile); err != nil {
+		errs = append(errs, fmt.Errorf("key_file: %w", err))
 	}
 	if c.Keepalive <= 0 {
 		errs = append(errs, errors.New("keepalive: must be positive"))
 	}
 	if c.Deadtime <= 2*c.Keepalive {
 		errs = append(errs, fmt.Errorf("deadtime: %s must be > 2 x keepalive (%s)", c.Deadtime, 2*c.Keepalive))
+	}
+	if c.TakeoverMargin < c.Keepalive {
+		errs = append(errs, fmt.Errorf("takeover_margin: %s must be at least one keepalive (%s) so that an isolated writer fences before the survivor takes over", c.TakeoverMargin, c.Keepalive))
+	}
+	if c.MaxClockSkew < c.Keepalive {
+		errs = append(errs, fmt.Errorf("max_clock_skew: %s must be at least one keepalive (%s)", c.MaxClockSkew, c.Keepalive))
+	}
+	if c.FailbackHold < 0 || c.TakeoverWait < 0 {
+		errs = append(errs, errors.New("failback_hold, takeover_wait: must not be negative"))
 	}
 	if len(c.Nodes) < 2 {
 		errs = append(errs, fmt.Errorf("nodes: at least 2 nodes are required, got %d", len(c.Nodes)))

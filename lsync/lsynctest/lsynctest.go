@@ -8,12 +8,16 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lockstep-ha/lockstep/lsync"
+	"github.com/lockstep-ha/lockstep/lsync/localtarget"
 )
 
 // Option tunes a tree comparison.
@@ -239,4 +243,54 @@ func WriteFile(t testing.TB, root, rel, content string, mode fs.FileMode, mtime 
 			t.Fatal(err)
 		}
 	}
+}
+
+// LocalConnectors returns a localtarget Connector per target of cfg (all
+// must be local).
+func LocalConnectors(t testing.TB, cfg lsync.JobConfig) []lsync.Connector {
+	t.Helper()
+	var out []lsync.Connector
+	for _, tc := range cfg.Targets {
+		c, err := localtarget.NewConnector(tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// StartJob builds a job from cfg with the given connectors (local ones
+// when nil), starts it and stops it at the end of the test.
+func StartJob(t testing.TB, cfg lsync.JobConfig, conns []lsync.Connector, opts lsync.JobOptions) *lsync.Job {
+	t.Helper()
+	if conns == nil {
+		conns = LocalConnectors(t, cfg)
+	}
+	if opts.Logger == nil {
+		opts.Logger = TestLogger(t)
+	}
+	j, err := lsync.NewJob(cfg, conns, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	Start(t, j)
+	return j
+}
+
+// TestLogger logs through t.Log, at Debug level when LSYNC_DEBUG is set.
+func TestLogger(t testing.TB) *slog.Logger {
+	level := slog.LevelInfo
+	if os.Getenv("LSYNC_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: level}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

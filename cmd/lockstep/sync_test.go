@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
+)
+
+func writeSyncConfig(t *testing.T, src string, targets map[string]string) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("node: web1\nsync:\n  - name: docroot\n    source: " + src + "\n    exclude: [\"*.swp\"]\n    targets:\n")
+	for name, dir := range targets {
+		b.WriteString("      - {name: " + name + ", path: " + dir + "}\n")
+	}
+	p := filepath.Join(t.TempDir(), "lockstep.yaml")
+	if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestSyncOnceExitCodes(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	lsynctest.WriteFile(t, src, "index.html", "hello", 0o644, time.Unix(1_600_000_000, 0))
+	lsynctest.WriteFile(t, src, "a/b.css", "body{}", 0o600, time.Time{})
+	lsynctest.WriteFile(t, dst, "stale.txt", "old", 0o644, time.Time{})
+	cfg := writeSyncConfig(t, src, map[string]string{"local": dst})
+
+	code, out := runCLI(t, "sync", "-c", cfg, "--once")
+	if code != exitOK || !strings.Contains(out, "docroot -> local: in sync") {
+		t.Fatalf("code %d, output:\n%s", code, out)
+	}
+	lsynctest.AssertTreesEqual(t, src, dst)
+
+	// A target that cannot be reached: exit 1, naming it.
+	missing := filepath.Join(t.TempDir(), "not-mounted")
+	cfg2 := writeSyncConfig(t, src, map[string]string{"local": dst, "nfs": missing})
+	code, out = runCLI(t, "sync", "-c", cfg2, "--once")
+	if code != exitFailure || !strings.Contains(out, "docroot -> nfs: DIFFERS") || !strings.Contains(out, "docroot -> local: in sync") {
+		t.Fatalf("code %d, output:\n%s", code, out)
+	}
+
+	if code, out := runCLI(t, "sync", "-c", cfg, "--once", "--job", "nope"); code != exitUsage || !strings.Contains(out, `no sync job named "nope"`) {
+		t.Fatalf("unknown job: code %d, output:\n%s", code, out)
+	}
+	if code, _ := runCLI(t, "sync", "--once"); code != exitUsage {
+		t.Fatalf("missing -c: code %d", code)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("node: web1\nsync:\n  - name: d\n    source: relative\n    targets: [{name: x, path: /tmp/x}]\n"), 0o600)
+	if code, out := runCLI(t, "sync", "-c", bad, "--once"); code != exitUsage || !strings.Contains(out, "source") {
+		t.Fatalf("bad config: code %d, output:\n%s", code, out)
+	}
+}
+
+func TestSyncDaemonStopsOnCancel(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	cfg := writeSyncConfig(t, src, map[string]string{"local": dst})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs([]string{"sync", "-c", cfg})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	lsynctest.WriteFile(t, src, "live/page.html", "live", 0o644, time.Time{})
+	lsynctest.WaitTreesEqual(t, src, dst, 30*time.Second)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("sync returned %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("sync did not stop on cancellation")
+	}
+}

@@ -1,0 +1,247 @@
+package checksum
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+)
+
+// skippedSchemas are never compared: server metadata differs per node by
+// design, and lockstep's own schema holds per-node heartbeats.
+var skippedSchemas = []string{"mysql", "information_schema", "performance_schema", "sys", "lockstep"}
+
+type column struct {
+	Name     string
+	Type     string // DATA_TYPE
+	Nullable bool
+	Collate  string
+}
+
+type tableDef struct {
+	Schema, Name string
+	Columns      []column
+	PK           []int // indexes into Columns, in key order
+	EstRows      int64
+}
+
+func (t *tableDef) qualified() string { return quoteIdent(t.Schema) + "." + quoteIdent(t.Name) }
+
+func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
+
+// listTables returns "schema.table" → estimated rows for the base tables
+// selected by filter on one node.
+func listTables(ctx context.Context, db *sql.DB, database, table string) (map[[2]string]int64, error) {
+	q := "SELECT TABLE_SCHEMA, TABLE_NAME, COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN (" +
+		placeholders(len(skippedSchemas)) + ")"
+	args := make([]any, 0, len(skippedSchemas)+2)
+	for _, s := range skippedSchemas {
+		args = append(args, s)
+	}
+	if database != "" {
+		q += " AND TABLE_SCHEMA = ?"
+		args = append(args, database)
+	}
+	if table != "" {
+		q += " AND TABLE_NAME = ?"
+		args = append(args, table)
+	}
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[[2]string]int64{}
+	for rows.Next() {
+		var s, t string
+		var n int64
+		if err := rows.Scan(&s, &t, &n); err != nil {
+			return nil, err
+		}
+		out[[2]string{s, t}] = n
+	}
+	return out, rows.Err()
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
+}
+
+// loadTableDef reads the columns and primary key of one table. Virtual
+// generated columns are left out: they are derived from stored ones.
+func loadTableDef(ctx context.Context, db *sql.DB, schema, name string) (*tableDef, error) {
+	t := &tableDef{Schema: schema, Name: name}
+	rows, err := db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE = 'YES', COALESCE(COLLATION_NAME, '')
+		FROM information_schema.COLUMNS
+		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND EXTRA NOT LIKE '%VIRTUAL%'
+		ORDER BY ORDINAL_POSITION`, schema, name)
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var c column
+		if err := rows.Scan(&c.Name, &c.Type, &c.Nullable, &c.Collate); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		t.Columns = append(t.Columns, c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(t.Columns) == 0 {
+		return nil, fmt.Errorf("table %s.%s has no columns (dropped during the run?)", schema, name)
+	}
+	rows, err = db.QueryContext(ctx, `SELECT COLUMN_NAME FROM information_schema.STATISTICS
+		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX`, schema, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			return nil, err
+		}
+		idx := -1
+		for i, col := range t.Columns {
+			if col.Name == c {
+				idx = i
+			}
+		}
+		if idx < 0 {
+			// A primary key over a virtual column cannot be chunked on
+			// reliably; compare the whole table instead.
+			t.PK = nil
+			break
+		}
+		t.PK = append(t.PK, idx)
+	}
+	return t, rows.Err()
+}
+
+// sameShape reports how two nodes' definitions of a table differ, or "".
+func sameShape(a, b *tableDef) string {
+	sig := func(t *tableDef) string {
+		parts := make([]string, len(t.Columns))
+		for i, c := range t.Columns {
+			parts[i] = c.Name + " " + c.Type
+		}
+		pk := make([]string, len(t.PK))
+		for i, p := range t.PK {
+			pk[i] = t.Columns[p].Name
+		}
+		return "(" + strings.Join(parts, ", ") + ") primary key (" + strings.Join(pk, ", ") + ")"
+	}
+	sa, sb := sig(a), sig(b)
+	if sa == sb {
+		return ""
+	}
+	return sa + " vs " + sb
+}
+
+func isIntegerType(t string) bool {
+	switch strings.ToLower(t) {
+	case "tinyint", "smallint", "mediumint", "int", "integer", "bigint":
+		return true
+	}
+	return false
+}
+
+func isStringType(t string) bool {
+	switch strings.ToLower(t) {
+	case "char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set":
+		return true
+	}
+	return false
+}
+
+// rowHashExpr is the per-row hash: CRC32 over the columns joined by '#',
+// plus a NULL marker per nullable column, because CONCAT_WS skips NULLs
+// and would otherwise make (NULL,'x') and ('x',NULL) hash alike.
+func (t *tableDef) rowHashExpr() string {
+	// Strings of different collations cannot be concatenated; comparing
+	// their bytes is what a drift check wants anyway.
+	collations := map[string]bool{}
+	for _, c := range t.Columns {
+		if isStringType(c.Type) && c.Collate != "" {
+			collations[c.Collate] = true
+		}
+	}
+	binary := len(collations) > 1
+	cols := make([]string, 0, len(t.Columns)+1)
+	var nulls []string
+	for _, c := range t.Columns {
+		ref := quoteIdent(c.Name)
+		if binary && isStringType(c.Type) {
+			ref = "CAST(" + ref + " AS BINARY)"
+		}
+		cols = append(cols, ref)
+		if c.Nullable {
+			nulls = append(nulls, "ISNULL("+quoteIdent(c.Name)+")")
+		}
+	}
+	if len(nulls) > 0 {
+		cols = append(cols, "CONCAT("+strings.Join(nulls, ",")+")")
+	}
+	return "CRC32(CONCAT_WS('#'," + strings.Join(cols, ",") + "))"
+}
+
+func (t *tableDef) pkList() string {
+	parts := make([]string, len(t.PK))
+	for i, p := range t.PK {
+		parts[i] = quoteIdent(t.Columns[p].Name)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (t *tableDef) columnList() string {
+	parts := make([]string, len(t.Columns))
+	for i, c := range t.Columns {
+		parts[i] = quoteIdent(c.Name)
+	}
+	return strings.Join(parts, ",")
+}
+
+// keyCompare renders "pk <op> (values)" for a composite key as the
+// expanded OR form, which MariaDB's range optimizer turns into an index
+// range (row constructors are not reliably optimized).
+func (t *tableDef) keyCompare(op string, vals []any) (string, []any) {
+	strict := op[:1] // "<" or ">"
+	var ors []string
+	var args []any
+	for i := range t.PK {
+		var ands []string
+		for j := 0; j < i; j++ {
+			ands = append(ands, quoteIdent(t.Columns[t.PK[j]].Name)+" = ?")
+			args = append(args, vals[j])
+		}
+		o := strict
+		if i == len(t.PK)-1 {
+			o = op
+		}
+		ands = append(ands, quoteIdent(t.Columns[t.PK[i]].Name)+" "+o+" ?")
+		args = append(args, vals[i])
+		ors = append(ors, "("+strings.Join(ands, " AND ")+")")
+	}
+	return "(" + strings.Join(ors, " OR ") + ")", args
+}
+
+// keyIn renders "pk IN (...)" for n keys.
+func (t *tableDef) keyIn(keys [][]any) (string, []any) {
+	var args []any
+	if len(t.PK) == 1 {
+		for _, k := range keys {
+			args = append(args, k[0])
+		}
+		return quoteIdent(t.Columns[t.PK[0]].Name) + " IN (" + placeholders(len(keys)) + ")", args
+	}
+	tuple := "(" + placeholders(len(t.PK)) + ")"
+	tuples := make([]string, len(keys))
+	for i, k := range keys {
+		tuples[i] = tuple
+		args = append(args, k...)
+	}
+	return "(" + t.pkList() + ") IN (" + strings.Join(tuples, ",") + ")", args
+}

@@ -1,0 +1,457 @@
+// Package conflict watches both nodes' binlogs and flags rows written on
+// both sides of a master-master pair before either side had applied the
+// other's write: the writes that silently diverge the copies, or stop
+// replication with error 1062 or 1032.
+package conflict
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lockstep-ha/lockstep/dbrepl"
+)
+
+// Defaults: ten seconds covers the replication delay of a healthy pair
+// many times over; 10,000 keys per table bound memory to a few MB.
+const (
+	DefaultWindow          = 10 * time.Second
+	DefaultMaxKeysPerTable = 10000
+	DefaultMaxTables       = 256
+	recentConflicts        = 100
+	maxBackoff             = 10 * time.Second
+)
+
+// Config is the detector's configuration (a `conflicts:` section).
+type Config struct {
+	// Window is how far apart two concurrent writes of one key may be
+	// and still count as a conflict; keys expire after it.
+	Window time.Duration `yaml:"window"`
+	// MaxKeysPerTable and MaxTables bound the memory held.
+	MaxKeysPerTable int `yaml:"max_keys_per_table"`
+	MaxTables       int `yaml:"max_tables"`
+	// ServerID is the replica id the binlog readers register with; it
+	// must differ from every server and replica of the pair. 0 picks a
+	// random one.
+	ServerID uint32 `yaml:"server_id"`
+	// IgnoreSchemas are not watched; lockstep's heartbeat schema is
+	// always ignored.
+	IgnoreSchemas []string `yaml:"ignore_schemas"`
+}
+
+// SetDefaults fills in unset fields.
+func (c *Config) SetDefaults() {
+	if c.Window == 0 {
+		c.Window = DefaultWindow
+	}
+	if c.MaxKeysPerTable == 0 {
+		c.MaxKeysPerTable = DefaultMaxKeysPerTable
+	}
+	if c.MaxTables == 0 {
+		c.MaxTables = DefaultMaxTables
+	}
+	if c.ServerID == 0 {
+		// Far above the small ids servers usually get.
+		c.ServerID = 1<<30 + rand.Uint32N(1<<30)
+	}
+	if !slices.Contains(c.IgnoreSchemas, "lockstep") {
+		c.IgnoreSchemas = append(c.IgnoreSchemas, "lockstep")
+	}
+}
+
+// Validate returns errors naming the key.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Window <= 0 {
+		errs = append(errs, fmt.Errorf("window: %s must be positive", c.Window))
+	}
+	if c.MaxKeysPerTable < 1 {
+		errs = append(errs, fmt.Errorf("max_keys_per_table: %d, need at least 1", c.MaxKeysPerTable))
+	}
+	if c.MaxTables < 1 {
+		errs = append(errs, fmt.Errorf("max_tables: %d, need at least 1", c.MaxTables))
+	}
+	return errors.Join(errs...)
+}
+
+// Source is one node to watch. The DSN's user needs REPLICATION SLAVE
+// (to read the binlog) and SELECT on information_schema.
+type Source struct {
+	Name string
+	DSN  string
+}
+
+// Detector tails both nodes' binlogs. Create with New, then Run.
+type Detector struct {
+	cfg        Config
+	src        [2]Source
+	dsn        [2]*mysql.Config
+	log        *slog.Logger
+	tracker    *Tracker
+	onConflict func(dbrepl.Conflict)
+
+	conflicts prometheus.Counter
+	keys      prometheus.GaugeFunc
+
+	mu        sync.Mutex
+	recent    []dbrepl.Conflict
+	connected [2]bool
+}
+
+// Connected reports whether each node's binlog reader is streaming.
+func (d *Detector) Connected() [2]bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.connected
+}
+
+func (d *Detector) setConnected(i int, v bool) {
+	d.mu.Lock()
+	d.connected[i] = v
+	d.mu.Unlock()
+}
+
+// New validates the configuration and registers the metrics on reg
+// (nil: not registered). onConflict, if set, is called from the reader
+// goroutines for every new conflict and must not block.
+func New(cfg Config, sources [2]Source, reg prometheus.Registerer, logger *slog.Logger, onConflict func(dbrepl.Conflict)) (*Detector, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Detector{
+		cfg: cfg, src: sources, onConflict: onConflict,
+		log:     logger.With("component", "conflict"),
+		tracker: NewTracker(cfg.Window, cfg.MaxKeysPerTable, cfg.MaxTables),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lockstep_repl_conflicts_total",
+			Help: "Rows written on both nodes before either had applied the other's write.",
+		}),
+	}
+	d.keys = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "lockstep_repl_conflict_window_keys",
+		Help: "Row keys held in the conflict detector's window.",
+	}, func() float64 { return float64(d.tracker.Entries()) })
+	for i, s := range sources {
+		if s.Name == "" {
+			return nil, fmt.Errorf("node %d: name required", i)
+		}
+		c, err := mysql.ParseDSN(s.DSN)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: not a valid DSN", s.Name)
+		}
+		d.dsn[i] = c
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{d.conflicts, d.keys} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return d, nil
+}
+
+// Recent returns the latest conflicts, oldest first.
+func (d *Detector) Recent() []dbrepl.Conflict {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.recent)
+}
+
+// Tracker exposes the window, for memory checks.
+func (d *Detector) Tracker() *Tracker { return d.tracker }
+
+// Run tails both nodes until ctx is cancelled. A node that is down or
+// drops the connection is retried with backoff; Run only returns when
+// ctx ends.
+func (d *Detector) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for i := range d.src {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.tail(ctx, i)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (d *Detector) emit(c dbrepl.Conflict) {
+	c.Origins = []string{d.src[0].Name, d.src[1].Name}
+	d.conflicts.Inc()
+	d.mu.Lock()
+	d.recent = append(d.recent, c)
+	if len(d.recent) > recentConflicts {
+		d.recent = slices.Delete(d.recent, 0, len(d.recent)-recentConflicts)
+	}
+	d.mu.Unlock()
+	d.log.Warn("write conflict: row written on both nodes concurrently",
+		"table", c.Schema+"."+c.Table, "key", c.PrimaryKey, "gtids", strings.Join(c.GTIDs, " "))
+	if d.onConflict != nil {
+		d.onConflict(c)
+	}
+}
+
+// tail owns one node's reader: it reconnects until ctx ends.
+func (d *Detector) tail(ctx context.Context, i int) {
+	log := d.log.With("node", d.src[i].Name)
+	db, err := sql.Open("mysql", d.dsn[i].FormatDSN())
+	if err != nil {
+		log.Error("open", "error", err)
+		return
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(2)
+	st := &stream{d: d, node: i, db: db, log: log, pk: map[[2]string]*pkInfo{}}
+	backoff := time.Second
+	for ctx.Err() == nil {
+		began := time.Now()
+		err := st.run(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("binlog reader stopped, reconnecting", "error", err, "in", backoff)
+		if time.Since(began) > maxBackoff {
+			backoff = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// stream is the state of one node's reader across reconnects.
+type stream struct {
+	d      *Detector
+	node   int
+	db     *sql.DB
+	log    *slog.Logger
+	server uint32
+	pos    *gomysql.MariadbGTIDSet
+	cur    GTID
+	pk     map[[2]string]*pkInfo
+}
+
+type pkInfo struct {
+	cols  []int
+	names []string
+}
+
+func (s *stream) run(ctx context.Context) error {
+	var server uint32
+	var binlogPos string
+	if err := s.db.QueryRowContext(ctx, "SELECT @@server_id, @@gtid_binlog_pos").Scan(&server, &binlogPos); err != nil {
+		return err
+	}
+	s.server = server
+	if s.pos == nil {
+		set, err := gomysql.ParseMariadbGTIDSet(binlogPos)
+		if err != nil {
+			return fmt.Errorf("gtid_binlog_pos %q: %w", binlogPos, err)
+		}
+		s.pos = set.(*gomysql.MariadbGTIDSet)
+		for _, g := range strings.Split(binlogPos, ",") {
+			if gt, err := gomysql.ParseMariadbGTID(strings.TrimSpace(g)); err == nil && g != "" {
+				s.d.tracker.Seen(s.node, GTID{gt.DomainID, gt.ServerID, gt.SequenceNumber})
+			}
+		}
+	}
+	cfg := s.d.dsn[s.node]
+	sc := replication.BinlogSyncerConfig{
+		ServerID: s.d.cfg.ServerID,
+		Flavor:   gomysql.MariaDBFlavor,
+		User:     cfg.User,
+		Password: cfg.Passwd,
+		// Heartbeats let a dead connection be noticed by the read timeout.
+		HeartbeatPeriod: time.Second,
+		ReadTimeout:     5 * time.Second,
+		Logger:          s.log.With("component", "binlogsyncer"),
+		// Reconnecting is done here, from our own position, so that a
+		// node that stays down does not keep a goroutine spinning inside
+		// the syncer.
+		DisableRetrySync: true,
+	}
+	if cfg.Net == "unix" {
+		sc.Host = cfg.Addr
+		sc.Dialer = func(ctx context.Context, _, addr string) (net.Conn, error) {
+			var nd net.Dialer
+			return nd.DialContext(ctx, "unix", addr)
+		}
+	} else {
+		host, port, err := net.SplitHostPort(cfg.Addr)
+		if err != nil {
+			return fmt.Errorf("address %q: %w", cfg.Addr, err)
+		}
+		p, err := strconv.ParseUint(port, 10, 16)
+		if err != nil {
+			return fmt.Errorf("address %q: bad port", cfg.Addr)
+		}
+		sc.Host, sc.Port = host, uint16(p)
+	}
+	syncer := replication.NewBinlogSyncer(sc)
+	defer syncer.Close()
+	streamer, err := syncer.StartSyncGTID(s.pos.Clone())
+	if err != nil {
+		return err
+	}
+	s.d.setConnected(s.node, true)
+	defer s.d.setConnected(s.node, false)
+	s.log.Debug("reading binlog", "from", s.pos.String(), "server_id", s.server)
+	for {
+		ev, err := streamer.GetEvent(ctx)
+		if err != nil {
+			return err
+		}
+		switch e := ev.Event.(type) {
+		case *replication.MariadbGTIDEvent:
+			s.cur = GTID{e.GTID.DomainID, e.GTID.ServerID, e.GTID.SequenceNumber}
+			s.d.tracker.Seen(s.node, s.cur)
+			_ = s.pos.AddSet(&e.GTID)
+			if e.IsDDL() {
+				// A table may have changed its key.
+				clear(s.pk)
+			}
+		case *replication.RowsEvent:
+			if err := s.rows(ctx, ev.Header, e); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *stream) ignored(schema string) bool {
+	return slices.Contains(s.d.cfg.IgnoreSchemas, schema)
+}
+
+func (s *stream) rows(ctx context.Context, h *replication.EventHeader, e *replication.RowsEvent) error {
+	schema, table := string(e.Table.Schema), string(e.Table.Table)
+	if s.ignored(schema) {
+		return nil
+	}
+	pk, err := s.primaryKey(ctx, e.Table)
+	if err != nil {
+		return err
+	}
+	if pk == nil {
+		return nil // no primary key: rows have no identity to compare
+	}
+	origin := 1 - s.node
+	if h.ServerID == s.server {
+		origin = s.node
+	}
+	at := time.Unix(int64(h.Timestamp), 0)
+	now := time.Now()
+	record := func(row []any) {
+		w := Write{Schema: schema, Table: table, Key: pk.render(row), Node: s.node, Origin: origin, GTID: s.cur, At: at}
+		if c, ok := s.d.tracker.Record(w, s.server, now); ok {
+			s.d.emit(c)
+		}
+	}
+	if e.Type() == replication.EnumRowsEventTypeUpdate {
+		for j := 0; j+1 < len(e.Rows); j += 2 {
+			record(e.Rows[j])
+			if before, after := pk.render(e.Rows[j]), pk.render(e.Rows[j+1]); before != after {
+				record(e.Rows[j+1])
+			}
+		}
+		return nil
+	}
+	for _, row := range e.Rows {
+		record(row)
+	}
+	return nil
+}
+
+func (p *pkInfo) render(row []any) string {
+	parts := make([]string, len(p.cols))
+	for i, c := range p.cols {
+		var v any
+		if c < len(row) {
+			v = row[c]
+		}
+		parts[i] = p.names[i] + "=" + renderValue(v)
+	}
+	return strings.Join(parts, ",")
+}
+
+func renderValue(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "NULL"
+	case []byte:
+		return string(x)
+	case string:
+		return x
+	default:
+		return fmt.Sprint(x)
+	}
+}
+
+// primaryKey returns the key columns of a table as row-image indexes,
+// from the table map's metadata when the server logs it
+// (binlog_row_metadata=FULL), else from information_schema.
+func (s *stream) primaryKey(ctx context.Context, tm *replication.TableMapEvent) (*pkInfo, error) {
+	k := [2]string{string(tm.Schema), string(tm.Table)}
+	if p, ok := s.pk[k]; ok {
+		return p, nil
+	}
+	var p *pkInfo
+	if len(tm.PrimaryKey) > 0 && len(tm.ColumnName) > 0 {
+		p = &pkInfo{}
+		names := tm.ColumnNameString()
+		for _, c := range tm.PrimaryKey {
+			p.cols = append(p.cols, int(c))
+			p.names = append(p.names, names[c])
+		}
+	} else {
+		rows, err := s.db.QueryContext(ctx, `SELECT c.ORDINAL_POSITION, c.COLUMN_NAME
+			FROM information_schema.STATISTICS s JOIN information_schema.COLUMNS c
+			  ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME AND c.COLUMN_NAME = s.COLUMN_NAME
+			WHERE s.TABLE_SCHEMA = ? AND s.TABLE_NAME = ? AND s.INDEX_NAME = 'PRIMARY'
+			ORDER BY s.SEQ_IN_INDEX`, k[0], k[1])
+		if err != nil {
+			return nil, fmt.Errorf("primary key of %s.%s: %w", k[0], k[1], err)
+		}
+		for rows.Next() {
+			var pos int
+			var name string
+			if err := rows.Scan(&pos, &name); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			if p == nil {
+				p = &pkInfo{}
+			}
+			p.cols = append(p.cols, pos-1)
+			p.names = append(p.names, name)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	s.pk[k] = p
+	return p, nil
+}

@@ -1,0 +1,56 @@
+package dbrepl
+
+import (
+	"math"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	lag     *prometheus.GaugeVec
+	fenced  *prometheus.GaugeVec
+	behind  *prometheus.GaugeVec
+	up      *prometheus.GaugeVec
+	fences  prometheus.Counter
+	healthy prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_repl_lag_seconds",
+			Help: "Heartbeat lag of the node behind its peer (NaN when unknown).",
+		}, []string{"node"}),
+		fenced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_repl_fenced",
+			Help: "1 while lockstep holds the node fenced (read-only).",
+		}, []string{"node"}),
+		behind: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_repl_behind_transactions",
+			Help: "Peer transactions (by GTID) the node has not applied (NaN when unknown).",
+		}, []string{"node"}),
+		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_repl_up",
+			Help: "1 when the node answered the last poll.",
+		}, []string{"node"}),
+		fences: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lockstep_repl_fences_total",
+			Help: "Fences applied (automatic and manual).",
+		}),
+		healthy: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockstep_repl_healthy",
+			Help: "1 when the pair's verdict is healthy.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.lag, m.fenced, m.behind, m.up, m.fences, m.healthy)
+	}
+	return m
+}
+
+func (m *metrics) init(node string) {
+	m.lag.WithLabelValues(node).Set(math.NaN())
+	m.behind.WithLabelValues(node).Set(math.NaN())
+	m.fenced.WithLabelValues(node).Set(0)
+	m.up.WithLabelValues(node).Set(0)
+}

@@ -1,0 +1,417 @@
+package dbrepl
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// Flavors of server.
+const (
+	FlavorMariaDB = "mariadb"
+	FlavorMySQL   = "mysql"
+)
+
+// HeartbeatSchema is created by the supervisor on each node. One row per
+// origin node: the supervisor writes the row of node A on A (so it is
+// binlogged in A's domain and replicates), and reads A's row on B.
+// Timestamps are microseconds since the epoch on the writer's own clock.
+const HeartbeatSchema = `CREATE TABLE IF NOT EXISTS lockstep.heartbeat (
+  origin VARCHAR(64) NOT NULL PRIMARY KEY,
+  ts_us BIGINT NOT NULL,
+  server_id INT UNSIGNED NOT NULL
+) ENGINE=InnoDB`
+
+// Observation is everything read from one node in one poll.
+type Observation struct {
+	Node string
+	// Local is the supervisor's clock when the node's clock was read.
+	Local time.Time
+	// Err is set when the node could not be reached or read; Reachable
+	// distinguishes "down" from "up but unreadable" (privileges).
+	Err       error
+	Reachable bool
+
+	Flavor        string
+	Version       string
+	ServerID      uint32
+	DomainID      uint32
+	ServerUUID    string
+	ReadOnly      bool
+	SuperReadOnly bool
+	AutoIncInc    int
+	AutoIncOff    int
+
+	// NodeNowUS is the node's clock (µs) read at Local.
+	NodeNowUS int64
+
+	Replicas []ReplicaStatus
+	Binlog   BinlogStatus
+	BinlogOn bool
+
+	GTIDBinlogPos  string // MariaDB
+	GTIDSlavePos   string // MariaDB
+	GTIDCurrentPos string // MariaDB
+	GTIDExecuted   string // MySQL
+
+	// HeartbeatTS is the newest heartbeat of each origin visible on this
+	// node, and HeartbeatReadLocal when that read happened.
+	HeartbeatTS        map[string]int64
+	HeartbeatReadLocal time.Time
+	// HeartbeatWritten is the timestamp this poll wrote for this node as
+	// origin (0 when the write failed; HeartbeatErr says why).
+	HeartbeatWritten   int64
+	HeartbeatCommitted time.Time
+	HeartbeatErr       error
+}
+
+// Replica returns the replication channel from the peer (matched by
+// server id or, failing that, the only channel).
+func (o *Observation) Replica(peer *Observation) *ReplicaStatus {
+	if o == nil || len(o.Replicas) == 0 {
+		return nil
+	}
+	if peer != nil {
+		for i := range o.Replicas {
+			r := &o.Replicas[i]
+			if peer.ServerID != 0 && r.SourceServerID == peer.ServerID {
+				return r
+			}
+			if peer.ServerUUID != "" && strings.EqualFold(r.SourceUUID, peer.ServerUUID) {
+				return r
+			}
+		}
+	}
+	return &o.Replicas[0]
+}
+
+// nodeConn is the supervisor's connection to one node.
+type nodeConn struct {
+	name    string
+	addr    string
+	user    string
+	db      *sql.DB
+	timeout time.Duration
+	logger  *slog.Logger
+
+	mu       sync.Mutex
+	flavor   string
+	version  string
+	schemaOK bool
+}
+
+// driverLogger routes go-sql-driver's stray messages ("unexpected EOF"
+// when a server dies) to debug level instead of stderr.
+type driverLogger struct{ l *slog.Logger }
+
+func (d driverLogger) Print(v ...any) { d.l.Debug(strings.TrimSpace(fmt.Sprint(v...))) }
+
+func openNode(nc NodeConfig, timeout time.Duration, logger *slog.Logger) (*nodeConn, error) {
+	cfg, err := mysql.ParseDSN(nc.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("%s: invalid dsn", nc.Name)
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = timeout
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = timeout
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = timeout
+	}
+	cfg.Logger = driverLogger{logger.With("node", nc.Name)}
+	// Statements are sent as text so no prepared statements pile up.
+	cfg.InterpolateParams = true
+	connector, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", nc.Name, err)
+	}
+	db := sql.OpenDB(connector)
+	db.SetMaxOpenConns(4)
+	db.SetMaxIdleConns(2)
+	db.SetConnMaxLifetime(10 * time.Minute)
+	addr := cfg.Addr
+	if cfg.Net == "unix" {
+		addr = "unix:" + cfg.Addr
+	}
+	return &nodeConn{name: nc.Name, addr: addr, user: cfg.User, db: db, timeout: timeout, logger: logger}, nil
+}
+
+func (n *nodeConn) close() error { return n.db.Close() }
+
+// privilegeFor names the grant each statement needs, for error messages.
+var privilegeFor = map[string]string{
+	"SHOW ALL SLAVES STATUS":   "SLAVE MONITOR",
+	"SHOW REPLICA STATUS":      "REPLICATION CLIENT",
+	"SHOW SLAVE STATUS":        "REPLICATION CLIENT (MySQL) / SLAVE MONITOR (MariaDB)",
+	"SHOW MASTER STATUS":       "BINLOG MONITOR (MariaDB) / REPLICATION CLIENT (MySQL)",
+	"SHOW BINARY LOG STATUS":   "REPLICATION CLIENT",
+	"heartbeat schema":         "CREATE on lockstep.*",
+	"heartbeat write":          "INSERT, UPDATE on lockstep.* (and READ_ONLY ADMIN to write while fenced)",
+	"heartbeat read":           "SELECT on lockstep.*",
+	"SET GLOBAL read_only":     "READ_ONLY ADMIN (MariaDB 10.11+) / SUPER or SYSTEM_VARIABLES_ADMIN (MySQL)",
+	"SET GLOBAL super_read_on": "SUPER or SYSTEM_VARIABLES_ADMIN",
+	"PROCESSLIST":              "PROCESS",
+	"KILL":                     "CONNECTION ADMIN",
+}
+
+// describe turns a driver error into one line that names the node, what
+// was attempted and, for privilege errors, the missing grant. It never
+// includes the DSN (which holds the password).
+func (n *nodeConn) describe(what string, err error) error {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		switch me.Number {
+		case 1045:
+			return fmt.Errorf("%s: access denied for user %q (wrong password or user missing): %s", n.name, n.user, me.Message)
+		case 1142, 1143, 1227, 1044, 1370:
+			grant := privilegeFor[what]
+			if grant == "" {
+				grant = "see `lockstep repl` docs for the grant list"
+			}
+			return fmt.Errorf("%s: %s: missing privilege %s for user %q (error %d: %s)", n.name, what, grant, n.user, me.Number, me.Message)
+		}
+		return fmt.Errorf("%s: %s: error %d: %s", n.name, what, me.Number, me.Message)
+	}
+	return fmt.Errorf("%s: %s: %w", n.name, what, err)
+}
+
+// unreachable tells connection failures from statement failures.
+func unreachable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number == 1045 || me.Number == 1040 || me.Number == 1129 || me.Number == 1130
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	var oe *net.OpError
+	return errors.As(err, &oe) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, mysql.ErrInvalidConn) || errors.Is(err, sql.ErrConnDone) ||
+		strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "bad connection")
+}
+
+func (n *nodeConn) query(ctx context.Context, what, q string, args ...any) ([]map[string]*string, error) {
+	rows, err := n.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	res, err := scanRows(rows)
+	if err != nil {
+		return nil, err
+	}
+	_ = what
+	return res, nil
+}
+
+// observe reads one node; hbOrigin is the node's name as heartbeat origin
+// and writeHB says whether to write a heartbeat in this poll.
+func (n *nodeConn) observe(ctx context.Context, writeHB bool) *Observation {
+	ctx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	o := &Observation{Node: n.name}
+	fail := func(what string, err error) *Observation {
+		o.Err = n.describe(what, err)
+		o.Reachable = o.Reachable || !unreachable(err)
+		if o.Local.IsZero() {
+			o.Local = time.Now()
+		}
+		return o
+	}
+
+	n.mu.Lock()
+	flavor := n.flavor
+	n.mu.Unlock()
+	if flavor == "" {
+		var version string
+		if err := n.db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
+			return fail("connect", err)
+		}
+		flavor = FlavorMySQL
+		if strings.Contains(strings.ToLower(version), "mariadb") {
+			flavor = FlavorMariaDB
+		}
+		n.mu.Lock()
+		n.flavor, n.version = flavor, version
+		n.mu.Unlock()
+	}
+	o.Flavor = flavor
+	o.Version = n.version
+
+	// The clock is read first so that the heartbeat written next carries
+	// the node's own time; the GTID variables are read after the write so
+	// that no peer can have applied more of this node's domain than we
+	// saw (that would look like an errant transaction).
+	before := time.Now()
+	if err := n.db.QueryRowContext(ctx, "SELECT CAST(UNIX_TIMESTAMP(NOW(6))*1000000 AS SIGNED)").Scan(&o.NodeNowUS); err != nil {
+		return fail("connect", err)
+	}
+	after := time.Now()
+	o.Local = before.Add(after.Sub(before) / 2)
+	o.Reachable = true
+
+	if writeHB {
+		o.HeartbeatErr = n.writeHeartbeat(ctx, o.NodeNowUS)
+		if o.HeartbeatErr == nil {
+			o.HeartbeatWritten = o.NodeNowUS
+			o.HeartbeatCommitted = time.Now()
+		}
+	}
+
+	if flavor == FlavorMariaDB {
+		var ro int
+		err := n.db.QueryRowContext(ctx, `SELECT @@server_id, @@gtid_domain_id, @@read_only,
+			@@auto_increment_increment, @@auto_increment_offset,
+			@@gtid_binlog_pos, @@gtid_slave_pos, @@gtid_current_pos`).Scan(
+			&o.ServerID, &o.DomainID, &ro, &o.AutoIncInc, &o.AutoIncOff,
+			&o.GTIDBinlogPos, &o.GTIDSlavePos, &o.GTIDCurrentPos)
+		if err != nil {
+			return fail("read variables", err)
+		}
+		o.ReadOnly = ro != 0
+	} else {
+		var ro, sro int
+		err := n.db.QueryRowContext(ctx, `SELECT @@server_id, @@server_uuid, @@read_only, @@super_read_only,
+			@@auto_increment_increment, @@auto_increment_offset, @@GLOBAL.gtid_executed`).Scan(
+			&o.ServerID, &o.ServerUUID, &ro, &sro, &o.AutoIncInc, &o.AutoIncOff, &o.GTIDExecuted)
+		if err != nil {
+			return fail("read variables", err)
+		}
+		o.GTIDExecuted = compactGTID(o.GTIDExecuted)
+		o.ReadOnly, o.SuperReadOnly = ro != 0, sro != 0
+	}
+
+	if err := n.readReplicas(ctx, o); err != nil {
+		return fail(err.what, err.err)
+	}
+	if err := n.readBinlog(ctx, o); err != nil {
+		return fail(err.what, err.err)
+	}
+
+	o.HeartbeatReadLocal = time.Now()
+	rows, err := n.query(ctx, "heartbeat read", "SELECT origin, ts_us FROM lockstep.heartbeat")
+	if err != nil {
+		var me *mysql.MySQLError
+		if errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049) {
+			// Not created yet (or not replicated yet): no heartbeats visible.
+			o.HeartbeatTS = map[string]int64{}
+			return o
+		}
+		return fail("heartbeat read", err)
+	}
+	o.HeartbeatTS = make(map[string]int64, len(rows))
+	for _, r := range rows {
+		if r["origin"] == nil || r["ts_us"] == nil {
+			continue
+		}
+		var ts int64
+		_, _ = fmt.Sscan(*r["ts_us"], &ts)
+		o.HeartbeatTS[*r["origin"]] = ts
+	}
+	return o
+}
+
+type stepError struct {
+	what string
+	err  error
+}
+
+func (n *nodeConn) readReplicas(ctx context.Context, o *Observation) *stepError {
+	var stmts []string
+	if o.Flavor == FlavorMariaDB {
+		stmts = []string{"SHOW ALL SLAVES STATUS"}
+	} else {
+		stmts = []string{"SHOW REPLICA STATUS", "SHOW SLAVE STATUS"}
+	}
+	var lastErr error
+	for _, s := range stmts {
+		rows, err := n.query(ctx, s, s)
+		if err != nil {
+			var me *mysql.MySQLError
+			if errors.As(err, &me) && me.Number == 1064 { // syntax: older server
+				lastErr = err
+				continue
+			}
+			return &stepError{s, err}
+		}
+		rs, err := ParseReplicaStatus(rows)
+		if err != nil {
+			return &stepError{s, err}
+		}
+		o.Replicas = rs
+		return nil
+	}
+	return &stepError{stmts[0], lastErr}
+}
+
+func (n *nodeConn) readBinlog(ctx context.Context, o *Observation) *stepError {
+	stmts := []string{"SHOW MASTER STATUS"}
+	if o.Flavor == FlavorMySQL {
+		stmts = []string{"SHOW BINARY LOG STATUS", "SHOW MASTER STATUS"}
+	}
+	var lastErr error
+	for _, s := range stmts {
+		rows, err := n.query(ctx, s, s)
+		if err != nil {
+			var me *mysql.MySQLError
+			if errors.As(err, &me) && me.Number == 1064 {
+				lastErr = err
+				continue
+			}
+			return &stepError{s, err}
+		}
+		o.Binlog, o.BinlogOn = ParseBinlogStatus(rows)
+		return nil
+	}
+	return &stepError{stmts[0], lastErr}
+}
+
+func (n *nodeConn) writeHeartbeat(ctx context.Context, ts int64) error {
+	n.mu.Lock()
+	ok := n.schemaOK
+	n.mu.Unlock()
+	if !ok {
+		for _, s := range []string{"CREATE DATABASE IF NOT EXISTS lockstep", HeartbeatSchema} {
+			if _, err := n.db.ExecContext(ctx, s); err != nil {
+				return n.describe("heartbeat schema", err)
+			}
+		}
+		n.mu.Lock()
+		n.schemaOK = true
+		n.mu.Unlock()
+	}
+	_, err := n.db.ExecContext(ctx, `INSERT INTO lockstep.heartbeat (origin, ts_us, server_id) VALUES (?, ?, @@server_id)
+		ON DUPLICATE KEY UPDATE ts_us=VALUES(ts_us), server_id=VALUES(server_id)`, n.name, ts)
+	if err != nil {
+		var me *mysql.MySQLError
+		if errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049) {
+			n.mu.Lock()
+			n.schemaOK = false
+			n.mu.Unlock()
+		}
+		return n.describe("heartbeat write", err)
+	}
+	return nil
+}
+
+// forgetFlavor makes the next poll re-detect the server (it may have been
+// upgraded or replaced while unreachable).
+func (n *nodeConn) forgetFlavor() {
+	n.mu.Lock()
+	n.flavor = ""
+	n.schemaOK = false
+	n.mu.Unlock()
+}

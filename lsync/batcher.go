@@ -1,0 +1,209 @@
+package lsync
+
+import (
+	"context"
+	"sort"
+	"strconv"
+	"time"
+)
+
+// Rename is a directory rename to replay on the target instead of
+// re-uploading the tree.
+type Rename struct{ From, To string }
+
+// Batch is what the batcher hands to the targets: the paths to bring in
+// line with the source (what to do is decided from the source's state at
+// apply time, so stale event details cannot mislead), directory renames
+// to replay first, or a request for a full rescan.
+type Batch struct {
+	Paths   []string
+	Renames []Rename
+	Rescan  bool
+	Reason  string    // why a rescan was requested
+	Oldest  time.Time // first event of the batch, for lag
+}
+
+// Empty reports whether there is nothing to do.
+func (b Batch) Empty() bool { return len(b.Paths) == 0 && len(b.Renames) == 0 && !b.Rescan }
+
+type pathState struct {
+	created bool // the first event in this batch created the path
+	gone    bool // the last event removed or renamed it away
+}
+
+// batchState is the collapsing logic, kept apart from timing so that its
+// rules can be tested directly.
+type batchState struct {
+	paths      map[string]*pathState
+	renames    []Rename
+	renamedDir map[uint64]string // inode → old name, awaiting the new name
+	rescan     bool
+	reason     string
+	oldest     time.Time
+	maxPaths   int
+}
+
+func newBatchState(maxPaths int) *batchState {
+	return &batchState{paths: map[string]*pathState{}, renamedDir: map[uint64]string{}, maxPaths: maxPaths}
+}
+
+func (s *batchState) empty() bool {
+	return len(s.paths) == 0 && len(s.renames) == 0 && !s.rescan && len(s.renamedDir) == 0
+}
+
+func (s *batchState) add(ev Event, now time.Time) {
+	if s.oldest.IsZero() {
+		s.oldest = now
+	}
+	if s.rescan {
+		return // a rescan covers everything
+	}
+	ps := s.paths[ev.Path]
+	if ps == nil {
+		ps = &pathState{created: ev.Op == OpCreate}
+		s.paths[ev.Path] = ps
+	}
+	switch ev.Op {
+	case OpRemove, OpRename:
+		ps.gone = true
+	case OpCreate, OpWrite, OpChmod:
+		ps.gone = false
+	}
+	if ev.IsDir && ev.Inode != 0 {
+		switch ev.Op {
+		case OpRename:
+			s.renamedDir[ev.Inode] = ev.Path
+		case OpCreate:
+			if from, ok := s.renamedDir[ev.Inode]; ok {
+				delete(s.renamedDir, ev.Inode)
+				// A directory born in this very batch does not exist on
+				// the target yet: its new name is uploaded instead.
+				if fs := s.paths[from]; fs != nil && !fs.created && from != ev.Path {
+					s.renames = append(s.renames, Rename{From: from, To: ev.Path})
+					// The new name exists on the target once the rename
+					// is replayed, so a later rename of it is replayable.
+					ps.created = false
+				}
+			}
+		}
+	}
+	if s.maxPaths > 0 && len(s.paths) > s.maxPaths {
+		s.escalate("more than " + strconv.Itoa(s.maxPaths) + " pending paths")
+	}
+}
+
+func (s *batchState) escalate(reason string) {
+	s.rescan = true
+	s.reason = reason
+	s.paths = map[string]*pathState{}
+	s.renames = nil
+	s.renamedDir = map[uint64]string{}
+}
+
+func (s *batchState) take() Batch {
+	b := Batch{Renames: s.renames, Rescan: s.rescan, Reason: s.reason, Oldest: s.oldest}
+	for p, ps := range s.paths {
+		if ps.created && ps.gone {
+			continue // created then deleted within the batch: nothing to send
+		}
+		b.Paths = append(b.Paths, p)
+	}
+	sort.Strings(b.Paths)
+	s.paths = map[string]*pathState{}
+	s.renames = nil
+	s.renamedDir = map[uint64]string{}
+	s.rescan = false
+	s.reason = ""
+	s.oldest = time.Time{}
+	return b
+}
+
+// Batcher collects events and emits a batch once the tree has been quiet
+// for delay, or at the latest maxDelay after the batch's first event.
+// A single goroutine (Run) owns the state; producers talk to it through a
+// channel, so that no lock is held while a burst is being collapsed.
+type Batcher struct {
+	delay, maxDelay time.Duration
+	in              chan Event
+	rescanReq       chan string
+	state           *batchState
+	emit            func(Batch)
+}
+
+// DefaultMaxPendingPaths bounds a batch; beyond it the batch escalates to a
+// full rescan, which costs one tree walk instead of unbounded memory.
+const DefaultMaxPendingPaths = 200000
+
+// NewBatcher returns a batcher calling emit (which must not block for
+// long) for every batch.
+func NewBatcher(delay, maxDelay time.Duration, maxPaths int, emit func(Batch)) *Batcher {
+	return &Batcher{
+		delay: delay, maxDelay: maxDelay,
+		in:        make(chan Event, 4096),
+		rescanReq: make(chan string, 1),
+		state:     newBatchState(maxPaths),
+		emit:      emit,
+	}
+}
+
+func (b *Batcher) event(ctx context.Context, ev Event) {
+	select {
+	case b.in <- ev:
+	case <-ctx.Done():
+	}
+}
+
+func (b *Batcher) rescan(ctx context.Context, reason string) {
+	select {
+	case b.rescanReq <- reason:
+	case <-ctx.Done():
+	default: // one pending rescan request is enough
+	}
+}
+
+// Run owns the batching state until ctx is done.
+func (b *Batcher) Run(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var quiet, hard time.Time
+	arm := func(now time.Time) {
+		if hard.IsZero() {
+			hard = now.Add(b.maxDelay)
+		}
+		quiet = now.Add(b.delay)
+		due := quiet
+		if hard.Before(due) {
+			due = hard
+		}
+		timer.Reset(time.Until(due))
+	}
+	flush := func() {
+		hard, quiet = time.Time{}, time.Time{}
+		if b.state.empty() {
+			return
+		}
+		if batch := b.state.take(); !batch.Empty() {
+			b.emit(batch)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case ev := <-b.in:
+			now := time.Now()
+			b.state.add(ev, now)
+			arm(now)
+		case reason := <-b.rescanReq:
+			now := time.Now()
+			if b.state.oldest.IsZero() {
+				b.state.oldest = now
+			}
+			b.state.escalate(reason)
+			arm(now)
+		case <-timer.C:
+			flush()
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package lsync
+
+import (
+	"context"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestBatchCollapsing(t *testing.T) {
+	now := time.Now()
+	cases := []struct {
+		name    string
+		events  []Event
+		paths   []string
+		renames []Rename
+		rescan  bool
+	}{
+		{"many writes become one path", []Event{{Path: "a", Op: OpWrite}, {Path: "a", Op: OpWrite}, {Path: "a", Op: OpWrite}}, []string{"a"}, nil, false},
+		{"create then delete sends nothing", []Event{{Path: "a", Op: OpCreate}, {Path: "a", Op: OpWrite}, {Path: "a", Op: OpRemove}}, nil, nil, false},
+		{"create then rename away sends nothing for the old name", []Event{{Path: "tmp", Op: OpCreate}, {Path: "tmp", Op: OpWrite}, {Path: "tmp", Op: OpRename}, {Path: "f", Op: OpCreate}}, []string{"f"}, nil, false},
+		{"delete then create uploads", []Event{{Path: "a", Op: OpRemove}, {Path: "a", Op: OpCreate}}, []string{"a"}, nil, false},
+		{"delete stays a delete", []Event{{Path: "a", Op: OpWrite}, {Path: "a", Op: OpRemove}}, []string{"a"}, nil, false},
+		{"create delete create uploads", []Event{{Path: "a", Op: OpCreate}, {Path: "a", Op: OpRemove}, {Path: "a", Op: OpCreate}}, []string{"a"}, nil, false},
+		{"directory rename paired by inode", []Event{{Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "e/x", Op: OpCreate}},
+			[]string{"d", "e", "e/x"}, []Rename{{From: "d", To: "e"}}, false},
+		{"rename chain keeps order", []Event{{Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "e", Op: OpRename, IsDir: true, Inode: 7}, {Path: "f", Op: OpCreate, IsDir: true, Inode: 7}},
+			[]string{"d", "e", "f"}, []Rename{{From: "d", To: "e"}, {From: "e", To: "f"}}, false},
+		{"different inode is not a rename", []Event{{Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 8}}, []string{"d", "e"}, nil, false},
+		{"rename of a directory created in the batch is an upload", []Event{{Path: "d", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}}, []string{"e"}, nil, false},
+		{"overflow escalates to rescan", []Event{{Path: "a", Op: OpWrite}, {Path: "b", Op: OpWrite}, {Path: "c", Op: OpWrite}, {Path: "d", Op: OpWrite}}, nil, nil, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newBatchState(3)
+			for _, ev := range tc.events {
+				s.add(ev, now)
+			}
+			b := s.take()
+			if !reflect.DeepEqual(b.Paths, tc.paths) || !reflect.DeepEqual(b.Renames, tc.renames) || b.Rescan != tc.rescan {
+				t.Fatalf("got paths %v renames %v rescan %v; want %v %v %v", b.Paths, b.Renames, b.Rescan, tc.paths, tc.renames, tc.rescan)
+			}
+			if !s.empty() {
+				t.Fatal("state not empty after take")
+			}
+		})
+	}
+}
+
+func TestBatcherTiming(t *testing.T) {
+	var mu sync.Mutex
+	var got []Batch
+	b := NewBatcher(30*time.Millisecond, 200*time.Millisecond, 1000, func(x Batch) {
+		mu.Lock()
+		got = append(got, x)
+		mu.Unlock()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); b.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// Events every 10ms for 600ms never leave a quiet period of 30ms, so
+	// only the hard cap (200ms) can flush: expect several batches, each
+	// well below the total.
+	start := time.Now()
+	for i := 0; time.Since(start) < 600*time.Millisecond; i++ {
+		b.event(ctx, Event{Path: "f" + string(rune('a'+i%26)), Op: OpWrite})
+		time.Sleep(10 * time.Millisecond)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) < 2 {
+		t.Fatalf("max_delay did not cut the stream into batches: %d batch(es)", len(got))
+	}
+	b.rescan(ctx, "test")
+}

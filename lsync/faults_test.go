@@ -1,0 +1,352 @@
+package lsync_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lockstep-ha/lockstep/lsync"
+	"github.com/lockstep-ha/lockstep/lsync/localtarget"
+	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
+)
+
+// flakyConnector wraps a local target; while down, dialling fails and
+// every operation of an open session reports a lost connection, like an
+// SSH session to a crashed peer. failWrite makes WriteFile of one path
+// fail with a per-path error.
+type flakyConnector struct {
+	inner     lsync.Connector
+	down      atomic.Bool
+	connects  atomic.Int32
+	mu        sync.Mutex
+	failWrite map[string]error
+}
+
+func (c *flakyConnector) Name() string { return c.inner.Name() }
+
+func (c *flakyConnector) Connect(ctx context.Context) (lsync.Target, error) {
+	if c.down.Load() {
+		return nil, fmt.Errorf("dial: %w", lsync.ErrDisconnected)
+	}
+	t, err := c.inner.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.connects.Add(1)
+	return &flakyTarget{Target: t, c: c}, nil
+}
+
+type flakyTarget struct {
+	lsync.Target
+	c *flakyConnector
+}
+
+func (t *flakyTarget) check() error {
+	if t.c.down.Load() {
+		return fmt.Errorf("session: %w", lsync.ErrDisconnected)
+	}
+	return nil
+}
+
+func (t *flakyTarget) Walk(ctx context.Context, fn func(lsync.Entry) error) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	return t.Target.Walk(ctx, fn)
+}
+
+func (t *flakyTarget) Stat(ctx context.Context, rel string) (lsync.Entry, error) {
+	if err := t.check(); err != nil {
+		return lsync.Entry{}, err
+	}
+	return t.Target.Stat(ctx, rel)
+}
+
+func (t *flakyTarget) WriteFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	t.c.mu.Lock()
+	ferr := t.c.failWrite[rel]
+	t.c.mu.Unlock()
+	if ferr != nil {
+		return &fs.PathError{Op: "write", Path: rel, Err: ferr}
+	}
+	return t.Target.WriteFile(ctx, rel, r, mode, mtime)
+}
+
+func (t *flakyTarget) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	return t.Target.Mkdir(ctx, rel, mode)
+}
+
+func (t *flakyTarget) RemoveAll(ctx context.Context, rel string) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	return t.Target.RemoveAll(ctx, rel)
+}
+
+func newFlaky(t *testing.T, tc lsync.TargetConfig) *flakyConnector {
+	c, err := localtarget.NewConnector(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &flakyConnector{inner: c, failWrite: map[string]error{}}
+}
+
+func statusOf(j *lsync.Job, target string) lsync.TargetStatus {
+	for _, s := range j.Status() {
+		if s.Target == target {
+			return s
+		}
+	}
+	return lsync.TargetStatus{}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestJobTargetDownDoesNotBlockOthers(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "up", "flaky")
+	mustWrite(t, src, "a.txt", "a")
+	up := newFlaky(t, cfg.Targets[0])
+	flaky := newFlaky(t, cfg.Targets[1])
+	reg := prometheus.NewRegistry()
+	j := lsynctest.StartJob(t, cfg, []lsync.Connector{up, flaky}, lsync.JobOptions{
+		Registerer: reg, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond,
+	})
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	lsynctest.WaitTreesEqual(t, src, dst[1], waitLimit)
+
+	flaky.down.Store(true)
+	mustWrite(t, src, "b.txt", "b")
+	mustWrite(t, src, "dir/c.txt", "c")
+	if err := os.Remove(filepath.Join(src, "a.txt")); err != nil {
+		t.Fatal(err)
+	}
+	// The healthy target keeps up while the other one is down.
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	waitFor(t, "flaky target reported disconnected", func() bool {
+		st := statusOf(j, "flaky")
+		return !st.Connected && st.LastError != ""
+	})
+	if d, _ := lsynctest.DiffTrees(src, dst[1]); len(d) == 0 {
+		t.Fatal("target that is down received changes")
+	}
+	if v := metricValue(t, reg, "lockstep_sync_connected", "flaky"); v != 0 {
+		t.Errorf("lockstep_sync_connected{target=flaky} = %v, want 0", v)
+	}
+
+	// Changes made while it is down are caught up by reconciliation.
+	mustWrite(t, src, "dir/d.txt", "d")
+	flaky.down.Store(false)
+	lsynctest.WaitTreesEqual(t, src, dst[1], waitLimit)
+	waitFor(t, "flaky target connected", func() bool { return statusOf(j, "flaky").Connected })
+	if flaky.connects.Load() < 2 {
+		t.Errorf("expected a reconnection, got %d connects", flaky.connects.Load())
+	}
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+}
+
+// metricValue returns the value of metric name{target=target}.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, target string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "target" && l.GetValue() == target {
+					if m.GetGauge() != nil {
+						return m.GetGauge().GetValue()
+					}
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("metric %s{target=%q} not found", name, target)
+	return 0
+}
+
+func TestJobPathErrorIsRetriedNotCounted(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "t1")
+	c := newFlaky(t, cfg.Targets[0])
+	c.failWrite["full.txt"] = syscall.ENOSPC
+	reg := prometheus.NewRegistry()
+	j := lsynctest.StartJob(t, cfg, []lsync.Connector{c}, lsync.JobOptions{Registerer: reg})
+	mustWrite(t, src, "ok.txt", "fine")
+	mustWrite(t, src, "full.txt", "no space")
+	waitFor(t, "error reported with the path", func() bool {
+		st := statusOf(j, "t1")
+		return strings.Contains(st.LastError, "full.txt") && strings.Contains(st.LastError, "no space left") && st.PendingFiles > 0
+	})
+	if _, err := os.Stat(filepath.Join(dst[0], "ok.txt")); err != nil {
+		t.Fatalf("unaffected path not synced: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dst[0], "full.txt")); err == nil {
+		t.Fatal("failed file exists on target")
+	}
+	if v := metricValue(t, reg, "lockstep_sync_errors_total", "t1"); v < 1 {
+		t.Errorf("errors_total = %v, want >= 1", v)
+	}
+	files := metricValue(t, reg, "lockstep_sync_files_total", "t1")
+	// The disk frees up: the retry lands the file.
+	c.mu.Lock()
+	delete(c.failWrite, "full.txt")
+	c.mu.Unlock()
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	waitFor(t, "error cleared", func() bool {
+		st := statusOf(j, "t1")
+		return st.LastError == "" && st.PendingFiles == 0 && !st.LastSync.IsZero()
+	})
+	if v := metricValue(t, reg, "lockstep_sync_files_total", "t1"); v != files+1 {
+		t.Errorf("files_total went from %v to %v; want exactly one more (the retried file)", files, v)
+	}
+}
+
+// changingTarget appends to the source file while the copy is half done.
+type changingTarget struct {
+	lsync.Target
+	srcPath string
+	once    sync.Once
+}
+
+func (t *changingTarget) WriteFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+	return t.Target.WriteFile(ctx, rel, readerFunc(func(p []byte) (int, error) {
+		n, err := r.Read(p[:min(len(p), 1024)])
+		t.once.Do(func() {
+			f, ferr := os.OpenFile(t.srcPath, os.O_APPEND|os.O_WRONLY, 0)
+			if ferr == nil {
+				f.WriteString(strings.Repeat("more", 1000))
+				f.Close()
+			}
+		})
+		return n, err
+	}), mode, mtime)
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+func TestFileChangedDuringCopyDoesNotLand(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	mustWrite(t, src, "growing.log", strings.Repeat("x", 64<<10))
+	s, err := lsync.OpenSource(src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lt, err := localtarget.Open(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lt.Close()
+	ct := &changingTarget{Target: lt, srcPath: filepath.Join(src, "growing.log")}
+	r := &lsync.Reconciler{Source: s, Target: "t", Delete: true, Concurrency: 2, Logger: lsynctest.TestLogger(t)}
+	rep, err := r.Reconcile(context.Background(), ct, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Retry) != 1 || rep.Retry[0] != "growing.log" || rep.Files != 0 {
+		t.Fatalf("want the file queued for retry and not counted, got %+v", rep)
+	}
+	if entries, _ := os.ReadDir(dst); len(entries) != 0 {
+		t.Fatalf("half-written file or temp left on target: %v", entries)
+	}
+	// Once quiet, the next pass lands the complete file.
+	rep, err = r.Reconcile(context.Background(), lt, false)
+	if err != nil || rep.Files != 1 {
+		t.Fatalf("second pass: %+v %v", rep, err)
+	}
+	lsynctest.AssertTreesEqual(t, src, dst)
+}
+
+func TestReconcileCleansTempFilesAndChecksum(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	mtime := time.Unix(1_700_000_000, 0)
+	lsynctest.WriteFile(t, src, "same-size.txt", "AAAA", 0o644, mtime)
+	lsynctest.WriteFile(t, dst, "same-size.txt", "BBBB", 0o644, mtime) // same size+mtime, other content
+	mustWrite(t, dst, "sub/"+lsync.TempPrefix+"index.html-abc", "partial")
+	mustWrite(t, src, "sub/index.html", "full")
+	s, err := lsync.OpenSource(src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lt, err := localtarget.Open(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lt.Close()
+	ctx := context.Background()
+	r := &lsync.Reconciler{Source: s, Target: "t", Delete: true, Concurrency: 4, Logger: lsynctest.TestLogger(t)}
+	if _, err := r.Reconcile(ctx, lt, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "sub", lsync.TempPrefix+"index.html-abc")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("leftover temp file not cleaned: %v", err)
+	}
+	// size+mtime cannot see the difference ...
+	if d, _ := lsynctest.DiffTrees(src, dst); len(d) != 1 || !strings.Contains(d[0], "content differs") {
+		t.Fatalf("want only the content difference, got %v", d)
+	}
+	// ... checksum mode does, and a dry run reports it.
+	r.Checksum = true
+	rep, err := r.Reconcile(ctx, lt, true)
+	if err != nil || rep.Matches() || rep.Files != 1 {
+		t.Fatalf("dry checksum pass: %+v %v", rep, err)
+	}
+	if _, err := r.Reconcile(ctx, lt, false); err != nil {
+		t.Fatal(err)
+	}
+	lsynctest.AssertTreesEqual(t, src, dst, lsynctest.DirModTimes())
+	rep, err = r.Reconcile(ctx, lt, true)
+	if err != nil || !rep.Matches() {
+		t.Fatalf("after repair: %+v %v", rep, err)
+	}
+}
+
+func TestVerificationRepairsDrift(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "t1")
+	cfg.VerifyInterval = ptr(150 * time.Millisecond)
+	mustWrite(t, src, "a/index.html", "original")
+	lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{})
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	// Changes behind the daemon's back, on the target.
+	mustWrite(t, dst[0], "a/index.html", "tampered!")
+	mustWrite(t, dst[0], "intruder.php", "<?php")
+	if err := os.Chmod(filepath.Join(dst[0], "a"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+}

@@ -1,0 +1,623 @@
+package lsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// JobOptions carries what a job needs besides its config.
+type JobOptions struct {
+	// Node is this node's name; it breaks two-way conflict ties.
+	Node       string
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// ReconnectMin and ReconnectMax bound the reconnection backoff
+	// (defaults 250ms and 30s).
+	ReconnectMin, ReconnectMax time.Duration
+}
+
+// TargetStatus is one target's state, for `lockstep status` and the
+// orchestrator.
+type TargetStatus struct {
+	Job          string
+	Target       string
+	Connected    bool
+	PendingFiles int
+	// Rescanning is true while a full pass is queued or running.
+	Rescanning bool
+	LastSync   time.Time // last time the target was known to match
+	LastError  string
+	Lag        time.Duration // age of the oldest change not yet on the target
+}
+
+// Job pushes one source tree to its targets: a watcher feeds a batcher,
+// whose batches fan out to one worker per target. Each worker has its own
+// queue and session, so a target that is down never holds up the others.
+type Job struct {
+	cfg      JobConfig
+	opts     JobOptions
+	logger   *slog.Logger
+	metrics  *metrics
+	excluder *Excluder
+	source   *Source
+	workers  []*targetWorker
+
+	mu      sync.Mutex
+	started bool
+	stopped bool
+	cancel  context.CancelFunc
+	watcher *Watcher
+	wg      sync.WaitGroup
+	fatal   chan error
+}
+
+// NewJob validates cfg and opens the source. connectors holds one
+// Connector per target.
+func NewJob(cfg JobConfig, connectors []Connector, opts JobOptions) (*Job, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("sync job %q: %w", cfg.Name, err)
+	}
+	if cfg.TwoWay && opts.Node == "" {
+		return nil, fmt.Errorf("sync job %q: two_way needs the node name (top-level `node:`)", cfg.Name)
+	}
+	if len(connectors) == 0 {
+		return nil, fmt.Errorf("sync job %q: no targets", cfg.Name)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.ReconnectMin == 0 {
+		opts.ReconnectMin = 250 * time.Millisecond
+	}
+	if opts.ReconnectMax == 0 {
+		opts.ReconnectMax = 30 * time.Second
+	}
+	ex, err := NewExcluder(cfg.Exclude)
+	if err != nil {
+		return nil, fmt.Errorf("sync job %q: %w", cfg.Name, err)
+	}
+	src, err := OpenSource(cfg.Source, ex)
+	if err != nil {
+		return nil, fmt.Errorf("sync job %q: %w", cfg.Name, err)
+	}
+	j := &Job{
+		cfg:      cfg,
+		opts:     opts,
+		logger:   opts.Logger.With("component", "lsync", "job", cfg.Name),
+		metrics:  newMetrics(opts.Registerer),
+		excluder: ex,
+		source:   src,
+		fatal:    make(chan error, 1),
+	}
+	for _, c := range connectors {
+		j.workers = append(j.workers, newTargetWorker(j, c))
+	}
+	return j, nil
+}
+
+// Name is the job's configured name.
+func (j *Job) Name() string { return j.cfg.Name }
+
+// Start watches the source and starts one worker per target. It returns
+// an error when the tree cannot be watched completely.
+func (j *Job) Start(ctx context.Context) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.started || j.stopped {
+		return errors.New("sync job already started")
+	}
+	w, err := NewWatcher(j.cfg.Source, j.excluder, j.logger)
+	if err != nil {
+		return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
+	}
+	j.watcher = w
+	j.started = true
+	ctx, j.cancel = context.WithCancel(ctx)
+	batcher := NewBatcher(j.cfg.Delay, j.cfg.MaxDelay, DefaultMaxPendingPaths, func(b Batch) {
+		for _, wk := range j.workers {
+			wk.enqueue(b)
+		}
+	})
+	j.logger.Info("watching", "source", j.cfg.Source, "directories", w.WatchedDirs(), "targets", len(j.workers))
+	j.wg.Add(3 + len(j.workers))
+	go func() {
+		defer j.wg.Done()
+		batcher.Run(ctx)
+	}()
+	go func() {
+		defer j.wg.Done()
+		if err := w.Run(ctx, batcher); err != nil {
+			j.logger.Error("watcher failed; the tree is no longer fully watched", "err", err)
+			select {
+			case j.fatal <- err:
+			default:
+			}
+		}
+	}()
+	go func() {
+		defer j.wg.Done()
+		j.gaugeLoop(ctx)
+	}()
+	for _, wk := range j.workers {
+		go func() {
+			defer j.wg.Done()
+			wk.run(ctx)
+		}()
+	}
+	return nil
+}
+
+// Fatal delivers an error that stops the job from doing its work (the
+// tree can no longer be watched completely).
+func (j *Job) Fatal() <-chan error { return j.fatal }
+
+// Stop stops every goroutine of the job and waits for them.
+func (j *Job) Stop() {
+	j.mu.Lock()
+	if j.stopped {
+		j.mu.Unlock()
+		return
+	}
+	j.stopped = true
+	cancel := j.cancel
+	j.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	j.wg.Wait()
+	if j.watcher != nil {
+		j.watcher.Close()
+	}
+	j.source.Close()
+}
+
+// Run runs the job until ctx is done or it fails.
+func (j *Job) Run(ctx context.Context) error {
+	if err := j.Start(ctx); err != nil {
+		j.Stop()
+		return err
+	}
+	defer j.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-j.fatal:
+		return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
+	}
+}
+
+// Status returns the state of every target.
+func (j *Job) Status() []TargetStatus {
+	out := make([]TargetStatus, 0, len(j.workers))
+	for _, w := range j.workers {
+		out = append(out, w.status())
+	}
+	return out
+}
+
+func (j *Job) gaugeLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for _, w := range j.workers {
+				st := w.status()
+				w.lagGauge.Set(st.Lag.Seconds())
+				w.pendingGauge.Set(float64(st.PendingFiles))
+			}
+		}
+	}
+}
+
+// OnceResult is the outcome of ReconcileOnce for one target.
+type OnceResult struct {
+	Target  string
+	Applied *Report // the pass that pushed differences
+	Verify  *Report // a dry comparison afterwards
+	Err     error   // connection or walk failure
+}
+
+// OK reports whether the target matches the source.
+func (r OnceResult) OK() bool {
+	return r.Err == nil && r.Applied != nil && r.Applied.InSync() && r.Verify != nil && r.Verify.Matches()
+}
+
+// ReconcileOnce runs one reconciliation pass per target (concurrently),
+// then compares again without writing, for `lockstep sync --once`.
+func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
+	out := make([]OnceResult, len(j.workers))
+	var wg sync.WaitGroup
+	for i, w := range j.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := OnceResult{Target: w.name}
+			defer func() { out[i] = res }()
+			t, err := w.conn.Connect(ctx)
+			if err != nil {
+				res.Err = err
+				return
+			}
+			defer t.Close()
+			if res.Applied, res.Err = w.rec.Reconcile(ctx, t, false); res.Err != nil {
+				return
+			}
+			w.logReport("reconcile", res.Applied)
+			res.Verify, res.Err = w.rec.Reconcile(ctx, t, true)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// targetWorker owns one target's queue and session.
+type targetWorker struct {
+	job    *Job
+	conn   Connector
+	name   string
+	rec    *Reconciler
+	logger *slog.Logger
+
+	pendingGauge, lagGauge, connectedGauge prometheus.Gauge
+	filesCounter, bytesCounter, errCounter prometheus.Counter
+
+	notify chan struct{}
+
+	mu        sync.Mutex
+	pending   map[string]time.Time // path → when its first unsynced change was seen
+	renames   []Rename
+	rescan    bool
+	reason    string
+	rescanAt  time.Time
+	retry     map[string]time.Time // path → first seen, waiting for retryDue
+	retryDue  time.Time
+	attempts  int
+	connected bool
+	lastSync  time.Time
+	lastErr   string
+}
+
+func newTargetWorker(j *Job, c Connector) *targetWorker {
+	name := c.Name()
+	w := &targetWorker{
+		job: j, conn: c, name: name,
+		logger:  j.logger.With("target", name),
+		notify:  make(chan struct{}, 1),
+		pending: map[string]time.Time{},
+		retry:   map[string]time.Time{},
+	}
+	w.rec = &Reconciler{
+		Source: j.source, Target: name,
+		Delete: j.cfg.DeleteEnabled(), Checksum: j.cfg.Checksum,
+		TwoWay: j.cfg.TwoWay, Node: j.opts.Node,
+		Concurrency: j.cfg.Concurrency,
+		Logger:      w.logger,
+	}
+	m := j.metrics
+	w.pendingGauge = m.pending.WithLabelValues(j.cfg.Name, name)
+	w.lagGauge = m.lag.WithLabelValues(j.cfg.Name, name)
+	w.connectedGauge = m.connected.WithLabelValues(j.cfg.Name, name)
+	w.filesCounter = m.files.WithLabelValues(j.cfg.Name, name)
+	w.bytesCounter = m.bytes.WithLabelValues(j.cfg.Name, name)
+	w.errCounter = m.errors.WithLabelValues(j.cfg.Name, name)
+	w.rec.OnTransfer = func(n int64) {
+		w.filesCounter.Inc()
+		w.bytesCounter.Add(float64(n))
+	}
+	return w
+}
+
+func (w *targetWorker) signal() {
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+}
+
+// enqueue merges a batch into this target's queue; it never blocks on the
+// target, so a slow or dead target cannot hold up the others.
+func (w *targetWorker) enqueue(b Batch) {
+	w.mu.Lock()
+	w.mergeLocked(b)
+	w.mu.Unlock()
+	w.signal()
+}
+
+func (w *targetWorker) mergeLocked(b Batch) {
+	when := b.Oldest
+	if when.IsZero() {
+		when = time.Now()
+	}
+	if b.Rescan || w.rescan {
+		if !w.rescan {
+			w.rescanAt = when
+			w.reason = b.Reason
+		}
+		w.rescan = true
+		clear(w.pending)
+		w.renames = nil
+		return
+	}
+	for _, p := range b.Paths {
+		if _, ok := w.pending[p]; !ok {
+			w.pending[p] = when
+		}
+	}
+	w.renames = append(w.renames, b.Renames...)
+	if len(w.pending) > DefaultMaxPendingPaths {
+		w.rescan, w.rescanAt, w.reason = true, when, "queue overflow"
+		clear(w.pending)
+		w.renames = nil
+	}
+}
+
+// take empties the queue.
+func (w *targetWorker) take() (Batch, map[string]time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	b := Batch{Rescan: w.rescan, Reason: w.reason, Renames: w.renames}
+	firstSeen := w.pending
+	for p := range w.pending {
+		b.Paths = append(b.Paths, p)
+	}
+	w.pending = map[string]time.Time{}
+	w.renames = nil
+	w.rescan = false
+	w.reason = ""
+	return b, firstSeen
+}
+
+func (w *targetWorker) requeue(b Batch, firstSeen map[string]time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if b.Rescan {
+		w.rescan = true
+		w.reason = b.Reason
+	}
+	for _, p := range b.Paths {
+		if _, ok := w.pending[p]; !ok {
+			w.pending[p] = firstSeen[p]
+		}
+	}
+	w.renames = append(b.Renames, w.renames...)
+}
+
+func (w *targetWorker) setConnected(ok bool, err error) {
+	w.mu.Lock()
+	w.connected = ok
+	if err != nil {
+		w.lastErr = err.Error()
+	}
+	w.mu.Unlock()
+	if ok {
+		w.connectedGauge.Set(1)
+	} else {
+		w.connectedGauge.Set(0)
+	}
+}
+
+func (w *targetWorker) status() TargetStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := TargetStatus{
+		Job: w.job.cfg.Name, Target: w.name, Connected: w.connected,
+		PendingFiles: len(w.pending) + len(w.retry), Rescanning: w.rescan,
+		LastSync: w.lastSync, LastError: w.lastErr,
+	}
+	var oldest time.Time
+	for _, m := range []map[string]time.Time{w.pending, w.retry} {
+		for _, t := range m {
+			if oldest.IsZero() || t.Before(oldest) {
+				oldest = t
+			}
+		}
+	}
+	if w.rescan && (oldest.IsZero() || w.rescanAt.Before(oldest)) {
+		oldest = w.rescanAt
+	}
+	if !oldest.IsZero() {
+		st.Lag = time.Since(oldest)
+	}
+	return st
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
+
+// run connects, catches up and applies batches until ctx is done,
+// reconnecting with exponential backoff whenever the session breaks.
+func (w *targetWorker) run(ctx context.Context) {
+	backoff := w.job.opts.ReconnectMin
+	for ctx.Err() == nil {
+		t, err := w.conn.Connect(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.errCounter.Inc()
+			w.setConnected(false, err)
+			w.logger.Warn("target unavailable; retrying", "err", err, "retry_in", backoff)
+			if !sleepCtx(ctx, jitter(backoff)) {
+				return
+			}
+			backoff = min(backoff*2, w.job.opts.ReconnectMax)
+			continue
+		}
+		w.setConnected(true, nil)
+		w.logger.Info("target connected")
+		err = w.session(ctx, t)
+		t.Close()
+		w.setConnected(false, err)
+		if ctx.Err() != nil {
+			return
+		}
+		w.errCounter.Inc()
+		w.logger.Warn("target session ended; reconnecting", "err", err)
+		// A session that worked for a while restarts the backoff.
+		backoff = w.job.opts.ReconnectMin
+		if !sleepCtx(ctx, jitter(backoff)) {
+			return
+		}
+	}
+}
+
+func (w *targetWorker) session(ctx context.Context, t Target) error {
+	// Catch up: whatever happened while disconnected, a full pass repairs.
+	w.mu.Lock()
+	w.rescan, w.reason = true, "connect"
+	if w.rescanAt.IsZero() {
+		w.rescanAt = time.Now()
+	}
+	w.mu.Unlock()
+	w.signal()
+
+	var verify <-chan time.Time
+	if iv := w.job.cfg.EffectiveVerifyInterval(); iv > 0 {
+		tk := time.NewTicker(iv)
+		defer tk.Stop()
+		verify = tk.C
+	}
+	retryTimer := time.NewTimer(time.Hour)
+	retryTimer.Stop()
+	defer retryTimer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.notify:
+		case <-verify:
+			w.enqueue(Batch{Rescan: true, Reason: "verification"})
+		case <-retryTimer.C:
+			w.mu.Lock()
+			for p, first := range w.retry {
+				if _, ok := w.pending[p]; !ok && !w.rescan {
+					w.pending[p] = first
+				}
+			}
+			clear(w.retry)
+			w.mu.Unlock()
+		}
+		b, firstSeen := w.take()
+		if b.Empty() {
+			continue
+		}
+		var rep *Report
+		var err error
+		if b.Rescan {
+			rep, err = w.rec.Reconcile(ctx, t, false)
+		} else {
+			rep, err = w.rec.Apply(ctx, t, b)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			w.requeue(b, firstSeen)
+			return err
+		}
+		kind := "batch"
+		if b.Rescan {
+			kind = "reconcile (" + b.Reason + ")"
+		}
+		w.logReport(kind, rep)
+		if d := w.afterReport(b, rep, firstSeen); d > 0 {
+			retryTimer.Reset(d)
+		}
+	}
+}
+
+// afterReport records the outcome and returns when failed paths should be
+// retried (0: nothing to retry).
+func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]time.Time) time.Duration {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if b.Rescan {
+		w.rescanAt = time.Time{}
+	}
+	first := func(p string) time.Time {
+		if t, ok := firstSeen[p]; ok {
+			return t
+		}
+		return now
+	}
+	for _, p := range rep.Retry {
+		w.retry[p] = first(p)
+	}
+	var delay time.Duration
+	if len(rep.Retry) > 0 {
+		// Still being written: look again after the next quiet period.
+		delay = max(2*w.job.cfg.Delay, 50*time.Millisecond)
+	}
+	if len(rep.Errors) > 0 {
+		for _, e := range rep.Errors {
+			w.retry[e.Path] = first(e.Path)
+			w.errCounter.Inc()
+		}
+		w.lastErr = rep.Errors[0].Error()
+		w.attempts++
+		d := min(500*time.Millisecond<<min(w.attempts-1, 6), 30*time.Second)
+		if delay == 0 || d < delay {
+			delay = max(delay, d)
+		}
+	} else {
+		w.attempts = 0
+	}
+	if len(w.pending) == 0 && len(w.retry) == 0 && !w.rescan {
+		w.lastSync = now
+		if len(rep.Errors) == 0 {
+			w.lastErr = ""
+		}
+	}
+	return delay
+}
+
+func (w *targetWorker) logReport(kind string, rep *Report) {
+	if rep.Actions() == 0 && len(rep.Errors) == 0 && len(rep.Retry) == 0 && rep.Conflicts == 0 {
+		if kind != "batch" {
+			w.logger.Info(kind+": target already in sync", "duration", rep.Duration.Round(time.Microsecond))
+		}
+		return
+	}
+	attrs := []any{"kind", kind, "files", rep.Files, "bytes", rep.Bytes, "dirs", rep.Dirs, "links", rep.Links,
+		"attrs", rep.Attrs, "deleted", rep.Deleted, "renamed", rep.Renamed, "duration", rep.Duration.Round(time.Microsecond)}
+	if rep.Conflicts > 0 {
+		attrs = append(attrs, "conflicts_lost", rep.Conflicts)
+	}
+	if len(rep.Retry) > 0 {
+		attrs = append(attrs, "changing_retry", len(rep.Retry))
+	}
+	if len(rep.Errors) > 0 {
+		attrs = append(attrs, "errors", len(rep.Errors))
+		for i, e := range rep.Errors {
+			if i == 5 {
+				break
+			}
+			w.logger.Warn("sync failed for path; will retry", "path", e.Path, "op", e.Op, "err", e.Err)
+		}
+	}
+	w.logger.Info("synced", attrs...)
+}

@@ -1,0 +1,170 @@
+package localtarget
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lockstep-ha/lockstep/lsync"
+)
+
+func open(t *testing.T) (*Target, string) {
+	t.Helper()
+	dir := t.TempDir()
+	lt, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lt.Close() })
+	return lt, dir
+}
+
+func TestConfinement(t *testing.T) {
+	lt, dir := open(t)
+	ctx := context.Background()
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(dir, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("sub", filepath.Join(dir, "inner-link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(rel string) error {
+		return lt.WriteFile(ctx, rel, strings.NewReader("x"), 0o644, time.Now())
+	}
+	for _, rel := range []string{"escape/pwned", "inner-link/x", "../pwned", "/etc/pwned", "a/../../pwned"} {
+		if err := write(rel); err == nil {
+			t.Errorf("WriteFile(%q) succeeded", rel)
+		}
+		if err := lt.Mkdir(ctx, rel, 0o755); err == nil {
+			t.Errorf("Mkdir(%q) succeeded", rel)
+		}
+		if err := lt.Symlink(ctx, rel, "/"); err == nil {
+			t.Errorf("Symlink(%q) succeeded", rel)
+		}
+		if err := lt.RemoveAll(ctx, rel); err == nil && !strings.HasPrefix(rel, "escape") && !strings.HasPrefix(rel, "inner") {
+			t.Errorf("RemoveAll(%q) succeeded", rel)
+		}
+	}
+	if err := lt.Rename(ctx, "sub", "escape/moved"); err == nil {
+		t.Error("Rename into a symlinked parent succeeded")
+	}
+	if err := lt.Chmod(ctx, "escape", 0o777); err == nil {
+		t.Error("Chmod through a final symlink succeeded")
+	}
+	if err := lt.RemoveAll(ctx, "escape/x"); err == nil {
+		t.Error("RemoveAll through a symlinked parent succeeded")
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Fatalf("something was written outside the root: %v", entries)
+	}
+	// Removing the symlink itself is fine and leaves the outside alone.
+	if err := lt.RemoveAll(ctx, "escape"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAtomicWriteAndTypeChanges(t *testing.T) {
+	lt, dir := open(t)
+	ctx := context.Background()
+	mtime := time.Unix(1_600_000_000, 42)
+	if err := lt.WriteFile(ctx, "a/b/file", strings.NewReader("content"), 0o640, mtime); err != nil {
+		t.Fatal(err)
+	}
+	e, err := lt.Stat(ctx, "a/b/file")
+	if err != nil || e.Size != 7 || e.Mode.Perm() != 0o640 || !e.ModTime.Equal(mtime) {
+		t.Fatalf("stat after write: %+v %v", e, err)
+	}
+	// A failing reader leaves neither the final name nor a temp file.
+	boom := errors.New("boom")
+	if err := lt.WriteFile(ctx, "a/b/broken", io.MultiReader(strings.NewReader("half"), errReader{boom}), 0o644, mtime); !errors.Is(err, boom) {
+		t.Fatalf("want boom, got %v", err)
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "a/b"))
+	if len(entries) != 1 {
+		t.Fatalf("leftovers after a failed write: %v", entries)
+	}
+	// A directory in the way of a file, a file in the way of a directory.
+	if err := lt.WriteFile(ctx, "a", strings.NewReader("now a file"), 0o644, mtime); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := lt.Stat(ctx, "a"); !e.Mode.IsRegular() {
+		t.Fatalf("a is %v", e.Mode)
+	}
+	if err := lt.Mkdir(ctx, "a", 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := lt.Stat(ctx, "a"); !e.Mode.IsDir() || e.Mode.Perm() != 0o750 {
+		t.Fatalf("a is %v", e.Mode)
+	}
+	if err := lt.Symlink(ctx, "a", "/etc/passwd"); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := lt.Stat(ctx, "a"); e.Mode&fs.ModeSymlink == 0 || e.LinkTarget != "/etc/passwd" {
+		t.Fatalf("a is %+v", e)
+	}
+	if _, err := lt.Open(ctx, "a"); err == nil {
+		t.Fatal("Open followed a symlink")
+	}
+	// Rename replaces, even a non-empty directory.
+	if err := lt.WriteFile(ctx, "d1/x", strings.NewReader("1"), 0o644, mtime); err != nil {
+		t.Fatal(err)
+	}
+	if err := lt.WriteFile(ctx, "d2/y", strings.NewReader("2"), 0o644, mtime); err != nil {
+		t.Fatal(err)
+	}
+	if err := lt.Rename(ctx, "d1", "d2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lt.Stat(ctx, "d2/x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lt.Stat(ctx, "d2/y"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("old d2 content survived: %v", err)
+	}
+	var walked []string
+	if err := lt.Walk(ctx, func(e lsync.Entry) error { walked = append(walked, e.Path); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(walked, ",") != "a,d2,d2/x" {
+		t.Fatalf("walk: %v", walked)
+	}
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+func TestConnector(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := NewConnector(lsync.TargetConfig{Name: "x", Host: "h", Path: dir}); err == nil {
+		t.Fatal("remote config accepted")
+	}
+	c, err := NewConnector(lsync.TargetConfig{Name: "nfs", Path: filepath.Join(dir, "mnt")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Connect(context.Background()); !errors.Is(err, lsync.ErrDisconnected) {
+		t.Fatalf("missing mount point: want ErrDisconnected, got %v", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "mnt"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tg, err := c.Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.Close()
+}

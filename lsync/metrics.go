@@ -1,0 +1,66 @@
+package lsync
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are shared by every job registered on the same Registerer.
+type metrics struct {
+	pending   *prometheus.GaugeVec
+	lag       *prometheus.GaugeVec
+	files     *prometheus.CounterVec
+	bytes     *prometheus.CounterVec
+	errors    *prometheus.CounterVec
+	connected *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	labels := []string{"job", "target"}
+	m := &metrics{
+		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_sync_pending_files", Help: "Paths waiting to be synced to the target.",
+		}, labels),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_sync_lag_seconds", Help: "Age of the oldest change not yet on the target (0 when in sync).",
+		}, labels),
+		files: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_sync_files_total", Help: "Files written to the target.",
+		}, labels),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_sync_bytes_total", Help: "Bytes of file content written to the target.",
+		}, labels),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_sync_errors_total", Help: "Failed operations on the target (per path, or connection).",
+		}, labels),
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_sync_connected", Help: "1 when the session to the target is up.",
+		}, labels),
+	}
+	if reg == nil {
+		return m
+	}
+	m.pending = register(reg, m.pending)
+	m.lag = register(reg, m.lag)
+	m.files = register(reg, m.files)
+	m.bytes = register(reg, m.bytes)
+	m.errors = register(reg, m.errors)
+	m.connected = register(reg, m.connected)
+	return m
+}
+
+// register returns the already registered collector when another job in
+// the same process registered it first.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		panic(err) // a conflicting definition is a programming error
+	}
+	return c
+}

@@ -1,0 +1,821 @@
+package lsync
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// errSourceChanged means a file changed while it was being copied; it is
+// retried after the next quiet period instead of landing half-written.
+var errSourceChanged = errors.New("source file changed during copy")
+
+// Source is the tree a job pushes. All reads go through an os.Root, so a
+// symlink is never followed out of the source root.
+type Source struct {
+	Dir      string
+	root     *os.Root
+	excluder *Excluder
+}
+
+// OpenSource opens dir as a source tree.
+func OpenSource(dir string, excluder *Excluder) (*Source, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("source: %s is not a directory", dir)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	return &Source{Dir: dir, root: root, excluder: excluder}, nil
+}
+
+// Close releases the source root.
+func (s *Source) Close() error { return s.root.Close() }
+
+// Lstat returns the source entry for rel, or nil when it does not exist
+// (or is excluded).
+func (s *Source) Lstat(rel string) (*Entry, error) {
+	fi, err := s.root.Lstat(rel)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if s.excluder.Excluded(rel, fi.IsDir()) {
+		return nil, nil
+	}
+	e := &Entry{Path: rel, Mode: fi.Mode(), Size: fi.Size(), ModTime: fi.ModTime()}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		if e.LinkTarget, err = s.root.Readlink(rel); err != nil {
+			return nil, err
+		}
+	}
+	if !fi.IsDir() && !fi.Mode().IsRegular() && fi.Mode()&fs.ModeSymlink == 0 {
+		return nil, nil // sockets, fifos, devices are not synced
+	}
+	return e, nil
+}
+
+// Walk visits every non-excluded entry under sub ("" for the whole tree),
+// parents before children.
+func (s *Source) Walk(ctx context.Context, sub string, fn func(Entry) error) error {
+	start := "."
+	if sub != "" {
+		start = sub
+	}
+	return fs.WalkDir(s.root.FS(), start, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == "." {
+			return nil
+		}
+		if s.excluder.Excluded(p, d.IsDir()) {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		e, err := s.Lstat(p)
+		if err != nil || e == nil {
+			return err
+		}
+		return fn(*e)
+	})
+}
+
+func modeBits(m fs.FileMode) fs.FileMode {
+	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+}
+
+// sameMTime compares mtimes, at one-second granularity when either side
+// carries whole seconds only (SFTP v3 attributes).
+func sameMTime(a, b time.Time) bool {
+	if a.Equal(b) {
+		return true
+	}
+	if a.Nanosecond() == 0 || b.Nanosecond() == 0 {
+		return a.Unix() == b.Unix()
+	}
+	return false
+}
+
+type opKind uint8
+
+const (
+	opRemove opKind = iota + 1
+	opMkdir
+	opUpload
+	opSymlink
+	opChmod
+	opChtimes // content equal (checksum mode) but mtime differs
+)
+
+var opNames = map[opKind]string{opRemove: "delete", opMkdir: "mkdir", opUpload: "upload", opSymlink: "symlink", opChmod: "chmod", opChtimes: "touch"}
+
+type op struct {
+	kind   opKind
+	path   string
+	src    Entry
+	reason string
+}
+
+func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }
+
+// PathError is a failure about one path; it is retried.
+type PathError struct {
+	Path string
+	Op   string
+	Err  error
+}
+
+func (e *PathError) Error() string { return e.Op + " " + e.Path + ": " + e.Err.Error() }
+func (e *PathError) Unwrap() error { return e.Err }
+
+// Report summarises a reconciliation pass or a batch for one target.
+type Report struct {
+	Target    string
+	Files     int   // files uploaded
+	Bytes     int64 // bytes uploaded
+	Dirs      int   // directories created
+	Links     int   // symlinks written
+	Attrs     int   // modes or mtimes fixed
+	Deleted   int
+	Renamed   int // directory renames replayed
+	Conflicts int // two-way: entries left alone because the peer's copy wins
+	Kept      int // two-way: entries only on the target, left for the peer to push
+	// Changes lists the actions (or, in a dry run, the differences),
+	// capped at maxReportedChanges.
+	Changes  []string
+	Errors   []*PathError
+	Retry    []string // paths that changed while being copied
+	Duration time.Duration
+}
+
+const maxReportedChanges = 100
+
+// Actions is the number of changes made (or needed, in a dry run).
+func (r *Report) Actions() int { return r.Files + r.Dirs + r.Links + r.Attrs + r.Deleted + r.Renamed }
+
+// InSync reports whether the target matched (dry run) or now matches.
+func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 }
+
+// Matches reports, for a dry run, that nothing differs.
+func (r *Report) Matches() bool { return r.InSync() && r.Actions() == 0 && r.Kept == 0 && r.Conflicts == 0 }
+
+func (r *Report) note(s string) {
+	if len(r.Changes) < maxReportedChanges {
+		r.Changes = append(r.Changes, s)
+	} else if len(r.Changes) == maxReportedChanges {
+		r.Changes = append(r.Changes, "...")
+	}
+}
+
+// Reconciler brings one target in line with the source.
+type Reconciler struct {
+	Source   *Source
+	Target   string // name, for logs and reports
+	Delete   bool
+	Checksum bool
+	// TwoWay enables the conflict rule for two nodes pushing to each
+	// other: the newer mtime wins, a tie goes to the node whose name sorts
+	// first; a full pass never deletes (a file only on the peer is the
+	// peer's to push), only live deletions propagate.
+	TwoWay      bool
+	Node        string
+	Concurrency int
+	Logger      *slog.Logger
+	// ProgressEvery logs progress of large passes; 0 means 10s.
+	ProgressEvery time.Duration
+	// OnTransfer is called after every file landed (metrics).
+	OnTransfer func(bytes int64)
+}
+
+// peerWins applies the two-way conflict rule to an entry present on both
+// sides with differing content.
+func (r *Reconciler) peerWins(src, dst Entry) bool {
+	if !r.TwoWay {
+		return false
+	}
+	if !sameMTime(src.ModTime, dst.ModTime) {
+		return dst.ModTime.After(src.ModTime)
+	}
+	return r.Target < r.Node
+}
+
+// plan decides what rel needs. src or dst nil means absent on that side.
+func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live bool) (op, bool, error) {
+	if src == nil {
+		if dst == nil || !r.Delete || (r.TwoWay && !live) {
+			return op{}, false, nil
+		}
+		return op{kind: opRemove, path: dst.Path, reason: "not in source"}, true, nil
+	}
+	o := op{path: src.Path, src: *src}
+	switch {
+	case src.Mode.IsDir():
+		if dst == nil || !dst.Mode.IsDir() {
+			o.kind, o.reason = opMkdir, "missing"
+			if dst != nil {
+				o.reason = "not a directory on target"
+			}
+			return o, true, nil
+		}
+		if modeBits(src.Mode) != modeBits(dst.Mode) {
+			if r.peerWins(*src, *dst) {
+				return op{}, false, nil
+			}
+			o.kind, o.reason = opChmod, fmt.Sprintf("mode %v vs %v", modeBits(src.Mode), modeBits(dst.Mode))
+			return o, true, nil
+		}
+		return op{}, false, nil
+	case src.Mode&fs.ModeSymlink != 0:
+		if dst != nil && dst.Mode&fs.ModeSymlink != 0 && dst.LinkTarget == src.LinkTarget {
+			return op{}, false, nil
+		}
+		o.kind, o.reason = opSymlink, "missing"
+		if dst != nil {
+			if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && r.Target < r.Node {
+				r.logConflict(*src, *dst)
+				return op{}, false, errConflict
+			}
+			o.reason = fmt.Sprintf("link %q vs %q", src.LinkTarget, dst.LinkTarget)
+		}
+		return o, true, nil
+	}
+	// Regular file.
+	o.kind = opUpload
+	switch {
+	case dst == nil:
+		o.reason = "missing"
+	case !dst.Mode.IsRegular():
+		o.reason = "not a file on target"
+	case src.Size != dst.Size:
+		o.reason = fmt.Sprintf("size %d vs %d", src.Size, dst.Size)
+	case r.Checksum:
+		same, err := r.sameContent(ctx, t, src.Path)
+		if err != nil {
+			return op{}, false, err
+		}
+		if !same {
+			o.reason = "content differs"
+		} else if !sameMTime(src.ModTime, dst.ModTime) {
+			o.kind, o.reason = opChtimes, "mtime differs"
+		}
+	case !sameMTime(src.ModTime, dst.ModTime):
+		o.reason = fmt.Sprintf("mtime %s vs %s", src.ModTime.Format(time.RFC3339Nano), dst.ModTime.Format(time.RFC3339Nano))
+	}
+	if o.reason == "" {
+		if modeBits(src.Mode) != modeBits(dst.Mode) {
+			if r.TwoWay && r.Target < r.Node {
+				return op{}, false, nil
+			}
+			o.kind, o.reason = opChmod, fmt.Sprintf("mode %v vs %v", modeBits(src.Mode), modeBits(dst.Mode))
+			return o, true, nil
+		}
+		return op{}, false, nil
+	}
+	if dst != nil && dst.Mode.IsRegular() && r.peerWins(*src, *dst) {
+		r.logConflict(*src, *dst)
+		return op{}, false, errConflict
+	}
+	return o, true, nil
+}
+
+var errConflict = errors.New("conflict lost to peer")
+
+func (r *Reconciler) logConflict(src, dst Entry) {
+	r.Logger.Info("two-way conflict: keeping the peer's copy", "path", src.Path,
+		"local_mtime", src.ModTime, "peer_mtime", dst.ModTime, "loser", r.Node,
+		"rule", "newest mtime wins, a tie goes to the node name sorting first")
+}
+
+func (r *Reconciler) sameContent(ctx context.Context, t Target, rel string) (bool, error) {
+	hash := func(rc io.ReadCloser) ([]byte, error) {
+		defer rc.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, rc); err != nil {
+			return nil, err
+		}
+		return h.Sum(nil), nil
+	}
+	f, err := r.Source.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return false, err
+	}
+	a, err := hash(f)
+	if err != nil {
+		return false, err
+	}
+	rc, err := t.Open(ctx, rel)
+	if err != nil {
+		return false, err
+	}
+	b, err := hash(rc)
+	if err != nil {
+		return false, err
+	}
+	return string(a) == string(b), nil
+}
+
+// Reconcile compares the whole trees and, unless dry, pushes what differs.
+// The returned error is non-nil only when the session broke (it then
+// wraps ErrDisconnected) or the walk itself failed; per-path failures are
+// in the report.
+func (r *Reconciler) Reconcile(ctx context.Context, t Target, dry bool) (*Report, error) {
+	start := time.Now()
+	rep := &Report{Target: r.Target}
+	dst := map[string]Entry{}
+	var temps []string
+	err := t.Walk(ctx, func(e Entry) error {
+		if strings.HasPrefix(path.Base(e.Path), TempPrefix) {
+			temps = append(temps, e.Path)
+			return nil
+		}
+		dst[e.Path] = e
+		return nil
+	})
+	if err != nil {
+		return rep, fmt.Errorf("walk target %s: %w", r.Target, err)
+	}
+	var srcList []Entry
+	srcSet := map[string]bool{}
+	if err := r.Source.Walk(ctx, "", func(e Entry) error {
+		srcList = append(srcList, e)
+		srcSet[e.Path] = true
+		return nil
+	}); err != nil {
+		return rep, fmt.Errorf("walk source %s: %w", r.Source.Dir, err)
+	}
+
+	var ops []op
+	for _, tmp := range temps {
+		ops = append(ops, op{kind: opRemove, path: tmp, reason: "leftover temp file"})
+	}
+	var mu sync.Mutex
+	var dirTimes []Entry
+	err = parallel(ctx, r.Concurrency, len(srcList), func(i int) error {
+		s := srcList[i]
+		var d *Entry
+		if e, ok := dst[s.Path]; ok {
+			d = &e
+		}
+		o, need, err := r.plan(ctx, t, &s, d, false)
+		mu.Lock()
+		defer mu.Unlock()
+		if errors.Is(err, errConflict) {
+			rep.Conflicts++
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, ErrDisconnected) {
+				return err
+			}
+			rep.Errors = append(rep.Errors, &PathError{Path: s.Path, Op: "compare", Err: err})
+			return nil
+		}
+		if need {
+			ops = append(ops, o)
+		}
+		if s.Mode.IsDir() && (d == nil || !d.Mode.IsDir() || !sameMTime(s.ModTime, d.ModTime)) {
+			if d == nil || !d.Mode.IsDir() || !r.TwoWay || s.ModTime.After(d.ModTime) {
+				dirTimes = append(dirTimes, s)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return rep, err
+	}
+	// Extraneous target entries, topmost only (RemoveAll takes the rest).
+	var extra []string
+	for p := range dst {
+		if !srcSet[p] {
+			extra = append(extra, p)
+		}
+	}
+	sort.Strings(extra)
+	var lastRemoved string
+	for _, p := range extra {
+		if lastRemoved != "" && strings.HasPrefix(p, lastRemoved+"/") {
+			continue
+		}
+		if r.Source.excluder.Excluded(p, dst[p].Mode.IsDir()) {
+			continue // excluded on the target too: never ours to delete
+		}
+		if !r.Delete {
+			continue
+		}
+		if r.TwoWay {
+			rep.Kept++
+			rep.note("only on target " + p + " (two_way: left for the peer to push)")
+			lastRemoved = p
+			continue
+		}
+		ops = append(ops, op{kind: opRemove, path: p, reason: "not in source"})
+		lastRemoved = p
+	}
+	sort.Slice(dirTimes, func(i, j int) bool { return dirTimes[i].Path < dirTimes[j].Path })
+	if dry {
+		for _, o := range ops {
+			rep.count(o, o.src.Size)
+			rep.note(o.String())
+		}
+		rep.Duration = time.Since(start)
+		return rep, nil
+	}
+	err = r.execute(ctx, t, ops, dirTimes, rep, true)
+	rep.Duration = time.Since(start)
+	return rep, err
+}
+
+func (rep *Report) count(o op, size int64) {
+	switch o.kind {
+	case opUpload:
+		rep.Files++
+		rep.Bytes += size
+	case opMkdir:
+		rep.Dirs++
+	case opSymlink:
+		rep.Links++
+	case opChmod, opChtimes:
+		rep.Attrs++
+	case opRemove:
+		rep.Deleted++
+	}
+}
+
+// Apply brings the paths of a live batch in line, after replaying its
+// directory renames.
+func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, error) {
+	start := time.Now()
+	rep := &Report{Target: r.Target}
+	paths := map[string]bool{}
+	for _, p := range b.Paths {
+		paths[p] = true
+	}
+	for _, rn := range b.Renames {
+		if r.Source.excluder.Excluded(rn.From, true) || r.Source.excluder.Excluded(rn.To, true) {
+			continue // the per-path checks handle both names
+		}
+		err := t.Rename(ctx, rn.From, rn.To)
+		if errors.Is(err, ErrDisconnected) {
+			return rep, err
+		}
+		if err != nil {
+			// The target did not have the old name (it was behind):
+			// upload the new subtree instead.
+			r.Logger.Debug("rename on target failed; uploading instead", "from", rn.From, "to", rn.To, "err", err)
+		} else {
+			rep.Renamed++
+			rep.note("rename " + rn.From + " -> " + rn.To)
+		}
+		// Check the new subtree either way: entries may have changed
+		// after the rename, before the new directory was watched.
+		paths[rn.To] = true
+		if err != nil {
+			if werr := r.Source.Walk(ctx, rn.To, func(e Entry) error { paths[e.Path] = true; return nil }); werr != nil {
+				rep.Errors = append(rep.Errors, &PathError{Path: rn.To, Op: "scan", Err: werr})
+			}
+		}
+	}
+	list := make([]string, 0, len(paths))
+	for p := range paths {
+		list = append(list, p)
+	}
+	sort.Strings(list)
+	var mu sync.Mutex
+	var ops []op
+	dirs := map[string]bool{}
+	err := parallel(ctx, r.Concurrency, len(list), func(i int) error {
+		rel := list[i]
+		src, err := r.Source.Lstat(rel)
+		if err != nil {
+			mu.Lock()
+			rep.Errors = append(rep.Errors, &PathError{Path: rel, Op: "stat source", Err: err})
+			mu.Unlock()
+			return nil
+		}
+		var dst *Entry
+		d, err := t.Stat(ctx, rel)
+		switch {
+		case err == nil:
+			dst = &d
+		case errors.Is(err, ErrDisconnected):
+			return err
+		case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		default:
+			mu.Lock()
+			rep.Errors = append(rep.Errors, &PathError{Path: rel, Op: "stat target", Err: err})
+			mu.Unlock()
+			return nil
+		}
+		if src == nil && r.Source.excluder.Excluded(rel, dst != nil && dst.Mode.IsDir()) {
+			return nil
+		}
+		o, need, err := r.plan(ctx, t, src, dst, true)
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case errors.Is(err, errConflict):
+			rep.Conflicts++
+		case errors.Is(err, ErrDisconnected):
+			return err
+		case err != nil:
+			rep.Errors = append(rep.Errors, &PathError{Path: rel, Op: "compare", Err: err})
+		case need:
+			ops = append(ops, o)
+		}
+		if src != nil && src.Mode.IsDir() && dst != nil && dst.Mode.IsDir() && !sameMTime(src.ModTime, dst.ModTime) &&
+			(!r.TwoWay || src.ModTime.After(dst.ModTime)) {
+			dirs[rel] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return rep, err
+	}
+	var dirTimes []Entry
+	for d := range dirs {
+		if e, _ := r.Source.Lstat(d); e != nil && e.Mode.IsDir() {
+			dirTimes = append(dirTimes, *e)
+		}
+	}
+	err = r.execute(ctx, t, ops, dirTimes, rep, false)
+	rep.Duration = time.Since(start)
+	return rep, err
+}
+
+// execute runs ops: deletions, then directories (parents first), then
+// files, links and attributes concurrently, then directory mtimes (deepest
+// first, since writing into a directory changes its mtime).
+func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes []Entry, rep *Report, full bool) error {
+	var removes, mkdirs, rest []op
+	var totalBytes int64
+	for _, o := range ops {
+		switch o.kind {
+		case opRemove:
+			removes = append(removes, o)
+		case opMkdir:
+			mkdirs = append(mkdirs, o)
+		default:
+			rest = append(rest, o)
+			if o.kind == opUpload {
+				totalBytes += o.src.Size
+			}
+		}
+	}
+	touched := map[string]bool{}
+	var mu sync.Mutex
+	fail := func(o op, err error) error {
+		if errors.Is(err, ErrDisconnected) || ctx.Err() != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if errors.Is(err, errSourceChanged) || errors.Is(err, fs.ErrNotExist) && o.kind == opUpload {
+			// Being written, or gone meanwhile: look again after the next
+			// quiet period (its events are on their way too).
+			rep.Retry = append(rep.Retry, o.path)
+			return nil
+		}
+		rep.Errors = append(rep.Errors, &PathError{Path: o.path, Op: opNames[o.kind], Err: err})
+		return nil
+	}
+	done := func(o op, bytes int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		rep.count(o, bytes)
+		rep.note(o.String())
+		touched[parentOf(o.path)] = true
+	}
+
+	// Progress for large passes.
+	var filesDone, bytesDone atomic.Int64
+	if full && (len(rest) > 1000 || totalBytes > 256<<20) {
+		every := r.ProgressEvery
+		if every == 0 {
+			every = 10 * time.Second
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					r.Logger.Info("reconcile progress", "target", r.Target,
+						"files_done", filesDone.Load(), "files_total", len(rest),
+						"bytes_done", bytesDone.Load(), "bytes_total", totalBytes)
+				}
+			}
+		}()
+		defer func() { close(stop); wg.Wait() }()
+	}
+
+	// Topmost first; RemoveAll of a directory takes its children along.
+	sort.Slice(removes, func(i, j int) bool { return removes[i].path < removes[j].path })
+	removed := map[string]bool{}
+	for _, o := range removes {
+		if coveredBy(o.path, removed) {
+			continue
+		}
+		removed[o.path] = true
+		if err := t.RemoveAll(ctx, o.path); err != nil {
+			if err := fail(o, err); err != nil {
+				return err
+			}
+			continue
+		}
+		done(o, 0)
+	}
+	sort.Slice(mkdirs, func(i, j int) bool { return mkdirs[i].path < mkdirs[j].path })
+	for _, o := range mkdirs {
+		if err := t.Mkdir(ctx, o.path, o.src.Mode); err != nil {
+			if err := fail(o, err); err != nil {
+				return err
+			}
+			continue
+		}
+		done(o, 0)
+		touched[o.path] = true
+	}
+	err := parallel(ctx, r.Concurrency, len(rest), func(i int) error {
+		o := rest[i]
+		var err error
+		var n int64
+		switch o.kind {
+		case opUpload:
+			n, err = r.upload(ctx, t, o.path)
+			if err == nil && r.OnTransfer != nil {
+				r.OnTransfer(n)
+			}
+			filesDone.Add(1)
+			bytesDone.Add(n)
+		case opSymlink:
+			err = t.Symlink(ctx, o.path, o.src.LinkTarget)
+		case opChmod:
+			err = t.Chmod(ctx, o.path, o.src.Mode)
+		case opChtimes:
+			err = t.Chtimes(ctx, o.path, o.src.ModTime)
+		}
+		if err != nil {
+			return fail(o, err)
+		}
+		done(o, n)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Directory mtimes, deepest first. Directories we wrote into get the
+	// source's mtime back; others only where they differed.
+	want := map[string]Entry{}
+	for _, d := range dirTimes {
+		want[d.Path] = d
+	}
+	for d := range touched {
+		if d == "" {
+			continue
+		}
+		if _, ok := want[d]; ok {
+			continue
+		}
+		if e, _ := r.Source.Lstat(d); e != nil && e.Mode.IsDir() {
+			want[d] = *e
+		}
+	}
+	list := make([]Entry, 0, len(want))
+	for _, e := range want {
+		list = append(list, e)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].Path > list[j].Path })
+	for _, e := range list {
+		if err := t.Chtimes(ctx, e.Path, e.ModTime); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err := fail(op{kind: opChtimes, path: e.Path}, err); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// coveredBy reports whether an ancestor of p is in dirs.
+func coveredBy(p string, dirs map[string]bool) bool {
+	for d := parentOf(p); d != ""; d = parentOf(d) {
+		if dirs[d] {
+			return true
+		}
+	}
+	return false
+}
+
+// upload copies one file; the reader fails instead of hitting EOF if the
+// file changed while being read, so a half-written file never lands.
+func (r *Reconciler) upload(ctx context.Context, t Target, rel string) (int64, error) {
+	f, err := r.Source.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return 0, errSourceChanged // became a symlink meanwhile
+		}
+		return 0, err
+	}
+	defer f.Close()
+	before, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if !before.Mode().IsRegular() {
+		return 0, errSourceChanged
+	}
+	sr := &stableReader{f: f, before: before}
+	if err := t.WriteFile(ctx, rel, sr, before.Mode(), before.ModTime()); err != nil {
+		if sr.changed {
+			return 0, errSourceChanged
+		}
+		return 0, err
+	}
+	return sr.n, nil
+}
+
+type stableReader struct {
+	f       *os.File
+	before  fs.FileInfo
+	n       int64
+	changed bool
+}
+
+func (s *stableReader) Read(p []byte) (int, error) {
+	n, err := s.f.Read(p)
+	s.n += int64(n)
+	if err == io.EOF {
+		after, serr := s.f.Stat()
+		if serr != nil {
+			return n, serr
+		}
+		if s.n != s.before.Size() || after.Size() != s.before.Size() || !after.ModTime().Equal(s.before.ModTime()) {
+			s.changed = true
+			return n, errSourceChanged
+		}
+	}
+	return n, err
+}
+
+// parallel runs fn(0..n-1) on up to limit goroutines; the first error
+// cancels the rest.
+func parallel(ctx context.Context, limit, n int, fn func(i int) error) error {
+	if n == 0 {
+		return nil
+	}
+	if limit < 1 {
+		limit = 1
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(limit)
+	for i := 0; i < n; i++ {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error { return fn(i) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,96 @@
+package sftptarget
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lockstep-ha/lockstep/integration/sshdtest"
+)
+
+// Raw transport throughput over loopback sshd, without the sync engine:
+//
+//	go test -run '^$' -bench . -benchtime 2000x ./lsync/sftptarget/
+func BenchmarkWriteFileSmall(b *testing.B) {
+	for _, ch := range []int{1, 2, 4} {
+		for _, conc := range []int{1, 8, 32} {
+			b.Run(fmt.Sprintf("4KiB/channels=%d/concurrency=%d", ch, conc), func(b *testing.B) {
+				benchSmall(b, ch, conc, 4096)
+			})
+		}
+	}
+}
+
+func benchSmall(b *testing.B, channels, conc, size int) {
+	srv := sshdtest.Start(b)
+	root := filepath.Join(b.TempDir(), "root")
+	c, err := newConnector(srv.TargetConfig("bench", root), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.channels = channels
+	ctx := context.Background()
+	s, err := c.connect(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	data := bytes.Repeat([]byte("x"), size)
+	mtime := time.Now()
+	var next atomic.Int64
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	var g errgroup.Group
+	for w := 0; w < conc; w++ {
+		g.Go(func() error {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return nil
+				}
+				// 100 files per directory, like a docroot.
+				rel := fmt.Sprintf("d%03d/f%05d.html", i/100, i)
+				if err := s.WriteFile(ctx, rel, bytes.NewReader(data), 0o644, mtime); err != nil {
+					return err
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "files/s")
+}
+
+func BenchmarkWriteFileLarge(b *testing.B) {
+	srv := sshdtest.Start(b)
+	root := filepath.Join(b.TempDir(), "root")
+	c, err := newConnector(srv.TargetConfig("bench", root), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	s, err := c.connect(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	data := make([]byte, 128<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := s.WriteFile(ctx, "big.bin", bytes.NewReader(data), 0o644, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,808 @@
+package sftptarget
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lockstep-ha/lockstep/lsync"
+)
+
+// session is one live SSH connection with its SFTP channel; it implements
+// lsync.Target. Once the transport fails the session is dead for good and
+// every method returns an error wrapping lsync.ErrDisconnected: the job
+// then dials a new one.
+type session struct {
+	name   string
+	host   string // for error messages: "host:/abs/path"
+	root   string // absolute, cleaned
+	logger *slog.Logger
+	ssh    *ssh.Client
+	// Several SFTP channels share the connection: OpenSSH serves each
+	// channel with its own single-threaded sftp-server process, which is
+	// the bottleneck for many small files.
+	clients []*sftp.Client
+	next    atomic.Uint32
+
+	done      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+
+	mu   sync.Mutex
+	dead error
+	// verified holds relative directories lstat'ed as real directories
+	// (not symlinks) during this session. Rename, RemoveAll and Symlink
+	// drop the affected subtree.
+	verified map[string]struct{}
+}
+
+var _ lsync.Target = (*session)(nil)
+
+func newSession(c *Connector, client *ssh.Client, clients []*sftp.Client) *session {
+	s := &session{
+		name:     c.cfg.Name,
+		host:     c.cfg.Host,
+		root:     c.cfg.Path,
+		logger:   c.logger,
+		ssh:      client,
+		clients:  clients,
+		done:     make(chan struct{}),
+		verified: map[string]struct{}{},
+	}
+	s.wg.Add(2)
+	go s.watchTransport()
+	go s.keepalive(c.keepaliveInterval, c.keepaliveTimeout)
+	return s
+}
+
+// watchTransport notices the TCP connection going away (peer restart, RST)
+// even while no request is in flight.
+func (s *session) watchTransport() {
+	defer s.wg.Done()
+	err := s.ssh.Wait()
+	select {
+	case <-s.done:
+	default:
+		if err == nil {
+			err = errors.New("connection closed by peer")
+		}
+		s.fail(err)
+	}
+}
+
+func (s *session) keepalive(interval, timeout time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		reply := make(chan error, 1)
+		s.wg.Go(func() {
+			// OpenSSH answers keepalive@openssh.com with a failure reply;
+			// any reply proves the peer alive. SendRequest returns once
+			// the connection is closed, so this goroutine ends with it.
+			_, _, err := s.ssh.SendRequest("keepalive@openssh.com", true, nil)
+			reply <- err
+		})
+		timer := time.NewTimer(timeout)
+		select {
+		case <-s.done:
+			timer.Stop()
+			return
+		case err := <-reply:
+			timer.Stop()
+			if err != nil {
+				s.fail(fmt.Errorf("keepalive: %w", err))
+				return
+			}
+		case <-timer.C:
+			s.fail(fmt.Errorf("keepalive: no answer within %s", timeout))
+			return
+		}
+	}
+}
+
+// fail marks the session dead and tears the transport down, which makes
+// every request in flight return at once.
+func (s *session) fail(err error) {
+	s.mu.Lock()
+	first := s.dead == nil
+	if first {
+		s.dead = err
+	}
+	s.mu.Unlock()
+	if first {
+		s.logger.Warn("connection lost", "err", err)
+		_ = s.ssh.Close()
+	}
+}
+
+func (s *session) deadErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dead
+}
+
+func (s *session) disconnected(cause error) error {
+	return fmt.Errorf("%w: target %s: %w", lsync.ErrDisconnected, s.name, cause)
+}
+
+// Close implements lsync.Target.
+func (s *session) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.mu.Lock()
+		if s.dead == nil {
+			s.dead = errors.New("session closed")
+		}
+		s.mu.Unlock()
+		for _, c := range s.clients {
+			_ = c.Close()
+		}
+		_ = s.ssh.Close()
+	})
+	s.wg.Wait()
+	return nil
+}
+
+// check classifies an error returned by the SFTP client. Server status
+// replies (no such file, permission denied, failure) concern one path;
+// anything else means the channel is unusable.
+func (s *session) check(op, remote string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if dead := s.deadErr(); dead != nil {
+		return s.disconnected(fmt.Errorf("%s %s: %w", op, remote, dead))
+	}
+	if isStatusError(err) {
+		return &fs.PathError{Op: op, Path: s.host + ":" + remote, Err: err}
+	}
+	s.fail(err)
+	return s.disconnected(fmt.Errorf("%s %s: %w", op, remote, err))
+}
+
+func isStatusError(err error) bool {
+	if errors.Is(err, sftp.ErrSSHFxConnectionLost) || errors.Is(err, sftp.ErrSSHFxNoConnection) {
+		return false
+	}
+	var se *sftp.StatusError
+	return errors.As(err, &se) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) ||
+		errors.Is(err, fs.ErrExist)
+}
+
+func (s *session) alive(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dead := s.deadErr(); dead != nil {
+		return s.disconnected(dead)
+	}
+	return nil
+}
+
+// cl picks the channel for the next request or request sequence.
+func (s *session) cl() *sftp.Client {
+	return s.clients[int(s.next.Add(1))%len(s.clients)]
+}
+
+func (s *session) abs(rel string) string {
+	return path.Join(s.root, rel)
+}
+
+// prepareRoot makes sure the root is a directory; like rsync it creates
+// the last component but not missing ancestors, which usually mean a typo
+// or an unmounted volume.
+func (s *session) prepareRoot(ctx context.Context) error {
+	if err := s.alive(ctx); err != nil {
+		return err
+	}
+	fi, err := s.cl().Stat(s.root)
+	if errors.Is(err, fs.ErrNotExist) {
+		if merr := s.cl().Mkdir(s.root); merr != nil {
+			return fmt.Errorf("target %s: create root: %w", s.name, s.check("mkdir", s.root, merr))
+		}
+		s.logger.Info("created target root", "path", s.root)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("target %s: root: %w", s.name, s.check("stat", s.root, err))
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("target %s: root %s:%s is not a directory", s.name, s.host, s.root)
+	}
+	return nil
+}
+
+func (s *session) isVerified(rel string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.verified[rel]
+	return ok
+}
+
+func (s *session) markVerified(rel string) {
+	s.mu.Lock()
+	s.verified[rel] = struct{}{}
+	s.mu.Unlock()
+}
+
+// forget drops rel and everything below it from the verified set.
+func (s *session) forget(rel string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prefix := rel + "/"
+	for k := range s.verified {
+		if k == rel || strings.HasPrefix(k, prefix) {
+			delete(s.verified, k)
+		}
+	}
+}
+
+// errSymlinkParent is returned when a write would go through a symlink.
+var errSymlinkParent = errors.New("parent is a symlink on the target; refusing to write through it")
+
+// ensureParents checks that every ancestor of rel below the root is a real
+// directory, creating missing ones when create is set. This is what keeps
+// a symlink planted on the target from redirecting writes outside the root.
+func (s *session) ensureParents(ctx context.Context, rel string, create bool) error {
+	dir := path.Dir(rel)
+	if dir == "." {
+		return nil
+	}
+	parts := strings.Split(dir, "/")
+	for i := range parts {
+		p := strings.Join(parts[:i+1], "/")
+		if s.isVerified(p) {
+			continue
+		}
+		if err := s.alive(ctx); err != nil {
+			return err
+		}
+		if err := s.verifyDir(p, create); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *session) verifyDir(p string, create bool) error {
+	remote := s.abs(p)
+	fi, err := s.cl().Lstat(remote)
+	if errors.Is(err, fs.ErrNotExist) && create {
+		if merr := s.cl().Mkdir(remote); merr != nil {
+			// A concurrent writer may have created it; look again.
+			fi, err = s.cl().Lstat(remote)
+			if err != nil {
+				return s.check("mkdir", remote, merr)
+			}
+		} else {
+			s.markVerified(p)
+			return nil
+		}
+	}
+	if err != nil {
+		return s.check("lstat", remote, err)
+	}
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return &fs.PathError{Op: "confine", Path: s.host + ":" + remote, Err: errSymlinkParent}
+	case !fi.IsDir():
+		return &fs.PathError{Op: "confine", Path: s.host + ":" + remote, Err: errors.New("parent is not a directory")}
+	}
+	s.markVerified(p)
+	return nil
+}
+
+func clean(rel string) (string, error) {
+	c, err := lsync.CleanRel(rel)
+	if err != nil {
+		return "", fmt.Errorf("refusing target path: %w", err)
+	}
+	return c, nil
+}
+
+// tempName returns a unique hidden sibling of rel. Long names are cut so
+// that the temp name stays within NAME_MAX.
+func tempName(rel string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	base := path.Base(rel)
+	if len(base) > 200 {
+		base = base[:200]
+	}
+	return path.Join(path.Dir(rel), lsync.TempPrefix+base+"."+hex.EncodeToString(b[:]))
+}
+
+func permBits(mode fs.FileMode) fs.FileMode {
+	return mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+}
+
+// Walk implements lsync.Target.
+func (s *session) Walk(ctx context.Context, fn func(lsync.Entry) error) error {
+	if err := s.alive(ctx); err != nil {
+		return err
+	}
+	return s.walkDir(ctx, "", fn)
+}
+
+func (s *session) walkDir(ctx context.Context, rel string, fn func(lsync.Entry) error) error {
+	remote := s.abs(rel)
+	infos, err := s.cl().ReadDirContext(ctx, remote)
+	if err != nil {
+		if rel != "" && errors.Is(err, fs.ErrNotExist) {
+			return nil // removed while we walked
+		}
+		return s.check("readdir", remote, err)
+	}
+	slices.SortFunc(infos, func(a, b os.FileInfo) int { return strings.Compare(a.Name(), b.Name()) })
+	for _, fi := range infos {
+		name := fi.Name()
+		if name == "." || name == ".." {
+			continue
+		}
+		child := name
+		if rel != "" {
+			child = rel + "/" + name
+		}
+		e, err := s.entry(child, fi)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		err = fn(e)
+		if fi.IsDir() {
+			if errors.Is(err, fs.SkipDir) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if err := s.walkDir(ctx, child, fn); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *session) entry(rel string, fi os.FileInfo) (lsync.Entry, error) {
+	e := lsync.Entry{Path: rel, Mode: fi.Mode(), Size: fi.Size(), ModTime: fi.ModTime()}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		remote := s.abs(rel)
+		t, err := s.cl().ReadLink(remote)
+		if err != nil {
+			return e, s.check("readlink", remote, err)
+		}
+		e.LinkTarget = t
+	}
+	return e, nil
+}
+
+// Stat implements lsync.Target.
+func (s *session) Stat(ctx context.Context, rel string) (lsync.Entry, error) {
+	rel, err := clean(rel)
+	if err != nil {
+		return lsync.Entry{}, err
+	}
+	if err := s.ensureParents(ctx, rel, false); err != nil {
+		return lsync.Entry{}, err
+	}
+	remote := s.abs(rel)
+	fi, err := s.cl().Lstat(remote)
+	if err != nil {
+		return lsync.Entry{}, s.check("lstat", remote, err)
+	}
+	return s.entry(rel, fi)
+}
+
+// WriteFile implements lsync.Target.
+func (s *session) WriteFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+	rel, err := clean(rel)
+	if err != nil {
+		return err
+	}
+	if err := s.ensureParents(ctx, rel, true); err != nil {
+		return err
+	}
+	tmp := s.abs(tempName(rel))
+	final := s.abs(rel)
+	c := s.cl()
+	f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return s.check("create", tmp, err)
+	}
+	if err := s.fill(ctx, c, f, tmp, r, mode, mtime); err != nil {
+		s.removeTemp(tmp)
+		return err
+	}
+	if err := c.PosixRename(tmp, final); err != nil {
+		err = s.check("rename", final, err)
+		s.removeTemp(tmp)
+		return err
+	}
+	return nil
+}
+
+// fill writes the content and metadata of an open temp file and closes it.
+func (s *session) fill(ctx context.Context, c *sftp.Client, f *sftp.File, tmp string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+	_, err := f.ReadFrom(newContextReader(ctx, r))
+	if err != nil {
+		_ = f.Close()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var rerr *sourceError
+		if errors.As(err, &rerr) {
+			return rerr.err
+		}
+		return s.withSpaceHint(tmp, s.check("write", tmp, err))
+	}
+	// Mode (by handle, then close) and times (by path) are independent
+	// requests: send them together so they cost one round trip.
+	var g errgroup.Group
+	g.Go(func() error {
+		if err := f.Chmod(permBits(mode)); err != nil {
+			_ = f.Close()
+			return s.check("chmod", tmp, err)
+		}
+		return s.withSpaceHint(tmp, s.check("close", tmp, f.Close()))
+	})
+	g.Go(func() error {
+		return s.check("chtimes", tmp, c.Chtimes(tmp, mtime, mtime))
+	})
+	return g.Wait()
+}
+
+// withSpaceHint adds the free space of the target filesystem to a generic
+// SFTP failure: OpenSSH reports ENOSPC as a bare "Failure".
+func (s *session) withSpaceHint(remote string, err error) error {
+	var se *sftp.StatusError
+	if err == nil || !errors.As(err, &se) || se.FxCode() != sftp.ErrSSHFxFailure {
+		return err
+	}
+	st, serr := s.cl().StatVFS(path.Dir(remote))
+	if serr != nil {
+		return err
+	}
+	return fmt.Errorf("%w (target filesystem has %d bytes and %d inodes free)", err, st.FreeSpace(), st.Ffree)
+}
+
+func (s *session) removeTemp(tmp string) {
+	if s.deadErr() != nil {
+		return // a later reconciliation removes leftovers
+	}
+	if err := s.cl().Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.logger.Warn("cannot remove temp file", "path", tmp, "err", err)
+	}
+}
+
+// Mkdir implements lsync.Target.
+func (s *session) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error {
+	rel, err := clean(rel)
+	if err != nil {
+		return err
+	}
+	if err := s.ensureParents(ctx, rel, true); err != nil {
+		return err
+	}
+	if err := s.alive(ctx); err != nil {
+		return err
+	}
+	remote := s.abs(rel)
+	if merr := s.cl().Mkdir(remote); merr != nil {
+		fi, err := s.cl().Lstat(remote)
+		if err != nil {
+			return s.check("mkdir", remote, merr)
+		}
+		if !fi.IsDir() || fi.Mode()&fs.ModeSymlink != 0 {
+			return &fs.PathError{Op: "mkdir", Path: s.host + ":" + remote, Err: fs.ErrExist}
+		}
+	}
+	s.markVerified(rel)
+	return s.check("chmod", remote, s.cl().Chmod(remote, permBits(mode)))
+}
+
+// Symlink implements lsync.Target.
+func (s *session) Symlink(ctx context.Context, rel, linkTarget string) error {
+	rel, err := clean(rel)
+	if err != nil {
+		return err
+	}
+	if err := s.ensureParents(ctx, rel, true); err != nil {
+		return err
+	}
+	s.forget(rel)
+	tmp := s.abs(tempName(rel))
+	final := s.abs(rel)
+	if err := s.cl().Symlink(linkTarget, tmp); err != nil {
+		return s.check("symlink", tmp, err)
+	}
+	if err := s.cl().PosixRename(tmp, final); err != nil {
+		err = s.check("rename", final, err)
+		s.removeTemp(tmp)
+		return err
+	}
+	return nil
+}
+
+// metaTarget resolves rel for a metadata change. SFTP setstat follows
+// symlinks, so a symlink at rel is refused rather than letting the change
+// land on whatever it points to, possibly outside the root.
+func (s *session) metaTarget(ctx context.Context, op, rel string) (string, error) {
+	rel, err := clean(rel)
+	if err != nil {
+		return "", err
+	}
+	if err := s.ensureParents(ctx, rel, false); err != nil {
+		return "", err
+	}
+	remote := s.abs(rel)
+	fi, err := s.cl().Lstat(remote)
+	if err != nil {
+		return "", s.check("lstat", remote, err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return "", &fs.PathError{Op: op, Path: s.host + ":" + remote,
+			Err: fmt.Errorf("is a symlink; SFTP cannot change a symlink's own metadata: %w", errors.ErrUnsupported)}
+	}
+	return remote, nil
+}
+
+// Chtimes implements lsync.Target.
+func (s *session) Chtimes(ctx context.Context, rel string, mtime time.Time) error {
+	remote, err := s.metaTarget(ctx, "chtimes", rel)
+	if err != nil {
+		return err
+	}
+	return s.check("chtimes", remote, s.cl().Chtimes(remote, mtime, mtime))
+}
+
+// Chmod implements lsync.Target.
+func (s *session) Chmod(ctx context.Context, rel string, mode fs.FileMode) error {
+	remote, err := s.metaTarget(ctx, "chmod", rel)
+	if err != nil {
+		return err
+	}
+	return s.check("chmod", remote, s.cl().Chmod(remote, permBits(mode)))
+}
+
+// Rename implements lsync.Target.
+func (s *session) Rename(ctx context.Context, from, to string) error {
+	from, err := clean(from)
+	if err != nil {
+		return err
+	}
+	to, err = clean(to)
+	if err != nil {
+		return err
+	}
+	if err := s.ensureParents(ctx, from, false); err != nil {
+		return err
+	}
+	if err := s.ensureParents(ctx, to, true); err != nil {
+		return err
+	}
+	s.forget(from)
+	s.forget(to)
+	return s.check("rename", s.abs(from)+" -> "+s.abs(to), s.cl().PosixRename(s.abs(from), s.abs(to)))
+}
+
+// RemoveAll implements lsync.Target.
+func (s *session) RemoveAll(ctx context.Context, rel string) error {
+	rel, err := clean(rel)
+	if err != nil {
+		return err
+	}
+	if err := s.ensureParents(ctx, rel, false); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	s.forget(rel)
+	remote := s.abs(rel)
+	fi, err := s.cl().Lstat(remote)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return s.check("lstat", remote, err)
+	}
+	if !fi.IsDir() {
+		return s.removeFile(remote)
+	}
+	return s.removeTree(ctx, remote)
+}
+
+func (s *session) removeFile(remote string) error {
+	err := s.cl().Remove(remote)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return s.check("remove", remote, err)
+}
+
+// removeTree deletes a real directory (never following symlinks: READDIR
+// reports lstat attributes). Entries are removed concurrently because each
+// removal is a round trip.
+func (s *session) removeTree(ctx context.Context, remote string) error {
+	infos, err := s.cl().ReadDirContext(ctx, remote)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return s.check("readdir", remote, err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for _, fi := range infos {
+		if fi.Name() == "." || fi.Name() == ".." {
+			continue
+		}
+		child := path.Join(remote, fi.Name())
+		if fi.IsDir() {
+			if err := s.removeTree(gctx, child); err != nil {
+				_ = g.Wait()
+				return err
+			}
+			continue
+		}
+		g.Go(func() error { return s.removeFile(child) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := s.alive(ctx); err != nil {
+		return err
+	}
+	err = s.cl().RemoveDirectory(remote)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return s.check("rmdir", remote, err)
+}
+
+// Open implements lsync.Target.
+func (s *session) Open(ctx context.Context, rel string) (io.ReadCloser, error) {
+	rel, err := clean(rel)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ensureParents(ctx, rel, false); err != nil {
+		return nil, err
+	}
+	remote := s.abs(rel)
+	fi, err := s.cl().Lstat(remote)
+	if err != nil {
+		return nil, s.check("lstat", remote, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, &fs.PathError{Op: "open", Path: s.host + ":" + remote, Err: errors.New("not a regular file")}
+	}
+	f, err := s.cl().Open(remote)
+	if err != nil {
+		return nil, s.check("open", remote, err)
+	}
+	return &remoteFile{s: s, f: f, remote: remote}, nil
+}
+
+type remoteFile struct {
+	s      *session
+	f      *sftp.File
+	remote string
+}
+
+func (r *remoteFile) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	if err != nil && err != io.EOF {
+		err = r.s.check("read", r.remote, err)
+	}
+	return n, err
+}
+
+// WriteTo keeps io.Copy on the pipelined read path of pkg/sftp.
+func (r *remoteFile) WriteTo(w io.Writer) (int64, error) {
+	n, err := r.f.WriteTo(destWriter{w})
+	if err != nil {
+		var we *destError
+		if errors.As(err, &we) {
+			return n, we.err
+		}
+		err = r.s.check("read", r.remote, err)
+	}
+	return n, err
+}
+
+func (r *remoteFile) Close() error {
+	return r.s.check("close", r.remote, r.f.Close())
+}
+
+// sourceError marks a failure to read the local content, so that it is
+// not mistaken for a broken connection.
+type sourceError struct{ err error }
+
+func (e *sourceError) Error() string { return e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
+
+// destError is the same for the writer side of remoteFile.WriteTo.
+type destError struct{ err error }
+
+func (e *destError) Error() string { return e.err.Error() }
+func (e *destError) Unwrap() error { return e.err }
+
+type destWriter struct{ w io.Writer }
+
+func (d destWriter) Write(p []byte) (int, error) {
+	n, err := d.w.Write(p)
+	if err != nil {
+		err = &destError{err: err}
+	}
+	return n, err
+}
+
+// contextReader stops an upload when ctx is cancelled, marks local read
+// errors, and advertises the size when known so that pkg/sftp pipelines
+// the writes (-1 means unknown: pipeline at full depth).
+type contextReader struct {
+	ctx  context.Context
+	r    io.Reader
+	size int64
+}
+
+func newContextReader(ctx context.Context, r io.Reader) *contextReader {
+	size := int64(-1)
+	switch v := r.(type) {
+	case interface{ Len() int }:
+		size = int64(v.Len())
+	case interface{ Size() int64 }:
+		size = v.Size()
+	case interface{ Stat() (os.FileInfo, error) }:
+		if fi, err := v.Stat(); err == nil && fi.Mode().IsRegular() {
+			size = fi.Size()
+		}
+	}
+	return &contextReader{ctx: ctx, r: r, size: size}
+}
+
+func (c *contextReader) Size() int64 { return c.size }
+
+func (c *contextReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = &sourceError{err: err}
+	}
+	return n, err
+}

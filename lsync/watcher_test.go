@@ -1,0 +1,145 @@
+package lsync
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+type recordingSink struct {
+	mu      sync.Mutex
+	events  []Event
+	rescans []string
+}
+
+func (s *recordingSink) event(_ context.Context, ev Event) {
+	s.mu.Lock()
+	s.events = append(s.events, ev)
+	s.mu.Unlock()
+}
+
+func (s *recordingSink) rescan(_ context.Context, reason string) {
+	s.mu.Lock()
+	s.rescans = append(s.rescans, reason)
+	s.mu.Unlock()
+}
+
+func (s *recordingSink) snapshot() ([]Event, []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Event(nil), s.events...), append([]string(nil), s.rescans...)
+}
+
+func TestWatchLimitErrorNamesSysctl(t *testing.T) {
+	root := t.TempDir()
+	for i := 0; i < 5; i++ {
+		if err := os.MkdirAll(filepath.Join(root, "d"+strconv.Itoa(i), "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fsw, err := fsnotify.NewWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsw.Close()
+	w := &Watcher{root: root, fsw: fsw, dirs: map[string]uint64{}, logger: slog.New(slog.DiscardHandler)}
+	added := 0
+	w.addWatch = func(p string) error {
+		if added == 3 {
+			return &os.SyscallError{Syscall: "inotify_add_watch", Err: syscall.ENOSPC}
+		}
+		added++
+		return fsw.Add(p)
+	}
+	err = w.addTree(context.Background(), "", nil)
+	var wl *WatchLimitError
+	if !errors.As(err, &wl) {
+		t.Fatalf("want WatchLimitError, got %v", err)
+	}
+	msg := err.Error()
+	for _, want := range []string{"fs.inotify.max_user_watches", "needs 11 watches", strconv.Itoa(readWatchLimit())} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not mention %q", msg, want)
+		}
+	}
+}
+
+func TestWatcherOverflowRescansAndNewDirsAreScanned(t *testing.T) {
+	root := t.TempDir()
+	w, err := NewWatcher(root, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	sink := &recordingSink{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, sink) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	// A directory tree that appears at once (mv from elsewhere, tar x):
+	// its contents predate the watch and must still be reported.
+	staging := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(staging, "new", "deep"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(staging, "new", "deep", "f.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(staging, "new"), filepath.Join(root, "new")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs, _ := sink.snapshot()
+		var seen bool
+		for _, e := range evs {
+			seen = seen || e.Path == "new/deep/f.txt"
+		}
+		if seen {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("file inside a moved-in directory not reported: %v", evs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Later writes in the new subtree are watched.
+	if err := os.WriteFile(filepath.Join(root, "new", "deep", "g.txt"), []byte("y"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Overflow: a rescan is requested, the watcher keeps running.
+	w.fsw.Errors <- fsnotify.ErrEventOverflow
+	for {
+		evs, rescans := sink.snapshot()
+		var seen bool
+		for _, e := range evs {
+			seen = seen || e.Path == "new/deep/g.txt"
+		}
+		if seen && len(rescans) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events %v rescans %v", evs, rescans)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if w.WatchedDirs() != 3 {
+		t.Errorf("watching %d dirs, want 3", w.WatchedDirs())
+	}
+}

@@ -1,0 +1,429 @@
+package orchestrator
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// testRepl stands in for the replication supervisor: tests set whether a
+// database is fenced, and it records the orchestrator's Fence calls.
+type testRepl struct {
+	mu     sync.Mutex
+	fenced map[string]string // db -> reason
+	calls  []string
+	active atomic.Int32 // -1 unknown, 0 observer, 1 active
+}
+
+func newTestRepl() *testRepl {
+	r := &testRepl{fenced: map[string]string{}}
+	r.active.Store(-1)
+	return r
+}
+
+func (r *testRepl) Run(ctx context.Context) error { <-ctx.Done(); return nil }
+func (r *testRepl) SetActive(a bool) {
+	if a {
+		r.active.Store(1)
+	} else {
+		r.active.Store(0)
+	}
+}
+
+func (r *testRepl) Status() dbrepl.PairStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := dbrepl.PairStatus{Verdict: dbrepl.VerdictHealthy, GeneratedAt: time.Now()}
+	for _, db := range []string{"db1", "db2"} {
+		reason, f := r.fenced[db]
+		st.Nodes = append(st.Nodes, dbrepl.NodeStatus{Name: db, Reachable: true, Writable: !f, ReadOnly: f, Fenced: f,
+			FenceReason: reason, GTIDCurrentPos: "0-1-42", ObservedAt: time.Now()})
+	}
+	return st
+}
+
+func (r *testRepl) Fence(_ context.Context, node, reason string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fenced[node] = reason
+	r.calls = append(r.calls, node)
+	return nil
+}
+
+func (r *testRepl) setFenced(db string, f bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if f {
+		r.fenced[db] = "test: lagging"
+	} else {
+		delete(r.fenced, db)
+	}
+}
+
+func (r *testRepl) fenceCalls() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.calls...)
+}
+
+// relay forwards UDP datagrams to dst until cut; it stands for the network
+// link between two nodes. Datagrams it forwarded can be replayed.
+type relay struct {
+	conn *net.UDPConn
+	dst  *net.UDPAddr
+	cut  atomic.Bool
+	mu   sync.Mutex
+	seen [][]byte
+	done chan struct{}
+}
+
+func newRelay(t testing.TB, dst string) *relay {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := net.ResolveUDPAddr("udp", dst)
+	r := &relay{conn: c, dst: d, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		buf := make([]byte, 65536)
+		for {
+			n, _, err := c.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if r.cut.Load() {
+				continue
+			}
+			pkt := append([]byte(nil), buf[:n]...)
+			r.mu.Lock()
+			r.seen = append(r.seen, pkt)
+			r.mu.Unlock()
+			_, _ = c.WriteToUDP(pkt, r.dst)
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-r.done })
+	return r
+}
+
+func (r *relay) addr() string { return r.conn.LocalAddr().String() }
+
+func (r *relay) captured() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([][]byte(nil), r.seen...)
+}
+
+// witnessServer is a TCP witness that can be switched off and on.
+type witnessServer struct {
+	addr string
+	mu   sync.Mutex
+	l    net.Listener
+	wg   sync.WaitGroup
+}
+
+func newWitness(t testing.TB) *witnessServer {
+	t.Helper()
+	w := &witnessServer{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.addr = l.Addr().String()
+	w.serve(l)
+	t.Cleanup(w.stop)
+	return w
+}
+
+func (w *witnessServer) serve(l net.Listener) {
+	w.mu.Lock()
+	w.l = l
+	w.mu.Unlock()
+	w.wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	})
+}
+
+func (w *witnessServer) stop() {
+	w.mu.Lock()
+	if w.l != nil {
+		w.l.Close()
+		w.l = nil
+	}
+	w.mu.Unlock()
+	w.wg.Wait()
+}
+
+func (w *witnessServer) start(t testing.TB) {
+	l, err := net.Listen("tcp", w.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.serve(l)
+}
+
+func freeUDP(t testing.TB) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().String()
+}
+
+// testNode is one in-process `lockstep run`.
+type testNode struct {
+	name    string
+	dir     string
+	calls   string // script call log
+	repl    *testRepl
+	daemon  *Daemon
+	reg     *prometheus.Registry
+	cancel  context.CancelCauseFunc
+	stopped chan struct{}
+	witness *witnessServer
+}
+
+type clusterOpts struct {
+	keepalive, deadtime, margin time.Duration
+	takeoverWait                time.Duration
+	noWitness                   bool
+	scripts                     map[string][]string // node -> extra shell code per resource index
+	resourceTimeout             time.Duration
+	wrongKey                    string   // node name that gets a different key
+	relays                      bool     // route heartbeats through cuttable relays
+}
+
+type testCluster struct {
+	nodes  map[string]*testNode
+	relays map[string]*relay // "a->b"
+}
+
+func startCluster(t testing.TB, o clusterOpts) *testCluster {
+	t.Helper()
+	if o.keepalive == 0 {
+		o.keepalive, o.deadtime = 100*time.Millisecond, 500*time.Millisecond
+	}
+	names := []string{"a", "b"}
+	ports := map[string]string{"a": freeUDP(t), "b": freeUDP(t)}
+	tc := &testCluster{nodes: map[string]*testNode{}, relays: map[string]*relay{}}
+	addrFor := func(self, other string) string { return ports[other] }
+	if o.relays {
+		for _, from := range names {
+			for _, to := range names {
+				if from != to {
+					tc.relays[from+"->"+to] = newRelay(t, ports[to])
+				}
+			}
+		}
+		addrFor = func(self, other string) string { return tc.relays[self+"->"+other].addr() }
+	}
+	for i, name := range names {
+		dir := t.TempDir()
+		secret := testSecret
+		if name == o.wrongKey {
+			secret = strings.Repeat("w", 40)
+		}
+		n := &testNode{name: name, dir: dir, calls: filepath.Join(dir, "calls"), repl: newTestRepl(), reg: prometheus.NewRegistry(), stopped: make(chan struct{})}
+		cc := &ClusterConfig{
+			KeyFile: writeKey(t, dir, secret, 0o600), Keepalive: o.keepalive, Deadtime: o.deadtime,
+			TakeoverMargin: o.margin, TakeoverWait: o.takeoverWait, AgentCheck: "127.0.0.1:0",
+		}
+		for j, other := range names {
+			addr := ports[other]
+			if other != name {
+				addr = addrFor(name, other)
+			}
+			cc.Nodes = append(cc.Nodes, NodeConfig{Name: other, Address: addr, DB: fmt.Sprintf("db%d", j+1)})
+		}
+		if !o.noWitness {
+			n.witness = newWitness(t)
+			cc.Witness = []string{"tcp://" + n.witness.addr}
+		}
+		for j, r := range []string{"r1", "r2"} {
+			extra := ""
+			if j < len(o.scripts[name]) {
+				extra = o.scripts[name][j]
+			}
+			timeout := o.resourceTimeout
+			if timeout == 0 {
+				timeout = 5 * time.Second
+			}
+			cc.Resources = append(cc.Resources, ResourceConfig{Exec: lsbScript(t, dir, r, n.calls, extra), Timeout: timeout})
+		}
+		cc.SetDefaults()
+		if err := cc.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		d, err := NewDaemon(DaemonConfig{Node: name, Listen: "127.0.0.1:0", Cluster: cc, Repl: n.repl, Registry: n.reg,
+			Logger: testLogger(t, name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.daemon = d
+		tc.nodes[name] = n
+		_ = i
+	}
+	for _, n := range tc.nodes {
+		n.start(t)
+	}
+	return tc
+}
+
+func (n *testNode) start(t testing.TB) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	n.cancel = cancel
+	go func() {
+		defer close(n.stopped)
+		if err := n.daemon.Run(ctx); err != nil {
+			t.Errorf("node %s: %v", n.name, err)
+		}
+	}()
+	t.Cleanup(func() { n.stop(nil) })
+	select {
+	case <-n.daemon.Ready():
+	case <-n.stopped:
+		t.Fatalf("node %s did not start", n.name)
+	}
+}
+
+// stop ends the daemon; cause errCrash simulates kill -9.
+func (n *testNode) stop(cause error) {
+	n.cancel(cause)
+	<-n.stopped
+}
+
+// testLogger discards unless LOCKSTEP_TEST_LOG is set.
+func testLogger(_ testing.TB, name string) *slog.Logger {
+	if os.Getenv("LOCKSTEP_TEST_LOG") == "" {
+		return discardLogger().With("node", name)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
+}
+
+func (n *testNode) role() string {
+	n.daemon.role.mu.Lock()
+	defer n.daemon.role.mu.Unlock()
+	return n.daemon.role.role
+}
+
+func (n *testNode) reason() string {
+	n.daemon.role.mu.Lock()
+	defer n.daemon.role.mu.Unlock()
+	return n.daemon.role.reason
+}
+
+func (n *testNode) cfg() ClusterConfig {
+	n.daemon.role.mu.Lock()
+	defer n.daemon.role.mu.Unlock()
+	return n.daemon.role.cfg
+}
+
+func (n *testNode) held() []string { return n.daemon.role.group.Held() }
+
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < within {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s", within, what)
+	return 0
+}
+
+func (tc *testCluster) writers() []string {
+	var w []string
+	for _, name := range []string{"a", "b"} {
+		if n := tc.nodes[name]; n.role() == RoleWriter {
+			w = append(w, name)
+		}
+	}
+	return w
+}
+
+func eventTime(t testing.TB, n *testNode, substr string) time.Time {
+	t.Helper()
+	for _, e := range n.daemon.events.List() {
+		if strings.Contains(e.Message, substr) {
+			return e.Time
+		}
+	}
+	t.Fatalf("node %s: no event containing %q in:\n%s", n.name, substr, dumpEvents(n))
+	return time.Time{}
+}
+
+func dumpEvents(n *testNode) string {
+	var b strings.Builder
+	for _, e := range n.daemon.events.List() {
+		fmt.Fprintf(&b, "  %s %s %s\n", e.Time.Format("15:04:05.000"), e.Kind, e.Message)
+	}
+	return b.String()
+}
+
+func getJSON(t testing.TB, n *testNode, path string, v any) int {
+	t.Helper()
+	resp, err := http.Get("http://" + n.daemon.HTTPAddr().String() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if v != nil {
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("%s: %v: %s", path, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+func getText(t testing.TB, n *testNode, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + n.daemon.HTTPAddr().String() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func agent(t testing.TB, n *testNode) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", n.daemon.AgentAddr().String(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	return line
+}

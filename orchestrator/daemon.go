@@ -1,0 +1,279 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// SyncTargetStatus is one sync target as /status shows it.
+type SyncTargetStatus struct {
+	Job          string    `json:"job"`
+	Target       string    `json:"target"`
+	Connected    bool      `json:"connected"`
+	PendingFiles int       `json:"pending_files"`
+	LastSync     time.Time `json:"last_sync,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
+}
+
+// SyncJob is a docroot sync job as the daemon runs it.
+type SyncJob interface {
+	Name() string
+	Run(ctx context.Context) error
+	Targets() []SyncTargetStatus
+}
+
+// ReplSupervisor is the MariaDB pair supervisor as the daemon runs it.
+//
+// Decision-making: the supervisor runs on both nodes and its fence and
+// unfence decisions are idempotent (both observe the same two servers and
+// set the same read_only values). When the implementation also offers
+// SetActive(bool), the daemon calls it with true only on the writer, so
+// that a single node acts and the standby merely observes; the explicit
+// Fence used for self-fencing acts in either mode.
+type ReplSupervisor interface {
+	Run(ctx context.Context) error
+	Status() dbrepl.PairStatus
+	Fence(ctx context.Context, node, reason string) error
+}
+
+// activeSetter is the optional one-decision-maker switch of a supervisor.
+type activeSetter interface{ SetActive(active bool) }
+
+// DaemonConfig gathers what `lockstep run` composes.
+type DaemonConfig struct {
+	Node    string
+	Listen  string
+	Cluster *ClusterConfig
+	Sync    []SyncJob
+	Repl    ReplSupervisor // nil when the file has no repl section
+	// Registry receives the orchestrator's metrics and serves /metrics;
+	// give the same one to the sync jobs and the supervisor.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+}
+
+// Daemon is one node's `lockstep run`.
+type Daemon struct {
+	cfg     DaemonConfig
+	logger  *slog.Logger
+	events  *EventLog
+	metrics *Metrics
+	role    *RoleManager
+
+	ready      chan struct{}
+	httpAddr   net.Addr
+	agentAddr  net.Addr
+	runCtx     context.Context
+	witnessWG  *sync.WaitGroup
+	reloadMu   sync.Mutex
+	runningCfg ClusterConfig
+}
+
+// NewDaemon checks the configuration (key file, resources, membership)
+// and prepares the components; nothing runs or listens until Run.
+func NewDaemon(c DaemonConfig) (*Daemon, error) {
+	if c.Cluster == nil {
+		return nil, errors.New("cluster: section required for lockstep run")
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	key, err := LoadKey(c.Cluster.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.key_file: %w", err)
+	}
+	d := &Daemon{cfg: c, logger: c.Logger.With("component", "daemon"), ready: make(chan struct{}), runningCfg: *c.Cluster}
+	d.events = NewEventLog(c.Logger.With("component", "events"))
+	d.metrics = NewMetrics(c.Registry)
+	resources, err := NewResources(c.Cluster.Resources, c.Logger.With("component", "resource"))
+	if err != nil {
+		return nil, fmt.Errorf("cluster.%w", err)
+	}
+	rc := RoleManagerConfig{
+		Node: c.Node, Cluster: c.Cluster, Key: key, Resources: resources,
+		Events: d.events, Metrics: d.metrics, Logger: c.Logger,
+	}
+	if c.Repl != nil {
+		rc.Fencer, rc.Repl = c.Repl, c.Repl
+		if as, ok := c.Repl.(activeSetter); ok {
+			var mu sync.Mutex
+			rc.OnRole = func(role string) {
+				mu.Lock()
+				defer mu.Unlock()
+				as.SetActive(role == RoleWriter)
+			}
+		}
+	}
+	if d.role, err = NewRoleManager(rc); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	return d, nil
+}
+
+// Events is the daemon's event log (for the cmd layer's reload messages).
+func (d *Daemon) Events() *EventLog { return d.events }
+
+// Ready is closed once the HTTP and agent-check ports are bound.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// HTTPAddr is the bound /health /status /metrics address (after Ready).
+func (d *Daemon) HTTPAddr() net.Addr { return d.httpAddr }
+
+// AgentAddr is the bound agent-check address, nil when off (after Ready).
+func (d *Daemon) AgentAddr() net.Addr { return d.agentAddr }
+
+// Run serves HTTP and the agent check, and runs the role manager, the sync
+// jobs and the replication supervisor, each restarted with exponential
+// backoff when it fails. When ctx ends, the role manager releases the
+// resources right to left; the database is left as it is.
+func (d *Daemon) Run(ctx context.Context) error {
+	hl, err := net.Listen("tcp", d.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	var al net.Listener
+	if d.cfg.Cluster.AgentCheck != "" {
+		if al, err = net.Listen("tcp", d.cfg.Cluster.AgentCheck); err != nil {
+			hl.Close()
+			return fmt.Errorf("cluster.agent_check: %w", err)
+		}
+		d.agentAddr = al.Addr()
+	}
+	d.httpAddr = hl.Addr()
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 5 * time.Second}
+
+	var serveWG sync.WaitGroup
+	serveWG.Go(func() {
+		if err := srv.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.logger.Error("http server", "err", err)
+		}
+	})
+	if al != nil {
+		serveWG.Go(func() { d.serveAgent(al) })
+	}
+	d.runCtx = ctx
+	d.witnessWG = &sync.WaitGroup{}
+	close(d.ready)
+	d.events.Add(EventSupervisor, fmt.Sprintf("lockstep run started on node %s: http %s, heartbeats %s", d.cfg.Node, d.httpAddr, d.role.self.Address))
+
+	var wg sync.WaitGroup
+	wg.Go(func() { d.supervise(ctx, "role manager", d.role.Run) })
+	for _, j := range d.cfg.Sync {
+		wg.Go(func() { d.supervise(ctx, "sync job "+j.Name(), j.Run) })
+	}
+	if d.cfg.Repl != nil {
+		wg.Go(func() { d.supervise(ctx, "replication supervisor", d.cfg.Repl.Run) })
+	}
+	wg.Wait()
+	d.witnessWG.Wait()
+
+	// HTTP stays up until everything is released, so the balancer sees
+	// "drain" during the release and a closed port after it.
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	if al != nil {
+		al.Close()
+	}
+	serveWG.Wait()
+	d.events.Add(EventSupervisor, "lockstep run stopped")
+	return nil
+}
+
+// supervise runs fn until ctx ends, restarting it after a failure or
+// panic with exponential backoff (1s doubling to 1m, reset after a minute
+// of healthy running).
+func (d *Daemon) supervise(ctx context.Context, name string, fn func(context.Context) error) {
+	backoff := time.Second
+	for {
+		start := time.Now()
+		err := runRecovered(ctx, fn)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > time.Minute {
+			backoff = time.Second
+		}
+		if err == nil {
+			err = errors.New("returned unexpectedly")
+		}
+		d.metrics.restarts.WithLabelValues(name).Inc()
+		d.events.Warn(EventSupervisor, fmt.Sprintf("%s failed: %v; restarting in %s", name, err, backoff), "component", name)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Minute)
+	}
+}
+
+func runRecovered(ctx context.Context, fn func(context.Context) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return fn(ctx)
+}
+
+// Reload applies a re-read configuration. Node, listen and cluster.nodes
+// need a restart; the rest of the cluster section applies live. It returns
+// one line per change (also recorded as events).
+func (d *Daemon) Reload(node, listen string, c *ClusterConfig) error {
+	select {
+	case <-d.ready:
+	default:
+		return errors.New("reload: the daemon is not running yet")
+	}
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	if c == nil {
+		err := errors.New("reload: the new file has no cluster section; keeping the running configuration")
+		d.events.Warn(EventReload, err.Error())
+		return err
+	}
+	var notes []string
+	if node != d.cfg.Node {
+		notes = append(notes, fmt.Sprintf("node changed %s -> %s: restart required; ignored", d.cfg.Node, node))
+	}
+	if listen != "" && listen != d.cfg.Listen {
+		notes = append(notes, fmt.Sprintf("listen changed %s -> %s: restart required; ignored", d.cfg.Listen, listen))
+	}
+	key, err := LoadKey(c.KeyFile)
+	if err != nil {
+		err = fmt.Errorf("reload: cluster.key_file: %w; keeping the running configuration", err)
+		d.events.Warn(EventReload, err.Error())
+		return err
+	}
+	resources, err := NewResources(c.Resources, d.cfg.Logger.With("component", "resource"))
+	if err != nil {
+		err = fmt.Errorf("reload: cluster.%w; keeping the running configuration", err)
+		d.events.Warn(EventReload, err.Error())
+		return err
+	}
+	notes = append(notes, d.role.Reload(d.runCtx, d.witnessWG, c, key, resources)...)
+	if len(notes) == 0 {
+		notes = append(notes, "cluster timing and failback settings applied (no other change)")
+	}
+	for _, n := range notes {
+		d.events.Add(EventReload, "reload: "+n)
+	}
+	return nil
+}

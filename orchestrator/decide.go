@@ -1,0 +1,281 @@
+package orchestrator
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Roles. Exactly one node of the cluster is the writer and holds the
+// resources; a fenced node has made its database read-only and takes no
+// traffic.
+const (
+	RoleWriter  = "writer"
+	RoleStandby = "standby"
+	RoleFenced  = "fenced"
+)
+
+// view is everything a role decision depends on, captured at one instant
+// so that decide is a pure function (and unit-testable).
+type view struct {
+	now       time.Time
+	cfg       ClusterConfig
+	self      string
+	preferred string // lowest configured name: cold-start winner and auto_failback home
+	role      string
+	decided   bool
+	startedAt time.Time
+
+	writerSince   time.Time
+	dbFenced      bool
+	dbFencedSince time.Time
+	failHold      bool // a recent failed acquisition makes us ineligible
+
+	witnessConfigured bool
+	witnessSeen       bool
+	witnessNames      string
+
+	peers []peerView
+}
+
+type peerView struct {
+	name     string
+	heard    bool // a valid heartbeat since we started
+	silent   time.Duration
+	alive    bool
+	aliveFor time.Duration
+	authFail bool // unauthenticated datagrams from its address within deadtime
+	hb       *Heartbeat
+}
+
+func (p peerView) leaving() bool { return p.hb != nil && p.hb.Leaving }
+
+// gone: a peer we may take over from, because it said it left (after
+// releasing its resources) or was silent for deadtime + margin, by which
+// time an isolated writer has fenced itself.
+func (p peerView) gone(cfg ClusterConfig) bool {
+	return p.leaving() || p.silent >= cfg.Deadtime+cfg.TakeoverMargin
+}
+
+type decision struct {
+	role    string
+	reason  string
+	decided bool
+	// waiting explains why a takeover is held back (logged once).
+	waiting string
+}
+
+// decide computes the role this node should have. Rules, in order:
+//  1. Isolation: no peer alive and no witness reachable → fenced.
+//  2. Startup: no decision until every peer was heard or deadtime+margin passed.
+//  3. A fenced node returns to standby once a peer or a witness is back.
+//  4. Another live writer: a standby stays standby; two writers resolve by
+//     (database not fenced, earlier writer_since, lower name).
+//  5. A writer keeps the role unless its database is fenced while an
+//     eligible peer waits, or auto_failback hands it to the preferred node.
+//  6. A standby whose peers are all gone takes over when eligible: its
+//     database is not fenced (or takeover_wait expired).
+//  7. Live peers, no writer: the lowest-named eligible node takes over.
+func decide(v view) decision {
+	d := decision{role: v.role, decided: v.decided}
+	cfg := v.cfg
+	allDead := true
+	for _, p := range v.peers {
+		if p.alive && !p.leaving() {
+			allDead = false
+		}
+	}
+	uptime := v.now.Sub(v.startedAt)
+
+	// 1. Isolation. Not during the first deadtime: witnesses have not been
+	// probed yet and peers not heard.
+	if allDead && v.witnessConfigured && !v.witnessSeen && (uptime >= cfg.Deadtime || v.role == RoleWriter) {
+		d.decided = true
+		if v.role != RoleFenced {
+			d.role = RoleFenced
+			d.reason = fmt.Sprintf("isolated: no valid heartbeat from %s and no witness reachable (%s)", peerSilence(v.peers), v.witnessNames)
+		}
+		return d
+	}
+
+	// 2. Startup wait.
+	if !d.decided {
+		heardAll := true
+		for _, p := range v.peers {
+			if !p.heard {
+				heardAll = false
+			}
+		}
+		if !heardAll && uptime < cfg.Deadtime+cfg.TakeoverMargin {
+			return d
+		}
+		d.decided = true
+	}
+
+	// 3. Leaving the fenced role.
+	if v.role == RoleFenced {
+		for _, p := range v.peers {
+			if p.alive && p.aliveFor >= 2*cfg.Keepalive {
+				d.role, d.reason = RoleStandby, fmt.Sprintf("no longer isolated: peer %s is back", p.name)
+				return d
+			}
+		}
+		if v.witnessSeen {
+			d.role, d.reason = RoleStandby, fmt.Sprintf("no longer isolated: witness reachable (%s)", v.witnessNames)
+		}
+		return d
+	}
+
+	// 4. Another live writer.
+	for _, p := range v.peers {
+		if !p.alive || p.leaving() || p.hb.Role != RoleWriter {
+			continue
+		}
+		if v.role != RoleWriter {
+			return d
+		}
+		if why, wins := peerWins(p, v); wins {
+			d.role = RoleStandby
+			d.reason = fmt.Sprintf("peer %s also holds the writer role and wins (%s); stepping down", p.name, why)
+			return d
+		}
+	}
+
+	// 5. Writer keeps the role unless it should hand over.
+	if v.role == RoleWriter {
+		if v.dbFenced && v.now.Sub(v.dbFencedSince) >= cfg.Deadtime {
+			for _, p := range v.peers {
+				if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
+					d.role = RoleStandby
+					d.reason = fmt.Sprintf("own database fenced for %s while peer %s is eligible; handing over the writer role",
+						v.now.Sub(v.dbFencedSince).Round(time.Millisecond), p.name)
+					return d
+				}
+			}
+		}
+		if cfg.AutoFailback && v.self != v.preferred {
+			for _, p := range v.peers {
+				if p.name == v.preferred && p.alive && !p.leaving() && p.aliveFor >= cfg.FailbackHold &&
+					p.hb.Eligible && p.hb.Role == RoleStandby {
+					d.role = RoleStandby
+					d.reason = fmt.Sprintf("auto_failback: preferred node %s has been back for %s (failback_hold %s)",
+						p.name, p.aliveFor.Round(time.Millisecond), cfg.FailbackHold)
+					return d
+				}
+			}
+		}
+		return d
+	}
+
+	// Standby from here on.
+	if v.failHold {
+		d.waiting = "not eligible: holding down after a failed resource start"
+		return d
+	}
+
+	// 6. Every peer gone.
+	if allDead {
+		var waitingFor []string
+		goneFor := time.Duration(1<<62 - 1)
+		for _, p := range v.peers {
+			if !p.gone(cfg) {
+				waitingFor = append(waitingFor, p.name)
+			}
+			if !p.leaving() {
+				goneFor = min(goneFor, p.silent-cfg.Deadtime-cfg.TakeoverMargin)
+			}
+		}
+		if len(waitingFor) > 0 {
+			return d // within the margin that lets an isolated writer fence first
+		}
+		for _, p := range v.peers {
+			if p.authFail && !p.leaving() {
+				d.waiting = fmt.Sprintf("peer %s sends heartbeats that fail authentication, so it is probably alive: not taking over; check cluster.key_file on both nodes", p.name)
+				return d
+			}
+		}
+		witness := "no witness configured"
+		if v.witnessConfigured {
+			witness = "witness reachable (" + v.witnessNames + ")"
+		}
+		if v.dbFenced {
+			if cfg.TakeoverWait <= 0 || goneFor < cfg.TakeoverWait {
+				d.waiting = "peers gone but own database is fenced: waiting for it to catch up"
+				if cfg.TakeoverWait > 0 {
+					d.waiting += fmt.Sprintf(" (takeover_wait %s)", cfg.TakeoverWait)
+				}
+				return d
+			}
+			d.role = RoleWriter
+			d.reason = fmt.Sprintf("%s; %s; own database still fenced after takeover_wait %s, taking over anyway",
+				peerSilence(v.peers), witness, cfg.TakeoverWait)
+			return d
+		}
+		d.role = RoleWriter
+		d.reason = fmt.Sprintf("%s; %s; own database not fenced", peerSilence(v.peers), witness)
+		return d
+	}
+
+	// 7. Election among live nodes. A silent peer that last claimed the
+	// writer role may still be fencing itself: wait until it is gone.
+	for _, p := range v.peers {
+		if !p.alive && !p.gone(cfg) && p.hb != nil && p.hb.Role == RoleWriter {
+			return d
+		}
+	}
+	if v.dbFenced {
+		return d
+	}
+	candidates := []string{v.self}
+	for _, p := range v.peers {
+		if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby && !p.hb.Draining {
+			candidates = append(candidates, p.name)
+		}
+	}
+	slices.Sort(candidates)
+	if candidates[0] == v.self {
+		d.role = RoleWriter
+		d.reason = fmt.Sprintf("election: no writer among live nodes; %s is the lowest-named eligible node (candidates %s)",
+			v.self, strings.Join(candidates, ", "))
+	}
+	return d
+}
+
+// peerWins orders two writers: a writable database beats a fenced one,
+// then the longer tenure, then the lower name. Both nodes evaluate the
+// same data, so they agree.
+func peerWins(p peerView, v view) (string, bool) {
+	if p.hb.DBFenced != v.dbFenced {
+		if v.dbFenced {
+			return "our database is fenced, theirs is not", true
+		}
+		return "", false
+	}
+	ps := time.Unix(0, p.hb.WriterSince)
+	switch {
+	case p.hb.WriterSince != 0 && ps.Before(v.writerSince):
+		return fmt.Sprintf("writer since %s, before us", ps.Format(time.RFC3339Nano)), true
+	case p.hb.WriterSince != 0 && ps.After(v.writerSince):
+		return "", false
+	}
+	if p.name < v.self {
+		return "same tenure, lower node name", true
+	}
+	return "", false
+}
+
+func peerSilence(peers []peerView) string {
+	var parts []string
+	for _, p := range peers {
+		switch {
+		case p.leaving():
+			parts = append(parts, p.name+" shut down cleanly")
+		case !p.heard:
+			parts = append(parts, fmt.Sprintf("%s never heard (%s)", p.name, p.silent.Round(time.Millisecond)))
+		default:
+			parts = append(parts, fmt.Sprintf("%s silent for %s", p.name, p.silent.Round(time.Millisecond)))
+		}
+	}
+	return "peer " + strings.Join(parts, ", ")
+}

@@ -1,0 +1,175 @@
+package orchestrator
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func testCfg() ClusterConfig {
+	c := ClusterConfig{Keepalive: 100 * time.Millisecond, Deadtime: 500 * time.Millisecond}
+	c.SetDefaults()
+	return c
+}
+
+// baseView: node b, decided, long uptime, witness configured and seen.
+func baseView(role string, peers ...peerView) view {
+	now := time.Now()
+	return view{
+		now: now, cfg: testCfg(), self: "b", preferred: "a", role: role, decided: true,
+		startedAt: now.Add(-time.Minute), witnessConfigured: true, witnessSeen: true, witnessNames: "tcp://w",
+		peers: peers,
+	}
+}
+
+func alivePeer(name, role string, eligible bool) peerView {
+	return peerView{name: name, heard: true, alive: true, aliveFor: time.Minute, silent: 10 * time.Millisecond,
+		hb: &Heartbeat{Node: name, Role: role, Eligible: eligible}}
+}
+
+func silentPeer(name, role string, silent time.Duration) peerView {
+	return peerView{name: name, heard: true, silent: silent, hb: &Heartbeat{Node: name, Role: role}}
+}
+
+func TestDecideRules(t *testing.T) {
+	cfg := testCfg()
+	gone := cfg.Deadtime + cfg.TakeoverMargin + time.Millisecond
+	withinMargin := cfg.Deadtime + cfg.TakeoverMargin/2
+
+	tests := []struct {
+		name   string
+		v      view
+		want   string
+		reason string
+	}{
+		{"election: lower-named eligible peer wins", baseView(RoleStandby, alivePeer("a", RoleStandby, true)), RoleStandby, ""},
+		{"election: lower peer ineligible, we win", baseView(RoleStandby, alivePeer("a", RoleStandby, false)), RoleWriter, "election"},
+		{"current writer keeps the role", baseView(RoleWriter, alivePeer("a", RoleStandby, true)), RoleWriter, ""},
+		{"standby stays behind a live writer", baseView(RoleStandby, alivePeer("a", RoleWriter, false)), RoleStandby, ""},
+		{"peer gone, witness seen: take over", baseView(RoleStandby, silentPeer("a", RoleWriter, gone)), RoleWriter, "silent for"},
+		{"peer dead but within margin: wait", baseView(RoleStandby, silentPeer("a", RoleWriter, withinMargin)), RoleStandby, ""},
+		{"peer left cleanly: take over at once", func() view {
+			p := alivePeer("a", RoleStandby, false)
+			p.hb.Leaving = true
+			return baseView(RoleStandby, p)
+		}(), RoleWriter, "shut down cleanly"},
+		{"isolated: no peer, no witness: fence", func() view {
+			v := baseView(RoleWriter, silentPeer("a", RoleStandby, cfg.Deadtime))
+			v.witnessSeen = false
+			return v
+		}(), RoleFenced, "isolated"},
+		{"no witness configured: take over without fencing", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleWriter, gone))
+			v.witnessConfigured, v.witnessSeen = false, false
+			return v
+		}(), RoleWriter, "no witness configured"},
+		{"own database fenced: no takeover", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleWriter, gone))
+			v.dbFenced = true
+			return v
+		}(), RoleStandby, ""},
+		{"own database fenced: takeover after takeover_wait", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleWriter, gone+2*time.Second))
+			v.dbFenced, v.cfg.TakeoverWait = true, time.Second
+			return v
+		}(), RoleWriter, "takeover_wait"},
+		{"own database fenced: still inside takeover_wait", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleWriter, gone+500*time.Millisecond))
+			v.dbFenced, v.cfg.TakeoverWait = true, time.Second
+			return v
+		}(), RoleStandby, ""},
+		{"peer alive with a wrong key: no takeover", func() view {
+			p := silentPeer("a", RoleWriter, gone)
+			p.authFail = true
+			return baseView(RoleStandby, p)
+		}(), RoleStandby, ""},
+		{"two writers: earlier tenure wins", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleWriter, false))
+			v.writerSince = v.now.Add(-time.Second)
+			v.peers[0].hb.WriterSince = v.now.Add(-time.Hour).UnixNano()
+			return v
+		}(), RoleStandby, "wins"},
+		{"two writers: our tenure is older, keep", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleWriter, false))
+			v.writerSince = v.now.Add(-time.Hour)
+			v.peers[0].hb.WriterSince = v.now.Add(-time.Second).UnixNano()
+			return v
+		}(), RoleWriter, ""},
+		{"two writers: fenced database loses", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleWriter, false))
+			v.writerSince = v.now.Add(-time.Hour)
+			v.peers[0].hb.WriterSince = v.now.Add(-time.Second).UnixNano()
+			v.dbFenced = true
+			return v
+		}(), RoleStandby, "fenced"},
+		{"writer with fenced database hands over to an eligible peer", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleStandby, true))
+			v.dbFenced, v.dbFencedSince = true, v.now.Add(-time.Second)
+			return v
+		}(), RoleStandby, "handing over"},
+		{"auto_failback off: writer keeps despite preferred peer", baseView(RoleWriter, alivePeer("a", RoleStandby, true)), RoleWriter, ""},
+		{"auto_failback on: hand back after failback_hold", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleStandby, true))
+			v.cfg.AutoFailback, v.cfg.FailbackHold = true, 30*time.Second
+			return v
+		}(), RoleStandby, "auto_failback"},
+		{"auto_failback on: preferred back too recently", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleStandby, true))
+			v.cfg.AutoFailback, v.cfg.FailbackHold = true, 30*time.Second
+			v.peers[0].aliveFor = 5 * time.Second
+			return v
+		}(), RoleWriter, ""},
+		{"fenced node returns when the peer is back", baseView(RoleFenced, alivePeer("a", RoleWriter, false)), RoleStandby, "peer a is back"},
+		{"fenced node stays fenced while isolated", func() view {
+			v := baseView(RoleFenced, silentPeer("a", RoleWriter, time.Minute))
+			v.witnessSeen = false
+			return v
+		}(), RoleFenced, ""},
+		{"failed resource start: hold down", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleWriter, gone))
+			v.failHold = true
+			return v
+		}(), RoleStandby, ""},
+		{"startup: wait for unheard peers", func() view {
+			v := baseView(RoleStandby, peerView{name: "a", silent: 100 * time.Millisecond})
+			v.decided, v.startedAt = false, v.now.Add(-100*time.Millisecond)
+			return v
+		}(), RoleStandby, ""},
+		{"startup: nobody heard after the wait, witness seen: take over", func() view {
+			v := baseView(RoleStandby, peerView{name: "a", silent: gone})
+			v.decided, v.startedAt = false, v.now.Add(-gone)
+			return v
+		}(), RoleWriter, "never heard"},
+		{"election waits for a silent ex-writer to be gone", baseView(RoleStandby,
+			silentPeer("a", RoleWriter, withinMargin), alivePeer("c", RoleStandby, true)), RoleStandby, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := decide(tc.v)
+			if d.role != tc.want {
+				t.Fatalf("role %s, want %s (reason %q, waiting %q)", d.role, tc.want, d.reason, d.waiting)
+			}
+			if tc.reason != "" && !strings.Contains(d.reason, tc.reason) {
+				t.Fatalf("reason %q does not mention %q", d.reason, tc.reason)
+			}
+		})
+	}
+}
+
+// Both nodes evaluating the same symmetric situation agree on one writer.
+func TestDecideElectionAgreement(t *testing.T) {
+	for _, fencedA := range []bool{false, true} {
+		va := baseView(RoleStandby, alivePeer("b", RoleStandby, true))
+		va.self, va.dbFenced = "a", fencedA
+		vb := baseView(RoleStandby, alivePeer("a", RoleStandby, !fencedA))
+		writers := 0
+		for _, v := range []view{va, vb} {
+			if decide(v).role == RoleWriter {
+				writers++
+			}
+		}
+		if writers != 1 {
+			t.Fatalf("fencedA=%v: %d writers elected", fencedA, writers)
+		}
+	}
+}

@@ -1,0 +1,356 @@
+package orchestrator
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func starts(lines []string) []string {
+	var out []string
+	for _, l := range lines {
+		if strings.HasSuffix(l, "_start") || strings.HasSuffix(l, "_stop") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func TestClusterElectionAndCrashFailover(t *testing.T) {
+	tc := startCluster(t, clusterOpts{})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer holding both resources", func() bool { return len(a.held()) == 2 })
+	if b.role() != RoleStandby || len(b.held()) != 0 {
+		t.Fatalf("b: role %s held %v", b.role(), b.held())
+	}
+	if got := strings.Join(starts(readLines(t, a.calls)), " "); got != "r1_start r2_start" {
+		t.Fatalf("a calls %q", got)
+	}
+	if !strings.Contains(a.reason(), "election") {
+		t.Fatalf("a's reason %q", a.reason())
+	}
+	if a.repl.active.Load() != 1 || b.repl.active.Load() == 1 {
+		t.Fatalf("repl active: a=%d b=%d", a.repl.active.Load(), b.repl.active.Load())
+	}
+
+	cfg := a.cfg()
+	killed := time.Now()
+	a.stop(errCrash)
+	el := waitFor(t, 5*time.Second, "b holding both resources", func() bool { return len(b.held()) == 2 })
+	took := time.Since(killed)
+	t.Logf("failover (writer killed -> survivor holds resources): %s (keepalive %s, deadtime %s, margin %s)",
+		took.Round(time.Millisecond), cfg.Keepalive, cfg.Deadtime, cfg.TakeoverMargin)
+	_ = el
+	// Never before deadtime + margin - one keepalive: the isolated-writer
+	// guarantee depends on it.
+	if took < cfg.Deadtime+cfg.TakeoverMargin-cfg.Keepalive {
+		t.Fatalf("took over after %s, before deadtime+margin-keepalive", took)
+	}
+	reason := b.reason()
+	if !strings.Contains(reason, "a silent for") || !strings.Contains(reason, "witness reachable") {
+		t.Fatalf("b's takeover reason %q", reason)
+	}
+	if n := metricValue(t, b.daemon.metrics.heartbeatLosses.WithLabelValues("a")); n != 1 {
+		t.Fatalf("heartbeat losses %v", n)
+	}
+}
+
+func TestClusterGracefulShutdownHandsOver(t *testing.T) {
+	// r1's stop is slow so that the drain state is observable.
+	tc := startCluster(t, clusterOpts{scripts: map[string][]string{"a": {`[ "$1" = stop ] && sleep 0.6`}}})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+
+	stopped := make(chan struct{})
+	go func() { a.stop(nil); close(stopped) }()
+	waitFor(t, 2*time.Second, "a draining", func() bool { return agent(t, a) == AgentDrain+"\n" })
+	if code, body := getText(t, a, "/health"); code != 503 || !strings.Contains(body, "draining") {
+		t.Fatalf("health while draining: %d %q", code, body)
+	}
+	if b.role() != RoleStandby {
+		t.Fatal("b took over while a was still releasing")
+	}
+	<-stopped
+	start := time.Now()
+	waitFor(t, 5*time.Second, "b writer", func() bool { return len(b.held()) == 2 })
+	cfg := b.cfg()
+	if el := time.Since(start); el > cfg.Deadtime {
+		t.Fatalf("takeover after a clean shutdown took %s; the leaving heartbeat should make it immediate", el)
+	}
+	if got := strings.Join(starts(readLines(t, a.calls)), " "); got != "r1_start r2_start r2_stop r1_stop" {
+		t.Fatalf("a calls %q", got)
+	}
+	if !strings.Contains(b.reason(), "shut down cleanly") {
+		t.Fatalf("reason %q", b.reason())
+	}
+}
+
+func TestClusterPartitionSelfFencesBeforeTakeover(t *testing.T) {
+	tc := startCluster(t, clusterOpts{relays: true})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	if code, _ := getText(t, a, "/health"); code != 200 || agent(t, a) != AgentUp+"\n" {
+		t.Fatal("writer not healthy")
+	}
+
+	// Cut a off: its link to b and to its witness.
+	tc.relays["a->b"].cut.Store(true)
+	tc.relays["b->a"].cut.Store(true)
+	a.witness.stop()
+	cut := time.Now()
+
+	// Sample: never both holding resources.
+	both := 0
+	waitFor(t, 5*time.Second, "a fenced and b writer", func() bool {
+		if len(a.held()) > 0 && len(b.held()) > 0 {
+			both++
+		}
+		return a.role() == RoleFenced && len(a.held()) == 0 && len(b.held()) == 2
+	})
+	if both > 0 {
+		t.Fatalf("both nodes held resources in %d samples", both)
+	}
+	fencedAt := eventTime(t, a, "role writer -> fenced")
+	releasedAt := eventTime(t, a, "stopped "+a.daemon.role.group.resources[0].Name())
+	tookAt := eventTime(t, b, "role standby -> writer")
+	t.Logf("a fenced %s and released %s after the cut; b took over %s after the cut",
+		fencedAt.Sub(cut).Round(time.Millisecond), releasedAt.Sub(cut).Round(time.Millisecond), tookAt.Sub(cut).Round(time.Millisecond))
+	if !releasedAt.Before(tookAt) {
+		t.Fatalf("a released at %s, b took over at %s: not fenced first", releasedAt, tookAt)
+	}
+	cfg := a.cfg()
+	if d := fencedAt.Sub(cut); d > cfg.Deadtime+cfg.Keepalive {
+		t.Fatalf("self-fence %s after the cut, want within deadtime (+ one keepalive of slack)", d)
+	}
+	if calls := a.repl.fenceCalls(); !slices.Equal(calls, []string{"db1"}) {
+		t.Fatalf("a fenced databases %v, want [db1]", calls)
+	}
+	if got := strings.Join(starts(readLines(t, a.calls)), " "); got != "r1_start r2_start r2_stop r1_stop" {
+		t.Fatalf("a calls %q", got)
+	}
+	if code, body := getText(t, a, "/health"); code != 503 || !strings.Contains(body, "isolated") {
+		t.Fatalf("fenced health: %d %q", code, body)
+	}
+	if got := agent(t, a); got != AgentMaint+"\n" {
+		t.Fatalf("fenced agent %q", got)
+	}
+	var st Status
+	getJSON(t, a, "/status", &st)
+	if st.Role != RoleFenced || st.Health.OK || st.Witnesses[0].Reachable || st.Peers[0].Alive {
+		t.Fatalf("fenced status %+v", st)
+	}
+	_, metrics := getText(t, a, "/metrics")
+	for _, want := range []string{`lockstep_role{role="fenced"} 1`, "lockstep_fenced 1", `lockstep_witness_up{witness=`} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("metrics lack %q", want)
+		}
+	}
+
+	// Heal: a sees b (writer) again, returns to standby; one writer.
+	a.repl.setFenced("db1", false) // the supervisor reintroduces db1 after catch-up
+	a.witness.start(t)
+	tc.relays["a->b"].cut.Store(false)
+	tc.relays["b->a"].cut.Store(false)
+	waitFor(t, 5*time.Second, "a standby", func() bool { return a.role() == RoleStandby })
+	time.Sleep(3 * a.cfg().Keepalive)
+	if w := tc.writers(); !slices.Equal(w, []string{"b"}) {
+		t.Fatalf("writers after heal %v", w)
+	}
+	if !strings.Contains(a.reason(), "no longer isolated") {
+		t.Fatalf("reason %q", a.reason())
+	}
+}
+
+func TestClusterNoTakeoverWhileOwnDatabaseFenced(t *testing.T) {
+	wait := 1500 * time.Millisecond
+	tc := startCluster(t, clusterOpts{takeoverWait: wait})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	b.repl.setFenced("db2", true)
+	waitFor(t, 2*time.Second, "b unhealthy", func() bool { code, _ := getText(t, b, "/health"); return code == 503 })
+	if got := agent(t, b); got != AgentDown+"\n" {
+		t.Fatalf("agent for a fenced database %q", got)
+	}
+	_, body := getText(t, b, "/health")
+	if !strings.Contains(body, "database db2 fenced") {
+		t.Fatalf("health body %q", body)
+	}
+	cfg := b.cfg()
+	killed := time.Now()
+	a.stop(errCrash)
+	time.Sleep(cfg.Deadtime + cfg.TakeoverMargin + 300*time.Millisecond)
+	if b.role() != RoleStandby {
+		t.Fatalf("b took over with a fenced database before takeover_wait: %s", b.reason())
+	}
+	eventTime(t, b, "own database is fenced: waiting for it to catch up")
+	waitFor(t, 5*time.Second, "b writer after takeover_wait", func() bool { return len(b.held()) == 2 })
+	if el := time.Since(killed); el < cfg.Deadtime+cfg.TakeoverMargin+wait-cfg.Keepalive {
+		t.Fatalf("took over after %s, before takeover_wait", el)
+	}
+	if !strings.Contains(b.reason(), "takeover_wait") {
+		t.Fatalf("reason %q", b.reason())
+	}
+}
+
+func TestClusterResourceFailureHandsOver(t *testing.T) {
+	tc := startCluster(t, clusterOpts{
+		scripts:         map[string][]string{"a": {"", `[ "$1" = start ] && sleep 30`}},
+		resourceTimeout: 500 * time.Millisecond,
+	})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 10*time.Second, "b writer after a's resource hung", func() bool { return len(b.held()) == 2 })
+	if got := strings.Join(starts(readLines(t, a.calls)), " "); got != "r1_start r2_start r2_stop r1_stop" {
+		t.Fatalf("a calls %q", got)
+	}
+	eventTime(t, a, "timed out")
+	if a.role() != RoleStandby || !strings.Contains(a.reason(), "resource start failed") {
+		t.Fatalf("a: %s %q", a.role(), a.reason())
+	}
+	var st Status
+	getJSON(t, a, "/status", &st)
+	if st.Resources[1].State != ResourceFailed || !strings.Contains(st.Resources[1].LastError, "timed out") {
+		t.Fatalf("a resources %+v", st.Resources)
+	}
+}
+
+func TestClusterWrongKeyReported(t *testing.T) {
+	tc := startCluster(t, clusterOpts{wrongKey: "b"})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	cfg := a.cfg()
+	time.Sleep(cfg.Deadtime + cfg.TakeoverMargin + 500*time.Millisecond)
+	for _, n := range []*testNode{a, b} {
+		at := eventTime(t, n, "failed authentication")
+		_ = at
+		var msg string
+		for _, e := range n.daemon.events.List() {
+			if strings.Contains(e.Message, "failed authentication") {
+				msg = e.Message
+			}
+		}
+		if !strings.HasPrefix(msg, "heartbeat from 127.0.0.1:") || !strings.Contains(msg, "check cluster.key_file on both nodes") {
+			t.Fatalf("node %s: unclear message %q", n.name, msg)
+		}
+		if strings.Contains(msg, testSecret) {
+			t.Fatal("secret in the log")
+		}
+		if v := metricValue(t, n.daemon.metrics.heartbeatRejected.WithLabelValues(rejectAuth)); v < 2 {
+			t.Fatalf("node %s: auth rejections %v", n.name, v)
+		}
+		// Neither grabs the resources while its peer is evidently alive.
+		if n.role() == RoleWriter {
+			t.Fatalf("node %s took over from a peer with a wrong key", n.name)
+		}
+	}
+	eventTime(t, a, "fail authentication, so it is probably alive")
+}
+
+func TestClusterForgedAndReplayedHeartbeatsIgnored(t *testing.T) {
+	tc := startCluster(t, clusterOpts{relays: true})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	waitFor(t, 5*time.Second, "b's heartbeats captured", func() bool { return len(tc.relays["b->a"].captured()) >= 6 })
+	captured := tc.relays["b->a"].captured()
+	attacker, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer attacker.Close()
+	aAddr, _ := net.ResolveUDPAddr("udp", a.daemon.role.self.Address)
+	send := func(p []byte) {
+		if _, err := attacker.WriteToUDP(p, aAddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Replays of b's genuine datagrams.
+	for _, p := range captured[:5] {
+		send(p)
+	}
+	// Forged: b's datagram claiming b is the writer, MAC not updated.
+	forged := []byte(strings.Replace(string(captured[len(captured)-1]), `"role":"standby"`, `"role":"writer"`, 1))
+	send(forged)
+	// Validly signed but ancient (e.g. recorded long ago).
+	old, _ := encodeHeartbeat(a.daemon.role.key, &Heartbeat{Node: "b", Boot: 12345, Seq: 1, Time: time.Now().Add(-time.Hour).UnixNano(), Role: RoleWriter})
+	send(old)
+	// a's own datagram reflected back to it.
+	own := tc.relays["a->b"].captured()
+	send(own[len(own)-1])
+
+	reject := a.daemon.metrics.heartbeatRejected
+	waitFor(t, 2*time.Second, "rejections counted", func() bool {
+		return metricValue(t, reject.WithLabelValues(rejectReplay)) >= 5 && metricValue(t, reject.WithLabelValues(rejectAuth)) >= 1 &&
+			metricValue(t, reject.WithLabelValues(rejectStale)) >= 1 && metricValue(t, reject.WithLabelValues(rejectUnknown)) >= 1
+	})
+	for _, s := range []string{"replayed heartbeat", "failed authentication", "stale heartbeat", "claims to come from this node"} {
+		eventTime(t, a, s)
+	}
+	time.Sleep(2 * a.cfg().Keepalive)
+	if a.role() != RoleWriter || b.role() != RoleStandby {
+		t.Fatalf("roles changed by forged traffic: a %s b %s", a.role(), b.role())
+	}
+	var st Status
+	getJSON(t, a, "/status", &st)
+	if st.Peers[0].Rejected[rejectReplay] < 5 {
+		t.Fatalf("peer rejections %+v", st.Peers[0].Rejected)
+	}
+}
+
+func TestStatusHealthMetricsPerRole(t *testing.T) {
+	tc := startCluster(t, clusterOpts{})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	waitFor(t, 2*time.Second, "b sees a as writer", func() bool {
+		var st Status
+		getJSON(t, b, "/status", &st)
+		return len(st.Peers) == 1 && st.Peers[0].Role == RoleWriter && st.Peers[0].Alive
+	})
+
+	for _, n := range []*testNode{a, b} {
+		code, body := getText(t, n, "/health")
+		if code != 200 || !strings.HasPrefix(body, "OK "+n.role()) {
+			t.Fatalf("%s health %d %q", n.name, code, body)
+		}
+		if got := agent(t, n); got != AgentUp+"\n" {
+			t.Fatalf("%s agent %q", n.name, got)
+		}
+	}
+	var st Status
+	if code := getJSON(t, a, "/status", &st); code != 200 {
+		t.Fatal(code)
+	}
+	if st.Node != "a" || st.Role != RoleWriter || !st.Health.OK || st.DB != "db1" || len(st.Peers) != 1 ||
+		st.Peers[0].Name != "b" || st.Peers[0].LastHeartbeat.IsZero() || len(st.Resources) != 2 ||
+		st.Resources[0].State != ResourceStarted || st.Replication == nil || len(st.Replication.Nodes) != 2 ||
+		len(st.Events) == 0 || len(st.Witnesses) != 1 || !st.Witnesses[0].Reachable {
+		t.Fatalf("status %+v", st)
+	}
+	_, metrics := getText(t, a, "/metrics")
+	for _, want := range []string{`lockstep_role{role="writer"} 1`, `lockstep_role{role="standby"} 0`, "lockstep_fenced 0",
+		`lockstep_peer_alive{peer="b"} 1`, `lockstep_heartbeats_received_total{peer="b"}`, "lockstep_resource_actions_total{"} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("metrics lack %q:\n%s", want, metrics)
+		}
+	}
+	// Reload while holding the resources: timing applies, the resource list waits.
+	cc := a.cfg()
+	cc.Deadtime = 600 * time.Millisecond
+	cc.Resources = cc.Resources[:1]
+	if err := a.daemon.Reload("a", "127.0.0.1:0", &cc); err != nil {
+		t.Fatal(err)
+	}
+	eventTime(t, a, "applies after the current one is released")
+	a.daemon.role.mu.Lock()
+	got := a.cfg().Deadtime
+	a.daemon.role.mu.Unlock()
+	if got != 600*time.Millisecond {
+		t.Fatalf("deadtime after reload %s", got)
+	}
+	bad := cc
+	bad.KeyFile = "/nonexistent/key"
+	if err := a.daemon.Reload("a", "", &bad); err == nil || !strings.Contains(err.Error(), "keeping the running configuration") {
+		t.Fatalf("bad reload: %v", err)
+	}
+	_ = context.Background
+}

@@ -1,0 +1,178 @@
+package orchestrator
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// HAProxy agent-check answers. "up" is followed by "ready" because HAProxy
+// keeps an agent-set DRAIN or MAINT administrative state until the agent
+// says "ready"; without it a node that drained once would never return.
+const (
+	AgentUp    = "up ready"
+	AgentDrain = "drain"
+	AgentDown  = "down"
+	AgentMaint = "maint"
+)
+
+// Health is the traffic verdict for this node.
+type Health struct {
+	OK     bool   `json:"ok"`
+	Agent  string `json:"agent"`
+	Reason string `json:"reason"`
+}
+
+// PeerStatus is one peer in /status.
+type PeerStatus struct {
+	Name          string         `json:"name"`
+	Address       string         `json:"address"`
+	Alive         bool           `json:"alive"`
+	LastHeartbeat time.Time      `json:"last_heartbeat,omitzero"`
+	From          string         `json:"from,omitempty"`
+	Role          string         `json:"role,omitempty"`
+	Eligible      bool           `json:"eligible"`
+	DBFenced      bool           `json:"db_fenced"`
+	Resources     []string       `json:"resources,omitempty"`
+	Rejected      map[string]int `json:"rejected,omitempty"`
+}
+
+// Status is the /status document (and `lockstep status --json`). Field
+// names are a stable interface: add, never rename.
+type Status struct {
+	Node        string             `json:"node"`
+	Role        string             `json:"role"`
+	RoleSince   time.Time          `json:"role_since"`
+	RoleReason  string             `json:"role_reason"`
+	Draining    bool               `json:"draining"`
+	Decided     bool               `json:"decided"`
+	Health      Health             `json:"health"`
+	DB          string             `json:"db,omitempty"`
+	Peers       []PeerStatus       `json:"peers"`
+	Witnesses   []WitnessStatus    `json:"witnesses"`
+	Resources   []ResourceStatus   `json:"resources"`
+	Sync        []SyncTargetStatus `json:"sync"`
+	Replication *dbrepl.PairStatus `json:"replication"`
+	Events      []Event            `json:"events"`
+	GeneratedAt time.Time          `json:"generated_at"`
+}
+
+// Health decides whether this node should receive traffic.
+func (d *Daemon) Health() Health {
+	rm := d.role
+	fenced, dbReason, _, _ := rm.dbState()
+	var dbErr string
+	if d.cfg.Repl != nil && rm.self.DB != "" {
+		for _, n := range d.cfg.Repl.Status().Nodes {
+			if n.Name == rm.self.DB && !n.Reachable && !n.ObservedAt.IsZero() {
+				dbErr = n.Error
+				if dbErr == "" {
+					dbErr = "unreachable"
+				}
+			}
+		}
+	}
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	h := Health{}
+	switch {
+	case rm.draining || rm.leaving:
+		h.Agent, h.Reason = AgentDrain, "draining: releasing resources"
+	case rm.role == RoleFenced:
+		h.Agent, h.Reason = AgentMaint, "fenced: "+rm.reason
+	case !rm.decided:
+		h.Agent, h.Reason = AgentDown, "starting: waiting for peers"
+	case fenced:
+		h.Agent, h.Reason = AgentDown, fmt.Sprintf("database %s fenced (out of sync): %s", rm.self.DB, dbReason)
+	case dbErr != "":
+		h.Agent, h.Reason = AgentDown, fmt.Sprintf("database %s: %s", rm.self.DB, dbErr)
+	default:
+		h.OK, h.Agent, h.Reason = true, AgentUp, rm.role
+	}
+	d.metrics.healthy.Set(b2f(h.OK))
+	return h
+}
+
+// Status assembles the /status document.
+func (d *Daemon) Status() Status {
+	h := d.Health()
+	rm := d.role
+	now := time.Now()
+	st := Status{Health: h, GeneratedAt: now, Sync: []SyncTargetStatus{}}
+	rm.mu.Lock()
+	st.Node, st.Role, st.RoleSince, st.RoleReason = rm.self.Name, rm.role, rm.roleSince, rm.reason
+	st.Draining, st.Decided, st.DB = rm.draining, rm.decided, rm.self.DB
+	for _, name := range rm.peerNames() {
+		p := rm.peers[name]
+		ps := PeerStatus{Name: name, Address: p.cfg.Address, Alive: p.alive, LastHeartbeat: p.lastValid, From: p.from}
+		if p.hb != nil {
+			ps.Role, ps.Eligible, ps.DBFenced, ps.Resources = p.hb.Role, p.hb.Eligible, p.hb.DBFenced, p.hb.Resources
+		}
+		if len(p.rejected) > 0 {
+			ps.Rejected = map[string]int{}
+			for k, v := range p.rejected {
+				ps.Rejected[k] = v
+			}
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	st.Witnesses = []WitnessStatus{}
+	for _, w := range rm.witnesses {
+		st.Witnesses = append(st.Witnesses, w.status(now, rm.cfg.Deadtime))
+	}
+	group := rm.group
+	rm.mu.Unlock()
+	st.Resources = group.Status()
+	for _, j := range d.cfg.Sync {
+		st.Sync = append(st.Sync, j.Targets()...)
+	}
+	if d.cfg.Repl != nil {
+		ps := d.cfg.Repl.Status()
+		st.Replication = &ps
+	}
+	st.Events = d.events.List()
+	return st
+}
+
+// Handler serves /health, /status and /metrics.
+func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		h := d.Health()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if !h.OK {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "DOWN %s\n", h.Reason)
+			return
+		}
+		fmt.Fprintf(w, "OK %s\n", h.Reason)
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(d.Status())
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.cfg.Registry, promhttp.HandlerOpts{Registry: d.cfg.Registry}))
+	return mux
+}
+
+// serveAgent answers every connection with one agent-check line.
+func (d *Daemon) serveAgent(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.Write([]byte(d.Health().Agent + "\n"))
+		c.Close()
+	}
+}

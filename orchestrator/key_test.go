@@ -1,0 +1,155 @@
+package orchestrator
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeKey(t testing.TB, dir, secret string, mode os.FileMode) string {
+	t.Helper()
+	p := filepath.Join(dir, "cluster.key")
+	if err := os.WriteFile(p, []byte(secret+"\n"), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const testSecret = "0123456789abcdef0123456789abcdef-test-secret"
+
+func TestLoadKeyValidation(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := LoadKey(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "cannot read key file") {
+		t.Fatalf("missing file: %v", err)
+	}
+	p := writeKey(t, dir, testSecret, 0o644)
+	if _, err := LoadKey(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("group-readable key accepted or unclear: %v", err)
+	}
+	p = writeKey(t, dir, "short", 0o600)
+	_, err := LoadKey(p)
+	if err == nil || !strings.Contains(err.Error(), "at least 32") {
+		t.Fatalf("short key: %v", err)
+	}
+	if strings.Contains(err.Error(), "short") && strings.Contains(err.Error(), "\"short\"") {
+		t.Fatalf("error leaks the secret: %v", err)
+	}
+	p = writeKey(t, dir, testSecret, 0o600)
+	k, err := LoadKey(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(k.String(), testSecret) || len(k.Fingerprint()) != 8 {
+		t.Fatalf("key string %q", k.String())
+	}
+}
+
+func TestConfigValidatesKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	c := ClusterConfig{
+		KeyFile: writeKey(t, dir, testSecret, 0o640),
+		Nodes:   []NodeConfig{{Name: "a", Address: "127.0.0.1:1"}, {Name: "b", Address: "127.0.0.1:2"}},
+	}
+	c.SetDefaults()
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "key_file:") || !strings.Contains(err.Error(), "accessible by group") {
+		t.Fatalf("want key_file permission error, got %v", err)
+	}
+	c.KeyFile = writeKey(t, dir, testSecret, 0o600)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.TakeoverMargin != 2*c.Keepalive {
+		t.Fatalf("takeover_margin default %s", c.TakeoverMargin)
+	}
+}
+
+func TestHeartbeatAuthentication(t *testing.T) {
+	key := NewKey([]byte(testSecret))
+	other := NewKey([]byte(strings.Repeat("x", 40)))
+	hb := &Heartbeat{Node: "web2", Boot: 7, Seq: 1, Time: time.Now().UnixNano(), Role: RoleWriter}
+	pkt, err := encodeHeartbeat(key, hb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := decodeHeartbeat(key, pkt)
+	if err != nil || got.Node != "web2" || got.Role != RoleWriter {
+		t.Fatalf("roundtrip: %+v %v", got, err)
+	}
+
+	// Forged: body changed after signing.
+	forged := bytes.Replace(pkt, []byte(`"writer"`), []byte(`"fenced"`), 1)
+	if _, err := decodeHeartbeat(key, forged); rejectReason(err) != rejectAuth || !strings.Contains(err.Error(), "forged or corrupted") {
+		t.Fatalf("forged: %v", err)
+	}
+	// Signed with another key: the message names the key file.
+	wrong, _ := encodeHeartbeat(other, hb)
+	_, err = decodeHeartbeat(key, wrong)
+	if rejectReason(err) != rejectAuth || !strings.Contains(err.Error(), "check cluster.key_file on both nodes") ||
+		!strings.Contains(err.Error(), other.Fingerprint()) {
+		t.Fatalf("wrong key: %v", err)
+	}
+	if _, err := decodeHeartbeat(key, []byte("garbage")); rejectReason(err) != rejectMalformed {
+		t.Fatalf("garbage: %v", err)
+	}
+}
+
+func TestReplayGuard(t *testing.T) {
+	now := time.Now()
+	skew := 2 * time.Second
+	var g replayGuard
+	hb := func(boot, seq uint64, at time.Time) *Heartbeat {
+		return &Heartbeat{Node: "b", Boot: boot, Seq: seq, Time: at.UnixNano()}
+	}
+	first := hb(1, 1, now)
+	if err := g.check(first, now, skew); err != nil {
+		t.Fatal(err)
+	}
+	g.accept(first)
+	if err := g.check(first, now, skew); rejectReason(err) != rejectReplay {
+		t.Fatalf("same datagram twice: %v", err)
+	}
+	second := hb(1, 2, now.Add(10*time.Millisecond))
+	if err := g.check(second, now, skew); err != nil {
+		t.Fatal(err)
+	}
+	g.accept(second)
+	// An older seq arriving late is a replay too.
+	if err := g.check(hb(1, 1, now.Add(5*time.Millisecond)), now, skew); rejectReason(err) != rejectReplay {
+		t.Fatalf("old seq: %v", err)
+	}
+	// Stale: outside the clock window either way.
+	if err := g.check(hb(1, 3, now.Add(-3*time.Second)), now, skew); rejectReason(err) != rejectStale {
+		t.Fatalf("stale: %v", err)
+	}
+	if err := g.check(hb(1, 3, now.Add(3*time.Second)), now, skew); rejectReason(err) != rejectStale {
+		t.Fatalf("future: %v", err)
+	}
+	// A restart (new boot) is accepted when newer; a datagram of another
+	// boot older than the newest accepted one is a replay.
+	if err := g.check(hb(9, 1, now.Add(-time.Second)), now, skew); rejectReason(err) != rejectReplay {
+		t.Fatalf("old boot: %v", err)
+	}
+	restart := hb(9, 1, now.Add(20*time.Millisecond))
+	if err := g.check(restart, now, skew); err != nil {
+		t.Fatal(err)
+	}
+	if !g.accept(restart) {
+		t.Fatal("restart not reported")
+	}
+}
+
+func TestAppliedTrx(t *testing.T) {
+	if got := appliedTrx("0-1-100,1-2-50"); got != 150 {
+		t.Fatalf("got %d", got)
+	}
+	if got := appliedTrx(""); got != 0 {
+		t.Fatalf("got %d", got)
+	}
+}

@@ -1,0 +1,74 @@
+package orchestrator
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics of the role manager and its resources.
+type Metrics struct {
+	role              *prometheus.GaugeVec
+	fenced            prometheus.Gauge
+	peerAlive         *prometheus.GaugeVec
+	heartbeatsSent    prometheus.Counter
+	heartbeatsRecv    *prometheus.CounterVec
+	heartbeatLosses   *prometheus.CounterVec
+	heartbeatRejected *prometheus.CounterVec
+	witnessUp         *prometheus.GaugeVec
+	resourceActions   *prometheus.CounterVec
+	roleChanges       prometheus.Counter
+	healthy           prometheus.Gauge
+	restarts          *prometheus.CounterVec
+}
+
+// NewMetrics registers the orchestrator's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		role: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_role", Help: "1 for the role this node currently has (writer, standby, fenced).",
+		}, []string{"role"}),
+		fenced: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockstep_fenced", Help: "1 when this node is fenced (self-fenced or its database fenced).",
+		}),
+		peerAlive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_peer_alive", Help: "1 while a valid heartbeat from the peer arrived within deadtime.",
+		}, []string{"peer"}),
+		heartbeatsSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lockstep_heartbeats_sent_total", Help: "Heartbeat datagrams sent (one per peer per keepalive).",
+		}),
+		heartbeatsRecv: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_heartbeats_received_total", Help: "Valid heartbeats accepted, per peer.",
+		}, []string{"peer"}),
+		heartbeatLosses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_heartbeat_losses_total", Help: "Times a peer was declared dead (no valid heartbeat for deadtime).",
+		}, []string{"peer"}),
+		heartbeatRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_heartbeat_rejected_total", Help: "Heartbeats dropped, by reason (auth, replay, stale, malformed, unknown_node).",
+		}, []string{"reason"}),
+		witnessUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_witness_up", Help: "1 while the witness answered within deadtime.",
+		}, []string{"witness"}),
+		resourceActions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_resource_actions_total", Help: "Resource start/stop calls by resource, action and result.",
+		}, []string{"resource", "action", "result"}),
+		roleChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lockstep_role_changes_total", Help: "Role transitions of this node.",
+		}),
+		healthy: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockstep_healthy", Help: "1 when /health answers 200 (this node should receive traffic).",
+		}),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_component_restarts_total", Help: "Restarts of a supervised component after a failure.",
+		}, []string{"component"}),
+	}
+	reg.MustRegister(m.role, m.fenced, m.peerAlive, m.heartbeatsSent, m.heartbeatsRecv, m.heartbeatLosses,
+		m.heartbeatRejected, m.witnessUp, m.resourceActions, m.roleChanges, m.healthy, m.restarts)
+	return m
+}
+
+func (m *Metrics) setRole(role string) {
+	for _, r := range []string{RoleWriter, RoleStandby, RoleFenced} {
+		v := 0.0
+		if r == role {
+			v = 1
+		}
+		m.role.WithLabelValues(r).Set(v)
+	}
+}

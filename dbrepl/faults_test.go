@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,7 @@ func TestBadCredentialsPrivilegesAndDeadPort(t *testing.T) {
 		c.Close()
 	}
 	db1, db2 := p.Nodes[0], p.Nodes[1]
+	goroutines := runtime.NumGoroutine()
 	cfg := testConfig(p, t.TempDir())
 	cfg.Nodes[0].DSN = fmt.Sprintf("weak:weakpw-secret@tcp(%s)/", db1.Addr())
 	cfg.Nodes[1].DSN = fmt.Sprintf("lockstep:wrong-secret@tcp(%s)/", db2.Addr())
@@ -62,6 +64,14 @@ func TestBadCredentialsPrivilegesAndDeadPort(t *testing.T) {
 		t.Error("fenced on credential errors")
 	}
 	h.stop()
+	// A stopped supervisor leaves no goroutine behind.
+	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > goroutines; {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines after stop, %d before:\n%s", runtime.NumGoroutine(), goroutines, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	// A dead port: db2 unreachable, db1 fully observed.
 	l, err := net.Listen("tcp", "127.0.0.1:0")

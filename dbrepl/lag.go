@@ -16,15 +16,18 @@ type heartbeatRing struct {
 type hbEntry struct {
 	ts        int64 // µs, origin clock
 	committed time.Time
+	seq       uint64 // GTID sequence number in the origin's domain, 0 if unknown
 }
 
 func newHeartbeatRing(max int) *heartbeatRing { return &heartbeatRing{max: max} }
 
-func (r *heartbeatRing) add(ts int64, committed time.Time) {
-	if n := len(r.entries); n > 0 && r.entries[n-1].ts >= ts {
-		return // the origin's clock went backwards: keep the ring sorted
+func (r *heartbeatRing) add(ts int64, committed time.Time, seq uint64) {
+	if n := len(r.entries); n > 0 && (r.entries[n-1].ts >= ts || seq != 0 && r.entries[n-1].seq >= seq) {
+		// The origin's clock or GTID sequence went backwards (restored
+		// backup, reset): start over rather than mix two histories.
+		r.entries = r.entries[:0]
 	}
-	r.entries = append(r.entries, hbEntry{ts, committed})
+	r.entries = append(r.entries, hbEntry{ts, committed, seq})
 	if len(r.entries) > r.max {
 		r.entries = append(r.entries[:0], r.entries[len(r.entries)-r.max:]...)
 	}
@@ -45,6 +48,12 @@ type LagInput struct {
 	// SourceOwnTS is the source's heartbeat as read on the source itself
 	// (0 if unknown); a replica that sees it is caught up.
 	SourceOwnTS int64
+	// AppliedSeq is the replica's sequence number in the source's GTID
+	// domain (MariaDB gtid_current_pos), read at AppliedLocal; 0 if
+	// unknown. With it the first missing transaction is located exactly
+	// between two heartbeats.
+	AppliedSeq   uint64
+	AppliedLocal time.Time
 	// Interval is the heartbeat period, used when the successor of SeenTS
 	// is not in the ring.
 	Interval time.Duration
@@ -72,6 +81,9 @@ func (r *heartbeatRing) lag(in LagInput) (lag, age time.Duration, ok bool) {
 	age = time.Duration(srcAtRead-in.SeenTS) * time.Microsecond
 	if in.SourceOwnTS != 0 && in.SeenTS >= in.SourceOwnTS && len(r.entries) == 0 {
 		return 0, max(age, 0), true
+	}
+	if lag, ok := r.lagBySeq(in); ok {
+		return lag, max(age, 0), true
 	}
 	// First heartbeat after SeenTS that had committed before the read.
 	i := sort.Search(len(r.entries), func(i int) bool { return r.entries[i].ts > in.SeenTS })
@@ -103,4 +115,34 @@ func (r *heartbeatRing) lag(in LagInput) (lag, age time.Duration, ok bool) {
 		lag = 0
 	}
 	return lag, max(age, 0), true
+}
+
+// lagBySeq locates the replica's first missing transaction (applied+1) by
+// GTID sequence between the two heartbeats around it and interpolates its
+// commit time linearly by sequence number (exact when it is a heartbeat,
+// and for a steady write rate in between). Without the successor
+// heartbeat in the ring it gives up and the timestamp method is used.
+func (r *heartbeatRing) lagBySeq(in LagInput) (time.Duration, bool) {
+	if in.AppliedSeq == 0 || in.AppliedLocal.IsZero() || len(r.entries) == 0 || r.entries[0].seq == 0 {
+		return 0, false
+	}
+	missing := in.AppliedSeq + 1
+	j := sort.Search(len(r.entries), func(i int) bool { return r.entries[i].seq >= missing })
+	srcAtRead := in.SourceNowUS + in.AppliedLocal.Sub(in.SourceLocal).Microseconds()
+	if j == len(r.entries) {
+		// The replica has every heartbeat we wrote; what it may lack is
+		// younger than the newest one.
+		return 0, true
+	}
+	next := r.entries[j]
+	firstMissing := next.ts
+	if j > 0 && next.seq > missing {
+		prev := r.entries[j-1]
+		frac := float64(missing-prev.seq) / float64(next.seq-prev.seq)
+		firstMissing = prev.ts + int64(frac*float64(next.ts-prev.ts))
+	} else if j == 0 && next.seq > missing {
+		return 0, false // older than the ring
+	}
+	lag := time.Duration(srcAtRead-firstMissing) * time.Microsecond
+	return max(lag, 0), true
 }

@@ -15,7 +15,7 @@ func TestHeartbeatLag(t *testing.T) {
 	r := newHeartbeatRing(16)
 	// Heartbeats at 0, 100, ..., 900ms, each committed 1ms after its ts.
 	for i := int64(0); i < 10; i++ {
-		r.add(src0+i*100_000, base.Add(time.Duration(i)*interval+time.Millisecond))
+		r.add(src0+i*100_000, base.Add(time.Duration(i)*interval+time.Millisecond), 0)
 	}
 	in := LagInput{SourceNowUS: src0 + 950_000, SourceLocal: base.Add(950 * time.Millisecond), Interval: interval}
 
@@ -34,7 +34,7 @@ func TestHeartbeatLag(t *testing.T) {
 	const skew = 2 * us
 	skewed := newHeartbeatRing(16)
 	for _, e := range r.entries {
-		skewed.add(e.ts+skew, e.committed)
+		skewed.add(e.ts+skew, e.committed, 0)
 	}
 	sk := in
 	sk.SourceNowUS, sk.SeenTS = in.SourceNowUS+skew, in.SeenTS+skew
@@ -114,5 +114,37 @@ func TestAutoIncrementCollision(t *testing.T) {
 		if got := autoIncrementCollision([2]*Observation{c.a, c.b}) != ""; got != c.collide {
 			t.Errorf("%d/%d vs %d/%d: collide=%v", c.a.AutoIncInc, c.a.AutoIncOff, c.b.AutoIncInc, c.b.AutoIncOff, got)
 		}
+	}
+}
+
+func TestHeartbeatLagByGTIDSequence(t *testing.T) {
+	base := time.Unix(1_700_000_000, 0)
+	src0 := base.UnixMicro()
+	r := newHeartbeatRing(8)
+	for i := int64(0); i < 3; i++ { // heartbeats are seq 10, 20, 30 at 0, 100, 200ms
+		r.add(src0+i*100_000, base.Add(time.Duration(i)*100*time.Millisecond), uint64(10+10*i))
+	}
+	in := LagInput{SourceNowUS: src0 + 300_000, SourceLocal: base.Add(300 * time.Millisecond),
+		SeenTS: src0, ReadLocal: base.Add(300 * time.Millisecond), AppliedLocal: base.Add(300 * time.Millisecond),
+		Interval: 100 * time.Millisecond}
+	for _, c := range []struct {
+		applied uint64
+		want    time.Duration
+	}{
+		{14, 250 * time.Millisecond}, // first missing (15) halfway between 10 and 20
+		{19, 200 * time.Millisecond}, // first missing is the heartbeat at 100ms
+		{29, 100 * time.Millisecond},
+		{30, 0},
+		{45, 0},
+	} {
+		in.AppliedSeq = c.applied
+		if lag, _, ok := r.lag(in); !ok || lag != c.want {
+			t.Errorf("applied %d: lag %s ok %v, want %s", c.applied, lag, ok, c.want)
+		}
+	}
+	// Sequence going backwards (a reset origin) restarts the ring.
+	r.add(src0+400_000, base.Add(400*time.Millisecond), 3)
+	if len(r.entries) != 1 {
+		t.Errorf("ring kept %d entries across a GTID reset", len(r.entries))
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-sql-driver/mysql"
 )
 
@@ -70,7 +71,10 @@ type Observation struct {
 	// origin (0 when the write failed; HeartbeatErr says why).
 	HeartbeatWritten   int64
 	HeartbeatCommitted time.Time
+	HeartbeatSeq       uint64 // its GTID sequence number (MariaDB)
 	HeartbeatErr       error
+	// VarsLocal is when the GTID positions were read (our clock).
+	VarsLocal time.Time
 }
 
 // Replica returns the replication channel from the peer (matched by
@@ -264,13 +268,14 @@ func (n *nodeConn) observe(ctx context.Context, writeHB bool) *Observation {
 	o.Reachable = true
 
 	if writeHB {
-		o.HeartbeatErr = n.writeHeartbeat(ctx, o.NodeNowUS)
+		o.HeartbeatSeq, o.HeartbeatErr = n.writeHeartbeat(ctx, o.NodeNowUS, flavor)
 		if o.HeartbeatErr == nil {
 			o.HeartbeatWritten = o.NodeNowUS
 			o.HeartbeatCommitted = time.Now()
 		}
 	}
 
+	o.VarsLocal = time.Now()
 	if flavor == FlavorMariaDB {
 		var ro int
 		err := n.db.QueryRowContext(ctx, `SELECT @@server_id, @@gtid_domain_id, @@read_only,
@@ -379,21 +384,29 @@ func (n *nodeConn) readBinlog(ctx context.Context, o *Observation) *stepError {
 	return &stepError{stmts[0], lastErr}
 }
 
-func (n *nodeConn) writeHeartbeat(ctx context.Context, ts int64) error {
+// writeHeartbeat upserts this node's heartbeat row and returns the
+// sequence number of its GTID (MariaDB; 0 when unknown).
+func (n *nodeConn) writeHeartbeat(ctx context.Context, ts int64, flavor string) (uint64, error) {
 	n.mu.Lock()
 	ok := n.schemaOK
 	n.mu.Unlock()
 	if !ok {
 		for _, s := range []string{"CREATE DATABASE IF NOT EXISTS lockstep", HeartbeatSchema} {
 			if _, err := n.db.ExecContext(ctx, s); err != nil {
-				return n.describe("heartbeat schema", err)
+				return 0, n.describe("heartbeat schema", err)
 			}
 		}
 		n.mu.Lock()
 		n.schemaOK = true
 		n.mu.Unlock()
 	}
-	_, err := n.db.ExecContext(ctx, `INSERT INTO lockstep.heartbeat (origin, ts_us, server_id) VALUES (?, ?, @@server_id)
+	// One connection for the write and @@last_gtid, which is per session.
+	conn, err := n.db.Conn(ctx)
+	if err != nil {
+		return 0, n.describe("heartbeat write", err)
+	}
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, `INSERT INTO lockstep.heartbeat (origin, ts_us, server_id) VALUES (?, ?, @@server_id)
 		ON DUPLICATE KEY UPDATE ts_us=VALUES(ts_us), server_id=VALUES(server_id)`, n.name, ts)
 	if err != nil {
 		var me *mysql.MySQLError
@@ -402,9 +415,20 @@ func (n *nodeConn) writeHeartbeat(ctx context.Context, ts int64) error {
 			n.schemaOK = false
 			n.mu.Unlock()
 		}
-		return n.describe("heartbeat write", err)
+		return 0, n.describe("heartbeat write", err)
 	}
-	return nil
+	if flavor != FlavorMariaDB {
+		return 0, nil
+	}
+	var last string
+	if err := conn.QueryRowContext(ctx, "SELECT @@SESSION.last_gtid").Scan(&last); err != nil {
+		return 0, nil // the write happened; only the lag refinement is lost
+	}
+	g, err := gomysql.ParseMariadbGTID(last)
+	if err != nil {
+		return 0, nil
+	}
+	return g.SequenceNumber, nil
 }
 
 // forgetFlavor makes the next poll re-detect the server (it may have been

@@ -263,7 +263,7 @@ func (s *Supervisor) poll(ctx context.Context, snapshot bool) {
 	}
 	for i, o := range obs {
 		if o.HeartbeatWritten != 0 {
-			s.rings[i].add(o.HeartbeatWritten, o.HeartbeatCommitted)
+			s.rings[i].add(o.HeartbeatWritten, o.HeartbeatCommitted, o.HeartbeatSeq)
 		}
 		if !o.Reachable {
 			s.nodes[i].forgetFlavor()
@@ -337,14 +337,19 @@ func (s *Supervisor) evaluate(obs [2]*Observation, snapshot bool) [2]*nodeEval {
 			continue
 		}
 		// Lag behind the peer, on the peer's clock.
-		lag, age, ok := s.rings[1-i].lag(LagInput{
+		in := LagInput{
 			SourceNowUS: p.NodeNowUS,
 			SourceLocal: p.Local,
 			SourceOwnTS: p.HeartbeatTS[p.Node],
 			SeenTS:      o.HeartbeatTS[p.Node],
 			ReadLocal:   o.HeartbeatReadLocal,
 			Interval:    s.cfg.Interval,
-		})
+		}
+		if o.Flavor == FlavorMariaDB && p.Flavor == FlavorMariaDB {
+			in.AppliedSeq = MariaDBAppliedIn(o.GTIDCurrentPos, p.DomainID)
+			in.AppliedLocal = o.VarsLocal
+		}
+		lag, age, ok := s.rings[1-i].lag(in)
 		if ok && (snapshot || p.HeartbeatErr == nil) {
 			e.lag, e.age = &lag, &age
 		}

@@ -56,29 +56,16 @@ func testLogger(t *testing.T) *slog.Logger {
 	if os.Getenv("LOCKSTEP_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return slog.New(tlogHandler{t: t, h: slog.NewTextHandler(&tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})})
+	return slog.New(slog.NewTextHandler(&tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // tWriter sends supervisor logs to t.Log so a failing test shows them.
 type tWriter struct{ t *testing.T }
 
 func (w *tWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
 	w.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
 }
-
-type tlogHandler struct {
-	t *testing.T
-	h slog.Handler
-}
-
-func (h tlogHandler) Enabled(ctx context.Context, l slog.Level) bool { return h.h.Enabled(ctx, l) }
-func (h tlogHandler) Handle(ctx context.Context, r slog.Record) error {
-	return h.h.Handle(ctx, r)
-}
-func (h tlogHandler) WithAttrs(a []slog.Attr) slog.Handler { return tlogHandler{h.t, h.h.WithAttrs(a)} }
-func (h tlogHandler) WithGroup(g string) slog.Handler      { return tlogHandler{h.t, h.h.WithGroup(g)} }
 
 func startPair(t *testing.T) *mariadbpair.Pair {
 	t.Helper()
@@ -295,4 +282,3 @@ func metric(t *testing.T, h *harness, name, node string) float64 {
 	t.Fatalf("metric %s{node=%q} not found", name, node)
 	return 0
 }
-

@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,9 +63,14 @@ func TestMain(m *testing.M) {
 
 // lockstepBinary builds ./cmd/lockstep once per package run (lazily, so
 // packages' tests that skip never pay for it) and returns its path.
+// LOCKSTEP_TEST_BINARY points the tests at an already built binary instead.
 func lockstepBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		if p := os.Getenv("LOCKSTEP_TEST_BINARY"); p != "" {
+			binPath, buildErr = filepath.Abs(p)
+			return
+		}
 		binDir, buildErr = os.MkdirTemp("", "lockstep-bin-")
 		if buildErr != nil {
 			return
@@ -102,7 +108,15 @@ type cluster struct {
 	resources func(d *daemon) []resource
 	keepalive time.Duration
 	deadtime  time.Duration
+	// extraMembers are listed in every config but run no daemon.
+	extraMembers []member
+	// repl, when set, returns node d's `repl:` section (YAML, top level)
+	// and each node is mapped to database db<i>.
+	repl func(d *daemon) string
 }
+
+// member is one `cluster.nodes` entry.
+type member struct{ Name, Address, DB string }
 
 type daemon struct {
 	c       *cluster
@@ -112,6 +126,7 @@ type daemon struct {
 	config  string
 	logPath string
 	resLog  string // where this node's exec resources append their calls
+	keyFile string // overrides the cluster key when set
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -180,7 +195,7 @@ cluster:
   witness: ["{{.Witness}}"]
   nodes:
 {{- range .Nodes}}
-    - {name: {{.Name}}, address: "{{.Address}}"}
+    - {name: {{.Name}}, address: "{{.Address}}"{{if .DB}}, db: {{.DB}}{{end}}}
 {{- end}}
   resources:
 {{- range .Resources}}
@@ -192,27 +207,41 @@ cluster:
       timeout: {{.Timeout}}
 {{- end}}
 {{- end}}
+{{.Repl}}
 `))
 
 // writeConfig generates the node's config file.
 func (d *daemon) writeConfig() {
 	c := d.c
-	type peer struct{ Name, Address string }
-	var peers []peer
+	var peers []member
 	for _, o := range c.nodes {
-		peers = append(peers, peer{o.node.Name, net.JoinHostPort(o.node.Addr.String(), fmt.Sprint(heartbeatPort))})
+		m := member{Name: o.node.Name, Address: net.JoinHostPort(o.node.Addr.String(), fmt.Sprint(heartbeatPort))}
+		if c.repl != nil {
+			m.DB = fmt.Sprintf("db%d", o.idx)
+		}
+		peers = append(peers, m)
+	}
+	repl := ""
+	if c.repl != nil {
+		repl = c.repl(d)
+	}
+	peers = append(peers, c.extraMembers...)
+	keyFile := c.keyFile
+	if d.keyFile != "" {
+		keyFile = d.keyFile
 	}
 	data := map[string]any{
 		"Name":      d.node.Name,
 		"Listen":    d.httpAddr(),
 		"Agent":     net.JoinHostPort(d.node.Addr.String(), fmt.Sprint(agentPort)),
-		"KeyFile":   c.keyFile,
+		"KeyFile":   keyFile,
 		"Keepalive": c.keepalive,
 		"Deadtime":  c.deadtime,
 		"Witness":   c.witness,
 		"Nodes":     peers,
 		"Resources": c.resources(d),
 		"Dev":       netns.Dev,
+		"Repl":      repl,
 	}
 	f, err := os.OpenFile(d.config, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -381,10 +410,48 @@ func tailFile(path string, n int) string {
 // raw so that assertions can search their reasons without depending on
 // every field name.
 type status struct {
-	Node   string            `json:"node"`
-	Role   string            `json:"role"`
-	Events []json.RawMessage `json:"events"`
+	Node      string `json:"node"`
+	Role      string `json:"role"`
+	Resources []struct {
+		Name  string `json:"name"`
+		State string `json:"state"`
+	} `json:"resources"`
+	Events []event `json:"events"`
 	raw    []byte
+}
+
+type event struct {
+	Kind    string `json:"kind"`
+	Message string `json:"message"`
+}
+
+// findEvent returns the newest event of kind whose message contains every
+// one of subs.
+func (s *status) findEvent(kind string, subs ...string) (event, bool) {
+	for i := len(s.Events) - 1; i >= 0; i-- {
+		e := s.Events[i]
+		if e.Kind != kind {
+			continue
+		}
+		ok := true
+		for _, sub := range subs {
+			ok = ok && strings.Contains(e.Message, sub)
+		}
+		if ok {
+			return e, true
+		}
+	}
+	return event{}, false
+}
+
+// holding reports whether every resource of the group is started.
+func (s *status) holding() bool {
+	for _, r := range s.Resources {
+		if r.State != "started" {
+			return false
+		}
+	}
+	return len(s.Resources) > 0
 }
 
 func (d *daemon) get(ctx context.Context, path string) (int, []byte, error) {
@@ -461,24 +528,37 @@ func (d *daemon) holdsVIP() bool {
 	return has
 }
 
-// waitWriter waits until exactly one node reports role writer and holds
-// the VIP, and returns it.
+// waitWriter waits until exactly one node reports role writer with its
+// whole resource group started and the VIP on its interface, and no other
+// node holds the VIP; it returns the writer.
 func (c *cluster) waitWriter(within time.Duration) *daemon {
 	c.t.Helper()
 	var w *daemon
-	waitFor(c.t, within, "exactly one writer holding the VIP", func() bool {
+	waitFor(c.t, within, "exactly one writer holding the VIP and its resources", func() bool {
 		w = nil
 		writers := 0
 		for _, d := range c.nodes {
 			if !d.alive() {
 				continue
 			}
-			if d.role(c.t.Context()) == "writer" {
-				writers++
+			st, err := d.status(c.t.Context())
+			if err != nil || st.Role != "writer" {
+				continue
+			}
+			writers++
+			if st.holding() {
 				w = d
 			}
 		}
-		return writers == 1 && w.holdsVIP()
+		if writers != 1 || w == nil || !w.holdsVIP() {
+			return false
+		}
+		for _, d := range c.nodes {
+			if d != w && d.alive() && d.holdsVIP() {
+				return false
+			}
+		}
+		return true
 	})
 	return w
 }
@@ -539,17 +619,33 @@ func TestClusterKillWriter(t *testing.T) {
 		t.Fatalf("standby %s holds resources while %s is writer", s.node.Name, w.node.Name)
 	}
 
+	// Clients see the VIP move only when ARP caches follow (gratuitous ARP):
+	// the witness plays the client, talking to a service that says which
+	// node answered. A SIGKILLed daemon leaves its VIP configured, so the
+	// client's cache must really be updated.
+	for _, d := range c.nodes {
+		serveIdentity(t, d)
+	}
+	client := c.nw.Witness()
+	vipService := net.JoinHostPort(c.vip.String(), strconv.Itoa(identityPort))
+	if got := askIdentity(t, client, vipService); got != w.node.Name {
+		t.Fatalf("VIP answered by %q before the kill, want %s", got, w.node.Name)
+	}
+
 	killed := time.Now()
 	w.kill()
 	limit := c.deadtime + time.Second
-	var took time.Duration
-	waitFor(t, 10*time.Second, "the survivor to hold the VIP and resources", func() bool {
-		if s.holdsVIP() && s.running("a") && s.running("b") {
+	var took, answered time.Duration
+	waitFor(t, 10*time.Second, "the survivor to hold the VIP and resources and answer on the VIP", func() bool {
+		if took == 0 && s.holdsVIP() && s.running("a") && s.running("b") {
 			took = time.Since(killed)
-			return true
 		}
-		return false
+		if answered == 0 && askIdentity(t, client, vipService) == s.node.Name {
+			answered = time.Since(killed)
+		}
+		return took != 0 && answered != 0
 	})
+	t.Logf("client (witness) reached the VIP on %s %s after the kill", s.node.Name, answered.Round(time.Millisecond))
 	t.Logf("failover after SIGKILL of %s: %s took the VIP and resources in %s (deadtime %s, keepalive %s)",
 		w.node.Name, s.node.Name, took.Round(time.Millisecond), c.deadtime, c.keepalive)
 	if took > limit {
@@ -562,8 +658,11 @@ func TestClusterKillWriter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(strings.ToLower(string(st.raw)), w.node.Name) {
-		t.Errorf("survivor's /status does not mention the dead peer %s: %s", w.node.Name, st.raw)
+	// "Why did it fail over": the role event names the silent peer.
+	if e, ok := st.findEvent("role", "-> writer", w.node.Name); !ok {
+		t.Errorf("survivor's /status has no role event naming the dead peer %s: %s", w.node.Name, st.raw)
+	} else {
+		t.Logf("survivor's reason: %s", e.Message)
 	}
 }
 
@@ -591,6 +690,7 @@ func TestClusterPartitionWriter(t *testing.T) {
 		t.Errorf("%s role = %q, want standby", s.node.Name, r)
 	}
 	checkMetrics(t, w, "writer")
+	checkMetrics(t, s, "standby")
 
 	cut := time.Now()
 	c.nw.Partition(w.idx)
@@ -641,6 +741,13 @@ func TestClusterPartitionWriter(t *testing.T) {
 		t.Errorf("fenced %s agent-check = %q, %v; want down, drain or maint", w.node.Name, a, err)
 	}
 	checkMetrics(t, w, "fenced")
+	if code := s.health(ctx); code != http.StatusOK {
+		t.Errorf("new writer %s /health = %d, want 200", s.node.Name, code)
+	}
+	if a, err := s.agent(ctx); err != nil || !strings.HasPrefix(a, "up") {
+		t.Errorf("new writer %s agent-check = %q, %v; want up", s.node.Name, a, err)
+	}
+	checkMetrics(t, s, "writer")
 	if st, err := w.status(ctx); err != nil {
 		t.Error(err)
 	} else if !containsAny(strings.ToLower(string(st.raw)), "fence") {
@@ -758,6 +865,49 @@ func TestClusterHangingResource(t *testing.T) {
 	})
 }
 
+// identityPort serves the node's name on every address of its namespace,
+// the VIP included.
+const identityPort = 7777
+
+func serveIdentity(t *testing.T, d *daemon) {
+	t.Helper()
+	l, err := d.node.Listen("tcp", net.JoinHostPort("0.0.0.0", strconv.Itoa(identityPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(conn, d.node.Name+"\n")
+			conn.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+	})
+}
+
+// askIdentity returns the name served at addr from inside from's
+// namespace, or "" when nothing answers within 200ms.
+func askIdentity(t *testing.T, from *netns.Node, addr string) string {
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	conn, err := from.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return ""
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	line, _ := bufio.NewReader(conn).ReadString('\n')
+	return strings.TrimSpace(line)
+}
+
 func checkMetrics(t *testing.T, d *daemon, state string) {
 	t.Helper()
 	code, body, err := d.get(t.Context(), "/metrics")
@@ -768,6 +918,9 @@ func checkMetrics(t *testing.T, d *daemon, state string) {
 	text := string(body)
 	if !strings.Contains(text, "lockstep_") {
 		t.Errorf("%s /metrics has no lockstep_ metrics", d.node.Name)
+	}
+	if v := metricValue(text, `lockstep_role{role="`+state+`"}`); v != "1" {
+		t.Errorf("%s lockstep_role{role=%q} = %q, want 1", d.node.Name, state, v)
 	}
 	fenced := metricValue(text, "lockstep_fenced")
 	switch state {
@@ -782,13 +935,14 @@ func checkMetrics(t *testing.T, d *daemon, state string) {
 	}
 }
 
-// metricValue returns the value of the first sample of name (any labels).
+// metricValue returns the value of the first sample of name: a bare
+// metric name matches any labels, `name{labels}` matches exactly.
 func metricValue(text, name string) string {
 	for _, line := range strings.Split(text, "\n") {
 		if strings.HasPrefix(line, "#") {
 			continue
 		}
-		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
+		if strings.HasPrefix(line, name+" ") || (!strings.Contains(name, "{") && strings.HasPrefix(line, name+"{")) {
 			f := strings.Fields(line)
 			return f[len(f)-1]
 		}

@@ -259,7 +259,7 @@ func TestSSHSyncStartupReconcileExcludesAndLiveChanges(t *testing.T) {
 		lsynctest.WaitTreesEqual(t, src, dst, convergeTimeout, opts...)
 		t.Logf("step %q converged", st.name)
 	}
-	for _, p := range []string{"cache", ".git"} {
+	for _, p := range []string{"cache/new", "cache/a", ".git"} {
 		mustNotExist(t, filepath.Join(dst, p))
 	}
 }
@@ -342,18 +342,17 @@ func TestSSHSyncPeerDownThenUp(t *testing.T) {
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, j, func(s lsync.TargetStatus) bool { return !s.Connected })
 	write(t, src, "a", "2", 0o644)
 	write(t, src, "while-down/b", "b", 0o644)
 	if err := os.Remove(filepath.Join(dst, "a")); err != nil { // drift on the target too
 		t.Fatal(err)
 	}
+	waitStatus(t, j, func(s lsync.TargetStatus) bool { return !s.Connected && s.LastError != "" })
 	time.Sleep(300 * time.Millisecond)
 	if _, err := os.Stat(filepath.Join(dst, "while-down")); err == nil {
 		t.Fatal("a change reached the target while its sshd was down")
 	}
-	st := j.job.Status()[0]
-	if st.Connected || st.LastError == "" {
+	if st := j.job.Status()[0]; st.Connected || st.PendingFiles == 0 {
 		t.Errorf("status while down: %+v", st)
 	}
 

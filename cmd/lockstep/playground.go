@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -22,7 +23,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
+	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
 // The playground is the README's Quick start: a whole two-node cluster on
@@ -141,11 +144,9 @@ func runPlayground(ctx context.Context, out io.Writer, duration, interval time.D
 			err = failure(rerr)
 		}
 	}()
-	fmt.Fprintf(out, "lockstep playground in %s\n", dir)
-
-	fmt.Fprintln(out, "starting a MariaDB master-master pair (db1, db2) ...")
-	// Setup gets its own bound so that a Ctrl-C during the slow part still
-	// tears down what was started.
+	var header bytes.Buffer // what a redrawn screen repeats at its top
+	fmt.Fprintf(&header, "lockstep playground in %s\n", dir)
+	fmt.Fprintln(out, "lockstep playground: starting a MariaDB master-master pair (db1, db2) ...")
 	pair, err := mariadbpair.New(ctx, mariadbpair.Options{})
 	if err != nil {
 		if ctx.Err() != nil && duration == 0 {
@@ -158,7 +159,7 @@ func runPlayground(ctx context.Context, out io.Writer, duration, interval time.D
 			err = failure(fmt.Errorf("stop MariaDB pair: %w", cerr))
 		}
 	}()
-	fmt.Fprintf(out, "  db1 on 127.0.0.1:%d, db2 on 127.0.0.1:%d, replicating both ways\n", pair.Nodes[0].Port, pair.Nodes[1].Port)
+	fmt.Fprintf(&header, "  MariaDB db1 on 127.0.0.1:%d, db2 on 127.0.0.1:%d, replicating both ways\n", pair.Nodes[0].Port, pair.Nodes[1].Port)
 
 	// A witness on loopback, served by the playground itself: a node that
 	// loses its peer but still sees the witness takes over instead of
@@ -191,21 +192,32 @@ func runPlayground(ctx context.Context, out io.Writer, duration, interval time.D
 			stopPlaygroundNodes(out, nodes)
 			return failure(err)
 		}
-		fmt.Fprintf(out, "  %s: lockstep run (pid %d), http://%s, log %s\n", n.Name, n.cmd.Process.Pid, n.Listen, n.LogPath)
+		fmt.Fprintf(&header, "  %s: lockstep run (pid %d), http://%s, log %s\n", n.Name, n.cmd.Process.Pid, n.Listen, n.LogPath)
 	}
 	defer stopPlaygroundNodes(out, nodes)
+	printPlaygroundHints(&header, dir, nodes, pair)
+	_, _ = out.Write(header.Bytes())
 
-	checks := newPlaygroundChecks(ctx, out, nodes, pair)
-	printPlaygroundHints(out, dir, nodes, pair)
-
+	checks := newPlaygroundChecks(ctx, nodes, pair)
+	// On a terminal the screen is redrawn in place; otherwise (logs, the
+	// smoke test) the dashboard scrolls and each check result prints once.
+	tty := isTerminal(out)
+	printed := 0
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
+		if tty {
+			fmt.Fprint(out, "\033[H\033[2J")
+			_, _ = out.Write(header.Bytes())
+			printed = 0
+		}
 		printDashboard(ctx, out, nodes)
+		printed = printCheckResults(out, checks, printed)
 		select {
 		case <-ctx.Done():
 			fmt.Fprintln(out, "\nstopping the playground ...")
 			problems := checks.wait()
+			printCheckResults(out, checks, printed)
 			// Interrupted by Ctrl-C, unfinished checks are no finding.
 			if duration > 0 {
 				if len(problems) > 0 {
@@ -392,86 +404,96 @@ Ctrl-C stops everything and removes %[9]s.
 `, n1.Docroot, n2.Docroot, n1.Listen, n2.Listen, agentHost, agentPort, pair.Nodes[0].Socket, pair.Nodes[1].Socket, dir)
 }
 
-// playgroundStatus is the part of /status the dashboard shows; the rest is
-// kept raw so the dashboard degrades gracefully as the document grows.
-type playgroundStatus struct {
-	Node   string                     `json:"node"`
-	Role   string                     `json:"role"`
-	Extra  map[string]json.RawMessage `json:"-"`
-	Events []struct {
-		Time    time.Time `json:"time"`
-		Kind    string    `json:"kind"`
-		Message string    `json:"message"`
-	} `json:"events"`
+func fetchPlaygroundStatus(ctx context.Context, client *http.Client, n *playgroundNode) (*orchestrator.Status, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.Listen+"/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /status: HTTP %d", resp.StatusCode)
+	}
+	var st orchestrator.Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&st); err != nil {
+		return nil, fmt.Errorf("GET /status: %w", err)
+	}
+	return &st, nil
 }
 
-func fetchPlaygroundStatus(ctx context.Context, client *http.Client, n *playgroundNode) (health int, st *playgroundStatus, err error) {
-	get := func(path string) (int, []byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.Listen+path, nil)
-		if err != nil {
-			return 0, nil, err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, nil, err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-		return resp.StatusCode, body, err
-	}
-	health, _, err = get("/health")
-	if err != nil {
-		return 0, nil, err
-	}
-	code, body, err := get("/status")
-	if err != nil {
-		return health, nil, err
-	}
-	if code != http.StatusOK {
-		return health, nil, fmt.Errorf("GET /status: HTTP %d", code)
-	}
-	st = &playgroundStatus{}
-	if err := json.Unmarshal(body, st); err != nil {
-		return health, nil, fmt.Errorf("GET /status: %w", err)
-	}
-	_ = json.Unmarshal(body, &st.Extra)
-	return health, st, nil
-}
-
+// printDashboard shows, per node, what an operator looks at first: role
+// and why, what the balancer is told, peers, resources, sync targets and
+// the database pair, then the newest events of both nodes interleaved.
 func printDashboard(ctx context.Context, out io.Writer, nodes []*playgroundNode) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	client := &http.Client{Timeout: time.Second}
 	fmt.Fprintf(out, "\n== %s ==\n", time.Now().Format("15:04:05"))
 	var events []string
+	var repl *dbrepl.PairStatus
 	for _, n := range nodes {
 		if done, exitErr := n.exited(); done {
 			fmt.Fprintf(out, "%-6s daemon exited (%v); see %s\n", n.Name, exitErr, n.LogPath)
 			continue
 		}
-		health, st, err := fetchPlaygroundStatus(ctx, client, n)
+		st, err := fetchPlaygroundStatus(ctx, client, n)
 		if err != nil {
 			fmt.Fprintf(out, "%-6s not answering yet (%v)\n", n.Name, err)
 			continue
 		}
-		service := "stopped"
-		if _, err := os.Stat(n.ServiceState); err == nil {
-			service = "running"
-		}
-		fmt.Fprintf(out, "%-6s role=%-8s health=%d service=%s", n.Name, st.Role, health, service)
-		for _, key := range sortedKeys(st.Extra) {
-			switch key {
-			case "node", "role", "events":
-				continue
+		fmt.Fprintf(out, "%-6s %-8s balancer=%q  %s\n", n.Name, st.Role, st.Health.Agent, st.RoleReason)
+		var parts []string
+		for _, p := range st.Peers {
+			state := "dead"
+			if p.Alive {
+				state = "alive"
+				if p.Role != "" {
+					state += " " + p.Role
+				}
 			}
-			if s := summarize(st.Extra[key]); s != "" {
-				fmt.Fprintf(out, " %s=%s", key, s)
-			}
+			parts = append(parts, fmt.Sprintf("peer %s %s", p.Name, state))
 		}
-		fmt.Fprintln(out)
+		for _, r := range st.Resources {
+			parts = append(parts, fmt.Sprintf("%s %s", filepath.Base(r.Name), r.State))
+		}
+		for _, t := range st.Sync {
+			conn := "down"
+			if t.Connected {
+				conn = "up"
+			}
+			parts = append(parts, fmt.Sprintf("sync %s->%s %s, %d pending", t.Job, t.Target, conn, t.PendingFiles))
+		}
+		fmt.Fprintf(out, "       %s\n", strings.Join(parts, "; "))
+		if st.Replication != nil && repl == nil {
+			repl = st.Replication
+		}
 		for _, e := range lastN(st.Events, 3) {
 			events = append(events, fmt.Sprintf("  %s %s [%s] %s", e.Time.Format("15:04:05.000"), n.Name, e.Kind, e.Message))
 		}
+	}
+	if repl != nil {
+		var parts []string
+		for _, db := range repl.Nodes {
+			state := "read-only"
+			if db.Writable {
+				state = "writable"
+			}
+			if !db.Reachable {
+				state = "unreachable"
+			}
+			if db.Fenced {
+				state += " FENCED (" + db.FenceReason + ")"
+			}
+			lag := "lag ?"
+			if db.LagSeconds != nil {
+				lag = fmt.Sprintf("lag %.2fs", *db.LagSeconds)
+			}
+			parts = append(parts, fmt.Sprintf("%s %s %s", db.Name, state, lag))
+		}
+		fmt.Fprintf(out, "mariadb %s: %s\n", repl.Verdict, strings.Join(parts, "; "))
 	}
 	sort.Strings(events)
 	if len(events) > 0 {
@@ -480,35 +502,6 @@ func printDashboard(ctx context.Context, out io.Writer, nodes []*playgroundNode)
 			fmt.Fprintln(out, e)
 		}
 	}
-}
-
-// summarize renders a scalar or a short value of the status document on
-// one line; large sub-documents are left for `curl /status`.
-func summarize(raw json.RawMessage) string {
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return ""
-	}
-	switch x := v.(type) {
-	case nil:
-		return ""
-	case string, bool, float64:
-		return fmt.Sprint(x)
-	}
-	s := string(raw)
-	if len(s) > 160 {
-		return ""
-	}
-	return s
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func lastN[T any](s []T, n int) []T {
@@ -523,38 +516,66 @@ func lastN[T any](s []T, n int) []T {
 // written on db1 shows up on db2, and both daemons answer /health.
 type playgroundChecks struct {
 	done     chan struct{}
+	mu       sync.Mutex
+	passed   []string
 	problems []string
 }
 
-func newPlaygroundChecks(ctx context.Context, out io.Writer, nodes []*playgroundNode, pair *mariadbpair.Pair) *playgroundChecks {
+func newPlaygroundChecks(ctx context.Context, nodes []*playgroundNode, pair *mariadbpair.Pair) *playgroundChecks {
 	c := &playgroundChecks{done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
-		c.problems = runPlaygroundChecks(ctx, out, nodes, pair)
+		c.run(ctx, nodes, pair)
 	}()
 	return c
 }
 
+// wait returns the problems once every check has finished.
 func (c *playgroundChecks) wait() []string {
 	<-c.done
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.problems
 }
 
-func runPlaygroundChecks(ctx context.Context, out io.Writer, nodes []*playgroundNode, pair *mariadbpair.Pair) []string {
-	var (
-		mu       sync.Mutex
-		problems []string
-		wg       sync.WaitGroup
-	)
-	report := func(problem, ok string) {
-		mu.Lock()
-		defer mu.Unlock()
-		if problem != "" {
-			problems = append(problems, problem)
-			return
-		}
-		fmt.Fprintln(out, "check: "+ok)
+func (c *playgroundChecks) results() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.passed...)
+}
+
+func (c *playgroundChecks) report(problem, ok string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if problem != "" {
+		c.problems = append(c.problems, problem)
+		return
 	}
+	c.passed = append(c.passed, "check: "+ok)
+}
+
+// printCheckResults prints the passed checks from index from on and
+// returns how many there are.
+func printCheckResults(out io.Writer, c *playgroundChecks, from int) int {
+	lines := c.results()
+	for _, l := range lines[min(from, len(lines)):] {
+		fmt.Fprintln(out, l)
+	}
+	return len(lines)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func (c *playgroundChecks) run(ctx context.Context, nodes []*playgroundNode, pair *mariadbpair.Pair) {
+	var wg sync.WaitGroup
+	report := c.report
 	client := &http.Client{Timeout: time.Second}
 	for i, n := range nodes {
 		wg.Add(2)
@@ -607,7 +628,6 @@ func runPlaygroundChecks(ctx context.Context, out io.Writer, nodes []*playground
 		report("", "a row written on db1 is visible on db2")
 	}()
 	wg.Wait()
-	return problems
 }
 
 // exitNote explains a daemon that is gone, with the last line of its log.

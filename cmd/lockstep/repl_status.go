@@ -1,126 +1,171 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"strings"
-	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/lockstep-ha/lockstep/config"
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/dbrepl/dashboard"
 )
 
-// newReplStatusCmd prints one snapshot of the pair. The dashboard issue
-// replaces the rendering (dashboard.Render); exit codes are 0 healthy,
-// 1 anything else, 2 bad input.
+// newReplStatusCmd shows the pair: one snapshot (table or --json) or a
+// live dashboard (--watch). Exit codes: 0 healthy, 1 degraded, fenced,
+// broken or split-brain risk, 2 error. The state comes from the running
+// daemon's /status when it answers (--from URL, or the config's listen
+// address), else from the databases directly.
 func newReplStatusCmd() *cobra.Command {
-	var path string
+	var path, from string
+	var asJSON, watch, standalone bool
+	var interval time.Duration
 	cmd := &cobra.Command{
-		Use:   "status -c FILE",
+		Use:   "status -c FILE [--json | --watch [--interval D]] [--from URL]",
 		Short: "Show the replication state of both nodes (exit 0 healthy, 1 not healthy, 2 error)",
-		Args:  cobra.NoArgs,
+		Long: `Shows one row per node (state, replication threads, lag per direction,
+transactions behind, GTID positions, binlog position, last error, heartbeat age)
+and a verdict: healthy, degraded, fenced <node>, broken or split-brain risk.
+
+The state is read from the lockstep daemon when it runs (its /status endpoint:
+--from URL, or http://<listen>/status from the config file), so that fences and
+write conflicts it recorded are shown; otherwise, or with --standalone, both
+databases are queried directly.
+
+--json prints the documented status document (README: "repl status --json").
+--watch refreshes every --interval until q or Ctrl-C.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := replConfig(path)
+			if asJSON && watch {
+				return usageError(fmt.Errorf("--json and --watch are exclusive"))
+			}
+			if interval < 100*time.Millisecond {
+				return usageError(fmt.Errorf("--interval: %s is below the 100ms minimum", interval))
+			}
+			fetch, title, err := statusSource(cmd, path, from, standalone)
 			if err != nil {
 				return err
 			}
-			logger := slog.New(slog.DiscardHandler)
-			st, err := dbrepl.Snapshot(cmd.Context(), *f.Repl, logger)
+			if watch {
+				err := dashboard.Watch(cmd.Context(), cmd.InOrStdin(), cmd.OutOrStdout(), fetch,
+					dashboard.WatchOptions{Interval: interval, Title: title})
+				if err != nil {
+					return usageError(err)
+				}
+				return nil
+			}
+			st, err := fetch(cmd.Context())
 			if err != nil {
 				return usageError(err)
 			}
-			renderReplStatus(cmd.OutOrStdout(), st)
-			if st.Verdict != dbrepl.VerdictHealthy {
-				return silentExit(exitFailure)
+			out := cmd.OutOrStdout()
+			if asJSON {
+				err = dashboard.RenderJSON(out, st)
+			} else {
+				err = dashboard.RenderTable(out, st, dashboard.Options{Color: isTTY(out)})
+			}
+			if err != nil {
+				return usageError(err)
+			}
+			if code := dashboard.ExitCode(st); code != exitOK {
+				return silentExit(code)
 			}
 			return nil
 		},
 	}
 	addConfigFlag(cmd, &path)
+	fl := cmd.Flags()
+	fl.BoolVar(&asJSON, "json", false, "print the status as JSON")
+	fl.BoolVar(&watch, "watch", false, "refresh live until q or Ctrl-C")
+	fl.DurationVar(&interval, "interval", time.Second, "refresh period for --watch")
+	fl.StringVar(&from, "from", "", "read the state from a lockstep daemon's /status URL (e.g. http://127.0.0.1:9430/status)")
+	fl.BoolVar(&standalone, "standalone", false, "query the databases directly even when the daemon runs")
 	return cmd
 }
 
-func renderReplStatus(w io.Writer, st dbrepl.PairStatus) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tIO\tSQL\tLAG\tBEHIND\tGTID\tBINLOG\tERROR")
-	for _, n := range st.Nodes {
-		state := "writable"
-		switch {
-		case !n.Reachable:
-			state = "UNREACHABLE"
-		case n.Fenced:
-			state = "FENCED"
-			if n.FenceManual {
-				state += "(manual)"
-			}
-		case n.ReadOnly:
-			state = "read-only"
+// statusSource picks where the state comes from: an explicit URL, the
+// daemon named by the config's listen address when it answers, or the
+// databases themselves.
+func statusSource(cmd *cobra.Command, path, from string, standalone bool) (dashboard.Fetcher, string, error) {
+	if from != "" {
+		if !strings.HasPrefix(from, "http://") && !strings.HasPrefix(from, "https://") {
+			return nil, "", usageError(fmt.Errorf("--from: %q is not an http(s) URL", from))
 		}
-		lag := "-"
-		if n.LagSeconds != nil {
-			lag = fmt.Sprintf("%.2fs", *n.LagSeconds)
-		}
-		behind := "-"
-		if n.BehindTrx != nil {
-			behind = fmt.Sprint(*n.BehindTrx)
-		}
-		gtid := n.GTIDCurrentPos
-		if gtid == "" {
-			gtid = n.GTIDExecuted
-		}
-		binlog := "-"
-		if n.BinlogFile != "" {
-			binlog = fmt.Sprintf("%s:%d", n.BinlogFile, n.BinlogPos)
-		}
-		errText := n.Error
-		if n.LastErrno != 0 {
-			errText = fmt.Sprintf("%d %s", n.LastErrno, n.LastError)
-			if n.LastErrorGTID != "" {
-				errText += " (GTID " + n.LastErrorGTID + ")"
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Address, state,
-			yesNo(n.Reachable, n.IORunning), yesNo(n.Reachable, n.SQLRunning), lag, behind, orDash(gtid), binlog, oneLine(errText, 100))
+		return func(ctx context.Context) (dbrepl.PairStatus, error) { return fetchDaemonStatus(ctx, from) }, from, nil
 	}
-	_ = tw.Flush()
-	verdict := st.Verdict
-	if st.Verdict == dbrepl.VerdictFenced {
-		verdict += " " + st.FencedNode
+	f, err := replConfig(path)
+	if err != nil {
+		return nil, "", err
 	}
-	fmt.Fprintf(w, "verdict: %s\n", verdict)
-	for _, n := range st.Nodes {
-		if n.Fenced {
-			fmt.Fprintf(w, "  %s fenced: %s\n", n.Name, n.FenceReason)
+	if !standalone && f.Listen != "" {
+		url := daemonStatusURL(f)
+		ctx, cancel := context.WithTimeout(cmd.Context(), time.Second)
+		_, err := fetchDaemonStatus(ctx, url)
+		cancel()
+		if err == nil {
+			return func(ctx context.Context) (dbrepl.PairStatus, error) { return fetchDaemonStatus(ctx, url) }, url, nil
 		}
 	}
-	for _, p := range st.Problems {
-		fmt.Fprintf(w, "  - %s\n", oneLine(p, 200))
-	}
+	logger := slog.New(slog.DiscardHandler)
+	cfg := *f.Repl
+	return func(ctx context.Context) (dbrepl.PairStatus, error) {
+		return dbrepl.Snapshot(ctx, cfg, logger)
+	}, f.Path, nil
 }
 
-func yesNo(known, b bool) string {
-	if !known {
-		return "-"
+func daemonStatusURL(f *config.File) string {
+	host, port, err := net.SplitHostPort(f.Listen)
+	if err != nil {
+		return "http://" + f.Listen + "/status"
 	}
-	if b {
-		return "yes"
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
 	}
-	return "NO"
+	return "http://" + net.JoinHostPort(host, port) + "/status"
 }
 
-func orDash(s string) string {
-	if s == "" {
-		return "-"
+// fetchDaemonStatus reads the `replication` field of the daemon's /status
+// document. A bare PairStatus document is accepted too.
+func fetchDaemonStatus(ctx context.Context, url string) (dbrepl.PairStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return dbrepl.PairStatus{}, err
 	}
-	return s
-}
-
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		s = s[:n-3] + "..."
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return dbrepl.PairStatus{}, err
 	}
-	return s
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return dbrepl.PairStatus{}, fmt.Errorf("%s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return dbrepl.PairStatus{}, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	var doc struct {
+		Replication *dbrepl.PairStatus `json:"replication"`
+		Verdict     string             `json:"verdict"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return dbrepl.PairStatus{}, fmt.Errorf("%s: not a lockstep status document: %w", url, err)
+	}
+	if doc.Replication != nil {
+		return *doc.Replication, nil
+	}
+	if doc.Verdict != "" {
+		var st dbrepl.PairStatus
+		if err := json.Unmarshal(body, &st); err != nil {
+			return dbrepl.PairStatus{}, fmt.Errorf("%s: %w", url, err)
+		}
+		return st, nil
+	}
+	return dbrepl.PairStatus{}, fmt.Errorf("%s: the daemon does not supervise replication (no repl: section)", url)
 }

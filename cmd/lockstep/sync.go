@@ -23,7 +23,7 @@ import (
 )
 
 func newSyncCmd() *cobra.Command {
-	var path, jobName string
+	var path, jobName, metricsAddr string
 	var once bool
 	cmd := &cobra.Command{
 		Use:   "sync -c FILE [--once] [--job NAME]",
@@ -45,13 +45,16 @@ pass per job and exits 0 only when every target matches the source.`,
 			if once {
 				return runSyncOnce(cmd.Context(), cmd.OutOrStdout(), jobs)
 			}
-			return runSyncDaemon(cmd.Context(), f, jobs, logger)
+			return runSyncDaemon(cmd.Context(), metricsAddr, jobs, logger)
 		},
 	}
 	addConfigFlag(cmd, &path)
 	_ = cmd.MarkFlagRequired("config")
 	cmd.Flags().BoolVar(&once, "once", false, "run one reconciliation pass and exit (0: all targets match, 1: something differs)")
 	cmd.Flags().StringVar(&jobName, "job", "", "run only the sync job with this name")
+	// Not the config's `listen:`: that address belongs to `lockstep run`,
+	// which runs the sync jobs itself and serves their metrics.
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9431) when running standalone")
 	return cmd
 }
 
@@ -153,15 +156,15 @@ func runSyncOnce(ctx context.Context, out io.Writer, jobs []syncJob) error {
 }
 
 // runSyncDaemon runs every job until ctx is cancelled (SIGINT/SIGTERM).
-func runSyncDaemon(ctx context.Context, f *config.File, jobs []syncJob, logger *slog.Logger) error {
+func runSyncDaemon(ctx context.Context, metricsAddr string, jobs []syncJob, logger *slog.Logger) error {
 	g, ctx := errgroup.WithContext(ctx)
-	if f.Listen != "" && len(jobs) > 0 {
-		ln, err := net.Listen("tcp", f.Listen)
+	if metricsAddr != "" && len(jobs) > 0 {
+		ln, err := net.Listen("tcp", metricsAddr)
 		if err != nil {
 			for _, sj := range jobs {
 				sj.job.Stop()
 			}
-			return usageError(fmt.Errorf("%s: listen: %w", f.Path, err))
+			return usageError(fmt.Errorf("--metrics-addr: %w", err))
 		}
 		srv := &http.Server{
 			Handler:           promhttp.HandlerFor(jobs[0].reg, promhttp.HandlerOpts{}),

@@ -16,7 +16,7 @@ import (
 	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
 )
 
-func exec(t *testing.T, db *sql.DB, stmts ...string) {
+func run(t *testing.T, db *sql.DB, stmts ...string) {
 	t.Helper()
 	for _, s := range stmts {
 		if _, err := db.Exec(s); err != nil {
@@ -73,7 +73,7 @@ func table(t *testing.T, r *checksum.Result, name string) checksum.TableResult {
 func seed(t *testing.T, p *mariadbpair.Pair) {
 	t.Helper()
 	db1 := p.Nodes[0].DB
-	exec(t, db1,
+	run(t, db1,
 		"CREATE DATABASE app",
 		"CREATE TABLE app.users (id INT PRIMARY KEY, name VARCHAR(40), email VARCHAR(80) NULL, score DOUBLE)",
 		"CREATE TABLE app.orders (region CHAR(2), num INT, item VARCHAR(20), PRIMARY KEY (region, num))",
@@ -101,7 +101,7 @@ func seed(t *testing.T, p *mariadbpair.Pair) {
 			}
 			b.WriteString(tbl.row(i))
 		}
-		exec(t, db1, b.String())
+		run(t, db1, b.String())
 	}
 	if err := p.WaitSynced(context.Background(), 30*time.Second); err != nil {
 		t.Fatal(err)

@@ -278,37 +278,9 @@ func (s *stream) run(ctx context.Context) error {
 			}
 		}
 	}
-	cfg := s.d.dsn[s.node]
-	sc := replication.BinlogSyncerConfig{
-		ServerID: s.d.cfg.ServerID,
-		Flavor:   gomysql.MariaDBFlavor,
-		User:     cfg.User,
-		Password: cfg.Passwd,
-		// Heartbeats let a dead connection be noticed by the read timeout.
-		HeartbeatPeriod: time.Second,
-		ReadTimeout:     5 * time.Second,
-		Logger:          s.log.With("component", "binlogsyncer"),
-		// Reconnecting is done here, from our own position, so that a
-		// node that stays down does not keep a goroutine spinning inside
-		// the syncer.
-		DisableRetrySync: true,
-	}
-	if cfg.Net == "unix" {
-		sc.Host = cfg.Addr
-		sc.Dialer = func(ctx context.Context, _, addr string) (net.Conn, error) {
-			var nd net.Dialer
-			return nd.DialContext(ctx, "unix", addr)
-		}
-	} else {
-		host, port, err := net.SplitHostPort(cfg.Addr)
-		if err != nil {
-			return fmt.Errorf("address %q: %w", cfg.Addr, err)
-		}
-		p, err := strconv.ParseUint(port, 10, 16)
-		if err != nil {
-			return fmt.Errorf("address %q: bad port", cfg.Addr)
-		}
-		sc.Host, sc.Port = host, uint16(p)
+	sc, err := syncerConfig(s.d.dsn[s.node], s.d.cfg.ServerID, s.log)
+	if err != nil {
+		return err
 	}
 	syncer := replication.NewBinlogSyncer(sc)
 	defer syncer.Close()
@@ -409,49 +381,92 @@ func renderValue(v any) string {
 	}
 }
 
-// primaryKey returns the key columns of a table as row-image indexes,
-// from the table map's metadata when the server logs it
-// (binlog_row_metadata=FULL), else from information_schema.
+// primaryKey is lookupPK, cached per table until the next DDL.
 func (s *stream) primaryKey(ctx context.Context, tm *replication.TableMapEvent) (*pkInfo, error) {
 	k := [2]string{string(tm.Schema), string(tm.Table)}
 	if p, ok := s.pk[k]; ok {
 		return p, nil
 	}
-	var p *pkInfo
+	p, err := lookupPK(ctx, s.db, tm)
+	if err != nil {
+		return nil, err
+	}
+	s.pk[k] = p
+	return p, nil
+}
+
+// lookupPK returns the key columns of a table as row-image indexes, from
+// the table map's metadata when the server logs it
+// (binlog_row_metadata=FULL), else from information_schema; nil when the
+// table has no primary key.
+func lookupPK(ctx context.Context, db *sql.DB, tm *replication.TableMapEvent) (*pkInfo, error) {
 	if len(tm.PrimaryKey) > 0 && len(tm.ColumnName) > 0 {
-		p = &pkInfo{}
+		p := &pkInfo{}
 		names := tm.ColumnNameString()
 		for _, c := range tm.PrimaryKey {
 			p.cols = append(p.cols, int(c))
 			p.names = append(p.names, names[c])
 		}
-	} else {
-		rows, err := s.db.QueryContext(ctx, `SELECT c.ORDINAL_POSITION, c.COLUMN_NAME
-			FROM information_schema.STATISTICS s JOIN information_schema.COLUMNS c
-			  ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME AND c.COLUMN_NAME = s.COLUMN_NAME
-			WHERE s.TABLE_SCHEMA = ? AND s.TABLE_NAME = ? AND s.INDEX_NAME = 'PRIMARY'
-			ORDER BY s.SEQ_IN_INDEX`, k[0], k[1])
-		if err != nil {
-			return nil, fmt.Errorf("primary key of %s.%s: %w", k[0], k[1], err)
-		}
-		for rows.Next() {
-			var pos int
-			var name string
-			if err := rows.Scan(&pos, &name); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			if p == nil {
-				p = &pkInfo{}
-			}
-			p.cols = append(p.cols, pos-1)
-			p.names = append(p.names, name)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		return p, nil
+	}
+	schema, table := string(tm.Schema), string(tm.Table)
+	rows, err := db.QueryContext(ctx, `SELECT c.ORDINAL_POSITION, c.COLUMN_NAME
+		FROM information_schema.STATISTICS s JOIN information_schema.COLUMNS c
+		  ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME AND c.COLUMN_NAME = s.COLUMN_NAME
+		WHERE s.TABLE_SCHEMA = ? AND s.TABLE_NAME = ? AND s.INDEX_NAME = 'PRIMARY'
+		ORDER BY s.SEQ_IN_INDEX`, schema, table)
+	if err != nil {
+		return nil, fmt.Errorf("primary key of %s.%s: %w", schema, table, err)
+	}
+	defer rows.Close()
+	var p *pkInfo
+	for rows.Next() {
+		var pos int
+		var name string
+		if err := rows.Scan(&pos, &name); err != nil {
 			return nil, err
 		}
+		if p == nil {
+			p = &pkInfo{}
+		}
+		p.cols = append(p.cols, pos-1)
+		p.names = append(p.names, name)
 	}
-	s.pk[k] = p
-	return p, nil
+	return p, rows.Err()
+}
+
+// syncerConfig turns a go-sql-driver DSN into a binlog reader config.
+func syncerConfig(cfg *mysql.Config, serverID uint32, log *slog.Logger) (replication.BinlogSyncerConfig, error) {
+	sc := replication.BinlogSyncerConfig{
+		ServerID: serverID,
+		Flavor:   gomysql.MariaDBFlavor,
+		User:     cfg.User,
+		Password: cfg.Passwd,
+		// Heartbeats let a dead connection be noticed by the read timeout.
+		HeartbeatPeriod: time.Second,
+		ReadTimeout:     5 * time.Second,
+		Logger:          log.With("component", "binlogsyncer"),
+		// Reconnecting is done by the caller, from its own position, so
+		// that a node that stays down does not keep a goroutine spinning
+		// inside the syncer.
+		DisableRetrySync: true,
+	}
+	if cfg.Net == "unix" {
+		sc.Host = cfg.Addr
+		sc.Dialer = func(ctx context.Context, _, addr string) (net.Conn, error) {
+			var nd net.Dialer
+			return nd.DialContext(ctx, "unix", addr)
+		}
+		return sc, nil
+	}
+	host, port, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return sc, fmt.Errorf("address %q: %w", cfg.Addr, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return sc, fmt.Errorf("address %q: bad port", cfg.Addr)
+	}
+	sc.Host, sc.Port = host, uint16(p)
+	return sc, nil
 }

@@ -3,6 +3,7 @@ package conflict_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -54,6 +55,21 @@ func startDetector(t *testing.T, p *mariadbpair.Pair, reg prometheus.Registerer,
 		case <-done:
 		case <-time.After(30 * time.Second):
 			t.Error("detector did not stop within 30s of cancellation")
+			return
+		}
+		// Every reader goroutine, ours and the binlog syncer's, is gone.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			if !strings.Contains(stacks, "go-mysql/replication.") && !strings.Contains(stacks, "dbrepl/conflict.(*") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("goroutines left after Run returned:\n%s", stacks)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
@@ -163,6 +179,45 @@ func TestDetectorFlagsOnlyConcurrentWrites(t *testing.T) {
 	}
 	if r := d.Recent(); len(r) != 1 || r[0].PrimaryKey != "id=7" {
 		t.Fatalf("Recent() = %+v", r)
+	}
+
+	// The reader reconnects after its node crashed and came back.
+	if err := p.WaitSynced(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := db2.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "db2's reader to notice", func() bool { return !d.Connected()[1] })
+	if err := db2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "db2's reader to reconnect", func() bool { return d.Connected() == [2]bool{true, true} })
+	if err := db2.WaitReplicating(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := db2.StopSQLThread(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, db1, "UPDATE app.kv SET v = 'again-db1' WHERE id = 9")
+	mustExec(t, db2, "UPDATE app.kv SET v = 'again-db2' WHERE id = 9")
+	waitUntil(t, "the conflict after reconnecting", func() bool { return len(got.get()) == 2 })
+	if c := got.get()[1]; c.PrimaryKey != "id=9" {
+		t.Fatalf("second conflict = %+v", c)
+	}
+	if err := db2.StartSQLThread(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

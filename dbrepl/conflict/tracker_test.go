@@ -122,11 +122,11 @@ func TestMemoryStaysFlat(t *testing.T) {
 				GTID: GTID{1, 1, s.seq[0]}, At: s.now}, 1, s.now)
 		}
 	}
-	load(20_000)
+	load(10_000)
 	h1, e1 := heap(), s.t.Entries()
-	load(200_000)
+	load(100_000)
 	h2, e2 := heap(), s.t.Entries()
-	t.Logf("after 20k writes: %d keys, heap %d KiB; after 220k: %d keys, heap %d KiB", e1, h1>>10, e2, h2>>10)
+	t.Logf("after 10k writes: %d keys, heap %d KiB; after 110k: %d keys, heap %d KiB", e1, h1>>10, e2, h2>>10)
 	if e1 > 4*maxKeys || e2 > 4*maxKeys {
 		t.Fatalf("window holds %d / %d keys, bound is %d", e1, e2, 4*maxKeys)
 	}

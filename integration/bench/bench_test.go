@@ -15,6 +15,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/lockstep-ha/lockstep/config"
+	"github.com/lockstep-ha/lockstep/lsync"
 )
 
 func writeFile(t *testing.T, path, content string, mode os.FileMode) {
@@ -243,7 +244,7 @@ func TestLockstepSyncConfigPassesTheLoader(t *testing.T) {
 		t.Fatalf("decoded %+v / %+v", f.Sync[0], tg)
 	}
 	// Defaults stay the loader's: the benchmark measures lockstep as shipped.
-	if f.Sync[0].Delay != 20*time.Millisecond {
+	if f.Sync[0].Delay != lsync.DefaultDelay {
 		t.Fatalf("delay = %s, want the default", f.Sync[0].Delay)
 	}
 }

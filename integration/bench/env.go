@@ -30,6 +30,9 @@ type Sizes struct {
 	ChecksumRows       int
 	FailoverRuns       int
 	ConvergeTimeout    time.Duration
+	// ProbeWait bounds the same-second rewrite probe (scenario 6): a tool
+	// that loses the update costs this much.
+	ProbeWait time.Duration
 }
 
 func fullSizes() Sizes {
@@ -44,6 +47,7 @@ func fullSizes() Sizes {
 		ChecksumTables: 4, ChecksumRows: 250_000,
 		FailoverRuns:    20,
 		ConvergeTimeout: 3 * time.Minute,
+		ProbeWait:       10 * time.Second,
 	}
 }
 
@@ -59,6 +63,7 @@ func smokeSizes() Sizes {
 		ChecksumTables: 1, ChecksumRows: 1_000,
 		FailoverRuns:    1,
 		ConvergeTimeout: 30 * time.Second,
+		ProbeWait:       3 * time.Second,
 	}
 }
 

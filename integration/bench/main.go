@@ -221,6 +221,7 @@ func Run(ctx context.Context, o RunOptions) (*Report, error) {
 		rep.Results = append(rep.Results, res)
 	}
 	rep.Elapsed = time.Since(start)
+	rep.Facts.LoadEnd = loadAvg()
 	return rep, nil
 }
 

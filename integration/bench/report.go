@@ -21,6 +21,7 @@ const (
 	KindBytes
 	KindCount
 	KindMillis // milliseconds, signed (measurement errors)
+	KindBool   // 1 = yes, 0 = no; no ratio
 )
 
 // Value is one measured figure; Valid is false when the tool did not
@@ -57,7 +58,7 @@ type Row struct {
 
 // Ratio is lockstep ÷ anchor, NaN when either side is missing or zero.
 func (r Row) Ratio() float64 {
-	if !r.Lockstep.Valid || !r.AnchorV.Valid || r.AnchorV.V == 0 {
+	if r.Kind == KindBool || !r.Lockstep.Valid || !r.AnchorV.Valid || r.AnchorV.V == 0 {
 		return math.NaN()
 	}
 	return r.Lockstep.V / r.AnchorV.V
@@ -98,10 +99,25 @@ type MachineFacts struct {
 	Kernel   string
 	Go       string
 	Versions [][2]string // tool, version line (ordered)
+	// Load averages at the start and the end of the run: other work on the
+	// machine makes absolute figures noisier (ratios less so).
+	LoadStart, LoadEnd string
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func gatherFacts(lockstepBin string) MachineFacts {
-	f := MachineFacts{Cores: runtime.NumCPU(), Go: runtime.Version()}
+	f := MachineFacts{Cores: runtime.NumCPU(), Go: runtime.Version(), LoadStart: loadAvg()}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		f.Kernel = strings.TrimSpace(string(b))
 	}
@@ -217,7 +233,7 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	fmt.Fprintf(&b, "## Summary\n\n| # | Scenario | Status | Metric | lockstep | Anchor | Anchor figure | Ratio |\n|---|---|---|---|---|---|---|---|\n")
 	for _, res := range r.Results {
 		if len(res.Rows) == 0 {
-			fmt.Fprintf(&b, "| %d | %s | %s | — | — | — | — | — |\n", res.ID, res.Title, statusText(res))
+			fmt.Fprintf(&b, "| %d | %s | %s | — | — | — | — | — |\n", res.ID, cell(res.Title), statusText(res))
 			continue
 		}
 		for i, row := range res.Rows {
@@ -225,8 +241,8 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 			if i == 0 {
 				id, title, st = fmt.Sprint(res.ID), res.Title, statusText(res)
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", id, title, st, row.Metric,
-				formatValue(row.Kind, row.Lockstep), row.Anchor, formatValue(row.Kind, row.AnchorV), formatRatio(row.Ratio()))
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", id, cell(title), st, cell(row.Metric),
+				cell(formatValue(row.Kind, row.Lockstep)), cell(row.Anchor), cell(formatValue(row.Kind, row.AnchorV)), formatRatio(row.Ratio()))
 		}
 	}
 	b.WriteString("\n")
@@ -258,6 +274,9 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 
 	fmt.Fprintf(&b, "## Machine\n\n")
 	fmt.Fprintf(&b, "- Cores: %d (%s)\n- Memory: %s\n- Kernel: %s\n- Go: %s\n", r.Facts.Cores, orDash(r.Facts.CPU), orDash(r.Facts.MemTotal), orDash(r.Facts.Kernel), r.Facts.Go)
+	if r.Facts.LoadStart != "" {
+		fmt.Fprintf(&b, "- Load average (1/5/15 min) at start: %s, at end: %s\n", r.Facts.LoadStart, orDash(r.Facts.LoadEnd))
+	}
 	for _, v := range r.Facts.Versions {
 		fmt.Fprintf(&b, "- %s: %s\n", v[0], oneLine(v[1]))
 	}
@@ -274,6 +293,9 @@ func statusText(res *Result) string {
 	}
 	return string(res.Status) + ": " + truncate(oneLine(firstLine(res.Reason)), 100)
 }
+
+// cell makes s safe inside a Markdown table cell.
+func cell(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "\n", " "), "|", "\\|") }
 
 func oneLine(s string) string {
 	s = strings.ReplaceAll(strings.TrimSpace(s), "\n", " / ")
@@ -308,6 +330,11 @@ func formatValue(k Kind, v Value) string {
 		return formatBytes(v.V)
 	case KindMillis:
 		return fmt.Sprintf("%.1f ms", v.V)
+	case KindBool:
+		if v.V != 0 {
+			return "yes"
+		}
+		return "**no**"
 	default:
 		if v.V == math.Trunc(v.V) {
 			return fmt.Sprintf("%.0f", v.V)

@@ -190,8 +190,8 @@ func New(ctx context.Context, opts Options) (_ *Pair, err error) {
 	_ = os.RemoveAll(tmpl)
 
 	errs := make(chan error, 2)
-	for _, n := range p.Nodes {
-		go func() { errs <- n.Start(ctx) }()
+	for i, n := range p.Nodes {
+		go func() { errs <- n.startFresh(ctx, i) }()
 	}
 	for range p.Nodes {
 		if e := <-errs; e != nil {
@@ -384,11 +384,32 @@ func (n *Node) Start(ctx context.Context) error {
 		}
 		select {
 		case <-done:
+			_ = n.Kill() // reaps and clears the state for a retry
 			return fmt.Errorf("%s exited during startup; log:\n%s", n.Name, n.logTail())
 		case <-ctx.Done():
+			_ = n.Kill()
 			return fmt.Errorf("%s did not accept connections: %v; log:\n%s", n.Name, err, n.logTail())
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// startFresh is the first start: another test process may take the
+// chosen port between freePorts and mariadbd's bind, so a bind failure is
+// retried on a new port.
+func (n *Node) startFresh(ctx context.Context, i int) error {
+	for attempt := 0; ; attempt++ {
+		err := n.Start(ctx)
+		if err == nil || attempt == 3 || !strings.Contains(n.logTail(), "already in use") {
+			return err
+		}
+		ports, perr := freePorts(1)
+		if perr != nil {
+			return err
+		}
+		n.Port = ports[0]
+		n.args = n.serverArgs(i)
+		_ = os.Truncate(n.LogFile, 0)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -295,9 +296,13 @@ func (node *Node) Heal() {
 
 // Command returns a command that runs name inside the node's namespace
 // (via `ip netns exec`, which execs name, so the Process is the program
-// itself and ctx cancellation kills it directly).
+// itself and ctx cancellation kills it directly). The process is killed
+// if the test binary dies first (a `go test -timeout` panic), so no
+// daemon outlives its test inside a namespace nobody can see any more.
 func (node *Node) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", node.NS, name}, args...)...)
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", node.NS, name}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }
 
 // Do runs fn on an OS thread switched into the node's namespace. Sockets
@@ -401,6 +406,77 @@ func (node *Node) ServeTCP(t testing.TB) string {
 	t.Cleanup(func() {
 		l.Close()
 		<-done
+	})
+	return l.Addr().String()
+}
+
+// Forward listens on listenAddr inside the node's namespace and relays
+// every connection to target, dialed from the namespace the test process
+// runs in. It puts a service started on the host's loopback (a mariadbd
+// of the MariaDB pair harness) at a node's address: peers reach it across
+// the bridge, so Partition cuts them off, while the node itself still
+// reaches it locally. It returns the bound address and stops in t.Cleanup,
+// closing every relayed connection.
+func (node *Node) Forward(t testing.TB, listenAddr, target string) string {
+	t.Helper()
+	l, err := node.Listen("tcp", listenAddr)
+	if err != nil {
+		t.Fatalf("netns: forward listener %s in %s: %v", listenAddr, node.NS, err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+	)
+	track := func(c net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if conns == nil {
+			return false
+		}
+		conns[c] = struct{}{}
+		return true
+	}
+	wg.Go(func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer in.Close()
+				out, err := net.DialTimeout("tcp", target, 5*time.Second)
+				if err != nil {
+					return
+				}
+				defer out.Close()
+				if !track(in) || !track(out) {
+					return
+				}
+				done := make(chan struct{}, 2)
+				relay := func(dst, src net.Conn) {
+					_, _ = io.Copy(dst, src)
+					if tc, ok := dst.(*net.TCPConn); ok {
+						_ = tc.CloseWrite()
+					}
+					done <- struct{}{}
+				}
+				go relay(out, in)
+				go relay(in, out)
+				<-done
+				<-done
+			})
+		}
+	})
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		conns = nil
+		mu.Unlock()
+		wg.Wait()
 	})
 	return l.Addr().String()
 }

@@ -230,3 +230,68 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestForward: a service on the host's loopback, forwarded to n1's
+// address, is reachable from n2 across the bridge, cut by a partition,
+// and still reachable from n1 itself.
+func TestForward(t *testing.T) {
+	t.Parallel()
+	nw := netns.New(t, 2)
+	n1, n2 := nw.Node(1), nw.Node(2)
+
+	host, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := host.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		host.Close()
+		<-done
+	})
+	addr := n1.Forward(t, net.JoinHostPort(n1.Addr.String(), "0"), host.Addr().String())
+
+	echo := func(from *netns.Node) error {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		c, err := from.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := io.WriteString(c, "ping\n"); err != nil {
+			return err
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if line != "ping\n" {
+			return fmt.Errorf("echo returned %q", line)
+		}
+		return nil
+	}
+	if err := echo(n2); err != nil {
+		t.Fatalf("n2 -> forwarded service on n1: %v", err)
+	}
+	nw.Partition(1)
+	if err := echo(n2); err == nil {
+		t.Fatal("n2 reached the forwarded service across a partition")
+	}
+	if err := echo(n1); err != nil {
+		t.Fatalf("n1 cannot reach its own forwarded service during a partition: %v", err)
+	}
+}

@@ -41,6 +41,7 @@ type session struct {
 	next    atomic.Uint32
 
 	done      chan struct{}
+	lost      chan struct{} // closed when the transport is gone
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 
@@ -63,6 +64,7 @@ func newSession(c *Connector, client *ssh.Client, clients []*sftp.Client) *sessi
 		ssh:      client,
 		clients:  clients,
 		done:     make(chan struct{}),
+		lost:     make(chan struct{}),
 		verified: map[string]struct{}{},
 	}
 	s.wg.Add(2)
@@ -132,10 +134,16 @@ func (s *session) fail(err error) {
 	}
 	s.mu.Unlock()
 	if first {
+		close(s.lost)
 		s.logger.Warn("connection lost", "err", err)
 		_ = s.ssh.Close()
 	}
 }
+
+// Disconnected is closed once the session is unusable (peer gone,
+// keepalive unanswered, or Close), so an idle worker can notice a dead
+// peer without waiting for its next change.
+func (s *session) Disconnected() <-chan struct{} { return s.lost }
 
 func (s *session) deadErr() error {
 	s.mu.Lock()
@@ -154,6 +162,7 @@ func (s *session) Close() error {
 		s.mu.Lock()
 		if s.dead == nil {
 			s.dead = errors.New("session closed")
+			close(s.lost)
 		}
 		s.mu.Unlock()
 		for _, c := range s.clients {
@@ -265,9 +274,15 @@ func (s *session) forget(rel string) {
 // errSymlinkParent is returned when a write would go through a symlink.
 var errSymlinkParent = errors.New("parent is a symlink on the target; refusing to write through it")
 
+var errNotDirParent = errors.New("parent is not a directory on the target")
+
 // ensureParents checks that every ancestor of rel below the root is a real
 // directory, creating missing ones when create is set. This is what keeps
 // a symlink planted on the target from redirecting writes outside the root.
+//
+// Without create (reads, metadata, removal), an ancestor that is missing,
+// a symlink or a file means rel does not exist inside the confined tree:
+// the error then matches fs.ErrNotExist as well.
 func (s *session) ensureParents(ctx context.Context, rel string, create bool) error {
 	dir := path.Dir(rel)
 	if dir == "." {
@@ -291,11 +306,12 @@ func (s *session) ensureParents(ctx context.Context, rel string, create bool) er
 
 func (s *session) verifyDir(p string, create bool) error {
 	remote := s.abs(p)
-	fi, err := s.cl().Lstat(remote)
+	c := s.cl()
+	fi, err := c.Lstat(remote)
 	if errors.Is(err, fs.ErrNotExist) && create {
-		if merr := s.cl().Mkdir(remote); merr != nil {
+		if merr := c.Mkdir(remote); merr != nil {
 			// A concurrent writer may have created it; look again.
-			fi, err = s.cl().Lstat(remote)
+			fi, err = c.Lstat(remote)
 			if err != nil {
 				return s.check("mkdir", remote, merr)
 			}
@@ -307,14 +323,20 @@ func (s *session) verifyDir(p string, create bool) error {
 	if err != nil {
 		return s.check("lstat", remote, err)
 	}
+	var why error
 	switch {
 	case fi.Mode()&fs.ModeSymlink != 0:
-		return &fs.PathError{Op: "confine", Path: s.host + ":" + remote, Err: errSymlinkParent}
+		why = errSymlinkParent
 	case !fi.IsDir():
-		return &fs.PathError{Op: "confine", Path: s.host + ":" + remote, Err: errors.New("parent is not a directory")}
+		why = errNotDirParent
+	default:
+		s.markVerified(p)
+		return nil
 	}
-	s.markVerified(p)
-	return nil
+	if !create {
+		why = fmt.Errorf("%w (%w)", fs.ErrNotExist, why)
+	}
+	return &fs.PathError{Op: "confine", Path: s.host + ":" + remote, Err: why}
 }
 
 func clean(rel string) (string, error) {
@@ -435,7 +457,6 @@ func (s *session) WriteFile(ctx context.Context, rel string, r io.Reader, mode f
 		return err
 	}
 	tmp := s.abs(tempName(rel))
-	final := s.abs(rel)
 	c := s.cl()
 	f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
 	if err != nil {
@@ -445,12 +466,31 @@ func (s *session) WriteFile(ctx context.Context, rel string, r io.Reader, mode f
 		s.removeTemp(tmp)
 		return err
 	}
-	if err := c.PosixRename(tmp, final); err != nil {
-		err = s.check("rename", final, err)
+	if err := s.replace(ctx, c, tmp, rel); err != nil {
 		s.removeTemp(tmp)
 		return err
 	}
 	return nil
+}
+
+// replace renames tmp over rel. A real directory in the way (the source
+// turned a directory into a file or symlink) is removed first; the rename
+// itself never follows a symlink at rel.
+func (s *session) replace(ctx context.Context, c *sftp.Client, tmp, rel string) error {
+	final := s.abs(rel)
+	err := c.PosixRename(tmp, final)
+	if err == nil {
+		return nil
+	}
+	fi, lerr := c.Lstat(final)
+	if lerr != nil || !fi.IsDir() {
+		return s.check("rename", final, err)
+	}
+	s.forget(rel)
+	if err := s.removeTree(ctx, final); err != nil {
+		return err
+	}
+	return s.check("rename", final, c.PosixRename(tmp, final))
 }
 
 // fill writes the content and metadata of an open temp file and closes it.
@@ -506,7 +546,8 @@ func (s *session) removeTemp(tmp string) {
 	}
 }
 
-// Mkdir implements lsync.Target.
+// Mkdir implements lsync.Target. A non-directory in the way (the source
+// turned a file or symlink into a directory) is replaced.
 func (s *session) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error {
 	rel, err := clean(rel)
 	if err != nil {
@@ -519,17 +560,25 @@ func (s *session) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error
 		return err
 	}
 	remote := s.abs(rel)
-	if merr := s.cl().Mkdir(remote); merr != nil {
-		fi, err := s.cl().Lstat(remote)
+	c := s.cl()
+	if merr := c.Mkdir(remote); merr != nil {
+		fi, err := c.Lstat(remote)
 		if err != nil {
 			return s.check("mkdir", remote, merr)
 		}
-		if !fi.IsDir() || fi.Mode()&fs.ModeSymlink != 0 {
-			return &fs.PathError{Op: "mkdir", Path: s.host + ":" + remote, Err: fs.ErrExist}
+		if !fi.IsDir() {
+			s.forget(rel)
+			// SSH_FXP_REMOVE unlinks; it never follows a symlink.
+			if err := c.Remove(remote); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return s.check("remove", remote, err)
+			}
+			if err := c.Mkdir(remote); err != nil {
+				return s.check("mkdir", remote, err)
+			}
 		}
 	}
 	s.markVerified(rel)
-	return s.check("chmod", remote, s.cl().Chmod(remote, permBits(mode)))
+	return s.check("chmod", remote, c.Chmod(remote, permBits(mode)))
 }
 
 // Symlink implements lsync.Target.
@@ -543,12 +592,11 @@ func (s *session) Symlink(ctx context.Context, rel, linkTarget string) error {
 	}
 	s.forget(rel)
 	tmp := s.abs(tempName(rel))
-	final := s.abs(rel)
-	if err := s.cl().Symlink(linkTarget, tmp); err != nil {
+	c := s.cl()
+	if err := c.Symlink(linkTarget, tmp); err != nil {
 		return s.check("symlink", tmp, err)
 	}
-	if err := s.cl().PosixRename(tmp, final); err != nil {
-		err = s.check("rename", final, err)
+	if err := s.replace(ctx, c, tmp, rel); err != nil {
 		s.removeTemp(tmp)
 		return err
 	}
@@ -625,7 +673,7 @@ func (s *session) RemoveAll(ctx context.Context, rel string) error {
 	}
 	if err := s.ensureParents(ctx, rel, false); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil
+			return nil // nothing at rel inside the tree
 		}
 		return err
 	}

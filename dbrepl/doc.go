@@ -1,0 +1,83 @@
+// Package dbrepl supervises a MariaDB (or MySQL 8) master-master pair:
+// it observes both nodes every interval, detects lag and broken
+// replication, fences the lagging or broken node by making it read-only,
+// and reintroduces it once it has caught up.
+//
+// # Observation
+//
+// Each poll reads, per node and in parallel (bounded by max(4×interval,
+// 1s) so a hung server cannot stall the loop): the node's clock
+// (NOW(6)), read_only (and super_read_only on MySQL), auto_increment
+// settings, SHOW ALL SLAVES STATUS (MariaDB) or SHOW REPLICA STATUS /
+// SHOW SLAVE STATUS (MySQL) parsed by column name, SHOW MASTER STATUS /
+// SHOW BINARY LOG STATUS, the GTID positions (MariaDB gtid_binlog_pos,
+// gtid_slave_pos, gtid_current_pos; MySQL gtid_executed and the retrieved
+// set) and the heartbeat table. Seconds_Behind_Master NULL stays nil.
+//
+// # Heartbeat and lag
+//
+// lockstep.heartbeat has one row per origin node (origin, ts_us,
+// server_id). Every poll the supervisor writes node A's row ON A, with A's
+// own clock (ts_us = the NOW(6) it just read there), binlogged normally so
+// it replicates in A's GTID domain. The monitoring user holds READ_ONLY
+// ADMIN, so heartbeats keep flowing from a fenced node too (on MySQL,
+// super_read_only blocks them: the fenced node's heartbeat write fails and
+// is reported, the peer's lag is then unknown).
+//
+// The lag of B is the age of the oldest transaction of A that B has not
+// applied, on A's clock: the supervisor remembers the (timestamp, GTID
+// sequence) of the heartbeats it wrote on A; B's gtid_current_pos in A's
+// domain names B's first missing transaction, whose commit time is
+// interpolated between the two heartbeats around it (exact when it is a
+// heartbeat). Without GTID sequences (MySQL) the first heartbeat after the
+// newest one visible on B is used (error below one interval). A's clock is
+// read in the same poll and converted with the supervisor's monotonic
+// clock, so clock skew between the hosts never enters the figure. A
+// stopped IO thread therefore shows real, growing lag, where
+// Seconds_Behind_Master says 0 or NULL. heartbeat_age_seconds is the
+// pt-heartbeat figure (A's now minus the newest A heartbeat visible on B).
+//
+// Transactions behind come from GTIDs: A's gtid_binlog_pos vs B's
+// gtid_current_pos in A's domain (MariaDB), or A's own server_uuid
+// intervals of gtid_executed missing from B's (MySQL).
+//
+// # Detection and fencing
+//
+//   - Lag over fence.max_lag → fence.
+//   - Applier stopped on an error (1062, 1032, ...) or receiver stopped on
+//     a non-connection error while the peer is reachable → fence at once,
+//     with the error and the failing GTID (from the error text, or the
+//     successor of gtid_slave_pos in the peer's domain).
+//   - Errant transactions (GTIDs in a foreign domain the peer lacks, or in
+//     the peer's domain beyond what the peer logged; MySQL: other uuids'
+//     transactions the peer lacks), seen three polls in a row → reported.
+//   - Both writable with replication broken both ways → "split-brain risk";
+//     colliding auto_increment settings → reported.
+//
+// Fencing sets read_only=ON (super_read_only on MySQL) and reads it back,
+// optionally kills client sessions (not replication threads, not the
+// monitoring user's own), records the fence atomically in
+// state_dir/fence-<node>.json and runs on_fence in the background with a
+// timeout (env: LOCKSTEP_EVENT, LOCKSTEP_NODE, LOCKSTEP_PEER,
+// LOCKSTEP_REASON, LOCKSTEP_MANUAL, LOCKSTEP_TIME). The last writable node
+// is never fenced automatically: not when its peer is unreachable or
+// read-only, and when both qualify, only the one with more transactions
+// behind is fenced. A fenced node found writable again (restarted with
+// read_only=OFF) is fenced again at the next poll.
+//
+// Reintroduction needs both threads running, no error and lag below
+// fence.unfence_lag continuously for fence.unfence_hold. Manual fences
+// (`lockstep repl fence`, Supervisor.Fence) are only lifted by hand. The
+// CLI works without a daemon: it changes read_only itself and edits the
+// state_dir record, which a running supervisor rereads every poll (so run
+// the CLI on the host whose state_dir the supervisor uses).
+//
+// # Privileges (MariaDB 10.11)
+//
+//	GRANT BINLOG MONITOR, SLAVE MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, PROCESS ON *.* TO 'lockstep'@'%';
+//	GRANT CREATE, INSERT, UPDATE, SELECT, DELETE ON lockstep.* TO 'lockstep'@'%';
+//
+// MySQL 8: REPLICATION CLIENT, SYSTEM_VARIABLES_ADMIN (or SUPER),
+// CONNECTION_ADMIN, PROCESS, and the same lockstep.* grants. A missing
+// grant is reported by name for the node concerned.
+package dbrepl

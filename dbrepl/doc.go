@@ -65,6 +65,12 @@
 // behind is fenced. A fenced node found writable again (restarted with
 // read_only=OFF) is fenced again at the next poll.
 //
+// A node is not blamed for lacking what its peer wrote before the peer went
+// down: after the peer answers again, the node's lag counts for fencing
+// only from then plus its Connect_Retry (the receiver's reconnect delay).
+// Set MASTER_CONNECT_RETRY low (a few seconds; the default is 60) so that
+// replication resumes quickly after a peer restart.
+//
 // Reintroduction needs both threads running, no error and lag below
 // fence.unfence_lag continuously for fence.unfence_hold. Manual fences
 // (`lockstep repl fence`, Supervisor.Fence) are only lifted by hand. The

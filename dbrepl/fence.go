@@ -183,7 +183,7 @@ func (n *nodeConn) setReadOnly(ctx context.Context, on bool) error {
 func (n *nodeConn) killClientSessions(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
-	rows, err := n.query(ctx, "PROCESSLIST", `SELECT ID, USER, COMMAND FROM information_schema.PROCESSLIST
+	rows, err := n.query(ctx, `SELECT ID, USER, COMMAND FROM information_schema.PROCESSLIST
 		WHERE ID <> CONNECTION_ID()
 		  AND USER NOT IN ('system user', 'event_scheduler', 'unauthenticated user', ?)
 		  AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Killed',

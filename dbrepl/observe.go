@@ -208,17 +208,12 @@ func unreachable(err error) bool {
 		strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "bad connection")
 }
 
-func (n *nodeConn) query(ctx context.Context, what, q string, args ...any) ([]map[string]*string, error) {
+func (n *nodeConn) query(ctx context.Context, q string, args ...any) ([]map[string]*string, error) {
 	rows, err := n.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
-	res, err := scanRows(rows)
-	if err != nil {
-		return nil, err
-	}
-	_ = what
-	return res, nil
+	return scanRows(rows)
 }
 
 // observe reads one node; hbOrigin is the node's name as heartbeat origin
@@ -307,7 +302,7 @@ func (n *nodeConn) observe(ctx context.Context, writeHB bool) *Observation {
 	}
 
 	o.HeartbeatReadLocal = time.Now()
-	rows, err := n.query(ctx, "heartbeat read", "SELECT origin, ts_us FROM lockstep.heartbeat")
+	rows, err := n.query(ctx, "SELECT origin, ts_us FROM lockstep.heartbeat")
 	if err != nil {
 		var me *mysql.MySQLError
 		if errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049) {
@@ -343,7 +338,7 @@ func (n *nodeConn) readReplicas(ctx context.Context, o *Observation) *stepError 
 	}
 	var lastErr error
 	for _, s := range stmts {
-		rows, err := n.query(ctx, s, s)
+		rows, err := n.query(ctx, s)
 		if err != nil {
 			var me *mysql.MySQLError
 			if errors.As(err, &me) && me.Number == 1064 { // syntax: older server
@@ -369,7 +364,7 @@ func (n *nodeConn) readBinlog(ctx context.Context, o *Observation) *stepError {
 	}
 	var lastErr error
 	for _, s := range stmts {
-		rows, err := n.query(ctx, s, s)
+		rows, err := n.query(ctx, s)
 		if err != nil {
 			var me *mysql.MySQLError
 			if errors.As(err, &me) && me.Number == 1064 {

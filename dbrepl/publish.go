@@ -52,6 +52,7 @@ func (s *Supervisor) publish(obs [2]*Observation, ev [2]*nodeEval) {
 			if r := e.replica; r != nil {
 				ns.IORunning, ns.SQLRunning = r.IOOK(), r.SQLOK()
 				ns.SecondsBehindMaster = r.SecondsBehind
+				ns.GTIDRetrieved = r.RetrievedGTID
 			}
 			ns.LastErrno, ns.LastError, ns.LastErrorGTID = e.errno, e.errText, e.failingGTID
 			if e.lag != nil {

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ReplicaStatus is one row of SHOW ALL SLAVES STATUS (MariaDB),
@@ -29,7 +30,9 @@ type ReplicaStatus struct {
 	// unknown must never read as "not behind".
 	SecondsBehind *int64
 	SQLDelay      int64
-	UsingGTID     string
+	// ConnectRetry is how long the receiver waits between reconnects.
+	ConnectRetry time.Duration
+	UsingGTID    string
 	// MariaDB: Gtid_IO_Pos; MySQL: Retrieved_Gtid_Set.
 	RetrievedGTID string
 	// MySQL only: Executed_Gtid_Set.
@@ -61,6 +64,7 @@ var columnAliases = map[string][]string{
 	"sql_error":   {"Last_SQL_Error"},
 	"behind":      {"Seconds_Behind_Master", "Seconds_Behind_Source"},
 	"delay":       {"SQL_Delay"},
+	"retry":       {"Connect_Retry"},
 	"using_gtid":  {"Using_Gtid", "Auto_Position"},
 	"retrieved":   {"Gtid_IO_Pos", "Retrieved_Gtid_Set"},
 	"executed":    {"Executed_Gtid_Set"},
@@ -114,6 +118,7 @@ func ParseReplicaStatus(rows []map[string]*string) ([]ReplicaStatus, error) {
 			LastSQLErrno:   int(num("sql_errno")),
 			LastSQLError:   str("sql_error"),
 			SQLDelay:       num("delay"),
+			ConnectRetry:   time.Duration(num("retry")) * time.Second,
 			UsingGTID:      str("using_gtid"),
 			RetrievedGTID:  compactGTID(str("retrieved")),
 			ExecutedGTID:   compactGTID(str("executed")),

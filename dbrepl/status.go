@@ -46,10 +46,13 @@ type NodeStatus struct {
 	ObservedAt     time.Time `json:"observed_at"`
 
 	// Added by the supervisor (issue 3).
-	Flavor       string     `json:"flavor,omitempty"`        // mariadb | mysql
-	GTIDExecuted string     `json:"gtid_executed,omitempty"` // MySQL
-	ErrantGTIDs  []string   `json:"errant_gtids,omitempty"`
-	FenceSince   *time.Time `json:"fence_since,omitempty"`
+	Flavor       string `json:"flavor,omitempty"`        // mariadb | mysql
+	GTIDExecuted string `json:"gtid_executed,omitempty"` // MySQL
+	// GTIDRetrieved: what the receiver fetched (MariaDB Gtid_IO_Pos,
+	// MySQL Retrieved_Gtid_Set).
+	GTIDRetrieved string     `json:"gtid_retrieved,omitempty"`
+	ErrantGTIDs   []string   `json:"errant_gtids,omitempty"`
+	FenceSince    *time.Time `json:"fence_since,omitempty"`
 }
 
 // PairStatus is the whole pair: what `repl status` shows and what the

@@ -68,6 +68,7 @@ type Supervisor struct {
 	goodSince   [2]time.Time
 	errantSeen  [2]int
 	wasDown     [2]bool
+	backSince   [2]time.Time // when the node answered again after being unreachable
 	skipLogged  [2]bool
 	loaded      bool // fence records read once (later changes are events)
 	status      PairStatus
@@ -262,6 +263,11 @@ func (s *Supervisor) poll(ctx context.Context, snapshot bool) {
 		return
 	}
 	for i, o := range obs {
+		s.mu.Lock()
+		if o.Reachable && s.wasDown[i] {
+			s.backSince[i] = o.Local
+		}
+		s.mu.Unlock()
 		if o.HeartbeatWritten != 0 {
 			s.rings[i].add(o.HeartbeatWritten, o.HeartbeatCommitted, o.HeartbeatSeq)
 		}
@@ -370,7 +376,25 @@ func (s *Supervisor) evaluate(obs [2]*Observation, snapshot bool) [2]*nodeEval {
 				e.errant = errant
 			}
 		}
-		if e.lag != nil && *e.lag > s.cfg.Fence.MaxLag {
+		// A node is not to blame for lacking what its peer wrote before it
+		// went down: its receiver needs up to Connect_Retry to reconnect
+		// once the peer is back. For the fence decision the lag counts
+		// from then at the earliest.
+		fenceLag := e.lag
+		s.mu.Lock()
+		back := s.backSince[1-i]
+		s.mu.Unlock()
+		if e.lag != nil && !back.IsZero() {
+			var retry time.Duration
+			if r != nil {
+				retry = r.ConnectRetry
+			}
+			if allowed := o.Local.Sub(back) - retry; *e.lag > allowed {
+				v := max(allowed, 0)
+				fenceLag = &v
+			}
+		}
+		if fenceLag != nil && *fenceLag > s.cfg.Fence.MaxLag {
 			e.lagging = fmt.Sprintf("%s behind %s, over max_lag %s", e.lag.Round(time.Millisecond), p.Node, s.cfg.Fence.MaxLag)
 			if e.stopped && r != nil {
 				e.lagging += fmt.Sprintf(" (io=%s sql=%s)", r.IORunning, r.SQLRunning)

@@ -136,11 +136,11 @@ func TestSSHSyncDaemonKill9MidBurst(t *testing.T) {
 	lsynctest.WaitTreesEqual(t, src, dst, convergeTimeout, sftpOpts...)
 
 	// Large enough files that the kill lands mid-transfer.
-	chunk := randomBytes(t, 256<<10)
-	const files = 1500
+	chunk := randomBytes(t, 128<<10)
+	const files = 800
 	for i := 0; i < files; i++ {
-		p := filepath.Join(src, "burst", fmt.Sprintf("d%02d", i%15), fmt.Sprintf("f%04d.bin", i))
-		if i < 15 {
+		p := filepath.Join(src, "burst", fmt.Sprintf("d%02d", i%8), fmt.Sprintf("f%04d.bin", i))
+		if i < 8 {
 			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 				t.Fatal(err)
 			}

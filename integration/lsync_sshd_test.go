@@ -35,7 +35,11 @@ var sftpOpts = []lsynctest.Option{lsynctest.SecondModTimes()}
 func testLogger(t testing.TB) *slog.Logger {
 	w := &testWriter{t: t}
 	t.Cleanup(w.close) // registered first: runs after every other cleanup
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	level := slog.LevelInfo
+	if os.Getenv("LOCKSTEP_TEST_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 type testWriter struct {
@@ -176,7 +180,7 @@ func TestSSHSyncStartupReconcileExcludesAndLiveChanges(t *testing.T) {
 		return rel == ".git" || strings.HasPrefix(rel, ".git/") || strings.HasSuffix(rel, ".swp") ||
 			strings.HasPrefix(rel, "cache/")
 	}
-	opts := append([]lsynctest.Option{lsynctest.Ignore(excluded)}, sftpOpts...)
+	opts := append([]lsynctest.Option{lsynctest.Ignore(excluded), lsynctest.DirModTimes()}, sftpOpts...)
 	startSSHJob(t, "web1", srv, src, dst, func(c *lsync.JobConfig) {
 		c.Exclude = []string{".git/", "*.swp", "cache/**"}
 	})
@@ -309,7 +313,7 @@ func TestSSHSyncEditorSaveLargeFileAndBurst(t *testing.T) {
 	lsynctest.WaitTreesEqual(t, src, dst, convergeTimeout, opts...)
 
 	// A burst of thousands of files, as from tar x or git checkout.
-	const files = 3000
+	const files = 2000
 	for i := 0; i < files; i++ {
 		p := filepath.Join(src, "burst", fmt.Sprintf("d%02d", i%30), fmt.Sprintf("f%04d.php", i))
 		if i%30 == i {

@@ -149,10 +149,13 @@ func TestJobTargetDownDoesNotBlockOthers(t *testing.T) {
 	}
 	// The healthy target keeps up while the other one is down.
 	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
-	waitFor(t, "flaky target reported disconnected", func() bool {
+	waitFor(t, "flaky target reported disconnected with pending changes", func() bool {
 		st := statusOf(j, "flaky")
-		return !st.Connected && st.LastError != ""
+		return !st.Connected && st.LastError != "" && (st.PendingFiles >= 3 || st.Rescanning) && st.Lag > 0
 	})
+	if st := statusOf(j, "up"); !st.Connected || st.LastSync.IsZero() {
+		t.Errorf("healthy target status: %+v", st)
+	}
 	if d, _ := lsynctest.DiffTrees(src, dst[1]); len(d) == 0 {
 		t.Fatal("target that is down received changes")
 	}

@@ -468,6 +468,7 @@ func (w *targetWorker) run(ctx context.Context) {
 		}
 		w.setConnected(true, nil)
 		w.logger.Info("target connected")
+		began := time.Now()
 		err = w.session(ctx, t)
 		t.Close()
 		w.setConnected(false, err)
@@ -475,12 +476,17 @@ func (w *targetWorker) run(ctx context.Context) {
 			return
 		}
 		w.errCounter.Inc()
-		w.logger.Warn("target session ended; reconnecting", "err", err)
-		// A session that worked for a while restarts the backoff.
-		backoff = w.job.opts.ReconnectMin
+		// A session that worked for a while restarts the backoff; one
+		// that fails right away (a target walk that always errors) must
+		// not turn into a busy loop of full passes.
+		if time.Since(began) > time.Minute {
+			backoff = w.job.opts.ReconnectMin
+		}
+		w.logger.Warn("target session ended; reconnecting", "err", err, "retry_in", backoff)
 		if !sleepCtx(ctx, jitter(backoff)) {
 			return
 		}
+		backoff = min(backoff*2, w.job.opts.ReconnectMax)
 	}
 }
 

@@ -81,6 +81,14 @@ func (s *Source) Lstat(rel string) (*Entry, error) {
 func (s *Source) Walk(ctx context.Context, sub string, fn func(Entry) error) error {
 	start := "."
 	if sub != "" {
+		// fs.WalkDir would follow a symlink given as its start.
+		e, err := s.Lstat(sub)
+		if err != nil || e == nil {
+			return err
+		}
+		if !e.Mode.IsDir() {
+			return fn(*e)
+		}
 		start = sub
 	}
 	return fs.WalkDir(s.root.FS(), start, func(p string, d fs.DirEntry, err error) error {
@@ -187,7 +195,9 @@ func (r *Report) Actions() int { return r.Files + r.Dirs + r.Links + r.Attrs + r
 func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 }
 
 // Matches reports, for a dry run, that nothing differs.
-func (r *Report) Matches() bool { return r.InSync() && r.Actions() == 0 && r.Kept == 0 && r.Conflicts == 0 }
+func (r *Report) Matches() bool {
+	return r.InSync() && r.Actions() == 0 && r.Kept == 0 && r.Conflicts == 0
+}
 
 func (r *Report) note(s string) {
 	if len(r.Changes) < maxReportedChanges {

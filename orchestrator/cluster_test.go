@@ -66,6 +66,14 @@ func (r *testRepl) Fence(_ context.Context, node, reason string) error {
 	return nil
 }
 
+func (r *testRepl) Unfence(_ context.Context, node string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.fenced, node)
+	r.calls = append(r.calls, "unfence "+node)
+	return nil
+}
+
 func (r *testRepl) setFenced(db string, f bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -214,8 +222,9 @@ type clusterOpts struct {
 	noWitness                   bool
 	scripts                     map[string][]string // node -> extra shell code per resource index
 	resourceTimeout             time.Duration
-	wrongKey                    string   // node name that gets a different key
-	relays                      bool     // route heartbeats through cuttable relays
+	wrongKey                    string            // node name that gets a different key
+	relays                      bool              // route heartbeats through cuttable relays
+	preFence                    map[string]string // node -> its database's fence reason at start
 }
 
 type testCluster struct {
@@ -285,6 +294,9 @@ func startCluster(t testing.TB, o clusterOpts) *testCluster {
 			t.Fatal(err)
 		}
 		n.daemon = d
+		if r, ok := o.preFence[name]; ok {
+			n.repl.fenced[cc.Nodes[i].DB] = r
+		}
 		tc.nodes[name] = n
 		_ = i
 	}

@@ -143,14 +143,19 @@ func (d *Daemon) AgentAddr() net.Addr { return d.agentAddr }
 // backoff when it fails. When ctx ends, the role manager releases the
 // resources right to left; the database is left as it is.
 func (d *Daemon) Run(ctx context.Context) error {
+	if err := d.role.Bind(); err != nil {
+		return err
+	}
 	hl, err := net.Listen("tcp", d.cfg.Listen)
 	if err != nil {
+		d.role.unbind()
 		return fmt.Errorf("listen: %w", err)
 	}
 	var al net.Listener
 	if d.cfg.Cluster.AgentCheck != "" {
 		if al, err = net.Listen("tcp", d.cfg.Cluster.AgentCheck); err != nil {
 			hl.Close()
+			d.role.unbind()
 			return fmt.Errorf("cluster.agent_check: %w", err)
 		}
 		d.agentAddr = al.Addr()

@@ -29,6 +29,7 @@ type view struct {
 
 	writerSince   time.Time
 	dbFenced      bool
+	dbReason      string
 	dbFencedSince time.Time
 	failHold      bool // a recent failed acquisition makes us ineligible
 

@@ -150,7 +150,6 @@ func TestClusterPartitionSelfFencesBeforeTakeover(t *testing.T) {
 	}
 
 	// Heal: a sees b (writer) again, returns to standby; one writer.
-	a.repl.setFenced("db1", false) // the supervisor reintroduces db1 after catch-up
 	a.witness.start(t)
 	tc.relays["a->b"].cut.Store(false)
 	tc.relays["b->a"].cut.Store(false)
@@ -162,6 +161,10 @@ func TestClusterPartitionSelfFencesBeforeTakeover(t *testing.T) {
 	if !strings.Contains(a.reason(), "no longer isolated") {
 		t.Fatalf("reason %q", a.reason())
 	}
+	if calls := a.repl.fenceCalls(); !slices.Equal(calls, []string{"db1", "unfence db1"}) {
+		t.Fatalf("a's fence calls after heal %v", calls)
+	}
+	waitFor(t, 2*time.Second, "a healthy again", func() bool { code, _ := getText(t, a, "/health"); return code == 200 })
 }
 
 func TestClusterNoTakeoverWhileOwnDatabaseFenced(t *testing.T) {
@@ -341,9 +344,7 @@ func TestStatusHealthMetricsPerRole(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventTime(t, a, "applies after the current one is released")
-	a.daemon.role.mu.Lock()
 	got := a.cfg().Deadtime
-	a.daemon.role.mu.Unlock()
 	if got != 600*time.Millisecond {
 		t.Fatalf("deadtime after reload %s", got)
 	}
@@ -353,4 +354,24 @@ func TestStatusHealthMetricsPerRole(t *testing.T) {
 		t.Fatalf("bad reload: %v", err)
 	}
 	_ = context.Background
+}
+
+// A daemon restarted while its database carries its own self-fence lifts
+// it once the peer is back; a fence set by someone else stays.
+func TestRestartLiftsOwnSelfFenceOnly(t *testing.T) {
+	tc := startCluster(t, clusterOpts{preFence: map[string]string{
+		"a": selfFencePrefix + "isolated: before the restart",
+		"b": "lag 7s over max_lag 5s",
+	}})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a's self-fence lifted", func() bool { return slices.Contains(a.repl.fenceCalls(), "unfence db1") })
+	// b's database stays fenced: b is not eligible, so a is the writer.
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	time.Sleep(3 * b.cfg().Keepalive)
+	if calls := b.repl.fenceCalls(); len(calls) != 0 {
+		t.Fatalf("b touched a fence it did not set: %v", calls)
+	}
+	if b.role() != RoleStandby {
+		t.Fatalf("b %s", b.role())
+	}
 }

@@ -26,10 +26,23 @@ type Fencer interface {
 	Fence(ctx context.Context, node, reason string) error
 }
 
+// Unfencer lifts a fence. When the Fencer also implements it, a node
+// leaving the self-fenced role lifts its own fence and leaves the rest to
+// the supervisor, which fences again while the database is behind and
+// reintroduces it once caught up.
+type Unfencer interface {
+	Unfence(ctx context.Context, node string) error
+}
+
 // ReplStatus reports the pair's state (own database fenced, lag).
 type ReplStatus interface {
 	Status() dbrepl.PairStatus
 }
+
+// selfFencePrefix starts the reason of every database fence this daemon
+// sets itself; after a restart it recognises its own fence by it and
+// lifts it once the node is no longer isolated.
+const selfFencePrefix = "lockstep self-fence: "
 
 // errCrash, as the cancel cause of Run's context, makes Run return at once
 // without releasing anything or saying goodbye: a simulated kill -9.
@@ -50,6 +63,7 @@ type RoleManager struct {
 	sendNow chan struct{} // role changed: tell peers now
 
 	mu            sync.Mutex
+	conn          *net.UDPConn // bound by Bind, taken by Run
 	cfg           ClusterConfig
 	key           *Key
 	peers         map[string]*peerState
@@ -69,6 +83,7 @@ type RoleManager struct {
 	failBackoff   time.Duration
 	dbFencedSince time.Time
 	lastWaiting   string
+	selfFenced    bool // our database is fenced by our own self-fence
 	witnessState  string
 	boot          uint64
 	seq           uint64
@@ -151,13 +166,15 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 // shutdown it releases the resources right to left (the database is left
 // as it is) and tells its peers it left, so that they take over at once.
 func (rm *RoleManager) Run(ctx context.Context) error {
-	laddr, err := net.ResolveUDPAddr("udp", rm.self.Address)
-	if err != nil {
-		return fmt.Errorf("cluster.nodes %s address %q: %w", rm.self.Name, rm.self.Address, err)
-	}
-	conn, err := net.ListenUDP("udp", laddr)
-	if err != nil {
-		return fmt.Errorf("heartbeat listen on %s (cluster.nodes %s): %w", rm.self.Address, rm.self.Name, err)
+	rm.mu.Lock()
+	conn := rm.conn
+	rm.conn = nil
+	rm.mu.Unlock()
+	if conn == nil {
+		var err error
+		if conn, err = rm.bind(); err != nil {
+			return err
+		}
 	}
 	rm.mu.Lock()
 	rm.startedAt = time.Now()
@@ -195,6 +212,40 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	return nil
 }
 
+// Bind opens the heartbeat socket ahead of Run, so that a wrong address
+// fails the daemon at startup instead of being retried.
+func (rm *RoleManager) Bind() error {
+	conn, err := rm.bind()
+	if err != nil {
+		return err
+	}
+	rm.mu.Lock()
+	rm.conn = conn
+	rm.mu.Unlock()
+	return nil
+}
+
+func (rm *RoleManager) unbind() {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	if rm.conn != nil {
+		rm.conn.Close()
+		rm.conn = nil
+	}
+}
+
+func (rm *RoleManager) bind() (*net.UDPConn, error) {
+	laddr, err := net.ResolveUDPAddr("udp", rm.self.Address)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.nodes %s address %q: %w", rm.self.Name, rm.self.Address, err)
+	}
+	conn, err := net.ListenUDP("udp", laddr)
+	if err != nil {
+		return nil, fmt.Errorf("heartbeat listen on %s (cluster.nodes entry %s; must be an address of this host): %w", rm.self.Address, rm.self.Name, err)
+	}
+	return conn, nil
+}
+
 func (rm *RoleManager) decideLoop(ctx context.Context) {
 	rm.mu.Lock()
 	tick := max(rm.cfg.Keepalive/4, 10*time.Millisecond)
@@ -209,6 +260,12 @@ func (rm *RoleManager) decideLoop(ctx context.Context) {
 		case <-rm.wake:
 		}
 		rm.evaluate(ctx)
+		rm.mu.Lock()
+		if n := max(rm.cfg.Keepalive/4, 10*time.Millisecond); n != tick {
+			tick = n
+			t.Reset(n)
+		}
+		rm.mu.Unlock()
 	}
 }
 
@@ -258,6 +315,20 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 	}
 	rm.mu.Unlock()
 	if d.role == v.role {
+		if v.role != RoleFenced && v.dbFenced && strings.HasPrefix(v.dbReason, selfFencePrefix) {
+			// Our own fence from before a restart, and we are not
+			// isolated now (or decide would fence): lift it once a peer
+			// is back for a moment.
+			for _, p := range v.peers {
+				if p.alive && p.aliveFor >= 2*v.cfg.Keepalive {
+					rm.mu.Lock()
+					rm.selfFenced = true
+					rm.mu.Unlock()
+					rm.liftSelfFence(ctx)
+					break
+				}
+			}
+		}
 		return
 	}
 	switch {
@@ -269,7 +340,33 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 		rm.stepDown(ctx, d.reason)
 	default:
 		rm.setRole(d.role, d.reason)
+		if v.role == RoleFenced {
+			rm.liftSelfFence(ctx)
+		}
 	}
+}
+
+func (rm *RoleManager) liftSelfFence(ctx context.Context) {
+	u, ok := rm.fencer.(Unfencer)
+	db := rm.self.DB
+	if !ok || db == "" {
+		return
+	}
+	rm.mu.Lock()
+	fenced := rm.selfFenced
+	rm.selfFenced = false
+	timeout := rm.cfg.Deadtime
+	rm.mu.Unlock()
+	if !fenced {
+		return
+	}
+	uctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
+	defer cancel()
+	if err := u.Unfence(uctx, db); err != nil {
+		rm.events.Warn(EventFence, fmt.Sprintf("could not lift our self-fence of database %s: %v", db, err), "db", db)
+		return
+	}
+	rm.events.Add(EventFence, fmt.Sprintf("lifted our self-fence of database %s; the replication supervisor fences it again while it is behind", db), "db", db)
 }
 
 func peerSummary(peers []peerView) string {
@@ -372,10 +469,13 @@ func (rm *RoleManager) selfFence(ctx context.Context, reason string) {
 		wg.Go(func() {
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 			defer cancel()
-			if err := rm.fencer.Fence(fctx, db, "lockstep self-fence: "+reason); err != nil {
+			if err := rm.fencer.Fence(fctx, db, selfFencePrefix+reason); err != nil {
 				rm.events.Warn(EventFence, fmt.Sprintf("could not fence database %s: %v", db, err), "db", db)
 				return
 			}
+			rm.mu.Lock()
+			rm.selfFenced = true
+			rm.mu.Unlock()
 			rm.events.Warn(EventFence, fmt.Sprintf("database %s fenced (read-only): %s", db, reason), "db", db)
 		})
 	}
@@ -436,7 +536,7 @@ func appliedTrx(pos string) int64 {
 
 // snapshot captures the decision inputs and updates peer liveness.
 func (rm *RoleManager) snapshot(now time.Time) view {
-	dbFenced, _, _, _ := rm.dbState()
+	dbFenced, dbReason, _, _ := rm.dbState()
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
 	cfg := rm.cfg
@@ -447,7 +547,7 @@ func (rm *RoleManager) snapshot(now time.Time) view {
 	}
 	v := view{
 		now: now, cfg: cfg, self: rm.self.Name, role: rm.role, decided: rm.decided, startedAt: rm.startedAt,
-		writerSince: rm.writerSince, dbFenced: dbFenced, dbFencedSince: rm.dbFencedSince,
+		writerSince: rm.writerSince, dbFenced: dbFenced, dbReason: dbReason, dbFencedSince: rm.dbFencedSince,
 		failHold:          now.Before(rm.failHoldUntil),
 		witnessConfigured: len(rm.witnesses) > 0,
 	}
@@ -761,6 +861,19 @@ func (rm *RoleManager) Reload(ctx context.Context, wg *sync.WaitGroup, c *Cluste
 	resourcesChanged := !reflect.DeepEqual(c.Resources, rm.cfg.Resources)
 	if c.AgentCheck != rm.cfg.AgentCheck {
 		notes = append(notes, "cluster.agent_check changed: restart required")
+	}
+	for _, ch := range []struct {
+		key      string
+		old, new any
+	}{
+		{"keepalive", rm.cfg.Keepalive, c.Keepalive}, {"deadtime", rm.cfg.Deadtime, c.Deadtime},
+		{"takeover_margin", rm.cfg.TakeoverMargin, c.TakeoverMargin}, {"takeover_wait", rm.cfg.TakeoverWait, c.TakeoverWait},
+		{"max_clock_skew", rm.cfg.MaxClockSkew, c.MaxClockSkew}, {"auto_failback", rm.cfg.AutoFailback, c.AutoFailback},
+		{"failback_hold", rm.cfg.FailbackHold, c.FailbackHold},
+	} {
+		if ch.old != ch.new {
+			notes = append(notes, fmt.Sprintf("cluster.%s %v -> %v applied", ch.key, ch.old, ch.new))
+		}
 	}
 	rm.cfg = *c
 	rm.cfg.Nodes = nodes

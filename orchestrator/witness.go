@@ -60,7 +60,9 @@ func NewWitness(raw string) (*Witness, error) {
 			return nil
 		}
 	case "http", "https":
-		client := &http.Client{}
+		// A fresh connection per probe: reachability now, not of a pooled
+		// connection, and no idle-connection goroutines to own.
+		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
 		w.probe = func(ctx context.Context) error {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
 			if err != nil {

@@ -94,6 +94,72 @@ func TestReplStatusAgainstPair(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A manual fence shows as FENCED with its reason.
+	if err := dbrepl.ManualFence(ctx, *mustLoadRepl(t, cfg), "db2", "maintenance window", nil); err != nil {
+		t.Fatal(err)
+	}
+	var fenced struct {
+		Verdict    string `json:"verdict"`
+		FencedNode string `json:"fenced_node"`
+		Nodes      []struct {
+			Fenced      bool   `json:"fenced"`
+			FenceReason string `json:"fence_reason"`
+			Writable    bool   `json:"writable"`
+		} `json:"nodes"`
+	}
+	code, out, errOut := runStatus(t, "", "-c", cfg, "--json")
+	if err := json.Unmarshal([]byte(out), &fenced); err != nil || code != 1 {
+		t.Fatalf("fenced: exit %d %v\n%s\n%s", code, err, out, errOut)
+	}
+	if fenced.Verdict != dbrepl.VerdictFenced || fenced.FencedNode != "db2" || !fenced.Nodes[1].Fenced ||
+		!strings.Contains(fenced.Nodes[1].FenceReason, "maintenance window") || fenced.Nodes[1].Writable || !fenced.Nodes[0].Writable {
+		t.Fatalf("fenced db2: %+v", fenced)
+	}
+	if err := dbrepl.ManualUnfence(ctx, *mustLoadRepl(t, cfg), "db2", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// A duplicate-key stop: the rows behind it are shown from both nodes
+	// (the monitoring user needs REPLICATION SLAVE and SELECT for that).
+	db1, db2 := p.Nodes[0].DB, p.Nodes[1].DB
+	for _, q := range []string{
+		"GRANT REPLICATION SLAVE, SELECT ON *.* TO 'lockstep'@'%'",
+		"CREATE DATABASE app", "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(20))",
+	} {
+		if _, err := db1.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.WaitSynced(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db2.Exec("SET STATEMENT sql_log_bin=0 FOR INSERT INTO app.t VALUES (5, 'db2-local')"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db1.Exec("INSERT INTO app.t VALUES (5, 'db1-new')"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := p.Nodes[1].Replication(ctx)
+		if err == nil && st.SQLRunning == "No" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("db2's SQL thread did not stop on the duplicate key: %+v %v", st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	code, out, errOut = runStatus(t, "", "-c", cfg)
+	if code != 1 || !strings.Contains(out, "1062") || !strings.Contains(out, "replication on db2 stopped at GTID 1-1-") ||
+		!strings.Contains(out, `v="db1-new"`) || !strings.Contains(out, `v="db2-local"`) {
+		t.Fatalf("1062 stop: exit %d\n%s\n%s", code, out, errOut)
+	}
+	_, out, _ = runStatus(t, "", "-c", cfg, "--json")
+	if !strings.Contains(out, `"error_rows"`) || !strings.Contains(out, `"primary_key": "id=5"`) {
+		t.Fatalf("1062 stop, --json:\n%s", out)
+	}
+
 	if err := p.Nodes[1].Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +169,7 @@ func TestReplStatusAgainstPair(t *testing.T) {
 	}
 
 	// --watch with piped input: q ends it cleanly.
-	code, out, errOut := runStatus(t, "q", "-c", cfg, "--watch", "--interval", "200ms")
+	code, out, errOut = runStatus(t, "q", "-c", cfg, "--watch", "--interval", "200ms")
 	if code != 0 || !strings.Contains(out, "verdict:") || strings.Contains(out, "\x1b[") {
 		t.Fatalf("--watch: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -147,4 +213,13 @@ func TestReplStatusFromDaemon(t *testing.T) {
 	if code, _, _ := runStatus(t, "", "--from", srv.URL+"/status", "--json", "--watch"); code != exitUsage {
 		t.Fatalf("--json --watch: exit %d", code)
 	}
+}
+
+func mustLoadRepl(t *testing.T, path string) *dbrepl.Config {
+	t.Helper()
+	f, err := replConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.Repl
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/lockstep-ha/lockstep/config"
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/dbrepl/conflict"
 	"github.com/lockstep-ha/lockstep/dbrepl/dashboard"
 )
 
@@ -49,7 +51,7 @@ databases are queried directly.
 			if interval < 100*time.Millisecond {
 				return usageError(fmt.Errorf("--interval: %s is below the 100ms minimum", interval))
 			}
-			fetch, title, err := statusSource(cmd, path, from, standalone)
+			fetch, title, replCfg, err := statusSource(cmd, path, from, standalone)
 			if err != nil {
 				return err
 			}
@@ -65,11 +67,12 @@ databases are queried directly.
 			if err != nil {
 				return usageError(err)
 			}
+			reports := errorRows(cmd.Context(), replCfg, &st)
 			out := cmd.OutOrStdout()
 			if asJSON {
-				err = dashboard.RenderJSON(out, st)
+				err = dashboard.RenderJSON(out, st, reports...)
 			} else {
-				err = dashboard.RenderTable(out, st, dashboard.Options{Color: isTTY(out)})
+				err = dashboard.RenderTable(out, st, dashboard.Options{Color: isTTY(out), ErrorReports: reports})
 			}
 			if err != nil {
 				return usageError(err)
@@ -93,31 +96,62 @@ databases are queried directly.
 // statusSource picks where the state comes from: an explicit URL, the
 // daemon named by the config's listen address when it answers, or the
 // databases themselves.
-func statusSource(cmd *cobra.Command, path, from string, standalone bool) (dashboard.Fetcher, string, error) {
+func statusSource(cmd *cobra.Command, path, from string, standalone bool) (dashboard.Fetcher, string, *dbrepl.Config, error) {
 	if from != "" {
 		if !strings.HasPrefix(from, "http://") && !strings.HasPrefix(from, "https://") {
-			return nil, "", usageError(fmt.Errorf("--from: %q is not an http(s) URL", from))
+			return nil, "", nil, usageError(fmt.Errorf("--from: %q is not an http(s) URL", from))
 		}
-		return func(ctx context.Context) (dbrepl.PairStatus, error) { return fetchDaemonStatus(ctx, from) }, from, nil
+		return func(ctx context.Context) (dbrepl.PairStatus, error) { return fetchDaemonStatus(ctx, from) }, from, nil, nil
 	}
 	f, err := replConfig(path)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
+	cfg := *f.Repl
 	if !standalone && f.Listen != "" {
 		url := daemonStatusURL(f)
 		ctx, cancel := context.WithTimeout(cmd.Context(), time.Second)
 		_, err := fetchDaemonStatus(ctx, url)
 		cancel()
 		if err == nil {
-			return func(ctx context.Context) (dbrepl.PairStatus, error) { return fetchDaemonStatus(ctx, url) }, url, nil
+			return func(ctx context.Context) (dbrepl.PairStatus, error) { return fetchDaemonStatus(ctx, url) }, url, &cfg, nil
 		}
 	}
 	logger := slog.New(slog.DiscardHandler)
-	cfg := *f.Repl
 	return func(ctx context.Context) (dbrepl.PairStatus, error) {
 		return dbrepl.Snapshot(ctx, cfg, logger)
-	}, f.Path, nil
+	}, f.Path, &cfg, nil
+}
+
+// errorRows reads, for a node whose replication stopped on a duplicate
+// key (1062) or a missing row (1032), the failing transaction's rows from
+// both nodes. It needs the configured user to have REPLICATION SLAVE and
+// SELECT; when it cannot, the reason is added to the problems shown.
+func errorRows(ctx context.Context, cfg *dbrepl.Config, st *dbrepl.PairStatus) []*conflict.ErrorReport {
+	if cfg == nil || len(cfg.Nodes) != 2 {
+		return nil
+	}
+	var out []*conflict.ErrorReport
+	for _, n := range st.Nodes {
+		if n.LastErrno != 1062 && n.LastErrno != 1032 {
+			continue
+		}
+		i := slices.IndexFunc(cfg.Nodes, func(nc dbrepl.NodeConfig) bool { return nc.Name == n.Name })
+		if i < 0 {
+			continue
+		}
+		broken := conflict.Source{Name: cfg.Nodes[i].Name, DSN: cfg.Nodes[i].DSN}
+		peer := conflict.Source{Name: cfg.Nodes[1-i].Name, DSN: cfg.Nodes[1-i].DSN}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		r, err := conflict.FetchErrorRows(rctx, broken, peer, 10, nil)
+		cancel()
+		if err != nil {
+			st.Problems = append(st.Problems, fmt.Sprintf("%s: cannot show the rows behind error %d: %v", n.Name, n.LastErrno, err))
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 func daemonStatusURL(f *config.File) string {

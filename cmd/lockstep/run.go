@@ -1,16 +1,298 @@
 package main
 
 import (
-	"errors"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"reflect"
+	"sync"
+	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+
+	"github.com/lockstep-ha/lockstep/config"
+	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/lsync"
+	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
-// TODO(owner): replace with the real command.
 func newRunCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:    "run",
-		Hidden: true,
-		RunE:   func(*cobra.Command, []string) error { return errors.New("run: not built yet") },
+	var path string
+	var debug bool
+	cmd := &cobra.Command{
+		Use:   "run -c FILE",
+		Short: "Run this node's HA daemon: sync jobs, replication supervisor and the writer role",
+		Long: `run is the per-node daemon. It runs the node's sync jobs and the replication
+supervisor, exchanges authenticated heartbeats with its peers, decides which
+node is the writer (the one holding cluster.resources), fences itself when it
+is isolated, and serves /health, /status and /metrics on listen (default
+127.0.0.1:9430) and the HAProxy agent check on cluster.agent_check.
+SIGTERM releases the resources right to left and stops; SIGHUP reloads the file.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := loadConfig(path)
+			if err != nil {
+				return err
+			}
+			if f.Cluster == nil {
+				return usageError(fmt.Errorf("%s: no cluster: section; lockstep run needs one", f.Path))
+			}
+			if f.Node == "" {
+				return usageError(fmt.Errorf("%s: node: required for lockstep run", f.Path))
+			}
+			level := slog.LevelInfo
+			if debug {
+				level = slog.LevelDebug
+			}
+			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})).With("node", f.Node)
+			return runDaemon(cmd.Context(), f, path, logger)
+		},
 	}
+	addConfigFlag(cmd, &path)
+	cmd.Flags().BoolVar(&debug, "debug", false, "debug logging")
+	return cmd
+}
+
+func runDaemon(ctx context.Context, f *config.File, path string, logger *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var jobs []orchestrator.SyncJob
+	if len(f.Sync) > 0 {
+		built, err := buildSyncJobs(f, "", logger, reg)
+		if err != nil {
+			return err
+		}
+		for _, b := range built {
+			name := b.job.Name()
+			jobs = append(jobs, &syncRunner{job: b.job, build: func() (*lsync.Job, error) {
+				again, err := buildSyncJobs(f, name, logger, reg)
+				if err != nil {
+					return nil, err
+				}
+				return again[0].job, nil
+			}})
+		}
+	}
+	var repl *replRunner
+	dcfg := orchestrator.DaemonConfig{Node: f.Node, Listen: f.Listen, Cluster: f.Cluster, Sync: jobs, Registry: reg, Logger: logger}
+	if f.Repl != nil {
+		repl = &replRunner{cfg: *f.Repl, logger: logger, reg: &trackingRegisterer{reg: reg}}
+		if err := repl.build(); err != nil {
+			return usageError(err)
+		}
+		dcfg.Repl = repl
+	}
+	d, err := orchestrator.NewDaemon(dcfg)
+	if err != nil {
+		return usageError(fmt.Errorf("%s: %w", f.Path, err))
+	}
+	if repl != nil {
+		repl.events = d.Events()
+	}
+
+	// SIGHUP reloads; the watcher is owned by this function.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-hup:
+				reload(d, f, path)
+			}
+		}
+	})
+	err = d.Run(runCtx)
+	stop()
+	wg.Wait()
+	if err != nil {
+		return failure(err)
+	}
+	return nil
+}
+
+// reload re-reads the file and applies what can change while running.
+func reload(d *orchestrator.Daemon, running *config.File, path string) {
+	ev := d.Events()
+	nf, err := config.Load(path)
+	if err != nil {
+		ev.Warn(orchestrator.EventReload, fmt.Sprintf("reload failed, keeping the running configuration: %v", err))
+		return
+	}
+	ev.Add(orchestrator.EventReload, "SIGHUP: reloading "+path)
+	if !reflect.DeepEqual(nf.Sync, running.Sync) {
+		ev.Warn(orchestrator.EventReload, "reload: sync jobs changed: restart required (running jobs keep their configuration)")
+	}
+	if !reflect.DeepEqual(nf.Repl, running.Repl) {
+		ev.Warn(orchestrator.EventReload, "reload: repl section changed: restart required (the supervisor keeps its configuration)")
+	}
+	if err := d.Reload(nf.Node, nf.Listen, nf.Cluster); err != nil {
+		return // already recorded as an event
+	}
+}
+
+// syncRunner adapts an lsync.Job (single-use) to the daemon's restartable
+// SyncJob: a restart after a failure builds a fresh job.
+type syncRunner struct {
+	build func() (*lsync.Job, error)
+	mu    sync.Mutex
+	job   *lsync.Job
+	used  bool
+}
+
+func (s *syncRunner) Name() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.job.Name()
+}
+
+func (s *syncRunner) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.used {
+		j, err := s.build()
+		if err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		s.job = j
+	}
+	s.used = true
+	j := s.job
+	s.mu.Unlock()
+	return j.Run(ctx)
+}
+
+func (s *syncRunner) Targets() []orchestrator.SyncTargetStatus {
+	s.mu.Lock()
+	j := s.job
+	s.mu.Unlock()
+	var out []orchestrator.SyncTargetStatus
+	for _, t := range j.Status() {
+		out = append(out, orchestrator.SyncTargetStatus{Job: t.Job, Target: t.Target, Connected: t.Connected,
+			PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastError: t.LastError})
+	}
+	return out
+}
+
+// replRunner adapts dbrepl.Supervisor to the daemon: a restart after a
+// failure builds a fresh supervisor (Run closes its connections), and its
+// events are copied into the daemon's event log.
+//
+// Both nodes run a supervisor on the same pair; their fence and unfence
+// decisions are idempotent (same observations, same read_only values), so
+// there is no single decision-maker to elect.
+type replRunner struct {
+	cfg    dbrepl.Config
+	logger *slog.Logger
+	reg    *trackingRegisterer
+	events *orchestrator.EventLog
+
+	mu   sync.Mutex
+	sup  *dbrepl.Supervisor
+	used bool
+}
+
+func (r *replRunner) build() error {
+	r.reg.reset()
+	sup, err := dbrepl.New(r.cfg, dbrepl.Options{Logger: r.logger, Registerer: r.reg})
+	if err != nil {
+		return err
+	}
+	r.sup = sup
+	return nil
+}
+
+func (r *replRunner) current() *dbrepl.Supervisor {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sup
+}
+
+func (r *replRunner) Run(ctx context.Context) error {
+	r.mu.Lock()
+	if r.used {
+		if err := r.build(); err != nil {
+			r.mu.Unlock()
+			return err
+		}
+	}
+	r.used = true
+	sup := r.sup
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	fwdCtx, stop := context.WithCancel(ctx)
+	wg.Go(func() {
+		for {
+			select {
+			case <-fwdCtx.Done():
+				return
+			case ev := <-sup.Events():
+				msg := fmt.Sprintf("replication: %s %s: %s", ev.Type, ev.Node, ev.Reason)
+				if r.events != nil {
+					r.events.Add(orchestrator.EventFence, msg, "db", ev.Node)
+				}
+			}
+		}
+	})
+	err := sup.Run(ctx)
+	stop()
+	wg.Wait()
+	return err
+}
+
+func (r *replRunner) Status() dbrepl.PairStatus { return r.current().Status() }
+
+func (r *replRunner) Fence(ctx context.Context, node, reason string) error {
+	return r.current().Fence(ctx, node, reason)
+}
+
+func (r *replRunner) Unfence(ctx context.Context, node string) error {
+	return r.current().Unfence(ctx, node)
+}
+
+// trackingRegisterer remembers what a supervisor registered so that a
+// rebuilt supervisor can register the same metric names again.
+type trackingRegisterer struct {
+	reg  prometheus.Registerer
+	mu   sync.Mutex
+	cols []prometheus.Collector
+}
+
+func (t *trackingRegisterer) Register(c prometheus.Collector) error {
+	if err := t.reg.Register(c); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.cols = append(t.cols, c)
+	t.mu.Unlock()
+	return nil
+}
+
+func (t *trackingRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := t.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (t *trackingRegisterer) Unregister(c prometheus.Collector) bool { return t.reg.Unregister(c) }
+
+func (t *trackingRegisterer) reset() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range t.cols {
+		t.reg.Unregister(c)
+	}
+	t.cols = nil
 }

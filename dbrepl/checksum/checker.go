@@ -34,7 +34,7 @@ const (
 	DefaultAttempts        = 3
 	DefaultCatchUpTimeout  = 10 * time.Second
 	DefaultMaxRowsReported = 20
-	initialChunkRows       = 5000
+	DefaultChunkRows       = 5000
 	minChunkRows           = 100
 	verifyBatch            = 500
 )
@@ -51,6 +51,9 @@ type Options struct {
 	Table    string // only this table (needs Database)
 	// ChunkTime is the target duration of one chunk's checksum.
 	ChunkTime time.Duration
+	// ChunkRows is the size of a table's first chunk, before the size
+	// adapts to ChunkTime.
+	ChunkRows int64
 	// Workers is the number of tables compared concurrently.
 	Workers int
 	// Attempts is how many times a mismatch is re-checked after the nodes
@@ -79,6 +82,9 @@ func (o *Options) SetDefaults() {
 	if o.ChunkTime == 0 {
 		o.ChunkTime = DefaultChunkTime
 	}
+	if o.ChunkRows == 0 {
+		o.ChunkRows = DefaultChunkRows
+	}
 	if o.Workers == 0 {
 		o.Workers = DefaultWorkers
 	}
@@ -104,6 +110,9 @@ func (o *Options) Validate() error {
 	}
 	if o.ChunkTime < time.Millisecond {
 		errs = append(errs, fmt.Errorf("chunk time %s is below 1ms", o.ChunkTime))
+	}
+	if o.ChunkRows < 1 {
+		errs = append(errs, fmt.Errorf("chunk rows: %d, need at least 1", o.ChunkRows))
 	}
 	if o.Workers < 1 {
 		errs = append(errs, fmt.Errorf("workers: %d, need at least 1", o.Workers))
@@ -354,7 +363,7 @@ func (c *Checker) adapt(rows int64, took time.Duration) int64 {
 		f = float64(c.opts.ChunkTime) / float64(took)
 	}
 	f = min(max(f, 0.5), 4)
-	return max(int64(float64(rows)*f), minChunkRows)
+	return max(int64(float64(rows)*f), min(minChunkRows, c.opts.ChunkRows))
 }
 
 func (c *Checker) catchUpWait() time.Duration {
@@ -441,7 +450,7 @@ func (c *Checker) walkIntKey(ctx context.Context, t *tableDef, tr *TableResult) 
 		tr.Rows += s.n
 		return err
 	}
-	width := int64(initialChunkRows)
+	width := int64(c.opts.ChunkRows)
 	a := lo.Int64
 	first := true
 	for {
@@ -489,7 +498,7 @@ func (c *Checker) walkIntKey(ctx context.Context, t *tableDef, tr *TableResult) 
 			}
 			a = n.Int64
 			// Rows may sit sparsely in the key space: re-learn the width.
-			width = initialChunkRows
+			width = c.opts.ChunkRows
 			continue
 		}
 		// Scale the key-space width by the rows it held: what takes time
@@ -501,7 +510,7 @@ func (c *Checker) walkIntKey(ctx context.Context, t *tableDef, tr *TableResult) 
 // walkKeyset chunks any primary key by reading the upper bound of the
 // next n keys on the first node.
 func (c *Checker) walkKeyset(ctx context.Context, t *tableDef, tr *TableResult) error {
-	n := int64(initialChunkRows)
+	n := int64(c.opts.ChunkRows)
 	var lower []any
 	for {
 		q := "SELECT " + t.pkList() + " FROM " + t.qualified() + " FORCE INDEX (PRIMARY)"
@@ -512,7 +521,7 @@ func (c *Checker) walkKeyset(ctx context.Context, t *tableDef, tr *TableResult) 
 			args = a
 		}
 		q += " ORDER BY " + t.pkList() + " LIMIT 1 OFFSET " + strconv.FormatInt(n-1, 10)
-		upper := make([]any, len(t.PK))
+		var upper []any
 		dest := make([]any, len(t.PK))
 		raw := make([]sql.RawBytes, len(t.PK))
 		for i := range raw {
@@ -528,8 +537,9 @@ func (c *Checker) walkKeyset(ctx context.Context, t *tableDef, tr *TableResult) 
 				rows.Close()
 				return err
 			}
-			for i := range raw {
-				upper[i] = append([]byte(nil), raw[i]...)
+			if upper, err = t.keyArgs(raw); err != nil {
+				rows.Close()
+				return err
 			}
 		} else {
 			found = false

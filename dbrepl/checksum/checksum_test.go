@@ -80,6 +80,9 @@ func seed(t *testing.T, p *mariadbpair.Pair) {
 		"CREATE TABLE app.events (id BIGINT UNSIGNED PRIMARY KEY, payload BLOB)",
 		"CREATE TABLE app.log (at INT, msg VARCHAR(20))", // no primary key
 		"CREATE TABLE app.clean (id INT PRIMARY KEY, v INT)",
+		"CREATE TABLE app.clean2 (id INT PRIMARY KEY, v INT)",
+		// Case-insensitive text key: chunk bounds must follow the collation.
+		"CREATE TABLE app.tags (name VARCHAR(20) PRIMARY KEY, n INT) COLLATE utf8mb4_general_ci",
 	)
 	var b strings.Builder
 	for _, tbl := range []struct {
@@ -92,6 +95,7 @@ func seed(t *testing.T, p *mariadbpair.Pair) {
 		{"events", 2000, func(i int) string { return fmt.Sprintf("(%d,REPEAT('p%d',%d))", i*1000, i, i%50) }},
 		{"log", 500, func(i int) string { return fmt.Sprintf("(%d,'m%d')", i%100, i%100) }},
 		{"clean", 1000, func(i int) string { return fmt.Sprintf("(%d,%d)", i, i) }},
+		{"tags", 800, func(i int) string { return fmt.Sprintf("('%s%d',%d)", []string{"a", "B", "c", "D", "é"}[i%5], i, i) }},
 	} {
 		b.Reset()
 		fmt.Fprintf(&b, "INSERT INTO app.%s VALUES ", tbl.name)
@@ -118,7 +122,7 @@ func TestDriftNamesRows(t *testing.T) {
 
 	// Small chunks so that the drift sits in the middle of a multi-chunk
 	// walk rather than in one whole-table chunk.
-	opts := checksum.Options{Database: "app", ChunkTime: 2 * time.Millisecond}
+	opts := checksum.Options{Database: "app", ChunkTime: 2 * time.Millisecond, ChunkRows: 150}
 	r, err := newChecker(t, p, opts).Run(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -128,8 +132,10 @@ func TestDriftNamesRows(t *testing.T) {
 		_ = r.WriteText(&out)
 		t.Fatalf("fresh pair reported drift:\n%s", out.String())
 	}
-	if got := table(t, r, "app.users").Rows; got != 3000 {
-		t.Fatalf("app.users rows compared = %d, want 3000", got)
+	for name, want := range map[string]int64{"app.users": 3000, "app.orders": 2000, "app.events": 2000, "app.tags": 800, "app.log": 500} {
+		if tr := table(t, r, name); tr.Rows != want || (name != "app.log" && tr.Chunks < 2) {
+			t.Errorf("%s: %d rows in %d chunks, want %d rows in several chunks", name, tr.Rows, tr.Chunks, want)
+		}
 	}
 
 	execLocal(t, p.Nodes[1].DB,
@@ -139,7 +145,12 @@ func TestDriftNamesRows(t *testing.T) {
 		"INSERT INTO app.events VALUES (18446744073709551000, 'big')", // extra on db2, above int64
 		"DELETE FROM app.log WHERE at = 42 LIMIT 1",                   // no-PK table: one copy gone
 	)
-	execLocal(t, p.Nodes[0].DB, "INSERT INTO app.orders VALUES ('zz', 1, 'only-db1')")
+	execLocal(t, p.Nodes[0].DB, "INSERT INTO app.orders VALUES ('zz', 1, 'only-db1')",
+		"CREATE TABLE app.only1 (id INT PRIMARY KEY)",          // table missing on db2
+		"ALTER TABLE app.clean2 ADD COLUMN extra INT",          // definitions differ
+		"CREATE DATABASE lockstep",                             // per-node heartbeats: never compared
+		"CREATE TABLE lockstep.heartbeat (id INT PRIMARY KEY)", //
+	)
 
 	r, err = newChecker(t, p, opts).Run(ctx)
 	if err != nil {
@@ -148,8 +159,14 @@ func TestDriftNamesRows(t *testing.T) {
 	var out bytes.Buffer
 	_ = r.WriteText(&out)
 	t.Logf("report:\n%s", out.String())
-	if r.Consistent || r.TablesDrifted != 4 {
-		t.Fatalf("consistent=%v drifted=%d, want drift in 4 tables", r.Consistent, r.TablesDrifted)
+	if r.Consistent || r.TablesDrifted != 6 {
+		t.Fatalf("consistent=%v drifted=%d, want drift in 6 tables", r.Consistent, r.TablesDrifted)
+	}
+	if o := table(t, r, "app.only1"); o.Status != checksum.StatusMissing || o.MissingOn != "db2" {
+		t.Errorf("app.only1: %+v", o)
+	}
+	if c := table(t, r, "app.clean2"); c.Status != checksum.StatusDrift || c.Method != checksum.MethodSchemaOff || !strings.Contains(c.Note, "extra") {
+		t.Errorf("app.clean2: %+v", c)
 	}
 
 	users := table(t, r, "app.users")
@@ -207,6 +224,21 @@ func TestDriftNamesRows(t *testing.T) {
 		}
 	}
 
+	// Without --database every schema is compared, except the system
+	// ones and lockstep's own.
+	all, err := newChecker(t, p, checksum.Options{}).Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all.TablesDrifted != 6 {
+		t.Errorf("all schemas: %d tables drifted, want 6", all.TablesDrifted)
+	}
+	for _, tr := range all.Tables {
+		if tr.Schema != "app" {
+			t.Errorf("compared %s, which must be skipped", tr.Name())
+		}
+	}
+
 	// --table narrows the run to one table.
 	r, err = newChecker(t, p, checksum.Options{Database: "app", Table: "clean"}).Run(ctx)
 	if err != nil {
@@ -257,7 +289,7 @@ func TestNoFalsePositiveUnderWrites(t *testing.T) {
 
 	rechecks := 0
 	for round := 0; round < 3; round++ {
-		r, err := newChecker(t, p, checksum.Options{Database: "app", ChunkTime: 2 * time.Millisecond}).Run(ctx)
+		r, err := newChecker(t, p, checksum.Options{Database: "app", ChunkTime: 2 * time.Millisecond, ChunkRows: 150}).Run(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

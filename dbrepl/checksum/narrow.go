@@ -18,7 +18,9 @@ const maxWholeTableNarrow = 2_000_000
 
 // keyedRow is one row's primary key and hash on one node.
 type keyedRow struct {
-	key  []any // primary key values, as raw bytes
+	key  []any    // primary key values, as statement arguments
+	ks   string   // encoded raw key: the map key across nodes
+	text []string // raw key values, for the report
 	hash string
 }
 
@@ -30,14 +32,6 @@ func encodeKey(vals []sql.RawBytes) string {
 		b.Write(v)
 	}
 	return b.String()
-}
-
-func keyString(raw []any) string {
-	vals := make([]sql.RawBytes, len(raw))
-	for i, v := range raw {
-		vals[i] = v.([]byte)
-	}
-	return encodeKey(vals)
 }
 
 // rowHashes fetches primary key and row hash of the rows matching where
@@ -65,12 +59,16 @@ func (c *Checker) rowHashes(ctx context.Context, i int, t *tableDef, where strin
 			return nil, nil, err
 		}
 		k := encodeKey(raw[:len(t.PK)])
-		key := make([]any, len(t.PK))
-		for j := range key {
-			key[j] = append([]byte(nil), raw[j]...)
+		key, err := t.keyArgs(raw[:len(t.PK)])
+		if err != nil {
+			return nil, nil, err
+		}
+		text := make([]string, len(t.PK))
+		for j := range text {
+			text[j] = string(raw[j])
 		}
 		order = append(order, k)
-		m[k] = keyedRow{key: key, hash: string(raw[len(t.PK)])}
+		m[k] = keyedRow{key: key, ks: k, text: text, hash: string(raw[len(t.PK)])}
 	}
 	return order, m, rows.Err()
 }
@@ -228,10 +226,9 @@ func (c *Checker) describe(ctx context.Context, t *tableDef, cands []keyedRow) (
 	}
 	var out []RowDiff
 	for _, k := range cands {
-		ks := keyString(k.key)
-		a, inA := full[0][ks]
-		b, inB := full[1][ks]
-		d := RowDiff{PrimaryKey: t.renderKey(k.key)}
+		a, inA := full[0][k.ks]
+		b, inB := full[1][k.ks]
+		d := RowDiff{PrimaryKey: t.renderKey(k.text)}
 		switch {
 		case inA && inB:
 			d.Kind = KindDiffers
@@ -259,10 +256,10 @@ func (c *Checker) describe(ctx context.Context, t *tableDef, cands []keyedRow) (
 	return out, nil
 }
 
-func (t *tableDef) renderKey(key []any) string {
+func (t *tableDef) renderKey(key []string) string {
 	parts := make([]string, len(key))
 	for i, v := range key {
-		parts[i] = t.Columns[t.PK[i]].Name + "=" + string(v.([]byte))
+		parts[i] = t.Columns[t.PK[i]].Name + "=" + v
 	}
 	return strings.Join(parts, ",")
 }

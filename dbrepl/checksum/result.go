@@ -129,6 +129,10 @@ func (r *Result) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "%-40s ERROR: %s\n", t.Name(), t.Error)
 			continue
 		}
+		if t.Method == MethodSchemaOff {
+			fmt.Fprintf(&b, "%-40s DRIFT: %s\n", t.Name(), t.Note)
+			continue
+		}
 		fmt.Fprintf(&b, "%-40s DRIFT: %d row(s) differ", t.Name(), t.DiffCount)
 		if t.Note != "" {
 			fmt.Fprintf(&b, " — %s", t.Note)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -16,6 +17,7 @@ type column struct {
 	Type     string // DATA_TYPE
 	Nullable bool
 	Collate  string
+	Unsigned bool
 }
 
 type tableDef struct {
@@ -71,7 +73,8 @@ func placeholders(n int) string {
 // generated columns are left out: they are derived from stored ones.
 func loadTableDef(ctx context.Context, db *sql.DB, schema, name string) (*tableDef, error) {
 	t := &tableDef{Schema: schema, Name: name}
-	rows, err := db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE = 'YES', COALESCE(COLLATION_NAME, '')
+	rows, err := db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE = 'YES', COALESCE(COLLATION_NAME, ''),
+			COLUMN_TYPE LIKE '%unsigned%'
 		FROM information_schema.COLUMNS
 		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND EXTRA NOT LIKE '%VIRTUAL%'
 		ORDER BY ORDINAL_POSITION`, schema, name)
@@ -80,7 +83,7 @@ func loadTableDef(ctx context.Context, db *sql.DB, schema, name string) (*tableD
 	}
 	for rows.Next() {
 		var c column
-		if err := rows.Scan(&c.Name, &c.Type, &c.Nullable, &c.Collate); err != nil {
+		if err := rows.Scan(&c.Name, &c.Type, &c.Nullable, &c.Collate, &c.Unsigned); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -244,4 +247,31 @@ func (t *tableDef) keyIn(keys [][]any) (string, []any) {
 		args = append(args, k...)
 	}
 	return "(" + t.pkList() + ") IN (" + strings.Join(tuples, ",") + ")", args
+}
+
+// keyArgs turns primary key values read as text into statement
+// arguments of the column's kind. Passing an integer as a string would
+// make the server compare as DOUBLE (wrong above 2^53), and bytes would
+// be sent as a binary string, comparing without the column's collation:
+// either way chunk bounds would not match ORDER BY.
+func (t *tableDef) keyArgs(raw []sql.RawBytes) ([]any, error) {
+	out := make([]any, len(t.PK))
+	for i, p := range t.PK {
+		col := t.Columns[p]
+		s := string(raw[i])
+		if !isIntegerType(col.Type) {
+			out[i] = s
+			continue
+		}
+		var err error
+		if col.Unsigned {
+			out[i], err = strconv.ParseUint(s, 10, 64)
+		} else {
+			out[i], err = strconv.ParseInt(s, 10, 64)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("primary key column %s: %w", col.Name, err)
+		}
+	}
+	return out, nil
 }

@@ -229,6 +229,14 @@ func (d *Detector) tail(ctx context.Context, i int) {
 		if ctx.Err() != nil {
 			return
 		}
+		var me *gomysql.MyError
+		if errors.As(err, &me) && me.Code == gomysql.ER_MASTER_FATAL_ERROR_READING_BINLOG {
+			// The position is gone (binlogs purged, or lost in a crash):
+			// resume from the server's current position instead of
+			// retrying a position that can never be served.
+			log.Warn("binlog position not available on the server, resuming from its current position", "error", err)
+			st.pos = nil
+		}
 		log.Warn("binlog reader stopped, reconnecting", "error", err, "in", backoff)
 		if time.Since(began) > maxBackoff {
 			backoff = time.Second
@@ -469,4 +477,17 @@ func syncerConfig(cfg *mysql.Config, serverID uint32, log *slog.Logger) (replica
 	}
 	sc.Host, sc.Port = host, uint16(p)
 	return sc, nil
+}
+
+// SourcesFrom returns the two nodes of a `repl:` section as detector
+// sources.
+func SourcesFrom(cfg dbrepl.Config) ([2]Source, error) {
+	var s [2]Source
+	if len(cfg.Nodes) != 2 {
+		return s, fmt.Errorf("nodes: exactly 2 nodes are required, got %d", len(cfg.Nodes))
+	}
+	for i, n := range cfg.Nodes {
+		s[i] = Source{Name: n.Name, DSN: n.DSN}
+	}
+	return s, nil
 }

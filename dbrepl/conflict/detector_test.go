@@ -141,7 +141,7 @@ func TestDetectorFlagsOnlyConcurrentWrites(t *testing.T) {
 	}
 	// Heartbeat-like writes in the lockstep schema are ignored even when
 	// both nodes write the same row.
-	mustExec(t, db1, "CREATE DATABASE lockstep", "CREATE TABLE lockstep.hb (id INT PRIMARY KEY, ts INT)")
+	mustExec(t, db1, "CREATE DATABASE lockstep", "CREATE TABLE lockstep.hb (id INT PRIMARY KEY, ts INT)", "INSERT INTO lockstep.hb VALUES (1, 0)")
 	if err := p.WaitSynced(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -151,8 +151,8 @@ func TestDetectorFlagsOnlyConcurrentWrites(t *testing.T) {
 	if err := db2.StopSQLThread(ctx); err != nil {
 		t.Fatal(err)
 	}
-	mustExec(t, db1, "UPDATE app.kv SET v = 'from-db1' WHERE id = 7", "REPLACE INTO lockstep.hb VALUES (1, 1)")
-	mustExec(t, db2, "UPDATE app.kv SET v = 'from-db2' WHERE id = 7", "REPLACE INTO lockstep.hb VALUES (1, 2)")
+	mustExec(t, db1, "UPDATE app.kv SET v = 'from-db1' WHERE id = 7", "UPDATE lockstep.hb SET ts = 1 WHERE id = 1")
+	mustExec(t, db2, "UPDATE app.kv SET v = 'from-db2' WHERE id = 7", "UPDATE lockstep.hb SET ts = 2 WHERE id = 1")
 	deadline := time.Now().Add(15 * time.Second)
 	for len(got.get()) == 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)

@@ -24,6 +24,8 @@ type ErrorRow struct {
 	PrimaryKey string `json:"primary_key"`
 	// Event is the change that failed: insert, update or delete.
 	Event string `json:"event"`
+	// Columns lists the column names in table order.
+	Columns []string `json:"columns"`
 	// Versions holds the row per node name; nil when the node lacks it.
 	Versions map[string]map[string]*string `json:"versions"`
 }
@@ -174,11 +176,14 @@ read:
 		er := ErrorRow{Schema: string(c.tm.Schema), Table: string(c.tm.Table), PrimaryKey: key, Event: c.event,
 			Versions: map[string]map[string]*string{}}
 		for i, name := range []string{broken.Name, peer.Name} {
-			v, err := fetchRow(ctx, dbs[i], er.Schema, er.Table, pk, c.row)
+			cols, v, err := fetchRow(ctx, dbs[i], er.Schema, er.Table, pk, c.row)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", name, err)
 			}
 			er.Versions[name] = v
+			if len(er.Columns) == 0 {
+				er.Columns = cols
+			}
 		}
 		rep.Rows = append(rep.Rows, er)
 	}
@@ -187,7 +192,7 @@ read:
 
 func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
 
-func fetchRow(ctx context.Context, db *sql.DB, schema, table string, pk *pkInfo, row []any) (map[string]*string, error) {
+func fetchRow(ctx context.Context, db *sql.DB, schema, table string, pk *pkInfo, row []any) ([]string, map[string]*string, error) {
 	conds := make([]string, len(pk.cols))
 	args := make([]any, len(pk.cols))
 	for i, c := range pk.cols {
@@ -198,15 +203,15 @@ func fetchRow(ctx context.Context, db *sql.DB, schema, table string, pk *pkInfo,
 	}
 	rows, err := db.QueryContext(ctx, "SELECT * FROM "+quoteIdent(schema)+"."+quoteIdent(table)+" WHERE "+strings.Join(conds, " AND "), args...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer rows.Close()
 	cols, err := rows.Columns()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !rows.Next() {
-		return nil, rows.Err()
+		return cols, nil, rows.Err()
 	}
 	raw := make([]sql.RawBytes, len(cols))
 	dest := make([]any, len(cols))
@@ -214,7 +219,7 @@ func fetchRow(ctx context.Context, db *sql.DB, schema, table string, pk *pkInfo,
 		dest[i] = &raw[i]
 	}
 	if err := rows.Scan(dest...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make(map[string]*string, len(cols))
 	for i, c := range cols {
@@ -225,7 +230,7 @@ func fetchRow(ctx context.Context, db *sql.DB, schema, table string, pk *pkInfo,
 			out[c] = nil
 		}
 	}
-	return out, rows.Err()
+	return cols, out, rows.Err()
 }
 
 // lacksPeerWrites reports whether a node at position have is missing a

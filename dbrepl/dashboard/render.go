@@ -1,16 +1,44 @@
 // Package dashboard renders the state of a replication pair for people
 // (a table, optionally live and coloured) and for programs (JSON).
+//
+// The `lockstep repl status --json` document is stable (fields are added,
+// never renamed):
+//
+//	verdict        healthy | degraded | fenced | broken | split-brain risk
+//	fenced_node    the fenced node when verdict is "fenced"
+//	nodes[]        one per node:
+//	  name, address, reachable, error (why unreachable)
+//	  writable, read_only, fenced, fence_reason, fence_manual, fence_since
+//	  io_running, sql_running
+//	  lag_seconds            heartbeat lag behind the peer; null when unknown
+//	  seconds_behind_master  as the server says; null for NULL
+//	  behind_trx             peer transactions not applied; null when unknown
+//	  gtid_binlog_pos, gtid_slave_pos, gtid_current_pos (MariaDB),
+//	  gtid_executed (MySQL), errant_gtids
+//	  binlog_file, binlog_pos
+//	  last_errno, last_error, last_error_gtid
+//	  heartbeat_age_seconds  age of the newest heartbeat; null when none
+//	  observed_at
+//	problems[]     human-readable findings
+//	conflicts[]    write conflicts seen by the daemon's detector:
+//	  schema, table, primary_key, origins[], gtids[], first_seen, last_seen
+//	error_rows[]   when replication stopped on 1062/1032: gtid, origin,
+//	  broken_node, rows[] {schema, table, primary_key, event, columns[],
+//	  versions{node: {column: value|null} | null}}
+//	generated_at
 package dashboard
 
 import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/dbrepl/conflict"
 )
 
 // Options control RenderTable.
@@ -22,6 +50,9 @@ type Options struct {
 	Previous *dbrepl.PairStatus
 	// MaxConflicts bounds the conflicts listed (default 5).
 	MaxConflicts int
+	// ErrorReports are the rows behind a replication stop on 1062/1032
+	// (conflict.FetchErrorRows), shown as both nodes have them.
+	ErrorReports []*conflict.ErrorReport
 }
 
 const (
@@ -267,6 +298,9 @@ func RenderTable(w io.Writer, st dbrepl.PairStatus, opts Options) error {
 	for _, p := range st.Problems {
 		fmt.Fprintf(&b, "  - %s\n", truncate(oneLine(p), 200))
 	}
+	for _, r := range opts.ErrorReports {
+		renderErrorReport(&b, r)
+	}
 	if len(st.Conflicts) > 0 {
 		fmt.Fprintf(&b, "write conflicts (%d, newest last):\n", len(st.Conflicts))
 		cs := st.Conflicts
@@ -284,13 +318,51 @@ func RenderTable(w io.Writer, st dbrepl.PairStatus, opts Options) error {
 }
 
 // RenderJSON writes the status as the documented `repl status --json`
-// document (the field names of dbrepl.PairStatus; lag_seconds is null
-// when unknown).
-func RenderJSON(w io.Writer, st dbrepl.PairStatus) error {
+// document: the fields of dbrepl.PairStatus (lag_seconds null when
+// unknown), plus "error_rows" when replication stopped on a row.
+func RenderJSON(w io.Writer, st dbrepl.PairStatus, reports ...*conflict.ErrorReport) error {
 	if st.Nodes == nil {
 		st.Nodes = []dbrepl.NodeStatus{}
 	}
+	doc := struct {
+		dbrepl.PairStatus
+		ErrorRows []*conflict.ErrorReport `json:"error_rows,omitempty"`
+	}{st, reports}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(st)
+	return enc.Encode(doc)
+}
+
+func renderErrorReport(b *strings.Builder, r *conflict.ErrorReport) {
+	fmt.Fprintf(b, "replication on %s stopped at GTID %s (written on %s); the rows as each node has them:\n", r.BrokenNode, r.GTID, r.Origin)
+	for _, row := range r.Rows {
+		fmt.Fprintf(b, "  %s.%s %s (%s)\n", row.Schema, row.Table, truncate(row.PrimaryKey, 80), row.Event)
+		for _, node := range []string{r.Origin, r.BrokenNode} {
+			fmt.Fprintf(b, "    %-6s %s\n", node+":", renderRow(row.Columns, row.Versions[node]))
+		}
+	}
+	if r.Truncated {
+		b.WriteString("  … more rows not shown\n")
+	}
+}
+
+func renderRow(cols []string, row map[string]*string) string {
+	if row == nil {
+		return "(no such row)"
+	}
+	if len(cols) == 0 {
+		for c := range row {
+			cols = append(cols, c)
+		}
+		sort.Strings(cols)
+	}
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		v := "NULL"
+		if row[c] != nil {
+			v = fmt.Sprintf("%q", truncate(*row[c], 40))
+		}
+		parts[i] = c + "=" + v
+	}
+	return truncate(strings.Join(parts, " "), 200)
 }

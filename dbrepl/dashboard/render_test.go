@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/dbrepl/conflict"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -56,6 +57,20 @@ func fencedBroken() dbrepl.PairStatus {
 	return st
 }
 
+func str(s string) *string { return &s }
+
+func errorReport() *conflict.ErrorReport {
+	return &conflict.ErrorReport{GTID: "1-1-1201", Origin: "db1", BrokenNode: "db2", Rows: []conflict.ErrorRow{{
+		Schema: "app", Table: "users", PrimaryKey: "id=42", Event: "insert", Columns: []string{"id", "name", "email"},
+		Versions: map[string]map[string]*string{
+			"db1": {"id": str("42"), "name": str("alice"), "email": nil},
+			"db2": {"id": str("42"), "name": str("bob"), "email": str("bob@x")},
+		}}, {
+		Schema: "app", Table: "users", PrimaryKey: "id=43", Event: "insert",
+		Versions: map[string]map[string]*string{"db1": {"id": str("43")}, "db2": nil},
+	}}}
+}
+
 func unreachable() dbrepl.PairStatus {
 	st := healthy()
 	st.Verdict = dbrepl.VerdictDegraded
@@ -97,6 +112,7 @@ func TestRenderTableGolden(t *testing.T) {
 		{"fenced", fencedBroken(), Options{}},
 		{"unreachable", unreachable(), Options{}},
 		{"fenced_color_changes", fencedBroken(), Options{Color: true, Previous: &prev}},
+		{"fenced_error_rows", fencedBroken(), Options{ErrorReports: []*conflict.ErrorReport{errorReport()}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer
@@ -175,5 +191,15 @@ func TestRenderJSONStable(t *testing.T) {
 	}
 	if v, ok := n2["lag_seconds"]; !ok || v != nil {
 		t.Errorf("unknown lag must be null, got %v", v)
+	}
+	if _, ok := doc["error_rows"]; ok {
+		t.Error("error_rows present without reports")
+	}
+	b.Reset()
+	if err := RenderJSON(&b, fencedBroken(), errorReport()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), `"error_rows"`) || !strings.Contains(b.String(), `"gtid": "1-1-1201"`) {
+		t.Errorf("error rows missing from JSON:\n%s", b.String())
 	}
 }

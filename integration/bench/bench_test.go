@@ -394,3 +394,31 @@ func TestGenerateTreeShape(t *testing.T) {
 		t.Fatalf("dirs = %d, want 20", dirs)
 	}
 }
+
+func TestTreeWaiterSeesLateFixesIncrementally(t *testing.T) {
+	a, b := t.TempDir(), t.TempDir()
+	for i := 0; i < 20; i++ {
+		writeFile(t, filepath.Join(a, "d", strings.Repeat("f", i+1)), "same", 0o644)
+		writeFile(t, filepath.Join(b, "d", strings.Repeat("f", i+1)), "same", 0o644)
+	}
+	writeFile(t, filepath.Join(a, "new"), "v2", 0o644)
+	writeFile(t, filepath.Join(b, "new"), "v1", 0o644)
+	writeFile(t, filepath.Join(b, "stale"), "x", 0o644)
+	w := TreeWaiter{Source: NewDigester(), Target: NewDigester(), Interval: time.Millisecond}
+	fixed := make(chan time.Time, 1)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		_ = os.Remove(filepath.Join(b, "stale"))
+		time.Sleep(20 * time.Millisecond)
+		_ = os.WriteFile(filepath.Join(b, "new.tmp"), []byte("v2"), 0o644)
+		_ = os.Rename(filepath.Join(b, "new.tmp"), filepath.Join(b, "new"))
+		fixed <- time.Now()
+	}()
+	at, err := w.WaitEqual(context.Background(), a, b, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ft := <-fixed; at.Before(ft) {
+		t.Fatalf("reported equal at %s, before the last fix at %s", at, ft)
+	}
+}

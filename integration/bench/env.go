@@ -30,6 +30,7 @@ type Sizes struct {
 	ChecksumRows       int
 	FailoverRuns       int
 	ConvergeTimeout    time.Duration
+	BigTreeTimeout     time.Duration // initial sync of the big tree
 	// ProbeWait bounds the same-second rewrite probe (scenario 6): a tool
 	// that loses the update costs this much.
 	ProbeWait time.Duration
@@ -47,6 +48,7 @@ func fullSizes() Sizes {
 		ChecksumTables: 4, ChecksumRows: 250_000,
 		FailoverRuns:    20,
 		ConvergeTimeout: 3 * time.Minute,
+		BigTreeTimeout:  5 * time.Minute,
 		ProbeWait:       10 * time.Second,
 	}
 }
@@ -63,6 +65,7 @@ func smokeSizes() Sizes {
 		ChecksumTables: 1, ChecksumRows: 1_000,
 		FailoverRuns:    1,
 		ConvergeTimeout: 30 * time.Second,
+		BigTreeTimeout:  30 * time.Second,
 		ProbeWait:       3 * time.Second,
 	}
 }

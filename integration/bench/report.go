@@ -102,6 +102,7 @@ type MachineFacts struct {
 	// Load averages at the start and the end of the run: other work on the
 	// machine makes absolute figures noisier (ratios less so).
 	LoadStart, LoadEnd string
+	WorkDir            string // where the synced trees lived
 }
 
 func loadAvg() string {
@@ -274,6 +275,13 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 
 	fmt.Fprintf(&b, "## Machine\n\n")
 	fmt.Fprintf(&b, "- Cores: %d (%s)\n- Memory: %s\n- Kernel: %s\n- Go: %s\n", r.Facts.Cores, orDash(r.Facts.CPU), orDash(r.Facts.MemTotal), orDash(r.Facts.Kernel), r.Facts.Go)
+	if r.Facts.WorkDir != "" {
+		fs := "disk"
+		if strings.HasPrefix(r.Facts.WorkDir, "/dev/shm") {
+			fs = "tmpfs"
+		}
+		fmt.Fprintf(&b, "- Trees and configs under: %s (%s); the sshd is on 127.0.0.1 behind a byte-counting TCP proxy\n", r.Facts.WorkDir, fs)
+	}
 	if r.Facts.LoadStart != "" {
 		fmt.Fprintf(&b, "- Load average (1/5/15 min) at start: %s, at end: %s\n", r.Facts.LoadStart, orDash(r.Facts.LoadEnd))
 	}

@@ -128,7 +128,7 @@ func runToolCase(ctx context.Context, tc *toolCase, prepare func(string) error,
 		}
 	}()
 	if tc.watchDirs > 0 {
-		wctx, cancel := context.WithTimeout(ctx, tc.e.Sizes.ConvergeTimeout)
+		wctx, cancel := context.WithTimeout(ctx, tc.e.Sizes.BigTreeTimeout)
 		tc.watchDone = make(chan struct{})
 		go tc.watchPoller(wctx, t0)
 		// Runs before Stop (deferred later, so earlier): the poller must not
@@ -154,7 +154,11 @@ func runToolCase(ctx context.Context, tc *toolCase, prepare func(string) error,
 // writing a sentinel file and waiting for it on the target.
 func (tc *toolCase) settle(ctx context.Context) error {
 	w := TreeWaiter{Source: NewDigester(), Target: NewDigester(), Interval: 20 * time.Millisecond}
-	at, err := tc.waitTree(ctx, w, tc.e.Sizes.ConvergeTimeout)
+	timeout := tc.e.Sizes.ConvergeTimeout
+	if tc.watchDirs > 0 {
+		timeout = tc.e.Sizes.BigTreeTimeout
+	}
+	at, err := tc.waitTree(ctx, w, timeout)
 	if err != nil {
 		return fmt.Errorf("initial sync: %w", err)
 	}

@@ -78,10 +78,16 @@ func LockstepSyncConfig(source, target string, peer SSHPeer, overrides map[strin
 	for k, v := range overrides {
 		job[k] = v
 	}
-	return yaml.Marshal(map[string]any{
+	doc := map[string]any{
 		"node": "bench",
 		"sync": []map[string]any{job},
-	})
+	}
+	// The metrics listener stays on (it is part of what ships) but on a
+	// free port, so that a parallel test's daemon cannot collide with it.
+	if addr, err := freeLoopbackAddr(); err == nil {
+		doc["listen"] = addr
+	}
+	return yaml.Marshal(doc)
 }
 
 func (l *LockstepSync) Start(ctx context.Context, source, target string) error {

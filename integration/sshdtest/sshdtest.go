@@ -238,9 +238,7 @@ func (s *Server) startLocked() error {
 			return fmt.Errorf("sshd exited during startup (%s): %s", cmd.ProcessState, strings.TrimSpace(s.logs.String()))
 		default:
 		}
-		c, err := net.DialTimeout("tcp", s.Addr(), time.Second)
-		if err == nil {
-			_ = c.Close()
+		if probe(s.Addr()) == nil {
 			s.cmd, s.exited = cmd, exited
 			return nil
 		}
@@ -251,6 +249,27 @@ func (s *Server) startLocked() error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// probe checks that an SSH server answers on addr. It sends its own
+// version line before hanging up, so sshd does not log an error for it.
+func probe(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 256)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if !bytes.HasPrefix(buf[:n], []byte("SSH-")) {
+		return fmt.Errorf("not an SSH server on %s: %q", addr, buf[:n])
+	}
+	_, err = c.Write([]byte("SSH-2.0-sshdtest-probe\r\n"))
+	return err
 }
 
 // Stop shuts sshd down and cuts every established session, like a peer

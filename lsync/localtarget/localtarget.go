@@ -13,7 +13,11 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strings"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lockstep-ha/lockstep/lsync"
 )
@@ -25,6 +29,10 @@ import (
 type Target struct {
 	dir  string
 	root *os.Root
+	// rootFD anchors the descriptor-relative hot paths (parentFD), which
+	// resolve a path in one openat per component instead of os.Root's
+	// per-operation walk.
+	rootFD int
 }
 
 var _ lsync.Target = (*Target)(nil)
@@ -35,14 +43,22 @@ func Open(dir string) (*Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open target directory %s: %w", dir, err)
 	}
-	return &Target{dir: dir, root: root}, nil
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		root.Close()
+		return nil, fmt.Errorf("open target directory %s: %w", dir, err)
+	}
+	return &Target{dir: dir, root: root, rootFD: fd}, nil
 }
 
 // Dir returns the root directory.
 func (t *Target) Dir() string { return t.dir }
 
 // Close releases the root.
-func (t *Target) Close() error { return t.root.Close() }
+func (t *Target) Close() error {
+	unix.Close(t.rootFD)
+	return t.root.Close()
+}
 
 func (t *Target) clean(rel string) (string, error) {
 	c, err := lsync.CleanRel(rel)
@@ -52,44 +68,79 @@ func (t *Target) clean(rel string) (string, error) {
 	return c, nil
 }
 
-// checkParents refuses paths whose parents include a symlink or a
-// non-directory. Missing parents are fine: they are created as real dirs.
-func (t *Target) checkParents(rel string) error {
-	dir := path.Dir(rel)
+// noOpenat2 is set once openat2 turned out to be unavailable.
+var noOpenat2 atomic.Bool
+
+// parentFD opens the parent directory of rel one component at a time with
+// O_NOFOLLOW, so that a write can never go through a symlinked (or
+// swapped-in) parent, and returns it with rel's last component. With
+// create, missing parents are created as real directories.
+func (t *Target) parentFD(rel string, create bool) (int, string, error) {
+	dir, base := path.Dir(rel), path.Base(rel)
+	fd, err := unix.Openat(t.rootFD, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, "", &fs.PathError{Op: "open root", Path: t.dir, Err: err}
+	}
 	if dir == "." {
-		return nil
+		return fd, base, nil
 	}
-	prefix := ""
-	for _, comp := range splitPath(dir) {
-		if prefix == "" {
-			prefix = comp
-		} else {
-			prefix = prefix + "/" + comp
-		}
-		fi, err := t.root.Lstat(prefix)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			return &fs.PathError{Op: "write", Path: rel, Err: fmt.Errorf("parent %s is a symlink; refusing to write through it", prefix)}
-		}
-		if !fi.IsDir() {
-			return &fs.PathError{Op: "write", Path: rel, Err: fmt.Errorf("parent %s is not a directory", prefix)}
+	if !noOpenat2.Load() {
+		// One syscall resolves the whole parent path and refuses any
+		// symlink on the way (Linux >= 5.6).
+		pfd, err := unix.Openat2(fd, dir, &unix.OpenHow{
+			Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+			Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		switch err {
+		case nil:
+			unix.Close(fd)
+			return pfd, base, nil
+		case unix.ENOSYS, unix.EPERM: // old kernel, or a seccomp filter
+			noOpenat2.Store(true)
+		case unix.ENOENT:
+			if !create {
+				unix.Close(fd)
+				return -1, "", &fs.PathError{Op: "open parent", Path: rel, Err: err}
+			}
+			// Fall through to the walk that creates what is missing.
+		default:
+			// ELOOP, ENOTDIR, EXDEV: the walk below names the component.
 		}
 	}
-	return nil
+	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	for _, comp := range strings.Split(dir, "/") {
+		next, err := unix.Openat(fd, comp, flags, 0)
+		if err == unix.ENOENT && create {
+			if merr := unix.Mkdirat(fd, comp, 0o755); merr != nil && merr != unix.EEXIST {
+				unix.Close(fd)
+				return -1, "", &fs.PathError{Op: "mkdir", Path: rel, Err: merr}
+			}
+			next, err = unix.Openat(fd, comp, flags, 0)
+		}
+		unix.Close(fd)
+		switch {
+		case err == unix.ELOOP || err == unix.ENOTDIR:
+			return -1, "", &fs.PathError{Op: "write", Path: rel, Err: fmt.Errorf("parent %q is a symlink or not a directory; refusing to write through it", comp)}
+		case err != nil:
+			return -1, "", &fs.PathError{Op: "open parent", Path: rel, Err: err}
+		}
+		fd = next
+	}
+	return fd, base, nil
 }
 
-func splitPath(p string) []string {
-	var out []string
-	for p != "." && p != "" && p != "/" {
-		out = append([]string{path.Base(p)}, out...)
-		p = path.Dir(p)
+// checkParents refuses paths whose parents include a symlink or a
+// non-directory. Missing parents are fine.
+func (t *Target) checkParents(rel string) error {
+	fd, _, err := t.parentFD(rel, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
-	return out
+	if err != nil {
+		return err
+	}
+	unix.Close(fd)
+	return nil
 }
 
 func (t *Target) prepare(rel string) (string, error) {
@@ -103,10 +154,31 @@ func (t *Target) prepare(rel string) (string, error) {
 	return c, nil
 }
 
-func tempName(rel string) string {
+func tempBase(base string) string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	return path.Join(path.Dir(rel), lsync.TempPrefix+path.Base(rel)+"-"+hex.EncodeToString(b[:]))
+	return lsync.TempPrefix + base + "-" + hex.EncodeToString(b[:])
+}
+
+// renameAt moves tmp over base in dir fd; a directory in the way (the
+// source turned a directory into a file or link) is removed first.
+func (t *Target) renameAt(fd int, tmp, base, rel string) error {
+	err := unix.Renameat(fd, tmp, fd, base)
+	if err == unix.EISDIR || err == unix.ENOTEMPTY || err == unix.EEXIST {
+		if rerr := t.root.RemoveAll(rel); rerr != nil {
+			return rerr
+		}
+		err = unix.Renameat(fd, tmp, fd, base)
+	}
+	if err != nil {
+		return &fs.PathError{Op: "rename", Path: rel, Err: err}
+	}
+	return nil
+}
+
+func timespecs(mtime time.Time) []unix.Timespec {
+	ts := unix.NsecToTimespec(mtime.UnixNano())
+	return []unix.Timespec{ts, ts}
 }
 
 func entryFromInfo(rel string, fi fs.FileInfo) lsync.Entry {
@@ -187,21 +259,24 @@ func (t *Target) replace(tmp, rel string) error {
 
 // WriteFile lands r at rel atomically.
 func (t *Target) WriteFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) (err error) {
-	c, err := t.prepare(rel)
+	c, err := t.clean(rel)
 	if err != nil {
 		return err
 	}
-	if err := t.mkParents(c); err != nil {
-		return err
-	}
-	tmp := tempName(c)
-	f, err := t.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	dfd, base, err := t.parentFD(c, true)
 	if err != nil {
 		return err
 	}
+	defer unix.Close(dfd)
+	tmp := tempBase(base)
+	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return &fs.PathError{Op: "create", Path: c, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), tmp)
 	defer func() {
 		if err != nil {
-			_ = t.root.Remove(tmp)
+			_ = unix.Unlinkat(dfd, tmp, 0)
 		}
 	}()
 	if _, err = io.Copy(f, ctxReader{ctx, r}); err != nil {
@@ -219,10 +294,10 @@ func (t *Target) WriteFile(ctx context.Context, rel string, r io.Reader, mode fs
 	if err = f.Close(); err != nil {
 		return err
 	}
-	if err = t.root.Chtimes(tmp, mtime, mtime); err != nil {
-		return err
+	if err = unix.UtimesNanoAt(dfd, tmp, timespecs(mtime), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "chtimes", Path: c, Err: err}
 	}
-	return t.replace(tmp, c)
+	return t.renameAt(dfd, tmp, base, c)
 }
 
 // ctxReader stops a long copy when the job is cancelled.
@@ -258,19 +333,21 @@ func (t *Target) Mkdir(_ context.Context, rel string, mode fs.FileMode) error {
 
 // Symlink replaces rel by a symlink to linkTarget, atomically.
 func (t *Target) Symlink(_ context.Context, rel, linkTarget string) error {
-	c, err := t.prepare(rel)
+	c, err := t.clean(rel)
 	if err != nil {
 		return err
 	}
-	if err := t.mkParents(c); err != nil {
+	dfd, base, err := t.parentFD(c, true)
+	if err != nil {
 		return err
 	}
-	tmp := tempName(c)
-	if err := t.root.Symlink(linkTarget, tmp); err != nil {
-		return err
+	defer unix.Close(dfd)
+	tmp := tempBase(base)
+	if err := unix.Symlinkat(linkTarget, dfd, tmp); err != nil {
+		return &fs.PathError{Op: "symlink", Path: c, Err: err}
 	}
-	if err := t.replace(tmp, c); err != nil {
-		_ = t.root.Remove(tmp)
+	if err := t.renameAt(dfd, tmp, base, c); err != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
 		return err
 	}
 	return nil
@@ -288,28 +365,66 @@ func (t *Target) noSymlink(c string) error {
 	return nil
 }
 
+// attrTarget opens rel's parent and refuses a final symlink.
+func (t *Target) attrTarget(rel string) (int, string, error) {
+	c, err := t.clean(rel)
+	if err != nil {
+		return -1, "", err
+	}
+	dfd, base, err := t.parentFD(c, false)
+	if err != nil {
+		return -1, "", err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		unix.Close(dfd)
+		return -1, "", &fs.PathError{Op: "stat", Path: c, Err: err}
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		unix.Close(dfd)
+		return -1, "", &fs.PathError{Op: "set attributes", Path: c, Err: errors.New("is a symlink")}
+	}
+	return dfd, base, nil
+}
+
 // Chtimes sets the mtime of rel.
 func (t *Target) Chtimes(_ context.Context, rel string, mtime time.Time) error {
-	c, err := t.prepare(rel)
+	dfd, base, err := t.attrTarget(rel)
 	if err != nil {
 		return err
 	}
-	if err := t.noSymlink(c); err != nil {
-		return err
+	defer unix.Close(dfd)
+	if err := unix.UtimesNanoAt(dfd, base, timespecs(mtime), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "chtimes", Path: rel, Err: err}
 	}
-	return t.root.Chtimes(c, mtime, mtime)
+	return nil
 }
 
 // Chmod sets the mode of rel.
 func (t *Target) Chmod(_ context.Context, rel string, mode fs.FileMode) error {
-	c, err := t.prepare(rel)
+	dfd, base, err := t.attrTarget(rel)
 	if err != nil {
 		return err
 	}
-	if err := t.noSymlink(c); err != nil {
-		return err
+	defer unix.Close(dfd)
+	if err := unix.Fchmodat(dfd, base, unixMode(mode), 0); err != nil {
+		return &fs.PathError{Op: "chmod", Path: rel, Err: err}
 	}
-	return t.root.Chmod(c, mode&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky))
+	return nil
+}
+
+func unixMode(m fs.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		u |= unix.S_ISUID
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= unix.S_ISGID
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= unix.S_ISVTX
+	}
+	return u
 }
 
 // Rename moves from to to, replacing to (even a directory).

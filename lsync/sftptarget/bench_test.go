@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,14 +13,15 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lockstep-ha/lockstep/integration/sshdtest"
+	"github.com/lockstep-ha/lockstep/lsync"
 )
 
 // Raw transport throughput over loopback sshd, without the sync engine:
 //
 //	go test -run '^$' -bench . -benchtime 2000x ./lsync/sftptarget/
 func BenchmarkWriteFileSmall(b *testing.B) {
-	for _, ch := range []int{1, 2, 4} {
-		for _, conc := range []int{1, 8, 32} {
+	for _, ch := range []int{1, 2, 3} {
+		for _, conc := range []int{8} {
 			b.Run(fmt.Sprintf("4KiB/channels=%d/concurrency=%d", ch, conc), func(b *testing.B) {
 				benchSmall(b, ch, conc, 4096)
 			})
@@ -92,5 +94,29 @@ func BenchmarkWriteFileLarge(b *testing.B) {
 		if err := s.WriteFile(ctx, "big.bin", bytes.NewReader(data), 0o644, time.Now()); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkWalkGoSrc walks $GOROOT/src (about 11k files) over SFTP, the
+// cost of every reconciliation pass on the target side.
+func BenchmarkWalkGoSrc(b *testing.B) {
+	srv := sshdtest.Start(b)
+	c, err := newConnector(srv.TargetConfig("bench", filepath.Join(runtime.GOROOT(), "src")), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	s, err := c.connect(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		n := 0
+		if err := s.Walk(ctx, func(lsync.Entry) error { n++; return nil }); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(n), "entries")
 	}
 }

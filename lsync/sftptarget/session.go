@@ -363,24 +363,101 @@ func permBits(mode fs.FileMode) fs.FileMode {
 	return mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 }
 
+// walkPrefetch bounds the directory listings in flight during Walk: the
+// walk is a series of round trips, so listing siblings ahead of the
+// callback makes a large tree walk several times faster.
+const walkPrefetch = 16
+
 // Walk implements lsync.Target.
 func (s *session) Walk(ctx context.Context, fn func(lsync.Entry) error) error {
 	if err := s.alive(ctx); err != nil {
 		return err
 	}
-	return s.walkDir(ctx, "", fn)
+	w := &walker{s: s, sem: make(chan struct{}, walkPrefetch)}
+	ctx, cancel := context.WithCancel(ctx)
+	defer w.wg.Wait() // runs after cancel: prefetchers stop early
+	defer cancel()
+	return w.walk(ctx, "", w.list(ctx, ""), fn)
 }
 
-func (s *session) walkDir(ctx context.Context, rel string, fn func(lsync.Entry) error) error {
-	remote := s.abs(rel)
-	infos, err := s.cl().ReadDirContext(ctx, remote)
-	if err != nil {
-		if rel != "" && errors.Is(err, fs.ErrNotExist) {
+type walker struct {
+	s   *session
+	sem chan struct{}
+	wg  sync.WaitGroup
+}
+
+// listing is one directory read ahead of the callback.
+type listing struct {
+	done    chan struct{}
+	entries []lsync.Entry
+	err     error
+}
+
+func (w *walker) list(ctx context.Context, rel string) *listing {
+	l := &listing{done: make(chan struct{})}
+	w.wg.Go(func() {
+		defer close(l.done)
+		select {
+		case w.sem <- struct{}{}:
+		case <-ctx.Done():
+			l.err = ctx.Err()
+			return
+		}
+		defer func() { <-w.sem }()
+		l.entries, l.err = w.s.readDir(ctx, rel)
+	})
+	return l
+}
+
+func (w *walker) walk(ctx context.Context, rel string, l *listing, fn func(lsync.Entry) error) error {
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if l.err != nil {
+		if rel != "" && errors.Is(l.err, fs.ErrNotExist) {
 			return nil // removed while we walked
 		}
-		return s.check("readdir", remote, err)
+		return l.err
+	}
+	subs := map[string]*listing{}
+	for _, e := range l.entries {
+		if e.Mode.IsDir() {
+			subs[e.Path] = w.list(ctx, e.Path)
+		}
+	}
+	for _, e := range l.entries {
+		err := fn(e)
+		if e.Mode.IsDir() && errors.Is(err, fs.SkipDir) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if e.Mode.IsDir() {
+			if err := w.walk(ctx, e.Path, subs[e.Path], fn); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readDir lists one directory (lstat attributes: READDIR never follows
+// symlinks), sorted by name, with symlink targets resolved.
+func (s *session) readDir(ctx context.Context, rel string) ([]lsync.Entry, error) {
+	remote := s.root
+	if rel != "" {
+		remote = s.abs(rel)
+	}
+	c := s.cl()
+	infos, err := c.ReadDirContext(ctx, remote)
+	if err != nil {
+		return nil, s.check("readdir", remote, err)
 	}
 	slices.SortFunc(infos, func(a, b os.FileInfo) int { return strings.Compare(a.Name(), b.Name()) })
+	out := make([]lsync.Entry, 0, len(infos))
 	for _, fi := range infos {
 		name := fi.Name()
 		if name == "." || name == ".." {
@@ -390,31 +467,20 @@ func (s *session) walkDir(ctx context.Context, rel string, fn func(lsync.Entry) 
 		if rel != "" {
 			child = rel + "/" + name
 		}
-		e, err := s.entry(child, fi)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		err = fn(e)
-		if fi.IsDir() {
-			if errors.Is(err, fs.SkipDir) {
-				continue
+		e := lsync.Entry{Path: child, Mode: fi.Mode(), Size: fi.Size(), ModTime: fi.ModTime()}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			t, err := c.ReadLink(s.abs(child))
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed since the listing
 			}
 			if err != nil {
-				return err
+				return nil, s.check("readlink", s.abs(child), err)
 			}
-			if err := s.walkDir(ctx, child, fn); err != nil {
-				return err
-			}
-			continue
+			e.LinkTarget = t
 		}
-		if err != nil {
-			return err
-		}
+		out = append(out, e)
 	}
-	return nil
+	return out, nil
 }
 
 func (s *session) entry(rel string, fi os.FileInfo) (lsync.Entry, error) {
@@ -453,6 +519,13 @@ func (s *session) WriteFile(ctx context.Context, rel string, r io.Reader, mode f
 	if err != nil {
 		return err
 	}
+	if err := s.writeFile(ctx, rel, r, mode, mtime); err != nil {
+		return fmt.Errorf("upload %s:%s: %w", s.host, s.abs(rel), err)
+	}
+	return nil
+}
+
+func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
 	if err := s.ensureParents(ctx, rel, true); err != nil {
 		return err
 	}
@@ -460,7 +533,7 @@ func (s *session) WriteFile(ctx context.Context, rel string, r io.Reader, mode f
 	c := s.cl()
 	f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
 	if err != nil {
-		return s.check("create", tmp, err)
+		return s.withSpaceHint(tmp, s.check("create", tmp, err))
 	}
 	if err := s.fill(ctx, c, f, tmp, r, mode, mtime); err != nil {
 		s.removeTemp(tmp)
@@ -507,19 +580,12 @@ func (s *session) fill(ctx context.Context, c *sftp.Client, f *sftp.File, tmp st
 		}
 		return s.withSpaceHint(tmp, s.check("write", tmp, err))
 	}
-	// Mode (by handle, then close) and times (by path) are independent
-	// requests: send them together so they cost one round trip.
+	// Close, mode and times are independent requests once the data is
+	// acknowledged: sent together they cost one round trip, not three.
 	var g errgroup.Group
-	g.Go(func() error {
-		if err := f.Chmod(permBits(mode)); err != nil {
-			_ = f.Close()
-			return s.check("chmod", tmp, err)
-		}
-		return s.withSpaceHint(tmp, s.check("close", tmp, f.Close()))
-	})
-	g.Go(func() error {
-		return s.check("chtimes", tmp, c.Chtimes(tmp, mtime, mtime))
-	})
+	g.Go(func() error { return s.withSpaceHint(tmp, s.check("close", tmp, f.Close())) })
+	g.Go(func() error { return s.check("chmod", tmp, c.Chmod(tmp, permBits(mode))) })
+	g.Go(func() error { return s.check("chtimes", tmp, c.Chtimes(tmp, mtime, mtime)) })
 	return g.Wait()
 }
 
@@ -534,7 +600,7 @@ func (s *session) withSpaceHint(remote string, err error) error {
 	if serr != nil {
 		return err
 	}
-	return fmt.Errorf("%w (target filesystem has %d bytes and %d inodes free)", err, st.FreeSpace(), st.Ffree)
+	return fmt.Errorf("%w (is the target filesystem full? %d bytes and %d inodes free)", err, st.FreeSpace(), st.Ffree)
 }
 
 func (s *session) removeTemp(tmp string) {

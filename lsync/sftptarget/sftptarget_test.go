@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -781,5 +782,89 @@ func TestPermissionErrorIsPerPath(t *testing.T) {
 	}
 	if err := s.WriteFile(ctx, "ok", strings.NewReader("x"), 0o644, time.Now()); err != nil {
 		t.Errorf("session unusable after a permission error: %v", err)
+	}
+}
+
+func TestWalkSkipDirAndAbort(t *testing.T) {
+	srv := sshdtest.Start(t)
+	s, _ := connect(t, srv)
+	ctx := testContext(t)
+	for i := 0; i < 40; i++ {
+		rel := fmt.Sprintf("d%02d/sub/f%d", i, i)
+		if err := s.WriteFile(ctx, rel, strings.NewReader("x"), 0o644, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seen []string
+	err := s.Walk(ctx, func(e lsync.Entry) error {
+		seen = append(seen, e.Path)
+		if e.Mode.IsDir() && strings.HasSuffix(e.Path, "/sub") && e.Path != "d00/sub" {
+			return fs.SkipDir
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// d00 fully (3 entries), 39 other dirs with their skipped sub (2 each).
+	if len(seen) != 3+39*2 || seen[0] != "d00" || seen[2] != "d00/sub/f0" {
+		t.Errorf("walk with SkipDir saw %d entries: %v", len(seen), seen[:min(5, len(seen))])
+	}
+	stop := errors.New("enough")
+	n := 0
+	err = s.Walk(ctx, func(lsync.Entry) error {
+		if n++; n == 5 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || n != 5 {
+		t.Errorf("aborted walk: %v after %d entries", err, n)
+	}
+}
+
+func TestDiskFullIsPerPathError(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	srv := sshdtest.Start(t)
+	root := filepath.Join(t.TempDir(), "small")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", root).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here (%v: %s)", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", root).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", root, err, out)
+		}
+	})
+	c, err := newConnector(srv.TargetConfig("peer", root), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testContext(t)
+	s, err := c.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	err = s.WriteFile(ctx, "dir/big.bin", bytes.NewReader(make([]byte, 2<<20)), 0o644, time.Now())
+	if err == nil {
+		t.Fatal("a 2 MiB file fit in a 512 KiB filesystem")
+	}
+	if errors.Is(err, lsync.ErrDisconnected) {
+		t.Fatalf("disk full must be a per-path error: %v", err)
+	}
+	if !strings.Contains(err.Error(), root+"/dir/big.bin") || !strings.Contains(err.Error(), "0 bytes") {
+		t.Errorf("error should name the path and the free space: %v", err)
+	}
+	t.Logf("disk full error: %v", err)
+	assertNoTemps(t, root)
+	// The temp file was removed, so a small file fits again.
+	if err := s.WriteFile(ctx, "dir/small", strings.NewReader("ok"), 0o644, time.Now()); err != nil {
+		t.Errorf("after disk full: %v", err)
 	}
 }

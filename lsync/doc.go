@@ -1,0 +1,67 @@
+// Package lsync keeps a directory tree identical on a set of targets (peer
+// nodes over SFTP, or local directories), replacing lsyncd + rsync.
+//
+// # Pipeline
+//
+// A Job owns one Watcher (a recursive fsnotify watch, one inotify watch per
+// directory; a new directory is scanned right after its watch is added),
+// one Batcher (a single goroutine that collapses events per path and emits
+// a batch after a quiet `delay`, at most `max_delay` after its first
+// event) and one worker per target. Each worker has its own queue and
+// session, so a target that is down only accumulates pending paths (bounded:
+// beyond DefaultMaxPendingPaths the queue turns into one full rescan) and
+// never holds up the others. A worker reconnects with exponential backoff
+// and catches up with a full reconciliation.
+//
+// Batches carry paths, not operations: what a path needs is decided when
+// the batch is applied, from the source's state at that moment and the
+// target's Stat. Stale or reordered events therefore cannot produce a wrong
+// result, "create then delete" sends nothing, "delete then create" uploads,
+// and a change the target already has (a file a peer just delivered) is
+// not sent again. Directory renames are paired by inode (the old name's
+// RENAME with the new name's CREATE) and replayed as a Rename on the
+// target; if the target lacks the old name, the new subtree is uploaded.
+//
+// # Guarantees
+//
+//   - Files land atomically (temp name starting with TempPrefix, fsync,
+//     rename); leftover temp files of a crashed run are removed by the next
+//     reconciliation.
+//   - A file that changes while it is read is not landed: the copy fails at
+//     EOF when size or mtime moved, and the path is retried after the next
+//     quiet period.
+//   - Symlinks are copied as symlinks and never followed; all source reads
+//     go through an os.Root, so nothing outside the source root is read.
+//   - Per-path failures (permission, disk full) are logged with the path,
+//     counted in lockstep_sync_errors_total and retried with backoff; they
+//     never count as transferred.
+//   - inotify overflow triggers a rescan; running out of
+//     fs.inotify.max_user_watches stops the job with a WatchLimitError
+//     naming the sysctl and the count needed.
+//
+// # Comparison
+//
+// Entries are equal when type, permission bits, size and mtime match (with
+// `checksum: true`, content hashes of same-sized files instead of mtimes).
+// Mtimes compare at one-second granularity when either side carries whole
+// seconds only (SFTP v3). Directory mtimes are restored after their
+// contents were written.
+//
+// # Two-way sync and conflicts
+//
+// With `two_way: true` on both nodes (each node's job targets the other),
+// the trees converge without ping-pong because a delivered file arrives
+// with the sender's size, mtime and mode, so the receiver's own job finds
+// nothing to send back. Conflicts (both sides changed the same path) follow
+// one rule, applied identically on both nodes:
+//
+//   - the newer mtime wins;
+//   - on equal mtimes (and different sizes) the node whose name sorts first
+//     wins (the target's configured name is taken as the peer's node name);
+//   - the losing node logs "two-way conflict: keeping the peer's copy" with
+//     both mtimes; its version is overwritten when the winner pushes.
+//
+// Full passes in two-way mode never delete on the target (a file present
+// only on the peer is the peer's to push, and deleting it would race with
+// its creation there); deletions made while both run propagate live.
+package lsync

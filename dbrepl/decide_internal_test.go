@@ -2,6 +2,7 @@ package dbrepl
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 )
@@ -106,13 +107,18 @@ func TestNeverFenceLastWritable(t *testing.T) {
 	a.GTIDCurrentPos, b.GTIDBinlogPos = "1-1-10,2-2-5", "1-1-10,2-2-10" // db1 is 5 behind db2
 	b.GTIDCurrentPos, a.GTIDBinlogPos = "1-1-9,2-2-10", "1-1-10,2-2-10" // db2 is 1 behind db1
 	evs = run([2]*Observation{a, b})
-	var tried []string
+	// db2 is kept; db1 is the one chosen (its fence then stops at the
+	// fresh read_only check of db2, which the dead connection fails).
+	var kept, chosen []string
 	for _, e := range evs {
-		if e.Type == EventFenceFailed {
-			tried = append(tried, e.Node)
+		switch {
+		case e.Type == EventSkipped && strings.HasPrefix(e.Reason, "both nodes"):
+			kept = append(kept, e.Node)
+		case e.Type == EventSkipped && strings.Contains(e.Reason, "read_only unknown"), e.Type == EventFenceFailed:
+			chosen = append(chosen, e.Node)
 		}
 	}
-	if len(tried) != 1 || tried[0] != "db1" {
-		t.Errorf("fence attempts %v, want only db1 (further behind); events %+v", tried, evs)
+	if len(kept) != 1 || kept[0] != "db2" || len(chosen) != 1 || chosen[0] != "db1" {
+		t.Errorf("kept %v chosen %v, want db2 kept and db1 (further behind) chosen; events %+v", kept, chosen, evs)
 	}
 }

@@ -65,6 +65,13 @@
 // behind is fenced. A fenced node found writable again (restarted with
 // read_only=OFF) is fenced again at the next poll.
 //
+// Two supervisors may watch the same pair (one per daemon): decisions are
+// idempotent, the peer's read_only is re-read right before fencing (so the
+// two do not fence "each other" off one stale poll), and an automatic
+// fence lifted by the other supervisor is accepted once the node is caught
+// up instead of being re-applied. A narrow race remains when both nodes
+// qualify within the same few milliseconds on two supervisors.
+//
 // A node is not blamed for lacking what its peer wrote before the peer went
 // down: after the peer answers again, the node's lag counts for fencing
 // only from then plus its Connect_Retry (the receiver's reconnect delay).

@@ -177,6 +177,17 @@ func (n *nodeConn) setReadOnly(ctx context.Context, on bool) error {
 	return nil
 }
 
+// readOnlyNow reads read_only (or super_read_only) fresh from the server.
+func (n *nodeConn) readOnlyNow(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	var ro int
+	if err := n.db.QueryRowContext(ctx, "SELECT @@GLOBAL.read_only").Scan(&ro); err != nil {
+		return false, n.describe("read read_only", err)
+	}
+	return ro != 0, nil
+}
+
 // killClientSessions ends the sessions that could still be writing or
 // reading stale data: everything except replication threads (system user,
 // binlog dumps), daemons, and this user's own connections.

@@ -320,6 +320,8 @@ func TestRestartedSupervisorKeepsFence(t *testing.T) {
 // A manual fence stays while replication is healthy (the automatic
 // reintroduction must not lift it) until a manual unfence.
 func TestManualFenceSurvivesAutoReintroduction(t *testing.T) {
+	// Loose timing: runs alongside the other parallel scenarios.
+	t.Parallel()
 	p := startPair(t)
 	db2 := p.Nodes[1]
 	stateDir := t.TempDir()
@@ -374,6 +376,8 @@ func TestManualFenceSurvivesAutoReintroduction(t *testing.T) {
 
 // Healthy pair under a sustained write load on both nodes: no fence.
 func TestHealthyPairUnderLoadNeverFences(t *testing.T) {
+	// Loose timing: runs alongside the other parallel scenarios.
+	t.Parallel()
 	p := startPair(t)
 	createTable(t, p, "app.load")
 	h := supervise(t, p, testConfig(p, t.TempDir()))
@@ -412,5 +416,62 @@ func TestHealthyPairUnderLoadNeverFences(t *testing.T) {
 	}
 	if got := metric(t, h, "lockstep_repl_fences_total", ""); got != 0 {
 		t.Errorf("fences_total=%v", got)
+	}
+}
+
+// The daemon runs a supervisor on each node of the pair. Two supervisors
+// (separate state dirs) must agree: db2 fenced, never both read-only, and
+// one clean reintroduction without re-fence flapping.
+func TestTwoSupervisorsAgree(t *testing.T) {
+	p := startPair(t)
+	createTable(t, p, "app.t")
+	db1, db2 := p.Nodes[0], p.Nodes[1]
+	h1 := supervise(t, p, testConfig(p, t.TempDir()))
+	h2 := supervise(t, p, testConfig(p, t.TempDir()))
+	for _, h := range []*harness{h1, h2} {
+		h.waitFor(20*time.Second, "healthy pair", healthy)
+	}
+	ctx := context.Background()
+	if err := db2.StopSQLThread(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w := startWriter(t, db1, "app.t", 20*time.Millisecond)
+	bothRO := func() {
+		if readOnly(t, db1) && readOnly(t, db2) {
+			t.Fatalf("both nodes read-only")
+		}
+	}
+	for !readOnly(t, db2) {
+		bothRO()
+		time.Sleep(20 * time.Millisecond)
+	}
+	h1.waitFor(5*time.Second, "h1 sees db2 fenced", func(st dbrepl.PairStatus) bool { return node(st, "db2").ReadOnly })
+	if err := db2.StartSQLThread(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		bothRO()
+		st1, st2 := h1.sup.Status(), h2.sup.Status()
+		if !node(st1, "db2").Fenced && !node(st2, "db2").Fenced && !readOnly(t, db2) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not reintroduced: %s\n%s", describe(st1), describe(st2))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	w.stop()
+	time.Sleep(3 * testInterval)
+	for i, h := range []*harness{h1, h2} {
+		if n := len(h.eventsOf(dbrepl.EventRefence, "")); n != 0 {
+			t.Errorf("supervisor %d re-fenced %d times", i+1, n)
+		}
+		if n := len(h.eventsOf(dbrepl.EventFence, "db1")); n != 0 {
+			t.Errorf("supervisor %d fenced db1", i+1)
+		}
+	}
+	if readOnly(t, db2) {
+		t.Error("db2 read-only at the end")
 	}
 }

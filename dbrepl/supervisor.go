@@ -460,6 +460,13 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 	// from its config, or unfenced by hand behind our back) is fenced again.
 	for i, o := range obs {
 		if fences[i] != nil && o.Reachable && o.Err == nil && !o.ReadOnly {
+			if !fences[i].Manual && ev[i].caughtUp {
+				// Caught up and made writable elsewhere (the peer daemon's
+				// supervisor reintroduced it first): accept, don't flap.
+				s.dropFence(i, "writable again and caught up (reintroduced outside this supervisor)")
+				fences[i] = nil
+				continue
+			}
 			if err := s.setFenced(ctx, i, true); err != nil {
 				s.emit(Event{Node: o.Node, Type: EventFenceFailed, Reason: "re-fence: " + err.Error(), Manual: fences[i].Manual})
 			} else {
@@ -503,6 +510,17 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 			continue
 		case fences[p] != nil || obs[p].ReadOnly:
 			s.skip(i, obs, "peer is read-only: never fence the last writable node")
+			continue
+		}
+		// Another supervisor (each daemon of the pair runs one) may have
+		// fenced the peer since our poll: look again right before acting,
+		// which narrows the window where both could fence "the other".
+		if ro, err := s.nodes[p].readOnlyNow(ctx); err != nil || ro {
+			why := "peer is read-only: never fence the last writable node"
+			if err != nil {
+				why = "peer's read_only unknown: " + err.Error()
+			}
+			s.skip(i, obs, why)
 			continue
 		}
 		reason := ev[i].brokenNow
@@ -662,6 +680,22 @@ func (s *Supervisor) unfence(ctx context.Context, i int, reason string, manual b
 	s.emit(Event{Node: name, Type: EventUnfence, Reason: reason, Manual: manual})
 	s.hook(s.cfg.Hooks.OnUnfence, HookUnfence, name, reason, manual)
 	return nil
+}
+
+// dropFence forgets an automatic fence someone else already lifted.
+func (s *Supervisor) dropFence(i int, reason string) {
+	s.actMu.Lock()
+	defer s.actMu.Unlock()
+	name := s.cfg.Nodes[i].Name
+	if err := s.store.Remove(name); err != nil {
+		s.logger.Error("fence record not removed", "node", name, "err", err)
+	}
+	s.mu.Lock()
+	s.fences[i] = nil
+	s.fenceStamp[i] = ""
+	s.goodSince[i] = time.Time{}
+	s.mu.Unlock()
+	s.emit(Event{Node: name, Type: EventUnfence, Reason: reason})
 }
 
 func (s *Supervisor) stamp(node string) string {

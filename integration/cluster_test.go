@@ -5,12 +5,15 @@ package integration
 // a bridge, a tcp:// witness in a third namespace, an `ipaddr` VIP on the
 // node's veth and `exec` resources that log their calls.
 //
-// The database side (`repl:`) is deliberately left out here: the MariaDB
-// pair harness runs mariadbd on the root namespace's loopback, which the
-// node namespaces cannot reach, and DB fencing (read_only) is covered by the
-// orchestrator's and dbrepl's own tests against a real pair. What these
-// tests pin down is the part only a real network can show: who holds the
-// VIP and the resources when daemons die and links are cut.
+// The database side: the MariaDB pair harness runs both mariadbd on the
+// host's loopback, which the node namespaces cannot reach. Rather than
+// teach it to start servers inside namespaces, cluster_db_test.go relays
+// each server to its node's address (netns.Node.Forward): a node reaches
+// its own database locally and its peer's across the bridge, so a
+// partition cuts exactly what it would cut in production, except the
+// replication stream itself. The other scenarios leave `repl:` out; they
+// pin down what only a real network can show: who holds the VIP and the
+// resources when daemons die, links are cut and heartbeats are forged.
 
 import (
 	"bufio"

@@ -181,6 +181,9 @@ func TestSSHSyncStartupReconcileExcludesAndLiveChanges(t *testing.T) {
 			strings.HasPrefix(rel, "cache/")
 	}
 	opts := append([]lsynctest.Option{lsynctest.Ignore(excluded), lsynctest.DirModTimes()}, sftpOpts...)
+	// A write inside an excluded directory changes that directory's mtime
+	// on the source only; directory mtimes are not compared after that.
+	optsNoDirTimes := append([]lsynctest.Option{lsynctest.Ignore(excluded)}, sftpOpts...)
 	startSSHJob(t, "web1", srv, src, dst, func(c *lsync.JobConfig) {
 		c.Exclude = []string{".git/", "*.swp", "cache/**"}
 	})
@@ -252,17 +255,16 @@ func TestSSHSyncStartupReconcileExcludesAndLiveChanges(t *testing.T) {
 			}
 			write(t, src, "index.html/inner", "now a dir", 0o644)
 		}},
-		{"excluded changes", func() {
-			write(t, src, "cache/new", "x", 0o644)
-			write(t, src, ".git/HEAD", "ref", 0o644)
-			write(t, src, "marker", "after the excluded writes", 0o644)
-		}},
 	}
 	for _, st := range steps {
 		st.do()
 		lsynctest.WaitTreesEqual(t, src, dst, convergeTimeout, opts...)
 		t.Logf("step %q converged", st.name)
 	}
+	write(t, src, "cache/new", "x", 0o644)
+	write(t, src, ".git/HEAD", "ref", 0o644)
+	write(t, src, "marker", "after the excluded writes", 0o644)
+	lsynctest.WaitTreesEqual(t, src, dst, convergeTimeout, optsNoDirTimes...)
 	for _, p := range []string{"cache/new", "cache/a", ".git"} {
 		mustNotExist(t, filepath.Join(dst, p))
 	}

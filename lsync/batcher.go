@@ -28,7 +28,6 @@ func (b Batch) Empty() bool { return len(b.Paths) == 0 && len(b.Renames) == 0 &&
 
 type pathState struct {
 	created bool // the first event in this batch created the path
-	gone    bool // the last event removed or renamed it away
 }
 
 // batchState is the collapsing logic, kept apart from timing so that its
@@ -63,12 +62,6 @@ func (s *batchState) add(ev Event, now time.Time) {
 		ps = &pathState{created: ev.Op == OpCreate}
 		s.paths[ev.Path] = ps
 	}
-	switch ev.Op {
-	case OpRemove, OpRename:
-		ps.gone = true
-	case OpCreate, OpWrite, OpChmod:
-		ps.gone = false
-	}
 	if ev.IsDir && ev.Inode != 0 {
 		switch ev.Op {
 		case OpRename:
@@ -102,10 +95,12 @@ func (s *batchState) escalate(reason string) {
 
 func (s *batchState) take() Batch {
 	b := Batch{Renames: s.renames, Rescan: s.rescan, Reason: s.reason, Oldest: s.oldest}
-	for p, ps := range s.paths {
-		if ps.created && ps.gone {
-			continue // created then deleted within the batch: nothing to send
-		}
+	for p := range s.paths {
+		// A path created and deleted within the batch is still listed:
+		// applying it costs a Stat and sends nothing when the target does
+		// not have it, but the target may have it after all (a peer just
+		// delivered it, or a reconciliation pass copied it meanwhile),
+		// and dropping it would leave it there for good.
 		b.Paths = append(b.Paths, p)
 	}
 	sort.Strings(b.Paths)

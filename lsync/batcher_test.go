@@ -18,8 +18,10 @@ func TestBatchCollapsing(t *testing.T) {
 		rescan  bool
 	}{
 		{"many writes become one path", []Event{{Path: "a", Op: OpWrite}, {Path: "a", Op: OpWrite}, {Path: "a", Op: OpWrite}}, []string{"a"}, nil, false},
-		{"create then delete sends nothing", []Event{{Path: "a", Op: OpCreate}, {Path: "a", Op: OpWrite}, {Path: "a", Op: OpRemove}}, nil, nil, false},
-		{"create then rename away sends nothing for the old name", []Event{{Path: "tmp", Op: OpCreate}, {Path: "tmp", Op: OpWrite}, {Path: "tmp", Op: OpRename}, {Path: "f", Op: OpCreate}}, []string{"f"}, nil, false},
+		// Created then deleted: listed once, so that apply checks the
+		// target (a Stat) and sends nothing; see TestJobCreateThenDeleteSendsNothing.
+		{"create then delete collapses to one check", []Event{{Path: "a", Op: OpCreate}, {Path: "a", Op: OpWrite}, {Path: "a", Op: OpRemove}}, []string{"a"}, nil, false},
+		{"editor temp renamed over", []Event{{Path: "tmp", Op: OpCreate}, {Path: "tmp", Op: OpWrite}, {Path: "tmp", Op: OpRename}, {Path: "f", Op: OpCreate}}, []string{"f", "tmp"}, nil, false},
 		{"delete then create uploads", []Event{{Path: "a", Op: OpRemove}, {Path: "a", Op: OpCreate}}, []string{"a"}, nil, false},
 		{"delete stays a delete", []Event{{Path: "a", Op: OpWrite}, {Path: "a", Op: OpRemove}}, []string{"a"}, nil, false},
 		{"create delete create uploads", []Event{{Path: "a", Op: OpCreate}, {Path: "a", Op: OpRemove}, {Path: "a", Op: OpCreate}}, []string{"a"}, nil, false},
@@ -28,7 +30,7 @@ func TestBatchCollapsing(t *testing.T) {
 		{"rename chain keeps order", []Event{{Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "e", Op: OpRename, IsDir: true, Inode: 7}, {Path: "f", Op: OpCreate, IsDir: true, Inode: 7}},
 			[]string{"d", "e", "f"}, []Rename{{From: "d", To: "e"}, {From: "e", To: "f"}}, false},
 		{"different inode is not a rename", []Event{{Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 8}}, []string{"d", "e"}, nil, false},
-		{"rename of a directory created in the batch is an upload", []Event{{Path: "d", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}}, []string{"e"}, nil, false},
+		{"rename of a directory created in the batch is an upload", []Event{{Path: "d", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}}, []string{"d", "e"}, nil, false},
 		{"overflow escalates to rescan", []Event{{Path: "a", Op: OpWrite}, {Path: "b", Op: OpWrite}, {Path: "c", Op: OpWrite}, {Path: "d", Op: OpWrite}}, nil, nil, true},
 	}
 	for _, tc := range cases {

@@ -353,3 +353,34 @@ func TestVerificationRepairsDrift(t *testing.T) {
 	}
 	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
 }
+
+func TestReconcileRefusesReplacedSourceRoot(t *testing.T) {
+	parent, dst := t.TempDir(), t.TempDir()
+	src := filepath.Join(parent, "docroot")
+	mustWrite(t, src, "index.html", "hi")
+	mustWrite(t, dst, "index.html", "hi")
+	s, err := lsync.OpenSource(src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lt, err := localtarget.Open(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lt.Close()
+	// The docroot is moved away and an empty one takes its place.
+	if err := os.Rename(src, src+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := &lsync.Reconciler{Source: s, Target: "t", Delete: true, Concurrency: 2, Logger: lsynctest.TestLogger(t)}
+	if _, err := r.Reconcile(context.Background(), lt, false); err == nil || !strings.Contains(err.Error(), "replaced") {
+		t.Fatalf("want a refusal, got %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "index.html")); err != nil {
+		t.Fatalf("target content was deleted: %v", err)
+	}
+}

@@ -563,6 +563,9 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 	defer w.mu.Unlock()
 	if b.Rescan {
 		w.rescanAt = time.Time{}
+		// The full pass covered every path waiting for a retry; its own
+		// failures are added back below.
+		clear(w.retry)
 	}
 	first := func(p string) time.Time {
 		if t, ok := firstSeen[p]; ok {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
 )
@@ -213,4 +215,24 @@ func inode(t *testing.T, p string) uint64 {
 		t.Fatal(err)
 	}
 	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func TestJobCreateThenDeleteSendsNothing(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "t1")
+	cfg.Delay = 200 * time.Millisecond // both events surely in one batch
+	cfg.MaxDelay = time.Second
+	reg := prometheus.NewRegistry()
+	j := lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Registerer: reg})
+	waitFor(t, "connected", func() bool { return statusOf(j, "t1").Connected })
+	for i := 0; i < 10; i++ {
+		mustWrite(t, src, "short-lived"+strconv.Itoa(i), "x")
+		if err := os.Remove(filepath.Join(src, "short-lived"+strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(t, src, "marker", "m")
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	if v := metricValue(t, reg, "lockstep_sync_files_total", "t1"); v != 1 {
+		t.Fatalf("files_total = %v, want 1 (the marker only)", v)
+	}
 }

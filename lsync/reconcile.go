@@ -48,6 +48,24 @@ func OpenSource(dir string, excluder *Excluder) (*Source, error) {
 	return &Source{Dir: dir, root: root, excluder: excluder}, nil
 }
 
+// checkRoot refuses to work from a source root that was deleted or
+// replaced (a remount, a `mv docroot docroot.old`): walking the stale
+// directory would find it empty and delete the whole target.
+func (s *Source) checkRoot() error {
+	byPath, err := os.Stat(s.Dir)
+	if err != nil {
+		return fmt.Errorf("source root %s: %w; refusing to reconcile", s.Dir, err)
+	}
+	opened, err := s.root.Stat(".")
+	if err != nil {
+		return fmt.Errorf("source root %s: %w; refusing to reconcile", s.Dir, err)
+	}
+	if !os.SameFile(byPath, opened) {
+		return fmt.Errorf("source root %s was replaced since the job started; refusing to reconcile (restart the job)", s.Dir)
+	}
+	return nil
+}
+
 // Close releases the source root.
 func (s *Source) Close() error { return s.root.Close() }
 
@@ -361,6 +379,9 @@ func (r *Reconciler) sameContent(ctx context.Context, t Target, rel string) (boo
 func (r *Reconciler) Reconcile(ctx context.Context, t Target, dry bool) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Target: r.Target}
+	if err := r.Source.checkRoot(); err != nil {
+		return rep, err
+	}
 	dst := map[string]Entry{}
 	var temps []string
 	err := t.Walk(ctx, func(e Entry) error {

@@ -235,7 +235,13 @@ type testCluster struct {
 func startCluster(t testing.TB, o clusterOpts) *testCluster {
 	t.Helper()
 	if o.keepalive == 0 {
+		// Margins wider than the defaults' ratio: CI runs these under -race
+		// next to other packages' tests, where a fork+exec of a resource
+		// script can take tens of milliseconds.
 		o.keepalive, o.deadtime = 100*time.Millisecond, 500*time.Millisecond
+		if o.margin == 0 {
+			o.margin = 300 * time.Millisecond
+		}
 	}
 	names := []string{"a", "b"}
 	ports := map[string]string{"a": freeUDP(t), "b": freeUDP(t)}
@@ -380,8 +386,14 @@ func (tc *testCluster) writers() []string {
 	return w
 }
 
+// eventTime returns when the first event containing substr was recorded,
+// waiting a little: events follow the state change they describe.
 func eventTime(t testing.TB, n *testNode, substr string) time.Time {
 	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && !strings.Contains(dumpEvents(n), substr) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	for _, e := range n.daemon.events.List() {
 		if strings.Contains(e.Message, substr) {
 			return e.Time

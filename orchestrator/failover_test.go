@@ -89,7 +89,10 @@ func TestClusterGracefulShutdownHandsOver(t *testing.T) {
 }
 
 func TestClusterPartitionSelfFencesBeforeTakeover(t *testing.T) {
-	tc := startCluster(t, clusterOpts{relays: true})
+	// The margin must cover one keepalive plus the isolated writer's fence
+	// and release (two script stops); see the timing argument in doc.go.
+	// Generous here so that the ordering, not CI's CPU contention, is tested.
+	tc := startCluster(t, clusterOpts{relays: true, margin: 800 * time.Millisecond})
 	a, b := tc.nodes["a"], tc.nodes["b"]
 	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
 	if code, _ := getText(t, a, "/health"); code != 200 || agent(t, a) != AgentUp+"\n" {
@@ -110,14 +113,14 @@ func TestClusterPartitionSelfFencesBeforeTakeover(t *testing.T) {
 		}
 		return a.role() == RoleFenced && len(a.held()) == 0 && len(b.held()) == 2
 	})
-	if both > 0 {
-		t.Fatalf("both nodes held resources in %d samples", both)
-	}
 	fencedAt := eventTime(t, a, "role writer -> fenced")
 	releasedAt := eventTime(t, a, "stopped "+a.daemon.role.group.resources[0].Name())
 	tookAt := eventTime(t, b, "role standby -> writer")
 	t.Logf("a fenced %s and released %s after the cut; b took over %s after the cut",
 		fencedAt.Sub(cut).Round(time.Millisecond), releasedAt.Sub(cut).Round(time.Millisecond), tookAt.Sub(cut).Round(time.Millisecond))
+	if both > 0 {
+		t.Fatalf("both nodes held resources in %d samples", both)
+	}
 	if !releasedAt.Before(tookAt) {
 		t.Fatalf("a released at %s, b took over at %s: not fenced first", releasedAt, tookAt)
 	}
@@ -205,7 +208,10 @@ func TestClusterResourceFailureHandsOver(t *testing.T) {
 	})
 	a, b := tc.nodes["a"], tc.nodes["b"]
 	waitFor(t, 10*time.Second, "b writer after a's resource hung", func() bool { return len(b.held()) == 2 })
-	if got := strings.Join(starts(readLines(t, a.calls)), " "); got != "r1_start r2_start r2_stop r1_stop" {
+	// A later release (e.g. a false isolation under CI load) may stop the
+	// group again; stop is idempotent. No second start, though.
+	if got := strings.Join(starts(readLines(t, a.calls)), " "); !strings.HasPrefix(got, "r1_start r2_start r2_stop r1_stop") ||
+		strings.Count(got, "start") != 2 {
 		t.Fatalf("a calls %q", got)
 	}
 	eventTime(t, a, "timed out")
@@ -286,8 +292,9 @@ func TestClusterForgedAndReplayedHeartbeatsIgnored(t *testing.T) {
 		return metricValue(t, reject.WithLabelValues(rejectReplay)) >= 5 && metricValue(t, reject.WithLabelValues(rejectAuth)) >= 1 &&
 			metricValue(t, reject.WithLabelValues(rejectStale)) >= 1 && metricValue(t, reject.WithLabelValues(rejectUnknown)) >= 1
 	})
+	// The event follows the counter; wait for it.
 	for _, s := range []string{"replayed heartbeat", "failed authentication", "stale heartbeat", "claims to come from this node"} {
-		eventTime(t, a, s)
+		waitFor(t, 2*time.Second, "event "+s, func() bool { return strings.Contains(dumpEvents(a), s) })
 	}
 	time.Sleep(2 * a.cfg().Keepalive)
 	if a.role() != RoleWriter || b.role() != RoleStandby {

@@ -59,6 +59,7 @@ type RoleManager struct {
 	// onRole is called (from the decider goroutine) after each role change.
 	onRole func(role string)
 
+	roleCh  chan string   // role changes for onRole
 	wake    chan struct{} // heartbeat received: decide now
 	sendNow chan struct{} // role changed: tell peers now
 
@@ -128,6 +129,7 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 		repl:      c.Repl,
 		onRole:    c.OnRole,
 		wake:      make(chan struct{}, 1),
+		roleCh:    make(chan string, 1),
 		sendNow:   make(chan struct{}, 1),
 		cfg:       *c.Cluster,
 		key:       c.Key,
@@ -176,11 +178,6 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	rm.mu.Lock()
-	rm.startedAt = time.Now()
-	rm.decided = false
-	rm.leaving = false
-	rm.mu.Unlock()
 	if len(rm.cfg.Witness) == 0 {
 		rm.events.Warn(EventWitness, "no witness configured: a partitioned writer cannot tell isolation from a dead peer and will not fence itself; set cluster.witness")
 	}
@@ -192,6 +189,18 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	witnessCtx, stopWitnesses := context.WithCancel(ctx)
 	rm.startWitnesses(witnessCtx, &wg)
 	wg.Go(func() { rm.receive(conn) })
+	notifyCtx, stopNotify := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopNotify()
+	if rm.onRole != nil {
+		wg.Go(func() { rm.notifyRoles(notifyCtx) })
+	}
+	// The startup wait counts from here: leftovers are released and we
+	// listen, so peers heard from now on are heard in time.
+	rm.mu.Lock()
+	rm.startedAt = time.Now()
+	rm.decided = false
+	rm.leaving = false
+	rm.mu.Unlock()
 	senderCtx, stopSender := context.WithCancel(context.WithoutCancel(ctx))
 	wg.Go(func() { rm.sendLoop(senderCtx, conn) })
 
@@ -201,6 +210,7 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 		rm.shutdown(conn)
 	}
 	stopSender()
+	stopNotify()
 	stopWitnesses()
 	rm.mu.Lock()
 	if rm.stopWitnesses != nil {
@@ -244,6 +254,17 @@ func (rm *RoleManager) bind() (*net.UDPConn, error) {
 		return nil, fmt.Errorf("heartbeat listen on %s (cluster.nodes entry %s; must be an address of this host): %w", rm.self.Address, rm.self.Name, err)
 	}
 	return conn, nil
+}
+
+func (rm *RoleManager) notifyRoles(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case role := <-rm.roleCh:
+			rm.onRole(role)
+		}
+	}
 }
 
 func (rm *RoleManager) decideLoop(ctx context.Context) {
@@ -415,7 +436,12 @@ func (rm *RoleManager) setRoleLocked(role, reason string) {
 	}
 	lvl(EventRole, fmt.Sprintf("role %s -> %s: %s", old, role, reason), "from", old, "to", role)
 	if rm.onRole != nil {
-		go rm.onRole(role) // may block on the supervisor; never under our lock
+		// Latest role wins; notifyRoles calls onRole outside our lock.
+		select {
+		case <-rm.roleCh:
+		default:
+		}
+		rm.roleCh <- role
 	}
 }
 

@@ -600,6 +600,15 @@ func (c *playgroundChecks) run(ctx context.Context, nodes []*playgroundNode, pai
 		go func() {
 			defer wg.Done()
 			peer := nodes[1-i]
+			// Like a user would: write once both daemons have connected
+			// their sync targets and finished the startup reconciliation,
+			// which (delete: true) may remove files the peer does not have yet.
+			if err := pollUntil(ctx, 100*time.Millisecond, func() bool {
+				return syncSettled(ctx, client, n) && syncSettled(ctx, client, peer)
+			}); err != nil {
+				report(fmt.Sprintf("sync of %s and %s never reported connected targets with a finished first sync", n.Name, peer.Name), "")
+				return
+			}
 			name := fmt.Sprintf("playground-check-from-%s.txt", n.Name)
 			content := []byte("written on " + n.Name + " at " + time.Now().Format(time.RFC3339Nano) + "\n")
 			if err := os.WriteFile(filepath.Join(n.Docroot, name), content, 0o644); err != nil {
@@ -628,6 +637,21 @@ func (c *playgroundChecks) run(ctx context.Context, nodes []*playgroundNode, pai
 		report("", "a row written on db1 is visible on db2")
 	}()
 	wg.Wait()
+}
+
+// syncSettled reports whether every sync target of n is connected and has
+// completed a sync.
+func syncSettled(ctx context.Context, client *http.Client, n *playgroundNode) bool {
+	st, err := fetchPlaygroundStatus(ctx, client, n)
+	if err != nil || len(st.Sync) == 0 {
+		return false
+	}
+	for _, t := range st.Sync {
+		if !t.Connected || t.LastSync.IsZero() {
+			return false
+		}
+	}
+	return true
 }
 
 // exitNote explains a daemon that is gone, with the last line of its log.

@@ -142,7 +142,7 @@ func TestReplStatusAgainstPair(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		st, err := p.Nodes[1].Replication(ctx)
-		if err == nil && st.SQLRunning == "No" {
+		if err == nil && st.SQLRunning == "No" && strings.Contains(st.LastSQLError, "1062") {
 			break
 		}
 		if time.Now().After(deadline) {

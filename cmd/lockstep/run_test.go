@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,6 +143,22 @@ func TestRunAndStatus(t *testing.T) {
 		t.Fatalf("status --json: code %d\n%s", code, out)
 	}
 
+	// SIGHUP: both in-process daemons reload; web2's file has a new deadtime.
+	b, _ := os.ReadFile(nodes["web2"].cfg)
+	os.WriteFile(nodes["web2"].cfg, bytes.Replace(b, []byte("deadtime: 300ms"), []byte("deadtime: 400ms"), 1), 0o600)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(last, "reload: cluster.deadtime 300ms -> 400ms applied") {
+		if time.Now().After(deadline) {
+			t.Fatalf("web2 did not reload:\n%s", last)
+		}
+		time.Sleep(20 * time.Millisecond)
+		_, last = runCLI(t, "status", "-c", nodes["web2"].cfg)
+	}
+
 	// SIGTERM-equivalent on web1: resources released, web2 takes over.
 	stop1()
 	if exists(nodes["web1"].state) {
@@ -171,7 +188,7 @@ func TestStatusUnhealthyWhenIsolated(t *testing.T) {
 func TestRunConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	noCluster := filepath.Join(dir, "nocluster.yaml")
-	os.WriteFile(noCluster, []byte("node: web1\n"), 0o600)
+	os.WriteFile(noCluster, []byte("node: web1\nsync:\n  - name: d\n    source: "+dir+"\n    targets:\n      - {name: local, path: "+filepath.Join(dir, "dst")+"}\n"), 0o600)
 	if code, out := runCLI(t, "run", "-c", noCluster); code != exitUsage || !strings.Contains(out, "no cluster: section") {
 		t.Fatalf("no cluster: code %d %q", code, out)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -16,12 +17,11 @@ import (
 // whose row multiset is fetched to name the differing rows.
 const maxWholeTableNarrow = 2_000_000
 
-// keyedRow is one row's primary key and hash on one node.
+// keyedRow is the primary key of a row that differs.
 type keyedRow struct {
 	key  []any    // primary key values, as statement arguments
 	ks   string   // encoded raw key: the map key across nodes
 	text []string // raw key values, for the report
-	hash string
 }
 
 func encodeKey(vals []sql.RawBytes) string {
@@ -36,7 +36,7 @@ func encodeKey(vals []sql.RawBytes) string {
 
 // rowHashes fetches primary key and row hash of the rows matching where
 // on node i, in key order.
-func (c *Checker) rowHashes(ctx context.Context, i int, t *tableDef, where string, args []any) ([]string, map[string]keyedRow, error) {
+func (c *Checker) rowHashes(ctx context.Context, i int, t *tableDef, where string, args []any) ([]string, map[string]string, error) {
 	q := "SELECT " + t.pkList() + ", " + t.rowHashExpr() + " FROM " + t.qualified() + " FORCE INDEX (PRIMARY)"
 	if where != "" {
 		q += " WHERE " + where
@@ -52,32 +52,51 @@ func (c *Checker) rowHashes(ctx context.Context, i int, t *tableDef, where strin
 	for j := range raw {
 		dest[j] = &raw[j]
 	}
+	// Only the few differing rows need their key as arguments: keep
+	// just the encoded key and the hash for the many that match.
 	var order []string
-	m := map[string]keyedRow{}
+	m := map[string]string{}
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
 			return nil, nil, err
 		}
 		k := encodeKey(raw[:len(t.PK)])
-		key, err := t.keyArgs(raw[:len(t.PK)])
-		if err != nil {
-			return nil, nil, err
-		}
-		text := make([]string, len(t.PK))
-		for j := range text {
-			text[j] = string(raw[j])
-		}
 		order = append(order, k)
-		m[k] = keyedRow{key: key, ks: k, text: text, hash: string(raw[len(t.PK)])}
+		m[k] = string(raw[len(t.PK)])
 	}
 	return order, m, rows.Err()
+}
+
+// decodeKey is the inverse of encodeKey.
+func decodeKey(k string) []sql.RawBytes {
+	var out []sql.RawBytes
+	b := []byte(k)
+	for len(b) > 0 {
+		n, w := binary.Uvarint(b)
+		out = append(out, b[w:w+int(n)])
+		b = b[w+int(n):]
+	}
+	return out
+}
+
+func (t *tableDef) keyed(k string) (keyedRow, error) {
+	raw := decodeKey(k)
+	key, err := t.keyArgs(raw)
+	if err != nil {
+		return keyedRow{}, err
+	}
+	text := make([]string, len(raw))
+	for j := range raw {
+		text[j] = string(raw[j])
+	}
+	return keyedRow{key: key, ks: k, text: text}, nil
 }
 
 // diffHashes returns the rows that differ or exist on one side only, in
 // key order of the first node, then the second node's extra rows.
 func (c *Checker) diffHashes(ctx context.Context, t *tableDef, where string, args []any) ([]keyedRow, error) {
 	var order [2][]string
-	var m [2]map[string]keyedRow
+	var m [2]map[string]string
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range c.nodes {
 		g.Go(func() error {
@@ -90,14 +109,23 @@ func (c *Checker) diffHashes(ctx context.Context, t *tableDef, where string, arg
 		return nil, err
 	}
 	var out []keyedRow
+	add := func(k string) error {
+		kr, err := t.keyed(k)
+		out = append(out, kr)
+		return err
+	}
 	for _, k := range order[0] {
-		if b, ok := m[1][k]; !ok || b.hash != m[0][k].hash {
-			out = append(out, m[0][k])
+		if b, ok := m[1][k]; !ok || b != m[0][k] {
+			if err := add(k); err != nil {
+				return nil, err
+			}
 		}
 	}
 	for _, k := range order[1] {
 		if _, ok := m[0][k]; !ok {
-			out = append(out, m[1][k])
+			if err := add(k); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return out, nil
@@ -127,13 +155,16 @@ func (c *Checker) stillDiffer(ctx context.Context, t *tableDef, cands []keyedRow
 // every one of Attempts reads, each taken after the nodes caught up with
 // each other, are reported: a row written concurrently converges.
 func (c *Checker) narrow(ctx context.Context, t *tableDef, tr *TableResult, where string, args []any) error {
+	st := time.Now()
 	if err := c.settle(ctx); err != nil {
 		return err
 	}
+	settled := time.Since(st)
 	cands, err := c.diffHashes(ctx, t, where, args)
 	if err != nil {
 		return err
 	}
+	c.log.Debug("narrowed chunk", "table", tr.Name(), "settle", settled, "diff", time.Since(st)-settled, "candidates", len(cands))
 	for attempt := 1; attempt < c.opts.Attempts && len(cands) > 0; attempt++ {
 		if err := c.settle(ctx); err != nil {
 			return err

@@ -33,13 +33,13 @@ func (c *collected) get() []dbrepl.Conflict {
 	return append([]dbrepl.Conflict(nil), c.cs...)
 }
 
-func startDetector(t *testing.T, p *mariadbpair.Pair, reg prometheus.Registerer, got *collected) *conflict.Detector {
+func startDetector(t *testing.T, p *mariadbpair.Pair, cfg conflict.Config, reg prometheus.Registerer, got *collected) *conflict.Detector {
 	t.Helper()
 	var src [2]conflict.Source
 	for i, n := range p.Nodes {
 		src[i] = conflict.Source{Name: n.Name, DSN: n.RootDSN()}
 	}
-	d, err := conflict.New(conflict.Config{}, src, reg, nil, got.add)
+	d, err := conflict.New(cfg, src, reg, nil, got.add)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,8 @@ func TestDetectorFlagsOnlyConcurrentWrites(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	got := &collected{}
-	d := startDetector(t, p, reg, got)
+	// A small window: the writers below touch 200 keys of app.kv.
+	d := startDetector(t, p, conflict.Config{MaxKeysPerTable: 50}, reg, got)
 
 	// Unrelated concurrent writes: each node its own rows.
 	var wg sync.WaitGroup
@@ -130,6 +131,11 @@ func TestDetectorFlagsOnlyConcurrentWrites(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// The window stays within its bound however many keys were written.
+	waitUntil(t, "the writes to be read", func() bool { return d.Tracker().Entries() >= 50 })
+	if n := d.Tracker().Entries(); n > 50 {
+		t.Fatalf("window holds %d keys of app.kv, bound is 50", n)
+	}
 	// The same row on both nodes, one after the other: ordinary traffic.
 	mustExec(t, db1, "UPDATE app.pair SET v = 1 WHERE a = 1 AND b = 'x'")
 	if err := p.WaitSynced(ctx, 30*time.Second); err != nil {

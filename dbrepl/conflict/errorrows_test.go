@@ -15,7 +15,8 @@ func waitSQLStopped(t *testing.T, n *mariadbpair.Node, code string) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		st, err := n.Replication(context.Background())
-		if err == nil && st.SQLRunning == "No" {
+		// The thread state and its error are not updated atomically.
+		if err == nil && st.SQLRunning == "No" && st.LastSQLError != "" {
 			if !strings.Contains(st.LastSQLError, code) {
 				t.Fatalf("%s: SQL thread stopped with %q, want %s", n.Name, st.LastSQLError, code)
 			}

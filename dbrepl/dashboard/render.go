@@ -14,7 +14,7 @@
 //	  seconds_behind_master  as the server says; null for NULL
 //	  behind_trx             peer transactions not applied; null when unknown
 //	  gtid_binlog_pos, gtid_slave_pos, gtid_current_pos (MariaDB),
-//	  gtid_executed (MySQL), errant_gtids
+//	  gtid_executed (MySQL), gtid_retrieved, errant_gtids
 //	  binlog_file, binlog_pos
 //	  last_errno, last_error, last_error_gtid
 //	  heartbeat_age_seconds  age of the newest heartbeat; null when none

@@ -401,16 +401,22 @@ func runChecksum(ctx context.Context, e *Env, res *Result) error {
 
 	// Drift on db2 behind replication's back, in different tables.
 	tbl := func(i int) string { return fmt.Sprintf("sbtest.sbtest%d", 1+i%sz.ChecksumTables) }
-	drift := []string{
-		"SET SESSION sql_log_bin=0",
-		fmt.Sprintf("UPDATE %s SET c = 'drifted' WHERE id = 17", tbl(0)),
-		fmt.Sprintf("DELETE FROM %s WHERE id = 42", tbl(1)),
-		fmt.Sprintf("INSERT INTO %s (id, k, c, pad) VALUES (%d, 1, 'extra', 'extra')", tbl(2), sz.ChecksumRows+1000),
-	}
-	if err := execOnOneConn(ctx, db2.DB, drift...); err != nil {
+	// db1 allocates odd ids (auto_increment_increment=2, offset 1): the
+	// rows touched must exist, and each statement must change one row.
+	var maxID int64
+	if err := db2.DB.QueryRowContext(ctx, "SELECT MAX(id) FROM "+tbl(2)).Scan(&maxID); err != nil {
 		return err
 	}
-	res.note("Injected on db2 with sql_log_bin=0: %s id=17 updated, %s id=42 deleted, %s id=%d inserted.", tbl(0), tbl(1), tbl(2), sz.ChecksumRows+1000)
+	extraID := maxID + 1000
+	drift := []string{
+		fmt.Sprintf("UPDATE %s SET c = 'drifted' WHERE id = 17", tbl(0)),
+		fmt.Sprintf("DELETE FROM %s WHERE id = 43", tbl(1)),
+		fmt.Sprintf("INSERT INTO %s (id, k, c, pad) VALUES (%d, 1, 'extra', 'extra')", tbl(2), extraID),
+	}
+	if err := execDrift(ctx, db2.DB, drift...); err != nil {
+		return err
+	}
+	res.note("Injected on db2 with sql_log_bin=0 (each statement changed exactly one row): %s id=17 column c updated, %s id=43 deleted, %s id=%d inserted.", tbl(0), tbl(1), tbl(2), extraID)
 
 	lsV := missing("`lockstep repl checksum` not available in this build")
 	if lsAvail == nil {
@@ -489,6 +495,29 @@ func runChecksum(ctx context.Context, e *Env, res *Result) error {
 	return done()
 }
 
+// execDrift runs statements on db without binlogging them, insisting
+// that each changes exactly one row.
+func execDrift(ctx context.Context, db *sql.DB, stmts ...string) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "SET SESSION sql_log_bin=0"); err != nil {
+		return err
+	}
+	for _, s := range stmts {
+		r, err := conn.ExecContext(ctx, s)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s, err)
+		}
+		if n, _ := r.RowsAffected(); n != 1 {
+			return fmt.Errorf("%s: changed %d rows, want 1", s, n)
+		}
+	}
+	return nil
+}
+
 func execOnOneConn(ctx context.Context, db *sql.DB, stmts ...string) error {
 	conn, err := db.Conn(ctx)
 	if err != nil {
@@ -503,14 +532,47 @@ func execOnOneConn(ctx context.Context, db *sql.DB, stmts ...string) error {
 	return nil
 }
 
-// summarizeChecksumJSON condenses lockstep's --json report for the notes.
+// summarizeChecksumJSON condenses lockstep's --json report for the notes:
+// per table its status and the primary keys named.
 func summarizeChecksumJSON(b []byte) string {
-	var doc any
+	var doc struct {
+		RowsChecked int64 `json:"rows_checked"`
+		Tables      []struct {
+			Schema, Table, Status string
+			Chunks                int `json:"chunks"`
+			Diffs                 []struct {
+				Kind       string `json:"kind"`
+				PrimaryKey string `json:"primary_key"`
+				OnlyOn     string `json:"only_on"`
+				Columns    []struct {
+					Column string `json:"column"`
+				} `json:"columns"`
+			} `json:"diffs"`
+		} `json:"tables"`
+	}
 	if err := json.Unmarshal(b, &doc); err != nil {
 		return "unparseable JSON: " + truncate(string(b), 300)
 	}
-	s, _ := json.Marshal(doc)
-	return "`" + truncate(string(s), 1200) + "`"
+	var parts []string
+	for _, t := range doc.Tables {
+		p := fmt.Sprintf("%s.%s: %s (%d chunks)", t.Schema, t.Table, t.Status, t.Chunks)
+		var rows []string
+		for _, d := range t.Diffs {
+			r := d.PrimaryKey + " " + d.Kind
+			if d.OnlyOn != "" {
+				r += " (only on " + d.OnlyOn + ")"
+			}
+			for _, c := range d.Columns {
+				r += " column " + c.Column
+			}
+			rows = append(rows, r)
+		}
+		if len(rows) > 0 {
+			p += ": " + strings.Join(rows, "; ")
+		}
+		parts = append(parts, p)
+	}
+	return fmt.Sprintf("%d rows checked; %s", doc.RowsChecked, strings.Join(parts, "; "))
 }
 
 var ptLine = regexp.MustCompile(`^\S+\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+(\S+)$`)

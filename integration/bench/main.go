@@ -49,7 +49,7 @@ type scenario struct {
 
 func scenarios() []scenario {
 	return []scenario{
-		{1, "Single-file propagation", runSingleFile, 4 * time.Minute},
+		{1, "Single-file propagation", runSingleFile, 6 * time.Minute},
 		{2, "Burst: copy of the Go source tree", runBurst, 4 * time.Minute},
 		{3, "Big tree: initial sync, watch setup, RSS", runBigTree, 12 * time.Minute},
 		{4, "Modification storm", runStorm, 3 * time.Minute},
@@ -57,7 +57,7 @@ func scenarios() []scenario {
 		{6, "Peer outage", runOutage, 3 * time.Minute},
 		{7, "Replication lag measurement and fencing", runLag, 5 * time.Minute},
 		{8, "Checksum: lockstep repl checksum vs pt-table-checksum", runChecksum, 6 * time.Minute},
-		{9, "Failover: writer killed → VIP on the survivor", runFailover, 5 * time.Minute},
+		{9, "Failover: writer daemon killed → VIP answering on the survivor", runFailover, 5 * time.Minute},
 	}
 }
 

@@ -38,14 +38,6 @@ func seconds(d time.Duration) Value { return val(d.Seconds()) }
 func missing(why string) Value      { return Value{Note: why} }
 func bytesVal(n int64) Value        { return val(float64(n)) }
 func millisVal(ms float64) Value    { return val(ms) }
-func countVal(n int) Value          { return val(float64(n)) }
-func valueOrMissing(v Value) Value  { return v }
-func durOrMissing(d time.Duration, err error) Value {
-	if err != nil {
-		return missing(err.Error())
-	}
-	return seconds(d)
-}
 
 // Row compares lockstep with one anchor tool on one metric.
 type Row struct {
@@ -229,7 +221,8 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	fmt.Fprintf(&b, "# lockstep benchmark report\n\n")
 	fmt.Fprintf(&b, "Run %s, mode: %s, total %s.\n\n", r.Started.UTC().Format(time.RFC3339), mode, r.Elapsed.Round(time.Second))
 	fmt.Fprintf(&b, "Ratio = lockstep ÷ anchor, from the same run on the same machine. For times, bytes and memory, below 1 means lockstep is better. ")
-	fmt.Fprintf(&b, "For measurement errors, the table gives absolute values in ms.\n\n")
+	fmt.Fprintf(&b, "For measurement errors, the table gives absolute values in ms. ")
+	fmt.Fprintf(&b, "Reproduce with `make bench` (`go run ./integration/bench -out bench-report.md`); the harness starts its own sshd, lsyncd, MariaDB pair and lockstep daemons and installs nothing.\n\n")
 
 	fmt.Fprintf(&b, "## Summary\n\n| # | Scenario | Status | Metric | lockstep | Anchor | Anchor figure | Ratio |\n|---|---|---|---|---|---|---|---|\n")
 	for _, res := range r.Results {

@@ -84,6 +84,9 @@ func measureTools(ctx context.Context, e *Env, res *Result, base string, tools [
 		}
 		f, err := runToolCase(ctx, tc, prepare, measure)
 		_ = os.RemoveAll(root)
+		if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("not finished within the scenario's time budget: %w", err)
+		}
 		if err != nil {
 			e.Log.Warn("tool failed", "tool", t.Name(), "err", firstLine(err.Error()))
 			if i == 0 {
@@ -383,8 +386,7 @@ func runBurst(ctx context.Context, e *Env, res *Result) error {
 	}
 	res.note("Burst: `cp -a %s` (%d files, %s) into the watched source; time runs from the start of the copy until the target tree digest (path, mode, size, sha256, symlink target) equals the source's.", from, nfiles, formatBytes(float64(nbytes)))
 	figs, err := measureTools(ctx, e, res, base, tools, nil, func(ctx context.Context, tc *toolCase) (figures, error) {
-		s := e.SSH
-		sshEnv, _ := s()
+		sshEnv, _ := e.SSH()
 		up0, down0, conns0 := sshEnv.proxy.Counters()
 		cpu0, _ := CPUSeconds(tc.tool.Pid())
 		t0 := time.Now()

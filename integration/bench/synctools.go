@@ -229,7 +229,8 @@ func (l *Lsyncd) ExtraRSS() int64 {
 		return 0
 	}
 	var sum int64
-	for _, pid := range PidsMatching("ControlPath=" + l.controlPath) {
+	// The ControlPersist master renames itself "ssh: PATH [mux]".
+	for _, pid := range PidsMatching(l.controlPath) {
 		if pid == l.proc.Pid() {
 			continue
 		}
@@ -251,7 +252,7 @@ func (l *Lsyncd) Stop() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, _ = runCmd(ctx, "ssh", "-o", "ControlPath="+l.controlPath, "-O", "exit", "-p", strconv.Itoa(l.Peer.Port), l.Peer.Host)
 		cancel()
-		for _, pid := range PidsMatching("ControlPath=" + l.controlPath) {
+		for _, pid := range PidsMatching(l.controlPath) {
 			if p, e := os.FindProcess(pid); e == nil {
 				_ = p.Kill()
 			}

@@ -162,8 +162,15 @@ func New(ctx context.Context, opts Options) (_ *Pair, err error) {
 
 	// One install, copied: the system tables do not depend on server_id, and
 	// it halves the setup time.
+	// A private tmpdir for every mariadbd: a server starting elsewhere
+	// cleans "#sql*" files in its tmpdir, which breaks a concurrent
+	// bootstrap or query that shares /tmp with it.
+	tmpDir := filepath.Join(dir, "tmp")
+	if err := os.Mkdir(tmpDir, 0o700); err != nil {
+		return nil, err
+	}
 	tmpl := filepath.Join(dir, "template")
-	if err := installDB(ctx, tmpl); err != nil {
+	if err := installDB(ctx, tmpl, tmpDir); err != nil {
 		return nil, err
 	}
 	ports, err := freePorts(2)
@@ -227,7 +234,7 @@ func randomSecret() string {
 	return hex.EncodeToString(b)
 }
 
-func installDB(ctx context.Context, datadir string) error {
+func installDB(ctx context.Context, datadir, tmpDir string) error {
 	bin, err := lookPath("mariadb-install-db")
 	if err != nil {
 		return err
@@ -236,6 +243,7 @@ func installDB(ctx context.Context, datadir string) error {
 		"--no-defaults", "--datadir=" + datadir,
 		"--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve",
 		"--innodb-log-file-size=8M", "--innodb-buffer-pool-size=32M",
+		"--tmpdir=" + tmpDir,
 	}
 	if os.Geteuid() == 0 {
 		args = append(args, "--user=root")
@@ -286,6 +294,7 @@ func (n *Node) serverArgs(i int) []string {
 		"--bind-address=127.0.0.1",
 		"--pid-file=" + filepath.Join(n.pair.Dir, n.Name+".pid"),
 		"--log-error=" + n.LogFile,
+		"--tmpdir=" + filepath.Join(n.pair.Dir, "tmp"),
 		fmt.Sprintf("--server-id=%d", n.ServerID),
 		fmt.Sprintf("--gtid-domain-id=%d", n.DomainID),
 		"--log-bin=" + n.Name + "-bin",

@@ -20,8 +20,8 @@ import (
 //
 //	go test -run '^$' -bench . -benchtime 2000x ./lsync/sftptarget/
 func BenchmarkWriteFileSmall(b *testing.B) {
-	for _, ch := range []int{1, 2, 3} {
-		for _, conc := range []int{8} {
+	for _, ch := range []int{sftpChannels} {
+		for _, conc := range []int{1, 8, 32} {
 			b.Run(fmt.Sprintf("4KiB/channels=%d/concurrency=%d", ch, conc), func(b *testing.B) {
 				benchSmall(b, ch, conc, 4096)
 			})

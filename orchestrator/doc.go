@@ -1,0 +1,55 @@
+// Package orchestrator is `lockstep run`: the per-node HA daemon that
+// composes the sync jobs and the replication supervisor and decides, with
+// its peers, which node is the writer holding the ordered resource group.
+//
+// # Heartbeats
+//
+// Every keepalive each node sends every peer one UDP datagram: magic,
+// key fingerprint, HMAC-SHA256 and a JSON body (node, role, eligibility,
+// database fence state, applied-transaction hint, resources held, witness
+// view). The MAC key is derived from cluster.key_file. A datagram is
+// accepted once: per sender the (boot id, sequence) pair must grow, a new
+// boot must be newer than anything seen from the old one, and the
+// timestamp must be within max_clock_skew of our clock. Forged, replayed,
+// stale and unknown-node datagrams are dropped, counted
+// (lockstep_heartbeat_rejected_total{reason}) and reported as events, at
+// most every 10s per source. A peer is dead after deadtime without a
+// valid heartbeat.
+//
+// # Roles and the timing argument
+//
+// decide (decide.go) is a pure function of one snapshot; its rules are
+// listed there. The safety property is that a partitioned writer releases
+// everything before the survivor takes over:
+//
+//   - The writer fences itself when no peer was heard for deadtime and no
+//     witness probe that started within the last deadtime succeeded.
+//     Witnesses are probed every keepalive; a probe counts from its start
+//     time. So the isolated writer fences at most deadtime (+ one decision
+//     tick, keepalive/4) after the cut, first making its database
+//     read-only, then releasing the resources right to left.
+//   - The survivor heard the writer's last heartbeat at most one keepalive
+//     before the cut, and takes over only after deadtime + takeover_margin
+//     of silence (default margin 2 x keepalive). Its takeover therefore
+//     happens no earlier than cut + deadtime + margin - keepalive.
+//   - With margin > keepalive + tick + the time to fence and release, the
+//     fence comes first. At the defaults (200ms, 1s, 400ms) that leaves
+//     150ms for the release; configure a larger takeover_margin when a
+//     resource's stop takes longer.
+//
+// A clean shutdown releases the resources, then sends a "leaving"
+// heartbeat, and the peer takes over at once. A peer whose datagrams fail
+// authentication is probably alive with another key: the survivor then
+// refuses to take over and says why.
+//
+// # Replication supervisor
+//
+// Both nodes run the replication supervisor for the same pair; its fence
+// and unfence decisions are idempotent (same observations, same read_only
+// values), so no single decision-maker is elected. A supervisor that
+// implements SetActive(bool) is told whether this node is the writer. The
+// self-fence uses the supervisor's Fence with a reason starting with
+// "lockstep self-fence: "; the daemon lifts exactly that fence (Unfence)
+// when the node is no longer isolated, also after a restart, and leaves
+// the supervisor to fence it again while it is behind.
+package orchestrator

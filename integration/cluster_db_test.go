@@ -28,7 +28,9 @@ const dbPort = 3306
 // node's database is writable, or both hold the VIP. After healing, one
 // writer remains and the fenced database is reintroduced.
 func TestClusterPartitionWriterWithDB(t *testing.T) {
+	began := time.Now()
 	pair := mariadbpair.Start(t)
+	t.Logf("MariaDB pair up in %s", time.Since(began).Round(time.Millisecond))
 	db := [2]*mariadbpair.Node{pair.Nodes[0], pair.Nodes[1]}
 	var c *cluster
 	c = newCluster(t, 2, nil)
@@ -57,6 +59,7 @@ func TestClusterPartitionWriterWithDB(t *testing.T) {
 	}
 	w := c.waitWriter(20 * time.Second)
 	s := c.other(w)
+	t.Logf("writer %s elected %s into the test", w.node.Name, time.Since(began).Round(time.Millisecond))
 	wdb, sdb := db[w.idx-1], db[s.idx-1]
 	ctx := t.Context()
 	waitFor(t, 10*time.Second, "both databases writable and both nodes healthy", func() bool {
@@ -66,6 +69,7 @@ func TestClusterPartitionWriterWithDB(t *testing.T) {
 	})
 
 	cut := time.Now()
+	t.Logf("cutting %s's link %s into the test", w.node.Name, time.Since(began).Round(time.Millisecond))
 	c.nw.Partition(w.idx)
 	var readOnlyAt, releasedAt, takenAt time.Duration
 	deadline := time.Now().Add(15 * time.Second)

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"regexp"
@@ -80,5 +81,25 @@ func TestPlaygroundSmoke(t *testing.T) {
 	}
 	for _, e := range left {
 		t.Errorf("playground left %s in its temp dir", e.Name())
+	}
+}
+
+func TestPlaygroundBadFlags(t *testing.T) {
+	bin := lockstepBinary(t)
+	for _, args := range [][]string{
+		{"playground", "--duration", "-1s"},
+		{"playground", "--interval", "0s"},
+		{"playground", "--duration", "soon"},
+		{"playground", "extra"},
+	} {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("lockstep %s: %v, want exit 2\n%s", strings.Join(args, " "), err, out)
+			continue
+		}
+		if !strings.Contains(string(out), "lockstep:") {
+			t.Errorf("lockstep %s printed no error: %s", strings.Join(args, " "), out)
+		}
 	}
 }

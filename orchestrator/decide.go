@@ -32,6 +32,11 @@ type view struct {
 	dbReason      string
 	dbFencedSince time.Time
 	failHold      bool // a recent failed acquisition makes us ineligible
+	// wasIsolated: we fenced ourselves and have not heard a peer since.
+	// The peer has probably taken over meanwhile, so seeing the witness
+	// again is no reason to take over from a peer we still cannot hear.
+	wasIsolated bool
+	selfFenced  bool // our database carries our own self-fence
 
 	witnessConfigured bool
 	witnessSeen       bool
@@ -76,7 +81,8 @@ type decision struct {
 //  5. A writer keeps the role unless its database is fenced while an
 //     eligible peer waits, or auto_failback hands it to the preferred node.
 //  6. A standby whose peers are all gone takes over when eligible: its
-//     database is not fenced (or takeover_wait expired).
+//     database is not fenced (or takeover_wait expired), and it has heard
+//     a peer since it last fenced itself.
 //  7. Live peers, no writer: the lowest-named eligible node takes over.
 func decide(v view) decision {
 	d := decision{role: v.role, decided: v.decided}
@@ -189,6 +195,10 @@ func decide(v view) decision {
 		}
 		if len(waitingFor) > 0 {
 			return d // within the margin that lets an isolated writer fence first
+		}
+		if v.wasIsolated {
+			d.waiting = fmt.Sprintf("was isolated and has not heard any peer since (%s): not taking over, the peer has probably done so; restart this daemon to override", peerSilence(v.peers))
+			return d
 		}
 		for _, p := range v.peers {
 			if p.authFail && !p.leaving() {

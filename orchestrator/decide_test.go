@@ -125,6 +125,11 @@ func TestDecideRules(t *testing.T) {
 			v.witnessSeen = false
 			return v
 		}(), RoleFenced, ""},
+		{"back from isolation via the witness only: no takeover", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleStandby, time.Minute))
+			v.wasIsolated = true
+			return v
+		}(), RoleStandby, ""},
 		{"failed resource start: hold down", func() view {
 			v := baseView(RoleStandby, silentPeer("a", RoleWriter, gone))
 			v.failHold = true

@@ -81,6 +81,7 @@ type RoleManager struct {
 	decided       bool
 	startedAt     time.Time
 	failHoldUntil time.Time
+	wasIsolated   bool // self-fenced, no peer heard since
 	failBackoff   time.Duration
 	dbFencedSince time.Time
 	lastWaiting   string
@@ -336,10 +337,10 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 	}
 	rm.mu.Unlock()
 	if d.role == v.role {
-		if v.role != RoleFenced && v.dbFenced && strings.HasPrefix(v.dbReason, selfFencePrefix) {
-			// Our own fence from before a restart, and we are not
-			// isolated now (or decide would fence): lift it once a peer
-			// is back for a moment.
+		if v.role != RoleFenced && (v.selfFenced || v.dbFenced && strings.HasPrefix(v.dbReason, selfFencePrefix)) {
+			// Our own fence (maybe from before a restart): lift it only
+			// once a peer is back for a moment; the witness alone is not
+			// enough, the peer's database may be the writable one.
 			for _, p := range v.peers {
 				if p.alive && p.aliveFor >= 2*v.cfg.Keepalive {
 					rm.mu.Lock()
@@ -361,9 +362,6 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 		rm.stepDown(ctx, d.reason)
 	default:
 		rm.setRole(d.role, d.reason)
-		if v.role == RoleFenced {
-			rm.liftSelfFence(ctx)
-		}
 	}
 }
 
@@ -489,6 +487,7 @@ func (rm *RoleManager) selfFence(ctx context.Context, reason string) {
 	db := rm.self.DB
 	timeout := rm.cfg.Deadtime
 	rm.setRoleLocked(RoleFenced, reason)
+	rm.wasIsolated = true
 	rm.mu.Unlock()
 	var wg sync.WaitGroup
 	if rm.fencer != nil && db != "" {
@@ -575,6 +574,8 @@ func (rm *RoleManager) snapshot(now time.Time) view {
 		now: now, cfg: cfg, self: rm.self.Name, role: rm.role, decided: rm.decided, startedAt: rm.startedAt,
 		writerSince: rm.writerSince, dbFenced: dbFenced, dbReason: dbReason, dbFencedSince: rm.dbFencedSince,
 		failHold:          now.Before(rm.failHoldUntil),
+		wasIsolated:       rm.wasIsolated,
+		selfFenced:        rm.selfFenced,
 		witnessConfigured: len(rm.witnesses) > 0,
 	}
 	names := []string{rm.self.Name}
@@ -731,6 +732,7 @@ func (rm *RoleManager) handle(pkt []byte, from *net.UDPAddr, now time.Time) {
 	restarted := p.guard.accept(hb)
 	p.heard = true
 	p.lastValid = now
+	rm.wasIsolated = false
 	p.from = from.String()
 	old := p.hb
 	p.hb = hb

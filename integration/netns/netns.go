@@ -377,7 +377,6 @@ func (node *Node) HTTPClient(timeout time.Duration) *http.Client {
 		Transport: &http.Transport{
 			DialContext:       node.DialContext,
 			DisableKeepAlives: true,
-			Proxy:             nil,
 		},
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,8 +18,16 @@ import (
 	"github.com/lockstep-ha/lockstep/integration/netns"
 )
 
+func needPing(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("ping"); err != nil {
+		t.Skip("ping not installed (apt-get install iputils-ping)")
+	}
+}
+
 func TestPingPartitionHeal(t *testing.T) {
 	t.Parallel()
+	needPing(t)
 	nw := netns.New(t, 2)
 	ctx := t.Context()
 	n1, n2, w := nw.Node(1), nw.Node(2), nw.Witness()
@@ -56,6 +65,7 @@ func TestPingPartitionHeal(t *testing.T) {
 
 func TestDisconnectKeepsWitness(t *testing.T) {
 	t.Parallel()
+	needPing(t)
 	nw := netns.New(t, 2)
 	ctx := t.Context()
 	n1, n2, w := nw.Node(1), nw.Node(2), nw.Witness()

@@ -221,8 +221,8 @@ func (s *Server) startLocked() error {
 	cmd.Stdout = s.logs
 	cmd.Stderr = s.logs
 	// Its own process group, so a Ctrl-C on the test does not race our
-	// orderly shutdown.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// orderly shutdown; and killed with us if we die without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start sshd: %w", err)
 	}

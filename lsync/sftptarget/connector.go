@@ -206,6 +206,14 @@ func (c *Connector) connect(ctx context.Context) (*session, error) {
 		return nil, fmt.Errorf("%w: target %s: connection setup with %s timed out after %s", lsync.ErrDisconnected, c.cfg.Name, c.addr, c.cfg.ConnectTimeout)
 	}
 	_ = conn.SetDeadline(time.Time{})
+	if _, ok := clients[0].HasExtension("posix-rename@openssh.com"); !ok {
+		for _, sc := range clients {
+			_ = sc.Close()
+		}
+		_ = client.Close()
+		// Without it a rename cannot replace an existing file atomically.
+		return nil, fmt.Errorf("target %s: the SFTP server on %s lacks the posix-rename@openssh.com extension that atomic updates need (use OpenSSH)", c.cfg.Name, c.addr)
+	}
 
 	s := newSession(c, client, clients)
 	if err := s.prepareRoot(ctx); err != nil {

@@ -113,6 +113,8 @@ type cluster struct {
 	deadtime  time.Duration
 	// extraMembers are listed in every config but run no daemon.
 	extraMembers []member
+	// extraCluster is appended to every `cluster:` section (indented).
+	extraCluster string
 	// repl, when set, returns node d's `repl:` section (YAML, top level)
 	// and each node is mapped to database db<i>.
 	repl func(d *daemon) string
@@ -196,6 +198,9 @@ cluster:
   deadtime: {{.Deadtime}}
   agent_check: {{.Agent}}
   witness: ["{{.Witness}}"]
+{{- if .ExtraCluster}}
+{{.ExtraCluster}}
+{{- end}}
   nodes:
 {{- range .Nodes}}
     - {name: {{.Name}}, address: "{{.Address}}"{{if .DB}}, db: {{.DB}}{{end}}}
@@ -234,17 +239,18 @@ func (d *daemon) writeConfig() {
 		keyFile = d.keyFile
 	}
 	data := map[string]any{
-		"Name":      d.node.Name,
-		"Listen":    d.httpAddr(),
-		"Agent":     net.JoinHostPort(d.node.Addr.String(), fmt.Sprint(agentPort)),
-		"KeyFile":   keyFile,
-		"Keepalive": c.keepalive,
-		"Deadtime":  c.deadtime,
-		"Witness":   c.witness,
-		"Nodes":     peers,
-		"Resources": c.resources(d),
-		"Dev":       netns.Dev,
-		"Repl":      repl,
+		"Name":         d.node.Name,
+		"Listen":       d.httpAddr(),
+		"Agent":        net.JoinHostPort(d.node.Addr.String(), fmt.Sprint(agentPort)),
+		"KeyFile":      keyFile,
+		"Keepalive":    c.keepalive,
+		"Deadtime":     c.deadtime,
+		"Witness":      c.witness,
+		"Nodes":        peers,
+		"Resources":    c.resources(d),
+		"Dev":          netns.Dev,
+		"Repl":         repl,
+		"ExtraCluster": strings.TrimRight(c.extraCluster, "\n"),
 	}
 	f, err := os.OpenFile(d.config, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -999,4 +1005,56 @@ func onlyStops(calls []string) bool {
 		}
 	}
 	return true
+}
+
+// TestClusterAutoFailback: with auto_failback on, the preferred node (the
+// lowest name) takes the writer role back once it has been alive for
+// failback_hold, and never while the current writer still holds the VIP.
+func TestClusterAutoFailback(t *testing.T) {
+	const hold = 1500 * time.Millisecond
+	c := newCluster(t, 2, nil)
+	c.extraCluster = fmt.Sprintf("  auto_failback: true\n  failback_hold: %s\n", hold)
+	n1, n2 := c.node(1), c.node(2)
+	n1.start()
+	n2.start()
+	if w := c.waitWriter(15 * time.Second); w != n1 {
+		t.Fatalf("first writer = %s, want n1 (preferred)", w.node.Name)
+	}
+	n1.stop(15 * time.Second)
+	if w := c.waitWriter(10 * time.Second); w != n2 {
+		t.Fatalf("writer after n1 stopped = %s, want n2", w.node.Name)
+	}
+
+	back := time.Now()
+	n1.start()
+	var movedAfter time.Duration
+	deadline := time.Now().Add(hold + 10*time.Second)
+	for time.Now().Before(deadline) {
+		v1, v2 := n1.holdsVIP(), n2.holdsVIP()
+		if v1 && v2 {
+			t.Fatalf("both nodes hold the VIP %s after n1 came back", time.Since(back).Round(time.Millisecond))
+		}
+		if v1 {
+			movedAfter = time.Since(back)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if movedAfter == 0 {
+		t.Fatalf("n1 did not take the writer role back within failback_hold %s + 10s", hold)
+	}
+	t.Logf("auto_failback: n1 writer again %s after its restart (failback_hold %s)", movedAfter.Round(time.Millisecond), hold)
+	if movedAfter < hold {
+		t.Errorf("failback after %s, before failback_hold %s", movedAfter, hold)
+	}
+	if w := c.waitWriter(5 * time.Second); w != n1 {
+		t.Errorf("writer after failback = %s, want n1", w.node.Name)
+	}
+	st, err := n2.status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.findEvent("role", "auto_failback"); !ok {
+		t.Errorf("n2 has no role event explaining the failback: %s", st.raw)
+	}
 }

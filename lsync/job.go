@@ -30,11 +30,14 @@ type TargetStatus struct {
 	Target       string
 	Connected    bool
 	PendingFiles int
-	// Rescanning is true while a full pass is queued or running.
+	// Rescanning is true while a full pass is queued.
 	Rescanning bool
 	LastSync   time.Time // last time the target was known to match
 	LastError  string
 	Lag        time.Duration // age of the oldest change not yet on the target
+	// JobError is set when the job as a whole broke (the source can no
+	// longer be watched completely, e.g. out of inotify watches).
+	JobError string
 }
 
 // Job pushes one source tree to its targets: a watcher feeds a batcher,
@@ -49,13 +52,14 @@ type Job struct {
 	source   *Source
 	workers  []*targetWorker
 
-	mu      sync.Mutex
-	started bool
-	stopped bool
-	cancel  context.CancelFunc
-	watcher *Watcher
-	wg      sync.WaitGroup
-	fatal   chan error
+	mu       sync.Mutex
+	started  bool
+	stopped  bool
+	cancel   context.CancelFunc
+	watcher  *Watcher
+	wg       sync.WaitGroup
+	fatal    chan error
+	fatalErr string
 }
 
 // NewJob validates cfg and opens the source. connectors holds one
@@ -136,6 +140,9 @@ func (j *Job) Start(ctx context.Context) error {
 		defer j.wg.Done()
 		if err := w.Run(ctx, batcher); err != nil {
 			j.logger.Error("watcher failed; the tree is no longer fully watched", "err", err)
+			j.mu.Lock()
+			j.fatalErr = err.Error()
+			j.mu.Unlock()
 			select {
 			case j.fatal <- err:
 			default:
@@ -196,9 +203,14 @@ func (j *Job) Run(ctx context.Context) error {
 
 // Status returns the state of every target.
 func (j *Job) Status() []TargetStatus {
+	j.mu.Lock()
+	jobErr := j.fatalErr
+	j.mu.Unlock()
 	out := make([]TargetStatus, 0, len(j.workers))
 	for _, w := range j.workers {
-		out = append(out, w.status())
+		st := w.status()
+		st.JobError = jobErr
+		out = append(out, st)
 	}
 	return out
 }

@@ -225,6 +225,7 @@ type clusterOpts struct {
 	wrongKey                    string            // node name that gets a different key
 	relays                      bool              // route heartbeats through cuttable relays
 	preFence                    map[string]string // node -> its database's fence reason at start
+	nodes                       int               // 2 (default) or 3
 }
 
 type testCluster struct {
@@ -243,8 +244,11 @@ func startCluster(t testing.TB, o clusterOpts) *testCluster {
 			o.margin = 300 * time.Millisecond
 		}
 	}
-	names := []string{"a", "b"}
-	ports := map[string]string{"a": freeUDP(t), "b": freeUDP(t)}
+	names := []string{"a", "b", "c"}[:max(o.nodes, 2)]
+	ports := map[string]string{}
+	for _, n := range names {
+		ports[n] = freeUDP(t)
+	}
 	tc := &testCluster{nodes: map[string]*testNode{}, relays: map[string]*relay{}}
 	addrFor := func(self, other string) string { return ports[other] }
 	if o.relays {
@@ -378,8 +382,17 @@ func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) 
 
 func (tc *testCluster) writers() []string {
 	var w []string
-	for _, name := range []string{"a", "b"} {
-		if n := tc.nodes[name]; n.role() == RoleWriter {
+	for _, name := range []string{"a", "b", "c"} {
+		n := tc.nodes[name]
+		if n == nil {
+			continue
+		}
+		select {
+		case <-n.stopped:
+			continue // a crashed daemon's last role is meaningless
+		default:
+		}
+		if n.role() == RoleWriter {
 			w = append(w, name)
 		}
 	}

@@ -37,6 +37,11 @@
 //     150ms for the release; configure a larger takeover_margin when a
 //     resource's stop takes longer.
 //
+// A node that fenced itself does not take over again until it has heard a
+// peer: when only the witness comes back, the peer has most likely taken
+// over meanwhile (restarting the daemon overrides this). For the same
+// reason its database self-fence is lifted only once a peer is heard.
+//
 // A clean shutdown releases the resources, then sends a "leaving"
 // heartbeat, and the peer takes over at once. A peer whose datagrams fail
 // authentication is probably alive with another key: the survivor then

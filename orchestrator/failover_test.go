@@ -147,7 +147,8 @@ func TestClusterPartitionSelfFencesBeforeTakeover(t *testing.T) {
 		t.Fatalf("fenced status %+v", st)
 	}
 	_, metrics := getText(t, a, "/metrics")
-	for _, want := range []string{`lockstep_role{role="fenced"} 1`, "lockstep_fenced 1", `lockstep_witness_up{witness=`} {
+	for _, want := range []string{`lockstep_role{role="fenced"} 1`, "lockstep_fenced 1", "lockstep_healthy 0", `lockstep_witness_up{witness=`,
+		`lockstep_heartbeat_losses_total{peer="b"} 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Fatalf("metrics lack %q", want)
 		}
@@ -351,7 +352,7 @@ func TestStatusHealthMetricsPerRole(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 	_, metrics := getText(t, a, "/metrics")
-	for _, want := range []string{`lockstep_role{role="writer"} 1`, `lockstep_role{role="standby"} 0`, "lockstep_fenced 0",
+	for _, want := range []string{`lockstep_role{role="writer"} 1`, `lockstep_role{role="standby"} 0`, "lockstep_fenced 0", "lockstep_healthy 1",
 		`lockstep_peer_alive{peer="b"} 1`, `lockstep_heartbeats_received_total{peer="b"}`, "lockstep_resource_actions_total{"} {
 		if !strings.Contains(metrics, want) {
 			t.Fatalf("metrics lack %q:\n%s", want, metrics)
@@ -394,5 +395,24 @@ func TestRestartLiftsOwnSelfFenceOnly(t *testing.T) {
 	}
 	if b.role() != RoleStandby {
 		t.Fatalf("b %s", b.role())
+	}
+}
+
+func TestThreeNodesFailover(t *testing.T) {
+	tc := startCluster(t, clusterOpts{nodes: 3})
+	a, b, c := tc.nodes["a"], tc.nodes["b"], tc.nodes["c"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	a.stop(errCrash)
+	// b and c both see a gone; the election among them picks b.
+	waitFor(t, 5*time.Second, "b writer", func() bool { return len(b.held()) == 2 })
+	time.Sleep(3 * b.cfg().Keepalive)
+	if w := tc.writers(); !slices.Equal(w, []string{"b"}) {
+		t.Fatalf("writers %v", w)
+	}
+	if len(c.held()) != 0 || c.role() != RoleStandby {
+		t.Fatalf("c: %s %v", c.role(), c.held())
+	}
+	if !strings.Contains(b.reason(), "election") {
+		t.Fatalf("b's reason %q", b.reason())
 	}
 }

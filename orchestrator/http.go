@@ -161,7 +161,11 @@ func (d *Daemon) Handler() http.Handler {
 		enc.SetEscapeHTML(false)
 		_ = enc.Encode(d.Status())
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(d.cfg.Registry, promhttp.HandlerOpts{Registry: d.cfg.Registry}))
+	prom := promhttp.HandlerFor(d.cfg.Registry, promhttp.HandlerOpts{Registry: d.cfg.Registry})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		d.Health() // refreshes lockstep_healthy for this scrape
+		prom.ServeHTTP(w, r)
+	})
 	return mux
 }
 

@@ -565,6 +565,7 @@ func (rm *RoleManager) snapshot(now time.Time) view {
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
 	cfg := rm.cfg
+	rm.metrics.fenced.Set(b2f(rm.role == RoleFenced || dbFenced))
 	if dbFenced && rm.dbFencedSince.IsZero() {
 		rm.dbFencedSince = now
 	} else if !dbFenced {

@@ -214,6 +214,22 @@ type testNode struct {
 	cancel  context.CancelCauseFunc
 	stopped chan struct{}
 	witness *witnessServer
+	dcfg    DaemonConfig
+}
+
+// restart runs a fresh daemon (new boot id, empty state) with the same
+// configuration, as after `systemctl restart`.
+func (n *testNode) restart(t testing.TB) {
+	t.Helper()
+	n.stop(nil)
+	n.reg = prometheus.NewRegistry()
+	n.dcfg.Registry = n.reg
+	d, err := NewDaemon(n.dcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.daemon, n.stopped = d, make(chan struct{})
+	n.start(t)
 }
 
 type clusterOpts struct {
@@ -226,6 +242,7 @@ type clusterOpts struct {
 	relays                      bool              // route heartbeats through cuttable relays
 	preFence                    map[string]string // node -> its database's fence reason at start
 	nodes                       int               // 2 (default) or 3
+	autoFailback                time.Duration     // > 0: auto_failback with this failback_hold
 }
 
 type testCluster struct {
@@ -294,12 +311,16 @@ func startCluster(t testing.TB, o clusterOpts) *testCluster {
 			}
 			cc.Resources = append(cc.Resources, ResourceConfig{Exec: lsbScript(t, dir, r, n.calls, extra), Timeout: timeout})
 		}
+		if o.autoFailback > 0 {
+			cc.AutoFailback, cc.FailbackHold = true, o.autoFailback
+		}
 		cc.SetDefaults()
 		if err := cc.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		d, err := NewDaemon(DaemonConfig{Node: name, Listen: "127.0.0.1:0", Cluster: cc, Repl: n.repl, Registry: n.reg,
-			Logger: testLogger(t, name)})
+		n.dcfg = DaemonConfig{Node: name, Listen: "127.0.0.1:0", Cluster: cc, Repl: n.repl, Registry: n.reg,
+			Logger: testLogger(t, name)}
+		d, err := NewDaemon(n.dcfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -416,3 +416,25 @@ func TestThreeNodesFailover(t *testing.T) {
 		t.Fatalf("b's reason %q", b.reason())
 	}
 }
+
+func TestAutoFailbackHoldAfterRestart(t *testing.T) {
+	hold := 1500 * time.Millisecond
+	tc := startCluster(t, clusterOpts{autoFailback: hold})
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	// A quick restart of a (shorter than deadtime): b takes over on a's
+	// goodbye, and must wait failback_hold from a's return, not from a's
+	// first start.
+	a.stop(nil)
+	waitFor(t, 5*time.Second, "b writer", func() bool { return len(b.held()) == 2 })
+	a.restart(t)
+	back := time.Now()
+	waitFor(t, 10*time.Second, "a writer again", func() bool { return len(a.held()) == 2 })
+	if el := time.Since(back); el < hold {
+		t.Fatalf("failback %s after a's return, before failback_hold %s", el, hold)
+	}
+	eventTime(t, b, "auto_failback: preferred node a")
+	if w := tc.writers(); !slices.Equal(w, []string{"a"}) {
+		t.Fatalf("writers %v", w)
+	}
+}

@@ -742,6 +742,11 @@ func (rm *RoleManager) handle(pkt []byte, from *net.UDPAddr, now time.Time) {
 		p.alive, p.aliveSince = true, now
 		rm.metrics.peerAlive.WithLabelValues(hb.Node).Set(1)
 	}
+	if restarted || hb.Leaving {
+		// A restart within deadtime never looked dead; it is "back" (for
+		// failback_hold and the fenced-exit hysteresis) only from now.
+		p.aliveSince = now
+	}
 	rm.mu.Unlock()
 	rm.metrics.heartbeatsRecv.WithLabelValues(hb.Node).Inc()
 	switch {

@@ -205,49 +205,13 @@ func runLag(ctx context.Context, e *Env, res *Result) error {
 	}
 	time.Sleep(1500 * time.Millisecond)
 
-	// Part 1: stop db2's SQL thread; the true lag then grows 1:1 with time.
-	tA := time.Now()
-	if err := db2.StopSQLThread(ctx); err != nil {
-		return err
-	}
-	tStop := tA.Add(time.Since(tA) / 2)
-	var lsErr, ptErrs []float64
-	time.Sleep(700 * time.Millisecond)
-	for i := 0; i < e.Sizes.LagSamples; i++ {
-		lag, at, err := lockstepLag(ctx, metricsURL, db2.Name)
-		if err != nil {
-			return err
-		}
-		lsErr = append(lsErr, (lag-at.Sub(tStop).Seconds())*1000)
-		if pt != nil {
-			lag, at, err := ptHeartbeatLag(ctx, db2.DB, db1.ServerID)
-			if err != nil {
-				return err
-			}
-			ptErrs = append(ptErrs, (lag-at.Sub(tStop).Seconds())*1000)
-		}
-		time.Sleep(330 * time.Millisecond)
-	}
-	if err := db2.StartSQLThread(ctx); err != nil {
-		return err
-	}
-	res.note("Lag: db1 takes 100 inserts/s; db2's SQL thread is stopped at T, so db2's true lag at instant t is t − T. %d readings each; error = reading − truth at the reading's instant (lockstep: the supervisor's `lockstep_repl_lag_seconds` gauge scraped from its /metrics, i.e. its live reading; pt-heartbeat: now − ts of db1's row on db2, exactly what `pt-heartbeat --check` computes, read in-process at a known instant).", e.Sizes.LagSamples)
-	res.note("lockstep runs with its default 250 ms interval; pt-heartbeat --update with its default 1 s interval (both as an admin would run them). A positive error means the tool over-reports lag.")
-	res.note("lockstep error samples (ms): %s", fmtMillis(lsErr))
-	if pt != nil {
-		res.note("pt-heartbeat error samples (ms): %s", fmtMillis(ptErrs))
-	}
-	ptRow := func(v []float64, f func([]float64) float64) Value {
-		if pt == nil {
-			return missing("pt-heartbeat not installed")
-		}
-		return millisVal(f(v))
-	}
-	res.add(Row{Metric: "lag error, mean |reading − truth|", Kind: KindMillis, Lockstep: millisVal(meanAbs(lsErr)), Anchor: "pt-heartbeat (1 s)", AnchorV: ptRow(ptErrs, meanAbs)})
-	res.add(Row{Metric: "lag error, max |reading − truth|", Kind: KindMillis, Lockstep: millisVal(maxAbs(lsErr)), Anchor: "pt-heartbeat (1 s)", AnchorV: ptRow(ptErrs, maxAbs)})
-
-	// Part 2: time from crossing max_lag to read_only ON on db2.
+	// Each run stops db2's SQL thread: from then on db2's true lag grows
+	// 1:1 with time, so a reading taken at instant t should say t − T.
+	// Both tools are read once per run, 60% of max_lag after the stop (each
+	// stop falls at a different phase of both heartbeat cycles), then
+	// read_only is polled until the fence.
 	var delays []time.Duration
+	var lsErr, ptErrs []float64
 	for run := 0; run < e.Sizes.FenceRuns; run++ {
 		if err := waitFor(ctx, 30*time.Second, func() error {
 			if err := sup.ErrIfExited(); err != nil {
@@ -269,7 +233,21 @@ func runLag(ctx context.Context, e *Env, res *Result) error {
 		if err := db2.StopSQLThread(ctx); err != nil {
 			return err
 		}
-		crossing := tA.Add(time.Since(tA) / 2).Add(maxLag)
+		tStop := tA.Add(time.Since(tA) / 2)
+		crossing := tStop.Add(maxLag)
+		time.Sleep(time.Until(tStop.Add(maxLag * 6 / 10)))
+		lag, at, err := lockstepLag(ctx, metricsURL, db2.Name)
+		if err != nil {
+			return err
+		}
+		lsErr = append(lsErr, (lag-at.Sub(tStop).Seconds())*1000)
+		if pt != nil {
+			lag, at, err := ptHeartbeatLag(ctx, db2.DB, db1.ServerID)
+			if err != nil {
+				return err
+			}
+			ptErrs = append(ptErrs, (lag-at.Sub(tStop).Seconds())*1000)
+		}
 		var fencedAt time.Time
 		deadline := time.Now().Add(maxLag + 15*time.Second)
 		for time.Now().Before(deadline) {
@@ -291,6 +269,20 @@ func runLag(ctx context.Context, e *Env, res *Result) error {
 		}
 		delays = append(delays, fencedAt.Sub(crossing))
 	}
+	res.note("Lag: db1 takes 100 inserts/s; in each of %d runs db2's SQL thread is stopped at T, so db2's true lag at instant t is t − T; both tools are read once per run, %s after T. Error = reading − truth at the reading's instant (lockstep: the supervisor's `lockstep_repl_lag_seconds` gauge scraped from its /metrics, i.e. its live reading; pt-heartbeat: now − ts of db1's row on db2, exactly what `pt-heartbeat --check` computes, read in-process at a known instant).", len(lsErr), maxLag*6/10)
+	res.note("lockstep runs with its default 250 ms interval; pt-heartbeat --update with its default 1 s interval (both as an admin would run them). A positive error means the tool over-reports lag.")
+	res.note("lockstep error samples (ms): %s", fmtMillis(lsErr))
+	if pt != nil {
+		res.note("pt-heartbeat error samples (ms): %s", fmtMillis(ptErrs))
+	}
+	ptRow := func(v []float64, f func([]float64) float64) Value {
+		if pt == nil {
+			return missing("pt-heartbeat not installed")
+		}
+		return millisVal(f(v))
+	}
+	res.add(Row{Metric: "lag error, mean |reading − truth|", Kind: KindMillis, Lockstep: millisVal(meanAbs(lsErr)), Anchor: "pt-heartbeat (1 s)", AnchorV: ptRow(ptErrs, meanAbs)})
+	res.add(Row{Metric: "lag error, max |reading − truth|", Kind: KindMillis, Lockstep: millisVal(maxAbs(lsErr)), Anchor: "pt-heartbeat (1 s)", AnchorV: ptRow(ptErrs, maxAbs)})
 	sort.Slice(delays, func(i, j int) bool { return delays[i] < delays[j] })
 	res.note("Fencing: max_lag %s, default interval; db2's SQL thread stopped, read_only polled on db2 every 2 ms; %d runs. Delays after the crossing (ms): %s", maxLag, len(delays), fmtDurMillis(delays))
 	res.note("No anchor tool fences a co-master on lag (pt-heartbeat only measures; orchestrator polls every 5 s, replication-manager every 2 s, ProxySQL every 10 s, per their docs); the anchor column is issue 3's target (≤ 0.5 s after the crossing).")

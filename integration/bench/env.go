@@ -24,7 +24,6 @@ type Sizes struct {
 	StormFileSize      int
 	RenameFiles        int
 	OutageChanges      int
-	LagSamples         int
 	FenceRuns          int
 	ChecksumTables     int
 	ChecksumRows       int
@@ -42,9 +41,9 @@ func fullSizes() Sizes {
 		BurstFromGoroot: true,
 		BigDirs:         10_000, BigFiles: 100_000,
 		StormFiles: 100, StormWrites: 10_000, StormWindow: 2 * time.Second, StormFileSize: 8 << 10,
-		RenameFiles:   5_000,
-		OutageChanges: 1_000,
-		LagSamples:    12, FenceRuns: 20,
+		RenameFiles:    5_000,
+		OutageChanges:  1_000,
+		FenceRuns:      20,
 		ChecksumTables: 4, ChecksumRows: 250_000,
 		FailoverRuns:    20,
 		ConvergeTimeout: 3 * time.Minute,
@@ -59,9 +58,9 @@ func smokeSizes() Sizes {
 		BurstFiles: 50,
 		BigDirs:    20, BigFiles: 200,
 		StormFiles: 10, StormWrites: 300, StormWindow: 300 * time.Millisecond, StormFileSize: 2 << 10,
-		RenameFiles:   100,
-		OutageChanges: 50,
-		LagSamples:    2, FenceRuns: 1,
+		RenameFiles:    100,
+		OutageChanges:  50,
+		FenceRuns:      2,
 		ChecksumTables: 1, ChecksumRows: 1_000,
 		FailoverRuns:    1,
 		ConvergeTimeout: 30 * time.Second,

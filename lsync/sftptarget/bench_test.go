@@ -18,9 +18,10 @@ import (
 
 // Raw transport throughput over loopback sshd, without the sync engine:
 //
-//	go test -run '^$' -bench . -benchtime 2000x ./lsync/sftptarget/
+//	go test -run '^$' -bench Small -benchtime 3000x ./lsync/sftptarget/
+//	go test -run '^$' -bench 'Large|Walk' -benchtime 3x ./lsync/sftptarget/
 func BenchmarkWriteFileSmall(b *testing.B) {
-	for _, ch := range []int{sftpChannels} {
+	for _, ch := range []int{1, sftpChannels} {
 		for _, conc := range []int{1, 8, 32} {
 			b.Run(fmt.Sprintf("4KiB/channels=%d/concurrency=%d", ch, conc), func(b *testing.B) {
 				benchSmall(b, ch, conc, 4096)

@@ -63,7 +63,7 @@ func fixture(t *testing.T, text string) string {
 	dir := t.TempDir()
 	for _, name := range []string{"IDENTITY", "KNOWN", "KEYFILE"} {
 		p := filepath.Join(dir, strings.ToLower(name))
-		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+		if err := os.WriteFile(p, []byte(strings.Repeat("k", 64)), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		text = strings.ReplaceAll(text, name, p)

@@ -502,7 +502,18 @@ func (w *targetWorker) run(ctx context.Context) {
 	}
 }
 
+// disconnectNotifier is implemented by targets that learn of a dead
+// session on their own (the SFTP session's keepalive); without it an idle
+// worker would only notice at its next change.
+type disconnectNotifier interface {
+	Disconnected() <-chan struct{}
+}
+
 func (w *targetWorker) session(ctx context.Context, t Target) error {
+	var lost <-chan struct{} // nil (never ready) when the target cannot tell
+	if dn, ok := t.(disconnectNotifier); ok {
+		lost = dn.Disconnected()
+	}
 	// Catch up: whatever happened while disconnected, a full pass repairs.
 	w.mu.Lock()
 	w.rescan, w.reason = true, "connect"
@@ -525,6 +536,8 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-lost:
+			return fmt.Errorf("%w: target %s: session lost", ErrDisconnected, w.name)
 		case <-w.notify:
 		case <-verify:
 			w.enqueue(Batch{Rescan: true, Reason: "verification"})

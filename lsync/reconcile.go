@@ -511,6 +511,11 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	for _, p := range b.Paths {
 		paths[p] = true
 	}
+	// Old names of renames the target refused: deleted (where the source
+	// lacks them) only after their new names landed, so that the content
+	// is never missing from both names at once. Two-way full passes never
+	// delete, so the deletion must happen here or not at all.
+	oldNames := map[string]bool{}
 	for _, rn := range b.Renames {
 		if r.Source.excluder.Excluded(rn.From, true) || r.Source.excluder.Excluded(rn.To, true) {
 			continue // the per-path checks handle both names
@@ -531,6 +536,8 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 		// after the rename, before the new directory was watched.
 		paths[rn.To] = true
 		if err != nil {
+			paths[rn.From] = true
+			oldNames[rn.From] = true
 			if werr := r.Source.Walk(ctx, rn.To, func(e Entry) error { paths[e.Path] = true; return nil }); werr != nil {
 				rep.Errors = append(rep.Errors, &PathError{Path: rn.To, Op: "scan", Err: werr})
 			}
@@ -598,7 +605,22 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 			dirTimes = append(dirTimes, *e)
 		}
 	}
+	var late []op
+	if len(oldNames) > 0 {
+		now := ops[:0]
+		for _, o := range ops {
+			if o.kind == opRemove && (oldNames[o.path] || coveredBy(o.path, oldNames)) {
+				late = append(late, o)
+			} else {
+				now = append(now, o)
+			}
+		}
+		ops = now
+	}
 	err = r.execute(ctx, t, ops, dirTimes, rep, false)
+	if err == nil && len(late) > 0 {
+		err = r.execute(ctx, t, late, nil, rep, false)
+	}
 	rep.Duration = time.Since(start)
 	return rep, err
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"time"
 )
 
@@ -156,6 +157,9 @@ func (c *ClusterConfig) Validate() error {
 		case r.Exec != "":
 			if r.Dev != "" {
 				errs = append(errs, fmt.Errorf("resources[%d].dev: only valid with ipaddr", i))
+			}
+			if !filepath.IsAbs(r.Exec) {
+				errs = append(errs, fmt.Errorf("resources[%d].exec: %q must be an absolute path", i, r.Exec))
 			}
 		default:
 			errs = append(errs, fmt.Errorf("resources[%d]: one of ipaddr or exec is required", i))

@@ -153,3 +153,35 @@ func TestAppliedTrx(t *testing.T) {
 		t.Fatalf("got %d", got)
 	}
 }
+
+func TestConfigChecksResources(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "svc")
+	os.WriteFile(script, []byte("#!/bin/sh\n"), 0o644)
+	c := ClusterConfig{
+		KeyFile: writeKey(t, dir, testSecret, 0o600),
+		Nodes:   []NodeConfig{{Name: "a", Address: "127.0.0.1:1"}, {Name: "b", Address: "127.0.0.1:2"}},
+		Resources: []ResourceConfig{
+			{Exec: script}, {Exec: "relative/svc"}, {IPAddr: "10.0.0.10/24", Dev: "eth0"}, {IPAddr: "10.0.0.300/24"},
+		},
+	}
+	c.SetDefaults()
+	err := c.Validate()
+	for _, want := range []string{"resources[1].exec: \"relative/svc\" must be an absolute path", "resources[3].ipaddr:", "resources[3].dev: required"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q in %v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "resources[0]") || strings.Contains(err.Error(), "resources[2]") {
+		t.Errorf("valid resource rejected: %v", err)
+	}
+	// At daemon start the script must exist and be executable.
+	_, err = NewResources([]ResourceConfig{{Exec: script}}, discardLogger())
+	if err == nil || !strings.Contains(err.Error(), "resources[0].exec: "+script+" is not an executable file") {
+		t.Errorf("non-executable script: %v", err)
+	}
+	_, err = NewResources([]ResourceConfig{{Exec: filepath.Join(dir, "missing")}}, discardLogger())
+	if err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("missing script: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 )
@@ -41,6 +42,9 @@ func NewResources(cfgs []ResourceConfig, logger *slog.Logger) ([]Resource, error
 			}
 			out = append(out, r)
 		case c.Exec != "":
+			if err := checkScript(c.Exec); err != nil {
+				return nil, fmt.Errorf("resources[%d].exec: %w", i, err)
+			}
 			out = append(out, NewExec(c.Exec, c.Timeout))
 		default:
 			return nil, fmt.Errorf("resources[%d]: one of ipaddr or exec is required", i)
@@ -202,3 +206,17 @@ func (g *Group) ReleaseLeftovers(ctx context.Context) error {
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }
+
+// checkScript catches a typo'd or non-executable LSB script when the
+// daemon starts rather than at the first failover. (`lockstep check` only
+// checks the path's form, so a config can be checked on another machine.)
+func checkScript(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("%s is not an executable file", path)
+	}
+	return nil
+}

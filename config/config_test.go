@@ -148,3 +148,26 @@ func TestLoadMissingFile(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestExampleConfigIsValid keeps configs/lockstep.example.yaml loadable:
+// only the key files it names are swapped for temporary ones.
+func TestExampleConfigIsValid(t *testing.T) {
+	data, err := os.ReadFile("../configs/lockstep.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	text := strings.ReplaceAll(string(data), "/etc/lockstep/", dir+"/")
+	for _, name := range []string{"id_ed25519", "known_hosts", "cluster.key"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(strings.Repeat("k", 64)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := Parse("lockstep.example.yaml", []byte(text), env(map[string]string{"LOCKSTEP_DB_PASSWORD": "pw"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.Sync[0].TwoWay || len(f.Cluster.Resources) != 2 {
+		t.Errorf("example not decoded as documented: %+v", f)
+	}
+}

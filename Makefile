@@ -8,7 +8,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 
 # Debian packages the tests, the playground and the benchmarks use.
 DEB_PKGS := openssh-server openssh-client mariadb-server mariadb-client rsync lsyncd \
-            percona-toolkit sysbench iproute2 iputils-ping iputils-arping procps curl
+            percona-toolkit sysbench iproute2 iputils-ping procps curl
 
 .PHONY: all build deps test lint unit bench bench-smoke playground clean
 

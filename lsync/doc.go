@@ -11,16 +11,21 @@
 // session, so a target that is down only accumulates pending paths (bounded:
 // beyond DefaultMaxPendingPaths the queue turns into one full rescan) and
 // never holds up the others. A worker reconnects with exponential backoff
-// and catches up with a full reconciliation.
+// and catches up with a full reconciliation. A target whose session can
+// announce its own death (the SFTP keepalive, via a Disconnected channel)
+// is shown as disconnected at once, even while idle.
 //
 // Batches carry paths, not operations: what a path needs is decided when
 // the batch is applied, from the source's state at that moment and the
 // target's Stat. Stale or reordered events therefore cannot produce a wrong
-// result, "create then delete" sends nothing, "delete then create" uploads,
-// and a change the target already has (a file a peer just delivered) is
-// not sent again. Directory renames are paired by inode (the old name's
-// RENAME with the new name's CREATE) and replayed as a Rename on the
-// target; if the target lacks the old name, the new subtree is uploaded.
+// result, "create then delete" uploads nothing (the path still costs one
+// Stat, and is deleted on the target if it is there after all, e.g. a file
+// a peer delivered and that was renamed away here within the batch),
+// "delete then create" uploads, and a change the target already has (a
+// file a peer just delivered) is not sent again. Directory renames are
+// paired by inode (the old name's RENAME with the new name's CREATE) and
+// replayed as a Rename on the target; if the target refuses it, the new
+// subtree is uploaded and only then is the old name deleted.
 //
 // # Guarantees
 //
@@ -64,4 +69,8 @@
 // Full passes in two-way mode never delete on the target (a file present
 // only on the peer is the peer's to push, and deleting it would race with
 // its creation there); deletions made while both run propagate live.
+// One race remains: a full pass (at connect or verification) that delivers
+// a file whose own live event is still queued, followed by a rename or
+// delete of that file on the peer within the batch delay, makes the queued
+// event upload it again; the old name then survives on both nodes.
 package lsync

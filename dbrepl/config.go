@@ -3,6 +3,7 @@ package dbrepl
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -19,6 +20,15 @@ const (
 	DefaultStateDir    = "/var/lib/lockstep"
 )
 
+// Conflict detector defaults: ten seconds covers the replication delay of
+// a healthy pair many times over; 10,000 keys per table bound memory to a
+// few MB.
+const (
+	DefaultConflictWindow          = 10 * time.Second
+	DefaultConflictMaxKeysPerTable = 10000
+	DefaultConflictMaxTables       = 256
+)
+
 // Config is the `repl:` section.
 type Config struct {
 	Interval time.Duration `yaml:"interval"`
@@ -28,6 +38,76 @@ type Config struct {
 	// StateDir holds the durable fence records so that a supervisor
 	// restart never unfences blindly.
 	StateDir string `yaml:"state_dir"`
+	// Conflicts configures the live write-conflict detector
+	// (package dbrepl/conflict), which tails both nodes' binlogs.
+	Conflicts ConflictConfig `yaml:"conflicts"`
+}
+
+// ConflictConfig is the `repl.conflicts:` section.
+type ConflictConfig struct {
+	// Enabled defaults to true; a pointer so that an explicit false
+	// survives SetDefaults. The detector needs REPLICATION SLAVE on the
+	// monitoring user; disable it where that grant cannot be given.
+	Enabled *bool `yaml:"enabled"`
+	// Window is how far apart two concurrent writes of one key may be
+	// and still count as a conflict; keys expire after it.
+	Window time.Duration `yaml:"window"`
+	// MaxKeysPerTable and MaxTables bound the memory held.
+	MaxKeysPerTable int `yaml:"max_keys_per_table"`
+	MaxTables       int `yaml:"max_tables"`
+	// ServerID is the replica id the binlog readers register with; it
+	// must differ from every server and replica of the pair, and from the
+	// detector of the other node's daemon (a server drops the older of two
+	// replicas with one id). 0, the default, picks a random id when the
+	// detector is created, not here, so that reloading an unchanged file
+	// compares equal.
+	ServerID uint32 `yaml:"server_id"`
+	// IgnoreSchemas are not watched; lockstep's heartbeat schema is
+	// always ignored.
+	IgnoreSchemas []string `yaml:"ignore_schemas"`
+}
+
+// IsEnabled reports whether the detector should run (default true).
+func (c *ConflictConfig) IsEnabled() bool { return c.Enabled == nil || *c.Enabled }
+
+// SetDefaults fills in unset fields.
+func (c *ConflictConfig) SetDefaults() {
+	if c.Enabled == nil {
+		on := true
+		c.Enabled = &on
+	}
+	if c.Window == 0 {
+		c.Window = DefaultConflictWindow
+	}
+	if c.MaxKeysPerTable == 0 {
+		c.MaxKeysPerTable = DefaultConflictMaxKeysPerTable
+	}
+	if c.MaxTables == 0 {
+		c.MaxTables = DefaultConflictMaxTables
+	}
+	if !slices.Contains(c.IgnoreSchemas, "lockstep") {
+		c.IgnoreSchemas = append(c.IgnoreSchemas, "lockstep")
+	}
+}
+
+// Validate returns errors naming the key relative to `repl.`.
+func (c *ConflictConfig) Validate() error {
+	var errs []error
+	if c.Window <= 0 {
+		errs = append(errs, fmt.Errorf("conflicts.window: %s must be positive", c.Window))
+	}
+	if c.MaxKeysPerTable < 1 {
+		errs = append(errs, fmt.Errorf("conflicts.max_keys_per_table: %d, need at least 1", c.MaxKeysPerTable))
+	}
+	if c.MaxTables < 1 {
+		errs = append(errs, fmt.Errorf("conflicts.max_tables: %d, need at least 1", c.MaxTables))
+	}
+	for i, s := range c.IgnoreSchemas {
+		if s == "" {
+			errs = append(errs, fmt.Errorf("conflicts.ignore_schemas[%d]: empty schema name", i))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // NodeConfig names one database server.
@@ -71,6 +151,7 @@ func (c *Config) SetDefaults() {
 	if c.StateDir == "" {
 		c.StateDir = DefaultStateDir
 	}
+	c.Conflicts.SetDefaults()
 }
 
 // Validate returns errors naming the key relative to `repl.`.
@@ -108,6 +189,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Hooks.Timeout < 0 {
 		errs = append(errs, errors.New("hooks.timeout: must not be negative"))
+	}
+	if err := c.Conflicts.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -26,67 +26,19 @@ import (
 	"github.com/lockstep-ha/lockstep/dbrepl"
 )
 
-// Defaults: ten seconds covers the replication delay of a healthy pair
-// many times over; 10,000 keys per table bound memory to a few MB.
+// The configuration lives in dbrepl (the `repl.conflicts:` section); these
+// names keep the package's own API.
 const (
-	DefaultWindow          = 10 * time.Second
-	DefaultMaxKeysPerTable = 10000
-	DefaultMaxTables       = 256
+	DefaultWindow          = dbrepl.DefaultConflictWindow
+	DefaultMaxKeysPerTable = dbrepl.DefaultConflictMaxKeysPerTable
+	DefaultMaxTables       = dbrepl.DefaultConflictMaxTables
 	recentConflicts        = 100
 	maxBackoff             = 10 * time.Second
 )
 
-// Config is the detector's configuration (a `conflicts:` section).
-type Config struct {
-	// Window is how far apart two concurrent writes of one key may be
-	// and still count as a conflict; keys expire after it.
-	Window time.Duration `yaml:"window"`
-	// MaxKeysPerTable and MaxTables bound the memory held.
-	MaxKeysPerTable int `yaml:"max_keys_per_table"`
-	MaxTables       int `yaml:"max_tables"`
-	// ServerID is the replica id the binlog readers register with; it
-	// must differ from every server and replica of the pair. 0 picks a
-	// random one.
-	ServerID uint32 `yaml:"server_id"`
-	// IgnoreSchemas are not watched; lockstep's heartbeat schema is
-	// always ignored.
-	IgnoreSchemas []string `yaml:"ignore_schemas"`
-}
-
-// SetDefaults fills in unset fields.
-func (c *Config) SetDefaults() {
-	if c.Window == 0 {
-		c.Window = DefaultWindow
-	}
-	if c.MaxKeysPerTable == 0 {
-		c.MaxKeysPerTable = DefaultMaxKeysPerTable
-	}
-	if c.MaxTables == 0 {
-		c.MaxTables = DefaultMaxTables
-	}
-	if c.ServerID == 0 {
-		// Far above the small ids servers usually get.
-		c.ServerID = 1<<30 + rand.Uint32N(1<<30)
-	}
-	if !slices.Contains(c.IgnoreSchemas, "lockstep") {
-		c.IgnoreSchemas = append(c.IgnoreSchemas, "lockstep")
-	}
-}
-
-// Validate returns errors naming the key.
-func (c *Config) Validate() error {
-	var errs []error
-	if c.Window <= 0 {
-		errs = append(errs, fmt.Errorf("window: %s must be positive", c.Window))
-	}
-	if c.MaxKeysPerTable < 1 {
-		errs = append(errs, fmt.Errorf("max_keys_per_table: %d, need at least 1", c.MaxKeysPerTable))
-	}
-	if c.MaxTables < 1 {
-		errs = append(errs, fmt.Errorf("max_tables: %d, need at least 1", c.MaxTables))
-	}
-	return errors.Join(errs...)
-}
+// Config is the detector's configuration, the `repl.conflicts:` section.
+// Enabled is the caller's business: New builds a detector either way.
+type Config = dbrepl.ConflictConfig
 
 // Source is one node to watch. The DSN's user needs REPLICATION SLAVE
 // (to read the binlog) and SELECT on information_schema.
@@ -129,9 +81,17 @@ func (d *Detector) setConnected(i int, v bool) {
 // (nil: not registered). onConflict, if set, is called from the reader
 // goroutines for every new conflict and must not block.
 func New(cfg Config, sources [2]Source, reg prometheus.Registerer, logger *slog.Logger, onConflict func(dbrepl.Conflict)) (*Detector, error) {
+	// Copy the slice so that SetDefaults' append never writes into the
+	// caller's backing array.
+	cfg.IgnoreSchemas = slices.Clone(cfg.IgnoreSchemas)
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.ServerID == 0 {
+		// Random, and far above the small ids servers usually get: the
+		// daemons of both nodes each run a detector against both servers.
+		cfg.ServerID = 1<<30 + rand.Uint32N(1<<30)
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

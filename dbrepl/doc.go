@@ -87,10 +87,25 @@
 //
 // # Privileges (MariaDB 10.11)
 //
-//	GRANT BINLOG MONITOR, SLAVE MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, PROCESS ON *.* TO 'lockstep'@'%';
+//	GRANT BINLOG MONITOR, SLAVE MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, PROCESS, REPLICATION SLAVE ON *.* TO 'lockstep'@'%';
 //	GRANT CREATE, INSERT, UPDATE, SELECT, DELETE ON lockstep.* TO 'lockstep'@'%';
 //
+// REPLICATION SLAVE is for the write-conflict detector (repl.conflicts,
+// on by default): it tails both nodes' binlogs the way a replica does,
+// which the server only allows with that privilege. Without it the
+// supervisor works and the detector logs "binlog reader stopped,
+// reconnecting ... ERROR 1045 Access denied for user 'lockstep'" every few
+// seconds; set repl.conflicts.enabled: false where the grant cannot be
+// given.
+//
+// The detector also needs each table's primary key. Set
+// binlog_row_metadata=FULL on both servers so that the binlog carries it;
+// otherwise it is read from information_schema, which only shows the
+// tables the monitoring user holds some privilege on: without one (e.g.
+// SELECT on the application schemas) a table looks keyless and is not
+// watched.
+//
 // MySQL 8: REPLICATION CLIENT, SYSTEM_VARIABLES_ADMIN (or SUPER),
-// CONNECTION_ADMIN, PROCESS, and the same lockstep.* grants. A missing
-// grant is reported by name for the node concerned.
+// CONNECTION_ADMIN, PROCESS, REPLICATION SLAVE and the same lockstep.*
+// grants. A missing grant is reported by name for the node concerned.
 package dbrepl

@@ -21,6 +21,10 @@ type Batch struct {
 	Rescan  bool
 	Reason  string    // why a rescan was requested
 	Oldest  time.Time // first event of the batch, for lag
+	// ChangedSince is set on a rescan that replaced events (a queue
+	// overflow): changes seen from then on are no longer listed, so the
+	// full pass content-checks files modified since (see CatchUp).
+	ChangedSince time.Time
 }
 
 // Empty reports whether there is nothing to do.
@@ -39,6 +43,7 @@ type batchState struct {
 	rescan     bool
 	reason     string
 	oldest     time.Time
+	dropped    time.Time // events dropped by an escalation were seen at or after this
 	maxPaths   int
 }
 
@@ -86,6 +91,9 @@ func (s *batchState) add(ev Event, now time.Time) {
 }
 
 func (s *batchState) escalate(reason string) {
+	if !s.rescan {
+		s.dropped = s.oldest
+	}
 	s.rescan = true
 	s.reason = reason
 	s.paths = map[string]*pathState{}
@@ -94,7 +102,7 @@ func (s *batchState) escalate(reason string) {
 }
 
 func (s *batchState) take() Batch {
-	b := Batch{Renames: s.renames, Rescan: s.rescan, Reason: s.reason, Oldest: s.oldest}
+	b := Batch{Renames: s.renames, Rescan: s.rescan, Reason: s.reason, Oldest: s.oldest, ChangedSince: s.dropped}
 	for p := range s.paths {
 		// A path created and deleted within the batch is still listed:
 		// applying it costs a Stat and sends nothing when the target does
@@ -110,6 +118,7 @@ func (s *batchState) take() Batch {
 	s.rescan = false
 	s.reason = ""
 	s.oldest = time.Time{}
+	s.dropped = time.Time{}
 	return b
 }
 

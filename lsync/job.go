@@ -286,18 +286,25 @@ type targetWorker struct {
 
 	notify chan struct{}
 
-	mu        sync.Mutex
-	pending   map[string]time.Time // path → when its first unsynced change was seen
-	renames   []Rename
-	rescan    bool
-	reason    string
-	rescanAt  time.Time
-	retry     map[string]time.Time // path → first seen, waiting for retryDue
-	retryDue  time.Time
-	attempts  int
-	connected bool
-	lastSync  time.Time
-	lastErr   string
+	mu sync.Mutex
+	// pending maps path → when its first unsynced change was seen. It is
+	// kept while a full pass is queued: the pass must content-check these
+	// paths, since a same-size rewrite within the second of the target's
+	// copy looks equal by size and whole-second mtime (see CatchUp).
+	pending  map[string]time.Time
+	renames  []Rename
+	rescan   bool
+	reason   string
+	rescanAt time.Time
+	// changedSince is set when pending paths were dropped (overflow):
+	// the full pass content-checks everything modified since.
+	changedSince time.Time
+	retry        map[string]time.Time // path → first seen, waiting for retryDue
+	retryDue     time.Time
+	attempts     int
+	connected    bool
+	lastSync     time.Time
+	lastErr      string
 }
 
 func newTargetWorker(j *Job, c Connector) *targetWorker {
@@ -351,42 +358,67 @@ func (w *targetWorker) mergeLocked(b Batch) {
 	if when.IsZero() {
 		when = time.Now()
 	}
-	if b.Rescan || w.rescan {
-		if !w.rescan {
-			w.rescanAt = when
-			w.reason = b.Reason
-		}
-		w.rescan = true
-		clear(w.pending)
-		w.renames = nil
-		return
+	if b.Rescan && !w.rescan {
+		w.rescan, w.rescanAt, w.reason = true, when, b.Reason
 	}
+	w.changedSince = earliest(w.changedSince, b.ChangedSince)
 	for _, p := range b.Paths {
 		if _, ok := w.pending[p]; !ok {
 			w.pending[p] = when
 		}
 	}
-	w.renames = append(w.renames, b.Renames...)
+	if w.rescan {
+		w.renames = nil // the full pass covers them
+	} else {
+		w.renames = append(w.renames, b.Renames...)
+	}
 	if len(w.pending) > DefaultMaxPendingPaths {
-		w.rescan, w.rescanAt, w.reason = true, when, "queue overflow"
+		// Too many paths to remember: the full pass content-checks
+		// every file modified since the oldest of them instead.
+		since := when
+		for _, t := range w.pending {
+			since = earliest(since, t)
+		}
+		w.changedSince = earliest(w.changedSince, since)
+		if !w.rescan {
+			w.rescan, w.rescanAt, w.reason = true, when, "queue overflow"
+		}
 		clear(w.pending)
 		w.renames = nil
 	}
+}
+
+// earliest returns the earlier of two times, a zero time meaning unset.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || !b.IsZero() && b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // take empties the queue.
 func (w *targetWorker) take() (Batch, map[string]time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	b := Batch{Rescan: w.rescan, Reason: w.reason, Renames: w.renames}
+	b := Batch{Rescan: w.rescan, Reason: w.reason, Renames: w.renames, ChangedSince: w.changedSince}
 	firstSeen := w.pending
 	for p := range w.pending {
 		b.Paths = append(b.Paths, p)
+	}
+	if w.rescan {
+		// Paths waiting for a retry changed too; the full pass replaces
+		// their retry, so it must treat them like pending ones.
+		for p := range w.retry {
+			if _, ok := firstSeen[p]; !ok {
+				b.Paths = append(b.Paths, p)
+			}
+		}
 	}
 	w.pending = map[string]time.Time{}
 	w.renames = nil
 	w.rescan = false
 	w.reason = ""
+	w.changedSince = time.Time{}
 	return b, firstSeen
 }
 
@@ -396,13 +428,20 @@ func (w *targetWorker) requeue(b Batch, firstSeen map[string]time.Time) {
 	if b.Rescan {
 		w.rescan = true
 		w.reason = b.Reason
+		w.renames = nil
+	} else {
+		w.renames = append(b.Renames, w.renames...)
 	}
+	w.changedSince = earliest(w.changedSince, b.ChangedSince)
 	for _, p := range b.Paths {
 		if _, ok := w.pending[p]; !ok {
-			w.pending[p] = firstSeen[p]
+			first, ok := firstSeen[p]
+			if !ok {
+				first = time.Now() // a retry path added by take
+			}
+			w.pending[p] = first
 		}
 	}
-	w.renames = append(b.Renames, w.renames...)
 }
 
 func (w *targetWorker) setConnected(ok bool, err error) {
@@ -514,7 +553,9 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 	if dn, ok := t.(disconnectNotifier); ok {
 		lost = dn.Disconnected()
 	}
-	// Catch up: whatever happened while disconnected, a full pass repairs.
+	// Catch up: whatever happened while disconnected, a full pass repairs;
+	// the paths that had events meanwhile stay queued so that the pass
+	// content-checks them (it cannot see a same-second same-size rewrite).
 	w.mu.Lock()
 	w.rescan, w.reason = true, "connect"
 	if w.rescanAt.IsZero() {
@@ -544,7 +585,7 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		case <-retryTimer.C:
 			w.mu.Lock()
 			for p, first := range w.retry {
-				if _, ok := w.pending[p]; !ok && !w.rescan {
+				if _, ok := w.pending[p]; !ok {
 					w.pending[p] = first
 				}
 			}

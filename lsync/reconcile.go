@@ -243,6 +243,42 @@ type Reconciler struct {
 	ProgressEvery time.Duration
 	// OnTransfer is called after every file landed (metrics).
 	OnTransfer func(bytes int64)
+
+	landedMu sync.Mutex
+	landed   map[string]Entry // path → the source version last landed or verified (size, exact mtime)
+}
+
+// maxLanded bounds the landed cache; past it the cache starts over, which
+// only costs content comparisons, never correctness.
+const maxLanded = 65536
+
+// SuspectSlack widens the window of a catch-up pass that lost the list of
+// changed paths (a queue overflow): files whose source mtime is at most
+// this much older than the first dropped event are content-checked too,
+// covering the delay between a write and its event reaching the batcher.
+const SuspectSlack = 5 * time.Second
+
+func (r *Reconciler) rememberLanded(e Entry) {
+	r.landedMu.Lock()
+	defer r.landedMu.Unlock()
+	if r.landed == nil || len(r.landed) >= maxLanded {
+		r.landed = map[string]Entry{}
+	}
+	r.landed[e.Path] = Entry{Path: e.Path, Size: e.Size, ModTime: e.ModTime}
+}
+
+func (r *Reconciler) lastLanded(rel string) (Entry, bool) {
+	r.landedMu.Lock()
+	defer r.landedMu.Unlock()
+	e, ok := r.landed[rel]
+	return e, ok
+}
+
+// ambiguous reports whether src and dst look equal only because the
+// target's mtime lost its sub-second part (SFTP v3): a same-size rewrite
+// within the same second is then invisible to the size+mtime comparison.
+func ambiguous(src, dst Entry) bool {
+	return src.Size == dst.Size && !src.ModTime.Equal(dst.ModTime) && sameMTime(src.ModTime, dst.ModTime)
 }
 
 // peerWins applies the two-way conflict rule to an entry present on both
@@ -254,11 +290,21 @@ func (r *Reconciler) peerWins(src, dst Entry) bool {
 	if !sameMTime(src.ModTime, dst.ModTime) {
 		return dst.ModTime.After(src.ModTime)
 	}
+	// Same second, different content. When the target still holds the
+	// version we landed there ourselves, the source is simply newer;
+	// otherwise the truncated mtimes cannot order the two and the tie
+	// rule decides.
+	if l, ok := r.lastLanded(src.Path); ok && l.Size == dst.Size && sameMTime(l.ModTime, dst.ModTime) && src.ModTime.After(l.ModTime) {
+		return false
+	}
 	return r.Target < r.Node
 }
 
 // plan decides what rel needs. src or dst nil means absent on that side.
-func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live bool) (op, bool, error) {
+// suspect marks a path known to have changed since it was last landed (a
+// live event, or a pending path carried across a disconnect): its content
+// is compared when size and mtime match only at whole-second granularity.
+func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, suspect bool) (op, bool, error) {
 	if src == nil {
 		if dst == nil || !r.Delete || (r.TwoWay && !live) {
 			return op{}, false, nil
@@ -318,6 +364,19 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live b
 		}
 	case !sameMTime(src.ModTime, dst.ModTime):
 		o.reason = fmt.Sprintf("mtime %s vs %s", src.ModTime.Format(time.RFC3339Nano), dst.ModTime.Format(time.RFC3339Nano))
+	case suspect && ambiguous(*src, *dst):
+		if l, ok := r.lastLanded(src.Path); ok && l.Size == src.Size && l.ModTime.Equal(src.ModTime) {
+			break // this very version landed there (a trailing event)
+		}
+		same, err := r.sameContent(ctx, t, src.Path)
+		if err != nil {
+			return op{}, false, err
+		}
+		if !same {
+			o.reason = "same size and second as the target, content differs"
+		} else {
+			r.rememberLanded(*src)
+		}
 	}
 	if o.reason == "" {
 		if modeBits(src.Mode) != modeBits(dst.Mode) {
@@ -376,7 +435,35 @@ func (r *Reconciler) sameContent(ctx context.Context, t Target, rel string) (boo
 // The returned error is non-nil only when the session broke (it then
 // wraps ErrDisconnected) or the walk itself failed; per-path failures are
 // in the report.
+//
+// Files are compared by size and mtime; over SFTP the target's mtime has
+// whole seconds only, so a same-size rewrite within the second of the
+// target's copy is invisible to this pass (use `checksum: true`, or rely
+// on the live events, which CatchUp carries across disconnects).
 func (r *Reconciler) Reconcile(ctx context.Context, t Target, dry bool) (*Report, error) {
+	return r.reconcile(ctx, t, dry, nil)
+}
+
+// CatchUp is the full pass of a rescan batch (after a reconnect, a queue
+// overflow or for verification). The batch's paths had events that were
+// not applied yet, and files changed at or after b.ChangedSince (minus
+// SuspectSlack) may have lost theirs: for both, when size and mtime match
+// only at whole-second granularity, the content decides.
+func (r *Reconciler) CatchUp(ctx context.Context, t Target, b Batch) (*Report, error) {
+	pending := make(map[string]bool, len(b.Paths))
+	for _, p := range b.Paths {
+		pending[p] = true
+	}
+	since := b.ChangedSince
+	if !since.IsZero() {
+		since = since.Add(-SuspectSlack)
+	}
+	return r.reconcile(ctx, t, false, func(e Entry) bool {
+		return pending[e.Path] || !since.IsZero() && !e.ModTime.Before(since)
+	})
+}
+
+func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect func(Entry) bool) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Target: r.Target}
 	if err := r.Source.checkRoot(); err != nil {
@@ -417,7 +504,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, t Target, dry bool) (*Report
 		if e, ok := dst[s.Path]; ok {
 			d = &e
 		}
-		o, need, err := r.plan(ctx, t, &s, d, false)
+		o, need, err := r.plan(ctx, t, &s, d, false, suspect != nil && suspect(s))
 		mu.Lock()
 		defer mu.Unlock()
 		if errors.Is(err, errConflict) {
@@ -577,7 +664,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 		if src == nil && r.Source.excluder.Excluded(rel, dst != nil && dst.Mode.IsDir()) {
 			return nil
 		}
-		o, need, err := r.plan(ctx, t, src, dst, true)
+		o, need, err := r.plan(ctx, t, src, dst, true, true)
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
@@ -824,6 +911,7 @@ func (r *Reconciler) upload(ctx context.Context, t Target, rel string) (int64, e
 		}
 		return 0, err
 	}
+	r.rememberLanded(Entry{Path: rel, Size: before.Size(), ModTime: before.ModTime()})
 	return sr.n, nil
 }
 

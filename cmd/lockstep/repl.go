@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,7 +54,12 @@ func newReplSuperviseCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "supervise -c FILE",
 		Short: "Watch both nodes, fence the one that falls behind, reintroduce it once caught up (foreground)",
-		Args:  cobra.NoArgs,
+		Long: `supervise polls both nodes, fences the one that falls behind or breaks
+(read_only=ON) and reintroduces it once caught up. Unless
+repl.conflicts.enabled is false it also tails both binlogs and logs every
+row written on both nodes before either had applied the other's write
+(needs REPLICATION SLAVE on the monitoring user).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f, err := replConfig(path)
 			if err != nil {
@@ -62,6 +69,11 @@ func newReplSuperviseCmd() *cobra.Command {
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			sup, err := dbrepl.New(*f.Repl, dbrepl.Options{Logger: logger, Registerer: reg})
+			if err != nil {
+				return usageError(err)
+			}
+			// The detector logs each conflict itself; nothing else to tell.
+			det, err := newConflictDetector(*f.Repl, reg, logger, nil)
 			if err != nil {
 				return usageError(err)
 			}
@@ -85,7 +97,13 @@ func newReplSuperviseCmd() *cobra.Command {
 				}()
 				logger.Info("metrics", "addr", ln.Addr().String())
 			}
-			return sup.Run(ctx)
+			detCtx, stopDet := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			runConflictDetector(detCtx, &wg, det, logger)
+			err = sup.Run(ctx)
+			stopDet()
+			wg.Wait()
+			return err
 		},
 	}
 	addConfigFlag(cmd, &path)

@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/lockstep-ha/lockstep/config"
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/dbrepl/conflict"
 	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
@@ -186,7 +189,9 @@ func (s *syncRunner) Targets() []orchestrator.SyncTargetStatus {
 
 // replRunner adapts dbrepl.Supervisor to the daemon: a restart after a
 // failure builds a fresh supervisor (Run closes its connections), and its
-// events are copied into the daemon's event log.
+// events are copied into the daemon's event log. The write-conflict
+// detector, when repl.conflicts is enabled, shares the supervisor's
+// lifetime and is rebuilt with it.
 //
 // Both nodes run a supervisor on the same pair; their fence and unfence
 // decisions are idempotent (same observations, same read_only values), so
@@ -199,6 +204,7 @@ type replRunner struct {
 
 	mu   sync.Mutex
 	sup  *dbrepl.Supervisor
+	det  *conflict.Detector // nil when repl.conflicts.enabled is false
 	used bool
 }
 
@@ -208,14 +214,26 @@ func (r *replRunner) build() error {
 	if err != nil {
 		return err
 	}
-	r.sup = sup
+	det, err := newConflictDetector(r.cfg, r.reg, r.logger, r.onConflict)
+	if err != nil {
+		return err
+	}
+	r.sup, r.det = sup, det
 	return nil
 }
 
-func (r *replRunner) current() *dbrepl.Supervisor {
+// onConflict runs on a binlog reader goroutine; EventLog.Warn only takes
+// a mutex, so it does not hold the reader up.
+func (r *replRunner) onConflict(c dbrepl.Conflict) {
+	if r.events != nil {
+		r.events.Warn(orchestrator.EventSupervisor, conflictMessage(c), "table", c.Schema+"."+c.Table)
+	}
+}
+
+func (r *replRunner) current() (*dbrepl.Supervisor, *conflict.Detector) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.sup
+	return r.sup, r.det
 }
 
 func (r *replRunner) Run(ctx context.Context) error {
@@ -227,7 +245,7 @@ func (r *replRunner) Run(ctx context.Context) error {
 		}
 	}
 	r.used = true
-	sup := r.sup
+	sup, det := r.sup, r.det
 	r.mu.Unlock()
 	var wg sync.WaitGroup
 	fwdCtx, stop := context.WithCancel(ctx)
@@ -237,27 +255,112 @@ func (r *replRunner) Run(ctx context.Context) error {
 			case <-fwdCtx.Done():
 				return
 			case ev := <-sup.Events():
+				if r.events == nil {
+					continue
+				}
+				kind, warn := replEventKind(ev.Type)
 				msg := fmt.Sprintf("replication: %s %s: %s", ev.Type, ev.Node, ev.Reason)
-				if r.events != nil {
-					r.events.Add(orchestrator.EventFence, msg, "db", ev.Node)
+				if warn {
+					r.events.Warn(kind, msg, "db", ev.Node)
+				} else {
+					r.events.Add(kind, msg, "db", ev.Node)
 				}
 			}
 		}
 	})
+	runConflictDetector(fwdCtx, &wg, det, r.logger)
 	err := sup.Run(ctx)
 	stop()
 	wg.Wait()
 	return err
 }
 
-func (r *replRunner) Status() dbrepl.PairStatus { return r.current().Status() }
+// Status is the supervisor's view with the detector's recent conflicts.
+func (r *replRunner) Status() dbrepl.PairStatus {
+	sup, det := r.current()
+	st := sup.Status()
+	if det != nil {
+		st.Conflicts = det.Recent()
+	}
+	return st
+}
 
 func (r *replRunner) Fence(ctx context.Context, node, reason string) error {
-	return r.current().Fence(ctx, node, reason)
+	sup, _ := r.current()
+	return sup.Fence(ctx, node, reason)
 }
 
 func (r *replRunner) Unfence(ctx context.Context, node string) error {
-	return r.current().Unfence(ctx, node)
+	sup, _ := r.current()
+	return sup.Unfence(ctx, node)
+}
+
+// replEventKind files a supervisor event under the daemon's event kinds:
+// read_only transitions are fences; reachability of a database server has
+// no kind of its own (peer is for cluster nodes), so it goes under the
+// supervisor. warn marks what needs an operator's attention.
+func replEventKind(typ string) (kind string, warn bool) {
+	switch typ {
+	case dbrepl.EventFence, dbrepl.EventUnfence:
+		return orchestrator.EventFence, false
+	case dbrepl.EventFenceFailed, dbrepl.EventUnfenceFailed, dbrepl.EventRefence, dbrepl.EventSkipped:
+		return orchestrator.EventFence, true
+	case dbrepl.EventUnreachable:
+		return orchestrator.EventSupervisor, true
+	default: // EventReachable and any later addition
+		return orchestrator.EventSupervisor, false
+	}
+}
+
+func conflictMessage(c dbrepl.Conflict) string {
+	return fmt.Sprintf("replication: write conflict on %s.%s %s: written on %s concurrently (gtids %s)",
+		c.Schema, c.Table, c.PrimaryKey, strings.Join(c.Origins, " and "), strings.Join(c.GTIDs, " "))
+}
+
+// newConflictDetector builds the detector of a repl: section, or nil when
+// repl.conflicts.enabled is false. Its metrics go to reg, so a rebuild
+// after trackingRegisterer.reset registers them again.
+func newConflictDetector(cfg dbrepl.Config, reg prometheus.Registerer, logger *slog.Logger, onConflict func(dbrepl.Conflict)) (*conflict.Detector, error) {
+	if !cfg.Conflicts.IsEnabled() {
+		return nil, nil
+	}
+	src, err := conflict.SourcesFrom(cfg)
+	if err != nil {
+		return nil, err
+	}
+	det, err := conflict.New(cfg.Conflicts, src, reg, logger, onConflict)
+	if err != nil {
+		return nil, fmt.Errorf("conflicts: %w", err)
+	}
+	return det, nil
+}
+
+// runConflictDetector starts det (nil: nothing) on wg until ctx ends. The
+// detector retries unreachable nodes and refused binlog dumps (a missing
+// REPLICATION SLAVE grant) with backoff itself; should Run ever return
+// early, it is restarted here, because losing conflict detection must not
+// take the supervisor down with it.
+func runConflictDetector(ctx context.Context, wg *sync.WaitGroup, det *conflict.Detector, logger *slog.Logger) {
+	if det == nil {
+		return
+	}
+	wg.Go(func() {
+		backoff := time.Second
+		for {
+			err := det.Run(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			logger.Error("write-conflict detector stopped; the supervisor keeps running, restarting the detector",
+				"component", "conflict", "error", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 30*time.Second)
+		}
+	})
 }
 
 // trackingRegisterer remembers what a supervisor registered so that a

@@ -9,13 +9,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/lockstep-ha/lockstep/integration/netns"
 )
 
 // keepalivedMasterDown is keepalived's documented master-down interval for
@@ -43,36 +42,6 @@ type failoverNode struct {
 	proc                  *Proc
 }
 
-// listenIn opens a TCP listener inside namespace ns.
-func listenIn(ns, addr string) (net.Listener, error) {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer orig.Close()
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer h.Close()
-	if err := netns.Set(h); err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	ln, lerr := net.Listen("tcp", addr)
-	if err := netns.Set(orig); err != nil {
-		if ln != nil {
-			ln.Close()
-		}
-		return nil, fmt.Errorf("restore network namespace: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ln, lerr
-}
-
 // Scenario 9: the writer's daemon is killed (SIGKILL); time until the
 // survivor has started the resource group and, with network namespaces,
 // until the VIP answers from the survivor as seen from a third host.
@@ -84,20 +53,24 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 	if err != nil {
 		return err
 	}
-	var vn *vipNet
-	if why := vipNetUnavailable(); why != "" {
+	var vn *netns.Network
+	if why := netns.Skip(); why != "" {
 		res.note("VIP not measured: %s; the figure is the resource start only, on loopback.", why)
-	} else if vn, err = newVIPNet(ctx, 2); err != nil {
+	} else if vn, err = netns.NewNetwork(2); err != nil {
 		return fmt.Errorf("build network namespaces: %w", err)
 	} else {
-		defer vn.close()
+		defer func() {
+			if err := vn.Close(); err != nil {
+				e.Log.Warn("removing the failover network namespaces", "err", err)
+			}
+		}()
 	}
 
 	// The witness is a TCP listener owned by the harness: both nodes can
 	// always reach it, so the survivor is allowed to take over.
 	var witness net.Listener
 	if vn != nil {
-		witness, err = listenIn(vn.witness, vn.addr(254)+":7000")
+		witness, err = vn.Witness().Listen("tcp", net.JoinHostPort(vn.Witness().Addr.String(), "7000"))
 	} else {
 		witness, err = net.Listen("tcp", "127.0.0.1:0")
 	}
@@ -124,11 +97,11 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 	vip := ""
 	if vn != nil {
 		for i := 0; i < 2; i++ {
-			addrs = append(addrs, vn.addr(byte(i+1))+":7001")
+			addrs = append(addrs, net.JoinHostPort(vn.Node(i+1).Addr.String(), "7001"))
 			// 0.0.0.0 so that the status page also answers on the VIP.
 			listens = append(listens, "0.0.0.0:9430")
 		}
-		vip = vn.addr(100)
+		vip = vn.Addr(100).String()
 	} else {
 		for i := 0; i < 4; i++ {
 			a, err := freeLoopbackAddr()
@@ -161,7 +134,7 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 		}
 		b.WriteString("  resources:\n")
 		if vn != nil {
-			fmt.Fprintf(&b, "    - {ipaddr: %q, dev: eth0}\n", vip+"/24")
+			fmt.Fprintf(&b, "    - {ipaddr: %q, dev: %s}\n", vn.Prefix(100), netns.Dev)
 		}
 		fmt.Fprintf(&b, "    - exec: %q\n      timeout: 5s\n", script)
 		n.cfg = filepath.Join(n.dir, "lockstep.yaml")
@@ -171,7 +144,7 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 		n.argv = []string{e.Lockstep, "run", "-c", n.cfg}
 		if vn != nil {
 			// ip netns exec execs lockstep itself: the pid is the daemon's.
-			n.argv = append([]string{"ip", "netns", "exec", vn.nodes[i]}, n.argv...)
+			n.argv = append([]string{"ip", "netns", "exec", vn.Node(i + 1).NS}, n.argv...)
 		}
 		nodes[i] = n
 	}
@@ -239,7 +212,7 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 				return errors.New("no node holds the resource")
 			}
 			if vn != nil {
-				who, err := vn.whoAnswers(vip+":9430", 200*time.Millisecond)
+				who, err := whoAnswers(vn.Witness(), vip+":9430", 200*time.Millisecond)
 				if err != nil {
 					return fmt.Errorf("VIP: %w", err)
 				}
@@ -269,7 +242,7 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 		// the next run starts from one holder.
 		_ = os.Remove(writer.state)
 		if vn != nil {
-			_, _ = runCmd(ctx, "ip", "-n", vn.nodes[nodeIndex(nodes, writer)], "addr", "del", vip+"/24", "dev", "eth0")
+			_, _ = runCmd(ctx, "ip", "-n", vn.Node(nodeIndex(nodes, writer)+1).NS, "addr", "del", vn.Prefix(100).String(), "dev", netns.Dev)
 		}
 		var resAt, vipAt time.Time
 		deadline := time.Now().Add(30 * time.Second)
@@ -286,7 +259,7 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 				}
 			}
 			if vn != nil && vipAt.IsZero() {
-				if who, err := vn.whoAnswers(vip+":9430", 50*time.Millisecond); err == nil && who == survivor.name {
+				if who, err := whoAnswers(vn.Witness(), vip+":9430", 50*time.Millisecond); err == nil && who == survivor.name {
 					vipAt = time.Now()
 				}
 			}

@@ -35,12 +35,16 @@ import (
 //   - READ_ONLY ADMIN: SET GLOBAL read_only, and writing the heartbeat on a
 //     fenced node (since 10.11 SUPER no longer implies it).
 //   - CONNECTION ADMIN + PROCESS: list and KILL client sessions on fence.
+//   - REPLICATION SLAVE: the write-conflict detector (dbrepl/conflict)
+//     reads both nodes' binlogs as a replica would (COM_BINLOG_DUMP). The
+//     pair's own replication still uses its own user. Primary keys come
+//     from the binlog with --binlog-row-metadata=FULL; otherwise from
+//     information_schema, which hides tables this user has no privilege
+//     on, so start the pair with that option (Options.ExtraArgs) to watch
+//     application tables.
 //   - CREATE, INSERT, UPDATE, SELECT, DELETE on lockstep.*: the heartbeat
 //     table.
-//
-// REPLICATION SLAVE is not needed by the supervisor; the pair's
-// replication uses its own user.
-const MonitorGrants = "GRANT BINLOG MONITOR, SLAVE MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, PROCESS ON *.* TO %[1]s;\n" +
+const MonitorGrants = "GRANT BINLOG MONITOR, SLAVE MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, PROCESS, REPLICATION SLAVE ON *.* TO %[1]s;\n" +
 	"GRANT CREATE, INSERT, UPDATE, SELECT, DELETE ON lockstep.* TO %[1]s"
 
 // MonitorUser is the name of the supervisor's monitoring account.

@@ -31,6 +31,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,8 +57,9 @@ const bridgeName = "br0"
 
 // Network is a bridge with one namespace per node plus a witness namespace.
 type Network struct {
-	t       testing.TB
+	t       testing.TB // nil for NewNetwork: failures panic
 	id      string
+	created []string // namespaces to delete, in creation order
 	subnet  netip.Prefix
 	bridge  string
 	nodes   []*Node
@@ -100,35 +102,55 @@ func New(t testing.TB, nodes int) *Network {
 	if reason := Skip(); reason != "" {
 		t.Skip(reason)
 	}
+	n, err := NewNetwork(nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.t = t
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("netns cleanup: %v", err)
+		}
+	})
+	return n
+}
+
+// NewNetwork is New for programs that are not tests (the benchmark
+// harness): it returns setup errors, removes whatever it built when one
+// occurs, and leaves the deletion to Close. Call Skip first for a readable
+// reason when it cannot work. On such a Network, Node with an index out of
+// range, Partition, Heal, Disconnect and Reconnect panic where New's would
+// fail the test.
+func NewNetwork(nodes int) (*Network, error) {
 	if nodes < 1 || nodes > 200 {
-		t.Fatalf("netns.New: nodes = %d, want 1..200", nodes)
+		return nil, fmt.Errorf("netns: nodes = %d, want 1..200", nodes)
 	}
 	SweepStale()
 	x, err := rand.Int(rand.Reader, big.NewInt(250))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	var b [3]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	n := &Network{
-		t:      t,
 		id:     fmt.Sprintf("%s%d-%s", Prefix, os.Getpid(), hex.EncodeToString(b[:])),
 		subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, byte(x.Int64() + 1), 0}), 24),
 	}
 	n.bridge = n.id + "-br"
-	// Registered before anything is created so a half-built network is
-	// removed too.
-	t.Cleanup(n.destroy)
-
 	if err := n.build(nodes); err != nil {
-		t.Fatalf("netns: building network %s: %v", n.id, err)
+		err = fmt.Errorf("netns: building network %s: %w", n.id, err)
+		if cerr := n.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return nil, err
 	}
-	return n
+	return n, nil
 }
 
 func (n *Network) build(nodes int) error {
+	n.created = append(n.created, n.bridge)
 	if err := addNS(n.bridge); err != nil {
 		return err
 	}
@@ -167,6 +189,8 @@ func (n *Network) attach(name string, host byte) (*Node, error) {
 		net:  n,
 		port: name,
 	}
+	// Recorded first: a failed `ip netns add` may still leave the name.
+	n.created = append(n.created, node.NS)
 	if err := addNS(node.NS); err != nil {
 		return nil, err
 	}
@@ -190,12 +214,13 @@ func (n *Network) attach(name string, host byte) (*Node, error) {
 	return node, nil
 }
 
-func (n *Network) destroy() {
-	all := append([]*Node{}, n.nodes...)
-	if n.witness != nil {
-		all = append(all, n.witness)
-	}
-	for _, node := range all {
+// Close deletes every namespace of the network, which removes all its
+// links. It may be called more than once.
+func (n *Network) Close() error {
+	for _, node := range append(append([]*Node{}, n.nodes...), n.witness) {
+		if node == nil {
+			continue
+		}
 		node.mu.Lock()
 		if node.handle != nil {
 			node.handle.Close()
@@ -204,19 +229,14 @@ func (n *Network) destroy() {
 		node.mu.Unlock()
 	}
 	// Deleting a namespace deletes its veth ends, which deletes the peers.
-	for _, name := range append(nsNames(all), n.bridge) {
+	var errs []error
+	for _, name := range slices.Backward(n.created) {
 		if err := delNS(name); err != nil {
-			n.t.Errorf("netns cleanup: %v", err)
+			errs = append(errs, err)
 		}
 	}
-}
-
-func nsNames(nodes []*Node) []string {
-	out := make([]string, len(nodes))
-	for i, node := range nodes {
-		out[i] = node.NS
-	}
-	return out
+	n.created = nil
+	return errors.Join(errs...)
 }
 
 // ID is the common prefix of this network's namespace names.
@@ -245,7 +265,7 @@ func (n *Network) Nodes() int { return len(n.nodes) }
 // Node returns node i, counted from 1 like its address (10.77.X.i).
 func (n *Network) Node(i int) *Node {
 	if i < 1 || i > len(n.nodes) {
-		n.t.Fatalf("netns: node %d out of range 1..%d", i, len(n.nodes))
+		n.fatalf("netns: node %d out of range 1..%d", i, len(n.nodes))
 	}
 	return n.nodes[i-1]
 }
@@ -275,22 +295,36 @@ func (n *Network) Reconnect(i, j int) {
 }
 
 func (n *Network) mustIP(args ...string) {
-	n.t.Helper()
-	if err := ip(args...); err != nil {
-		n.t.Fatalf("netns: %v", err)
+	if t := n.t; t != nil {
+		t.Helper()
 	}
+	if err := ip(args...); err != nil {
+		n.fatalf("netns: %v", err)
+	}
+}
+
+func (n *Network) fatalf(format string, args ...any) {
+	if n.t == nil {
+		panic(fmt.Sprintf(format, args...))
+	}
+	n.t.Helper()
+	n.t.Fatalf(format, args...)
 }
 
 // Partition takes the bridge side of the node's veth down, so the node
 // sees no carrier and nothing reaches it; its own addresses stay.
 func (node *Node) Partition() {
-	node.net.t.Helper()
+	if t := node.net.t; t != nil {
+		t.Helper()
+	}
 	node.net.mustIP("-n", node.net.bridge, "link", "set", node.port, "down")
 }
 
 // Heal brings the bridge side of the node's veth back up.
 func (node *Node) Heal() {
-	node.net.t.Helper()
+	if t := node.net.t; t != nil {
+		t.Helper()
+	}
 	node.net.mustIP("-n", node.net.bridge, "link", "set", node.port, "up")
 }
 

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,4 +123,66 @@ func BenchmarkWalkGoSrc(b *testing.B) {
 		}
 		b.ReportMetric(float64(n), "entries")
 	}
+}
+
+// BenchmarkInitialSync runs a full reconciliation of a docroot-shaped
+// tree (files of 256 B, ten per directory, like the harness's big-tree
+// scenario at a fifth of its size) into an empty target, through the real
+// sync engine:
+//
+//	go test -run '^$' -bench InitialSync -benchtime 1x ./lsync/sftptarget/
+func BenchmarkInitialSync(b *testing.B) {
+	const files, perDir = 20000, 10
+	src := b.TempDir()
+	data := bytes.Repeat([]byte("x"), 256)
+	for i := 0; i < files; i++ {
+		dir := filepath.Join(src, fmt.Sprintf("d%02d", i/perDir/100), fmt.Sprintf("d%05d", i/perDir))
+		if i%perDir == 0 {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%06d.html", i)), data, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	source, err := lsync.OpenSource(src, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer source.Close()
+	srv := sshdtest.Start(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, err := newConnector(srv.TargetConfig("bench", filepath.Join(b.TempDir(), "root")), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := c.connect(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rec := &lsync.Reconciler{Source: source, Target: "bench", Delete: true, Concurrency: lsync.DefaultConcurrency, Logger: slog.New(slog.DiscardHandler)}
+		start, cpu0 := time.Now(), cpuTime()
+		rep, err := rec.Reconcile(ctx, s, false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !rep.InSync() || rep.Files != files {
+			b.Fatalf("pass incomplete: %d files, errors %v, retry %v", rep.Files, rep.Errors, rep.Retry)
+		}
+		b.ReportMetric(float64(files)/time.Since(start).Seconds(), "files/s")
+		b.ReportMetric((cpuTime() - cpu0).Seconds(), "client-cpu-s")
+		_ = s.Close()
+	}
+}
+
+// cpuTime is the CPU time this process used so far (user + system).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

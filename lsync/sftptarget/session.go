@@ -1,6 +1,7 @@
 package sftptarget
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -263,6 +264,13 @@ func (s *session) markVerified(rel string) {
 func (s *session) forget(rel string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A directory is only ever verified after all its ancestors, and
+	// forgotten with all its descendants: when rel is not in the set,
+	// nothing below it is, and the scan (costly with a large tree) is
+	// not needed.
+	if _, ok := s.verified[rel]; !ok {
+		return
+	}
 	prefix := rel + "/"
 	for k := range s.verified {
 		if k == rel || strings.HasPrefix(k, prefix) {
@@ -566,19 +574,25 @@ func (s *session) replace(ctx context.Context, c *sftp.Client, tmp, rel string) 
 	return s.check("rename", final, c.PosixRename(tmp, final))
 }
 
+// smallFile is the largest content sent as a single SSH_FXP_WRITE: one
+// maximal SFTP packet, which is also pkg/sftp's default write size.
+const smallFile = 32 << 10
+
+// largeFileRequests bounds the writes in flight for one file larger than
+// smallFile. Eight packets (256 KiB) cover the bandwidth-delay product of
+// a LAN; a deeper pipeline only adds buffers while many files are in
+// flight at once.
+const largeFileRequests = 16
+
+// smallBufs recycles the buffers that hold a whole small file between
+// the local read and its single write request.
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile); return &b }}
+
 // fill writes the content and metadata of an open temp file and closes it.
 func (s *session) fill(ctx context.Context, c *sftp.Client, f *sftp.File, tmp string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
-	_, err := f.ReadFrom(newContextReader(ctx, r))
-	if err != nil {
+	if err := s.writeContent(ctx, f, tmp, r); err != nil {
 		_ = f.Close()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var rerr *sourceError
-		if errors.As(err, &rerr) {
-			return rerr.err
-		}
-		return s.withSpaceHint(tmp, s.check("write", tmp, err))
+		return err
 	}
 	// Close, mode and times are independent requests once the data is
 	// acknowledged: sent together they cost one round trip, not three.
@@ -587,6 +601,54 @@ func (s *session) fill(ctx context.Context, c *sftp.Client, f *sftp.File, tmp st
 	g.Go(func() error { return s.check("chmod", tmp, c.Chmod(tmp, permBits(mode))) })
 	g.Go(func() error { return s.check("chtimes", tmp, c.Chtimes(tmp, mtime, mtime)) })
 	return g.Wait()
+}
+
+// writeContent copies r into f. Most files of a docroot fit in one SFTP
+// packet: those are read whole and sent as one request, which spares the
+// per-file goroutines and buffers of pkg/sftp's concurrent ReadFrom.
+func (s *session) writeContent(ctx context.Context, f *sftp.File, tmp string, r io.Reader) error {
+	cr := newContextReader(ctx, r)
+	bp := smallBufs.Get().(*[]byte)
+	defer smallBufs.Put(bp)
+	buf := *bp
+	n, rerr := readFull(cr, buf)
+	var err error
+	switch {
+	case rerr == io.EOF:
+		if n > 0 {
+			_, err = f.WriteAt(buf[:n], 0)
+		}
+	case rerr != nil:
+		err = rerr
+	default:
+		rest := io.MultiReader(bytes.NewReader(buf[:n]), cr)
+		_, err = f.ReadFromWithConcurrency(rest, largeFileRequests)
+	}
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var serr *sourceError
+	if errors.As(err, &serr) {
+		return serr.err
+	}
+	return s.withSpaceHint(tmp, s.check("write", tmp, err))
+}
+
+// readFull reads until b is full or r fails; unlike io.ReadFull it
+// returns io.EOF unchanged after a partial read.
+func readFull(r io.Reader, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := r.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // withSpaceHint adds the free space of the target filesystem to a generic
@@ -681,6 +743,11 @@ func (s *session) metaTarget(ctx context.Context, op, rel string) (string, error
 		return "", err
 	}
 	remote := s.abs(rel)
+	if s.isVerified(rel) {
+		// Already known as a real directory in this session (the
+		// directory mtimes after a pass): spare the round trip.
+		return remote, nil
+	}
 	fi, err := s.cl().Lstat(remote)
 	if err != nil {
 		return "", s.check("lstat", remote, err)

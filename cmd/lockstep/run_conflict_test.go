@@ -1,0 +1,268 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lockstep-ha/lockstep/config"
+	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
+	"github.com/lockstep-ha/lockstep/orchestrator"
+)
+
+// lockedBuffer is a log sink shared by the supervisor's goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestReplConflictsConfigSection(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	nodes := "node: web1\nrepl:\n  nodes:\n    - {name: db1, dsn: \"u:p@tcp(127.0.0.1:3306)/\"}\n    - {name: db2, dsn: \"u:p@tcp(127.0.0.1:3307)/\"}\n"
+
+	f, err := config.Load(write("default.yaml", nodes))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := f.Repl.Conflicts; !c.IsEnabled() || c.Window != dbrepl.DefaultConflictWindow || c.ServerID != 0 {
+		t.Fatalf("default conflicts section: %+v", c)
+	}
+
+	f, err = config.Load(write("set.yaml", nodes+"  conflicts:\n    enabled: false\n    window: 3s\n    server_id: 9000\n    ignore_schemas: [cache]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.Repl.Conflicts
+	if c.IsEnabled() || c.Window != 3*time.Second || c.ServerID != 9000 || strings.Join(c.IgnoreSchemas, ",") != "cache,lockstep" {
+		t.Fatalf("conflicts section: %+v", c)
+	}
+	det, err := newConflictDetector(*f.Repl, prometheus.NewRegistry(), nil, nil)
+	if err != nil || det != nil {
+		t.Fatalf("disabled detector built: %v %v", det, err)
+	}
+
+	_, err = config.Load(write("bad.yaml", nodes+"  conflicts:\n    window: -1s\n"))
+	if err == nil || !strings.Contains(err.Error(), "conflicts.window") {
+		t.Fatalf("bad window: %v", err)
+	}
+	_, err = config.Load(write("typo.yaml", nodes+"  conflicts:\n    windw: 1s\n"))
+	if err == nil || !strings.Contains(err.Error(), "windw") {
+		t.Fatalf("unknown key: %v", err)
+	}
+}
+
+func TestReplEventKind(t *testing.T) {
+	for typ, want := range map[string]string{
+		dbrepl.EventFence:         orchestrator.EventFence,
+		dbrepl.EventUnfence:       orchestrator.EventFence,
+		dbrepl.EventFenceFailed:   orchestrator.EventFence,
+		dbrepl.EventUnfenceFailed: orchestrator.EventFence,
+		dbrepl.EventRefence:       orchestrator.EventFence,
+		dbrepl.EventSkipped:       orchestrator.EventFence,
+		dbrepl.EventUnreachable:   orchestrator.EventSupervisor,
+		dbrepl.EventReachable:     orchestrator.EventSupervisor,
+	} {
+		if got, _ := replEventKind(typ); got != want {
+			t.Errorf("%s filed as %s, want %s", typ, got, want)
+		}
+	}
+	if _, warn := replEventKind(dbrepl.EventUnreachable); !warn {
+		t.Error("unreachable is not a warning")
+	}
+	if _, warn := replEventKind(dbrepl.EventUnfence); warn {
+		t.Error("unfence is a warning")
+	}
+}
+
+// The daemon's replication component, loaded from a file through the
+// config loader and running as the monitoring user with MonitorGrants
+// (without REPLICATION SLAVE the binlog dump is refused),
+// reports a row written on both nodes in Status().Conflicts, in the event
+// log and as a metric; a restart rebuilds it without a registration clash.
+func TestReplRunnerReportsConflicts(t *testing.T) {
+	// The monitoring user has no privilege on app.*, so information_schema
+	// hides app.kv's key from it; with binlog_row_metadata=FULL the binlog
+	// carries the key itself (the documented setup, see dbrepl's doc).
+	p := mariadbpair.Start(t, mariadbpair.Options{ExtraArgs: []string{"--binlog-row-metadata=FULL"}})
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "lockstep.yaml")
+	yaml := "node: web1\n" + p.ReplConfigYAML(filepath.Join(dir, "state"), "  conflicts:\n    window: 30s\n")
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	events := orchestrator.NewEventLog(logger)
+	r := &replRunner{cfg: *f.Repl, logger: logger, reg: &trackingRegisterer{reg: reg}, events: events}
+	if err := r.build(); err != nil {
+		t.Fatal(err)
+	}
+
+	start := func() (stop func()) {
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- r.Run(runCtx) }()
+		stopped := false
+		stop = func() {
+			if stopped {
+				return
+			}
+			stopped = true
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("replRunner.Run did not return within 30s of cancellation")
+			}
+		}
+		t.Cleanup(stop)
+		// current() is polled: a second Run swaps in a rebuilt detector.
+		waitFor(t, "both binlog readers", func() bool {
+			_, det := r.current()
+			return det.Connected() == [2]bool{true, true}
+		})
+		return stop
+	}
+	stop := start()
+
+	db1, db2 := p.Nodes[0], p.Nodes[1]
+	for _, s := range []string{"CREATE DATABASE app", "CREATE TABLE app.kv (id INT PRIMARY KEY, v VARCHAR(20))", "INSERT INTO app.kv VALUES (7, 'init'), (8, 'init')"} {
+		if _, err := db1.DB.Exec(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.WaitSynced(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The same row written on each node in turn is ordinary traffic.
+	if _, err := db2.DB.Exec("UPDATE app.kv SET v = 'db2-first' WHERE id = 8"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitSynced(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if cs := r.Status().Conflicts; len(cs) != 0 {
+		t.Fatalf("conflicts before any concurrent write: %+v", cs)
+	}
+
+	// db2 does not apply db1's write while both change id=7.
+	if err := db2.StopSQLThread(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db1.DB.Exec("UPDATE app.kv SET v = 'from-db1' WHERE id = 7"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db2.DB.Exec("UPDATE app.kv SET v = 'from-db2' WHERE id = 7"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(r.Status().Conflicts) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no conflict in Status() within 30s; logs:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := db2.StartSQLThread(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := r.Status()
+	if len(st.Conflicts) != 1 {
+		t.Fatalf("conflicts = %+v, want exactly app.kv id=7", st.Conflicts)
+	}
+	if c := st.Conflicts[0]; c.Schema != "app" || c.Table != "kv" || c.PrimaryKey != "id=7" || strings.Join(c.Origins, ",") != "db1,db2" || len(c.GTIDs) != 2 {
+		t.Fatalf("conflict = %+v", c)
+	}
+	if len(st.Nodes) != 2 {
+		t.Fatalf("Status() lost the supervisor's view: %+v", st)
+	}
+	var logged bool
+	for _, ev := range events.List() {
+		if ev.Kind == orchestrator.EventSupervisor && ev.Level == slog.LevelWarn.String() &&
+			strings.Contains(ev.Message, "write conflict on app.kv id=7") {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Fatalf("no conflict in the event log: %+v", events.List())
+	}
+	if n := counterValue(t, reg, "lockstep_repl_conflicts_total"); n != 1 {
+		t.Fatalf("lockstep_repl_conflicts_total = %v", n)
+	}
+	stop()
+
+	// A restart (the daemon's backoff path) rebuilds supervisor and
+	// detector and registers the same metric names again.
+	start()
+	if n := counterValue(t, reg, "lockstep_repl_conflicts_total"); n != 0 {
+		t.Fatalf("rebuilt detector's counter = %v", n)
+	}
+	if len(r.Status().Conflicts) != 0 {
+		t.Fatal("rebuilt detector reports the previous run's conflicts")
+	}
+	if out := logs.String(); strings.Contains(out, p.MonitorPassword) {
+		t.Fatal("the monitoring password is in the logs")
+	}
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}

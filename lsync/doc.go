@@ -11,7 +11,8 @@
 // session, so a target that is down only accumulates pending paths (bounded:
 // beyond DefaultMaxPendingPaths the queue turns into one full rescan) and
 // never holds up the others. A worker reconnects with exponential backoff
-// and catches up with a full reconciliation. A target whose session can
+// and catches up with a full reconciliation that also content-checks the
+// paths still pending (see Comparison). A target whose session can
 // announce its own death (the SFTP keepalive, via a Disconnected channel)
 // is shown as disconnected at once, even while idle.
 //
@@ -52,6 +53,25 @@
 // seconds only (SFTP v3). Directory mtimes are restored after their
 // contents were written.
 //
+// Whole seconds hide a same-size rewrite within the second of the
+// target's copy. Paths known to have changed are therefore compared by
+// content (SHA-256 of both sides) whenever size and mtime match only at
+// whole-second granularity, unless the worker itself just landed exactly
+// that version (size and nanosecond mtime; a bounded cache, so trailing
+// events cost no read-back). Such paths are those of live batches, and
+// those that had events while the target was down or a full pass was
+// queued: the pending set is never dropped in favour of the full pass, it
+// is handed to it (Reconciler.CatchUp). When the set overflows
+// (DefaultMaxPendingPaths, in the batcher or a target's queue, or an
+// inotify overflow), the pass content-checks every file whose source mtime
+// is at most SuspectSlack older than the first dropped event instead; a
+// write whose event took longer than that to arrive, or an mtime set
+// explicitly to an older time (tar, cp -p, touch -d) is then not covered.
+// Otherwise full passes (the startup pass, periodic verification, `sync
+// --once`) know no changed paths beyond those pending and cannot tell such
+// a rewrite from the copy the target has; a same-second rewrite made while
+// lockstep was not running is only found with `checksum: true`.
+//
 // # Two-way sync and conflicts
 //
 // With `two_way: true` on both nodes (each node's job targets the other),
@@ -63,6 +83,8 @@
 //   - the newer mtime wins;
 //   - on equal mtimes (and different sizes) the node whose name sorts first
 //     wins (the target's configured name is taken as the peer's node name);
+//     a same-second change of a file whose copy on the peer is still the
+//     one this node landed there is not a conflict: it is newer;
 //   - the losing node logs "two-way conflict: keeping the peer's copy" with
 //     both mtimes; its version is overwritten when the winner pushes.
 //

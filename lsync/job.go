@@ -599,7 +599,7 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		var rep *Report
 		var err error
 		if b.Rescan {
-			rep, err = w.rec.Reconcile(ctx, t, false)
+			rep, err = w.rec.CatchUp(ctx, t, b)
 		} else {
 			rep, err = w.rec.Apply(ctx, t, b)
 		}

@@ -356,6 +356,13 @@ func (s *stream) primaryKey(ctx context.Context, tm *replication.TableMapEvent) 
 		return p, nil
 	}
 	p, err := lookupPK(ctx, s.db, tm)
+	if err == nil && p == nil {
+		// Said once per table and DDL: a key hidden by missing privileges
+		// looks exactly like no key, and silence would hide every
+		// conflict on that table.
+		s.log.Warn("table has no primary key visible to the detector; its writes are not checked for conflicts (set binlog_row_metadata=FULL on both servers, or grant the monitoring user SELECT on the table)",
+			"schema", k[0], "table", k[1])
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -305,6 +305,9 @@ func (n *Node) serverArgs(i int) []string {
 		"--relay-log=" + n.Name + "-relay",
 		"--log-slave-updates",
 		"--binlog-format=ROW",
+		// As recommended for production: the binlog carries column names
+		// and primary keys, which the conflict detector needs.
+		"--binlog-row-metadata=FULL",
 		"--auto-increment-increment=2",
 		fmt.Sprintf("--auto-increment-offset=%d", i+1),
 		"--innodb-buffer-pool-size=32M",

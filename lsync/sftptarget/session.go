@@ -264,6 +264,13 @@ func (s *session) markVerified(rel string) {
 func (s *session) forget(rel string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A directory is only ever verified after all its ancestors, and
+	// forgotten with all its descendants: when rel is not in the set,
+	// nothing below it is, and the scan (costly with a large tree) is
+	// not needed.
+	if _, ok := s.verified[rel]; !ok {
+		return
+	}
 	prefix := rel + "/"
 	for k := range s.verified {
 		if k == rel || strings.HasPrefix(k, prefix) {
@@ -583,18 +590,12 @@ var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile); return
 
 // fill writes the content and metadata of an open temp file and closes it.
 func (s *session) fill(ctx context.Context, c *sftp.Client, f *sftp.File, tmp string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
-	_, err := f.ReadFrom(newContextReader(ctx, r))
-	if err != nil {
+	if err := s.writeContent(ctx, f, tmp, r); err != nil {
 		_ = f.Close()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var rerr *sourceError
-		if errors.As(err, &rerr) {
-			return rerr.err
-		}
-		return s.withSpaceHint(tmp, s.check("write", tmp, err))
+		return err
 	}
+	// Close, mode and times are independent requests once the data is
+	// acknowledged: sent together they cost one round trip, not three.
 	var g errgroup.Group
 	g.Go(func() error { return s.withSpaceHint(tmp, s.check("close", tmp, f.Close())) })
 	g.Go(func() error { return s.check("chmod", tmp, c.Chmod(tmp, permBits(mode))) })
@@ -742,6 +743,11 @@ func (s *session) metaTarget(ctx context.Context, op, rel string) (string, error
 		return "", err
 	}
 	remote := s.abs(rel)
+	if s.isVerified(rel) {
+		// Already known as a real directory in this session (the
+		// directory mtimes after a pass): spare the round trip.
+		return remote, nil
+	}
 	fi, err := s.cl().Lstat(remote)
 	if err != nil {
 		return "", s.check("lstat", remote, err)

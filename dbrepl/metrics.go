@@ -13,6 +13,7 @@ type metrics struct {
 	up      *prometheus.GaugeVec
 	fences  prometheus.Counter
 	healthy prometheus.Gauge
+	active  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,9 +42,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lockstep_repl_healthy",
 			Help: "1 when the pair's verdict is healthy.",
 		}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockstep_repl_active",
+			Help: "1 when this supervisor makes the automatic fence decisions, 0 while it only observes.",
+		}),
 	}
+	m.active.Set(1)
 	if reg != nil {
-		reg.MustRegister(m.lag, m.fenced, m.behind, m.up, m.fences, m.healthy)
+		reg.MustRegister(m.lag, m.fenced, m.behind, m.up, m.fences, m.healthy, m.active)
 	}
 	return m
 }

@@ -131,6 +131,7 @@ func (s *Supervisor) publish(obs [2]*Observation, ev [2]*nodeEval) {
 		st.Verdict = VerdictHealthy
 	}
 	st.Problems = problems
+	st.Observer = s.inactive
 	s.status = st
 	s.metrics.healthy.Set(b2f(st.Verdict == VerdictHealthy))
 }

@@ -58,12 +58,15 @@ type NodeStatus struct {
 // PairStatus is the whole pair: what `repl status` shows and what the
 // orchestrator reads.
 type PairStatus struct {
-	Verdict     string       `json:"verdict"`
-	FencedNode  string       `json:"fenced_node,omitempty"`
-	Nodes       []NodeStatus `json:"nodes"`
-	Problems    []string     `json:"problems,omitempty"`
-	Conflicts   []Conflict   `json:"conflicts,omitempty"`
-	GeneratedAt time.Time    `json:"generated_at"`
+	Verdict    string       `json:"verdict"`
+	FencedNode string       `json:"fenced_node,omitempty"`
+	Nodes      []NodeStatus `json:"nodes"`
+	Problems   []string     `json:"problems,omitempty"`
+	Conflicts  []Conflict   `json:"conflicts,omitempty"`
+	// Observer: this supervisor is inactive (not the cluster writer's) and
+	// leaves automatic fencing to the active one (Supervisor.SetActive).
+	Observer    bool      `json:"observer,omitempty"`
+	GeneratedAt time.Time `json:"generated_at"`
 }
 
 // Conflict is one primary key written by both origins within the

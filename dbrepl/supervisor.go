@@ -61,16 +61,16 @@ type Supervisor struct {
 	// Fence/Unfence API.
 	actMu sync.Mutex
 
-	mu          sync.Mutex
-	obs         [2]*Observation
-	fences      [2]*FenceRecord
-	fenceStamp  [2]string
-	goodSince   [2]time.Time
-	errantSeen  [2]int
-	wasDown     [2]bool
-	backSince   [2]time.Time // when the node answered again after being unreachable
-	skipLogged  [2]bool
-	loaded      bool // fence records read once (later changes are events)
+	mu         sync.Mutex
+	obs        [2]*Observation
+	fences     [2]*FenceRecord
+	fenceStamp [2]string
+	goodSince  [2]time.Time
+	errantSeen [2]int
+	wasDown    [2]bool
+	backSince  [2]time.Time // when the node answered again after being unreachable
+	skipLogged [2]bool
+	loaded     bool // fence records read once (later changes are events)
 	// inactive: only observe (see SetActive). The zero value is active so
 	// that a standalone supervisor decides on its own.
 	inactive    bool
@@ -174,6 +174,7 @@ func (s *Supervisor) SetActive(active bool) {
 		s.goodSince = [2]time.Time{}
 		s.skipLogged = [2]bool{}
 	}
+	s.metrics.active.Set(b2f(active))
 	s.mu.Unlock()
 	if changed {
 		if active {
@@ -533,6 +534,14 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 			want = append(want, i)
 		}
 	}
+	if !active {
+		// Each qualifying node that the active supervisor fenced is
+		// mirrored; which one to keep writable is not ours to choose.
+		for _, i := range want {
+			s.follow(i, obs, ev)
+		}
+		want = nil
+	}
 	if len(want) == 2 {
 		// Both are behind or broken: keep the one that applied more of
 		// its peer's transactions writable; ties keep the first node.
@@ -544,17 +553,11 @@ func (s *Supervisor) act(ctx context.Context, obs [2]*Observation, ev [2]*nodeEv
 		case b1 == b0 && lagOrMax(ev[1]) < lagOrMax(ev[0]):
 			keep = 1
 		}
-		if active {
-			s.skip(keep, obs, "both nodes behind or broken; this one applied more of its peer's transactions and stays writable")
-		}
+		s.skip(keep, obs, "both nodes behind or broken; this one applied more of its peer's transactions and stays writable")
 		want = []int{1 - keep}
 	}
 	for _, i := range want {
 		p := 1 - i
-		if !active {
-			s.follow(i, obs, ev)
-			continue
-		}
 		switch {
 		case !obs[p].Reachable:
 			s.skip(i, obs, "peer unreachable: this is the last reachable writer")

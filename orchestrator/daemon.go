@@ -34,12 +34,12 @@ type SyncJob interface {
 
 // ReplSupervisor is the MariaDB pair supervisor as the daemon runs it.
 //
-// Decision-making: the supervisor runs on both nodes and its fence and
-// unfence decisions are idempotent (both observe the same two servers and
-// set the same read_only values). When the implementation also offers
-// SetActive(bool), the daemon calls it with true only on the writer, so
-// that a single node acts and the standby merely observes; the explicit
-// Fence used for self-fencing acts in either mode.
+// Decision-making: the supervisor runs on both nodes, but when the
+// implementation offers SetActive(bool) (dbrepl's does) the daemon calls it
+// with true only on the writer, so that a single node fences and
+// reintroduces automatically while the standby observes and mirrors the
+// writer's fences; the explicit Fence used for self-fencing acts in either
+// mode.
 type ReplSupervisor interface {
 	Run(ctx context.Context) error
 	Status() dbrepl.PairStatus

@@ -49,12 +49,15 @@
 //
 // # Replication supervisor
 //
-// Both nodes run the replication supervisor for the same pair; its fence
-// and unfence decisions are idempotent (same observations, same read_only
-// values), so no single decision-maker is elected. A supervisor that
-// implements SetActive(bool) is told whether this node is the writer. The
-// self-fence uses the supervisor's Fence with a reason starting with
-// "lockstep self-fence: "; the daemon lifts exactly that fence (Unfence)
-// when the node is no longer isolated, also after a restart, and leaves
-// the supervisor to fence it again while it is behind.
+// Both nodes run the replication supervisor for the same pair. A
+// supervisor that implements SetActive(bool) is told whether this node is
+// the writer: SetActive(true) when it takes the writer role, false when it
+// leaves it (it is not called for a node that starts and stays standby, so
+// such a supervisor must start inactive). The writer's supervisor is then
+// the single automatic decision-maker, and the standby's only observes;
+// with no writer, nobody fences automatically. The self-fence uses the
+// supervisor's Fence (which acts in either mode) with a reason starting
+// with "lockstep self-fence: "; the daemon lifts exactly that fence
+// (Unfence) when the node is no longer isolated, also after a restart,
+// and leaves the writer's supervisor to fence it again while it is behind.
 package orchestrator

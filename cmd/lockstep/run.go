@@ -193,9 +193,13 @@ func (s *syncRunner) Targets() []orchestrator.SyncTargetStatus {
 // detector, when repl.conflicts is enabled, shares the supervisor's
 // lifetime and is rebuilt with it.
 //
-// Both nodes run a supervisor on the same pair; their fence and unfence
-// decisions are idempotent (same observations, same read_only values), so
-// there is no single decision-maker to elect.
+// Both nodes run a supervisor on the same pair, but only the writer's
+// decides: two deciders could each fence a different node when both
+// qualify within a few milliseconds, leaving no writable database. The
+// daemon calls SetActive(true) when this node becomes the writer and
+// false when it stops being one; it says nothing to a node that starts
+// and stays standby, so the runner starts inactive. A node left alone
+// takes the writer role and then decides.
 type replRunner struct {
 	cfg    dbrepl.Config
 	logger *slog.Logger
@@ -206,6 +210,21 @@ type replRunner struct {
 	sup  *dbrepl.Supervisor
 	det  *conflict.Detector // nil when repl.conflicts.enabled is false
 	used bool
+	// active is the last SetActive value, given to every supervisor
+	// built, so a restarted one keeps the role's decision.
+	active bool
+}
+
+// SetActive tells the current supervisor (and any rebuilt one) whether
+// this node is the writer, whose supervisor makes the automatic fence and
+// reintroduction decisions.
+func (r *replRunner) SetActive(active bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.active = active
+	if r.sup != nil {
+		r.sup.SetActive(active)
+	}
 }
 
 func (r *replRunner) build() error {
@@ -218,6 +237,7 @@ func (r *replRunner) build() error {
 	if err != nil {
 		return err
 	}
+	sup.SetActive(r.active)
 	r.sup, r.det = sup, det
 	return nil
 }

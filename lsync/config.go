@@ -13,7 +13,7 @@ const (
 	DefaultDelay          = 10 * time.Millisecond
 	DefaultMaxDelay       = time.Second
 	DefaultVerifyInterval = 10 * time.Minute
-	DefaultConcurrency    = 8
+	DefaultConcurrency    = 32
 	DefaultSSHPort        = 22
 	DefaultConnectTimeout = 10 * time.Second
 )

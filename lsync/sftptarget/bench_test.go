@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -132,6 +133,9 @@ func BenchmarkWalkGoSrc(b *testing.B) {
 // sync engine:
 //
 //	go test -run '^$' -bench InitialSync -benchtime 1x ./lsync/sftptarget/
+//
+// BENCH_CONC and BENCH_CHANNELS override the job's concurrency and the
+// number of SFTP channels, to compare settings.
 func BenchmarkInitialSync(b *testing.B) {
 	const files, perDir = 20000, 10
 	src := b.TempDir()
@@ -173,7 +177,8 @@ func BenchmarkInitialSync(b *testing.B) {
 		}
 		rec := &lsync.Reconciler{Source: source, Target: "bench", Delete: true, Concurrency: conc, Logger: slog.New(slog.DiscardHandler)}
 		start, cpu0 := time.Now(), cpuTime()
-		rep, err := rec.Reconcile(ctx, s, false)
+		tt := &timedTarget{Target: s}
+		rep, err := rec.Reconcile(ctx, tt, false)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -182,6 +187,9 @@ func BenchmarkInitialSync(b *testing.B) {
 		}
 		b.ReportMetric(float64(files)/time.Since(start).Seconds(), "files/s")
 		b.ReportMetric((cpuTime() - cpu0).Seconds(), "client-cpu-s")
+		b.ReportMetric(tt.mkdir.Seconds(), "mkdir-s")
+		b.ReportMetric(tt.chtimes.Seconds(), "chtimes-s")
+		b.ReportMetric(tt.walk.Seconds(), "walk-s")
 		_ = s.Close()
 	}
 }
@@ -193,4 +201,26 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// timedTarget adds up the time spent in the calls that the sync engine
+// makes one after the other (not concurrently).
+type timedTarget struct {
+	lsync.Target
+	mkdir, chtimes, walk time.Duration
+}
+
+func (t *timedTarget) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error {
+	defer func(start time.Time) { t.mkdir += time.Since(start) }(time.Now())
+	return t.Target.Mkdir(ctx, rel, mode)
+}
+
+func (t *timedTarget) Chtimes(ctx context.Context, rel string, mtime time.Time) error {
+	defer func(start time.Time) { t.chtimes += time.Since(start) }(time.Now())
+	return t.Target.Chtimes(ctx, rel, mtime)
+}
+
+func (t *timedTarget) Walk(ctx context.Context, fn func(lsync.Entry) error) error {
+	defer func(start time.Time) { t.walk += time.Since(start) }(time.Now())
+	return t.Target.Walk(ctx, fn)
 }

@@ -8,8 +8,10 @@ package sftptarget
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -35,7 +37,7 @@ const (
 	maxConcurrentRequestsPerFile = 64
 	// OpenSSH runs one sftp-server process per channel; a few channels
 	// let the peer use more than one core for many small files.
-	sftpChannels = 2
+	sftpChannels = 4
 	// A dead peer (cable pulled, host frozen) sends no RST; only an
 	// unanswered keepalive reveals it.
 	defaultKeepaliveInterval = 5 * time.Second
@@ -227,11 +229,7 @@ func (c *Connector) connect(ctx context.Context) (*session, error) {
 func openChannels(client *ssh.Client, n int) ([]*sftp.Client, error) {
 	clients := make([]*sftp.Client, 0, n)
 	for range n {
-		sc, err := sftp.NewClient(client,
-			sftp.UseConcurrentWrites(true),
-			sftp.UseConcurrentReads(true),
-			sftp.MaxConcurrentRequestsPerFile(maxConcurrentRequestsPerFile),
-		)
+		sc, err := openChannel(client)
 		if err != nil {
 			for _, c := range clients {
 				_ = c.Close()
@@ -241,6 +239,82 @@ func openChannels(client *ssh.Client, n int) ([]*sftp.Client, error) {
 		clients = append(clients, sc)
 	}
 	return clients, nil
+}
+
+// openChannel starts one sftp subsystem, as sftp.NewClient does, but with
+// the request stream framed by packetWriter.
+func openChannel(client *ssh.Client) (*sftp.Client, error) {
+	sess, err := client.NewSession()
+	if err != nil {
+		return nil, err
+	}
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		_ = sess.Close()
+		return nil, err
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		_ = sess.Close()
+		return nil, err
+	}
+	if err := sess.RequestSubsystem("sftp"); err != nil {
+		_ = sess.Close()
+		return nil, err
+	}
+	sc, err := sftp.NewClientPipe(stdout, &packetWriter{w: stdin, sess: sess},
+		sftp.UseConcurrentWrites(true),
+		sftp.UseConcurrentReads(true),
+		sftp.MaxConcurrentRequestsPerFile(maxConcurrentRequestsPerFile),
+	)
+	if err != nil {
+		_ = sess.Close()
+		return nil, err
+	}
+	return sc, nil
+}
+
+// packetWriter joins the pieces of each SFTP request into one write.
+// pkg/sftp writes a request as a header then a payload (the data of a
+// write, for instance), and every write on an SSH channel is its own SSH
+// packet, encrypted and sent by its own syscall: for small files that
+// doubled the packets of every write request. pkg/sftp sends requests one
+// at a time under its own lock, so the stream is a plain sequence of
+// length-prefixed packets.
+type packetWriter struct {
+	w    io.WriteCloser
+	sess *ssh.Session
+	buf  []byte
+}
+
+func (p *packetWriter) Write(b []byte) (int, error) {
+	if len(p.buf) == 0 && len(b) >= 4 && int(binary.BigEndian.Uint32(b))+4 == len(b) {
+		return p.w.Write(b) // a whole packet in one piece
+	}
+	p.buf = append(p.buf, b...)
+	for len(p.buf) >= 4 {
+		n := int(binary.BigEndian.Uint32(p.buf)) + 4
+		if len(p.buf) < n {
+			break
+		}
+		if _, err := p.w.Write(p.buf[:n]); err != nil {
+			p.buf = p.buf[:0]
+			return 0, err
+		}
+		p.buf = p.buf[:copy(p.buf, p.buf[n:])]
+	}
+	if cap(p.buf) > 64<<10 && len(p.buf) == 0 {
+		p.buf = nil // do not pin a large buffer after a big packet
+	}
+	return len(b), nil
+}
+
+// Close ends the subsystem: closing stdin alone would leave the SSH
+// session channel open until the connection closes.
+func (p *packetWriter) Close() error {
+	err := p.w.Close()
+	_ = p.sess.Close()
+	return err
 }
 
 // hostKeyVerifier wraps a known_hosts callback so that a refusal carries

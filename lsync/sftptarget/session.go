@@ -579,9 +579,9 @@ func (s *session) replace(ctx context.Context, c *sftp.Client, tmp, rel string) 
 const smallFile = 32 << 10
 
 // largeFileRequests bounds the writes in flight for one file larger than
-// smallFile. Eight packets (256 KiB) cover the bandwidth-delay product of
-// a LAN; a deeper pipeline only adds buffers while many files are in
-// flight at once.
+// smallFile. Sixteen packets (512 KiB) cover the bandwidth-delay product
+// of a LAN; pkg/sftp's default of 64 only adds goroutines and buffers
+// while many files are in flight at once.
 const largeFileRequests = 16
 
 // smallBufs recycles the buffers that hold a whole small file between

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -81,6 +82,9 @@ func TestWriteFileLandsWithModeAndMtime(t *testing.T) {
 		{"deep/er/b.sh", []byte("#!/bin/sh\n"), 0o755},
 		{"empty", nil, 0o600},
 		{"big.bin", big, 0o640},
+		// Either side of the single-request path for small files.
+		{"edge/exact", big[:smallFile], 0o644},
+		{"edge/over", big[:smallFile+1], 0o644},
 	}
 	for _, c := range cases {
 		if err := s.WriteFile(ctx, c.rel, bytes.NewReader(c.data), c.mode, mtime); err != nil {
@@ -868,3 +872,44 @@ func TestDiskFullIsPerPathError(t *testing.T) {
 		t.Errorf("after disk full: %v", err)
 	}
 }
+
+// TestPacketWriterFramesRequests feeds the writer the way pkg/sftp does
+// (header, then payload; or a whole packet) and checks that each request
+// reaches the channel as exactly one write, unchanged.
+func TestPacketWriterFramesRequests(t *testing.T) {
+	pkt := func(body string) []byte {
+		b := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
+		return append(b, body...)
+	}
+	rec := &recordingWriter{}
+	w := &packetWriter{w: rec}
+	a, b, c := pkt("open-request"), pkt(strings.Repeat("d", 40_000)), pkt("x")
+	steps := [][]byte{a, b[:17], b[17:30], b[30:], append(append([]byte{}, c...), a[:3]...), a[3:]}
+	for _, st := range steps {
+		n, err := w.Write(st)
+		if err != nil || n != len(st) {
+			t.Fatalf("Write(%d bytes) = %d, %v", len(st), n, err)
+		}
+	}
+	want := [][]byte{a, b, c, a}
+	if len(rec.writes) != len(want) {
+		t.Fatalf("%d writes reached the channel, want %d", len(rec.writes), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(rec.writes[i], want[i]) {
+			t.Errorf("write %d: %d bytes, want %d", i, len(rec.writes[i]), len(want[i]))
+		}
+	}
+	if len(w.buf) != 0 {
+		t.Errorf("%d bytes left buffered", len(w.buf))
+	}
+}
+
+type recordingWriter struct{ writes [][]byte }
+
+func (r *recordingWriter) Write(p []byte) (int, error) {
+	r.writes = append(r.writes, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+func (r *recordingWriter) Close() error { return nil }

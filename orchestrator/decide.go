@@ -140,6 +140,7 @@ func decide(v view) decision {
 			continue
 		}
 		if v.role != RoleWriter {
+			d.reason = fmt.Sprintf("peer %s is the writer", p.name)
 			return d
 		}
 		if why, wins := peerWins(p, v); wins {

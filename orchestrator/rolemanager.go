@@ -39,6 +39,9 @@ type ReplStatus interface {
 	Status() dbrepl.PairStatus
 }
 
+// reasonStarting is the role reason until the first decision.
+const reasonStarting = "starting"
+
 // selfFencePrefix starts the reason of every database fence this daemon
 // sets itself; after a restart it recognises its own fence by it and
 // lifts it once the node is no longer isolated.
@@ -137,7 +140,7 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 		peers:     map[string]*peerState{},
 		role:      RoleStandby,
 		roleSince: time.Now(),
-		reason:    "starting",
+		reason:    reasonStarting,
 		rejectLog: map[string]time.Time{},
 	}
 	found := false
@@ -334,6 +337,12 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 			rm.events.Warn(EventRole, d.waiting)
 			rm.mu.Lock()
 		}
+	}
+	if d.role == v.role && d.reason != "" && d.role == rm.role && rm.reason == reasonStarting {
+		// A node that stays standby from the start never changes role;
+		// say why instead of "starting" (no event: nothing changed). A
+		// later reason, e.g. a failed resource start, is kept.
+		rm.reason = d.reason
 	}
 	rm.mu.Unlock()
 	if d.role == v.role {

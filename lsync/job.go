@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -272,6 +273,10 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 	wg.Wait()
 	return out
 }
+
+// freeMemoryAfter is the tree size (entries) past which a full pass is
+// followed by returning freed memory to the OS.
+const freeMemoryAfter = 10000
 
 // targetWorker owns one target's queue and session.
 type targetWorker struct {
@@ -615,6 +620,12 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			kind = "reconcile (" + b.Reason + ")"
 		}
 		w.logReport(kind, rep)
+		if rep.Entries > freeMemoryAfter {
+			// A full pass over a big tree grew the heap by both listings;
+			// the runtime would hand that back to the OS only over minutes,
+			// and an idle daemon's RSS should reflect its live heap.
+			debug.FreeOSMemory()
+		}
 		if d := w.afterReport(b, rep, firstSeen); d > 0 {
 			retryTimer.Reset(d)
 		}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -202,6 +203,9 @@ type Report struct {
 	Errors   []*PathError
 	Retry    []string // paths that changed while being copied
 	Duration time.Duration
+	// Entries is the size of the larger tree listing a full pass built
+	// (0 for a live batch); the job uses it to return memory afterwards.
+	Entries int
 }
 
 const maxReportedChanges = 100
@@ -216,6 +220,11 @@ func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 
 func (r *Report) Matches() bool {
 	return r.InSync() && r.Actions() == 0 && r.Kept == 0 && r.Conflicts == 0
 }
+
+// wantsNote reports whether note would keep another change, so that
+// callers can skip formatting one (a 100k-file initial pass would
+// otherwise build 100k strings only to drop them).
+func (r *Report) wantsNote() bool { return len(r.Changes) <= maxReportedChanges }
 
 func (r *Report) note(s string) {
 	if len(r.Changes) < maxReportedChanges {
@@ -563,11 +572,17 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect 
 	if dry {
 		for _, o := range ops {
 			rep.count(o, o.src.Size)
-			rep.note(o.String())
+			if rep.wantsNote() {
+				rep.note(o.String())
+			}
 		}
 		rep.Duration = time.Since(start)
 		return rep, nil
 	}
+	rep.Entries = max(len(srcList), len(dst))
+	// The listings are not needed past this point; drop them so that a
+	// large pass does not hold both trees through all the transfers.
+	srcList, srcSet, dst = nil, nil, nil
 	err = r.execute(ctx, t, ops, dirTimes, rep, true)
 	rep.Duration = time.Since(start)
 	return rep, err
@@ -752,12 +767,18 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		mu.Lock()
 		defer mu.Unlock()
 		rep.count(o, bytes)
-		rep.note(o.String())
+		if rep.wantsNote() {
+			rep.note(o.String())
+		}
 		touched[parentOf(o.path)] = true
+		if o.kind == opMkdir {
+			touched[o.path] = true
+		}
 	}
 
 	// Progress for large passes.
 	var filesDone, bytesDone atomic.Int64
+	filesTotal := len(rest)
 	if full && (len(rest) > 1000 || totalBytes > 256<<20) {
 		every := r.ProgressEvery
 		if every == 0 {
@@ -778,7 +799,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 					return
 				case <-tick.C:
 					r.Logger.Info("reconcile progress", "target", r.Target,
-						"files_done", filesDone.Load(), "files_total", len(rest),
+						"files_done", filesDone.Load(), "files_total", filesTotal,
 						"bytes_done", bytesDone.Load(), "bytes_total", totalBytes)
 				}
 			}
@@ -802,16 +823,21 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		done(o, 0)
 	}
-	sort.Slice(mkdirs, func(i, j int) bool { return mkdirs[i].path < mkdirs[j].path })
-	for _, o := range mkdirs {
-		if err := t.Mkdir(ctx, o.path, o.src.Mode); err != nil {
-			if err := fail(o, err); err != nil {
-				return err
+	// Directories one depth level at a time, each level concurrently:
+	// every parent exists before its children are created, and a level
+	// of a wide tree costs one round trip time instead of one per entry.
+	for _, level := range byDepth(mkdirs, func(o op) string { return o.path }, false) {
+		err := parallel(ctx, r.Concurrency, len(level), func(i int) error {
+			o := level[i]
+			if err := t.Mkdir(ctx, o.path, o.src.Mode); err != nil {
+				return fail(o, err)
 			}
-			continue
+			done(o, 0)
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		done(o, 0)
-		touched[o.path] = true
 	}
 	err := parallel(ctx, r.Concurrency, len(rest), func(i int) error {
 		o := rest[i]
@@ -841,6 +867,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 	if err != nil {
 		return err
 	}
+	ops, removes, mkdirs, rest = nil, nil, nil, nil
 	// Directory mtimes, deepest first. Directories we wrote into get the
 	// source's mtime back; others only where they differed.
 	want := map[string]Entry{}
@@ -862,18 +889,51 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 	for _, e := range want {
 		list = append(list, e)
 	}
-	sort.Slice(list, func(i, j int) bool { return list[i].Path > list[j].Path })
-	for _, e := range list {
-		if err := t.Chtimes(ctx, e.Path, e.ModTime); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
+	// All writes are done; a level runs concurrently (setting a
+	// directory's mtime leaves its siblings' and parent's alone), and the
+	// deepest level first, so a parent's mtime is set after its children
+	// changed.
+	for _, level := range byDepth(list, func(e Entry) string { return e.Path }, true) {
+		err := parallel(ctx, r.Concurrency, len(level), func(i int) error {
+			e := level[i]
+			if err := t.Chtimes(ctx, e.Path, e.ModTime); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return fail(op{kind: opChtimes, path: e.Path}, err)
 			}
-			if err := fail(op{kind: opChtimes, path: e.Path}, err); err != nil {
-				return err
-			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// byDepth groups items by the depth of their path, shallowest level first
+// (or deepest first when deepest is set), each level sorted by path.
+func byDepth[T any](items []T, pathOf func(T) string, deepest bool) [][]T {
+	levels := map[int][]T{}
+	var depths []int
+	for _, it := range items {
+		d := strings.Count(pathOf(it), "/")
+		if _, ok := levels[d]; !ok {
+			depths = append(depths, d)
+		}
+		levels[d] = append(levels[d], it)
+	}
+	sort.Ints(depths)
+	if deepest {
+		slices.Reverse(depths)
+	}
+	out := make([][]T, 0, len(depths))
+	for _, d := range depths {
+		l := levels[d]
+		sort.Slice(l, func(i, j int) bool { return pathOf(l[i]) < pathOf(l[j]) })
+		out = append(out, l)
+	}
+	return out
 }
 
 // coveredBy reports whether an ancestor of p is in dirs.

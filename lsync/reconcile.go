@@ -276,6 +276,22 @@ func (r *Reconciler) rememberLanded(e Entry) {
 	r.landed[e.Path] = Entry{Path: e.Path, Size: e.Size, ModTime: e.ModTime}
 }
 
+// moveLanded follows a rename on the target: the versions landed under
+// from are now under to, so the renamed subtree is not read back as
+// "suspect" file by file (5,000 read-backs for one `mv` of a 5k-file dir).
+func (r *Reconciler) moveLanded(from, to string) {
+	r.landedMu.Lock()
+	defer r.landedMu.Unlock()
+	for k, e := range r.landed {
+		if k != from && !strings.HasPrefix(k, from+"/") {
+			continue
+		}
+		delete(r.landed, k)
+		e.Path = to + strings.TrimPrefix(k, from)
+		r.landed[e.Path] = e
+	}
+}
+
 func (r *Reconciler) lastLanded(rel string) (Entry, bool) {
 	r.landedMu.Lock()
 	defer r.landedMu.Unlock()
@@ -633,6 +649,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 		} else {
 			rep.Renamed++
 			rep.note("rename " + rn.From + " -> " + rn.To)
+			r.moveLanded(rn.From, rn.To)
 		}
 		// Check the new subtree either way: entries may have changed
 		// after the rename, before the new directory was watched.

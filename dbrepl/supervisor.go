@@ -649,18 +649,7 @@ func (s *Supervisor) follow(i int, obs [2]*Observation, ev [2]*nodeEval) {
 	if known {
 		return // fenced by hand meanwhile
 	}
-	rec := &FenceRecord{Node: o.Node, Reason: "read-only (fenced by the active supervisor): " + reason, Since: time.Now().UTC(), By: s.host,
-		GTIDCurrentPos: o.GTIDCurrentPos, GTIDExecuted: o.GTIDExecuted}
-	if p := obs[1-i]; p != nil {
-		rec.PeerGTIDBinlogPos, rec.PeerGTIDExecuted = p.GTIDBinlogPos, p.GTIDExecuted
-	}
-	if e := ev[i]; e != nil {
-		if e.lag != nil {
-			v := e.lag.Seconds()
-			rec.LagSeconds = &v
-		}
-		rec.LastErrno, rec.LastError, rec.FailingGTID = e.errno, e.errText, e.failingGTID
-	}
+	rec := s.newFenceRecord(i, o.Node, "read-only (fenced by the active supervisor): "+reason, false, obs, ev)
 	if err := s.store.Save(rec); err != nil {
 		s.logger.Error("fence record not saved", "node", o.Node, "err", err)
 	}
@@ -732,18 +721,12 @@ func (s *Supervisor) setFenced(ctx context.Context, i int, on bool) error {
 	return nil
 }
 
-func (s *Supervisor) fence(ctx context.Context, i int, reason string, manual bool, obs [2]*Observation, ev [2]*nodeEval) error {
-	s.actMu.Lock()
-	defer s.actMu.Unlock()
-	name := s.cfg.Nodes[i].Name
-	start := time.Now()
-	if err := s.setFenced(ctx, i, true); err != nil {
-		s.emit(Event{Node: name, Type: EventFenceFailed, Reason: reason + ": " + err.Error(), Manual: manual})
-		return err
-	}
+// newFenceRecord captures why node i is fenced and where both nodes stood,
+// so that a restarted supervisor (and an admin) can tell when it has caught up.
+func (s *Supervisor) newFenceRecord(i int, name, reason string, manual bool, obs [2]*Observation, ev [2]*nodeEval) *FenceRecord {
 	rec := &FenceRecord{Node: name, Reason: reason, Manual: manual, Since: time.Now().UTC(), By: s.host}
-	if obs[i] != nil {
-		rec.GTIDCurrentPos, rec.GTIDExecuted = obs[i].GTIDCurrentPos, obs[i].GTIDExecuted
+	if o := obs[i]; o != nil {
+		rec.GTIDCurrentPos, rec.GTIDExecuted = o.GTIDCurrentPos, o.GTIDExecuted
 	}
 	if p := obs[1-i]; p != nil {
 		rec.PeerGTIDBinlogPos, rec.PeerGTIDExecuted = p.GTIDBinlogPos, p.GTIDExecuted
@@ -755,6 +738,19 @@ func (s *Supervisor) fence(ctx context.Context, i int, reason string, manual boo
 		}
 		rec.LastErrno, rec.LastError, rec.FailingGTID = e.errno, e.errText, e.failingGTID
 	}
+	return rec
+}
+
+func (s *Supervisor) fence(ctx context.Context, i int, reason string, manual bool, obs [2]*Observation, ev [2]*nodeEval) error {
+	s.actMu.Lock()
+	defer s.actMu.Unlock()
+	name := s.cfg.Nodes[i].Name
+	start := time.Now()
+	if err := s.setFenced(ctx, i, true); err != nil {
+		s.emit(Event{Node: name, Type: EventFenceFailed, Reason: reason + ": " + err.Error(), Manual: manual})
+		return err
+	}
+	rec := s.newFenceRecord(i, name, reason, manual, obs, ev)
 	if err := s.store.Save(rec); err != nil {
 		// The node is read-only, which is the safe side; without the record
 		// a restart would not know why, so say it loudly.

@@ -240,7 +240,7 @@ func writePlayground(dir string, pair *mariadbpair.Pair, witness string) ([]*pla
 	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	ports, err := freeLoopbackPorts(6)
+	ports, err := mariadbpair.FreePorts(6)
 	if err != nil {
 		return nil, err
 	}
@@ -301,27 +301,6 @@ func writePlayground(dir string, pair *mariadbpair.Pair, witness string) ([]*pla
 		}
 	}
 	return nodes, nil
-}
-
-// freeLoopbackPorts reserves n distinct ports by listening on them all at
-// once, then releases them for the daemons.
-func freeLoopbackPorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func (n *playgroundNode) start(self string) error {

@@ -177,7 +177,7 @@ func New(ctx context.Context, opts Options) (_ *Pair, err error) {
 	if err := installDB(ctx, tmpl, tmpDir); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2)
+	ports, err := FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -267,10 +267,10 @@ func tail(b []byte, n int) string {
 	return string(b)
 }
 
-// freePorts reserves distinct ports by holding their listeners until all
-// are chosen. A small window remains before mariadbd binds; Start retries
-// are not worth it on loopback.
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n distinct free 127.0.0.1 ports, reserved by holding
+// their listeners until all are chosen. A small window remains before the
+// server binds; New retries a start that loses that race.
+func FreePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
@@ -419,7 +419,7 @@ func (n *Node) startFresh(ctx context.Context, i int) error {
 		if err == nil || attempt == 3 || !strings.Contains(n.logTail(), "already in use") {
 			return err
 		}
-		ports, perr := freePorts(1)
+		ports, perr := FreePorts(1)
 		if perr != nil {
 			return err
 		}

@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -176,9 +178,11 @@ func BenchmarkInitialSync(b *testing.B) {
 			b.Fatal(err)
 		}
 		rec := &lsync.Reconciler{Source: source, Target: "bench", Delete: true, Concurrency: conc, Logger: slog.New(slog.DiscardHandler)}
-		start, cpu0 := time.Now(), cpuTime()
+		start, cpu0, busy0 := time.Now(), cpuTime(), machineBusy()
 		tt := &timedTarget{Target: s}
+		stopProfile := profileIfAsked(b)
 		rep, err := rec.Reconcile(ctx, tt, false)
+		stopProfile()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -187,6 +191,9 @@ func BenchmarkInitialSync(b *testing.B) {
 		}
 		b.ReportMetric(float64(files)/time.Since(start).Seconds(), "files/s")
 		b.ReportMetric((cpuTime() - cpu0).Seconds(), "client-cpu-s")
+		// Client and server share this machine: when the busy time
+		// nears wall time × cores, the pass is CPU-bound.
+		b.ReportMetric((machineBusy() - busy0).Seconds(), "machine-busy-s")
 		b.ReportMetric(time.Duration(tt.mkdir.Load()).Seconds(), "mkdir-call-s")
 		b.ReportMetric(time.Duration(tt.chtimes.Load()).Seconds(), "chtimes-call-s")
 		b.ReportMetric(time.Duration(tt.walk.Load()).Seconds(), "walk-s")
@@ -201,6 +208,44 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// profileIfAsked writes a CPU profile of the pass alone (without the
+// set-up) to the file named by BENCH_CPUPROFILE.
+func profileIfAsked(b *testing.B) (stop func()) {
+	file := os.Getenv("BENCH_CPUPROFILE")
+	if file == "" {
+		return func() {}
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}
+}
+
+// machineBusy is the CPU time all processes used so far (the non-idle
+// jiffies of /proc/stat), to see what the server side costs.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	var busy int64
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseInt(f, 10, 64)
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return time.Duration(busy) * time.Second / 100 // USER_HZ
 }
 
 // timedTarget adds up the time spent in some calls. Mkdir and Chtimes run

@@ -8,10 +8,8 @@ package sftptarget
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -242,7 +240,7 @@ func openChannels(client *ssh.Client, n int) ([]*sftp.Client, error) {
 }
 
 // openChannel starts one sftp subsystem, as sftp.NewClient does, but with
-// the request stream framed by packetWriter.
+// the request stream sent through a requestCoalescer.
 func openChannel(client *ssh.Client) (*sftp.Client, error) {
 	sess, err := client.NewSession()
 	if err != nil {
@@ -262,59 +260,23 @@ func openChannel(client *ssh.Client) (*sftp.Client, error) {
 		_ = sess.Close()
 		return nil, err
 	}
-	sc, err := sftp.NewClientPipe(stdout, &packetWriter{w: stdin, sess: sess},
+	// Closing stdin alone would leave the SSH session channel open until
+	// the connection closes.
+	requests := newRequestCoalescer(stdin, func() error {
+		err := stdin.Close()
+		_ = sess.Close()
+		return err
+	})
+	sc, err := sftp.NewClientPipe(stdout, requests,
 		sftp.UseConcurrentWrites(true),
 		sftp.UseConcurrentReads(true),
 		sftp.MaxConcurrentRequestsPerFile(maxConcurrentRequestsPerFile),
 	)
 	if err != nil {
-		_ = sess.Close()
+		_ = requests.Close()
 		return nil, err
 	}
 	return sc, nil
-}
-
-// packetWriter joins the pieces of each SFTP request into one write.
-// pkg/sftp writes a request as a header then a payload (the data of a
-// write, for instance), and every write on an SSH channel is its own SSH
-// packet, encrypted and sent by its own syscall: for small files that
-// doubled the packets of every write request. pkg/sftp sends requests one
-// at a time under its own lock, so the stream is a plain sequence of
-// length-prefixed packets.
-type packetWriter struct {
-	w    io.WriteCloser
-	sess *ssh.Session
-	buf  []byte
-}
-
-func (p *packetWriter) Write(b []byte) (int, error) {
-	if len(p.buf) == 0 && len(b) >= 4 && int(binary.BigEndian.Uint32(b))+4 == len(b) {
-		return p.w.Write(b) // a whole packet in one piece
-	}
-	p.buf = append(p.buf, b...)
-	for len(p.buf) >= 4 {
-		n := int(binary.BigEndian.Uint32(p.buf)) + 4
-		if len(p.buf) < n {
-			break
-		}
-		if _, err := p.w.Write(p.buf[:n]); err != nil {
-			p.buf = p.buf[:0]
-			return 0, err
-		}
-		p.buf = p.buf[:copy(p.buf, p.buf[n:])]
-	}
-	if cap(p.buf) > 64<<10 && len(p.buf) == 0 {
-		p.buf = nil // do not pin a large buffer after a big packet
-	}
-	return len(b), nil
-}
-
-// Close ends the subsystem: closing stdin alone would leave the SSH
-// session channel open until the connection closes.
-func (p *packetWriter) Close() error {
-	err := p.w.Close()
-	_ = p.sess.Close()
-	return err
 }
 
 // hostKeyVerifier wraps a known_hosts callback so that a refusal carries

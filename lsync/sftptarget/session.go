@@ -166,10 +166,13 @@ func (s *session) Close() error {
 			close(s.lost)
 		}
 		s.mu.Unlock()
+		// The connection goes first: it unblocks a request send stuck
+		// on a peer that stopped reading, which closing a channel alone
+		// would wait for.
+		_ = s.ssh.Close()
 		for _, c := range s.clients {
 			_ = c.Close()
 		}
-		_ = s.ssh.Close()
 	})
 	s.wg.Wait()
 	return nil

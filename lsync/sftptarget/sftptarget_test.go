@@ -14,8 +14,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -873,43 +875,110 @@ func TestDiskFullIsPerPathError(t *testing.T) {
 	}
 }
 
-// TestPacketWriterFramesRequests feeds the writer the way pkg/sftp does
-// (header, then payload; or a whole packet) and checks that each request
-// reaches the channel as exactly one write, unchanged.
-func TestPacketWriterFramesRequests(t *testing.T) {
+// TestRequestCoalescerPacksWholeRequests feeds the coalescer the way
+// pkg/sftp does (header, then payload; or a whole packet) while the
+// channel is slow, and checks that requests queued meanwhile leave in one
+// send, that no send splits a request, and that the stream is unchanged.
+func TestRequestCoalescerPacksWholeRequests(t *testing.T) {
 	pkt := func(body string) []byte {
 		b := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
 		return append(b, body...)
 	}
-	rec := &recordingWriter{}
-	w := &packetWriter{w: rec}
+	rec := &recordingWriter{release: make(chan struct{}), started: make(chan struct{}, 16)}
+	w := newRequestCoalescer(rec, func() error { return nil })
 	a, b, c := pkt("open-request"), pkt(strings.Repeat("d", 40_000)), pkt("x")
-	steps := [][]byte{a, b[:17], b[17:30], b[30:], append(append([]byte{}, c...), a[:3]...), a[3:]}
-	for _, st := range steps {
-		n, err := w.Write(st)
-		if err != nil || n != len(st) {
-			t.Fatalf("Write(%d bytes) = %d, %v", len(st), n, err)
+	write := func(p []byte) {
+		t.Helper()
+		if n, err := w.Write(p); err != nil || n != len(p) {
+			t.Fatalf("Write(%d bytes) = %d, %v", len(p), n, err)
 		}
 	}
-	want := [][]byte{a, b, c, a}
-	if len(rec.writes) != len(want) {
-		t.Fatalf("%d writes reached the channel, want %d", len(rec.writes), len(want))
+	write(a)
+	<-rec.started // the first send is under way and held
+	for _, st := range [][]byte{b[:17], b[17:30], b[30:], append(append([]byte{}, c...), a[:3]...)} {
+		write(st)
 	}
-	for i := range want {
-		if !bytes.Equal(rec.writes[i], want[i]) {
-			t.Errorf("write %d: %d bytes, want %d", i, len(rec.writes[i]), len(want[i]))
+	close(rec.release)
+	write(a[3:])
+	want := slices.Concat(a, b, c, a)
+	// Close drops what is still queued (its callers fail with the
+	// connection), so wait for the sender to catch up first.
+	deadline := time.Now().Add(5 * time.Second)
+	for rec.size() < len(want) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var stream []byte
+	for _, wr := range rec.writes {
+		stream = append(stream, wr...)
+		// Each send is a sequence of whole requests.
+		for len(wr) > 0 {
+			if len(wr) < 4 || int(binary.BigEndian.Uint32(wr))+4 > len(wr) {
+				t.Fatalf("a send ends inside a request")
+			}
+			wr = wr[int(binary.BigEndian.Uint32(wr))+4:]
 		}
 	}
-	if len(w.buf) != 0 {
-		t.Errorf("%d bytes left buffered", len(w.buf))
+	if !bytes.Equal(stream, want) {
+		t.Fatalf("stream of %d bytes differs from the %d bytes written", len(stream), len(want))
+	}
+	if len(rec.writes) < 2 || !bytes.Equal(rec.writes[1][:len(b)+len(c)], slices.Concat(b, c)) {
+		t.Errorf("requests queued during a send did not leave together: %d sends", len(rec.writes))
 	}
 }
 
-type recordingWriter struct{ writes [][]byte }
+func TestRequestCoalescerReportsSendError(t *testing.T) {
+	boom := errors.New("channel closed")
+	w := newRequestCoalescer(failingWriter{boom}, func() error { return nil })
+	defer w.Close()
+	pkt := binary.BigEndian.AppendUint32(nil, 1)
+	pkt = append(pkt, 'x')
+	if _, err := w.Write(pkt); err != nil {
+		t.Fatalf("first write: %v", err)
+	}
+	// The failure surfaces on a later write, never silently.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := w.Write(pkt)
+		if errors.Is(err, boom) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("writes still succeed after the channel failed: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+type failingWriter struct{ err error }
+
+func (f failingWriter) Write([]byte) (int, error) { return 0, f.err }
+
+// recordingWriter holds its first write until release is closed.
+type recordingWriter struct {
+	mu      sync.Mutex
+	writes  [][]byte
+	started chan struct{}
+	release chan struct{}
+}
 
 func (r *recordingWriter) Write(p []byte) (int, error) {
+	r.started <- struct{}{}
+	<-r.release
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.writes = append(r.writes, append([]byte(nil), p...))
 	return len(p), nil
 }
 
-func (r *recordingWriter) Close() error { return nil }
+func (r *recordingWriter) size() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, w := range r.writes {
+		n += len(w)
+	}
+	return n
+}

@@ -136,10 +136,14 @@ func BenchmarkWalkGoSrc(b *testing.B) {
 //
 //	go test -run '^$' -bench InitialSync -benchtime 1x ./lsync/sftptarget/
 //
-// BENCH_CONC and BENCH_CHANNELS override the job's concurrency and the
-// number of SFTP channels, to compare settings.
+// BENCH_FILES (default 20000), BENCH_CONC and BENCH_CHANNELS override
+// the tree size, the job's concurrency and the number of SFTP channels;
+// BENCH_CPUPROFILE writes a CPU profile of the pass alone.
 func BenchmarkInitialSync(b *testing.B) {
-	const files, perDir = 20000, 10
+	files, perDir := 20000, 10
+	if v, err := strconv.Atoi(os.Getenv("BENCH_FILES")); err == nil {
+		files = v
+	}
 	src := b.TempDir()
 	data := bytes.Repeat([]byte("x"), 256)
 	for i := 0; i < files; i++ {

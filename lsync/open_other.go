@@ -1,0 +1,14 @@
+//go:build !linux
+
+package lsync
+
+import "os"
+
+// beneath is Linux's openat2 shortcut; elsewhere os.Root does the work.
+type beneath struct{}
+
+func openBeneath(string) (*beneath, error) { return nil, nil }
+
+func (b *beneath) openFile(string, string) (*os.File, bool, error) { return nil, false, nil }
+
+func (b *beneath) close() error { return nil }

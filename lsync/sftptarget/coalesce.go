@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"sync"
+	"time"
 )
 
 // requestCoalescer sends the SFTP request stream of one channel from a
@@ -42,6 +43,16 @@ type requestCoalescer struct {
 // (pkg/sftp, holding its connection lock) waits beyond it, which keeps the
 // SSH channel's flow control in force.
 const maxQueued = 256 << 10
+
+// While requests stream (the previous send left less than corkWindow
+// ago), the sender waits corkDelay before sending less than corkBytes:
+// each channel write costs a system call and a wake-up on both sides,
+// far more than the wait. A request after a quiet spell goes at once.
+const (
+	corkWindow = 500 * time.Microsecond
+	corkDelay  = 50 * time.Microsecond
+	corkBytes  = 16 << 10
+)
 
 // maxKeptBuffer is the largest buffer kept for reuse after a send, so that
 // one burst of large writes does not pin memory for the session's life.
@@ -86,6 +97,7 @@ func (c *requestCoalescer) Write(b []byte) (int, error) {
 // send is the only goroutine that writes to the channel.
 func (c *requestCoalescer) send() {
 	defer close(c.done)
+	var lastSend time.Time
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
@@ -95,6 +107,15 @@ func (c *requestCoalescer) send() {
 		if c.closing || c.err != nil {
 			return
 		}
+		if c.ready < corkBytes && time.Since(lastSend) < corkWindow {
+			// Requests are streaming: let a few more join this send.
+			c.mu.Unlock()
+			time.Sleep(corkDelay)
+			c.mu.Lock()
+			if c.closing || c.err != nil {
+				return
+			}
+		}
 		out := c.buf[:c.ready]
 		c.buf = append(c.free[:0], c.buf[c.ready:]...)
 		c.free = nil
@@ -102,6 +123,7 @@ func (c *requestCoalescer) send() {
 		c.cond.Broadcast() // room for writers held back by maxQueued
 		c.mu.Unlock()
 		_, err := c.w.Write(out)
+		lastSend = time.Now()
 		c.mu.Lock()
 		if cap(out) <= maxKeptBuffer {
 			c.free = out[:0]

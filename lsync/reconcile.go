@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"slices"
@@ -328,12 +329,22 @@ type Reconciler struct {
 	OnTransfer func(bytes int64)
 
 	landedMu sync.Mutex
-	landed   map[string]Entry // path → the source version last landed or verified (size, exact mtime)
+	// landed maps a path to the source version last landed or verified
+	// on the target, in two generations: when the young one is full it
+	// becomes the old one, so the most recent landings always survive.
+	landed, landedOld map[string]landedVersion
 }
 
-// maxLanded bounds the landed cache; past it the cache starts over, which
-// only costs content comparisons, never correctness.
-const maxLanded = 65536
+// landedVersion identifies a file version by size and exact mtime.
+type landedVersion struct {
+	size  int64
+	mtime time.Time
+}
+
+// maxLanded bounds each generation of the landed cache. It only needs the
+// versions landed in the last moments (trailing events, same-second
+// edits); anything older costs a content comparison, never correctness.
+const maxLanded = 8192
 
 // SuspectSlack widens the window of a catch-up pass that lost the list of
 // changed paths (a queue overflow): files whose source mtime is at most
@@ -345,9 +356,9 @@ func (r *Reconciler) rememberLanded(e Entry) {
 	r.landedMu.Lock()
 	defer r.landedMu.Unlock()
 	if r.landed == nil || len(r.landed) >= maxLanded {
-		r.landed = map[string]Entry{}
+		r.landedOld, r.landed = r.landed, make(map[string]landedVersion)
 	}
-	r.landed[e.Path] = Entry{Path: e.Path, Size: e.Size, ModTime: e.ModTime}
+	r.landed[e.Path] = landedVersion{size: e.Size, mtime: e.ModTime}
 }
 
 // moveLanded follows a rename on the target: the versions landed under
@@ -356,21 +367,37 @@ func (r *Reconciler) rememberLanded(e Entry) {
 func (r *Reconciler) moveLanded(from, to string) {
 	r.landedMu.Lock()
 	defer r.landedMu.Unlock()
-	for k, e := range r.landed {
-		if k != from && !strings.HasPrefix(k, from+"/") {
-			continue
+	under := func(k, dir string) bool { return k == dir || strings.HasPrefix(k, dir+"/") }
+	moved := map[string]landedVersion{}
+	for _, gen := range []map[string]landedVersion{r.landedOld, r.landed} { // young wins
+		for k, v := range gen {
+			if under(k, from) {
+				moved[to+strings.TrimPrefix(k, from)] = v
+			}
 		}
-		delete(r.landed, k)
-		e.Path = to + strings.TrimPrefix(k, from)
-		r.landed[e.Path] = e
 	}
+	// Whatever was landed under to was replaced by the rename.
+	for _, gen := range []map[string]landedVersion{r.landedOld, r.landed} {
+		for k := range gen {
+			if under(k, from) || under(k, to) {
+				delete(gen, k)
+			}
+		}
+	}
+	if r.landed == nil {
+		r.landed = make(map[string]landedVersion, len(moved))
+	}
+	maps.Copy(r.landed, moved)
 }
 
 func (r *Reconciler) lastLanded(rel string) (Entry, bool) {
 	r.landedMu.Lock()
 	defer r.landedMu.Unlock()
-	e, ok := r.landed[rel]
-	return e, ok
+	v, ok := r.landed[rel]
+	if !ok {
+		v, ok = r.landedOld[rel]
+	}
+	return Entry{Path: rel, Size: v.size, ModTime: v.mtime}, ok
 }
 
 // ambiguous reports whether src and dst look equal only because the
@@ -582,10 +609,8 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect 
 		return rep, fmt.Errorf("walk target %s: %w", r.Target, err)
 	}
 	var srcList []Entry
-	srcSet := map[string]bool{}
 	if err := r.Source.Walk(ctx, "", func(e Entry) error {
 		srcList = append(srcList, e)
-		srcSet[e.Path] = true
 		return nil
 	}); err != nil {
 		return rep, fmt.Errorf("walk source %s: %w", r.Source.Dir, err)
@@ -630,12 +655,17 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect 
 	if err != nil {
 		return rep, err
 	}
+	rep.Entries = max(len(srcList), len(dst))
 	// Extraneous target entries, topmost only (RemoveAll takes the rest).
+	// dst is only read while planning; what the source lacks is what is
+	// left of it once the source's paths are struck out.
+	for _, s := range srcList {
+		delete(dst, s.Path)
+	}
+	srcList = nil // not needed past this point: do not hold it through the transfers
 	var extra []string
 	for p := range dst {
-		if !srcSet[p] {
-			extra = append(extra, p)
-		}
+		extra = append(extra, p)
 	}
 	sort.Strings(extra)
 	var lastRemoved string
@@ -669,10 +699,7 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect 
 		rep.Duration = time.Since(start)
 		return rep, nil
 	}
-	rep.Entries = max(len(srcList), len(dst))
-	// The listings are not needed past this point; drop them so that a
-	// large pass does not hold both trees through all the transfers.
-	srcList, srcSet, dst = nil, nil, nil
+	dst = nil
 	err = r.execute(ctx, t, ops, dirTimes, rep, true)
 	rep.Duration = time.Since(start)
 	return rep, err
@@ -822,8 +849,11 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 // files, links and attributes concurrently, then directory mtimes (deepest
 // first, since writing into a directory changes its mtime).
 func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes []Entry, rep *Report, full bool) error {
-	var removes, mkdirs, rest []op
+	var removes, mkdirs []op
 	var totalBytes int64
+	// rest reuses ops' array (it never gets ahead of the loop): a pass
+	// over a big tree should not hold its list of operations twice.
+	rest := ops[:0]
 	for _, o := range ops {
 		switch o.kind {
 		case opRemove:

@@ -201,6 +201,7 @@ func BenchmarkInitialSync(b *testing.B) {
 		b.ReportMetric(time.Duration(tt.mkdir.Load()).Seconds(), "mkdir-call-s")
 		b.ReportMetric(time.Duration(tt.chtimes.Load()).Seconds(), "chtimes-call-s")
 		b.ReportMetric(time.Duration(tt.walk.Load()).Seconds(), "walk-s")
+		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-rss-MiB")
 		_ = s.Close()
 	}
 }
@@ -232,6 +233,21 @@ func profileIfAsked(b *testing.B) (stop func()) {
 		pprof.StopCPUProfile()
 		_ = f.Close()
 	}
+}
+
+// peakRSS is this process's VmHWM in bytes.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // machineBusy is the CPU time all processes used so far (the non-idle

@@ -116,3 +116,47 @@ func PidsMatching(needle string) []int {
 	}
 	return pids
 }
+
+// TreeRSS sums VmRSS over pid and all its descendants. A daemon that
+// hands the work to child processes (lsyncd runs rsync, which runs ssh)
+// shows only part of its memory in its own RSS.
+func TreeRSS(pid int) int64 {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	children := map[int][]int{}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 {
+			continue
+		}
+		if ppid, err := strconv.Atoi(f[1]); err == nil {
+			children[ppid] = append(children[ppid], p)
+		}
+	}
+	var total int64
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if rss, err := RSSBytes(p); err == nil {
+			total += rss
+		}
+		queue = append(queue, children[p]...)
+	}
+	return total
+}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,6 +36,27 @@ type toolCase struct {
 	watchDirs int
 	watchDone chan struct{}
 	watchAt   Value
+	// peakTreeRSS is the largest RSS of the daemon's process tree (plus
+	// its helpers) sampled while watchDirs is set.
+	peakTreeRSS atomic.Int64
+}
+
+// treeRSSPoller samples the RSS of the daemon and its children every
+// 50ms until ctx ends.
+func (tc *toolCase) treeRSSPoller(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if rss := TreeRSS(tc.tool.Pid()) + tc.tool.ExtraRSS(); rss > tc.peakTreeRSS.Load() {
+			tc.peakTreeRSS.Store(rss)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // watchPoller records when the daemon's inotify watch count reaches
@@ -139,6 +161,13 @@ func runToolCase(ctx context.Context, tc *toolCase, prepare func(string) error,
 		defer func() {
 			cancel()
 			<-tc.watchDone
+		}()
+		rctx, rcancel := context.WithCancel(ctx)
+		rssDone := make(chan struct{})
+		go tc.treeRSSPoller(rctx, rssDone)
+		defer func() {
+			rcancel()
+			<-rssDone
 		}()
 	}
 	defer func() {
@@ -468,8 +497,14 @@ func runBigTree(ctx context.Context, e *Env, res *Result) error {
 		} else {
 			f["rss_all"] = bytesVal(rss)
 		}
+		if anon, err := procStatusBytes(tc.tool.Pid(), "RssAnon"); err == nil {
+			f["anon"] = bytesVal(anon)
+		}
 		if hwm, err := procStatusBytes(tc.tool.Pid(), "VmHWM"); err == nil {
 			f["hwm"] = bytesVal(hwm)
+		}
+		if peak := tc.peakTreeRSS.Load(); peak > 0 {
+			f["hwm_tree"] = bytesVal(peak)
 		}
 		if cpu, err := CPUSeconds(tc.tool.Pid()); err == nil {
 			f["cpu"] = val(cpu)
@@ -485,7 +520,9 @@ func runBigTree(ctx context.Context, e *Env, res *Result) error {
 		{"watch", fmt.Sprintf("start → %d directories watched", ndirs), KindDuration},
 		{"rss", "RSS after settling (daemon process)", KindBytes},
 		{"rss_all", "RSS incl. ssh ControlMaster", KindBytes},
-		{"hwm", "peak RSS (VmHWM)", KindBytes},
+		{"anon", "private memory after settling (RssAnon: RSS without the shared program text)", KindBytes},
+		{"hwm", "peak RSS (VmHWM, daemon process)", KindBytes},
+		{"hwm_tree", "peak RSS of daemon + children (rsync, ssh), sampled every 50ms", KindBytes},
 		{"cpu", "client CPU seconds for the initial sync", KindCount},
 	})
 	return err

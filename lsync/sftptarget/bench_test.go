@@ -290,3 +290,71 @@ func (t *timedTarget) Walk(ctx context.Context, fn func(lsync.Entry) error) erro
 	defer func(start time.Time) { t.walk.Add(int64(time.Since(start))) }(time.Now())
 	return t.Target.Walk(ctx, fn)
 }
+
+// BenchmarkJobInitialSync runs a whole job (watcher, batcher, worker) on
+// a pre-existing tree against real sshd, as `lockstep sync` starts on a
+// big docroot: the figures to compare with BenchmarkInitialSync, which
+// times the reconciliation alone. BENCH_FILES sets the tree size;
+// BENCH_LOG=1 shows the job's log.
+//
+//	TMPDIR=/dev/shm go test -run '^$' -bench JobInitialSync -benchtime 1x ./lsync/sftptarget/
+func BenchmarkJobInitialSync(b *testing.B) {
+	files, perDir := 20000, 10
+	if v, err := strconv.Atoi(os.Getenv("BENCH_FILES")); err == nil {
+		files = v
+	}
+	src := b.TempDir()
+	data := bytes.Repeat([]byte("x"), 256)
+	for i := 0; i < files; i++ {
+		dir := filepath.Join(src, fmt.Sprintf("d%02d", i/perDir/100), fmt.Sprintf("d%05d", i/perDir))
+		if i%perDir == 0 {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%06d.html", i)), data, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	srv := sshdtest.Start(b)
+	logger := slog.New(slog.DiscardHandler)
+	if os.Getenv("BENCH_LOG") != "" {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tc := srv.TargetConfig("bench", filepath.Join(b.TempDir(), "root"))
+		c, err := NewConnector(tc, logger)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg := lsync.JobConfig{Name: "bench", Source: src, Targets: []lsync.TargetConfig{tc}}
+		j, err := lsync.NewJob(cfg, []lsync.Connector{c}, lsync.JobOptions{Logger: logger})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		start, cpu0, busy0 := time.Now(), cpuTime(), machineBusy()
+		stopProfile := profileIfAsked(b)
+		if err := j.Start(ctx); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			st := j.Status()[0]
+			if !st.LastSync.IsZero() && st.PendingFiles == 0 && !st.Rescanning {
+				break
+			}
+			if time.Since(start) > 10*time.Minute {
+				b.Fatalf("no initial sync after 10 minutes: %+v", st)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		stopProfile()
+		b.ReportMetric(float64(files)/time.Since(start).Seconds(), "files/s")
+		b.ReportMetric((cpuTime() - cpu0).Seconds(), "client-cpu-s")
+		b.ReportMetric((machineBusy() - busy0).Seconds(), "machine-busy-s")
+		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-rss-MiB")
+		cancel()
+		j.Stop()
+	}
+}

@@ -322,7 +322,7 @@ type Reconciler struct {
 	TwoWay      bool
 	Node        string
 	Concurrency int
-	Logger      *slog.Logger
+	Logger      *slog.Logger // carries the target name (the job adds it)
 	// ProgressEvery logs progress of large passes; 0 means 10s.
 	ProgressEvery time.Duration
 	// OnTransfer is called after every file landed (metrics).
@@ -919,7 +919,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 				case <-ctx.Done():
 					return
 				case <-tick.C:
-					r.Logger.Info("reconcile progress", "target", r.Target,
+					r.Logger.Info("reconcile progress",
 						"files_done", filesDone.Load(), "files_total", filesTotal,
 						"bytes_done", bytesDone.Load(), "bytes_total", totalBytes)
 				}

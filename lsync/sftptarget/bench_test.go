@@ -295,7 +295,8 @@ func (t *timedTarget) Walk(ctx context.Context, fn func(lsync.Entry) error) erro
 // a pre-existing tree against real sshd, as `lockstep sync` starts on a
 // big docroot: the figures to compare with BenchmarkInitialSync, which
 // times the reconciliation alone. BENCH_FILES sets the tree size;
-// BENCH_LOG=1 shows the job's log.
+// BENCH_LOG=1 shows the job's log; BENCH_HEAPPROFILE writes the heap
+// in use once the pass is over.
 //
 //	TMPDIR=/dev/shm go test -run '^$' -bench JobInitialSync -benchtime 1x ./lsync/sftptarget/
 func BenchmarkJobInitialSync(b *testing.B) {
@@ -354,6 +355,19 @@ func BenchmarkJobInitialSync(b *testing.B) {
 		b.ReportMetric((cpuTime() - cpu0).Seconds(), "client-cpu-s")
 		b.ReportMetric((machineBusy() - busy0).Seconds(), "machine-busy-s")
 		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-rss-MiB")
+		if file := os.Getenv("BENCH_HEAPPROFILE"); file != "" {
+			// What the idle daemon keeps once the pass is over.
+			time.Sleep(time.Second)
+			runtime.GC()
+			f, err := os.Create(file)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := pprof.WriteHeapProfile(f); err != nil {
+				b.Fatal(err)
+			}
+			_ = f.Close()
+		}
 		cancel()
 		j.Stop()
 	}

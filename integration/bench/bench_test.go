@@ -114,11 +114,27 @@ func TestTreeWaiterTimesOutNamingTheDifference(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "x: missing on target") {
 		t.Fatalf("want timeout naming x, got %v", err)
 	}
+	// The file lands whole (as a sync tool delivers it); the writer is
+	// waited for, so it never touches the directory after the test.
+	wrote := make(chan error, 1)
 	go func() {
 		time.Sleep(30 * time.Millisecond)
-		writeFile(t, filepath.Join(b, "x"), "1", 0o644)
+		tmp := filepath.Join(t.TempDir(), "x")
+		if err := os.WriteFile(tmp, []byte("1"), 0o644); err != nil {
+			wrote <- err
+			return
+		}
+		if err := os.Chmod(tmp, 0o644); err != nil {
+			wrote <- err
+			return
+		}
+		wrote <- os.Rename(tmp, filepath.Join(b, "x"))
 	}()
-	if _, err := w.WaitEqual(context.Background(), a, b, 5*time.Second); err != nil {
+	_, err = w.WaitEqual(context.Background(), a, b, 5*time.Second)
+	if werr := <-wrote; werr != nil {
+		t.Fatal(werr)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 }

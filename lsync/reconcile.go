@@ -608,26 +608,25 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect 
 	if err != nil {
 		return rep, fmt.Errorf("walk target %s: %w", r.Target, err)
 	}
-	var srcList []Entry
-	if err := r.Source.Walk(ctx, "", func(e Entry) error {
-		srcList = append(srcList, e)
-		return nil
-	}); err != nil {
-		return rep, fmt.Errorf("walk source %s: %w", r.Source.Dir, err)
-	}
-
 	var ops []op
 	for _, tmp := range temps {
 		ops = append(ops, op{kind: opRemove, path: tmp, reason: "leftover temp file"})
 	}
-	var mu sync.Mutex
+	// The source is planned as it is walked, never listed whole: a pass
+	// over a big tree then holds one listing (the target's) instead of two.
+	var mu sync.Mutex // guards dst, ops, dirTimes and rep
 	var dirTimes []Entry
-	err = parallel(ctx, r.Concurrency, len(srcList), func(i int) error {
-		s := srcList[i]
+	dstEntries := len(dst)
+	planOne := func(ctx context.Context, s Entry) error {
+		mu.Lock()
 		var d *Entry
 		if e, ok := dst[s.Path]; ok {
 			d = &e
+			// Struck out as it is seen: what is left of dst at the end
+			// is what the source lacks.
+			delete(dst, s.Path)
 		}
+		mu.Unlock()
 		o, need, err := r.plan(ctx, t, &s, d, false, suspect != nil && suspect(s))
 		mu.Lock()
 		defer mu.Unlock()
@@ -651,18 +650,46 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect 
 			}
 		}
 		return nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	feed := make(chan Entry, 256)
+	for range max(r.Concurrency, 1) {
+		g.Go(func() error {
+			for s := range feed {
+				if err := gctx.Err(); err != nil {
+					return err
+				}
+				if err := planOne(gctx, s); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	srcEntries := 0
+	walkErr := r.Source.Walk(gctx, "", func(e Entry) error {
+		srcEntries++
+		select {
+		case feed <- e:
+			return nil
+		case <-gctx.Done():
+			return gctx.Err()
+		}
 	})
-	if err != nil {
+	close(feed)
+	// A planner's failure (a lost session) cancels the walk: report it
+	// rather than the cancellation it caused.
+	if err := g.Wait(); err != nil {
 		return rep, err
 	}
-	rep.Entries = max(len(srcList), len(dst))
-	// Extraneous target entries, topmost only (RemoveAll takes the rest).
-	// dst is only read while planning; what the source lacks is what is
-	// left of it once the source's paths are struck out.
-	for _, s := range srcList {
-		delete(dst, s.Path)
+	if walkErr != nil {
+		return rep, fmt.Errorf("walk source %s: %w", r.Source.Dir, walkErr)
 	}
-	srcList = nil // not needed past this point: do not hold it through the transfers
+	if err := ctx.Err(); err != nil {
+		return rep, err
+	}
+	rep.Entries = max(srcEntries, dstEntries)
+	// Extraneous target entries, topmost only (RemoveAll takes the rest).
 	var extra []string
 	for p := range dst {
 		extra = append(extra, p)

@@ -24,7 +24,7 @@ import (
 // requests are handed on, so a request never straddles two sends.
 type requestCoalescer struct {
 	w     io.Writer
-	close func() error // closes the channel; unblocks a send in progress
+	close func() error // closes the channel; safe during a send, which it unblocks
 
 	mu      sync.Mutex
 	cond    *sync.Cond // buf gained whole requests, a send took them, or closing

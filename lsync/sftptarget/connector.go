@@ -260,13 +260,11 @@ func openChannel(client *ssh.Client) (*sftp.Client, error) {
 		_ = sess.Close()
 		return nil, err
 	}
-	// Closing stdin alone would leave the SSH session channel open until
-	// the connection closes.
-	requests := newRequestCoalescer(stdin, func() error {
-		err := stdin.Close()
-		_ = sess.Close()
-		return err
-	})
+	// The channel is closed, not just its stdin: closing stdin would leave
+	// the channel open until the connection closes, and it is not safe
+	// while the coalescer's sender may be writing (x/crypto/ssh reads its
+	// EOF flag without a lock); Close is.
+	requests := newRequestCoalescer(stdin, sess.Close)
 	sc, err := sftp.NewClientPipe(stdout, requests,
 		sftp.UseConcurrentWrites(true),
 		sftp.UseConcurrentReads(true),

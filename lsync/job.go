@@ -503,25 +503,47 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
+// Outage retries: for the first fastRetryFor of an outage the target is
+// dialled at least every fastRetryMax, so that the catch-up starts within
+// a second of a short blip (an sshd restart, a reboot); past that the
+// backoff grows to ReconnectMax, as a long outage should not flood the
+// log. A failed dial costs a refused or timed-out TCP connect, no more.
+const (
+	fastRetryFor = time.Minute
+	fastRetryMax = time.Second
+)
+
 // run connects, catches up and applies batches until ctx is done,
-// reconnecting with exponential backoff whenever the session breaks.
+// reconnecting with backoff whenever the session breaks.
 func (w *targetWorker) run(ctx context.Context) {
-	backoff := w.job.opts.ReconnectMin
+	minB, maxB := w.job.opts.ReconnectMin, w.job.opts.ReconnectMax
+	dialBackoff, sessionBackoff := minB, minB
+	var downSince time.Time
 	for ctx.Err() == nil {
 		t, err := w.conn.Connect(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			if downSince.IsZero() {
+				downSince = time.Now()
+			}
 			w.errCounter.Inc()
 			w.setConnected(false, err)
-			w.logger.Warn("target unavailable; retrying", "err", err, "retry_in", backoff)
-			if !sleepCtx(ctx, jitter(backoff)) {
+			w.logger.Warn("target unavailable; retrying", "err", err, "retry_in", dialBackoff)
+			if !sleepCtx(ctx, jitter(dialBackoff)) {
 				return
 			}
-			backoff = min(backoff*2, w.job.opts.ReconnectMax)
+			limit := maxB
+			// Only an unreachable peer is worth a quick retry; a refused
+			// host key or login waits for an admin.
+			if errors.Is(err, ErrDisconnected) && time.Since(downSince) < fastRetryFor {
+				limit = min(fastRetryMax, maxB)
+			}
+			dialBackoff = max(min(dialBackoff*2, limit), minB)
 			continue
 		}
+		dialBackoff, downSince = minB, time.Time{}
 		w.setConnected(true, nil)
 		w.logger.Info("target connected")
 		began := time.Now()
@@ -532,17 +554,18 @@ func (w *targetWorker) run(ctx context.Context) {
 			return
 		}
 		w.errCounter.Inc()
+		downSince = time.Now()
 		// A session that worked for a while restarts the backoff; one
 		// that fails right away (a target walk that always errors) must
 		// not turn into a busy loop of full passes.
 		if time.Since(began) > time.Minute {
-			backoff = w.job.opts.ReconnectMin
+			sessionBackoff = minB
 		}
-		w.logger.Warn("target session ended; reconnecting", "err", err, "retry_in", backoff)
-		if !sleepCtx(ctx, jitter(backoff)) {
+		w.logger.Warn("target session ended; reconnecting", "err", err, "retry_in", sessionBackoff)
+		if !sleepCtx(ctx, jitter(sessionBackoff)) {
 			return
 		}
-		backoff = min(backoff*2, w.job.opts.ReconnectMax)
+		sessionBackoff = min(sessionBackoff*2, maxB)
 	}
 }
 

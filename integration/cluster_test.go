@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/lockstep-ha/lockstep/integration/netns"
+	"github.com/lockstep-ha/lockstep/integration/poll"
 )
 
 // Ports are fixed because every node has a namespace of its own.
@@ -601,13 +602,7 @@ func (d *daemon) resourceCalls() []string {
 
 func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, within, what, cond)
 }
 
 // ---------------------------------------------------------------------------

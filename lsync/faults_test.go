@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lockstep-ha/lockstep/integration/poll"
 	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/lockstep-ha/lockstep/lsync/localtarget"
 	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
@@ -120,13 +121,7 @@ func statusOf(j *lsync.Job, target string) lsync.TargetStatus {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, waitLimit, what, cond)
 }
 
 func TestJobTargetDownDoesNotBlockOthers(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/integration/poll"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -390,15 +391,7 @@ func (n *testNode) held() []string { return n.daemon.role.group.Held() }
 
 func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for time.Since(start) < within {
-		if cond() {
-			return time.Since(start)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s", within, what)
-	return 0
+	return poll.Until(t, within, what, cond)
 }
 
 func (tc *testCluster) writers() []string {

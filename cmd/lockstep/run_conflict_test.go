@@ -18,6 +18,7 @@ import (
 	"github.com/lockstep-ha/lockstep/config"
 	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
+	"github.com/lockstep-ha/lockstep/integration/poll"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
@@ -41,13 +42,7 @@ func (b *lockedBuffer) String() string {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, 30*time.Second, what, cond)
 }
 
 func TestReplConflictsConfigSection(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lockstep-ha/lockstep/integration/netns"
+	"github.com/lockstep-ha/lockstep/integration/poll"
 )
 
 func needPing(t *testing.T) {
@@ -232,13 +233,7 @@ func TestWitnessServeTCP(t *testing.T) {
 
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, within, what, cond)
 }
 
 // TestForward: a service on the host's loopback, forwarded to n1's

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
@@ -38,7 +39,11 @@ pass per job and exits 0 only when every target matches the source.`,
 				return err
 			}
 			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-			jobs, err := buildSyncJobs(f, jobName, logger, prometheus.NewRegistry())
+			reg := prometheus.NewRegistry()
+			// The daemon's own memory and CPU, next to the sync metrics,
+			// as `lockstep run` serves them.
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			jobs, err := buildSyncJobs(f, jobName, logger, reg)
 			if err != nil {
 				return err
 			}

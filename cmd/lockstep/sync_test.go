@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,11 +72,34 @@ func TestSyncDaemonStopsOnCancel(t *testing.T) {
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
-	root.SetArgs([]string{"sync", "-c", cfg})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	root.SetArgs([]string{"sync", "-c", cfg, "--metrics-addr", addr})
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(ctx) }()
 	lsynctest.WriteFile(t, src, "live/page.html", "live", 0o644, time.Time{})
 	lsynctest.WaitTreesEqual(t, src, dst, 30*time.Second)
+	// The metrics carry the sync counters and the daemon's own memory.
+	var body string
+	waitFor(t, "metrics on "+addr, func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return resp.StatusCode == http.StatusOK
+	})
+	for _, want := range []string{"lockstep_sync_bytes_total", "go_memstats_heap_inuse_bytes", "process_resident_memory_bytes"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 	cancel()
 	select {
 	case err := <-done:

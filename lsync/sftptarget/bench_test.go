@@ -140,23 +140,7 @@ func BenchmarkWalkGoSrc(b *testing.B) {
 // the tree size, the job's concurrency and the number of SFTP channels;
 // BENCH_CPUPROFILE writes a CPU profile of the pass alone.
 func BenchmarkInitialSync(b *testing.B) {
-	files, perDir := 20000, 10
-	if v, err := strconv.Atoi(os.Getenv("BENCH_FILES")); err == nil {
-		files = v
-	}
-	src := b.TempDir()
-	data := bytes.Repeat([]byte("x"), 256)
-	for i := 0; i < files; i++ {
-		dir := filepath.Join(src, fmt.Sprintf("d%02d", i/perDir/100), fmt.Sprintf("d%05d", i/perDir))
-		if i%perDir == 0 {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%06d.html", i)), data, 0o644); err != nil {
-			b.Fatal(err)
-		}
-	}
+	src, files := makeDocroot(b)
 	source, err := lsync.OpenSource(src, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -204,6 +188,29 @@ func BenchmarkInitialSync(b *testing.B) {
 		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-rss-MiB")
 		_ = s.Close()
 	}
+}
+
+// makeDocroot writes BENCH_FILES (default 20000) files of 256 B, ten per
+// directory, under a fresh source directory.
+func makeDocroot(b *testing.B) (dir string, files int) {
+	files, perDir := 20000, 10
+	if v, err := strconv.Atoi(os.Getenv("BENCH_FILES")); err == nil {
+		files = v
+	}
+	src := b.TempDir()
+	data := bytes.Repeat([]byte("x"), 256)
+	for i := 0; i < files; i++ {
+		dir := filepath.Join(src, fmt.Sprintf("d%02d", i/perDir/100), fmt.Sprintf("d%05d", i/perDir))
+		if i%perDir == 0 {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%06d.html", i)), data, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return src, files
 }
 
 // cpuTime is the CPU time this process used so far (user + system).
@@ -300,23 +307,7 @@ func (t *timedTarget) Walk(ctx context.Context, fn func(lsync.Entry) error) erro
 //
 //	TMPDIR=/dev/shm go test -run '^$' -bench JobInitialSync -benchtime 1x ./lsync/sftptarget/
 func BenchmarkJobInitialSync(b *testing.B) {
-	files, perDir := 20000, 10
-	if v, err := strconv.Atoi(os.Getenv("BENCH_FILES")); err == nil {
-		files = v
-	}
-	src := b.TempDir()
-	data := bytes.Repeat([]byte("x"), 256)
-	for i := 0; i < files; i++ {
-		dir := filepath.Join(src, fmt.Sprintf("d%02d", i/perDir/100), fmt.Sprintf("d%05d", i/perDir))
-		if i%perDir == 0 {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%06d.html", i)), data, 0o644); err != nil {
-			b.Fatal(err)
-		}
-	}
+	src, files := makeDocroot(b)
 	srv := sshdtest.Start(b)
 	logger := slog.New(slog.DiscardHandler)
 	if os.Getenv("BENCH_LOG") != "" {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -436,5 +437,26 @@ func TestTreeWaiterSeesLateFixesIncrementally(t *testing.T) {
 	}
 	if ft := <-fixed; at.Before(ft) {
 		t.Fatalf("reported equal at %s, before the last fix at %s", at, ft)
+	}
+}
+
+func TestTreeRSSCountsChildren(t *testing.T) {
+	self, err := RSSBytes(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	child := int64(0)
+	deadline := time.Now().Add(5 * time.Second)
+	for child == 0 && time.Now().Before(deadline) {
+		child, _ = RSSBytes(cmd.Process.Pid)
+		time.Sleep(10 * time.Millisecond)
+	}
+	if tree := TreeRSS(os.Getpid()); child == 0 || tree < self+child/2 {
+		t.Errorf("tree RSS %d, want about own %d + child %d", tree, self, child)
 	}
 }

@@ -62,21 +62,30 @@ func InotifyWatches(pid int) (int, error) {
 	return n, nil
 }
 
-// CPUSeconds returns user+system CPU time of a process and of its reaped
-// children, from /proc/PID/stat (fields 14-17, in clock ticks).
-func CPUSeconds(pid int) (float64, error) {
+// statFields returns the fields of /proc/PID/stat after the command name,
+// starting with state (field 3) and ppid (field 4).
+func statFields(pid int) ([]string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	s := string(b)
 	// comm may contain spaces; fields restart after the last ')'.
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("pid %d: malformed stat", pid)
+		return nil, fmt.Errorf("pid %d: malformed stat", pid)
 	}
-	fields := strings.Fields(s[i+1:])
-	// After ')': state(3) ppid(4) ... utime is field 14 → index 11 here.
+	return strings.Fields(s[i+1:]), nil
+}
+
+// CPUSeconds returns user+system CPU time of a process and of its reaped
+// children, from /proc/PID/stat (fields 14-17, in clock ticks).
+func CPUSeconds(pid int) (float64, error) {
+	fields, err := statFields(pid)
+	if err != nil {
+		return 0, err
+	}
+	// utime is field 14 → index 11 here.
 	if len(fields) < 15 {
 		return 0, fmt.Errorf("pid %d: short stat", pid)
 	}
@@ -131,17 +140,8 @@ func TreeRSS(pid int) int64 {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) < 2 {
+		f, err := statFields(p)
+		if err != nil || len(f) < 2 {
 			continue
 		}
 		if ppid, err := strconv.Atoi(f[1]); err == nil {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"sort"
 	"sync"
 	"time"
 
@@ -298,6 +299,7 @@ type targetWorker struct {
 	// copy looks equal by size and whole-second mtime (see CatchUp).
 	pending  map[string]time.Time
 	renames  []Rename
+	scan     map[string]bool // subtrees to check entry by entry (Batch.Scan)
 	rescan   bool
 	reason   string
 	rescanAt time.Time
@@ -320,6 +322,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		notify:  make(chan struct{}, 1),
 		pending: map[string]time.Time{},
 		retry:   map[string]time.Time{},
+		scan:    map[string]bool{},
 	}
 	w.rec = &Reconciler{
 		Source: j.source, Target: name,
@@ -372,10 +375,25 @@ func (w *targetWorker) mergeLocked(b Batch) {
 			w.pending[p] = when
 		}
 	}
+	for _, s := range b.Scan {
+		w.scan[s] = true
+	}
 	if w.rescan {
 		w.renames = nil // the full pass covers them
+		clear(w.scan)
 	} else {
 		w.renames = append(w.renames, b.Renames...)
+		// Paths queued by earlier batches, or waiting for a retry, are
+		// applied after these renames are replayed: they must be looked
+		// at under the new names too.
+		for _, rn := range b.Renames {
+			followRename(w.pending, rn.From, rn.To, keep)
+			followRename(w.retry, rn.From, rn.To, keep)
+			followRename(w.scan, rn.From, rn.To, keep)
+			if w.scan[rn.From] {
+				w.scan[rn.To] = true
+			}
+		}
 	}
 	if len(w.pending) > DefaultMaxPendingPaths {
 		// Too many paths to remember: the full pass content-checks
@@ -389,6 +407,7 @@ func (w *targetWorker) mergeLocked(b Batch) {
 			w.rescan, w.rescanAt, w.reason = true, when, "queue overflow"
 		}
 		clear(w.pending)
+		clear(w.scan)
 		w.renames = nil
 	}
 }
@@ -419,6 +438,13 @@ func (w *targetWorker) take() (Batch, map[string]time.Time) {
 			}
 		}
 	}
+	if !w.rescan {
+		for s := range w.scan {
+			b.Scan = append(b.Scan, s)
+		}
+		sort.Strings(b.Scan)
+	}
+	w.scan = map[string]bool{}
 	w.pending = map[string]time.Time{}
 	w.renames = nil
 	w.rescan = false
@@ -436,6 +462,9 @@ func (w *targetWorker) requeue(b Batch, firstSeen map[string]time.Time) {
 		w.renames = nil
 	} else {
 		w.renames = append(b.Renames, w.renames...)
+		for _, s := range b.Scan {
+			w.scan[s] = true
+		}
 	}
 	w.changedSince = earliest(w.changedSince, b.ChangedSince)
 	for _, p := range b.Paths {
@@ -686,6 +715,9 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 			w.retry[e.Path] = first(e.Path)
 			w.errCounter.Inc()
 		}
+	}
+	w.followQueuedRenames(b, first)
+	if len(rep.Errors) > 0 {
 		w.lastErr = rep.Errors[0].Error()
 		w.attempts++
 		d := min(500*time.Millisecond<<min(w.attempts-1, 6), 30*time.Second)
@@ -702,6 +734,38 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		}
 	}
 	return delay
+}
+
+// followQueuedRenames handles directory renames that were queued while b
+// was being applied. b's paths were looked at in the source as it was at
+// that moment, possibly already under the new name, where b did not look;
+// and its failed paths wait for a retry that comes after the renames are
+// replayed. Both are therefore listed under the new names too. A full pass
+// walked a tree that was being moved under it: the new subtrees are
+// scanned whole.
+func (w *targetWorker) followQueuedRenames(b Batch, first func(string) time.Time) {
+	if len(w.renames) == 0 {
+		return
+	}
+	if b.Rescan {
+		for _, rn := range w.renames {
+			w.scan[rn.To] = true
+		}
+		return
+	}
+	applied := make(map[string]time.Time, len(b.Paths))
+	for _, p := range b.Paths {
+		applied[p] = first(p)
+	}
+	for _, rn := range w.renames {
+		followRename(applied, rn.From, rn.To, keep)
+		followRename(w.retry, rn.From, rn.To, keep)
+	}
+	for p, t := range applied {
+		if _, ok := w.pending[p]; !ok {
+			w.pending[p] = t
+		}
+	}
 }
 
 func (w *targetWorker) logReport(kind string, rep *Report) {

@@ -567,7 +567,7 @@ func (r *Reconciler) sameContent(ctx context.Context, t Target, rel string) (boo
 // target's copy is invisible to this pass (use `checksum: true`, or rely
 // on the live events, which CatchUp carries across disconnects).
 func (r *Reconciler) Reconcile(ctx context.Context, t Target, dry bool) (*Report, error) {
-	return r.reconcile(ctx, t, dry, nil)
+	return r.reconcile(ctx, t, "", dry, nil)
 }
 
 // CatchUp is the full pass of a rescan batch (after a reconnect, a queue
@@ -584,12 +584,14 @@ func (r *Reconciler) CatchUp(ctx context.Context, t Target, b Batch) (*Report, e
 	if !since.IsZero() {
 		since = since.Add(-SuspectSlack)
 	}
-	return r.reconcile(ctx, t, false, func(e Entry) bool {
+	return r.reconcile(ctx, t, "", false, func(e Entry) bool {
 		return pending[e.Path] || !since.IsZero() && !e.ModTime.Before(since)
 	})
 }
 
-func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect func(Entry) bool) (*Report, error) {
+// reconcile compares the trees below sub ("" for the whole trees; sub
+// itself is left to the caller) and, unless dry, pushes what differs.
+func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bool, suspect func(Entry) bool) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Target: r.Target}
 	if err := r.Source.checkRoot(); err != nil {
@@ -597,7 +599,7 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect 
 	}
 	dst := map[string]Entry{}
 	var temps []string
-	err := t.Walk(ctx, func(e Entry) error {
+	err := t.Walk(ctx, sub, func(e Entry) error {
 		if strings.HasPrefix(path.Base(e.Path), TempPrefix) {
 			temps = append(temps, e.Path)
 			return nil
@@ -667,7 +669,10 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, dry bool, suspect 
 		})
 	}
 	srcEntries := 0
-	walkErr := r.Source.Walk(gctx, "", func(e Entry) error {
+	walkErr := r.Source.Walk(gctx, sub, func(e Entry) error {
+		if e.Path == sub {
+			return nil // not a directory: the caller's to plan
+		}
 		srcEntries++
 		select {
 		case feed <- e:
@@ -762,6 +767,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	// is never missing from both names at once. Two-way full passes never
 	// delete, so the deletion must happen here or not at all.
 	oldNames := map[string]bool{}
+	subtrees := append([]string(nil), b.Scan...)
 	for _, rn := range b.Renames {
 		if r.Source.excluder.Excluded(rn.From, true) || r.Source.excluder.Excluded(rn.To, true) {
 			continue // the per-path checks handle both names
@@ -779,16 +785,20 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 			rep.note("rename " + rn.From + " -> " + rn.To)
 			r.moveLanded(rn.From, rn.To)
 		}
-		// Check the new subtree either way: entries may have changed
-		// after the rename, before the new directory was watched.
 		paths[rn.To] = true
 		if err != nil {
 			paths[rn.From] = true
 			oldNames[rn.From] = true
-			if werr := r.Source.Walk(ctx, rn.To, func(e Entry) error { paths[e.Path] = true; return nil }); werr != nil {
-				rep.Errors = append(rep.Errors, &PathError{Path: rn.To, Op: "scan", Err: werr})
-			}
 		}
+		// Compare the new subtree either way, after the paths: what the
+		// rename moved on the target is what the target had under the
+		// old name, and a batch applied before this one may have found
+		// entries of it missing in the source (already moved there) and
+		// deleted them on the target.
+		subtrees = append(subtrees, rn.To)
+	}
+	for _, sub := range b.Scan {
+		paths[sub] = true
 	}
 	list := make([]string, 0, len(paths))
 	for p := range paths {
@@ -865,11 +875,56 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 		ops = now
 	}
 	err = r.execute(ctx, t, ops, dirTimes, rep, false)
+	if err == nil {
+		err = r.reconcileSubtrees(ctx, t, subtrees, paths, rep)
+	}
 	if err == nil && len(late) > 0 {
 		err = r.execute(ctx, t, late, nil, rep, false)
 	}
 	rep.Duration = time.Since(start)
 	return rep, err
+}
+
+// reconcileSubtrees compares the trees below each of subs (the outermost
+// ones; nested ones are covered) like a full pass does, and adds the
+// outcome to rep. Entries listed in changed are content-checked when size
+// and mtime cannot tell.
+func (r *Reconciler) reconcileSubtrees(ctx context.Context, t Target, subs []string, changed map[string]bool, rep *Report) error {
+	sort.Strings(subs)
+	var last string
+	for _, sub := range subs {
+		if last != "" && (sub == last || strings.HasPrefix(sub, last+"/")) {
+			continue
+		}
+		last = sub
+		if r.Source.excluder.Excluded(sub, true) {
+			continue
+		}
+		sr, err := r.reconcile(ctx, t, sub, false, func(e Entry) bool { return changed[e.Path] })
+		rep.add(sr)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// add folds the counts of a sub-pass into rep.
+func (rep *Report) add(o *Report) {
+	rep.Files += o.Files
+	rep.Bytes += o.Bytes
+	rep.Dirs += o.Dirs
+	rep.Links += o.Links
+	rep.Attrs += o.Attrs
+	rep.Deleted += o.Deleted
+	rep.Renamed += o.Renamed
+	rep.Kept += o.Kept
+	rep.Conflicts += o.Conflicts
+	rep.Errors = append(rep.Errors, o.Errors...)
+	rep.Retry = append(rep.Retry, o.Retry...)
+	for _, c := range o.Changes {
+		rep.note(c)
+	}
 }
 
 // execute runs ops: deletions, then directories (parents first), then

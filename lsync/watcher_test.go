@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
 )
 
 type recordingSink struct {
@@ -47,19 +47,20 @@ func TestWatchLimitErrorNamesSysctl(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fsw, err := fsnotify.NewWatcher()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer fsw.Close()
-	w := &Watcher{root: root, fsw: fsw, dirs: map[string]uint64{}, logger: slog.New(slog.DiscardHandler)}
+	w := newWatcher(root, nil, slog.New(slog.DiscardHandler), fd)
+	defer w.Close()
 	added := 0
-	w.addWatch = func(p string) error {
+	add := w.addWatch
+	w.addWatch = func(p string) (int32, error) {
 		if added == 3 {
-			return &os.SyscallError{Syscall: "inotify_add_watch", Err: syscall.ENOSPC}
+			return -1, &os.SyscallError{Syscall: "inotify_add_watch", Err: syscall.ENOSPC}
 		}
 		added++
-		return fsw.Add(p)
+		return add(p)
 	}
 	err = w.addTree(context.Background(), "", nil)
 	var wl *WatchLimitError
@@ -81,6 +82,7 @@ func TestWatcherOverflowRescansAndNewDirsAreScanned(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
+	w.inject = make(chan []rawEvent)
 	sink := &recordingSink{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -124,7 +126,7 @@ func TestWatcherOverflowRescansAndNewDirsAreScanned(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Overflow: a rescan is requested, the watcher keeps running.
-	w.fsw.Errors <- fsnotify.ErrEventOverflow
+	w.inject <- []rawEvent{{wd: -1, mask: unix.IN_Q_OVERFLOW}}
 	for {
 		evs, rescans := sink.snapshot()
 		var seen bool

@@ -1,0 +1,86 @@
+package lsync_test
+
+import (
+	"log/slog"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/lockstep-ha/lockstep/internal/churn"
+	"github.com/lockstep-ha/lockstep/lsync"
+	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
+)
+
+// convergeWithin is how soon after the last change of a burst the target
+// must be identical. Exported to the environment so that `make soak` on a
+// loaded machine can widen it without editing the test.
+func convergeWithin(t testing.TB) time.Duration {
+	if v := os.Getenv("LOCKSTEP_CONVERGE_WITHIN"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("LOCKSTEP_CONVERGE_WITHIN: %v", err)
+		}
+		return d
+	}
+	return 2 * time.Second
+}
+
+// churnRounds is the number of seeds a churn model test runs: a few in
+// `make test`, many under `make soak` (LOCKSTEP_SOAK_ROUNDS).
+func churnRounds(t testing.TB, def int) int {
+	if v := os.Getenv("LOCKSTEP_SOAK_ROUNDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("LOCKSTEP_SOAK_ROUNDS=%q: want a positive number", v)
+		}
+		return n
+	}
+	return def
+}
+
+// TestChurnConverges is the model test of the core promise: a live tree
+// under a burst of thousands of random changes (files and whole
+// directories moved across the tree, trees deleted, symlinks, chmods) is
+// identical on the target within convergeWithin of the last change, with
+// the periodic verification off so that only the live path can get it
+// there.
+func TestChurnConverges(t *testing.T) {
+	rounds := churnRounds(t, 3)
+	for seed := uint64(1); seed <= uint64(rounds); seed++ {
+		t.Run("seed="+strconv.FormatUint(seed, 10), func(t *testing.T) {
+			cfg, src, dst := localJobConfig(t, "peer")
+			tree, err := churn.New(src, seed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Something to move around from the first operation on.
+			if _, err := tree.Run(churn.Options{Ops: 300}); err != nil {
+				t.Fatal(err)
+			}
+			lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Logger: churnLogger(t)})
+			lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+			for burst := 0; burst < 3; burst++ {
+				// Small pauses every few operations spread a burst over
+				// several batches, so that moves straddle batch edges.
+				st, err := tree.Run(churn.Options{Ops: 1500, Pause: time.Millisecond, PauseEvery: 25})
+				if err != nil {
+					t.Fatal(err)
+				}
+				took, diffs := lsynctest.Converge(src, dst[0], convergeWithin(t))
+				if len(diffs) > 0 {
+					t.Fatalf("burst %d (%v): %d paths still differ %s after the last change:\n%s",
+						burst, st, len(diffs), convergeWithin(t), lsynctest.Summarize(diffs))
+				}
+				t.Logf("burst %d (%v): identical %s after the last change", burst, st, took.Round(time.Millisecond))
+			}
+		})
+	}
+}
+
+func churnLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("LSYNC_DEBUG") != "" {
+		return lsynctest.TestLogger(t)
+	}
+	return discardLogger()
+}

@@ -14,30 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/lockstep-ha/lockstep/dbrepl"
 )
-
-// Fencer makes a database read-only. The replication supervisor
-// implements it; the fence must be one it lifts by itself once the
-// database has caught up (not a manual fence), so a self-fenced node is
-// reintroduced after the partition heals.
-type Fencer interface {
-	Fence(ctx context.Context, node, reason string) error
-}
-
-// Unfencer lifts a fence. When the Fencer also implements it, a node
-// leaving the self-fenced role lifts its own fence and leaves the rest to
-// the supervisor, which fences again while the database is behind and
-// reintroduces it once caught up.
-type Unfencer interface {
-	Unfence(ctx context.Context, node string) error
-}
-
-// ReplStatus reports the pair's state (own database fenced, lag).
-type ReplStatus interface {
-	Status() dbrepl.PairStatus
-}
 
 // reasonStarting is the role reason until the first decision.
 const reasonStarting = "starting"
@@ -57,12 +34,9 @@ type RoleManager struct {
 	logger  *slog.Logger
 	events  *EventLog
 	metrics *Metrics
-	fencer  Fencer     // nil: no database to fence
-	repl    ReplStatus // nil: no replication supervisor
-	// onRole is called (from the decider goroutine) after each role change.
-	onRole func(role string)
+	db      Database // nil: no replication supervisor
 
-	roleCh  chan string   // role changes for onRole
+	roleCh  chan string   // role changes for db.SetActive
 	wake    chan struct{} // heartbeat received: decide now
 	sendNow chan struct{} // role changed: tell peers now
 
@@ -115,9 +89,7 @@ type RoleManagerConfig struct {
 	Cluster   *ClusterConfig
 	Key       *Key
 	Resources []Resource
-	Fencer    Fencer
-	Repl      ReplStatus
-	OnRole    func(role string)
+	DB        Database // nil: no database to fence or watch
 	Events    *EventLog
 	Metrics   *Metrics
 	Logger    *slog.Logger
@@ -129,9 +101,7 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 		logger:    c.Logger.With("component", "role"),
 		events:    c.Events,
 		metrics:   c.Metrics,
-		fencer:    c.Fencer,
-		repl:      c.Repl,
-		onRole:    c.OnRole,
+		db:        c.DB,
 		wake:      make(chan struct{}, 1),
 		roleCh:    make(chan string, 1),
 		sendNow:   make(chan struct{}, 1),
@@ -195,7 +165,7 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	wg.Go(func() { rm.receive(conn) })
 	notifyCtx, stopNotify := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopNotify()
-	if rm.onRole != nil {
+	if rm.db != nil {
 		wg.Go(func() { rm.notifyRoles(notifyCtx) })
 	}
 	// The startup wait counts from here: leftovers are released and we
@@ -266,7 +236,7 @@ func (rm *RoleManager) notifyRoles(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case role := <-rm.roleCh:
-			rm.onRole(role)
+			rm.db.SetActive(role == RoleWriter)
 		}
 	}
 }
@@ -375,9 +345,8 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 }
 
 func (rm *RoleManager) liftSelfFence(ctx context.Context) {
-	u, ok := rm.fencer.(Unfencer)
 	db := rm.self.DB
-	if !ok || db == "" {
+	if rm.db == nil || db == "" {
 		return
 	}
 	rm.mu.Lock()
@@ -390,7 +359,7 @@ func (rm *RoleManager) liftSelfFence(ctx context.Context) {
 	}
 	uctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
 	defer cancel()
-	if err := u.Unfence(uctx, db); err != nil {
+	if err := rm.db.Unfence(uctx, db); err != nil {
 		rm.events.Warn(EventFence, fmt.Sprintf("could not lift our self-fence of database %s: %v", db, err), "db", db)
 		return
 	}
@@ -442,8 +411,8 @@ func (rm *RoleManager) setRoleLocked(role, reason string) {
 		lvl = rm.events.Warn
 	}
 	lvl(EventRole, fmt.Sprintf("role %s -> %s: %s", old, role, reason), "from", old, "to", role)
-	if rm.onRole != nil {
-		// Latest role wins; notifyRoles calls onRole outside our lock.
+	if rm.db != nil {
+		// Latest role wins; notifyRoles calls SetActive outside our lock.
 		select {
 		case <-rm.roleCh:
 		default:
@@ -499,11 +468,11 @@ func (rm *RoleManager) selfFence(ctx context.Context, reason string) {
 	rm.wasIsolated = true
 	rm.mu.Unlock()
 	var wg sync.WaitGroup
-	if rm.fencer != nil && db != "" {
+	if rm.db != nil && db != "" {
 		wg.Go(func() {
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 			defer cancel()
-			if err := rm.fencer.Fence(fctx, db, selfFencePrefix+reason); err != nil {
+			if err := rm.db.Fence(fctx, db, selfFencePrefix+reason); err != nil {
 				rm.events.Warn(EventFence, fmt.Sprintf("could not fence database %s: %v", db, err), "db", db)
 				return
 			}
@@ -540,10 +509,10 @@ func (rm *RoleManager) signalSend() {
 
 // dbState reads our own database's state from the replication supervisor.
 func (rm *RoleManager) dbState() (fenced bool, reason string, applied int64, lag *float64) {
-	if rm.repl == nil || rm.self.DB == "" {
+	if rm.db == nil || rm.self.DB == "" {
 		return false, "", 0, nil
 	}
-	st := rm.repl.Status()
+	st := rm.db.Status()
 	for _, n := range st.Nodes {
 		if n.Name == rm.self.DB {
 			return n.Fenced, n.FenceReason, appliedTrx(n.GTIDCurrentPos), n.LagSeconds

@@ -369,25 +369,13 @@ func testLogger(_ testing.TB, name string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 }
 
-func (n *testNode) role() string {
-	n.daemon.role.mu.Lock()
-	defer n.daemon.role.mu.Unlock()
-	return n.daemon.role.role
-}
+func (n *testNode) role() string { return n.daemon.role.Status().Role }
 
-func (n *testNode) reason() string {
-	n.daemon.role.mu.Lock()
-	defer n.daemon.role.mu.Unlock()
-	return n.daemon.role.reason
-}
+func (n *testNode) reason() string { return n.daemon.role.Status().Reason }
 
-func (n *testNode) cfg() ClusterConfig {
-	n.daemon.role.mu.Lock()
-	defer n.daemon.role.mu.Unlock()
-	return n.daemon.role.cfg
-}
+func (n *testNode) cfg() ClusterConfig { return *n.daemon.role.cfg.Load() }
 
-func (n *testNode) held() []string { return n.daemon.role.group.Held() }
+func (n *testNode) held() []string { return n.daemon.role.act.held() }
 
 func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()

@@ -79,8 +79,6 @@ type Daemon struct {
 	ready      chan struct{}
 	httpAddr   net.Addr
 	agentAddr  net.Addr
-	runCtx     context.Context
-	witnessWG  *sync.WaitGroup
 	reloadMu   sync.Mutex
 	runningCfg ClusterConfig
 }
@@ -170,10 +168,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if al != nil {
 		serveWG.Go(func() { d.serveAgent(al) })
 	}
-	d.runCtx = ctx
-	d.witnessWG = &sync.WaitGroup{}
 	close(d.ready)
-	d.events.Add(EventSupervisor, fmt.Sprintf("lockstep run started on node %s: http %s, heartbeats %s", d.cfg.Node, d.httpAddr, d.role.self.Address))
+	d.events.Add(EventSupervisor, fmt.Sprintf("lockstep run started on node %s: http %s, heartbeats %s", d.cfg.Node, d.httpAddr, d.role.Addr()))
 
 	var wg sync.WaitGroup
 	wg.Go(func() { d.supervise(ctx, "role manager", d.role.Run) })
@@ -184,7 +180,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 		wg.Go(func() { d.supervise(ctx, "replication supervisor", d.cfg.Repl.Run) })
 	}
 	wg.Wait()
-	d.witnessWG.Wait()
 
 	// HTTP stays up until everything is released, so the balancer sees
 	// "drain" during the release and a closed port after it.
@@ -271,7 +266,7 @@ func (d *Daemon) Reload(node, listen string, c *ClusterConfig) error {
 		d.events.Warn(EventReload, err.Error())
 		return err
 	}
-	notes = append(notes, d.role.Reload(d.runCtx, d.witnessWG, c, key, resources)...)
+	notes = append(notes, d.role.Reload(c, key, resources)...)
 	if len(notes) == 0 {
 		notes = append(notes, "cluster timing and failback settings applied (no other change)")
 	}

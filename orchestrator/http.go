@@ -143,13 +143,21 @@ func (d *Daemon) Handler() http.Handler {
 
 // serveAgent answers every connection with one agent-check line.
 func (d *Daemon) serveAgent(l net.Listener) {
+	acceptLoop(l, func(c net.Conn) {
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.Write([]byte(d.Health().Agent + "\n"))
+		c.Close()
+	})
+}
+
+// acceptLoop hands each connection to handle, one at a time, until the
+// listener is closed: its owner stops it by closing l.
+func acceptLoop(l net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = c.Write([]byte(d.Health().Agent + "\n"))
-		c.Close()
+		handle(c)
 	}
 }

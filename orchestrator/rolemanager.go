@@ -246,24 +246,30 @@ func (rm *RoleManager) notifyRoles(ctx context.Context) {
 	}
 }
 
-func decideTick(cfg *ClusterConfig) time.Duration { return max(cfg.Keepalive/4, 10*time.Millisecond) }
-
 // loop decides every quarter keepalive, and at once when a peer announces
 // a change, until ctx ends.
 func (rm *RoleManager) loop(ctx context.Context) {
-	tick := decideTick(rm.cfg.Load())
-	t := time.NewTicker(tick)
+	tick := func() time.Duration { return max(rm.cfg.Load().Keepalive/4, 10*time.Millisecond) }
+	every(ctx, tick, rm.obs.wake, func() { rm.evaluate(ctx) })
+}
+
+// every runs fn each period, and at once on poke, until ctx ends. The
+// period is read again after each run, so a reloaded keepalive applies
+// without a restart.
+func every(ctx context.Context, period func() time.Duration, poke <-chan struct{}, fn func()) {
+	p := period()
+	t := time.NewTicker(p)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-rm.obs.wake:
+		case <-poke:
 		}
-		rm.evaluate(ctx)
-		if n := decideTick(rm.cfg.Load()); n != tick {
-			tick = n
+		fn()
+		if n := period(); n != p {
+			p = n
 			t.Reset(n)
 		}
 	}
@@ -450,23 +456,11 @@ func (rm *RoleManager) signalSend() {
 	}
 }
 
+// sendLoop sends a heartbeat every keepalive, and at once on a role
+// change, until ctx ends.
 func (rm *RoleManager) sendLoop(ctx context.Context, conn *net.UDPConn) {
-	keepalive := rm.cfg.Load().Keepalive
-	t := time.NewTicker(keepalive)
-	defer t.Stop()
-	for {
-		rm.send(conn)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-rm.sendNow:
-		}
-		if k := rm.cfg.Load().Keepalive; k != keepalive {
-			keepalive = k
-			t.Reset(k)
-		}
-	}
+	rm.send(conn)
+	every(ctx, func() time.Duration { return rm.cfg.Load().Keepalive }, rm.sendNow, func() { rm.send(conn) })
 }
 
 // send tells every peer our current state.

@@ -285,10 +285,10 @@ func (rm *RoleManager) shutdown(conn *net.UDPConn) {
 	}
 	st.draining = false
 	st.leaving = true
-	rm.publish()
 	if st.role == RoleWriter {
 		rm.setRole(RoleStandby, "shutdown: resources released, database left as is")
 	}
+	rm.publish()
 	// A few copies: one lost datagram must not cost the peer a deadtime.
 	for range 3 {
 		rm.send(conn)

@@ -35,8 +35,11 @@ type TargetStatus struct {
 	// Rescanning is true while a full pass is queued.
 	Rescanning bool
 	LastSync   time.Time // last time the target was known to match
-	LastError  string
-	Lag        time.Duration // age of the oldest change not yet on the target
+	// LastVerified is the end of the last full comparison that found or
+	// left the target equal to the source (zero: none yet).
+	LastVerified time.Time
+	LastError    string
+	Lag          time.Duration // age of the oldest change not yet on the target
 	// JobError is set when the job as a whole broke (the source can no
 	// longer be watched completely, e.g. out of inotify watches).
 	JobError string
@@ -287,8 +290,8 @@ type targetWorker struct {
 	rec    *Reconciler
 	logger *slog.Logger
 
-	pendingGauge, lagGauge, connectedGauge prometheus.Gauge
-	filesCounter, bytesCounter, errCounter prometheus.Counter
+	pendingGauge, lagGauge, connectedGauge, verifiedGauge prometheus.Gauge
+	filesCounter, bytesCounter, errCounter, driftCounter  prometheus.Counter
 
 	notify chan struct{}
 
@@ -311,6 +314,7 @@ type targetWorker struct {
 	attempts     int
 	connected    bool
 	lastSync     time.Time
+	lastVerified time.Time
 	lastErr      string
 }
 
@@ -338,6 +342,8 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 	w.filesCounter = m.files.WithLabelValues(j.cfg.Name, name)
 	w.bytesCounter = m.bytes.WithLabelValues(j.cfg.Name, name)
 	w.errCounter = m.errors.WithLabelValues(j.cfg.Name, name)
+	w.verifiedGauge = m.verified.WithLabelValues(j.cfg.Name, name)
+	w.driftCounter = m.drift.WithLabelValues(j.cfg.Name, name)
 	w.rec.OnTransfer = func(n int64) {
 		w.filesCounter.Inc()
 		w.bytesCounter.Add(float64(n))
@@ -498,7 +504,7 @@ func (w *targetWorker) status() TargetStatus {
 	st := TargetStatus{
 		Job: w.job.cfg.Name, Target: w.name, Connected: w.connected,
 		PendingFiles: len(w.pending) + len(w.retry), Rescanning: w.rescan,
-		LastSync: w.lastSync, LastError: w.lastErr,
+		LastSync: w.lastSync, LastVerified: w.lastVerified, LastError: w.lastErr,
 	}
 	var oldest time.Time
 	for _, m := range []map[string]time.Time{w.pending, w.retry} {
@@ -598,6 +604,10 @@ func (w *targetWorker) run(ctx context.Context) {
 	}
 }
 
+// verifyReason marks the periodic verification pass, whose repairs are
+// drift (see Report.Unlisted).
+const verifyReason = "verification"
+
 // disconnectNotifier is implemented by targets that learn of a dead
 // session on their own (the SFTP session's keepalive); without it an idle
 // worker would only notice at its next change.
@@ -638,7 +648,7 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			return fmt.Errorf("%w: target %s: session lost", ErrDisconnected, w.name)
 		case <-w.notify:
 		case <-verify:
-			w.enqueue(Batch{Rescan: true, Reason: "verification"})
+			w.enqueue(Batch{Rescan: true, Reason: verifyReason})
 		case <-retryTimer.C:
 			w.mu.Lock()
 			for p, first := range w.retry {
@@ -672,6 +682,11 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			kind = "reconcile (" + b.Reason + ")"
 		}
 		w.logReport(kind, rep)
+		if b.Reason == verifyReason && rep.Unlisted > 0 {
+			w.driftCounter.Add(float64(rep.Unlisted))
+			w.logger.Error("verification repaired drift that the live sync had not queued: a bug, or a change made on the target behind lockstep's back",
+				"paths", rep.Unlisted, "first", rep.UnlistedPaths)
+		}
 		if rep.Entries > freeMemoryAfter {
 			// A full pass over a big tree grew the heap by both listings;
 			// the runtime would hand that back to the OS only over minutes,
@@ -726,6 +741,10 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		}
 	} else {
 		w.attempts = 0
+	}
+	if b.Rescan && rep.InSync() {
+		w.lastVerified = now
+		w.verifiedGauge.Set(float64(now.Unix()))
 	}
 	if len(w.pending) == 0 && len(w.retry) == 0 && !w.rescan {
 		w.lastSync = now

@@ -274,10 +274,15 @@ type Report struct {
 	Kept      int // two-way: entries only on the target, left for the peer to push
 	// Changes lists the actions (or, in a dry run, the differences),
 	// capped at maxReportedChanges.
-	Changes  []string
-	Errors   []*PathError
-	Retry    []string // paths that changed while being copied
-	Duration time.Duration
+	Changes []string
+	Errors  []*PathError
+	Retry   []string // paths that changed while being copied
+	// Unlisted counts the paths a full pass changed although the pass was
+	// not told they had changed: on a periodic verification, drift that
+	// the live sync missed. UnlistedPaths names the first of them.
+	Unlisted      int
+	UnlistedPaths []string
+	Duration      time.Duration
 	// Entries is the size of the larger tree listing a full pass built
 	// (0 for a live batch); the job uses it to return memory afterwards.
 	Entries int
@@ -300,6 +305,13 @@ func (r *Report) Matches() bool {
 // callers can skip formatting one (a 100k-file initial pass would
 // otherwise build 100k strings only to drop them).
 func (r *Report) wantsNote() bool { return len(r.Changes) <= maxReportedChanges }
+
+func (r *Report) unlisted(p string) {
+	r.Unlisted++
+	if len(r.UnlistedPaths) < 10 {
+		r.UnlistedPaths = append(r.UnlistedPaths, p)
+	}
+}
 
 func (r *Report) note(s string) {
 	if len(r.Changes) < maxReportedChanges {
@@ -567,7 +579,7 @@ func (r *Reconciler) sameContent(ctx context.Context, t Target, rel string) (boo
 // target's copy is invisible to this pass (use `checksum: true`, or rely
 // on the live events, which CatchUp carries across disconnects).
 func (r *Reconciler) Reconcile(ctx context.Context, t Target, dry bool) (*Report, error) {
-	return r.reconcile(ctx, t, "", dry, nil)
+	return r.reconcile(ctx, t, pass{dry: dry})
 }
 
 // CatchUp is the full pass of a rescan batch (after a reconnect, a queue
@@ -584,14 +596,37 @@ func (r *Reconciler) CatchUp(ctx context.Context, t Target, b Batch) (*Report, e
 	if !since.IsZero() {
 		since = since.Add(-SuspectSlack)
 	}
-	return r.reconcile(ctx, t, "", false, func(e Entry) bool {
-		return pending[e.Path] || !since.IsZero() && !e.ModTime.Before(since)
+	return r.reconcile(ctx, t, pass{
+		suspect: func(e Entry) bool {
+			return pending[e.Path] || !since.IsZero() && !e.ModTime.Before(since)
+		},
+		listed: func(p string) bool {
+			for ; p != ""; p = parentOf(p) {
+				if pending[p] {
+					return true
+				}
+			}
+			return false
+		},
 	})
 }
 
-// reconcile compares the trees below sub ("" for the whole trees; sub
-// itself is left to the caller) and, unless dry, pushes what differs.
-func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bool, suspect func(Entry) bool) (*Report, error) {
+// pass tunes a comparison of the trees.
+type pass struct {
+	sub string // compare below this directory only ("" for the whole trees)
+	dry bool   // report, change nothing
+	// suspect tells which files to content-check when size and mtime
+	// match only at whole-second granularity.
+	suspect func(Entry) bool
+	// listed tells which paths were known to have changed; changes to
+	// others are reported in Report.Unlisted.
+	listed func(string) bool
+}
+
+// reconcile compares the trees below p.sub ("" for the whole trees; sub
+// itself is left to the caller) and, unless p.dry, pushes what differs.
+func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, error) {
+	sub, dry, suspect := p.sub, p.dry, p.suspect
 	start := time.Now()
 	rep := &Report{Target: r.Target}
 	if err := r.Source.checkRoot(); err != nil {
@@ -645,6 +680,9 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bo
 		}
 		if need {
 			ops = append(ops, o)
+			if p.listed != nil && !p.listed(s.Path) {
+				rep.unlisted(s.Path)
+			}
 		}
 		if s.Mode.IsDir() && (d == nil || !d.Mode.IsDir() || !sameMTime(s.ModTime, d.ModTime)) {
 			if d == nil || !d.Mode.IsDir() || !r.TwoWay || s.ModTime.After(d.ModTime) {
@@ -701,11 +739,11 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bo
 	}
 	sort.Strings(extra)
 	var lastRemoved string
-	for _, p := range extra {
-		if lastRemoved != "" && strings.HasPrefix(p, lastRemoved+"/") {
+	for _, x := range extra {
+		if lastRemoved != "" && strings.HasPrefix(x, lastRemoved+"/") {
 			continue
 		}
-		if r.Source.excluder.Excluded(p, dst[p].Mode.IsDir()) {
+		if r.Source.excluder.Excluded(x, dst[x].Mode.IsDir()) {
 			continue // excluded on the target too: never ours to delete
 		}
 		if !r.Delete {
@@ -713,12 +751,15 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bo
 		}
 		if r.TwoWay {
 			rep.Kept++
-			rep.note("only on target " + p + " (two_way: left for the peer to push)")
-			lastRemoved = p
+			rep.note("only on target " + x + " (two_way: left for the peer to push)")
+			lastRemoved = x
 			continue
 		}
-		ops = append(ops, op{kind: opRemove, path: p, reason: "not in source"})
-		lastRemoved = p
+		ops = append(ops, op{kind: opRemove, path: x, reason: "not in source"})
+		if p.listed != nil && !p.listed(x) {
+			rep.unlisted(x)
+		}
+		lastRemoved = x
 	}
 	sort.Slice(dirTimes, func(i, j int) bool { return dirTimes[i].Path < dirTimes[j].Path })
 	if dry {
@@ -900,7 +941,7 @@ func (r *Reconciler) reconcileSubtrees(ctx context.Context, t Target, subs []str
 		if r.Source.excluder.Excluded(sub, true) {
 			continue
 		}
-		sr, err := r.reconcile(ctx, t, sub, false, func(e Entry) bool { return changed[e.Path] })
+		sr, err := r.reconcile(ctx, t, pass{sub: sub, suspect: func(e Entry) bool { return changed[e.Path] }})
 		rep.add(sr)
 		if err != nil {
 			return err

@@ -22,6 +22,8 @@ type SyncTargetStatus struct {
 	Connected    bool      `json:"connected"`
 	PendingFiles int       `json:"pending_files"`
 	LastSync     time.Time `json:"last_sync,omitzero"`
+	// LastVerified is when a full comparison last found the target equal.
+	LastVerified time.Time `json:"last_verified,omitzero"`
 	LastError    string    `json:"last_error,omitempty"`
 }
 

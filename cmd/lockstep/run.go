@@ -182,7 +182,7 @@ func (s *syncRunner) Targets() []orchestrator.SyncTargetStatus {
 	var out []orchestrator.SyncTargetStatus
 	for _, t := range j.Status() {
 		out = append(out, orchestrator.SyncTargetStatus{Job: t.Job, Target: t.Target, Connected: t.Connected,
-			PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastError: t.LastError})
+			PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastVerified: t.LastVerified, LastError: t.LastError})
 	}
 	return out
 }

@@ -15,31 +15,21 @@ import (
 	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
 )
 
-// convergeWithin is how soon after the last change of a burst the target
-// must be identical. Exported to the environment so that `make soak` on a
-// loaded machine can widen it without editing the test.
+// convergeWithin and churnRounds read the soak settings (see package churn).
 func convergeWithin(t testing.TB) time.Duration {
-	if v := os.Getenv("LOCKSTEP_CONVERGE_WITHIN"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("LOCKSTEP_CONVERGE_WITHIN: %v", err)
-		}
-		return d
+	d, err := churn.ConvergeWithin(2 * time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return 2 * time.Second
+	return d
 }
 
-// churnRounds is the number of seeds a churn model test runs: a few in
-// `make test`, many under `make soak` (LOCKSTEP_SOAK_ROUNDS).
 func churnRounds(t testing.TB, def int) int {
-	if v := os.Getenv("LOCKSTEP_SOAK_ROUNDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("LOCKSTEP_SOAK_ROUNDS=%q: want a positive number", v)
-		}
-		return n
+	n, err := churn.Rounds(def)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return def
+	return n
 }
 
 // TestChurnConverges is the model test of the core promise: a live tree

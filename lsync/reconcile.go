@@ -932,22 +932,25 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 // and mtime cannot tell.
 func (r *Reconciler) reconcileSubtrees(ctx context.Context, t Target, subs []string, changed map[string]bool, rep *Report) error {
 	sort.Strings(subs)
-	var last string
+	var outer []string
 	for _, sub := range subs {
-		if last != "" && (sub == last || strings.HasPrefix(sub, last+"/")) {
+		if n := len(outer); n > 0 && (sub == outer[n-1] || strings.HasPrefix(sub, outer[n-1]+"/")) {
 			continue
 		}
-		last = sub
-		if r.Source.excluder.Excluded(sub, true) {
-			continue
-		}
-		sr, err := r.reconcile(ctx, t, pass{sub: sub, suspect: func(e Entry) bool { return changed[e.Path] }})
-		rep.add(sr)
-		if err != nil {
-			return err
+		if !r.Source.excluder.Excluded(sub, true) {
+			outer = append(outer, sub)
 		}
 	}
-	return nil
+	// Disjoint subtrees: compared side by side, since each comparison is
+	// mostly round trips (a listing per target directory).
+	var mu sync.Mutex
+	return parallel(ctx, min(r.Concurrency, 8), len(outer), func(i int) error {
+		sr, err := r.reconcile(ctx, t, pass{sub: outer[i], suspect: func(e Entry) bool { return changed[e.Path] }})
+		mu.Lock()
+		rep.add(sr)
+		mu.Unlock()
+		return err
+	})
 }
 
 // add folds the counts of a sub-pass into rep.

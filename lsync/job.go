@@ -57,14 +57,18 @@ type Job struct {
 	source   *Source
 	workers  []*targetWorker
 
-	mu       sync.Mutex
-	started  bool
-	stopped  bool
-	cancel   context.CancelFunc
-	watcher  *Watcher
-	wg       sync.WaitGroup
-	fatal    chan error
-	fatalErr string
+	// lifecycle serialises Start and Stop. A job runs again after it
+	// stopped (the daemon restarts a job that failed): the source is
+	// reopened and the workers keep their queues, so nothing pending is
+	// lost.
+	lifecycle sync.Mutex
+	running   bool
+	mu        sync.Mutex // guards fatalErr, which the watcher's goroutine sets
+	cancel    context.CancelFunc
+	watcher   *Watcher
+	wg        sync.WaitGroup
+	fatal     chan error
+	fatalErr  string
 }
 
 // NewJob validates cfg and opens the source. connectors holds one
@@ -116,19 +120,37 @@ func NewJob(cfg JobConfig, connectors []Connector, opts JobOptions) (*Job, error
 func (j *Job) Name() string { return j.cfg.Name }
 
 // Start watches the source and starts one worker per target. It returns
-// an error when the tree cannot be watched completely.
+// an error when the tree cannot be watched completely. After Stop, Start
+// may be called again.
 func (j *Job) Start(ctx context.Context) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.started || j.stopped {
-		return errors.New("sync job already started")
+	j.lifecycle.Lock()
+	defer j.lifecycle.Unlock()
+	if j.running {
+		return errors.New("sync job already running")
+	}
+	if j.source == nil {
+		src, err := OpenSource(j.cfg.Source, j.excluder)
+		if err != nil {
+			return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
+		}
+		j.source = src
+		for _, wk := range j.workers {
+			wk.rec.Source = src
+		}
 	}
 	w, err := NewWatcher(j.cfg.Source, j.excluder, j.logger)
 	if err != nil {
 		return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
 	}
 	j.watcher = w
-	j.started = true
+	j.running = true
+	j.mu.Lock()
+	j.fatalErr = ""
+	j.mu.Unlock()
+	select {
+	case <-j.fatal: // a previous run's
+	default:
+	}
 	ctx, j.cancel = context.WithCancel(ctx)
 	batcher := NewBatcher(j.cfg.Delay, j.cfg.MaxDelay, DefaultMaxPendingPaths, func(b Batch) {
 		for _, wk := range j.workers {
@@ -173,25 +195,26 @@ func (j *Job) Fatal() <-chan error { return j.fatal }
 
 // Stop stops every goroutine of the job and waits for them.
 func (j *Job) Stop() {
-	j.mu.Lock()
-	if j.stopped {
-		j.mu.Unlock()
+	j.lifecycle.Lock()
+	defer j.lifecycle.Unlock()
+	if !j.running {
+		if j.source != nil {
+			j.source.Close() // opened by NewJob, never started
+			j.source = nil
+		}
 		return
 	}
-	j.stopped = true
-	cancel := j.cancel
-	j.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
+	j.running = false
+	j.cancel()
 	j.wg.Wait()
-	if j.watcher != nil {
-		j.watcher.Close()
-	}
+	j.watcher.Close()
+	j.watcher = nil
 	j.source.Close()
+	j.source = nil
 }
 
-// Run runs the job until ctx is done or it fails.
+// Run runs the job until ctx is done or it fails; it may be called again
+// after it returned.
 func (j *Job) Run(ctx context.Context) error {
 	if err := j.Start(ctx); err != nil {
 		j.Stop()

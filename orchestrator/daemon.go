@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -27,11 +28,12 @@ type SyncTargetStatus struct {
 	LastError    string    `json:"last_error,omitempty"`
 }
 
-// SyncJob is a docroot sync job as the daemon runs it.
+// SyncJob is a docroot sync job as the daemon runs it (*lsync.Job). Run
+// is called again after it returned: the daemon restarts failed jobs.
 type SyncJob interface {
 	Name() string
 	Run(ctx context.Context) error
-	Targets() []SyncTargetStatus
+	Status() []lsync.TargetStatus
 }
 
 // Database is this node's MariaDB pair as the daemon consumes it: the

@@ -101,7 +101,10 @@ func (d *Daemon) Status() Status {
 		Sync: []SyncTargetStatus{}, GeneratedAt: time.Now(),
 	}
 	for _, j := range d.cfg.Sync {
-		st.Sync = append(st.Sync, j.Targets()...)
+		for _, t := range j.Status() {
+			st.Sync = append(st.Sync, SyncTargetStatus{Job: t.Job, Target: t.Target, Connected: t.Connected,
+				PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastVerified: t.LastVerified, LastError: t.LastError})
+		}
 	}
 	if d.cfg.Repl != nil {
 		ps := d.cfg.Repl.Status()

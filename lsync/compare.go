@@ -150,13 +150,13 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		if dst == nil || !r.Delete || (r.TwoWay && !live) {
 			return op{}, false, nil
 		}
-		return op{kind: opRemove, path: dst.Path, reason: "not in source"}, true, nil
+		return op{kind: opRemove, path: dst.Path, reason: reasonNotInSource}, true, nil
 	}
 	o := op{path: src.Path, src: *src}
 	switch {
 	case src.Mode.IsDir():
 		if dst == nil || !dst.Mode.IsDir() {
-			o.kind, o.reason = opMkdir, "missing"
+			o.kind, o.reason = opMkdir, reasonMissing
 			if dst != nil {
 				o.reason = "not a directory on target"
 			}
@@ -174,7 +174,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		if dst != nil && dst.Mode&fs.ModeSymlink != 0 && dst.LinkTarget == src.LinkTarget {
 			return op{}, false, nil
 		}
-		o.kind, o.reason = opSymlink, "missing"
+		o.kind, o.reason = opSymlink, reasonMissing
 		if dst != nil {
 			if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && r.Target < r.Node {
 				r.logConflict(*src, *dst)
@@ -188,7 +188,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 	o.kind = opUpload
 	switch {
 	case dst == nil:
-		o.reason = "missing"
+		o.reason = reasonMissing
 	case !dst.Mode.IsRegular():
 		o.reason = "not a file on target"
 	case src.Size != dst.Size:
@@ -235,6 +235,9 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 	}
 	return o, true, nil
 }
+
+// reasonMissing marks an operation that creates an entry on the target.
+const reasonMissing = "missing"
 
 var errConflict = errors.New("conflict lost to peer")
 

@@ -67,6 +67,9 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		if rep.wantsNote() {
 			rep.note(o.String())
 		}
+		if o.reason == reasonMissing {
+			r.targetEntries.Add(1) // the guard's base grows with the tree
+		}
 		touched[parentOf(o.path)] = true
 		if o.kind == opMkdir {
 			touched[o.path] = true

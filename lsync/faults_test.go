@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -349,11 +350,21 @@ func TestVerificationRepairsDrift(t *testing.T) {
 	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
 }
 
-func TestReconcileRefusesReplacedSourceRoot(t *testing.T) {
+// TestReconcileFollowsReplacedSourceRoot: the source root is a name. A
+// docroot moved away and replaced by an empty directory (an unmounted
+// volume, a deploy half done) deletes nothing on the target; replaced by
+// a new release, the target follows it, deleting only what the new
+// release lacks.
+func TestReconcileFollowsReplacedSourceRoot(t *testing.T) {
 	parent, dst := t.TempDir(), t.TempDir()
 	src := filepath.Join(parent, "docroot")
-	mustWrite(t, src, "index.html", "hi")
-	mustWrite(t, dst, "index.html", "hi")
+	for _, root := range []string{src, dst} {
+		mustWrite(t, root, "index.html", "v1")
+		mustWrite(t, root, "old-only.html", "v1")
+		for i := range 20 {
+			mustWrite(t, root, "assets/"+strconv.Itoa(i)+".css", "v1")
+		}
+	}
 	s, err := lsync.OpenSource(src, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -364,18 +375,40 @@ func TestReconcileRefusesReplacedSourceRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lt.Close()
-	// The docroot is moved away and an empty one takes its place.
+	r := &lsync.Reconciler{Source: s, Target: "t", Delete: true, Concurrency: 2, MaxDelete: lsync.MaxDelete{Percent: 50}, Logger: lsynctest.TestLogger(t)}
+
+	// Moved away, nothing in its place yet: the job holds.
 	if err := os.Rename(src, src+".old"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := r.Reconcile(context.Background(), lt, false); !errors.Is(err, lsync.ErrSourceMissing) {
+		t.Fatalf("missing root: want ErrSourceMissing, got %v", err)
+	}
+	// An empty directory in its place: nothing is deleted.
 	if err := os.Mkdir(src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	r := &lsync.Reconciler{Source: s, Target: "t", Delete: true, Concurrency: 2, Logger: lsynctest.TestLogger(t)}
-	if _, err := r.Reconcile(context.Background(), lt, false); err == nil || !strings.Contains(err.Error(), "replaced") {
-		t.Fatalf("want a refusal, got %v", err)
+	rep, err := r.Reconcile(context.Background(), lt, false)
+	if err != nil || rep.Held != 23 || rep.Deleted != 0 || rep.InSync() {
+		t.Fatalf("empty root: report %+v, %v; want 23 deletions held", rep, err)
 	}
 	if _, err := os.Stat(filepath.Join(dst, "index.html")); err != nil {
 		t.Fatalf("target content was deleted: %v", err)
 	}
+	// The new release: the target follows it.
+	if err := os.Remove(src); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, src+".new", "index.html", "v2")
+	for i := range 20 {
+		mustWrite(t, src+".new", "assets/"+strconv.Itoa(i)+".css", "v1")
+	}
+	if err := os.Rename(src+".new", src); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = r.Reconcile(context.Background(), lt, false)
+	if err != nil || !rep.InSync() || rep.Deleted != 1 {
+		t.Fatalf("new release: report %+v, %v; want old-only.html deleted", rep, err)
+	}
+	lsynctest.AssertTreesEqual(t, src, dst, lsynctest.NoModTimes())
 }

@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,11 @@ type TargetStatus struct {
 	LastVerified time.Time
 	LastError    string
 	Lag          time.Duration // age of the oldest change not yet on the target
+	// Held says why deletions on the target are being held (the
+	// mass-deletion guard, a missing source root); HeldDeletes counts the
+	// entries kept.
+	Held        string
+	HeldDeletes int
 	// JobError is set when the job as a whole broke (the source can no
 	// longer be watched completely, e.g. out of inotify watches).
 	JobError string
@@ -66,9 +72,12 @@ type Job struct {
 	mu        sync.Mutex // guards fatalErr, which the watcher's goroutine sets
 	cancel    context.CancelFunc
 	watcher   *Watcher
-	wg        sync.WaitGroup
-	fatal     chan error
-	fatalErr  string
+	// live is the running watcher, for the source's onChange (called from
+	// the workers' goroutines).
+	live     atomic.Pointer[Watcher]
+	wg       sync.WaitGroup
+	fatal    chan error
+	fatalErr string
 }
 
 // NewJob validates cfg and opens the source. connectors holds one
@@ -110,6 +119,7 @@ func NewJob(cfg JobConfig, connectors []Connector, opts JobOptions) (*Job, error
 		source:   src,
 		fatal:    make(chan error, 1),
 	}
+	src.onChange = j.sourceChanged
 	for _, c := range connectors {
 		j.workers = append(j.workers, newTargetWorker(j, c))
 	}
@@ -134,6 +144,7 @@ func (j *Job) Start(ctx context.Context) error {
 			return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
 		}
 		j.source = src
+		src.onChange = j.sourceChanged
 		for _, wk := range j.workers {
 			wk.rec.Source = src
 		}
@@ -143,6 +154,7 @@ func (j *Job) Start(ctx context.Context) error {
 		return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
 	}
 	j.watcher = w
+	j.live.Store(w)
 	j.running = true
 	j.mu.Lock()
 	j.fatalErr = ""
@@ -189,9 +201,26 @@ func (j *Job) Start(ctx context.Context) error {
 	return nil
 }
 
+// AllowMassDelete confirms, for this job's next passes, the deletions
+// the mass-deletion guard would hold (`sync --once --allow-mass-delete`).
+func (j *Job) AllowMassDelete(allow bool) {
+	for _, w := range j.workers {
+		w.rec.AllowMassDelete = allow
+	}
+}
+
 // Fatal delivers an error that stops the job from doing its work (the
 // tree can no longer be watched completely).
 func (j *Job) Fatal() <-chan error { return j.fatal }
+
+// sourceChanged hears from the source that its root now leads elsewhere
+// (seen by a pass: a volume mounted over it, which inotify does not
+// report), and has the watcher follow.
+func (j *Job) sourceChanged() {
+	if w := j.live.Load(); w != nil {
+		w.Reroot("replaced")
+	}
+}
 
 // Stop stops every goroutine of the job and waits for them.
 func (j *Job) Stop() {
@@ -207,6 +236,7 @@ func (j *Job) Stop() {
 	j.running = false
 	j.cancel()
 	j.wg.Wait()
+	j.live.Store(nil)
 	j.watcher.Close()
 	j.watcher = nil
 	j.source.Close()
@@ -314,6 +344,7 @@ type targetWorker struct {
 	logger *slog.Logger
 
 	pendingGauge, lagGauge, connectedGauge, verifiedGauge prometheus.Gauge
+	heldGauge, missingGauge                               prometheus.Gauge
 	filesCounter, bytesCounter, errCounter, driftCounter  prometheus.Counter
 
 	notify chan struct{}
@@ -339,6 +370,9 @@ type targetWorker struct {
 	lastSync     time.Time
 	lastVerified time.Time
 	lastErr      string
+	held         string // why deletions are held ("" = not held)
+	heldDeletes  int
+	heldPaths    map[string]bool // the removals being held, retried until they go through
 }
 
 func newTargetWorker(j *Job, c Connector) *targetWorker {
@@ -356,6 +390,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		Delete: j.cfg.DeleteEnabled(), Checksum: j.cfg.Checksum,
 		TwoWay: j.cfg.TwoWay, Node: j.opts.Node,
 		Concurrency: j.cfg.Concurrency,
+		MaxDelete:   j.cfg.EffectiveMaxDelete(),
 		Logger:      w.logger,
 	}
 	m := j.metrics
@@ -367,6 +402,8 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 	w.errCounter = m.errors.WithLabelValues(j.cfg.Name, name)
 	w.verifiedGauge = m.verified.WithLabelValues(j.cfg.Name, name)
 	w.driftCounter = m.drift.WithLabelValues(j.cfg.Name, name)
+	w.heldGauge = m.held.WithLabelValues(j.cfg.Name, name)
+	w.missingGauge = m.missing.WithLabelValues(j.cfg.Name, name)
 	w.rec.OnTransfer = func(n int64) {
 		w.filesCounter.Inc()
 		w.bytesCounter.Add(float64(n))
@@ -528,6 +565,7 @@ func (w *targetWorker) status() TargetStatus {
 		Job: w.job.cfg.Name, Target: w.name, Connected: w.connected,
 		PendingFiles: len(w.pending) + len(w.retry), Rescanning: w.rescan,
 		LastSync: w.lastSync, LastVerified: w.lastVerified, LastError: w.lastErr,
+		Held: w.held, HeldDeletes: w.heldDeletes,
 	}
 	var oldest time.Time
 	for _, m := range []map[string]time.Time{w.pending, w.retry} {
@@ -627,6 +665,68 @@ func (w *targetWorker) run(ctx context.Context) {
 	}
 }
 
+// sourceMissingRetry and heldRetry pace a job that holds: often enough
+// to resume within moments of a remount or a confirmation, seldom enough
+// to cost nothing.
+const (
+	sourceMissingRetry = 2 * time.Second
+	heldRetry          = 5 * time.Second
+)
+
+// hold records (why != "") or clears the reason deletions are held, and
+// logs the transitions loudly: a job that holds is doing its job, but an
+// operator has to know.
+func (w *targetWorker) hold(why string, n int, sourceMissing bool) {
+	w.mu.Lock()
+	prev := w.held
+	w.held, w.heldDeletes = why, n
+	w.mu.Unlock()
+	w.heldGauge.Set(float64(n))
+	if sourceMissing {
+		w.missingGauge.Set(1)
+	} else {
+		w.missingGauge.Set(0)
+	}
+	switch {
+	case why != "" && why != prev:
+		w.logger.Error("holding deletions on the target", "reason", why, "entries", n,
+			"resume", "restore the source, or confirm with: lockstep sync --once --allow-mass-delete --job "+w.job.cfg.Name)
+	case why == "" && prev != "":
+		w.logger.Warn("deletions no longer held", "was", prev)
+	}
+}
+
+// updateHold follows the guard through a report: a hold lasts until the
+// removals it kept were retried without being held (the source came back,
+// the removals are gone, or an operator confirmed).
+func (w *targetWorker) updateHold(b Batch, rep *Report) {
+	w.mu.Lock()
+	if w.heldPaths == nil {
+		w.heldPaths = map[string]bool{}
+	}
+	if b.Rescan {
+		clear(w.heldPaths)
+	} else {
+		for _, p := range b.Paths {
+			delete(w.heldPaths, p)
+		}
+	}
+	for _, p := range rep.HeldPaths {
+		w.heldPaths[p] = true
+	}
+	stillHeld := len(w.heldPaths) > 0
+	why, n := w.held, w.heldDeletes
+	w.mu.Unlock()
+	switch {
+	case rep.Held > 0:
+		w.hold(rep.HeldReason, rep.Held, false)
+	case !stillHeld:
+		w.hold("", 0, false)
+	default:
+		w.hold(why, n, false) // other removals still held
+	}
+}
+
 // verifyReason marks the periodic verification pass, whose repairs are
 // drift (see Report.Unlisted).
 const verifyReason = "verification"
@@ -693,6 +793,13 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		} else {
 			rep, err = w.rec.Apply(ctx, t, b)
 		}
+		if errors.Is(err, ErrSourceMissing) {
+			// Not the session's fault: keep it, hold, look again soon.
+			w.requeue(b, firstSeen)
+			w.hold(err.Error()+"; nothing is deleted on the target until it is back", 0, true)
+			retryTimer.Reset(sourceMissingRetry)
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -716,6 +823,7 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			// and an idle daemon's RSS should reflect its live heap.
 			debug.FreeOSMemory()
 		}
+		w.updateHold(b, rep)
 		if d := w.afterReport(b, rep, firstSeen); d > 0 {
 			retryTimer.Reset(d)
 		}
@@ -753,6 +861,12 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 			w.retry[e.Path] = first(e.Path)
 			w.errCounter.Inc()
 		}
+	}
+	if rep.Held > 0 {
+		for _, p := range rep.HeldPaths {
+			w.retry[p] = first(p)
+		}
+		delay = min(heldRetry, max(delay, heldRetry/5))
 	}
 	w.followQueuedRenames(b, first)
 	if len(rep.Errors) > 0 {
@@ -811,7 +925,7 @@ func (w *targetWorker) followQueuedRenames(b Batch, first func(string) time.Time
 }
 
 func (w *targetWorker) logReport(kind string, rep *Report) {
-	if rep.Actions() == 0 && len(rep.Errors) == 0 && len(rep.Retry) == 0 && rep.Conflicts == 0 {
+	if rep.Actions() == 0 && len(rep.Errors) == 0 && len(rep.Retry) == 0 && rep.Conflicts == 0 && rep.Held == 0 {
 		if kind != "batch" {
 			w.logger.Info(kind+": target already in sync", "duration", rep.Duration.Round(time.Microsecond))
 		}

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -43,6 +44,11 @@ type Report struct {
 	Changes []string
 	Errors  []*PathError
 	Retry   []string // paths that changed while being copied
+	// Held counts the entries the mass-deletion guard kept from being
+	// deleted (HeldReason says why; HeldPaths are the removals not done).
+	Held       int
+	HeldReason string
+	HeldPaths  []string
 	// Unlisted counts the paths a full pass changed although the pass was
 	// not told they had changed: on a periodic verification, drift that
 	// the live sync missed. UnlistedPaths names the first of them.
@@ -60,7 +66,7 @@ const maxReportedChanges = 100
 func (r *Report) Actions() int { return r.Files + r.Dirs + r.Links + r.Attrs + r.Deleted + r.Renamed }
 
 // InSync reports whether the target matched (dry run) or now matches.
-func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 }
+func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 && r.Held == 0 }
 
 // Matches reports, for a dry run, that nothing differs.
 func (r *Report) Matches() bool {
@@ -100,7 +106,14 @@ type Reconciler struct {
 	TwoWay      bool
 	Node        string
 	Concurrency int
-	Logger      *slog.Logger // carries the target name (the job adds it)
+	// MaxDelete guards against mass deletion (see deletionHold);
+	// AllowMassDelete is the operator's confirmation for one run.
+	MaxDelete       MaxDelete
+	AllowMassDelete bool
+	// targetEntries is the size of the target's tree at the last full
+	// pass, the base of the guard's percentage for live batches.
+	targetEntries atomic.Int64
+	Logger        *slog.Logger // carries the target name (the job adds it)
 	// ProgressEvery logs progress of large passes; 0 means 10s.
 	ProgressEvery time.Duration
 	// OnTransfer is called after every file landed (metrics).
@@ -283,10 +296,15 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	}
 	sort.Strings(extra)
 	var lastRemoved string
+	removing, doomed := false, 0 // doomed: entries the removals take with them
 	for _, x := range extra {
 		if lastRemoved != "" && strings.HasPrefix(x, lastRemoved+"/") {
+			if removing {
+				doomed++
+			}
 			continue
 		}
+		removing = false
 		if r.Source.excluder.Excluded(x, dst[x].Mode.IsDir()) {
 			continue // excluded on the target too: never ours to delete
 		}
@@ -299,11 +317,22 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 			lastRemoved = x
 			continue
 		}
-		ops = append(ops, op{kind: opRemove, path: x, reason: "not in source"})
+		ops = append(ops, op{kind: opRemove, path: x, reason: reasonNotInSource})
 		if p.listed != nil && !p.listed(x) {
 			rep.unlisted(x)
 		}
-		lastRemoved = x
+		lastRemoved, removing = x, true
+		doomed++
+	}
+	if sub == "" {
+		r.targetEntries.Store(int64(dstEntries))
+	}
+	total := dstEntries
+	if sub != "" {
+		total = int(r.targetEntries.Load()) // the guard is about the whole tree
+	}
+	if hold := r.deletionHold(doomed, total, sub == "" && srcEntries == 0); hold != "" {
+		ops = r.holdRemovals(ops, doomed, hold, rep)
 	}
 	sort.Slice(dirTimes, func(i, j int) bool { return dirTimes[i].Path < dirTimes[j].Path })
 	if dry {
@@ -320,6 +349,33 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	err = r.execute(ctx, t, ops, dirTimes, rep, true)
 	rep.Duration = time.Since(start)
 	return rep, err
+}
+
+// reasonNotInSource marks the removals the mass-deletion guard counts
+// (leftover temp files are ours and always go).
+const reasonNotInSource = "not in source"
+
+// deletionHold applies the mass-deletion guard to n removals.
+func (r *Reconciler) deletionHold(n, total int, sourceEmpty bool) string {
+	if r.AllowMassDelete {
+		return "" // the operator confirmed, for this run
+	}
+	return deletionHold(r.MaxDelete, n, total, sourceEmpty, massDeleteFloor)
+}
+
+// holdRemovals takes the guarded removals out of ops and records them in
+// rep; everything else (uploads, links, modes) still goes ahead.
+func (r *Reconciler) holdRemovals(ops []op, n int, why string, rep *Report) []op {
+	kept := ops[:0]
+	for _, o := range ops {
+		if o.kind == opRemove && o.reason == reasonNotInSource {
+			rep.HeldPaths = append(rep.HeldPaths, o.path)
+			continue
+		}
+		kept = append(kept, o)
+	}
+	rep.Held, rep.HeldReason = n, why
+	return kept
 }
 
 func (rep *Report) count(o op, size int64) {
@@ -343,6 +399,9 @@ func (rep *Report) count(o op, size int64) {
 func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Target: r.Target}
+	if err := r.Source.checkRoot(); err != nil {
+		return rep, err
+	}
 	paths := map[string]bool{}
 	for _, p := range b.Paths {
 		paths[p] = true
@@ -447,6 +506,9 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 			dirTimes = append(dirTimes, *e)
 		}
 	}
+	if ops, err = r.guardBatch(ctx, t, ops, rep); err != nil {
+		return rep, err
+	}
 	var late []op
 	if len(oldNames) > 0 {
 		now := ops[:0]
@@ -468,6 +530,57 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	}
 	rep.Duration = time.Since(start)
 	return rep, err
+}
+
+// errEnough stops a count that has reached what it needed to know.
+var errEnough = errors.New("enough")
+
+// guardBatch applies the mass-deletion guard to a live batch's removals.
+// A removed directory counts with what it holds on the target, counted
+// only as far as the guard's limit.
+func (r *Reconciler) guardBatch(ctx context.Context, t Target, ops []op, rep *Report) ([]op, error) {
+	if r.AllowMassDelete {
+		return ops, nil
+	}
+	var removals []string
+	for _, o := range ops {
+		if o.kind == opRemove && o.reason == reasonNotInSource {
+			removals = append(removals, o.path)
+		}
+	}
+	if len(removals) == 0 {
+		return ops, nil
+	}
+	empty, err := r.Source.Empty()
+	if err != nil {
+		return ops, err // missing now: hold everything, retry
+	}
+	if r.MaxDelete.Off && !empty {
+		return ops, nil
+	}
+	total := int(r.targetEntries.Load())
+	enough := massDeleteFloorLive + 1 + r.MaxDelete.Count + r.MaxDelete.Percent*max(total, 1)/100
+	n := 0
+	for _, p := range removals {
+		n++
+		err := t.Walk(ctx, p, func(Entry) error {
+			if n++; n > enough {
+				return errEnough
+			}
+			return nil
+		})
+		if errors.Is(err, ErrDisconnected) {
+			return ops, err
+		}
+		if n > enough {
+			break
+		}
+	}
+	if hold := deletionHold(r.MaxDelete, n, total, empty, massDeleteFloorLive); hold != "" {
+		return r.holdRemovals(ops, n, hold, rep), nil
+	}
+	r.targetEntries.Add(-int64(min(n, total)))
+	return ops, nil
 }
 
 // reconcileSubtrees compares the trees below each of subs (the outermost

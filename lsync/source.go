@@ -4,25 +4,52 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
 // Source is the tree a job pushes. All reads go through an os.Root or
 // openat2 confined to the root, so a symlink is never followed out of it.
+//
+// The root is a name, not an inode: deploys swap the docroot for a new
+// directory (rename away, rename in) or switch a `current` symlink to a
+// new release. Refresh, called before every pass and batch, reopens the
+// root when the name leads elsewhere, and reports ErrSourceMissing while it
+// leads nowhere, so that a job never reads, or deletes on the strength
+// of, a tree that was moved away.
 type Source struct {
 	Dir      string
-	root     *os.Root
-	beneath  *beneath // the same directory, for one-call opens
 	excluder *Excluder
+
+	mu  sync.Mutex
+	cur *rootHandle // nil while the root is missing
+	// onChange, when set, hears that Refresh moved to another root (the
+	// job tells its watcher, for changes inotify does not report, such as
+	// a volume mounted over the root).
+	onChange func()
 }
 
-// OpenSource opens dir as a source tree.
-func OpenSource(dir string, excluder *Excluder) (*Source, error) {
+// rootHandle is one opening of the root. It is reference-counted so that
+// a walk in progress keeps reading the tree it started on while Refresh
+// moves the Source on to the new one.
+type rootHandle struct {
+	root    *os.Root
+	beneath *beneath // the same directory, for one-call opens
+	id      os.FileInfo
+	refs    atomic.Int64
+}
+
+func openRoot(dir string) (*rootHandle, error) {
 	fi, err := os.Stat(dir)
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s", ErrSourceMissing, dir)
+		}
 		return nil, fmt.Errorf("source: %w", err)
 	}
 	if !fi.IsDir() {
@@ -32,50 +59,140 @@ func OpenSource(dir string, excluder *Excluder) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
+	// Identity of what was opened, not of what the name meant a moment
+	// before: a swap between the Stat and the open must not go unseen.
+	id, err := root.Stat(".")
+	if err != nil {
+		_ = root.Close()
+		return nil, fmt.Errorf("source: %w", err)
+	}
 	fast, err := openBeneath(dir)
 	if err != nil {
 		_ = root.Close()
 		return nil, fmt.Errorf("source: %w", err)
 	}
-	return &Source{Dir: dir, root: root, beneath: fast, excluder: excluder}, nil
+	h := &rootHandle{root: root, beneath: fast, id: id}
+	h.refs.Store(1)
+	return h, nil
 }
 
-// checkRoot refuses to work from a source root that was deleted or
-// replaced (a remount, a `mv docroot docroot.old`): walking the stale
-// directory would find it empty and delete the whole target.
+func (h *rootHandle) release() {
+	if h.refs.Add(-1) == 0 {
+		_ = h.root.Close()
+		_ = h.beneath.close()
+	}
+}
+
+// OpenSource opens dir as a source tree. A missing dir is not an error:
+// the Source then reports ErrSourceMissing until the root appears.
+func OpenSource(dir string, excluder *Excluder) (*Source, error) {
+	s := &Source{Dir: dir, excluder: excluder}
+	if _, err := s.Refresh(); err != nil && !errors.Is(err, ErrSourceMissing) {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Refresh makes the Source follow its name: it reopens the root when the
+// name now leads to another directory (changed is then true) and lets go
+// of it when the name leads nowhere (ErrSourceMissing).
+func (s *Source) Refresh() (changed bool, err error) {
+	fi, serr := os.Stat(s.Dir)
+	s.mu.Lock()
+	cur := s.cur
+	s.mu.Unlock()
+	if serr == nil && cur != nil && os.SameFile(fi, cur.id) {
+		return false, nil
+	}
+	h, err := openRoot(s.Dir)
+	s.mu.Lock()
+	old := s.cur
+	s.cur = h // nil when missing: never read a tree that was moved away
+	s.mu.Unlock()
+	if old != nil {
+		old.release()
+	}
+	changed = old != nil || h != nil
+	if changed && s.onChange != nil {
+		s.onChange()
+	}
+	return changed, err
+}
+
+// acquire returns the current root, which stays open until released.
+func (s *Source) acquire() (*rootHandle, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == nil {
+		return nil, fmt.Errorf("%w: %s", ErrSourceMissing, s.Dir)
+	}
+	s.cur.refs.Add(1)
+	return s.cur, nil
+}
+
+// checkRoot refreshes the root before a pass or batch. A missing root
+// holds the job (ErrSourceMissing); a replaced one is followed.
 func (s *Source) checkRoot() error {
-	byPath, err := os.Stat(s.Dir)
-	if err != nil {
-		return fmt.Errorf("source root %s: %w; refusing to reconcile", s.Dir, err)
-	}
-	opened, err := s.root.Stat(".")
-	if err != nil {
-		return fmt.Errorf("source root %s: %w; refusing to reconcile", s.Dir, err)
-	}
-	if !os.SameFile(byPath, opened) {
-		return fmt.Errorf("source root %s was replaced since the job started; refusing to reconcile (restart the job)", s.Dir)
-	}
-	return nil
+	_, err := s.Refresh()
+	return err
 }
 
 // Close releases the source root.
 func (s *Source) Close() error {
-	return errors.Join(s.root.Close(), s.beneath.close())
+	s.mu.Lock()
+	h := s.cur
+	s.cur = nil
+	s.mu.Unlock()
+	if h != nil {
+		h.release()
+	}
+	return nil
 }
 
 // openFile opens the regular file rel for reading, never through a
-// symlink (a symlink at rel or on the way fails with ELOOP).
+// symlink (a symlink at rel or on the way fails with ELOOP). The file
+// stays readable after the root moves on.
 func (s *Source) openFile(rel string) (*os.File, error) {
-	if f, ok, err := s.beneath.openFile(s.Dir, rel); ok {
+	h, err := s.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer h.release()
+	if f, ok, err := h.beneath.openFile(s.Dir, rel); ok {
 		return f, err
 	}
-	return s.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	return h.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 }
 
 // Lstat returns the source entry for rel, or nil when it does not exist
 // (or is excluded).
 func (s *Source) Lstat(rel string) (*Entry, error) {
-	return s.entry(s.root, rel, rel)
+	h, err := s.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer h.release()
+	return s.entry(h.root, rel, rel)
+}
+
+// Empty reports whether the root holds no entry at all (excluded ones
+// count as entries: the tree is there).
+func (s *Source) Empty() (bool, error) {
+	h, err := s.acquire()
+	if err != nil {
+		return false, err
+	}
+	defer h.release()
+	f, err := h.root.Open(".")
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if errors.Is(err, io.EOF) {
+		return true, nil
+	}
+	return len(names) == 0, err
 }
 
 // entry lstats name inside dir, which holds the tree's path rel. It
@@ -112,9 +229,14 @@ func (s *Source) entry(dir *os.Root, name, rel string) (*Entry, error) {
 // root instead costs an open and a close per path component, which was
 // most of the CPU of a pass over a 100k-file tree.
 func (s *Source) Walk(ctx context.Context, sub string, fn func(Entry) error) error {
+	h, err := s.acquire()
+	if err != nil {
+		return err
+	}
+	defer h.release()
 	start := "."
 	if sub != "" {
-		e, err := s.Lstat(sub)
+		e, err := s.entry(h.root, sub, sub)
 		if err != nil || e == nil {
 			return err
 		}
@@ -123,7 +245,7 @@ func (s *Source) Walk(ctx context.Context, sub string, fn func(Entry) error) err
 		}
 		start = sub
 	}
-	dir, err := s.root.OpenRoot(start)
+	dir, err := h.root.OpenRoot(start)
 	if err != nil {
 		if gone(err) {
 			return nil

@@ -25,7 +25,11 @@ type SyncTargetStatus struct {
 	LastSync     time.Time `json:"last_sync,omitzero"`
 	// LastVerified is when a full comparison last found the target equal.
 	LastVerified time.Time `json:"last_verified,omitzero"`
-	LastError    string    `json:"last_error,omitempty"`
+	// Held says why deletions on the target are being held (the
+	// mass-deletion guard or a missing source root).
+	Held        string `json:"held,omitempty"`
+	HeldDeletes int    `json:"held_deletes,omitempty"`
+	LastError   string `json:"last_error,omitempty"`
 }
 
 // SyncJob is a docroot sync job as the daemon runs it (*lsync.Job). Run

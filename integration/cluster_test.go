@@ -172,7 +172,7 @@ func newCluster(t *testing.T, nodes int, resources func(d *daemon) []resource) *
 	if err := os.WriteFile(c.keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c.witness = "tcp://" + nw.Witness().ServeTCP(t)
+	c.witness = "tcp://" + netns.ServeTCP(t, nw.Witness())
 	for i := 1; i <= nodes; i++ {
 		d := &daemon{c: c, idx: i, node: nw.Node(i), dir: filepath.Join(c.dir, nw.Node(i).Name)}
 		if err := os.MkdirAll(d.dir, 0o755); err != nil {

@@ -24,7 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
-	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
+	"github.com/lockstep-ha/lockstep/internal/testbed/mariadb"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
@@ -118,7 +118,7 @@ after the duration and exits 0 only when every check passed.`,
 }
 
 func runPlayground(ctx context.Context, out io.Writer, duration, interval time.Duration, keep bool) (err error) {
-	if err := mariadbpair.Available(); err != nil {
+	if err := mariadb.Available(); err != nil {
 		return failure(fmt.Errorf("playground needs MariaDB: %w", err))
 	}
 	self, err := os.Executable()
@@ -147,7 +147,7 @@ func runPlayground(ctx context.Context, out io.Writer, duration, interval time.D
 	var header bytes.Buffer // what a redrawn screen repeats at its top
 	fmt.Fprintf(&header, "lockstep playground in %s\n", dir)
 	fmt.Fprintln(out, "lockstep playground: starting a MariaDB master-master pair (db1, db2) ...")
-	pair, err := mariadbpair.New(ctx, mariadbpair.Options{})
+	pair, err := mariadb.New(ctx, mariadb.Options{})
 	if err != nil {
 		if ctx.Err() != nil && duration == 0 {
 			return nil
@@ -231,7 +231,7 @@ func runPlayground(ctx context.Context, out io.Writer, duration, interval time.D
 	}
 }
 
-func writePlayground(dir string, pair *mariadbpair.Pair, witness string) ([]*playgroundNode, error) {
+func writePlayground(dir string, pair *mariadb.Pair, witness string) ([]*playgroundNode, error) {
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
 		return nil, err
@@ -240,7 +240,7 @@ func writePlayground(dir string, pair *mariadbpair.Pair, witness string) ([]*pla
 	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	ports, err := mariadbpair.FreePorts(6)
+	ports, err := mariadb.FreePorts(6)
 	if err != nil {
 		return nil, err
 	}
@@ -365,7 +365,7 @@ func stopPlaygroundNodes(out io.Writer, nodes []*playgroundNode) {
 	}
 }
 
-func printPlaygroundHints(out io.Writer, dir string, nodes []*playgroundNode, pair *mariadbpair.Pair) {
+func printPlaygroundHints(out io.Writer, dir string, nodes []*playgroundNode, pair *mariadb.Pair) {
 	n1, n2 := nodes[0], nodes[1]
 	agentHost, agentPort, _ := net.SplitHostPort(n1.Agent)
 	fmt.Fprintf(out, `
@@ -500,7 +500,7 @@ type playgroundChecks struct {
 	problems []string
 }
 
-func newPlaygroundChecks(ctx context.Context, nodes []*playgroundNode, pair *mariadbpair.Pair) *playgroundChecks {
+func newPlaygroundChecks(ctx context.Context, nodes []*playgroundNode, pair *mariadb.Pair) *playgroundChecks {
 	c := &playgroundChecks{done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
@@ -552,7 +552,7 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-func (c *playgroundChecks) run(ctx context.Context, nodes []*playgroundNode, pair *mariadbpair.Pair) {
+func (c *playgroundChecks) run(ctx context.Context, nodes []*playgroundNode, pair *mariadb.Pair) {
 	var wg sync.WaitGroup
 	report := c.report
 	client := &http.Client{Timeout: time.Second}
@@ -644,7 +644,7 @@ func (n *playgroundNode) exitNote() string {
 	return fmt.Sprintf(" (daemon exited: %v; last log line: %s)", err, lines[len(lines)-1])
 }
 
-func checkPlaygroundReplication(ctx context.Context, pair *mariadbpair.Pair) error {
+func checkPlaygroundReplication(ctx context.Context, pair *mariadb.Pair) error {
 	db1, db2 := pair.Nodes[0].DB, pair.Nodes[1].DB
 	token := time.Now().Format(time.RFC3339Nano)
 	for _, stmt := range []string{

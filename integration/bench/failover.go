@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lockstep-ha/lockstep/integration/netns"
+	"github.com/lockstep-ha/lockstep/internal/testbed/netns"
 )
 
 // keepalivedMasterDown is keepalived's documented master-down interval for

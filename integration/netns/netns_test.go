@@ -217,7 +217,7 @@ func listNS(t *testing.T, prefix string) []string {
 func TestWitnessServeTCP(t *testing.T) {
 	t.Parallel()
 	nw := netns.New(t, 1)
-	addr := nw.Witness().ServeTCP(t)
+	addr := netns.ServeTCP(t, nw.Witness())
 	c, err := nw.Node(1).DialContext(t.Context(), "tcp", addr)
 	if err != nil {
 		t.Fatalf("dial witness %s from n1: %v", addr, err)
@@ -266,7 +266,7 @@ func TestForward(t *testing.T) {
 		host.Close()
 		<-done
 	})
-	addr := n1.Forward(t, net.JoinHostPort(n1.Addr.String(), "0"), host.Addr().String())
+	addr := netns.Forward(t, n1, net.JoinHostPort(n1.Addr.String(), "0"), host.Addr().String())
 
 	echo := func(from *netns.Node) error {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)

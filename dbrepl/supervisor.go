@@ -42,20 +42,33 @@ type Options struct {
 	// OnEvent, when set, is called from the poll loop for every event; it
 	// must not block.
 	OnEvent func(Event)
+	// Conflicts, when set (dbrepl/conflict's Detector), runs beside the
+	// poll loop for as long as Run does, and its recent conflicts are part
+	// of Status.
+	Conflicts ConflictSource
+}
+
+// ConflictSource is a write-conflict detector: Run tails the binlogs until
+// ctx ends and may be called again; Recent lists the latest conflicts.
+type ConflictSource interface {
+	Run(ctx context.Context) error
+	Recent() []Conflict
 }
 
 // Supervisor watches both nodes of the pair, fences the one that falls
 // behind or breaks, and reintroduces it once it has caught up.
 type Supervisor struct {
-	cfg     Config
-	logger  *slog.Logger
-	nodes   [2]*nodeConn
-	store   FenceStore
-	rings   [2]*heartbeatRing
-	metrics *metrics
-	onEvent func(Event)
-	events  chan Event
-	host    string
+	cfg       Config
+	logger    *slog.Logger
+	rootLog   *slog.Logger // without this package's component, for the detector's restarts
+	nodes     [2]*nodeConn
+	store     FenceStore
+	rings     [2]*heartbeatRing
+	metrics   *metrics
+	onEvent   func(Event)
+	conflicts ConflictSource
+	events    chan Event
+	host      string
 
 	// act serialises read_only changes between the poll loop and the
 	// Fence/Unfence API.
@@ -74,9 +87,10 @@ type Supervisor struct {
 	// inactive: only observe (see SetActive). The zero value is active so
 	// that a standalone supervisor decides on its own.
 	inactive    bool
+	running     bool
 	status      PairStatus
 	hookWG      sync.WaitGroup
-	hookCtx     context.Context
+	hookCtx     context.Context // cancelled when a Run ends, then replaced
 	cancelHooks context.CancelFunc
 }
 
@@ -90,16 +104,19 @@ func New(cfg Config, opts Options) (*Supervisor, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	rootLog := logger
 	logger = logger.With("component", "dbrepl")
 	host, _ := os.Hostname()
 	s := &Supervisor{
-		cfg:     cfg,
-		logger:  logger,
-		store:   FenceStore{Dir: cfg.StateDir},
-		metrics: newMetrics(opts.Registerer),
-		onEvent: opts.OnEvent,
-		events:  make(chan Event, 256),
-		host:    fmt.Sprintf("%s/%d", host, os.Getpid()),
+		cfg:       cfg,
+		logger:    logger,
+		rootLog:   rootLog,
+		store:     FenceStore{Dir: cfg.StateDir},
+		metrics:   newMetrics(opts.Registerer),
+		onEvent:   opts.OnEvent,
+		conflicts: opts.Conflicts,
+		events:    make(chan Event, 256),
+		host:      fmt.Sprintf("%s/%d", host, os.Getpid()),
 	}
 	s.hookCtx, s.cancelHooks = context.WithCancel(context.Background())
 	for i, nc := range cfg.Nodes {
@@ -134,13 +151,34 @@ func (s *Supervisor) closeNodes() {
 func (s *Supervisor) Events() <-chan Event { return s.events }
 
 // Run polls every interval until ctx ends, then waits for running hooks
-// (they are cancelled) and closes the connections.
+// (they are cancelled) and closes the connections. Run may be called
+// again once it has returned (the daemon restarts a failed supervisor):
+// each run starts from what the servers and state_dir say then, while
+// metrics, the active flag and the event channel carry over. Runs must
+// not overlap.
 func (s *Supervisor) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("repl: supervisor already running")
+	}
+	s.running = true
+	s.mu.Unlock()
+	s.startRun()
+	ctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
 	defer func() {
-		s.cancelHooks()
-		s.hookWG.Wait()
+		stop()
+		wg.Wait()
+		s.stopHooks()
 		s.closeNodes()
+		s.mu.Lock()
+		s.running = false
+		s.mu.Unlock()
 	}()
+	if s.conflicts != nil {
+		wg.Go(func() { s.runConflicts(ctx) })
+	}
 	s.logger.Info("supervising", "nodes", []string{s.cfg.Nodes[0].Name, s.cfg.Nodes[1].Name},
 		"interval", s.cfg.Interval, "max_lag", s.cfg.Fence.MaxLag)
 	t := time.NewTicker(s.cfg.Interval)
@@ -153,6 +191,71 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// startRun forgets what an earlier run learnt: fence records are read
+// again (and logged as loaded, not announced as new), reachability,
+// hysteresis and heartbeat history start empty, and the servers' flavor
+// is asked again, as for a newly built supervisor. Only the last status
+// stays, so that Status answers between a failure and the restart.
+func (s *Supervisor) startRun() {
+	s.mu.Lock()
+	s.obs = [2]*Observation{}
+	s.fences = [2]*FenceRecord{}
+	s.fenceStamp = [2]string{}
+	s.goodSince = [2]time.Time{}
+	s.errantSeen = [2]int{}
+	s.wasDown = [2]bool{}
+	s.backSince = [2]time.Time{}
+	s.skipLogged = [2]bool{}
+	s.loaded = false
+	s.mu.Unlock()
+	for i, n := range s.nodes {
+		s.rings[i] = newHeartbeatRing(1024)
+		n.forgetFlavor()
+	}
+}
+
+// stopHooks cancels the running hooks and waits for them; hooks started
+// later (a manual Fence between runs, the next run) get a fresh context.
+func (s *Supervisor) stopHooks() {
+	s.mu.Lock()
+	cancel := s.cancelHooks
+	s.hookCtx, s.cancelHooks = context.WithCancel(context.Background())
+	s.mu.Unlock()
+	cancel()
+	s.hookWG.Wait()
+}
+
+// runConflicts keeps the write-conflict detector running until ctx ends.
+// The detector retries unreachable nodes and refused binlog dumps (a
+// missing REPLICATION SLAVE grant) with backoff itself; should Run ever
+// return early, it is restarted here, because losing conflict detection
+// must not take the supervisor down with it.
+func (s *Supervisor) runConflicts(ctx context.Context) {
+	backoff := time.Second
+	for {
+		err := s.conflicts.Run(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.rootLog.Error("write-conflict detector stopped; the supervisor keeps running, restarting the detector",
+			"component", "conflict", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// Close releases the connections that Fence or Unfence opened outside
+// Run (Run closes its own when it returns).
+func (s *Supervisor) Close() error {
+	s.hookWG.Wait()
+	s.closeNodes()
+	return nil
 }
 
 // SetActive says whether this supervisor makes the automatic decisions.
@@ -195,10 +298,13 @@ func (s *Supervisor) Active() bool {
 // Status is the latest view of the pair.
 func (s *Supervisor) Status() PairStatus {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	st := s.status
 	st.Nodes = append([]NodeStatus(nil), s.status.Nodes...)
 	st.Problems = append([]string(nil), s.status.Problems...)
+	s.mu.Unlock()
+	if s.conflicts != nil {
+		st.Conflicts = s.conflicts.Recent()
+	}
 	return st
 }
 
@@ -818,8 +924,11 @@ func (s *Supervisor) hook(path, event, node, reason string, manual bool) {
 		return
 	}
 	env := hookEnv(event, node, reason, manual, s.peerOf(node))
+	s.mu.Lock()
+	ctx := s.hookCtx
+	s.mu.Unlock()
 	s.hookWG.Go(func() {
-		_ = runHook(s.hookCtx, s.logger, path, s.cfg.Hooks.Timeout, env)
+		_ = runHook(ctx, s.logger, path, s.cfg.Hooks.Timeout, env)
 	})
 }
 

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,15 +66,12 @@ row written on both nodes before either had applied the other's write
 			logger := replLogger(cmd, debug)
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			sup, err := dbrepl.New(*f.Repl, dbrepl.Options{Logger: logger, Registerer: reg})
-			if err != nil {
-				return usageError(err)
-			}
 			// The detector logs each conflict itself; nothing else to tell.
-			det, err := newConflictDetector(*f.Repl, reg, logger, nil)
+			sup, _, err := newReplSupervisor(*f.Repl, reg, logger, nil)
 			if err != nil {
 				return usageError(err)
 			}
+			defer sup.Close()
 			ctx := cmd.Context()
 			if metricsAddr != "" {
 				ln, err := net.Listen("tcp", metricsAddr)
@@ -97,13 +92,7 @@ row written on both nodes before either had applied the other's write
 				}()
 				logger.Info("metrics", "addr", ln.Addr().String())
 			}
-			detCtx, stopDet := context.WithCancel(ctx)
-			var wg sync.WaitGroup
-			runConflictDetector(detCtx, &wg, det, logger)
-			err = sup.Run(ctx)
-			stopDet()
-			wg.Wait()
-			return err
+			return sup.Run(ctx)
 		},
 	}
 	addConfigFlag(cmd, &path)

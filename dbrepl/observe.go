@@ -242,6 +242,57 @@ func (n *nodeConn) query(ctx context.Context, q string, args ...any) ([]map[stri
 	return scanRows(rows)
 }
 
+// observePair observes both nodes in parallel and keeps the heartbeat
+// history the lag is measured from.
+func (s *Supervisor) observePair(ctx context.Context, snapshot bool) [2]*Observation {
+	var obs [2]*Observation
+	var wg sync.WaitGroup
+	for i, n := range s.nodes {
+		wg.Go(func() { obs[i] = n.observe(ctx, !snapshot) })
+	}
+	wg.Wait()
+	for i, o := range obs {
+		if o.HeartbeatWritten != 0 {
+			s.rings[i].add(o.HeartbeatWritten, o.HeartbeatCommitted, o.HeartbeatSeq)
+		}
+		if !o.Reachable {
+			s.nodes[i].forgetFlavor()
+		}
+	}
+	return obs
+}
+
+// measureLag reads each node's lag behind its peer, on the peer's clock,
+// from the heartbeats written on the peer (see lag.go). A peer whose
+// heartbeat write failed gives no lag, except to a snapshot, which writes
+// none.
+func (s *Supervisor) measureLag(obs [2]*Observation, snapshot bool) [2]lagReading {
+	var out [2]lagReading
+	for i := range obs {
+		o, p := obs[i], obs[1-i]
+		if !o.Reachable || o.Err != nil || !p.Reachable || p.Err != nil {
+			continue
+		}
+		in := LagInput{
+			SourceNowUS: p.NodeNowUS,
+			SourceLocal: p.Local,
+			SourceOwnTS: p.HeartbeatTS[p.Node],
+			SeenTS:      o.HeartbeatTS[p.Node],
+			ReadLocal:   o.HeartbeatReadLocal,
+			Interval:    s.cfg.Interval,
+		}
+		if o.Flavor == FlavorMariaDB && p.Flavor == FlavorMariaDB {
+			in.AppliedSeq = MariaDBAppliedIn(o.GTIDCurrentPos, p.DomainID)
+			in.AppliedLocal = o.VarsLocal
+		}
+		lag, age, ok := s.rings[1-i].lag(in)
+		if ok && (snapshot || p.HeartbeatErr == nil) {
+			out[i] = lagReading{lag: &lag, age: &age}
+		}
+	}
+	return out
+}
+
 // serverFlavor returns the flavor and version of the server, asking it
 // only when not known yet (forgetFlavor clears them).
 func (n *nodeConn) serverFlavor(ctx context.Context, db *sql.DB) (flavor, version string, err error) {

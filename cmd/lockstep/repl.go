@@ -76,7 +76,7 @@ row written on both nodes before either had applied the other's write
 			if metricsAddr != "" {
 				ln, err := net.Listen("tcp", metricsAddr)
 				if err != nil {
-					return usageError(fmt.Errorf("--metrics: %w", err))
+					return usageError(fmt.Errorf("--metrics-addr: %w", err))
 				}
 				mux := http.NewServeMux()
 				mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -96,7 +96,10 @@ row written on both nodes before either had applied the other's write
 		},
 	}
 	addConfigFlag(cmd, &path)
-	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9431)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9431)")
+	// The flag's name before it matched `lockstep sync --metrics-addr`.
+	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "")
+	_ = cmd.Flags().MarkDeprecated("metrics", "use --metrics-addr")
 	cmd.Flags().BoolVar(&debug, "debug", false, "debug logging")
 	return cmd
 }

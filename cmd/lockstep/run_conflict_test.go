@@ -273,7 +273,7 @@ func TestReplSuperviseDetectsConflicts(t *testing.T) {
 	root := newRootCmd()
 	root.SetOut(out)
 	root.SetErr(out)
-	root.SetArgs([]string{"repl", "supervise", "-c", cfgPath, "--metrics", metrics, "--debug"})
+	root.SetArgs([]string{"repl", "supervise", "-c", cfgPath, "--metrics-addr", metrics, "--debug"})
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(runCtx) }()

@@ -160,7 +160,7 @@ func runLag(ctx context.Context, e *Env, res *Result) error {
 		return err
 	}
 	metricsURL := "http://" + metricsAddr + "/metrics"
-	sup, err := StartProc("lockstep repl supervise", filepath.Join(d.dir, "supervise.log"), nil, e.Lockstep, "repl", "supervise", "-c", cfg, "--metrics", metricsAddr)
+	sup, err := StartProc("lockstep repl supervise", filepath.Join(d.dir, "supervise.log"), nil, e.Lockstep, "repl", "supervise", "-c", cfg, "--metrics-addr", metricsAddr)
 	if err != nil {
 		return err
 	}

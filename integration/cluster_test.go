@@ -40,6 +40,7 @@ import (
 
 	"github.com/lockstep-ha/lockstep/integration/netns"
 	"github.com/lockstep-ha/lockstep/integration/poll"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 )
 
 // Ports are fixed because every node has a namespace of its own.
@@ -879,22 +880,9 @@ func serveIdentity(t *testing.T, d *daemon) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(conn, d.node.Name+"\n")
-			conn.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		<-done
-	})
+	t.Cleanup(testbed.Serve(l, func(_ context.Context, conn net.Conn) {
+		_, _ = io.WriteString(conn, d.node.Name+"\n")
+	}))
 }
 
 // askIdentity returns the name served at addr from inside from's

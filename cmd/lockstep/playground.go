@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 	"github.com/lockstep-ha/lockstep/internal/testbed/mariadb"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
@@ -168,20 +169,7 @@ func runPlayground(ctx context.Context, out io.Writer, duration, interval time.D
 	if err != nil {
 		return failure(err)
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer witness.Close()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := witness.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	defer testbed.Serve(witness, func(context.Context, net.Conn) {})()
 
 	nodes, err := writePlayground(dir, pair, witness.Addr().String())
 	if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,21 +23,7 @@ import (
 // after a restart keeps the value.
 func TestRunOnlyWriterSupervisorActive(t *testing.T) {
 	p := mariadbpair.Start(t)
-	wl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wl.Close()
-	go func() {
-		for {
-			c, err := wl.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	nodes := writeRunConfigs(t, "tcp://"+wl.Addr().String())
+	nodes := writeRunConfigs(t, "tcp://"+startWitness(t))
 
 	type daemon struct {
 		repl   *dbrepl.Supervisor

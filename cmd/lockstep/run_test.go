@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
@@ -113,22 +114,20 @@ func waitCond(t *testing.T, what string, cond func() bool) {
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-func TestRunAndStatus(t *testing.T) {
-	w, err := net.Listen("tcp", "127.0.0.1:0")
+// startWitness runs a tcp:// witness (a listener that accepts and closes)
+// until the test ends and returns its address.
+func startWitness(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
-	go func() {
-		for {
-			c, err := w.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	nodes := writeRunConfigs(t, "tcp://"+w.Addr().String())
+	t.Cleanup(testbed.Serve(l, func(context.Context, net.Conn) {}))
+	return l.Addr().String()
+}
+
+func TestRunAndStatus(t *testing.T) {
+	nodes := writeRunConfigs(t, "tcp://"+startWitness(t))
 	stop1 := startRun(t, nodes["web1"].cfg)
 	startRun(t, nodes["web2"].cfg)
 	waitCond(t, "web1 holding its resource", func() bool { return exists(nodes["web1"].state) })

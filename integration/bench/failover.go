@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 	"github.com/lockstep-ha/lockstep/internal/testbed/netns"
 )
 
@@ -77,16 +78,7 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 	if err != nil {
 		return err
 	}
-	defer witness.Close()
-	go func() {
-		for {
-			c, err := witness.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	defer testbed.Serve(witness, func(context.Context, net.Conn) {})()
 	keyFile := filepath.Join(base, "cluster.key")
 	secret := make([]byte, 48)
 	_, _ = rand.Read(secret)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/lockstep-ha/lockstep/integration/netns"
 	"github.com/lockstep-ha/lockstep/integration/poll"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 )
 
 func needPing(t *testing.T) {
@@ -248,24 +249,7 @@ func TestForward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := host.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		host.Close()
-		<-done
-	})
+	t.Cleanup(testbed.Serve(host, func(_ context.Context, c net.Conn) { _, _ = io.Copy(c, c) }))
 	addr := netns.Forward(t, n1, net.JoinHostPort(n1.Addr.String(), "0"), host.Addr().String())
 
 	echo := func(from *netns.Node) error {

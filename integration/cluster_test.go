@@ -136,9 +136,7 @@ type daemon struct {
 	keyFile string // overrides the cluster key when set
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
+	proc *testbed.Proc // nil until started
 }
 
 // newCluster builds the network and per-node directories; resources(d)
@@ -316,55 +314,37 @@ func (d *daemon) start() {
 	cmd := d.node.Command(context.Background(), lockstepBinary(t), "run", "-c", d.config)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start lockstep run on %s: %v", d.node.Name, err)
+	proc, err := testbed.Start("lockstep run on "+d.node.Name, "", cmd)
+	if err != nil {
+		t.Fatal(err)
 	}
-	done := make(chan struct{})
 	d.mu.Lock()
-	d.cmd, d.done, d.err = cmd, done, nil
+	d.proc = proc
 	d.mu.Unlock()
-	go func() {
-		err := cmd.Wait()
-		d.mu.Lock()
-		d.err = err
-		d.mu.Unlock()
-		close(done)
-	}()
 }
 
 func (d *daemon) alive() bool {
 	d.mu.Lock()
-	done := d.done
+	proc := d.proc
 	d.mu.Unlock()
-	if done == nil {
+	if proc == nil {
 		return false
 	}
-	select {
-	case <-done:
-		return false
-	default:
-		return true
-	}
+	ended, _ := proc.Exited()
+	return !ended
 }
 
 // signal sends sig and waits up to grace for the exit; it returns the
 // exit error and whether the process exited in time.
 func (d *daemon) signal(sig syscall.Signal, grace time.Duration) (error, bool) {
 	d.mu.Lock()
-	cmd, done := d.cmd, d.done
+	proc := d.proc
 	d.mu.Unlock()
-	if cmd == nil {
+	if proc == nil {
 		return nil, true
 	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		return d.err, true
-	case <-time.After(grace):
-		return nil, false
-	}
+	ended, err := proc.Signal(sig, grace)
+	return err, ended
 }
 
 func (d *daemon) kill() {

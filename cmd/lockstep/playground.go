@@ -78,10 +78,7 @@ type playgroundNode struct {
 	Dir, Docroot, ConfigPath string
 	LogPath, ServiceState    string
 	Listen, Address, Agent   string
-	cmd                      *exec.Cmd
-	done                     chan struct{}
-	mu                       sync.Mutex
-	exitErr                  error
+	proc                     *testbed.Proc // nil until started
 }
 
 func newPlaygroundCmd() *cobra.Command {
@@ -180,7 +177,7 @@ func runPlayground(ctx context.Context, out io.Writer, duration, interval time.D
 			stopPlaygroundNodes(out, nodes)
 			return failure(err)
 		}
-		fmt.Fprintf(&header, "  %s: lockstep run (pid %d), http://%s, log %s\n", n.Name, n.cmd.Process.Pid, n.Listen, n.LogPath)
+		fmt.Fprintf(&header, "  %s: lockstep run (pid %d), http://%s, log %s\n", n.Name, n.proc.Pid(), n.Listen, n.LogPath)
 	}
 	defer stopPlaygroundNodes(out, nodes)
 	printPlaygroundHints(&header, dir, nodes, pair)
@@ -292,63 +289,41 @@ func writePlayground(dir string, pair *mariadb.Pair, witness string) ([]*playgro
 }
 
 func (n *playgroundNode) start(self string) error {
-	logf, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	cmd := exec.Command(self, "run", "-c", n.ConfigPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group: a Ctrl-C in the terminal reaches only the
 	// playground, which then stops the daemons in order. Pdeathsig covers
 	// the playground itself being killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", n.Name, err)
+	proc, err := testbed.Start(n.Name, n.LogPath, cmd)
+	if err != nil {
+		return err
 	}
-	n.cmd, n.done = cmd, make(chan struct{})
-	go func() {
-		err := cmd.Wait()
-		n.mu.Lock()
-		n.exitErr = err
-		n.mu.Unlock()
-		close(n.done)
-	}()
+	n.proc = proc
 	return nil
 }
 
 // exited returns the exit error once the daemon has stopped.
 func (n *playgroundNode) exited() (bool, error) {
-	select {
-	case <-n.done:
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		return true, n.exitErr
-	default:
+	if n.proc == nil {
 		return false, nil
 	}
+	return n.proc.Exited()
 }
 
 func stopPlaygroundNodes(out io.Writer, nodes []*playgroundNode) {
+	// All at once, then wait: the daemons stop in parallel.
 	for _, n := range nodes {
-		if n.cmd == nil {
-			continue
+		if n.proc != nil {
+			_, _ = n.proc.Signal(syscall.SIGTERM, 0)
 		}
-		if done, _ := n.exited(); done {
-			continue
-		}
-		_ = n.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	for _, n := range nodes {
-		if n.cmd == nil {
+		if n.proc == nil {
 			continue
 		}
-		select {
-		case <-n.done:
-		case <-time.After(15 * time.Second):
+		if ended, _ := n.proc.Wait(15 * time.Second); !ended {
 			fmt.Fprintf(out, "%s did not stop within 15s of SIGTERM; killing it\n", n.Name)
-			_ = n.cmd.Process.Kill()
-			<-n.done
+			n.proc.Kill()
 		}
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 )
 
 // MonitorUser is the name of the supervisor's monitoring account.
@@ -73,8 +74,7 @@ type Node struct {
 	args []string
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has been reaped
+	proc *testbed.Proc // nil while stopped
 }
 
 // Binaries that must be installed for the pair to start.
@@ -305,7 +305,7 @@ func (n *Node) Addr() string { return fmt.Sprintf("127.0.0.1:%d", n.Port) }
 // server is started with --skip-slave-start only for the first boot).
 func (n *Node) Start(ctx context.Context) error {
 	n.mu.Lock()
-	if n.cmd != nil {
+	if n.proc != nil {
 		n.mu.Unlock()
 		return fmt.Errorf("%s: already running", n.Name)
 	}
@@ -321,16 +321,13 @@ func (n *Node) Start(ctx context.Context) error {
 	// Not CommandContext: the server must outlive the ctx used to start it.
 	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	proc, err := testbed.Start(n.Name, "", cmd)
+	if err != nil {
 		n.mu.Unlock()
-		return fmt.Errorf("start %s: %w", n.Name, err)
+		return err
 	}
-	done := make(chan struct{})
-	n.cmd, n.done = cmd, done
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
+	n.proc = proc
+	done := proc.Done()
 	n.mu.Unlock()
 
 	if n.DB == nil {
@@ -407,17 +404,17 @@ func (n *Node) logTail() string {
 func (n *Node) PID() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.cmd == nil {
+	if n.proc == nil {
 		return 0
 	}
-	return n.cmd.Process.Pid
+	return n.proc.Pid()
 }
 
 // Running reports whether the process is alive.
 func (n *Node) Running() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.cmd != nil
+	return n.proc != nil
 }
 
 // Stop shuts the server down cleanly (SIGTERM), killing it after 30s.
@@ -428,20 +425,16 @@ func (n *Node) Kill() error { return n.signal(syscall.SIGKILL, 10*time.Second) }
 
 func (n *Node) signal(sig syscall.Signal, grace time.Duration) error {
 	n.mu.Lock()
-	cmd, done := n.cmd, n.done
+	proc := n.proc
 	n.mu.Unlock()
-	if cmd == nil {
+	if proc == nil {
 		return nil
 	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(grace):
-		_ = cmd.Process.Kill()
-		<-done
+	if ended, _ := proc.Signal(sig, grace); !ended {
+		proc.Kill()
 	}
 	n.mu.Lock()
-	n.cmd, n.done = nil, nil
+	n.proc = nil
 	n.mu.Unlock()
 	return nil
 }

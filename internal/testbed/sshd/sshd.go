@@ -30,6 +30,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 	"github.com/lockstep-ha/lockstep/lsync"
 )
 
@@ -47,10 +48,9 @@ type Server struct {
 
 	hostKey ssh.PublicKey
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
-	logs   *lockedBuffer
+	mu   sync.Mutex
+	proc *testbed.Proc // nil while stopped
+	logs *lockedBuffer
 }
 
 // New generates keys and config in dir (which must exist and be private to
@@ -172,7 +172,7 @@ func (s *Server) Logs() string { return s.logs.String() }
 func (s *Server) Running() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cmd != nil
+	return s.proc != nil
 }
 
 // Start (re)starts sshd on the same port, e.g. after Stop in a peer
@@ -180,7 +180,7 @@ func (s *Server) Running() bool {
 func (s *Server) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd != nil {
+	if s.proc != nil {
 		return errors.New("sshd already running")
 	}
 	var lastErr error
@@ -201,28 +201,21 @@ func (s *Server) startLocked() error {
 	// Its own process group, so a Ctrl-C on the test does not race our
 	// orderly shutdown; and killed with us if we die without cleaning up.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start sshd: %w", err)
+	proc, err := testbed.Start("sshd", "", cmd)
+	if err != nil {
+		return err
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		select {
-		case <-exited:
-			return fmt.Errorf("sshd exited during startup (%s): %s", cmd.ProcessState, strings.TrimSpace(s.logs.String()))
-		default:
+		if ended, err := proc.Exited(); ended {
+			return fmt.Errorf("sshd exited during startup (%v): %s", err, strings.TrimSpace(s.logs.String()))
 		}
 		if probe(s.Addr()) == nil {
-			s.cmd, s.exited = cmd, exited
+			s.proc = proc
 			return nil
 		}
 		if time.Now().After(deadline) {
-			_ = cmd.Process.Kill()
-			<-exited
+			proc.Kill()
 			return fmt.Errorf("sshd did not accept on %s within 15s: %s", s.Addr(), strings.TrimSpace(s.logs.String()))
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -260,30 +253,27 @@ func (s *Server) Kill() error { return s.halt(syscall.SIGKILL) }
 func (s *Server) halt(sig syscall.Signal) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return nil
 	}
-	pid := s.cmd.Process.Pid
+	pid := s.proc.Pid()
 	// Per-connection sshd processes detach into their own sessions and
 	// outlive the listener; find them before it dies and they get
 	// reparented.
 	children := descendants(pid)
-	_ = s.cmd.Process.Signal(sig)
-	_ = s.cmd.Process.Signal(syscall.SIGCONT) // in case it was frozen
+	_, _ = s.proc.Signal(sig, 0)
+	_, _ = s.proc.Signal(syscall.SIGCONT, 0) // in case it was frozen
 	for _, c := range children {
 		_ = syscall.Kill(c, syscall.SIGKILL)
 	}
-	select {
-	case <-s.exited:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
+	if ended, _ := s.proc.Wait(10 * time.Second); !ended {
+		s.proc.Kill()
 	}
 	// Sessions accepted while we were collecting.
 	for _, c := range descendants(pid) {
 		_ = syscall.Kill(c, syscall.SIGKILL)
 	}
-	s.cmd, s.exited = nil, nil
+	s.proc = nil
 	return nil
 }
 
@@ -297,10 +287,10 @@ func (s *Server) Thaw() { s.signalAll(syscall.SIGCONT) }
 func (s *Server) signalAll(sig syscall.Signal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return
 	}
-	pid := s.cmd.Process.Pid
+	pid := s.proc.Pid()
 	_ = syscall.Kill(pid, sig)
 	for _, c := range descendants(pid) {
 		_ = syscall.Kill(c, sig)
@@ -311,10 +301,10 @@ func (s *Server) signalAll(sig syscall.Signal) {
 func (s *Server) PID() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return 0
 	}
-	return s.cmd.Process.Pid
+	return s.proc.Pid()
 }
 
 // Sessions lists the per-connection processes running under sshd, so a

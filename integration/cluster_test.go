@@ -35,7 +35,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"text/template"
 	"time"
 
 	"github.com/lockstep-ha/lockstep/integration/netns"
@@ -123,7 +122,7 @@ type cluster struct {
 }
 
 // member is one `cluster.nodes` entry.
-type member struct{ Name, Address, DB string }
+type member = testbed.Member
 
 type daemon struct {
 	c       *cluster
@@ -190,34 +189,6 @@ func newCluster(t *testing.T, nodes int, resources func(d *daemon) []resource) *
 
 func (c *cluster) node(i int) *daemon { return c.nodes[i-1] }
 
-var configTmpl = template.Must(template.New("cfg").Parse(`node: {{.Name}}
-listen: {{.Listen}}
-cluster:
-  key_file: {{.KeyFile}}
-  keepalive: {{.Keepalive}}
-  deadtime: {{.Deadtime}}
-  agent_check: {{.Agent}}
-  witness: ["{{.Witness}}"]
-{{- if .ExtraCluster}}
-{{.ExtraCluster}}
-{{- end}}
-  nodes:
-{{- range .Nodes}}
-    - {name: {{.Name}}, address: "{{.Address}}"{{if .DB}}, db: {{.DB}}{{end}}}
-{{- end}}
-  resources:
-{{- range .Resources}}
-{{- if .VIP}}
-    - ipaddr: {{.VIP}}
-      dev: {{$.Dev}}
-{{- else}}
-    - exec: {{.Exec}}
-      timeout: {{.Timeout}}
-{{- end}}
-{{- end}}
-{{.Repl}}
-`))
-
 // writeConfig generates the node's config file.
 func (d *daemon) writeConfig() {
 	c := d.c
@@ -238,26 +209,24 @@ func (d *daemon) writeConfig() {
 	if d.keyFile != "" {
 		keyFile = d.keyFile
 	}
-	data := map[string]any{
-		"Name":         d.node.Name,
-		"Listen":       d.httpAddr(),
-		"Agent":        net.JoinHostPort(d.node.Addr.String(), fmt.Sprint(agentPort)),
-		"KeyFile":      keyFile,
-		"Keepalive":    c.keepalive,
-		"Deadtime":     c.deadtime,
-		"Witness":      c.witness,
-		"Nodes":        peers,
-		"Resources":    c.resources(d),
-		"Dev":          netns.Dev,
-		"Repl":         repl,
-		"ExtraCluster": strings.TrimRight(c.extraCluster, "\n"),
+	var res []testbed.Resource
+	for _, r := range c.resources(d) {
+		res = append(res, testbed.Resource{VIP: r.VIP, Dev: netns.Dev, Exec: r.Exec, Timeout: r.Timeout})
 	}
-	f, err := os.OpenFile(d.config, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		c.t.Fatal(err)
+	cfg := testbed.RunConfig{
+		Node:         d.node.Name,
+		Listen:       d.httpAddr(),
+		AgentCheck:   net.JoinHostPort(d.node.Addr.String(), fmt.Sprint(agentPort)),
+		KeyFile:      keyFile,
+		Keepalive:    c.keepalive,
+		Deadtime:     c.deadtime,
+		Witness:      []string{c.witness},
+		Members:      peers,
+		Resources:    res,
+		Repl:         repl,
+		ClusterExtra: c.extraCluster,
 	}
-	defer f.Close()
-	if err := configTmpl.Execute(f, data); err != nil {
+	if err := cfg.Write(d.config); err != nil {
 		c.t.Fatal(err)
 	}
 }

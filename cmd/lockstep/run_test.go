@@ -56,23 +56,19 @@ func writeRunConfigs(t *testing.T, witness string) map[string]runNode {
 		script := filepath.Join(dir, n+"-svc")
 		os.WriteFile(script, []byte(fmt.Sprintf("#!/bin/sh\ncase \"$1\" in start) touch %q;; stop) rm -f %q;; status) [ -e %q ] && exit 0; exit 3;; esac\n", state, state, state)), 0o755)
 		listen := freePort(t, "tcp")
-		cfg := fmt.Sprintf(`node: %s
-listen: %s
-cluster:
-  key_file: %s
-  keepalive: 50ms
-  deadtime: 300ms
-  agent_check: %s
-  nodes:
-    - {name: web1, address: %s}
-    - {name: web2, address: %s}
-  witness: [%q]
-  resources:
-    - exec: %s
-      timeout: 5s
-`, n, listen, key, freePort(t, "tcp"), hb["web1"], hb["web2"], witness, script)
+		cfg := testbed.RunConfig{
+			Node:       n,
+			Listen:     listen,
+			KeyFile:    key,
+			Keepalive:  50 * time.Millisecond,
+			Deadtime:   300 * time.Millisecond,
+			AgentCheck: freePort(t, "tcp"),
+			Members:    []testbed.Member{{Name: "web1", Address: hb["web1"]}, {Name: "web2", Address: hb["web2"]}},
+			Witness:    []string{witness},
+			Resources:  []testbed.Resource{{Exec: script, Timeout: 5 * time.Second}},
+		}
 		p := filepath.Join(dir, n+".yaml")
-		if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		if err := cfg.Write(p); err != nil {
 			t.Fatal(err)
 		}
 		out[n] = runNode{cfg: p, state: state, listen: listen}

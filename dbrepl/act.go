@@ -88,14 +88,7 @@ func (s *Supervisor) follow(i int, reason string, obs [2]*Observation, ev [2]*no
 		return // fenced by hand meanwhile
 	}
 	rec := s.newFenceRecord(i, o.Node, reason, false, obs, ev)
-	if err := s.store.Save(rec); err != nil {
-		s.logger.Error("fence record not saved", "node", o.Node, "err", err)
-	}
-	s.mu.Lock()
-	s.fences[i] = rec
-	s.fenceStamp[i] = s.stamp(o.Node)
-	s.goodSince[i] = time.Time{}
-	s.mu.Unlock()
+	s.keepFence(i, rec, "fence record not saved")
 	s.emit(Event{Node: o.Node, Type: EventFence, Reason: rec.Reason})
 }
 
@@ -179,17 +172,10 @@ func (s *Supervisor) fence(ctx context.Context, i int, reason string, manual boo
 		s.emit(Event{Node: name, Type: EventFenceFailed, Reason: reason + ": " + err.Error(), Manual: manual})
 		return err
 	}
-	rec := s.newFenceRecord(i, name, reason, manual, obs, ev)
-	if err := s.store.Save(rec); err != nil {
-		// The node is read-only, which is the safe side; without the record
-		// a restart would not know why, so say it loudly.
-		s.logger.Error("fence record not saved: a supervisor restart will not know this node is fenced", "node", name, "err", err)
-	}
-	s.mu.Lock()
-	s.fences[i] = rec
-	s.fenceStamp[i] = s.stamp(name)
-	s.goodSince[i] = time.Time{}
-	s.mu.Unlock()
+	// The node is read-only, which is the safe side; without the record a
+	// restart would not know why, so an unsaved record is said loudly.
+	s.keepFence(i, s.newFenceRecord(i, name, reason, manual, obs, ev),
+		"fence record not saved: a supervisor restart will not know this node is fenced")
 	s.metrics.fences.Inc()
 	s.logger.Info("fenced", "node", name, "took", time.Since(start).Round(time.Microsecond))
 	s.emit(Event{Node: name, Type: EventFence, Reason: reason, Manual: manual})
@@ -205,14 +191,7 @@ func (s *Supervisor) unfence(ctx context.Context, i int, reason string, manual b
 		s.emit(Event{Node: name, Type: EventUnfenceFailed, Reason: err.Error(), Manual: manual})
 		return err
 	}
-	if err := s.store.Remove(name); err != nil {
-		s.logger.Error("fence record not removed", "node", name, "err", err)
-	}
-	s.mu.Lock()
-	s.fences[i] = nil
-	s.fenceStamp[i] = ""
-	s.goodSince[i] = time.Time{}
-	s.mu.Unlock()
+	s.forgetFence(i)
 	s.emit(Event{Node: name, Type: EventUnfence, Reason: reason, Manual: manual})
 	s.hook(s.cfg.Hooks.OnUnfence, HookUnfence, name, reason, manual)
 	return nil
@@ -222,6 +201,27 @@ func (s *Supervisor) unfence(ctx context.Context, i int, reason string, manual b
 func (s *Supervisor) dropFence(i int, reason string) {
 	s.actMu.Lock()
 	defer s.actMu.Unlock()
+	s.forgetFence(i)
+	s.emit(Event{Node: s.cfg.Nodes[i].Name, Type: EventUnfence, Reason: reason})
+}
+
+// keepFence saves rec as node i's fence record and puts it in force;
+// unsaved is the message logged when it cannot be saved. The caller holds
+// actMu.
+func (s *Supervisor) keepFence(i int, rec *FenceRecord, unsaved string) {
+	if err := s.store.Save(rec); err != nil {
+		s.logger.Error(unsaved, "node", rec.Node, "err", err)
+	}
+	stamp := s.stamp(rec.Node)
+	s.mu.Lock()
+	s.fences[i] = rec
+	s.fenceStamp[i] = stamp
+	s.goodSince[i] = time.Time{}
+	s.mu.Unlock()
+}
+
+// forgetFence removes node i's fence record. The caller holds actMu.
+func (s *Supervisor) forgetFence(i int) {
 	name := s.cfg.Nodes[i].Name
 	if err := s.store.Remove(name); err != nil {
 		s.logger.Error("fence record not removed", "node", name, "err", err)
@@ -231,9 +231,10 @@ func (s *Supervisor) dropFence(i int, reason string) {
 	s.fenceStamp[i] = ""
 	s.goodSince[i] = time.Time{}
 	s.mu.Unlock()
-	s.emit(Event{Node: name, Type: EventUnfence, Reason: reason})
 }
 
+// stamp identifies the version of a node's fence record (mtime and size),
+// so that reloadFences notices `lockstep repl fence|unfence` edits.
 func (s *Supervisor) stamp(node string) string {
 	if fi, err := os.Stat(s.store.path(node)); err == nil {
 		return fi.ModTime().String() + "/" + strconv.FormatInt(fi.Size(), 10)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -336,10 +335,7 @@ func (s *Supervisor) reloadFences() {
 		s.mu.Unlock()
 	}()
 	for i, nc := range s.cfg.Nodes {
-		stamp := ""
-		if fi, err := os.Stat(s.store.path(nc.Name)); err == nil {
-			stamp = fi.ModTime().String() + "/" + strconv.FormatInt(fi.Size(), 10)
-		}
+		stamp := s.stamp(nc.Name)
 		s.mu.Lock()
 		same := stamp == s.fenceStamp[i]
 		s.mu.Unlock()

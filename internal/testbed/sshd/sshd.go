@@ -50,7 +50,7 @@ type Server struct {
 
 	mu   sync.Mutex
 	proc *testbed.Proc // nil while stopped
-	logs *lockedBuffer
+	logs *testbed.Buffer
 }
 
 // New generates keys and config in dir (which must exist and be private to
@@ -73,7 +73,7 @@ func New(dir string) (*Server, error) {
 		IdentityFile:   filepath.Join(dir, "id_ed25519"),
 		KnownHostsFile: filepath.Join(dir, "known_hosts"),
 		ConfigFile:     filepath.Join(dir, "sshd_config"),
-		logs:           &lockedBuffer{},
+		logs:           &testbed.Buffer{Limit: 1 << 20}, // a chatty sshd must not eat memory
 	}
 	hostPub, err := writeKey(filepath.Join(dir, "ssh_host_ed25519_key"))
 	if err != nil {
@@ -409,24 +409,4 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b.Len() > 1<<20 {
-		return len(p), nil // bounded: a chatty sshd must not eat memory
-	}
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

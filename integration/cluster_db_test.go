@@ -54,9 +54,7 @@ func TestClusterPartitionWriterWithDB(t *testing.T) {
 	for i, d := range c.nodes {
 		netns.Forward(t, d.node, net.JoinHostPort(d.node.Addr.String(), strconv.Itoa(dbPort)), db[i].Addr())
 	}
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	w := c.waitWriter(20 * time.Second)
 	s := c.other(w)
 	t.Logf("writer %s elected %s into the test", w.node.Name, time.Since(began).Round(time.Millisecond))

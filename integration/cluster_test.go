@@ -189,6 +189,14 @@ func newCluster(t *testing.T, nodes int, resources func(d *daemon) []resource) *
 
 func (c *cluster) node(i int) *daemon { return c.nodes[i-1] }
 
+// startAll starts every node's daemon.
+func (c *cluster) startAll() {
+	c.t.Helper()
+	for _, d := range c.nodes {
+		d.start()
+	}
+}
+
 // writeConfig generates the node's config file.
 func (d *daemon) writeConfig() {
 	c := d.c
@@ -561,9 +569,7 @@ func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) 
 // the VIP and both exec resources within deadtime + 1s.
 func TestClusterKillWriter(t *testing.T) {
 	c := newCluster(t, 2, nil)
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	w := c.waitWriter(15 * time.Second)
 	s := c.other(w)
 	if !w.running("a") || !w.running("b") {
@@ -626,9 +632,7 @@ func TestClusterKillWriter(t *testing.T) {
 // the same time. After healing there is exactly one writer again.
 func TestClusterPartitionWriter(t *testing.T) {
 	c := newCluster(t, 2, nil)
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	w := c.waitWriter(15 * time.Second)
 	s := c.other(w)
 	ctx := t.Context()
@@ -735,9 +739,7 @@ func TestClusterPartitionWriter(t *testing.T) {
 // takes over.
 func TestClusterResourceOrder(t *testing.T) {
 	c := newCluster(t, 2, nil)
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	w := c.waitWriter(15 * time.Second)
 	s := c.other(w)
 	if got, want := afterInitialStops(w.resourceCalls()), []string{"a start", "b start"}; !equal(got, want) {
@@ -776,9 +778,7 @@ func TestClusterHangingResource(t *testing.T) {
 			{Exec: d.script("hang", fmt.Sprintf("echo $$ >> %q; exec sleep 300", pidFile)), Timeout: timeout},
 		}
 	})
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	ctx := t.Context()
 
 	// Whichever node becomes writer first calls start and hangs.

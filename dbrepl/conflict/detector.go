@@ -2,6 +2,10 @@
 // both sides of a master-master pair before either side had applied the
 // other's write: the writes that silently diverge the copies, or stop
 // replication with error 1062 or 1032.
+//
+// A Detector plugs into the supervisor as its dbrepl.ConflictSource and
+// runs as long as the supervisor's Run does. The binlog library's own log
+// records are routed through the detector's slog logger at debug level.
 package conflict
 
 import (

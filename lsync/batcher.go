@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,9 +19,13 @@ type Rename struct{ From, To string }
 type Batch struct {
 	Paths   []string
 	Renames []Rename
-	Rescan  bool
-	Reason  string    // why a rescan was requested
-	Oldest  time.Time // first event of the batch, for lag
+	// Scan lists subtrees whose every source entry is to be checked: the
+	// events under them cannot be trusted to name everything (a directory
+	// created and renamed within the batch).
+	Scan   []string
+	Rescan bool
+	Reason string    // why a rescan was requested
+	Oldest time.Time // first event of the batch, for lag
 	// ChangedSince is set on a rescan that replaced events (a queue
 	// overflow): changes seen from then on are no longer listed, so the
 	// full pass content-checks files modified since (see CatchUp).
@@ -28,7 +33,9 @@ type Batch struct {
 }
 
 // Empty reports whether there is nothing to do.
-func (b Batch) Empty() bool { return len(b.Paths) == 0 && len(b.Renames) == 0 && !b.Rescan }
+func (b Batch) Empty() bool {
+	return len(b.Paths) == 0 && len(b.Renames) == 0 && len(b.Scan) == 0 && !b.Rescan
+}
 
 type pathState struct {
 	created bool // the first event in this batch created the path
@@ -39,6 +46,7 @@ type pathState struct {
 type batchState struct {
 	paths      map[string]*pathState
 	renames    []Rename
+	scan       map[string]bool
 	renamedDir map[uint64]string // inode → old name, awaiting the new name
 	rescan     bool
 	reason     string
@@ -48,11 +56,11 @@ type batchState struct {
 }
 
 func newBatchState(maxPaths int) *batchState {
-	return &batchState{paths: map[string]*pathState{}, renamedDir: map[uint64]string{}, maxPaths: maxPaths}
+	return &batchState{paths: map[string]*pathState{}, scan: map[string]bool{}, renamedDir: map[uint64]string{}, maxPaths: maxPaths}
 }
 
 func (s *batchState) empty() bool {
-	return len(s.paths) == 0 && len(s.renames) == 0 && !s.rescan && len(s.renamedDir) == 0
+	return len(s.paths) == 0 && len(s.renames) == 0 && len(s.scan) == 0 && !s.rescan && len(s.renamedDir) == 0
 }
 
 func (s *batchState) add(ev Event, now time.Time) {
@@ -72,21 +80,50 @@ func (s *batchState) add(ev Event, now time.Time) {
 		case OpRename:
 			s.renamedDir[ev.Inode] = ev.Path
 		case OpCreate:
-			if from, ok := s.renamedDir[ev.Inode]; ok {
+			if from, ok := s.renamedDir[ev.Inode]; ok && from != ev.Path {
 				delete(s.renamedDir, ev.Inode)
-				// A directory born in this very batch does not exist on
-				// the target yet: its new name is uploaded instead.
-				if fs := s.paths[from]; fs != nil && !fs.created && from != ev.Path {
+				followRename(s.paths, from, ev.Path, func(p *pathState) *pathState { c := *p; return &c })
+				followRename(s.scan, from, ev.Path, keep)
+				if s.scan[from] {
+					s.scan[ev.Path] = true
+				}
+				if fs := s.paths[from]; fs != nil && !fs.created {
 					s.renames = append(s.renames, Rename{From: from, To: ev.Path})
 					// The new name exists on the target once the rename
 					// is replayed, so a later rename of it is replayable.
 					ps.created = false
+				} else {
+					// A directory born in this very batch does not exist
+					// on the target yet: its new name is uploaded
+					// instead, all of it, whatever events said.
+					s.scan[ev.Path] = true
 				}
 			}
 		}
 	}
 	if s.maxPaths > 0 && len(s.paths) > s.maxPaths {
 		s.escalate("more than " + strconv.Itoa(s.maxPaths) + " pending paths")
+	}
+}
+
+// followRename lists, under the new name of a directory rename, the paths
+// of m that lie under its old name (m maps path → what is known of it).
+// The rename is replayed on the target before any path is applied, so a
+// change under the old name (a write, a file moved in or out) would
+// otherwise be looked for under a name that no longer exists on either
+// side, and the target would keep the renamed directory's old content.
+// The old names stay listed: they may exist on the target after all.
+func keep[V any](v V) V { return v }
+
+func followRename[V any](m map[string]V, from, to string, dup func(V) V) {
+	prefix := from + "/"
+	for p, v := range m {
+		if strings.HasPrefix(p, prefix) {
+			np := to + p[len(from):]
+			if _, ok := m[np]; !ok {
+				m[np] = dup(v)
+			}
+		}
 	}
 }
 
@@ -98,6 +135,7 @@ func (s *batchState) escalate(reason string) {
 	s.reason = reason
 	s.paths = map[string]*pathState{}
 	s.renames = nil
+	s.scan = map[string]bool{}
 	s.renamedDir = map[uint64]string{}
 }
 
@@ -112,8 +150,13 @@ func (s *batchState) take() Batch {
 		b.Paths = append(b.Paths, p)
 	}
 	sort.Strings(b.Paths)
+	for p := range s.scan {
+		b.Scan = append(b.Scan, p)
+	}
+	sort.Strings(b.Scan)
 	s.paths = map[string]*pathState{}
 	s.renames = nil
+	s.scan = map[string]bool{}
 	s.renamedDir = map[uint64]string{}
 	s.rescan = false
 	s.reason = ""

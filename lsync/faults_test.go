@@ -61,11 +61,11 @@ func (t *flakyTarget) check() error {
 	return nil
 }
 
-func (t *flakyTarget) Walk(ctx context.Context, fn func(lsync.Entry) error) error {
+func (t *flakyTarget) Walk(ctx context.Context, sub string, fn func(lsync.Entry) error) error {
 	if err := t.check(); err != nil {
 		return err
 	}
-	return t.Target.Walk(ctx, fn)
+	return t.Target.Walk(ctx, sub, fn)
 }
 
 func (t *flakyTarget) Stat(ctx context.Context, rel string) (lsync.Entry, error) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"sort"
 	"sync"
 	"time"
 
@@ -34,8 +35,11 @@ type TargetStatus struct {
 	// Rescanning is true while a full pass is queued.
 	Rescanning bool
 	LastSync   time.Time // last time the target was known to match
-	LastError  string
-	Lag        time.Duration // age of the oldest change not yet on the target
+	// LastVerified is the end of the last full comparison that found or
+	// left the target equal to the source (zero: none yet).
+	LastVerified time.Time
+	LastError    string
+	Lag          time.Duration // age of the oldest change not yet on the target
 	// JobError is set when the job as a whole broke (the source can no
 	// longer be watched completely, e.g. out of inotify watches).
 	JobError string
@@ -53,14 +57,18 @@ type Job struct {
 	source   *Source
 	workers  []*targetWorker
 
-	mu       sync.Mutex
-	started  bool
-	stopped  bool
-	cancel   context.CancelFunc
-	watcher  *Watcher
-	wg       sync.WaitGroup
-	fatal    chan error
-	fatalErr string
+	// lifecycle serialises Start and Stop. A job runs again after it
+	// stopped (the daemon restarts a job that failed): the source is
+	// reopened and the workers keep their queues, so nothing pending is
+	// lost.
+	lifecycle sync.Mutex
+	running   bool
+	mu        sync.Mutex // guards fatalErr, which the watcher's goroutine sets
+	cancel    context.CancelFunc
+	watcher   *Watcher
+	wg        sync.WaitGroup
+	fatal     chan error
+	fatalErr  string
 }
 
 // NewJob validates cfg and opens the source. connectors holds one
@@ -112,19 +120,37 @@ func NewJob(cfg JobConfig, connectors []Connector, opts JobOptions) (*Job, error
 func (j *Job) Name() string { return j.cfg.Name }
 
 // Start watches the source and starts one worker per target. It returns
-// an error when the tree cannot be watched completely.
+// an error when the tree cannot be watched completely. After Stop, Start
+// may be called again.
 func (j *Job) Start(ctx context.Context) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.started || j.stopped {
-		return errors.New("sync job already started")
+	j.lifecycle.Lock()
+	defer j.lifecycle.Unlock()
+	if j.running {
+		return errors.New("sync job already running")
+	}
+	if j.source == nil {
+		src, err := OpenSource(j.cfg.Source, j.excluder)
+		if err != nil {
+			return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
+		}
+		j.source = src
+		for _, wk := range j.workers {
+			wk.rec.Source = src
+		}
 	}
 	w, err := NewWatcher(j.cfg.Source, j.excluder, j.logger)
 	if err != nil {
 		return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
 	}
 	j.watcher = w
-	j.started = true
+	j.running = true
+	j.mu.Lock()
+	j.fatalErr = ""
+	j.mu.Unlock()
+	select {
+	case <-j.fatal: // a previous run's
+	default:
+	}
 	ctx, j.cancel = context.WithCancel(ctx)
 	batcher := NewBatcher(j.cfg.Delay, j.cfg.MaxDelay, DefaultMaxPendingPaths, func(b Batch) {
 		for _, wk := range j.workers {
@@ -169,25 +195,26 @@ func (j *Job) Fatal() <-chan error { return j.fatal }
 
 // Stop stops every goroutine of the job and waits for them.
 func (j *Job) Stop() {
-	j.mu.Lock()
-	if j.stopped {
-		j.mu.Unlock()
+	j.lifecycle.Lock()
+	defer j.lifecycle.Unlock()
+	if !j.running {
+		if j.source != nil {
+			j.source.Close() // opened by NewJob, never started
+			j.source = nil
+		}
 		return
 	}
-	j.stopped = true
-	cancel := j.cancel
-	j.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
+	j.running = false
+	j.cancel()
 	j.wg.Wait()
-	if j.watcher != nil {
-		j.watcher.Close()
-	}
+	j.watcher.Close()
+	j.watcher = nil
 	j.source.Close()
+	j.source = nil
 }
 
-// Run runs the job until ctx is done or it fails.
+// Run runs the job until ctx is done or it fails; it may be called again
+// after it returned.
 func (j *Job) Run(ctx context.Context) error {
 	if err := j.Start(ctx); err != nil {
 		j.Stop()
@@ -286,8 +313,8 @@ type targetWorker struct {
 	rec    *Reconciler
 	logger *slog.Logger
 
-	pendingGauge, lagGauge, connectedGauge prometheus.Gauge
-	filesCounter, bytesCounter, errCounter prometheus.Counter
+	pendingGauge, lagGauge, connectedGauge, verifiedGauge prometheus.Gauge
+	filesCounter, bytesCounter, errCounter, driftCounter  prometheus.Counter
 
 	notify chan struct{}
 
@@ -298,6 +325,7 @@ type targetWorker struct {
 	// copy looks equal by size and whole-second mtime (see CatchUp).
 	pending  map[string]time.Time
 	renames  []Rename
+	scan     map[string]bool // subtrees to check entry by entry (Batch.Scan)
 	rescan   bool
 	reason   string
 	rescanAt time.Time
@@ -309,6 +337,7 @@ type targetWorker struct {
 	attempts     int
 	connected    bool
 	lastSync     time.Time
+	lastVerified time.Time
 	lastErr      string
 }
 
@@ -320,6 +349,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		notify:  make(chan struct{}, 1),
 		pending: map[string]time.Time{},
 		retry:   map[string]time.Time{},
+		scan:    map[string]bool{},
 	}
 	w.rec = &Reconciler{
 		Source: j.source, Target: name,
@@ -335,6 +365,8 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 	w.filesCounter = m.files.WithLabelValues(j.cfg.Name, name)
 	w.bytesCounter = m.bytes.WithLabelValues(j.cfg.Name, name)
 	w.errCounter = m.errors.WithLabelValues(j.cfg.Name, name)
+	w.verifiedGauge = m.verified.WithLabelValues(j.cfg.Name, name)
+	w.driftCounter = m.drift.WithLabelValues(j.cfg.Name, name)
 	w.rec.OnTransfer = func(n int64) {
 		w.filesCounter.Inc()
 		w.bytesCounter.Add(float64(n))
@@ -372,10 +404,25 @@ func (w *targetWorker) mergeLocked(b Batch) {
 			w.pending[p] = when
 		}
 	}
+	for _, s := range b.Scan {
+		w.scan[s] = true
+	}
 	if w.rescan {
 		w.renames = nil // the full pass covers them
+		clear(w.scan)
 	} else {
 		w.renames = append(w.renames, b.Renames...)
+		// Paths queued by earlier batches, or waiting for a retry, are
+		// applied after these renames are replayed: they must be looked
+		// at under the new names too.
+		for _, rn := range b.Renames {
+			followRename(w.pending, rn.From, rn.To, keep)
+			followRename(w.retry, rn.From, rn.To, keep)
+			followRename(w.scan, rn.From, rn.To, keep)
+			if w.scan[rn.From] {
+				w.scan[rn.To] = true
+			}
+		}
 	}
 	if len(w.pending) > DefaultMaxPendingPaths {
 		// Too many paths to remember: the full pass content-checks
@@ -389,6 +436,7 @@ func (w *targetWorker) mergeLocked(b Batch) {
 			w.rescan, w.rescanAt, w.reason = true, when, "queue overflow"
 		}
 		clear(w.pending)
+		clear(w.scan)
 		w.renames = nil
 	}
 }
@@ -419,6 +467,13 @@ func (w *targetWorker) take() (Batch, map[string]time.Time) {
 			}
 		}
 	}
+	if !w.rescan {
+		for s := range w.scan {
+			b.Scan = append(b.Scan, s)
+		}
+		sort.Strings(b.Scan)
+	}
+	w.scan = map[string]bool{}
 	w.pending = map[string]time.Time{}
 	w.renames = nil
 	w.rescan = false
@@ -436,6 +491,9 @@ func (w *targetWorker) requeue(b Batch, firstSeen map[string]time.Time) {
 		w.renames = nil
 	} else {
 		w.renames = append(b.Renames, w.renames...)
+		for _, s := range b.Scan {
+			w.scan[s] = true
+		}
 	}
 	w.changedSince = earliest(w.changedSince, b.ChangedSince)
 	for _, p := range b.Paths {
@@ -469,7 +527,7 @@ func (w *targetWorker) status() TargetStatus {
 	st := TargetStatus{
 		Job: w.job.cfg.Name, Target: w.name, Connected: w.connected,
 		PendingFiles: len(w.pending) + len(w.retry), Rescanning: w.rescan,
-		LastSync: w.lastSync, LastError: w.lastErr,
+		LastSync: w.lastSync, LastVerified: w.lastVerified, LastError: w.lastErr,
 	}
 	var oldest time.Time
 	for _, m := range []map[string]time.Time{w.pending, w.retry} {
@@ -569,6 +627,10 @@ func (w *targetWorker) run(ctx context.Context) {
 	}
 }
 
+// verifyReason marks the periodic verification pass, whose repairs are
+// drift (see Report.Unlisted).
+const verifyReason = "verification"
+
 // disconnectNotifier is implemented by targets that learn of a dead
 // session on their own (the SFTP session's keepalive); without it an idle
 // worker would only notice at its next change.
@@ -609,7 +671,7 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			return fmt.Errorf("%w: target %s: session lost", ErrDisconnected, w.name)
 		case <-w.notify:
 		case <-verify:
-			w.enqueue(Batch{Rescan: true, Reason: "verification"})
+			w.enqueue(Batch{Rescan: true, Reason: verifyReason})
 		case <-retryTimer.C:
 			w.mu.Lock()
 			for p, first := range w.retry {
@@ -643,6 +705,11 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			kind = "reconcile (" + b.Reason + ")"
 		}
 		w.logReport(kind, rep)
+		if b.Reason == verifyReason && rep.Unlisted > 0 {
+			w.driftCounter.Add(float64(rep.Unlisted))
+			w.logger.Error("verification repaired drift that the live sync had not queued: a bug, or a change made on the target behind lockstep's back",
+				"paths", rep.Unlisted, "first", rep.UnlistedPaths)
+		}
 		if rep.Entries > freeMemoryAfter {
 			// A full pass over a big tree grew the heap by both listings;
 			// the runtime would hand that back to the OS only over minutes,
@@ -686,6 +753,9 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 			w.retry[e.Path] = first(e.Path)
 			w.errCounter.Inc()
 		}
+	}
+	w.followQueuedRenames(b, first)
+	if len(rep.Errors) > 0 {
 		w.lastErr = rep.Errors[0].Error()
 		w.attempts++
 		d := min(500*time.Millisecond<<min(w.attempts-1, 6), 30*time.Second)
@@ -695,6 +765,10 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 	} else {
 		w.attempts = 0
 	}
+	if b.Rescan && rep.InSync() {
+		w.lastVerified = now
+		w.verifiedGauge.Set(float64(now.Unix()))
+	}
 	if len(w.pending) == 0 && len(w.retry) == 0 && !w.rescan {
 		w.lastSync = now
 		if len(rep.Errors) == 0 {
@@ -702,6 +776,38 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		}
 	}
 	return delay
+}
+
+// followQueuedRenames handles directory renames that were queued while b
+// was being applied. b's paths were looked at in the source as it was at
+// that moment, possibly already under the new name, where b did not look;
+// and its failed paths wait for a retry that comes after the renames are
+// replayed. Both are therefore listed under the new names too. A full pass
+// walked a tree that was being moved under it: the new subtrees are
+// scanned whole.
+func (w *targetWorker) followQueuedRenames(b Batch, first func(string) time.Time) {
+	if len(w.renames) == 0 {
+		return
+	}
+	if b.Rescan {
+		for _, rn := range w.renames {
+			w.scan[rn.To] = true
+		}
+		return
+	}
+	applied := make(map[string]time.Time, len(b.Paths))
+	for _, p := range b.Paths {
+		applied[p] = first(p)
+	}
+	for _, rn := range w.renames {
+		followRename(applied, rn.From, rn.To, keep)
+		followRename(w.retry, rn.From, rn.To, keep)
+	}
+	for p, t := range applied {
+		if _, ok := w.pending[p]; !ok {
+			w.pending[p] = t
+		}
+	}
 }
 
 func (w *targetWorker) logReport(kind string, rep *Report) {

@@ -40,8 +40,8 @@ func truncSecond(e lsync.Entry) lsync.Entry {
 	return e
 }
 
-func (t *secondsTarget) Walk(ctx context.Context, fn func(lsync.Entry) error) error {
-	return t.Target.Walk(ctx, func(e lsync.Entry) error { return fn(truncSecond(e)) })
+func (t *secondsTarget) Walk(ctx context.Context, sub string, fn func(lsync.Entry) error) error {
+	return t.Target.Walk(ctx, sub, func(e lsync.Entry) error { return fn(truncSecond(e)) })
 }
 
 func (t *secondsTarget) Stat(ctx context.Context, rel string) (lsync.Entry, error) {

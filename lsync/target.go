@@ -37,10 +37,12 @@ type Entry struct {
 // write through a parent component that is a symlink, so a write can never
 // leave the root.
 type Target interface {
-	// Walk visits every entry under the root, parents before children.
+	// Walk visits every entry below sub ("" for the whole tree; sub
+	// itself is not visited), parents before children. A sub that does
+	// not exist or is not a directory (a symlink included) has no entries.
 	// Names starting with TempPrefix are reported too, so that the caller
 	// can clean them up.
-	Walk(ctx context.Context, fn func(Entry) error) error
+	Walk(ctx context.Context, sub string, fn func(Entry) error) error
 	// Stat returns the entry without following a final symlink; a missing
 	// path yields an error matching fs.ErrNotExist.
 	Stat(ctx context.Context, rel string) (Entry, error)

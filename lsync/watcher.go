@@ -11,9 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
+	"unsafe"
 
-	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
 )
 
 // EventOp is what happened to a path, reduced to what the batcher needs.
@@ -75,44 +78,102 @@ type sink interface {
 	rescan(ctx context.Context, reason string)
 }
 
+// watchMask is what every directory watch asks for. IN_CLOSE_WRITE besides
+// IN_MODIFY: a write through mmap only shows at close. IN_EXCL_UNLINK: a
+// file unlinked but still open (a log being rotated away) is no longer
+// ours. IN_DONTFOLLOW|IN_ONLYDIR: a directory replaced by a symlink
+// between the scan and the watch is not followed out of the tree.
+const watchMask = unix.IN_CREATE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_DELETE |
+	unix.IN_MODIFY | unix.IN_CLOSE_WRITE | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF |
+	unix.IN_EXCL_UNLINK | unix.IN_DONT_FOLLOW | unix.IN_ONLYDIR
+
+// movePairWait is how long a rename's IN_MOVED_FROM waits for its
+// IN_MOVED_TO. The kernel queues both within one rename(2), so the wait is
+// only ever spent on a rename out of the tree (whose second half never
+// comes) or on a reader that caught the queue between the two.
+const movePairWait = 20 * time.Millisecond
+
+// watch is one inotify watch: a directory under the root.
+type watch struct {
+	wd  int32
+	ino uint64
+}
+
 // Watcher watches a tree recursively: one inotify watch per directory,
 // including directories created later.
+//
+// It speaks inotify itself rather than through fsnotify because the path
+// of an event must be the path at the moment of the event: fsnotify keeps
+// naming a moved directory's events by its old path until the directory
+// is watched again, so a file moved out of a directory that had just been
+// moved was reported under a name that no longer existed and its real old
+// name stayed on the target. Here the watch-descriptor → path map is
+// renamed in place when a directory moves, in queue order, the way lsyncd
+// does it: events queued before the move carry the old name, later ones
+// the new name, and the watches of the moved subtree stay as they are.
 type Watcher struct {
 	root     string
 	excluder *Excluder
 	logger   *slog.Logger
-	fsw      *fsnotify.Watcher
-	// dirs maps every watched directory (relative, "" for the root) to its
-	// inode, to recognise a directory rename and to drop watches below a
-	// directory that moved or vanished.
-	dirs map[string]uint64
-	// addWatch is fsw.Add, replaceable in tests to simulate ENOSPC.
-	addWatch func(string) error
+
+	file      *os.File // the inotify instance (non-blocking, on the poller)
+	fd        int
+	closeOnce sync.Once
+
+	// Owned by NewWatcher, then by Run's goroutine.
+	byPath map[string]watch // watched directory (relative, "" = root) → watch
+	byWd   map[int32]string
+	// addWatch is inotify_add_watch, replaceable in tests to simulate
+	// ENOSPC.
+	addWatch func(abs string) (int32, error)
+	// inject feeds Run records the kernel is hard to make produce on
+	// demand (a queue overflow); nil outside tests.
+	inject chan []rawEvent
 }
 
 // NewWatcher sets up watches for every directory under root.
 func NewWatcher(root string, excluder *Excluder, logger *slog.Logger) (*Watcher, error) {
-	fsw, err := fsnotify.NewBufferedWatcher(8192)
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		if errors.Is(err, syscall.EMFILE) {
 			return nil, fmt.Errorf("inotify: too many instances (raise fs.inotify.max_user_instances): %w", err)
 		}
 		return nil, fmt.Errorf("inotify: %w", err)
 	}
-	w := &Watcher{root: root, excluder: excluder, logger: logger, fsw: fsw, dirs: map[string]uint64{}}
-	w.addWatch = fsw.Add
+	w := newWatcher(root, excluder, logger, fd)
 	if err := w.addTree(context.Background(), "", nil); err != nil {
-		fsw.Close()
+		w.Close()
 		return nil, err
 	}
 	return w, nil
 }
 
-// Close releases the inotify instance.
-func (w *Watcher) Close() error { return w.fsw.Close() }
+func newWatcher(root string, excluder *Excluder, logger *slog.Logger, fd int) *Watcher {
+	w := &Watcher{
+		root: root, excluder: excluder, logger: logger,
+		file: os.NewFile(uintptr(fd), "inotify"), fd: fd,
+		byPath: map[string]watch{}, byWd: map[int32]string{},
+	}
+	w.addWatch = func(abs string) (int32, error) {
+		wd, err := unix.InotifyAddWatch(fd, abs, watchMask)
+		if err != nil {
+			return -1, &os.SyscallError{Syscall: "inotify_add_watch", Err: err}
+		}
+		return int32(wd), nil
+	}
+	return w
+}
 
-// WatchedDirs returns how many directories are watched.
-func (w *Watcher) WatchedDirs() int { return len(w.dirs) }
+// Close releases the inotify instance; it also ends a running Run.
+func (w *Watcher) Close() error {
+	var err error
+	w.closeOnce.Do(func() { err = w.file.Close() })
+	return err
+}
+
+// WatchedDirs returns how many directories are watched. Not safe while Run
+// runs.
+func (w *Watcher) WatchedDirs() int { return len(w.byPath) }
 
 func (w *Watcher) abs(rel string) string {
 	if rel == "" {
@@ -128,10 +189,73 @@ func inodeOf(fi fs.FileInfo) uint64 {
 	return 0
 }
 
+func joinRel(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+func under(p, dir string) bool { return p == dir || dir == "" || strings.HasPrefix(p, dir+"/") }
+
+// setWatch records that rel is watched by wd. inotify returns the same wd
+// for a directory it already watches under another name (one that moved
+// without us pairing the move): the old name and the names below it are
+// renamed, so that later events of that subtree carry current paths.
+func (w *Watcher) setWatch(rel string, wd int32, ino uint64) {
+	if old, ok := w.byWd[wd]; ok && old != rel {
+		w.renameTree(old, rel)
+	}
+	if prev, ok := w.byPath[rel]; ok && prev.wd != wd {
+		delete(w.byWd, prev.wd)
+	}
+	w.byPath[rel] = watch{wd: wd, ino: ino}
+	w.byWd[wd] = rel
+}
+
+// renameTree renames the watched directory from, and those below it, to.
+func (w *Watcher) renameTree(from, to string) {
+	type moved struct {
+		rel string
+		wt  watch
+	}
+	var ms []moved
+	for p, wt := range w.byPath {
+		if under(p, from) {
+			ms = append(ms, moved{to + p[len(from):], wt})
+			delete(w.byPath, p)
+		}
+	}
+	// Whatever was watched at the new names is gone: the rename replaced it.
+	w.dropTree(to)
+	for _, m := range ms {
+		w.byPath[m.rel] = m.wt
+		w.byWd[m.wt.wd] = m.rel
+	}
+}
+
+// dropTree forgets rel and the directories below it and removes their
+// watches: the kernel removes the watch of a deleted directory by itself,
+// but one moved out of the tree would go on reporting.
+func (w *Watcher) dropTree(rel string) {
+	for p, wt := range w.byPath {
+		if under(p, rel) {
+			delete(w.byPath, p)
+			delete(w.byWd, wt.wd)
+			_, _ = unix.InotifyRmWatch(w.fd, uint32(wt.wd)) // may already be gone
+		}
+	}
+}
+
 // addTree watches rel and every directory below it. When emit is not nil,
 // every entry found is reported as created: files written into a new
-// directory before its watch existed would otherwise be missed.
+// directory before its watch existed would otherwise be missed. seen, when
+// not nil, collects the watch descriptors found.
 func (w *Watcher) addTree(ctx context.Context, rel string, emit sink) error {
+	return w.walkWatch(ctx, rel, emit, nil)
+}
+
+func (w *Watcher) walkWatch(ctx context.Context, rel string, emit sink, seen map[int32]bool) error {
 	return filepath.WalkDir(w.abs(rel), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
@@ -149,6 +273,9 @@ func (w *Watcher) addTree(ctx context.Context, rel string, emit sink) error {
 		}
 		if r != "" && w.excluder.Excluded(r, d.IsDir()) {
 			if d.IsDir() {
+				if _, ok := w.byPath[r]; ok {
+					w.dropTree(r) // excluded at its new place
+				}
 				return filepath.SkipDir
 			}
 			return nil
@@ -166,21 +293,41 @@ func (w *Watcher) addTree(ctx context.Context, rel string, emit sink) error {
 			}
 			return err
 		}
-		if err := w.addWatch(p); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return filepath.SkipDir
+		wd, err := w.addWatch(p)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.ELOOP) {
+				return filepath.SkipDir // replaced meanwhile; its events follow
 			}
 			if errors.Is(err, syscall.ENOSPC) {
 				return &WatchLimitError{Dir: p, Current: readWatchLimit(), Needed: countDirs(w.root, w.excluder)}
 			}
 			return fmt.Errorf("watch %s: %w", p, err)
 		}
-		w.dirs[r] = inodeOf(fi)
+		w.setWatch(r, wd, inodeOf(fi))
+		if seen != nil {
+			seen[wd] = true
+		}
 		if emit != nil && r != rel {
 			emit.event(ctx, Event{Path: r, Op: OpCreate, IsDir: true, Inode: inodeOf(fi)})
 		}
 		return nil
 	})
+}
+
+// resync rebuilds the watch map from the tree after an overflow, when
+// moves may have been lost: watches that still exist get their current
+// names, those of directories that are gone are removed.
+func (w *Watcher) resync(ctx context.Context) error {
+	seen := map[int32]bool{}
+	if err := w.walkWatch(ctx, "", nil, seen); err != nil {
+		return err
+	}
+	for wd, rel := range w.byWd {
+		if !seen[wd] {
+			w.dropTree(rel)
+		}
+	}
+	return nil
 }
 
 func readWatchLimit() int {
@@ -210,101 +357,261 @@ func countDirs(root string, ex *Excluder) int {
 	return n
 }
 
-// dropTree forgets rel and the directories below it. The kernel removes
-// the watch of a deleted directory by itself, but a moved directory keeps
-// its watches, which would then report events under the old names.
-func (w *Watcher) dropTree(rel string) {
-	for d := range w.dirs {
-		if d == rel || strings.HasPrefix(d, rel+"/") {
-			delete(w.dirs, d)
-			_ = w.fsw.Remove(w.abs(d)) // may already be gone
+// rawEvent is one inotify record.
+type rawEvent struct {
+	wd     int32
+	mask   uint32
+	cookie uint32
+	name   string
+}
+
+// read pumps the inotify queue to out until the instance is closed.
+func (w *Watcher) read(out chan<- []rawEvent) {
+	defer close(out)
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := w.file.Read(buf)
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				w.logger.Warn("inotify read failed", "err", err)
+			}
+			return
+		}
+		var evs []rawEvent
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			raw := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			ev := rawEvent{wd: raw.Wd, mask: raw.Mask, cookie: raw.Cookie}
+			nameStart := off + unix.SizeofInotifyEvent
+			if raw.Len > 0 && nameStart+int(raw.Len) <= n {
+				name := buf[nameStart : nameStart+int(raw.Len)]
+				if i := indexNUL(name); i >= 0 {
+					name = name[:i]
+				}
+				ev.name = string(name)
+			}
+			evs = append(evs, ev)
+			off = nameStart + int(raw.Len)
+		}
+		out <- evs
+	}
+}
+
+func indexNUL(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
 		}
 	}
+	return -1
 }
 
 // Run forwards events to out until ctx is done. A non-nil return is
 // fatal for the job (a watch could not be added).
 func (w *Watcher) Run(ctx context.Context, out sink) error {
+	raw := make(chan []rawEvent, 16)
+	var reader sync.WaitGroup
+	reader.Go(func() { w.read(raw) })
+	defer func() {
+		w.Close() // ends the reader
+		for range raw {
+		}
+		reader.Wait()
+	}()
+	var pending *rawEvent // an IN_MOVED_FROM waiting for its IN_MOVED_TO
+	var pairTimer <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case err, ok := <-w.fsw.Errors:
-			if !ok {
-				return nil
-			}
-			if errors.Is(err, fsnotify.ErrEventOverflow) {
-				// Events were lost: resynchronise instead of restarting.
-				w.logger.Warn("inotify queue overflow; rescanning", "root", w.root)
-				if err := w.addTree(ctx, "", nil); err != nil {
+		case <-pairTimer:
+			pairTimer = nil
+			if pending != nil {
+				ev := *pending
+				pending = nil
+				if err := w.moveOut(ctx, ev, out); err != nil {
 					return err
 				}
-				out.rescan(ctx, "inotify overflow")
-				continue
 			}
-			w.logger.Warn("watcher error", "err", err)
-		case fe, ok := <-w.fsw.Events:
+		case evs := <-w.inject:
+			raw <- evs // behind what the kernel queued before
+		case evs, ok := <-raw:
 			if !ok {
 				return nil
 			}
-			if err := w.handle(ctx, fe, out); err != nil {
-				return err
+			for i := range evs {
+				ev := evs[i]
+				if pending != nil {
+					from := *pending
+					pending = nil
+					if ev.mask&unix.IN_MOVED_TO != 0 && ev.cookie == from.cookie {
+						if err := w.move(ctx, from, ev, out); err != nil {
+							return err
+						}
+						continue
+					}
+					if err := w.moveOut(ctx, from, out); err != nil {
+						return err
+					}
+				}
+				if ev.mask&unix.IN_MOVED_FROM != 0 {
+					pending = &ev
+					continue
+				}
+				if err := w.handle(ctx, ev, out); err != nil {
+					return err
+				}
+			}
+			pairTimer = nil
+			if pending != nil {
+				pairTimer = time.After(movePairWait)
 			}
 		}
 	}
 }
 
-func (w *Watcher) handle(ctx context.Context, fe fsnotify.Event, out sink) error {
-	r, err := filepath.Rel(w.root, fe.Name)
-	if err != nil || r == "." || strings.HasPrefix(r, "..") {
+// pathOf names the subject of ev; ok is false when its watch is no longer
+// known (events queued before a watch was removed).
+func (w *Watcher) pathOf(ev rawEvent) (string, bool) {
+	dir, ok := w.byWd[ev.wd]
+	if !ok {
+		return "", false
+	}
+	if ev.name == "" {
+		return dir, true
+	}
+	return joinRel(dir, ev.name), true
+}
+
+func (w *Watcher) handle(ctx context.Context, ev rawEvent, out sink) error {
+	switch {
+	case ev.mask&unix.IN_Q_OVERFLOW != 0:
+		// Events were lost, moves among them perhaps: rebuild the map
+		// and resynchronise instead of restarting.
+		w.logger.Warn("inotify queue overflow; rescanning", "root", w.root)
+		if err := w.resync(ctx); err != nil {
+			return err
+		}
+		out.rescan(ctx, "inotify overflow")
+		return nil
+	case ev.mask&unix.IN_IGNORED != 0:
+		if rel, ok := w.byWd[ev.wd]; ok {
+			if wt := w.byPath[rel]; wt.wd == ev.wd {
+				delete(w.byPath, rel)
+			}
+			delete(w.byWd, ev.wd)
+		}
 		return nil
 	}
-	rel := filepath.ToSlash(r)
-	ino, wasDir := w.dirs[rel]
+	rel, ok := w.pathOf(ev)
+	if !ok {
+		return nil
+	}
+	if ev.name == "" {
+		// An event of a watched directory about itself: its parent
+		// reports the same change by name, except for the root, whose
+		// replacement is not followed.
+		if rel == "" && ev.mask&(unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0 {
+			w.logger.Error("the source root was moved or deleted; changes under its new name are not followed", "root", w.root)
+		}
+		return nil
+	}
+	isDir := ev.mask&unix.IN_ISDIR != 0
 	switch {
-	case fe.Has(fsnotify.Create):
-		fi, err := os.Lstat(fe.Name)
-		if err != nil {
-			// Gone already: a removal event follows; still report the
-			// path so that a stale target copy is checked.
-			out.event(ctx, Event{Path: rel, Op: OpCreate})
+	case ev.mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
+		return w.created(ctx, rel, out)
+	case ev.mask&unix.IN_DELETE != 0:
+		wt, wasDir := w.byPath[rel]
+		if w.excluder.Excluded(rel, isDir || wasDir) {
 			return nil
-		}
-		if w.excluder.Excluded(rel, fi.IsDir()) {
-			return nil
-		}
-		if fi.IsDir() {
-			if wasDir {
-				w.dropTree(rel)
-			}
-			out.event(ctx, Event{Path: rel, Op: OpCreate, IsDir: true, Inode: inodeOf(fi)})
-			return w.addTree(ctx, rel, out)
-		}
-		out.event(ctx, Event{Path: rel, Op: OpCreate})
-	case fe.Has(fsnotify.Remove), fe.Has(fsnotify.Rename):
-		if w.excluder.Excluded(rel, wasDir) {
-			return nil
-		}
-		op := OpRemove
-		if fe.Has(fsnotify.Rename) {
-			op = OpRename
 		}
 		if wasDir {
 			w.dropTree(rel)
 		}
-		out.event(ctx, Event{Path: rel, Op: op, IsDir: wasDir, Inode: ino})
-	case fe.Has(fsnotify.Write):
+		out.event(ctx, Event{Path: rel, Op: OpRemove, IsDir: wasDir, Inode: wt.ino})
+	case ev.mask&(unix.IN_MODIFY|unix.IN_CLOSE_WRITE) != 0:
 		if w.excluder.Excluded(rel, false) {
 			return nil
 		}
 		out.event(ctx, Event{Path: rel, Op: OpWrite})
-	case fe.Has(fsnotify.Chmod):
-		if w.excluder.Excluded(rel, wasDir) {
+	case ev.mask&unix.IN_ATTRIB != 0:
+		if w.excluder.Excluded(rel, isDir) {
 			return nil
 		}
-		out.event(ctx, Event{Path: rel, Op: OpChmod, IsDir: wasDir})
+		out.event(ctx, Event{Path: rel, Op: OpChmod, IsDir: isDir})
 	}
 	return nil
+}
+
+// created handles a new name: a file or directory created or moved in.
+func (w *Watcher) created(ctx context.Context, rel string, out sink) error {
+	fi, err := os.Lstat(w.abs(rel))
+	if err != nil {
+		// Gone already: a removal event follows; still report the path
+		// so that a stale target copy is checked.
+		out.event(ctx, Event{Path: rel, Op: OpCreate})
+		return nil
+	}
+	if w.excluder.Excluded(rel, fi.IsDir()) {
+		return nil
+	}
+	if wt, wasDir := w.byPath[rel]; wasDir && (!fi.IsDir() || wt.ino != inodeOf(fi)) {
+		w.dropTree(rel) // replaced: its watches belong to a directory gone
+	}
+	if fi.IsDir() {
+		out.event(ctx, Event{Path: rel, Op: OpCreate, IsDir: true, Inode: inodeOf(fi)})
+		return w.addTree(ctx, rel, out)
+	}
+	out.event(ctx, Event{Path: rel, Op: OpCreate})
+	return nil
+}
+
+// moveOut handles an IN_MOVED_FROM whose IN_MOVED_TO never came: the
+// name left the tree (or its new name is not watched).
+func (w *Watcher) moveOut(ctx context.Context, from rawEvent, out sink) error {
+	rel, ok := w.pathOf(from)
+	if !ok {
+		return nil
+	}
+	wt, wasDir := w.byPath[rel]
+	if w.excluder.Excluded(rel, wasDir || from.mask&unix.IN_ISDIR != 0) {
+		return nil
+	}
+	if wasDir {
+		w.dropTree(rel)
+	}
+	out.event(ctx, Event{Path: rel, Op: OpRename, IsDir: wasDir, Inode: wt.ino})
+	return nil
+}
+
+// move handles a rename within the tree. A watched directory keeps its
+// watches: only their names change, and the moved subtree is walked again
+// for watches only, so that exclude rules anchored at the root apply at
+// its new place.
+func (w *Watcher) move(ctx context.Context, from, to rawEvent, out sink) error {
+	fromRel, fromOK := w.pathOf(from)
+	toRel, toOK := w.pathOf(to)
+	if !toOK {
+		return w.moveOut(ctx, from, out)
+	}
+	if !fromOK {
+		return w.created(ctx, toRel, out)
+	}
+	wt, wasDir := w.byPath[fromRel]
+	isDir := to.mask&unix.IN_ISDIR != 0
+	if !wasDir || !isDir || w.excluder.Excluded(toRel, true) {
+		// A file, or a directory we did not watch: the old name is gone,
+		// the new one is new.
+		if err := w.moveOut(ctx, from, out); err != nil {
+			return err
+		}
+		return w.created(ctx, toRel, out)
+	}
+	w.renameTree(fromRel, toRel)
+	if !w.excluder.Excluded(fromRel, true) {
+		out.event(ctx, Event{Path: fromRel, Op: OpRename, IsDir: true, Inode: wt.ino})
+	}
+	out.event(ctx, Event{Path: toRel, Op: OpCreate, IsDir: true, Inode: wt.ino})
+	return w.addTree(ctx, toRel, nil)
 }
 
 // parentOf returns the parent of a relative path, "" for top-level names.

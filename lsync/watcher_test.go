@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
 )
 
 type recordingSink struct {
@@ -47,19 +47,20 @@ func TestWatchLimitErrorNamesSysctl(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fsw, err := fsnotify.NewWatcher()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer fsw.Close()
-	w := &Watcher{root: root, fsw: fsw, dirs: map[string]uint64{}, logger: slog.New(slog.DiscardHandler)}
+	w := newWatcher(root, nil, slog.New(slog.DiscardHandler), fd)
+	defer w.Close()
 	added := 0
-	w.addWatch = func(p string) error {
+	add := w.addWatch
+	w.addWatch = func(p string) (int32, error) {
 		if added == 3 {
-			return &os.SyscallError{Syscall: "inotify_add_watch", Err: syscall.ENOSPC}
+			return -1, &os.SyscallError{Syscall: "inotify_add_watch", Err: syscall.ENOSPC}
 		}
 		added++
-		return fsw.Add(p)
+		return add(p)
 	}
 	err = w.addTree(context.Background(), "", nil)
 	var wl *WatchLimitError
@@ -81,6 +82,7 @@ func TestWatcherOverflowRescansAndNewDirsAreScanned(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
+	w.inject = make(chan []rawEvent)
 	sink := &recordingSink{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -124,7 +126,7 @@ func TestWatcherOverflowRescansAndNewDirsAreScanned(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Overflow: a rescan is requested, the watcher keeps running.
-	w.fsw.Errors <- fsnotify.ErrEventOverflow
+	w.inject <- []rawEvent{{wd: -1, mask: unix.IN_Q_OVERFLOW}}
 	for {
 		evs, rescans := sink.snapshot()
 		var seen bool
@@ -141,5 +143,74 @@ func TestWatcherOverflowRescansAndNewDirsAreScanned(t *testing.T) {
 	}
 	if w.WatchedDirs() != 3 {
 		t.Errorf("watching %d dirs, want 3", w.WatchedDirs())
+	}
+}
+
+// TestWatcherNamesEventsInMovedDirectories: after a directory moves, the
+// events of its subtree carry the new path (fsnotify kept reporting the
+// old one until the directory was watched again, and the target kept the
+// old names), and a directory moved out of the tree stops reporting.
+func TestWatcherNamesEventsInMovedDirectories(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	for _, d := range []string{"a/b", "gone/sub"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := NewWatcher(root, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &recordingSink{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, sink) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	mv := func(from, to string) {
+		t.Helper()
+		if err := os.Rename(from, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mv(filepath.Join(root, "a"), filepath.Join(root, "c"))
+	if err := os.WriteFile(filepath.Join(root, "c", "b", "new.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mv(filepath.Join(root, "gone"), filepath.Join(outside, "gone"))
+	if err := os.WriteFile(filepath.Join(outside, "gone", "sub", "outside.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "last.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs, _ := sink.snapshot()
+		seen := map[string]bool{}
+		for _, e := range evs {
+			seen[e.Op.String()+" "+e.Path] = true
+		}
+		if seen["create last.txt"] {
+			for _, want := range []string{"rename a", "create c", "create c/b/new.txt", "rename gone"} {
+				if !seen[want] {
+					t.Errorf("no %q event in %v", want, evs)
+				}
+			}
+			for _, e := range evs {
+				if strings.HasPrefix(e.Path, "a/") || strings.Contains(e.Path, "outside.txt") {
+					t.Errorf("stale or outside path reported: %+v", e)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events %v", evs)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -165,15 +165,7 @@ func (w *witnessServer) serve(l net.Listener) {
 	w.mu.Lock()
 	w.l = l
 	w.mu.Unlock()
-	w.wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	})
+	w.wg.Go(func() { acceptLoop(l, func(c net.Conn) { c.Close() }) })
 }
 
 func (w *witnessServer) stop() {
@@ -369,25 +361,13 @@ func testLogger(_ testing.TB, name string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 }
 
-func (n *testNode) role() string {
-	n.daemon.role.mu.Lock()
-	defer n.daemon.role.mu.Unlock()
-	return n.daemon.role.role
-}
+func (n *testNode) role() string { return n.daemon.role.Status().Role }
 
-func (n *testNode) reason() string {
-	n.daemon.role.mu.Lock()
-	defer n.daemon.role.mu.Unlock()
-	return n.daemon.role.reason
-}
+func (n *testNode) reason() string { return n.daemon.role.Status().Reason }
 
-func (n *testNode) cfg() ClusterConfig {
-	n.daemon.role.mu.Lock()
-	defer n.daemon.role.mu.Unlock()
-	return n.daemon.role.cfg
-}
+func (n *testNode) cfg() ClusterConfig { return *n.daemon.role.cfg.Load() }
 
-func (n *testNode) held() []string { return n.daemon.role.group.Held() }
+func (n *testNode) held() []string { return n.daemon.role.act.held() }
 
 func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
@@ -440,18 +420,13 @@ func dumpEvents(n *testNode) string {
 
 func getJSON(t testing.TB, n *testNode, path string, v any) int {
 	t.Helper()
-	resp, err := http.Get("http://" + n.daemon.HTTPAddr().String() + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	code, body := getText(t, n, path)
 	if v != nil {
-		if err := json.Unmarshal(b, v); err != nil {
-			t.Fatalf("%s: %v: %s", path, err, b)
+		if err := json.Unmarshal([]byte(body), v); err != nil {
+			t.Fatalf("%s: %v: %s", path, err, body)
 		}
 	}
-	return resp.StatusCode
+	return code
 }
 
 func getText(t testing.TB, n *testNode, path string) (int, string) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -22,32 +23,41 @@ type SyncTargetStatus struct {
 	Connected    bool      `json:"connected"`
 	PendingFiles int       `json:"pending_files"`
 	LastSync     time.Time `json:"last_sync,omitzero"`
+	// LastVerified is when a full comparison last found the target equal.
+	LastVerified time.Time `json:"last_verified,omitzero"`
 	LastError    string    `json:"last_error,omitempty"`
 }
 
-// SyncJob is a docroot sync job as the daemon runs it.
+// SyncJob is a docroot sync job as the daemon runs it (*lsync.Job). Run
+// is called again after it returned: the daemon restarts failed jobs.
 type SyncJob interface {
 	Name() string
 	Run(ctx context.Context) error
-	Targets() []SyncTargetStatus
+	Status() []lsync.TargetStatus
 }
 
-// ReplSupervisor is the MariaDB pair supervisor as the daemon runs it.
+// Database is this node's MariaDB pair as the daemon consumes it: the
+// replication supervisor (dbrepl's, wrapped by the cmd layer). It is the
+// one view of the database on this side: the daemon runs it, the role
+// manager reads our node's fence state and lag from Status, self-fences
+// with Fence, lifts exactly that fence with Unfence, and makes the writer's
+// supervisor the single decision-maker with SetActive.
 //
-// Decision-making: the supervisor runs on both nodes, but when the
-// implementation offers SetActive(bool) (dbrepl's does) the daemon calls it
-// with true only on the writer, so that a single node fences and
-// reintroduces automatically while the standby observes and mirrors the
-// writer's fences; the explicit Fence used for self-fencing acts in either
-// mode.
-type ReplSupervisor interface {
+// Fence must set a fence the supervisor lifts by itself once the database
+// has caught up (not a manual fence), so a self-fenced node is
+// reintroduced after the partition heals. Two supervisors on the same pair
+// could each fence a different node when both qualify within a few
+// milliseconds, so SetActive(true) is called only on the writer, and
+// SetActive(false) when it leaves that role; it is not called for a node
+// that starts and stays standby, so an implementation must start
+// inactive. Fence acts in either mode.
+type Database interface {
 	Run(ctx context.Context) error
 	Status() dbrepl.PairStatus
 	Fence(ctx context.Context, node, reason string) error
+	Unfence(ctx context.Context, node string) error
+	SetActive(active bool)
 }
-
-// activeSetter is the optional one-decision-maker switch of a supervisor.
-type activeSetter interface{ SetActive(active bool) }
 
 // DaemonConfig gathers what `lockstep run` composes.
 type DaemonConfig struct {
@@ -55,7 +65,7 @@ type DaemonConfig struct {
 	Listen  string
 	Cluster *ClusterConfig
 	Sync    []SyncJob
-	Repl    ReplSupervisor // nil when the file has no repl section
+	Repl    Database // nil when the file has no repl section
 	// Registry receives the orchestrator's metrics and serves /metrics;
 	// give the same one to the sync jobs and the supervisor.
 	Registry *prometheus.Registry
@@ -73,8 +83,6 @@ type Daemon struct {
 	ready      chan struct{}
 	httpAddr   net.Addr
 	agentAddr  net.Addr
-	runCtx     context.Context
-	witnessWG  *sync.WaitGroup
 	reloadMu   sync.Mutex
 	runningCfg ClusterConfig
 }
@@ -110,15 +118,7 @@ func NewDaemon(c DaemonConfig) (*Daemon, error) {
 		Events: d.events, Metrics: d.metrics, Logger: c.Logger,
 	}
 	if c.Repl != nil {
-		rc.Fencer, rc.Repl = c.Repl, c.Repl
-		if as, ok := c.Repl.(activeSetter); ok {
-			var mu sync.Mutex
-			rc.OnRole = func(role string) {
-				mu.Lock()
-				defer mu.Unlock()
-				as.SetActive(role == RoleWriter)
-			}
-		}
+		rc.DB = c.Repl
 	}
 	if d.role, err = NewRoleManager(rc); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
@@ -172,10 +172,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if al != nil {
 		serveWG.Go(func() { d.serveAgent(al) })
 	}
-	d.runCtx = ctx
-	d.witnessWG = &sync.WaitGroup{}
 	close(d.ready)
-	d.events.Add(EventSupervisor, fmt.Sprintf("lockstep run started on node %s: http %s, heartbeats %s", d.cfg.Node, d.httpAddr, d.role.self.Address))
+	d.events.Add(EventSupervisor, fmt.Sprintf("lockstep run started on node %s: http %s, heartbeats %s", d.cfg.Node, d.httpAddr, d.role.Addr()))
 
 	var wg sync.WaitGroup
 	wg.Go(func() { d.supervise(ctx, "role manager", d.role.Run) })
@@ -186,7 +184,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 		wg.Go(func() { d.supervise(ctx, "replication supervisor", d.cfg.Repl.Run) })
 	}
 	wg.Wait()
-	d.witnessWG.Wait()
 
 	// HTTP stays up until everything is released, so the balancer sees
 	// "drain" during the release and a closed port after it.
@@ -273,7 +270,7 @@ func (d *Daemon) Reload(node, listen string, c *ClusterConfig) error {
 		d.events.Warn(EventReload, err.Error())
 		return err
 	}
-	notes = append(notes, d.role.Reload(d.runCtx, d.witnessWG, c, key, resources)...)
+	notes = append(notes, d.role.Reload(c, key, resources)...)
 	if len(notes) == 0 {
 		notes = append(notes, "cluster timing and failback settings applied (no other change)")
 	}

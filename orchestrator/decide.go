@@ -16,20 +16,51 @@ const (
 	RoleFenced  = "fenced"
 )
 
+// observation is what this node's sources saw at one instant: the inputs
+// of a role decision that do not come from our own role state. Each field
+// group has one source, which keeps its own state under its own lock (or
+// none) and is asked for a copy once per decision; decide never sees a
+// lock. Today's sources:
+//
+//   - heartbeats (observer: peers, lastHeard, startedAt),
+//   - witnesses (observer's probers: the witness* fields),
+//   - the replication supervisor (Database: the db* fields).
+//
+// A quorum arbiter (e.g. an etcd lease) plugs in the same way: one more
+// field group here holding its verdict, filled by its own goroutine next
+// to the witness probers and copied by observe; the rules that use it go
+// in decide and its table test. Neither the role loop nor the actor
+// changes, and no lock is added around the role state.
+type observation struct {
+	now time.Time
+
+	// Heartbeats.
+	startedAt time.Time // we listen for heartbeats since then
+	lastHeard time.Time // newest valid heartbeat from any peer
+	peers     []peerView
+
+	// Witnesses.
+	witnessConfigured bool
+	witnessSeen       bool
+	witnessNames      string
+
+	// Our own database, as the replication supervisor reports it.
+	dbFenced bool
+	dbReason string
+}
+
 // view is everything a role decision depends on, captured at one instant
-// so that decide is a pure function (and unit-testable).
+// so that decide is a pure function (and unit-testable): the observation
+// plus this node's own role state, which only the role loop changes.
 type view struct {
-	now       time.Time
+	observation
 	cfg       ClusterConfig
 	self      string
 	preferred string // lowest configured name: cold-start winner and auto_failback home
 	role      string
 	decided   bool
-	startedAt time.Time
 
 	writerSince   time.Time
-	dbFenced      bool
-	dbReason      string
 	dbFencedSince time.Time
 	failHold      bool // a recent failed acquisition makes us ineligible
 	// wasIsolated: we fenced ourselves and have not heard a peer since.
@@ -37,12 +68,6 @@ type view struct {
 	// again is no reason to take over from a peer we still cannot hear.
 	wasIsolated bool
 	selfFenced  bool // our database carries our own self-fence
-
-	witnessConfigured bool
-	witnessSeen       bool
-	witnessNames      string
-
-	peers []peerView
 }
 
 type peerView struct {
@@ -70,6 +95,8 @@ type decision struct {
 	decided bool
 	// waiting explains why a takeover is held back (logged once).
 	waiting string
+	// unfence: lift our own self-fence of the database (the role stays).
+	unfence bool
 }
 
 // decide computes the role this node should have. Rules, in order:
@@ -84,7 +111,44 @@ type decision struct {
 //     database is not fenced (or takeover_wait expired), and it has heard
 //     a peer since it last fenced itself.
 //  7. Live peers, no writer: the lowest-named eligible node takes over.
+//
+// When the role stays, it also says whether to lift our own database
+// self-fence (see ownFenceLiftable).
 func decide(v view) decision {
+	d := decideRole(v)
+	d.unfence = d.role == v.role && ownFenceLiftable(v)
+	return d
+}
+
+// ownFenceLiftable: our own fence (maybe from before a restart) is lifted
+// only once a peer is back for a moment; the witness alone is not enough,
+// the peer's database may be the writable one.
+func ownFenceLiftable(v view) bool {
+	if v.role == RoleFenced || !v.selfFenced && !(v.dbFenced && strings.HasPrefix(v.dbReason, selfFencePrefix)) {
+		return false
+	}
+	for _, p := range v.peers {
+		if p.alive && p.aliveFor >= 2*v.cfg.Keepalive {
+			return true
+		}
+	}
+	return false
+}
+
+// eligible is what this node announces in its heartbeat: it may take the
+// writer role now.
+func eligible(s roleSnapshot, dbFenced bool, now time.Time) bool {
+	return s.role == RoleStandby && !s.draining && !s.leaving && !dbFenced && !now.Before(s.failHoldUntil)
+}
+
+// failBackoff is how long a node whose resource start failed stays
+// ineligible: twice the previous hold, at least 2 x deadtime, at most a
+// minute, so a broken resource does not bounce the role between nodes.
+func failBackoff(prev, deadtime time.Duration) time.Duration {
+	return min(max(2*prev, 2*deadtime), time.Minute)
+}
+
+func decideRole(v view) decision {
 	d := decision{role: v.role, decided: v.decided}
 	cfg := v.cfg
 	allDead := true

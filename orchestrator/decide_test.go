@@ -16,9 +16,9 @@ func testCfg() ClusterConfig {
 func baseView(role string, peers ...peerView) view {
 	now := time.Now()
 	return view{
-		now: now, cfg: testCfg(), self: "b", preferred: "a", role: role, decided: true,
-		startedAt: now.Add(-time.Minute), witnessConfigured: true, witnessSeen: true, witnessNames: "tcp://w",
-		peers: peers,
+		observation: observation{now: now, startedAt: now.Add(-time.Minute),
+			witnessConfigured: true, witnessSeen: true, witnessNames: "tcp://w", peers: peers},
+		cfg: testCfg(), self: "b", preferred: "a", role: role, decided: true,
 	}
 }
 
@@ -175,6 +175,92 @@ func TestDecideElectionAgreement(t *testing.T) {
 		}
 		if writers != 1 {
 			t.Fatalf("fencedA=%v: %d writers elected", fencedA, writers)
+		}
+	}
+}
+
+// The role stays; decide also says when to lift our own database fence.
+func TestDecideUnfence(t *testing.T) {
+	tests := []struct {
+		name string
+		v    view
+		want bool
+	}{
+		{"self-fenced, peer back for a while: lift", func() view {
+			v := baseView(RoleStandby, alivePeer("a", RoleWriter, false))
+			v.selfFenced = true
+			return v
+		}(), true},
+		{"our fence from before a restart, peer back: lift", func() view {
+			v := baseView(RoleStandby, alivePeer("a", RoleWriter, false))
+			v.dbFenced, v.dbReason = true, selfFencePrefix+"isolated"
+			return v
+		}(), true},
+		{"someone else's fence: keep", func() view {
+			v := baseView(RoleStandby, alivePeer("a", RoleWriter, false))
+			v.dbFenced, v.dbReason = true, "lag 7s over max_lag 5s"
+			return v
+		}(), false},
+		{"peer back only a moment ago: keep", func() view {
+			v := baseView(RoleStandby, alivePeer("a", RoleWriter, false))
+			v.selfFenced, v.peers[0].aliveFor = true, v.cfg.Keepalive
+			return v
+		}(), false},
+		{"witness back but no peer: keep", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleWriter, time.Minute))
+			v.selfFenced, v.wasIsolated = true, true
+			return v
+		}(), false},
+		{"still fenced: keep", func() view {
+			v := baseView(RoleFenced, silentPeer("a", RoleWriter, time.Minute))
+			v.selfFenced, v.witnessSeen = true, false
+			return v
+		}(), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := decide(tc.v)
+			if d.unfence != tc.want {
+				t.Fatalf("unfence %v, want %v (role %s, reason %q)", d.unfence, tc.want, d.role, d.reason)
+			}
+		})
+	}
+}
+
+func TestEligible(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name     string
+		s        roleSnapshot
+		dbFenced bool
+		want     bool
+	}{
+		{"standby", roleSnapshot{role: RoleStandby}, false, true},
+		{"writer", roleSnapshot{role: RoleWriter}, false, false},
+		{"fenced", roleSnapshot{role: RoleFenced}, false, false},
+		{"draining", roleSnapshot{role: RoleStandby, draining: true}, false, false},
+		{"leaving", roleSnapshot{role: RoleStandby, leaving: true}, false, false},
+		{"database fenced", roleSnapshot{role: RoleStandby}, true, false},
+		{"holding down after a failed start", roleSnapshot{role: RoleStandby, failHoldUntil: now.Add(time.Second)}, false, false},
+		{"hold-down over", roleSnapshot{role: RoleStandby, failHoldUntil: now}, false, true},
+	}
+	for _, tc := range tests {
+		if got := eligible(tc.s, tc.dbFenced, now); got != tc.want {
+			t.Errorf("%s: eligible %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestFailBackoff(t *testing.T) {
+	deadtime := time.Second
+	for _, tc := range []struct{ prev, want time.Duration }{
+		{0, 2 * time.Second},
+		{2 * time.Second, 4 * time.Second},
+		{40 * time.Second, time.Minute},
+		{time.Minute, time.Minute},
+	} {
+		if got := failBackoff(tc.prev, deadtime); got != tc.want {
+			t.Errorf("after %s: %s, want %s", tc.prev, got, tc.want)
 		}
 	}
 }

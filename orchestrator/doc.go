@@ -2,6 +2,28 @@
 // composes the sync jobs and the replication supervisor and decides, with
 // its peers, which node is the writer holding the ordered resource group.
 //
+// # Structure
+//
+// The role manager (rolemanager.go) is one loop around three parts, and
+// the role state has one owner: the goroutine running that loop.
+//
+//   - The observer (observer.go) owns the heartbeat peers and the witness
+//     probers; once per decision it copies them into an observation.
+//   - decide (decide.go) is a pure function from an observation and the
+//     role state to a decision (role, reason, lifting our own fence);
+//     every rule is covered by its table test.
+//   - The actor (actor.go) carries a decision out: the resource group
+//     started left to right and released right to left, the VIP among
+//     the resources, the database fence and unfence.
+//   - The loop publishes a copy of the role state after each change; the
+//     heartbeat sender and Status read it, and the HTTP layer (http.go)
+//     sees only the RoleStatus value, never the live state.
+//   - The database is one interface, Database (daemon.go): run, status,
+//     fence, unfence, and the one-decision-maker switch.
+//   - A quorum arbiter (e.g. etcd) is meant to be one more source of
+//     observations: a field group in observation filled by its own
+//     goroutine and read by decide, not another layer of locks.
+//
 // # Heartbeats
 //
 // Every keepalive each node sends every peer one UDP datagram: magic,
@@ -49,15 +71,15 @@
 //
 // # Replication supervisor
 //
-// Both nodes run the replication supervisor for the same pair. A
-// supervisor that implements SetActive(bool) is told whether this node is
-// the writer: SetActive(true) when it takes the writer role, false when it
-// leaves it (it is not called for a node that starts and stays standby, so
-// such a supervisor must start inactive). The writer's supervisor is then
-// the single automatic decision-maker, and the standby's only observes;
-// with no writer, nobody fences automatically. The self-fence uses the
-// supervisor's Fence (which acts in either mode) with a reason starting
-// with "lockstep self-fence: "; the daemon lifts exactly that fence
-// (Unfence) when the node is no longer isolated, also after a restart,
-// and leaves the writer's supervisor to fence it again while it is behind.
+// Both nodes run the replication supervisor for the same pair. The daemon
+// tells it whether this node is the writer: SetActive(true) when it takes
+// the writer role, false when it leaves it (it is not called for a node
+// that starts and stays standby, so the supervisor must start inactive).
+// The writer's supervisor is then the single automatic decision-maker,
+// and the standby's only observes; with no writer, nobody fences
+// automatically. The self-fence uses the supervisor's Fence (which acts
+// in either mode) with a reason starting with "lockstep self-fence: ";
+// the daemon lifts exactly that fence (Unfence) when the node is no
+// longer isolated, also after a restart, and leaves the writer's
+// supervisor to fence it again while it is behind.
 package orchestrator

@@ -36,26 +36,20 @@ func NewExec(script string, timeout time.Duration) *Exec {
 func (e *Exec) Name() string { return e.script }
 func (e *Exec) Kind() string { return "exec" }
 
-func (e *Exec) Start(ctx context.Context) error {
-	code, out, err := e.run(ctx, "start")
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		return fmt.Errorf("%s start exited %d%s", e.script, code, out)
-	}
-	return nil
-}
+func (e *Exec) Start(ctx context.Context) error { return e.act(ctx, "start") }
 
 // Stop follows LSB: stopping a stopped service exits 0. We trust that and
 // fail on any other code, so a broken stop script is visible.
-func (e *Exec) Stop(ctx context.Context) error {
-	code, out, err := e.run(ctx, "stop")
+func (e *Exec) Stop(ctx context.Context) error { return e.act(ctx, "stop") }
+
+// act runs start or stop, for which LSB knows only success (0).
+func (e *Exec) act(ctx context.Context, action string) error {
+	code, out, err := e.run(ctx, action)
 	if err != nil {
 		return err
 	}
 	if code != 0 {
-		return fmt.Errorf("%s stop exited %d%s", e.script, code, out)
+		return fmt.Errorf("%s %s exited %d%s", e.script, action, code, out)
 	}
 	return nil
 }

@@ -114,7 +114,7 @@ func TestClusterPartitionSelfFencesBeforeTakeover(t *testing.T) {
 		return a.role() == RoleFenced && len(a.held()) == 0 && len(b.held()) == 2
 	})
 	fencedAt := eventTime(t, a, "role writer -> fenced")
-	releasedAt := eventTime(t, a, "stopped "+a.daemon.role.group.resources[0].Name())
+	releasedAt := eventTime(t, a, "stopped "+a.daemon.role.act.group.Load().resources[0].Name())
 	tookAt := eventTime(t, b, "role standby -> writer")
 	t.Logf("a fenced %s and released %s after the cut; b took over %s after the cut",
 		fencedAt.Sub(cut).Round(time.Millisecond), releasedAt.Sub(cut).Round(time.Millisecond), tookAt.Sub(cut).Round(time.Millisecond))
@@ -296,7 +296,7 @@ func TestClusterForgedAndReplayedHeartbeatsIgnored(t *testing.T) {
 	forged := []byte(strings.Replace(string(captured[len(captured)-1]), `"role":"standby"`, `"role":"writer"`, 1))
 	send(forged)
 	// Validly signed but ancient (e.g. recorded long ago).
-	old, _ := encodeHeartbeat(a.daemon.role.key, &Heartbeat{Node: "b", Boot: 12345, Seq: 1, Time: time.Now().Add(-time.Hour).UnixNano(), Role: RoleWriter})
+	old, _ := encodeHeartbeat(a.daemon.role.obs.key, &Heartbeat{Node: "b", Boot: 12345, Seq: 1, Time: time.Now().Add(-time.Hour).UnixNano(), Role: RoleWriter})
 	send(old)
 	// a's own datagram reflected back to it.
 	own := tc.relays["a->b"].captured()

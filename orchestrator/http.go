@@ -62,74 +62,49 @@ type Status struct {
 	GeneratedAt time.Time          `json:"generated_at"`
 }
 
-// Health decides whether this node should receive traffic.
-func (d *Daemon) Health() Health {
-	rm := d.role
-	fenced, dbReason, _, _ := rm.dbState()
-	var dbErr string
-	if d.cfg.Repl != nil && rm.self.DB != "" {
-		for _, n := range d.cfg.Repl.Status().Nodes {
-			if n.Name == rm.self.DB && !n.Reachable && !n.ObservedAt.IsZero() {
-				dbErr = n.Error
-				if dbErr == "" {
-					dbErr = "unreachable"
-				}
-			}
-		}
-	}
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
+// health decides whether this node should receive traffic.
+func health(rs RoleStatus) Health {
 	h := Health{}
 	switch {
-	case rm.draining || rm.leaving:
+	case rs.Draining || rs.Leaving:
 		h.Agent, h.Reason = AgentDrain, "draining: releasing resources"
-	case rm.role == RoleFenced:
-		h.Agent, h.Reason = AgentMaint, "fenced: "+rm.reason
-	case !rm.decided:
+	case rs.Role == RoleFenced:
+		h.Agent, h.Reason = AgentMaint, "fenced: "+rs.Reason
+	case !rs.Decided:
 		h.Agent, h.Reason = AgentDown, "starting: waiting for peers"
-	case fenced:
-		h.Agent, h.Reason = AgentDown, fmt.Sprintf("database %s fenced (out of sync): %s", rm.self.DB, dbReason)
-	case dbErr != "":
-		h.Agent, h.Reason = AgentDown, fmt.Sprintf("database %s: %s", rm.self.DB, dbErr)
+	case rs.DBFenced:
+		h.Agent, h.Reason = AgentDown, fmt.Sprintf("database %s fenced (out of sync): %s", rs.DB, rs.DBReason)
+	case rs.DBUnreachable != "":
+		h.Agent, h.Reason = AgentDown, fmt.Sprintf("database %s: %s", rs.DB, rs.DBUnreachable)
 	default:
-		h.OK, h.Agent, h.Reason = true, AgentUp, rm.role
+		h.OK, h.Agent, h.Reason = true, AgentUp, rs.Role
 	}
+	return h
+}
+
+// Health decides whether this node should receive traffic.
+func (d *Daemon) Health() Health {
+	h := health(d.role.Status())
 	d.metrics.healthy.Set(b2f(h.OK))
 	return h
 }
 
 // Status assembles the /status document.
 func (d *Daemon) Status() Status {
-	h := d.Health()
-	rm := d.role
-	now := time.Now()
-	st := Status{Health: h, GeneratedAt: now, Sync: []SyncTargetStatus{}}
-	rm.mu.Lock()
-	st.Node, st.Role, st.RoleSince, st.RoleReason = rm.self.Name, rm.role, rm.roleSince, rm.reason
-	st.Draining, st.Decided, st.DB = rm.draining, rm.decided, rm.self.DB
-	for _, name := range rm.peerNames() {
-		p := rm.peers[name]
-		ps := PeerStatus{Name: name, Address: p.cfg.Address, Alive: p.alive, LastHeartbeat: p.lastValid, From: p.from}
-		if p.hb != nil {
-			ps.Role, ps.Eligible, ps.DBFenced, ps.Resources = p.hb.Role, p.hb.Eligible, p.hb.DBFenced, p.hb.Resources
-		}
-		if len(p.rejected) > 0 {
-			ps.Rejected = map[string]int{}
-			for k, v := range p.rejected {
-				ps.Rejected[k] = v
-			}
-		}
-		st.Peers = append(st.Peers, ps)
+	rs := d.role.Status()
+	h := health(rs)
+	d.metrics.healthy.Set(b2f(h.OK))
+	st := Status{
+		Node: rs.Node, Role: rs.Role, RoleSince: rs.RoleSince, RoleReason: rs.Reason,
+		Draining: rs.Draining, Decided: rs.Decided, Health: h, DB: rs.DB,
+		Peers: rs.Peers, Witnesses: rs.Witnesses, Resources: rs.Resources,
+		Sync: []SyncTargetStatus{}, GeneratedAt: time.Now(),
 	}
-	st.Witnesses = []WitnessStatus{}
-	for _, w := range rm.witnesses {
-		st.Witnesses = append(st.Witnesses, w.status(now, rm.cfg.Deadtime))
-	}
-	group := rm.group
-	rm.mu.Unlock()
-	st.Resources = group.Status()
 	for _, j := range d.cfg.Sync {
-		st.Sync = append(st.Sync, j.Targets()...)
+		for _, t := range j.Status() {
+			st.Sync = append(st.Sync, SyncTargetStatus{Job: t.Job, Target: t.Target, Connected: t.Connected,
+				PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastVerified: t.LastVerified, LastError: t.LastError})
+		}
 	}
 	if d.cfg.Repl != nil {
 		ps := d.cfg.Repl.Status()
@@ -171,13 +146,21 @@ func (d *Daemon) Handler() http.Handler {
 
 // serveAgent answers every connection with one agent-check line.
 func (d *Daemon) serveAgent(l net.Listener) {
+	acceptLoop(l, func(c net.Conn) {
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.Write([]byte(d.Health().Agent + "\n"))
+		c.Close()
+	})
+}
+
+// acceptLoop hands each connection to handle, one at a time, until the
+// listener is closed: its owner stops it by closing l.
+func acceptLoop(l net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = c.Write([]byte(d.Health().Agent + "\n"))
-		c.Close()
+		handle(c)
 	}
 }

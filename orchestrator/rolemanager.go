@@ -10,34 +10,11 @@ import (
 	"net"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/lockstep-ha/lockstep/dbrepl"
 )
-
-// Fencer makes a database read-only. The replication supervisor
-// implements it; the fence must be one it lifts by itself once the
-// database has caught up (not a manual fence), so a self-fenced node is
-// reintroduced after the partition heals.
-type Fencer interface {
-	Fence(ctx context.Context, node, reason string) error
-}
-
-// Unfencer lifts a fence. When the Fencer also implements it, a node
-// leaving the self-fenced role lifts its own fence and leaves the rest to
-// the supervisor, which fences again while the database is behind and
-// reintroduces it once caught up.
-type Unfencer interface {
-	Unfence(ctx context.Context, node string) error
-}
-
-// ReplStatus reports the pair's state (own database fenced, lag).
-type ReplStatus interface {
-	Status() dbrepl.PairStatus
-}
 
 // reasonStarting is the role reason until the first decision.
 const reasonStarting = "starting"
@@ -51,62 +28,63 @@ const selfFencePrefix = "lockstep self-fence: "
 // without releasing anything or saying goodbye: a simulated kill -9.
 var errCrash = errors.New("simulated crash")
 
-// RoleManager runs the heartbeat protocol and decides this node's role.
+// RoleManager decides this node's role and holds the resources while it
+// is the writer. It composes three parts around one loop:
+//
+//   - the observer (observer.go) owns the heartbeat peers and the
+//     witnesses and hands the loop an observation;
+//   - decide (decide.go) turns an observation plus the role state into a
+//     decision, a pure function;
+//   - the actor (actor.go) carries the decision out: resources, fences.
+//
+// The role state has one owner, the goroutine running Run; it publishes
+// a copy after every change, which the heartbeat sender and Status read
+// without a lock.
 type RoleManager struct {
-	self    NodeConfig
-	logger  *slog.Logger
-	events  *EventLog
-	metrics *Metrics
-	fencer  Fencer     // nil: no database to fence
-	repl    ReplStatus // nil: no replication supervisor
-	// onRole is called (from the decider goroutine) after each role change.
-	onRole func(role string)
+	self      NodeConfig
+	preferred string // lowest configured node name
+	logger    *slog.Logger
+	events    *EventLog
+	metrics   *Metrics
+	db        Database // nil: no replication supervisor
+	obs       *observer
+	act       *actor
+	boot      uint64
 
-	roleCh  chan string   // role changes for onRole
-	wake    chan struct{} // heartbeat received: decide now
+	// cfg is swapped whole by Reload; everyone reads a consistent copy.
+	cfg  atomic.Pointer[ClusterConfig]
+	conn atomic.Pointer[net.UDPConn] // bound by Bind, taken by Run
+	seq  atomic.Uint64               // heartbeat sequence within boot
+	snap atomic.Pointer[roleSnapshot]
+
+	roleCh  chan string   // role changes for db.SetActive
 	sendNow chan struct{} // role changed: tell peers now
 
-	mu            sync.Mutex
-	conn          *net.UDPConn // bound by Bind, taken by Run
-	cfg           ClusterConfig
-	key           *Key
-	peers         map[string]*peerState
-	witnesses     []*Witness
-	stopWitnesses func()
-	group         *Group
-	pendingGroup  *Group
-	role          string
-	roleSince     time.Time
-	reason        string
-	writerSince   time.Time
-	draining      bool
-	leaving       bool
-	decided       bool
-	startedAt     time.Time
-	failHoldUntil time.Time
-	wasIsolated   bool // self-fenced, no peer heard since
-	failBackoff   time.Duration
-	dbFencedSince time.Time
-	lastWaiting   string
-	selfFenced    bool // our database is fenced by our own self-fence
-	witnessState  string
-	boot          uint64
-	seq           uint64
-	rejectLog     map[string]time.Time
+	// state is touched only by the goroutine running Run (one at a time:
+	// the daemon restarts Run sequentially), so it needs no lock.
+	state roleState
 }
 
-type peerState struct {
-	cfg        NodeConfig
-	addr       *net.UDPAddr
-	guard      replayGuard
-	heard      bool
-	lastValid  time.Time
-	aliveSince time.Time
-	alive      bool
-	hb         *Heartbeat
-	from       string
-	authFailAt time.Time
-	rejected   map[string]int
+// roleSnapshot is the part of the role state others may read.
+type roleSnapshot struct {
+	role          string
+	reason        string
+	roleSince     time.Time
+	writerSince   time.Time
+	failHoldUntil time.Time
+	decided       bool
+	draining      bool
+	leaving       bool
+}
+
+// roleState is the role loop's memory between decisions.
+type roleState struct {
+	roleSnapshot
+	failBackoff   time.Duration
+	isolatedAt    time.Time // when we last fenced ourselves
+	selfFenced    bool      // our database carries our own self-fence
+	dbFencedSince time.Time
+	lastWaiting   string
 }
 
 // RoleManagerConfig gathers a RoleManager's dependencies.
@@ -115,9 +93,7 @@ type RoleManagerConfig struct {
 	Cluster   *ClusterConfig
 	Key       *Key
 	Resources []Resource
-	Fencer    Fencer
-	Repl      ReplStatus
-	OnRole    func(role string)
+	DB        Database // nil: no database to fence or watch
 	Events    *EventLog
 	Metrics   *Metrics
 	Logger    *slog.Logger
@@ -126,89 +102,94 @@ type RoleManagerConfig struct {
 // NewRoleManager checks that the node is a cluster member.
 func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 	rm := &RoleManager{
-		logger:    c.Logger.With("component", "role"),
-		events:    c.Events,
-		metrics:   c.Metrics,
-		fencer:    c.Fencer,
-		repl:      c.Repl,
-		onRole:    c.OnRole,
-		wake:      make(chan struct{}, 1),
-		roleCh:    make(chan string, 1),
-		sendNow:   make(chan struct{}, 1),
-		cfg:       *c.Cluster,
-		key:       c.Key,
-		peers:     map[string]*peerState{},
-		role:      RoleStandby,
-		roleSince: time.Now(),
-		reason:    reasonStarting,
-		rejectLog: map[string]time.Time{},
+		logger:  c.Logger.With("component", "role"),
+		events:  c.Events,
+		metrics: c.Metrics,
+		db:      c.DB,
+		roleCh:  make(chan string, 1),
+		sendNow: make(chan struct{}, 1),
 	}
+	cfg := *c.Cluster
+	rm.cfg.Store(&cfg)
 	found := false
+	var names []string
 	for _, n := range c.Cluster.Nodes {
+		names = append(names, n.Name)
 		if n.Name == c.Node {
 			rm.self, found = n, true
-			continue
 		}
-		rm.peers[n.Name] = &peerState{cfg: n, rejected: map[string]int{}}
 	}
 	if !found {
-		var names []string
-		for _, n := range c.Cluster.Nodes {
-			names = append(names, n.Name)
-		}
 		return nil, fmt.Errorf("node %q is not listed in cluster.nodes (%s)", c.Node, strings.Join(names, ", "))
 	}
-	rm.group = NewGroup(c.Resources, c.Events, c.Metrics)
+	rm.preferred = slices.Min(names)
+	rm.obs = newObserver(c.Node, &rm.cfg, c.Key, rm.logger, c.Events, c.Metrics)
+	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
 	rm.boot = binary.BigEndian.Uint64(b[:]) | 1
+	rm.state.role, rm.state.roleSince, rm.state.reason = RoleStandby, time.Now(), reasonStarting
+	rm.publish()
 	c.Metrics.setRole(RoleStandby)
 	return rm, nil
 }
 
+// publish makes the role state visible to the sender and to Status.
+func (rm *RoleManager) publish() {
+	s := rm.state.roleSnapshot
+	rm.snap.Store(&s)
+}
+
+// Addr is the heartbeat address of this node.
+func (rm *RoleManager) Addr() string { return rm.self.Address }
+
 // Run binds the heartbeat socket and runs until ctx ends. On a normal
 // shutdown it releases the resources right to left (the database is left
 // as it is) and tells its peers it left, so that they take over at once.
+// Every goroutine it starts ends before it returns.
 func (rm *RoleManager) Run(ctx context.Context) error {
-	rm.mu.Lock()
-	conn := rm.conn
-	rm.conn = nil
-	rm.mu.Unlock()
+	conn := rm.conn.Swap(nil)
 	if conn == nil {
 		var err error
 		if conn, err = rm.bind(); err != nil {
 			return err
 		}
 	}
-	if len(rm.cfg.Witness) == 0 {
+	if len(rm.cfg.Load().Witness) == 0 {
 		rm.events.Warn(EventWitness, "no witness configured: a partitioned writer cannot tell isolation from a dead peer and will not fence itself; set cluster.witness")
 	}
-	if err := rm.group.ReleaseLeftovers(ctx); err != nil {
-		rm.events.Warn(EventResource, fmt.Sprintf("startup cleanup: %v", err))
-	}
+	rm.act.releaseLeftovers(ctx)
 
 	var wg sync.WaitGroup
+	// A reload before this Run installed its witnesses already; the
+	// fresh set below reads the same configuration.
+	select {
+	case <-rm.obs.witnessesChanged:
+	default:
+	}
+	rm.obs.installWitnesses()
 	witnessCtx, stopWitnesses := context.WithCancel(ctx)
-	rm.startWitnesses(witnessCtx, &wg)
-	wg.Go(func() { rm.receive(conn) })
+	wg.Go(func() { rm.obs.runWitnesses(witnessCtx) })
+	wg.Go(func() { rm.obs.receive(conn) })
+	// The notifier and the sender outlive ctx: shutdown still changes the
+	// role and says goodbye.
 	notifyCtx, stopNotify := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopNotify()
-	if rm.onRole != nil {
+	if rm.db != nil {
 		wg.Go(func() { rm.notifyRoles(notifyCtx) })
 	}
 	// The startup wait counts from here: leftovers are released and we
 	// listen, so peers heard from now on are heard in time.
-	rm.mu.Lock()
-	rm.startedAt = time.Now()
-	rm.decided = false
-	rm.leaving = false
-	rm.mu.Unlock()
+	rm.obs.start(time.Now())
+	rm.state.decided = false
+	rm.state.leaving = false
+	rm.publish()
 	senderCtx, stopSender := context.WithCancel(context.WithoutCancel(ctx))
 	wg.Go(func() { rm.sendLoop(senderCtx, conn) })
 
-	rm.decideLoop(ctx)
+	rm.loop(ctx)
 
 	if !errors.Is(context.Cause(ctx), errCrash) {
 		rm.shutdown(conn)
@@ -216,11 +197,6 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	stopSender()
 	stopNotify()
 	stopWitnesses()
-	rm.mu.Lock()
-	if rm.stopWitnesses != nil {
-		rm.stopWitnesses()
-	}
-	rm.mu.Unlock()
 	conn.Close()
 	wg.Wait()
 	return nil
@@ -233,18 +209,15 @@ func (rm *RoleManager) Bind() error {
 	if err != nil {
 		return err
 	}
-	rm.mu.Lock()
-	rm.conn = conn
-	rm.mu.Unlock()
+	if old := rm.conn.Swap(conn); old != nil {
+		old.Close()
+	}
 	return nil
 }
 
 func (rm *RoleManager) unbind() {
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
-	if rm.conn != nil {
-		rm.conn.Close()
-		rm.conn = nil
+	if c := rm.conn.Swap(nil); c != nil {
+		c.Close()
 	}
 }
 
@@ -260,58 +233,62 @@ func (rm *RoleManager) bind() (*net.UDPConn, error) {
 	return conn, nil
 }
 
+// notifyRoles tells the supervisor, outside the role loop, whether this
+// node is the writer: a slow SetActive must not delay a failover.
 func (rm *RoleManager) notifyRoles(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case role := <-rm.roleCh:
-			rm.onRole(role)
+			rm.db.SetActive(role == RoleWriter)
 		}
 	}
 }
 
-func (rm *RoleManager) decideLoop(ctx context.Context) {
-	rm.mu.Lock()
-	tick := max(rm.cfg.Keepalive/4, 10*time.Millisecond)
-	rm.mu.Unlock()
-	t := time.NewTicker(tick)
+// loop decides every quarter keepalive, and at once when a peer announces
+// a change, until ctx ends.
+func (rm *RoleManager) loop(ctx context.Context) {
+	tick := func() time.Duration { return max(rm.cfg.Load().Keepalive/4, 10*time.Millisecond) }
+	every(ctx, tick, rm.obs.wake, func() { rm.evaluate(ctx) })
+}
+
+// every runs fn each period, and at once on poke, until ctx ends. The
+// period is read again after each run, so a reloaded keepalive applies
+// without a restart.
+func every(ctx context.Context, period func() time.Duration, poke <-chan struct{}, fn func()) {
+	p := period()
+	t := time.NewTicker(p)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-rm.wake:
+		case <-poke:
 		}
-		rm.evaluate(ctx)
-		rm.mu.Lock()
-		if n := max(rm.cfg.Keepalive/4, 10*time.Millisecond); n != tick {
-			tick = n
+		fn()
+		if n := period(); n != p {
+			p = n
 			t.Reset(n)
 		}
-		rm.mu.Unlock()
 	}
 }
 
 func (rm *RoleManager) shutdown(conn *net.UDPConn) {
-	ctx := context.Background()
-	if rm.group.Holding() {
-		rm.mu.Lock()
-		rm.draining = true
-		rm.mu.Unlock()
+	st := &rm.state
+	if rm.act.holding() {
+		st.draining = true
+		rm.publish()
 		rm.send(conn)
-		if err := rm.group.Release(ctx, "shutdown"); err != nil {
-			rm.events.Warn(EventResource, fmt.Sprintf("shutdown: release incomplete: %v", err))
-		}
+		rm.act.release(context.Background(), "shutdown", "shutdown")
 	}
-	rm.mu.Lock()
-	rm.draining = false
-	rm.leaving = true
-	if rm.role == RoleWriter {
-		rm.setRoleLocked(RoleStandby, "shutdown: resources released, database left as is")
+	st.draining = false
+	st.leaving = true
+	if st.role == RoleWriter {
+		rm.setRole(RoleStandby, "shutdown: resources released, database left as is")
 	}
-	rm.mu.Unlock()
+	rm.publish()
 	// A few copies: one lost datagram must not cost the peer a deadtime.
 	for range 3 {
 		rm.send(conn)
@@ -319,46 +296,57 @@ func (rm *RoleManager) shutdown(conn *net.UDPConn) {
 	}
 }
 
+// view joins an observation with the role state for decide.
+func (rm *RoleManager) view(obs observation, cfg *ClusterConfig) view {
+	st := &rm.state
+	if obs.dbFenced && st.dbFencedSince.IsZero() {
+		st.dbFencedSince = obs.now
+	} else if !obs.dbFenced {
+		st.dbFencedSince = time.Time{}
+	}
+	return view{
+		observation: obs, cfg: *cfg, self: rm.self.Name, preferred: rm.preferred,
+		role: st.role, decided: st.decided, writerSince: st.writerSince, dbFencedSince: st.dbFencedSince,
+		failHold:    obs.now.Before(st.failHoldUntil),
+		wasIsolated: !st.isolatedAt.IsZero() && obs.lastHeard.Before(st.isolatedAt),
+		selfFenced:  st.selfFenced,
+	}
+}
+
 // evaluate takes one decision and carries it out.
 func (rm *RoleManager) evaluate(ctx context.Context) {
-	v := rm.snapshot(time.Now())
+	st := &rm.state
+	rm.act.swapPending()
+	now := time.Now()
+	db := observeDB(rm.db, rm.self.DB)
+	obs := rm.obs.observe(now)
+	obs.dbFenced, obs.dbReason = db.fenced, db.reason
+	cfg := rm.cfg.Load()
+	rm.metrics.fenced.Set(b2f(st.role == RoleFenced || db.fenced))
+	v := rm.view(obs, cfg)
 	d := decide(v)
-	rm.mu.Lock()
-	if d.decided && !rm.decided {
-		rm.decided = true
-		rm.mu.Unlock()
-		rm.events.Add(EventRole, fmt.Sprintf("startup wait over after %s: %s", time.Since(v.startedAt).Round(time.Millisecond), peerSummary(v.peers)))
-		rm.mu.Lock()
+	if d.decided && !st.decided {
+		st.decided = true
+		rm.publish()
+		rm.events.Add(EventRole, fmt.Sprintf("startup wait over after %s: %s", time.Since(obs.startedAt).Round(time.Millisecond), peerSummary(obs.peers)))
 	}
-	if d.waiting != rm.lastWaiting {
-		rm.lastWaiting = d.waiting
+	if d.waiting != st.lastWaiting {
+		st.lastWaiting = d.waiting
 		if d.waiting != "" {
-			rm.mu.Unlock()
 			rm.events.Warn(EventRole, d.waiting)
-			rm.mu.Lock()
 		}
 	}
-	if d.role == v.role && d.reason != "" && d.role == rm.role && rm.reason == reasonStarting {
+	if d.role == v.role && d.reason != "" && st.reason == reasonStarting {
 		// A node that stays standby from the start never changes role;
 		// say why instead of "starting" (no event: nothing changed). A
 		// later reason, e.g. a failed resource start, is kept.
-		rm.reason = d.reason
+		st.reason = d.reason
+		rm.publish()
 	}
-	rm.mu.Unlock()
 	if d.role == v.role {
-		if v.role != RoleFenced && (v.selfFenced || v.dbFenced && strings.HasPrefix(v.dbReason, selfFencePrefix)) {
-			// Our own fence (maybe from before a restart): lift it only
-			// once a peer is back for a moment; the witness alone is not
-			// enough, the peer's database may be the writable one.
-			for _, p := range v.peers {
-				if p.alive && p.aliveFor >= 2*v.cfg.Keepalive {
-					rm.mu.Lock()
-					rm.selfFenced = true
-					rm.mu.Unlock()
-					rm.liftSelfFence(ctx)
-					break
-				}
-			}
+		if d.unfence {
+			st.selfFenced = false
+			rm.act.unfence(ctx, cfg.Deadtime)
 		}
 		return
 	}
@@ -372,29 +360,6 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 	default:
 		rm.setRole(d.role, d.reason)
 	}
-}
-
-func (rm *RoleManager) liftSelfFence(ctx context.Context) {
-	u, ok := rm.fencer.(Unfencer)
-	db := rm.self.DB
-	if !ok || db == "" {
-		return
-	}
-	rm.mu.Lock()
-	fenced := rm.selfFenced
-	rm.selfFenced = false
-	timeout := rm.cfg.Deadtime
-	rm.mu.Unlock()
-	if !fenced {
-		return
-	}
-	uctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
-	defer cancel()
-	if err := u.Unfence(uctx, db); err != nil {
-		rm.events.Warn(EventFence, fmt.Sprintf("could not lift our self-fence of database %s: %v", db, err), "db", db)
-		return
-	}
-	rm.events.Add(EventFence, fmt.Sprintf("lifted our self-fence of database %s; the replication supervisor fences it again while it is behind", db), "db", db)
 }
 
 func peerSummary(peers []peerView) string {
@@ -413,37 +378,29 @@ func peerSummary(peers []peerView) string {
 }
 
 func (rm *RoleManager) setRole(role, reason string) {
-	rm.mu.Lock()
-	rm.setRoleLocked(role, reason)
-	rm.mu.Unlock()
-}
-
-func (rm *RoleManager) setRoleLocked(role, reason string) {
-	old := rm.role
+	st := &rm.state
+	old := st.role
 	if old == role {
 		return
 	}
-	rm.role, rm.reason, rm.roleSince = role, reason, time.Now()
+	st.role, st.reason, st.roleSince = role, reason, time.Now()
 	if role == RoleWriter {
-		rm.writerSince = rm.roleSince
+		st.writerSince = st.roleSince
 	} else {
-		rm.writerSince = time.Time{}
+		st.writerSince = time.Time{}
 	}
+	rm.publish()
 	rm.metrics.setRole(role)
 	rm.metrics.roleChanges.Inc()
 	rm.metrics.fenced.Set(b2f(role == RoleFenced))
-	select {
-	case rm.sendNow <- struct{}{}:
-	default:
-	}
-	// Logging under the lock is fine: the event log never calls back.
+	rm.signalSend()
 	lvl := rm.events.Add
 	if role == RoleFenced {
 		lvl = rm.events.Warn
 	}
 	lvl(EventRole, fmt.Sprintf("role %s -> %s: %s", old, role, reason), "from", old, "to", role)
-	if rm.onRole != nil {
-		// Latest role wins; notifyRoles calls onRole outside our lock.
+	if rm.db != nil {
+		// Latest role wins; notifyRoles calls SetActive.
 		select {
 		case <-rm.roleCh:
 		default:
@@ -453,82 +410,43 @@ func (rm *RoleManager) setRoleLocked(role, reason string) {
 }
 
 func (rm *RoleManager) takeOver(ctx context.Context, reason string) {
-	rm.mu.Lock()
-	rm.setRoleLocked(RoleWriter, reason)
-	rm.mu.Unlock()
-	err := rm.group.Acquire(ctx, "taking the writer role")
+	st := &rm.state
+	rm.setRole(RoleWriter, reason)
+	err := rm.act.acquire(ctx, "taking the writer role")
 	if err == nil {
-		rm.mu.Lock()
-		rm.failBackoff = 0
-		rm.mu.Unlock()
+		st.failBackoff = 0
 		return
 	}
 	if ctx.Err() != nil {
 		return // shutdown releases
 	}
-	rm.mu.Lock()
-	rm.failBackoff = min(max(2*rm.failBackoff, 2*rm.cfg.Deadtime), time.Minute)
-	rm.failHoldUntil = time.Now().Add(rm.failBackoff)
-	rm.setRoleLocked(RoleStandby, fmt.Sprintf("resource start failed (%v); group released; not eligible for %s", err, rm.failBackoff))
-	rm.mu.Unlock()
+	st.failBackoff = failBackoff(st.failBackoff, rm.cfg.Load().Deadtime)
+	st.failHoldUntil = time.Now().Add(st.failBackoff)
+	rm.setRole(RoleStandby, fmt.Sprintf("resource start failed (%v); group released; not eligible for %s", err, st.failBackoff))
 }
 
 func (rm *RoleManager) stepDown(ctx context.Context, reason string) {
-	rm.mu.Lock()
-	rm.draining = true
-	rm.mu.Unlock()
+	st := &rm.state
+	st.draining = true
+	rm.publish()
 	rm.signalSend()
-	if err := rm.group.Release(context.WithoutCancel(ctx), reason); err != nil {
-		rm.events.Warn(EventResource, fmt.Sprintf("step down: release incomplete: %v", err))
-	}
-	rm.mu.Lock()
-	rm.draining = false
-	rm.setRoleLocked(RoleStandby, reason)
-	rm.swapPendingGroupLocked()
-	rm.mu.Unlock()
+	rm.act.release(ctx, reason, "step down")
+	st.draining = false
+	rm.setRole(RoleStandby, reason)
+	rm.act.swapPending()
 }
 
 // selfFence: role fenced first (heartbeats, /health and the agent check say
 // so at once), then the database is made read-only while the resources
 // are released right to left.
 func (rm *RoleManager) selfFence(ctx context.Context, reason string) {
-	rm.mu.Lock()
-	db := rm.self.DB
-	timeout := rm.cfg.Deadtime
-	rm.setRoleLocked(RoleFenced, reason)
-	rm.wasIsolated = true
-	rm.mu.Unlock()
-	var wg sync.WaitGroup
-	if rm.fencer != nil && db != "" {
-		wg.Go(func() {
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-			defer cancel()
-			if err := rm.fencer.Fence(fctx, db, selfFencePrefix+reason); err != nil {
-				rm.events.Warn(EventFence, fmt.Sprintf("could not fence database %s: %v", db, err), "db", db)
-				return
-			}
-			rm.mu.Lock()
-			rm.selfFenced = true
-			rm.mu.Unlock()
-			rm.events.Warn(EventFence, fmt.Sprintf("database %s fenced (read-only): %s", db, reason), "db", db)
-		})
+	st := &rm.state
+	rm.setRole(RoleFenced, reason)
+	st.isolatedAt = time.Now()
+	if rm.act.isolate(ctx, reason, rm.cfg.Load().Deadtime) {
+		st.selfFenced = true
 	}
-	if rm.group.Holding() {
-		if err := rm.group.Release(context.WithoutCancel(ctx), "self-fence"); err != nil {
-			rm.events.Warn(EventResource, fmt.Sprintf("self-fence: release incomplete: %v", err))
-		}
-	}
-	wg.Wait()
-	rm.mu.Lock()
-	rm.swapPendingGroupLocked()
-	rm.mu.Unlock()
-}
-
-func (rm *RoleManager) swapPendingGroupLocked() {
-	if rm.pendingGroup != nil && !rm.group.Holding() {
-		rm.group, rm.pendingGroup = rm.pendingGroup, nil
-		rm.events.Add(EventReload, "new resource list applied now that the old one is released")
-	}
+	rm.act.swapPending()
 }
 
 func (rm *RoleManager) signalSend() {
@@ -538,403 +456,116 @@ func (rm *RoleManager) signalSend() {
 	}
 }
 
-// dbState reads our own database's state from the replication supervisor.
-func (rm *RoleManager) dbState() (fenced bool, reason string, applied int64, lag *float64) {
-	if rm.repl == nil || rm.self.DB == "" {
-		return false, "", 0, nil
-	}
-	st := rm.repl.Status()
-	for _, n := range st.Nodes {
-		if n.Name == rm.self.DB {
-			return n.Fenced, n.FenceReason, appliedTrx(n.GTIDCurrentPos), n.LagSeconds
-		}
-	}
-	return false, "", 0, nil
-}
-
-// appliedTrx sums the sequence numbers of a MariaDB GTID position
-// ("0-1-100,1-2-50"): a monotonic hint of how much a node has applied.
-func appliedTrx(pos string) int64 {
-	var total int64
-	for g := range strings.SplitSeq(pos, ",") {
-		i := strings.LastIndexByte(g, '-')
-		if i < 0 {
-			continue
-		}
-		if n, err := strconv.ParseInt(strings.TrimSpace(g[i+1:]), 10, 64); err == nil {
-			total += n
-		}
-	}
-	return total
-}
-
-// snapshot captures the decision inputs and updates peer liveness.
-func (rm *RoleManager) snapshot(now time.Time) view {
-	dbFenced, dbReason, _, _ := rm.dbState()
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
-	cfg := rm.cfg
-	rm.metrics.fenced.Set(b2f(rm.role == RoleFenced || dbFenced))
-	if dbFenced && rm.dbFencedSince.IsZero() {
-		rm.dbFencedSince = now
-	} else if !dbFenced {
-		rm.dbFencedSince = time.Time{}
-	}
-	v := view{
-		now: now, cfg: cfg, self: rm.self.Name, role: rm.role, decided: rm.decided, startedAt: rm.startedAt,
-		writerSince: rm.writerSince, dbFenced: dbFenced, dbReason: dbReason, dbFencedSince: rm.dbFencedSince,
-		failHold:          now.Before(rm.failHoldUntil),
-		wasIsolated:       rm.wasIsolated,
-		selfFenced:        rm.selfFenced,
-		witnessConfigured: len(rm.witnesses) > 0,
-	}
-	names := []string{rm.self.Name}
-	for _, name := range rm.peerNames() {
-		p := rm.peers[name]
-		names = append(names, name)
-		silent := now.Sub(p.lastValid)
-		if !p.heard {
-			silent = now.Sub(rm.startedAt)
-		}
-		if p.alive && silent >= cfg.Deadtime {
-			p.alive = false
-			rm.metrics.peerAlive.WithLabelValues(name).Set(0)
-			rm.metrics.heartbeatLosses.WithLabelValues(name).Inc()
-			rm.events.Warn(EventPeer, fmt.Sprintf("peer %s dead: no valid heartbeat for %s (deadtime %s)", name, silent.Round(time.Millisecond), cfg.Deadtime), "peer", name)
-		}
-		pv := peerView{name: name, heard: p.heard, silent: silent, alive: p.alive, hb: p.hb,
-			authFail: !p.authFailAt.IsZero() && now.Sub(p.authFailAt) < cfg.Deadtime}
-		if p.alive {
-			pv.aliveFor = now.Sub(p.aliveSince)
-		}
-		v.peers = append(v.peers, pv)
-	}
-	slices.Sort(names)
-	v.preferred = names[0]
-	var seen, all []string
-	for _, w := range rm.witnesses {
-		all = append(all, w.URL)
-		if w.seen(now, cfg.Deadtime) {
-			seen = append(seen, w.URL)
-		}
-	}
-	v.witnessSeen = len(seen) > 0
-	if v.witnessSeen {
-		v.witnessNames = strings.Join(seen, ", ")
-	} else {
-		v.witnessNames = strings.Join(all, ", ") + " unreachable"
-	}
-	// Witness transitions are events: they explain later decisions.
-	if len(all) > 0 && now.Sub(rm.startedAt) >= cfg.Deadtime {
-		state := "up"
-		if !v.witnessSeen {
-			state = "down"
-		}
-		if state != rm.witnessState {
-			if rm.witnessState != "" || state == "down" {
-				msg := "witness reachable: " + v.witnessNames
-				if state == "down" {
-					msg = "every witness unreachable for " + cfg.Deadtime.String() + ": " + rm.witnessErrorsLocked()
-				}
-				rm.events.Warn(EventWitness, msg)
-			}
-			rm.witnessState = state
-		}
-		for _, w := range rm.witnesses {
-			rm.metrics.witnessUp.WithLabelValues(w.URL).Set(b2f(w.seen(now, cfg.Deadtime)))
-		}
-	}
-	return v
-}
-
-func (rm *RoleManager) witnessErrorsLocked() string {
-	var parts []string
-	for _, w := range rm.witnesses {
-		st := w.status(time.Now(), rm.cfg.Deadtime)
-		e := st.LastError
-		if e == "" {
-			e = "no successful probe"
-		}
-		parts = append(parts, w.URL+": "+e)
-	}
-	return strings.Join(parts, "; ")
-}
-
-func (rm *RoleManager) peerNames() []string {
-	names := make([]string, 0, len(rm.peers))
-	for n := range rm.peers {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
-
-func (rm *RoleManager) startWitnesses(ctx context.Context, wg *sync.WaitGroup) {
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
-	rm.startWitnessesLocked(ctx, wg)
-}
-
-// startWitnessesLocked (re)creates the probers from cfg.Witness; the
-// previous set is stopped. Probes run every keepalive, each bounded by
-// half the deadtime, so an unreachable witness is known before deadtime.
-func (rm *RoleManager) startWitnessesLocked(ctx context.Context, wg *sync.WaitGroup) {
-	if rm.stopWitnesses != nil {
-		rm.stopWitnesses()
-	}
-	rm.witnesses = nil
-	wctx, cancel := context.WithCancel(ctx)
-	rm.stopWitnesses = cancel
-	interval, timeout := rm.cfg.Keepalive, max(rm.cfg.Deadtime/2, 50*time.Millisecond)
-	for _, raw := range rm.cfg.Witness {
-		w, err := NewWitness(raw)
-		if err != nil {
-			rm.events.Warn(EventWitness, err.Error())
-			continue
-		}
-		rm.witnesses = append(rm.witnesses, w)
-		wg.Go(func() { w.run(wctx, interval, timeout) })
-	}
-}
-
-// receive reads datagrams until the socket is closed.
-func (rm *RoleManager) receive(conn *net.UDPConn) {
-	buf := make([]byte, maxHeartbeatLen)
-	for {
-		n, from, err := conn.ReadFromUDP(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			rm.logger.Warn("heartbeat receive", "err", err)
-			continue
-		}
-		rm.handle(buf[:n], from, time.Now())
-	}
-}
-
-func (rm *RoleManager) handle(pkt []byte, from *net.UDPAddr, now time.Time) {
-	rm.mu.Lock()
-	key, skew := rm.key, rm.cfg.MaxClockSkew
-	rm.mu.Unlock()
-	hb, err := decodeHeartbeat(key, pkt)
-	if err != nil {
-		rm.reject(from, nil, err)
-		return
-	}
-	rm.mu.Lock()
-	p := rm.peers[hb.Node]
-	switch {
-	case hb.Node == rm.self.Name:
-		rm.mu.Unlock()
-		rm.reject(from, nil, rejectf(rejectUnknown, "heartbeat claims to come from this node %q: reflected datagram or duplicate node name", hb.Node))
-		return
-	case p == nil:
-		rm.mu.Unlock()
-		rm.reject(from, nil, rejectf(rejectUnknown, "heartbeat from node %q, which is not in cluster.nodes", hb.Node))
-		return
-	}
-	if err := p.guard.check(hb, now, skew); err != nil {
-		rm.mu.Unlock()
-		rm.reject(from, p, err)
-		return
-	}
-	restarted := p.guard.accept(hb)
-	p.heard = true
-	p.lastValid = now
-	rm.wasIsolated = false
-	p.from = from.String()
-	old := p.hb
-	p.hb = hb
-	becameAlive := !p.alive
-	if becameAlive {
-		p.alive, p.aliveSince = true, now
-		rm.metrics.peerAlive.WithLabelValues(hb.Node).Set(1)
-	}
-	if restarted || hb.Leaving {
-		// A restart within deadtime never looked dead; it is "back" (for
-		// failback_hold and the fenced-exit hysteresis) only from now.
-		p.aliveSince = now
-	}
-	rm.mu.Unlock()
-	rm.metrics.heartbeatsRecv.WithLabelValues(hb.Node).Inc()
-	switch {
-	case becameAlive:
-		rm.events.Add(EventPeer, fmt.Sprintf("peer %s alive (role %s, database fenced %t) from %s", hb.Node, hb.Role, hb.DBFenced, from), "peer", hb.Node)
-	case restarted:
-		rm.events.Add(EventPeer, fmt.Sprintf("peer %s restarted its daemon (new boot id)", hb.Node), "peer", hb.Node)
-	}
-	if old == nil || old.Role != hb.Role || old.Leaving != hb.Leaving || old.DBFenced != hb.DBFenced || old.Eligible != hb.Eligible || old.Draining != hb.Draining {
-		select {
-		case rm.wake <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// reject counts a dropped datagram and reports it, at most every 10s per
-// source and reason so a flood cannot flood the log.
-func (rm *RoleManager) reject(from *net.UDPAddr, p *peerState, err error) {
-	reason := rejectReason(err)
-	rm.metrics.heartbeatRejected.WithLabelValues(reason).Inc()
-	now := time.Now()
-	rm.mu.Lock()
-	if p != nil {
-		p.rejected[reason]++
-	}
-	if reason == rejectAuth {
-		// Remember which peer's address sends unauthenticated datagrams:
-		// that peer is probably alive with a different key.
-		for _, q := range rm.peers {
-			if q.addr != nil && q.addr.IP.Equal(from.IP) && q.addr.Port == from.Port {
-				q.authFailAt = now
-				q.rejected[reason]++
-			}
-		}
-	}
-	k := from.String() + "|" + reason
-	last, seen := rm.rejectLog[k]
-	if seen && now.Sub(last) < 10*time.Second {
-		rm.mu.Unlock()
-		return
-	}
-	if len(rm.rejectLog) > 1024 {
-		clear(rm.rejectLog)
-	}
-	rm.rejectLog[k] = now
-	rm.mu.Unlock()
-	rm.events.Warn(EventHeartbeat, fmt.Sprintf("heartbeat from %s %s", from, err), "reason", reason)
-}
-
+// sendLoop sends a heartbeat every keepalive, and at once on a role
+// change, until ctx ends.
 func (rm *RoleManager) sendLoop(ctx context.Context, conn *net.UDPConn) {
-	rm.mu.Lock()
-	keepalive := rm.cfg.Keepalive
-	rm.mu.Unlock()
-	t := time.NewTicker(keepalive)
-	defer t.Stop()
-	for {
-		rm.send(conn)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-rm.sendNow:
-		}
-		rm.mu.Lock()
-		if k := rm.cfg.Keepalive; k != keepalive {
-			keepalive = k
-			t.Reset(k)
-		}
-		rm.mu.Unlock()
-	}
+	rm.send(conn)
+	every(ctx, func() time.Duration { return rm.cfg.Load().Keepalive }, rm.sendNow, func() { rm.send(conn) })
 }
 
-// send builds one heartbeat and sends it to every peer.
+// send tells every peer our current state.
 func (rm *RoleManager) send(conn *net.UDPConn) {
-	dbFenced, dbReason, applied, lag := rm.dbState()
-	now := time.Now()
-	rm.mu.Lock()
-	rm.seq++
+	rm.obs.broadcast(conn, rm.heartbeat(time.Now()))
+}
+
+// heartbeat builds what this node announces: the published role state,
+// our database as the supervisor sees it, the resources held and whether
+// we see a witness.
+func (rm *RoleManager) heartbeat(now time.Time) *Heartbeat {
+	db := observeDB(rm.db, rm.self.DB)
+	s := rm.snap.Load()
 	hb := &Heartbeat{
-		Node: rm.self.Name, Boot: rm.boot, Seq: rm.seq, Time: now.UnixNano(),
-		Role: rm.role, Decided: rm.decided, Draining: rm.draining, Leaving: rm.leaving,
-		DB: rm.self.DB, DBFenced: dbFenced, DBReason: dbReason, AppliedTrx: applied, LagSeconds: lag,
-		Resources: rm.group.Held(),
+		Node: rm.self.Name, Boot: rm.boot, Seq: rm.seq.Add(1), Time: now.UnixNano(),
+		Role: s.role, Decided: s.decided, Draining: s.draining, Leaving: s.leaving,
+		DB: rm.self.DB, DBFenced: db.fenced, DBReason: db.reason, AppliedTrx: db.applied, LagSeconds: db.lag,
+		Resources:   rm.act.held(),
+		Eligible:    eligible(*s, db.fenced, now),
+		WitnessSeen: rm.obs.witnessSeen(now),
 	}
-	hb.Eligible = rm.role == RoleStandby && !rm.draining && !rm.leaving && !dbFenced && !now.Before(rm.failHoldUntil)
-	if !rm.writerSince.IsZero() {
-		hb.WriterSince = rm.writerSince.UnixNano()
+	if !s.writerSince.IsZero() {
+		hb.WriterSince = s.writerSince.UnixNano()
 	}
-	for _, w := range rm.witnesses {
-		if w.seen(now, rm.cfg.Deadtime) {
-			hb.WitnessSeen = true
-		}
-	}
-	key := rm.key
-	type dest struct {
-		p    *peerState
-		name string
-	}
-	var dests []dest
-	for _, name := range rm.peerNames() {
-		dests = append(dests, dest{rm.peers[name], name})
-	}
-	rm.mu.Unlock()
-	pkt, err := encodeHeartbeat(key, hb)
-	if err != nil {
-		rm.logger.Error("encode heartbeat", "err", err)
-		return
-	}
-	for _, d := range dests {
-		rm.mu.Lock()
-		addr := d.p.addr
-		rm.mu.Unlock()
-		if addr == nil {
-			a, err := net.ResolveUDPAddr("udp", d.p.cfg.Address)
-			if err != nil {
-				rm.logger.Warn("cannot resolve peer address", "peer", d.name, "address", d.p.cfg.Address, "err", err)
-				continue
-			}
-			rm.mu.Lock()
-			d.p.addr, addr = a, a
-			rm.mu.Unlock()
-		}
-		if _, err := conn.WriteToUDP(pkt, addr); err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				rm.logger.Debug("heartbeat send", "peer", d.name, "err", err)
-			}
-			continue
-		}
-		rm.metrics.heartbeatsSent.Inc()
+	return hb
+}
+
+// RoleStatus is a copy of the role manager's state at one instant: what
+// /health, /status and the agent check read. Plain values only, so the
+// HTTP layer never touches the live state.
+type RoleStatus struct {
+	Node      string
+	DB        string
+	Role      string
+	RoleSince time.Time
+	Reason    string
+	Decided   bool
+	Draining  bool
+	Leaving   bool
+	// Our database as the replication supervisor sees it.
+	DBFenced      bool
+	DBReason      string
+	DBUnreachable string
+	Peers         []PeerStatus
+	Witnesses     []WitnessStatus
+	Resources     []ResourceStatus
+}
+
+// Status returns the current RoleStatus.
+func (rm *RoleManager) Status() RoleStatus {
+	now := time.Now()
+	s := rm.snap.Load()
+	db := observeDB(rm.db, rm.self.DB)
+	return RoleStatus{
+		Node: rm.self.Name, DB: rm.self.DB,
+		Role: s.role, RoleSince: s.roleSince, Reason: s.reason,
+		Decided: s.decided, Draining: s.draining, Leaving: s.leaving,
+		DBFenced: db.fenced, DBReason: db.reason, DBUnreachable: db.unreachable,
+		Peers:     rm.obs.peerStatus(),
+		Witnesses: rm.obs.witnessStatus(now),
+		Resources: rm.act.resources(),
 	}
 }
 
 // Reload applies a new cluster section. Timing, witnesses, failback and
 // the key apply at once; a changed resource list applies when the current
 // one is not held; node membership and addresses need a restart.
-func (rm *RoleManager) Reload(ctx context.Context, wg *sync.WaitGroup, c *ClusterConfig, key *Key, resources []Resource) []string {
+func (rm *RoleManager) Reload(c *ClusterConfig, key *Key, resources []Resource) []string {
 	var notes []string
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
-	if !reflect.DeepEqual(c.Nodes, rm.cfg.Nodes) {
+	cur := rm.cfg.Load()
+	if !reflect.DeepEqual(c.Nodes, cur.Nodes) {
 		notes = append(notes, "cluster.nodes changed: restart required (heartbeat sockets and peers are fixed at start); keeping the running list")
 	}
-	nodes := rm.cfg.Nodes
-	witnessChanged := !slices.Equal(c.Witness, rm.cfg.Witness) || c.Keepalive != rm.cfg.Keepalive || c.Deadtime != rm.cfg.Deadtime
-	resourcesChanged := !reflect.DeepEqual(c.Resources, rm.cfg.Resources)
-	if c.AgentCheck != rm.cfg.AgentCheck {
+	witnessChanged := !slices.Equal(c.Witness, cur.Witness) || c.Keepalive != cur.Keepalive || c.Deadtime != cur.Deadtime
+	resourcesChanged := !reflect.DeepEqual(c.Resources, cur.Resources)
+	if c.AgentCheck != cur.AgentCheck {
 		notes = append(notes, "cluster.agent_check changed: restart required")
 	}
 	for _, ch := range []struct {
 		key      string
 		old, new any
 	}{
-		{"keepalive", rm.cfg.Keepalive, c.Keepalive}, {"deadtime", rm.cfg.Deadtime, c.Deadtime},
-		{"takeover_margin", rm.cfg.TakeoverMargin, c.TakeoverMargin}, {"takeover_wait", rm.cfg.TakeoverWait, c.TakeoverWait},
-		{"max_clock_skew", rm.cfg.MaxClockSkew, c.MaxClockSkew}, {"auto_failback", rm.cfg.AutoFailback, c.AutoFailback},
-		{"failback_hold", rm.cfg.FailbackHold, c.FailbackHold},
+		{"keepalive", cur.Keepalive, c.Keepalive}, {"deadtime", cur.Deadtime, c.Deadtime},
+		{"takeover_margin", cur.TakeoverMargin, c.TakeoverMargin}, {"takeover_wait", cur.TakeoverWait, c.TakeoverWait},
+		{"max_clock_skew", cur.MaxClockSkew, c.MaxClockSkew}, {"auto_failback", cur.AutoFailback, c.AutoFailback},
+		{"failback_hold", cur.FailbackHold, c.FailbackHold},
 	} {
 		if ch.old != ch.new {
 			notes = append(notes, fmt.Sprintf("cluster.%s %v -> %v applied", ch.key, ch.old, ch.new))
 		}
 	}
-	rm.cfg = *c
-	rm.cfg.Nodes = nodes
-	if key != nil && key.Fingerprint() != rm.key.Fingerprint() {
-		rm.key = key
+	next := *c
+	next.Nodes = cur.Nodes
+	rm.cfg.Store(&next)
+	if key != nil && rm.obs.swapKey(key) {
 		notes = append(notes, "cluster.key_file: new key "+key.Fingerprint()+" in use (the peer must be reloaded with the same key)")
 	}
-	if witnessChanged && ctx != nil {
-		rm.startWitnessesLocked(ctx, wg)
+	if witnessChanged {
+		rm.obs.reloadWitnesses()
 		notes = append(notes, fmt.Sprintf("witnesses restarted: %v", c.Witness))
 	}
 	if resourcesChanged {
-		g := NewGroup(resources, rm.events, rm.metrics)
-		if rm.group.Holding() {
-			rm.pendingGroup = g
+		if rm.act.replace(NewGroup(resources, rm.events, rm.metrics)) {
 			notes = append(notes, "cluster.resources changed while this node holds them: the new list applies after the current one is released")
 		} else {
-			rm.group = g
 			notes = append(notes, "cluster.resources: new list applied")
 		}
 	}

@@ -28,15 +28,7 @@ func TestWitnessProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := l.Addr().String()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptLoop(l, func(c net.Conn) { c.Close() })
 	if err := probe(t, "tcp://"+addr); err != nil {
 		t.Fatalf("tcp up: %v", err)
 	}

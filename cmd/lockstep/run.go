@@ -18,7 +18,6 @@ import (
 	"github.com/lockstep-ha/lockstep/config"
 	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/dbrepl/conflict"
-	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
@@ -70,14 +69,7 @@ func runDaemon(ctx context.Context, f *config.File, path string, logger *slog.Lo
 			return err
 		}
 		for _, b := range built {
-			name := b.job.Name()
-			jobs = append(jobs, &syncRunner{job: b.job, build: func() (*lsync.Job, error) {
-				again, err := buildSyncJobs(f, name, logger, reg)
-				if err != nil {
-					return nil, err
-				}
-				return again[0].job, nil
-			}})
+			jobs = append(jobs, b.job)
 		}
 	}
 	dcfg := orchestrator.DaemonConfig{Node: f.Node, Listen: f.Listen, Cluster: f.Cluster, Sync: jobs, Registry: reg, Logger: logger}
@@ -147,49 +139,6 @@ func reload(d *orchestrator.Daemon, running *config.File, path string) {
 	if err := d.Reload(nf.Node, nf.Listen, nf.Cluster); err != nil {
 		return // already recorded as an event
 	}
-}
-
-// syncRunner adapts an lsync.Job (single-use) to the daemon's restartable
-// SyncJob: a restart after a failure builds a fresh job.
-type syncRunner struct {
-	build func() (*lsync.Job, error)
-	mu    sync.Mutex
-	job   *lsync.Job
-	used  bool
-}
-
-func (s *syncRunner) Name() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.job.Name()
-}
-
-func (s *syncRunner) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.used {
-		j, err := s.build()
-		if err != nil {
-			s.mu.Unlock()
-			return err
-		}
-		s.job = j
-	}
-	s.used = true
-	j := s.job
-	s.mu.Unlock()
-	return j.Run(ctx)
-}
-
-func (s *syncRunner) Targets() []orchestrator.SyncTargetStatus {
-	s.mu.Lock()
-	j := s.job
-	s.mu.Unlock()
-	var out []orchestrator.SyncTargetStatus
-	for _, t := range j.Status() {
-		out = append(out, orchestrator.SyncTargetStatus{Job: t.Job, Target: t.Target, Connected: t.Connected,
-			PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastError: t.LastError})
-	}
-	return out
 }
 
 // newReplSupervisor builds the supervisor of a repl: section with its

@@ -15,6 +15,7 @@ import (
 	"path"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -187,15 +188,33 @@ func entryFromInfo(rel string, fi fs.FileInfo) lsync.Entry {
 
 // Walk visits every entry, parents before children, without following
 // symlinks.
-func (t *Target) Walk(ctx context.Context, fn func(lsync.Entry) error) error {
-	return fs.WalkDir(t.root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+func (t *Target) Walk(ctx context.Context, sub string, fn func(lsync.Entry) error) error {
+	start := "."
+	if sub != "" {
+		c, err := t.clean(sub)
 		if err != nil {
+			return err
+		}
+		e, err := t.Stat(ctx, c)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || err == nil && !e.Mode.IsDir() {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		start = c
+	}
+	return fs.WalkDir(t.root.FS(), start, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p != start && errors.Is(err, fs.ErrNotExist) {
+				return nil // removed while we walked
+			}
 			return err
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if p == "." {
+		if p == start {
 			return nil
 		}
 		fi, err := d.Info()

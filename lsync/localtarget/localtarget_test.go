@@ -135,7 +135,7 @@ func TestAtomicWriteAndTypeChanges(t *testing.T) {
 		t.Fatalf("old d2 content survived: %v", err)
 	}
 	var walked []string
-	if err := lt.Walk(ctx, func(e lsync.Entry) error { walked = append(walked, e.Path); return nil }); err != nil {
+	if err := lt.Walk(ctx, "", func(e lsync.Entry) error { walked = append(walked, e.Path); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(walked, ",") != "a,d2,d2/x" {

@@ -195,6 +195,29 @@ func WaitTreesEqual(t testing.TB, a, b string, timeout time.Duration, opts ...Op
 	}
 }
 
+// Converge polls until the trees are identical or timeout passes, and
+// returns how long it took and, on timeout, what still differs.
+func Converge(a, b string, timeout time.Duration, opts ...Option) (time.Duration, []string) {
+	start := time.Now()
+	for {
+		diffs, err := DiffTrees(a, b, opts...)
+		if err != nil {
+			diffs = []string{err.Error()}
+		}
+		if len(diffs) == 0 {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > timeout {
+			return time.Since(start), diffs
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Summarize formats DiffTrees output for a failure message, the first 30
+// lines and a count of the rest.
+func Summarize(diffs []string) string { return summarize(diffs) }
+
 func summarize(diffs []string) string {
 	const max = 30
 	if len(diffs) > max {

@@ -122,7 +122,7 @@ func BenchmarkWalkGoSrc(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		n := 0
-		if err := s.Walk(ctx, func(lsync.Entry) error { n++; return nil }); err != nil {
+		if err := s.Walk(ctx, "", func(lsync.Entry) error { n++; return nil }); err != nil {
 			b.Fatal(err)
 		}
 		b.ReportMetric(float64(n), "entries")
@@ -293,9 +293,9 @@ func (t *timedTarget) Chtimes(ctx context.Context, rel string, mtime time.Time) 
 	return t.Target.Chtimes(ctx, rel, mtime)
 }
 
-func (t *timedTarget) Walk(ctx context.Context, fn func(lsync.Entry) error) error {
+func (t *timedTarget) Walk(ctx context.Context, sub string, fn func(lsync.Entry) error) error {
 	defer func(start time.Time) { t.walk.Add(int64(time.Since(start))) }(time.Now())
-	return t.Target.Walk(ctx, fn)
+	return t.Target.Walk(ctx, sub, fn)
 }
 
 // BenchmarkJobInitialSync runs a whole job (watcher, batcher, worker) on

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -380,15 +381,24 @@ func permBits(mode fs.FileMode) fs.FileMode {
 const walkPrefetch = 16
 
 // Walk implements lsync.Target.
-func (s *session) Walk(ctx context.Context, fn func(lsync.Entry) error) error {
+func (s *session) Walk(ctx context.Context, sub string, fn func(lsync.Entry) error) error {
 	if err := s.alive(ctx); err != nil {
 		return err
+	}
+	if sub != "" {
+		e, err := s.Stat(ctx, sub)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || err == nil && !e.Mode.IsDir() {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
 	w := &walker{s: s, sem: make(chan struct{}, walkPrefetch)}
 	ctx, cancel := context.WithCancel(ctx)
 	defer w.wg.Wait() // runs after cancel: prefetchers stop early
 	defer cancel()
-	return w.walk(ctx, "", w.list(ctx, ""), fn)
+	return w.walk(ctx, sub, w.list(ctx, sub), fn)
 }
 
 type walker struct {

@@ -354,7 +354,7 @@ func TestWalkRenameRemoveOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	err := s.Walk(ctx, func(e lsync.Entry) error {
+	err := s.Walk(ctx, "", func(e lsync.Entry) error {
 		desc := e.Path
 		switch {
 		case e.Mode.IsDir():
@@ -802,7 +802,7 @@ func TestWalkSkipDirAndAbort(t *testing.T) {
 		}
 	}
 	var seen []string
-	err := s.Walk(ctx, func(e lsync.Entry) error {
+	err := s.Walk(ctx, "", func(e lsync.Entry) error {
 		seen = append(seen, e.Path)
 		if e.Mode.IsDir() && strings.HasSuffix(e.Path, "/sub") && e.Path != "d00/sub" {
 			return fs.SkipDir
@@ -818,7 +818,7 @@ func TestWalkSkipDirAndAbort(t *testing.T) {
 	}
 	stop := errors.New("enough")
 	n := 0
-	err = s.Walk(ctx, func(lsync.Entry) error {
+	err = s.Walk(ctx, "", func(lsync.Entry) error {
 		if n++; n == 5 {
 			return stop
 		}

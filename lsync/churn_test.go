@@ -1,0 +1,109 @@
+package lsync_test
+
+import (
+	"log/slog"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lockstep-ha/lockstep/integration/poll"
+	"github.com/lockstep-ha/lockstep/internal/churn"
+	"github.com/lockstep-ha/lockstep/lsync"
+	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
+)
+
+// convergeWithin and churnRounds read the soak settings (see package churn).
+func convergeWithin(t testing.TB) time.Duration {
+	d, err := churn.ConvergeWithin(2 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func churnRounds(t testing.TB, def int) int {
+	n, err := churn.Rounds(def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestChurnConverges is the model test of the core promise: a live tree
+// under a burst of thousands of random changes (files and whole
+// directories moved across the tree, trees deleted, symlinks, chmods) is
+// identical on the target within convergeWithin of the last change, with
+// the periodic verification off so that only the live path can get it
+// there.
+func TestChurnConverges(t *testing.T) {
+	rounds := churnRounds(t, 3)
+	for seed := uint64(1); seed <= uint64(rounds); seed++ {
+		t.Run("seed="+strconv.FormatUint(seed, 10), func(t *testing.T) {
+			cfg, src, dst := localJobConfig(t, "peer")
+			tree, err := churn.New(src, seed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Something to move around from the first operation on.
+			if _, err := tree.Run(churn.Options{Ops: 300}); err != nil {
+				t.Fatal(err)
+			}
+			lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Logger: churnLogger(t)})
+			lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+			for burst := 0; burst < 3; burst++ {
+				// Small pauses every few operations spread a burst over
+				// several batches, so that moves straddle batch edges.
+				st, err := tree.Run(churn.Options{Ops: 1500, Pause: time.Millisecond, PauseEvery: 25})
+				if err != nil {
+					t.Fatal(err)
+				}
+				took, diffs := lsynctest.Converge(src, dst[0], convergeWithin(t))
+				if len(diffs) > 0 {
+					t.Fatalf("burst %d (%v): %d paths still differ %s after the last change:\n%s",
+						burst, st, len(diffs), convergeWithin(t), lsynctest.Summarize(diffs))
+				}
+				t.Logf("burst %d (%v): identical %s after the last change", burst, st, took.Round(time.Millisecond))
+			}
+		})
+	}
+}
+
+func churnLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("LSYNC_DEBUG") != "" {
+		return lsynctest.TestLogger(t)
+	}
+	return discardLogger()
+}
+
+// TestVerificationDriftIsLoud: the periodic verification is a backstop.
+// When it has to repair something no event had queued, the repair is
+// counted as drift and the target's last verification time is shown; a
+// verification that finds nothing counts nothing.
+func TestVerificationDriftIsLoud(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "peer")
+	cfg.VerifyInterval = ptr(300 * time.Millisecond)
+	mustWrite(t, src, "a/kept.txt", "source")
+	reg := prometheus.NewRegistry()
+	job := lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Registerer: reg})
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	poll.Until(t, waitLimit, "a verification", func() bool {
+		return metricValue(t, reg, "lockstep_sync_last_verified_timestamp_seconds", "peer") > 0
+	})
+	if got := metricValue(t, reg, "lockstep_sync_verify_repairs_total", "peer"); got != 0 {
+		t.Fatalf("verify repairs = %v on a target in sync, want 0", got)
+	}
+	// Behind lockstep's back: a file only on the target, one changed there.
+	mustWrite(t, dst[0], "stray.txt", "not from the source")
+	mustWrite(t, dst[0], "a/kept.txt", "changed on the target!")
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	poll.Until(t, waitLimit, "drift counted", func() bool {
+		return metricValue(t, reg, "lockstep_sync_verify_repairs_total", "peer") == 2
+	})
+	st := job.Status()
+	if len(st) != 1 || st[0].LastVerified.IsZero() {
+		t.Fatalf("status %+v: want LastVerified set", st)
+	}
+}

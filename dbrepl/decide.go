@@ -9,8 +9,8 @@ import (
 // and measures lag from the heartbeat history; decide turns one pairView
 // into a decision without any I/O, clock or lock, so that every rule is
 // table-tested (decide_internal_test.go); act (act.go) carries the
-// decision out — read_only, fence records, hooks, events — and publishes
-// the status.
+// decision out — read_only, fence records, hooks, events — and publish
+// (publish.go) turns the verdicts into the status and the metrics.
 //
 // decide runs its steps in order (reachability, enforcement of existing
 // fences, fencing, reintroduction), each appending actions. A further check

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/crypto/ssh/knownhosts"
 
-	"github.com/lockstep-ha/lockstep/integration/sshdtest"
+	"github.com/lockstep-ha/lockstep/internal/testbed/sshd"
 )
 
 // Sizes are the scenario parameters; smoke mode shrinks every one.
@@ -77,7 +77,7 @@ func smokeSizes() Sizes {
 // sshEnv is the one loopback sshd both tools talk to, behind the counting
 // proxy.
 type sshEnv struct {
-	server *sshdtest.Server
+	server *sshd.Server
 	proxy  *CountingProxy
 	peer   SSHPeer
 }
@@ -87,14 +87,14 @@ func (e *Env) SSH() (*sshEnv, error) {
 	if e.ssh != nil {
 		return e.ssh, nil
 	}
-	if _, err := os.Stat(sshdtest.SSHDPath); err != nil {
-		return nil, skipf("OpenSSH server not installed (%s): install openssh-server", sshdtest.SSHDPath)
+	if _, err := os.Stat(sshd.Path); err != nil {
+		return nil, skipf("OpenSSH server not installed (%s): install openssh-server", sshd.Path)
 	}
 	dir := filepath.Join(e.Dir, "sshd")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	srv, err := sshdtest.New(dir)
+	srv, err := sshd.New(dir)
 	if err != nil {
 		return nil, fmt.Errorf("start sshd: %w", err)
 	}

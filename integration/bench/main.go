@@ -7,6 +7,8 @@
 // lockstep is driven through its built binary with generated configs, like
 // an admin would run it. A scenario whose anchor tool is missing is
 // reported as skipped with the reason; a harness error fails the run.
+// The servers, network namespaces, child processes and run configs come
+// from internal/testbed, as for the tests and the playground.
 package main
 
 import (

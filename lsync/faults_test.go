@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -34,6 +35,10 @@ type flakyConnector struct {
 	connects  atomic.Int32
 	mu        sync.Mutex
 	failWrite map[string]error
+	// unlistable makes Walk report these target directories as
+	// unreadable (permission), as a root-owned 0700 directory is to a
+	// non-root sync user.
+	unlistable map[string]bool
 }
 
 func (c *flakyConnector) Name() string { return c.inner.Name() }
@@ -66,7 +71,22 @@ func (t *flakyTarget) Walk(ctx context.Context, sub string, fn func(lsync.Entry)
 	if err := t.check(); err != nil {
 		return err
 	}
-	return t.Target.Walk(ctx, sub, fn)
+	t.c.mu.Lock()
+	unlistable := maps.Clone(t.c.unlistable)
+	t.c.mu.Unlock()
+	if unlistable[sub] {
+		return &fs.PathError{Op: "open", Path: sub, Err: syscall.EACCES}
+	}
+	return t.Target.Walk(ctx, sub, func(e lsync.Entry) error {
+		if e.Mode.IsDir() && unlistable[e.Path] {
+			e.ListErr = &fs.PathError{Op: "open", Path: e.Path, Err: syscall.EACCES}
+			if err := fn(e); err != nil && !errors.Is(err, fs.SkipDir) {
+				return err
+			}
+			return fs.SkipDir
+		}
+		return fn(e)
+	})
 }
 
 func (t *flakyTarget) Stat(ctx context.Context, rel string) (lsync.Entry, error) {
@@ -411,4 +431,35 @@ func TestReconcileFollowsReplacedSourceRoot(t *testing.T) {
 		t.Fatalf("new release: report %+v, %v; want old-only.html deleted", rep, err)
 	}
 	lsynctest.AssertTreesEqual(t, src, dst, lsynctest.NoModTimes())
+}
+
+// TestUnreadableTargetDirectoryIsAPathError: a directory on the target
+// that cannot be listed is reported and left alone (nothing below it is
+// deleted or assumed missing); the rest keeps syncing, and once it can be
+// listed again its subtree is compared whole.
+func TestUnreadableTargetDirectoryIsAPathError(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "peer")
+	mustWrite(t, src, "a/x.txt", "x")
+	mustWrite(t, src, "private/y.txt", "y")
+	mustWrite(t, dst[0], "private/only-on-target.txt", "z")
+	c := newFlaky(t, cfg.Targets[0])
+	c.unlistable = map[string]bool{"private": true}
+	job := lsynctest.StartJob(t, cfg, []lsync.Connector{c}, lsync.JobOptions{})
+	poll.Until(t, waitLimit, "a/x.txt synced and private reported", func() bool {
+		st := job.Status()
+		_, err := os.Stat(filepath.Join(dst[0], "a", "x.txt"))
+		return err == nil && strings.Contains(st[0].LastError, "private")
+	})
+	mustWrite(t, src, "a/live.txt", "still syncing")
+	poll.Until(t, waitLimit, "live change synced", func() bool {
+		_, err := os.Stat(filepath.Join(dst[0], "a", "live.txt"))
+		return err == nil
+	})
+	if _, err := os.Stat(filepath.Join(dst[0], "private", "only-on-target.txt")); err != nil {
+		t.Fatalf("deleted below an unreadable directory: %v", err)
+	}
+	c.mu.Lock()
+	c.unlistable = nil
+	c.mu.Unlock()
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
 }

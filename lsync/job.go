@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -373,6 +374,7 @@ type targetWorker struct {
 	held         string // why deletions are held ("" = not held)
 	heldDeletes  int
 	heldPaths    map[string]bool // the removals being held, retried until they go through
+	logged       map[string]string // path → the failure last logged (worker goroutine only)
 }
 
 func newTargetWorker(j *Job, c Connector) *targetWorker {
@@ -860,6 +862,11 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		for _, e := range rep.Errors {
 			w.retry[e.Path] = first(e.Path)
 			w.errCounter.Inc()
+			if strings.HasPrefix(e.Op, "list ") {
+				// What is below it was never compared: the retry
+				// compares the whole subtree.
+				w.scan[e.Path] = true
+			}
 		}
 	}
 	if rep.Held > 0 {
@@ -941,12 +948,25 @@ func (w *targetWorker) logReport(kind string, rep *Report) {
 	}
 	if len(rep.Errors) > 0 {
 		attrs = append(attrs, "errors", len(rep.Errors))
-		for i, e := range rep.Errors {
-			if i == 5 {
-				break
+		// Once per path and error, not at every retry: a directory that
+		// stays unreadable for a day must not flood the log.
+		if w.logged == nil {
+			w.logged = map[string]string{}
+		}
+		shown := 0
+		for _, e := range rep.Errors {
+			msg := e.Op + ": " + e.Err.Error()
+			if w.logged[e.Path] == msg || shown == 5 {
+				continue
 			}
+			if len(w.logged) < 10000 {
+				w.logged[e.Path] = msg
+			}
+			shown++
 			w.logger.Warn("sync failed for path; will retry", "path", e.Path, "op", e.Op, "err", e.Err)
 		}
+	} else if len(w.logged) > 0 {
+		clear(w.logged) // all well again: a new failure is news
 	}
 	w.logger.Info("synced", attrs...)
 }

@@ -191,10 +191,26 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	}
 	dst := map[string]Entry{}
 	var temps []string
+	// Directories either side could not list: their contents are
+	// unknown, so nothing below them is deleted or assumed missing.
+	var unlistedMu sync.Mutex
+	srcUnlisted, dstUnlisted := map[string]bool{}, map[string]bool{}
 	err := t.Walk(ctx, sub, func(e Entry) error {
 		if strings.HasPrefix(path.Base(e.Path), TempPrefix) {
 			temps = append(temps, e.Path)
 			return nil
+		}
+		if r.Source.excluder.Excluded(e.Path, e.Mode.IsDir()) {
+			// Not ours on either side (lost+found on a mounted volume):
+			// not even listed.
+			if e.Mode.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if e.ListErr != nil {
+			dstUnlisted[e.Path] = true
+			rep.Errors = append(rep.Errors, &PathError{Path: e.Path, Op: "list target directory", Err: e.ListErr})
 		}
 		dst[e.Path] = e
 		return nil
@@ -212,6 +228,17 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	var dirTimes []Entry
 	dstEntries := len(dst)
 	planOne := func(ctx context.Context, s Entry) error {
+		if s.ListErr != nil {
+			unlistedMu.Lock()
+			srcUnlisted[s.Path] = true
+			unlistedMu.Unlock()
+			mu.Lock()
+			rep.Errors = append(rep.Errors, &PathError{Path: s.Path, Op: "list source directory", Err: s.ListErr})
+			mu.Unlock()
+		}
+		if underAny(s.Path, dstUnlisted) {
+			return nil // the target's copy of its directory is unknown
+		}
 		mu.Lock()
 		var d *Entry
 		if e, ok := dst[s.Path]; ok {
@@ -308,6 +335,9 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 		if r.Source.excluder.Excluded(x, dst[x].Mode.IsDir()) {
 			continue // excluded on the target too: never ours to delete
 		}
+		if underAny(x, srcUnlisted) {
+			continue // the source's copy is unknown: never delete on a guess
+		}
 		if !r.Delete {
 			continue
 		}
@@ -349,6 +379,19 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	err = r.execute(ctx, t, ops, dirTimes, rep, true)
 	rep.Duration = time.Since(start)
 	return rep, err
+}
+
+// underAny reports whether p lies strictly below one of dirs.
+func underAny(p string, dirs map[string]bool) bool {
+	if len(dirs) == 0 {
+		return false
+	}
+	for d := parentOf(p); d != ""; d = parentOf(d) {
+		if dirs[d] {
+			return true
+		}
+	}
+	return false
 }
 
 // reasonNotInSource marks the removals the mass-deletion guard counts

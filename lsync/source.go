@@ -288,26 +288,40 @@ func (s *Source) walkDir(ctx context.Context, dir *os.Root, rel string, fn func(
 			}
 			continue
 		}
-		if err := fn(*e); err != nil {
-			return err
-		}
 		if !e.Mode.IsDir() {
+			if err := fn(*e); err != nil {
+				return err
+			}
 			continue
 		}
 		// The lstat above saw a real directory; should it have been
 		// swapped for a symlink since, os.Root still keeps the walk
 		// inside the source root.
 		child, err := dir.OpenRoot(name)
-		if err != nil {
-			if gone(err) {
-				continue
+		if err == nil {
+			var f *os.File
+			if f, err = child.Open("."); err == nil {
+				_ = f.Close()
 			}
-			return err
 		}
-		err = s.walkDir(ctx, child, p, fn)
-		_ = child.Close()
+		if err != nil && gone(err) {
+			if child != nil {
+				_ = child.Close()
+			}
+			continue
+		}
 		if err != nil {
-			return err
+			e.ListErr = err // unreadable: reported, its contents left alone
+		}
+		ferr := fn(*e)
+		if ferr == nil && err == nil {
+			ferr = s.walkDir(ctx, child, p, fn)
+		}
+		if child != nil {
+			_ = child.Close()
+		}
+		if ferr != nil && !errors.Is(ferr, fs.SkipDir) {
+			return ferr
 		}
 	}
 	return nil

@@ -364,11 +364,11 @@ func tempName(name string) string {
 type tempFile struct {
 	// mu orders writes against commit and abort, which close fd: a write
 	// must never reach a descriptor number reused by another file.
-	mu         sync.Mutex
-	dfd        int // the parent directory, O_PATH
-	name, tmp  string
-	rel        string
-	fd         int
+	mu        sync.Mutex
+	dfd       int // the parent directory, O_PATH
+	name, tmp string
+	rel       string
+	fd        int
 }
 
 // create opens a new temp file (0600, O_EXCL, never through a symlink)

@@ -87,9 +87,9 @@ type server struct {
 	root   *Root
 	logger *slog.Logger
 
-	mu       sync.Mutex
-	handles  map[uint32]any // *tempFile or *os.File
-	nextH    uint32
+	mu      sync.Mutex
+	handles map[uint32]any // *tempFile or *os.File
+	nextH   uint32
 }
 
 func (s *server) serve(ctx context.Context, in io.Closer, br *bufio.Reader, out io.Writer) error {

@@ -335,6 +335,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 	w.filesCounter = m.files.WithLabelValues(j.cfg.Name, name)
 	w.bytesCounter = m.bytes.WithLabelValues(j.cfg.Name, name)
 	w.errCounter = m.errors.WithLabelValues(j.cfg.Name, name)
+	w.rec.OnRefused = m.refused.WithLabelValues(j.cfg.Name, name).Inc
 	w.rec.OnTransfer = func(n int64) {
 		w.filesCounter.Inc()
 		w.bytesCounter.Add(float64(n))

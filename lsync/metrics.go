@@ -14,6 +14,7 @@ type metrics struct {
 	bytes     *prometheus.CounterVec
 	errors    *prometheus.CounterVec
 	connected *prometheus.GaugeVec
+	refused   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,6 +38,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lockstep_sync_connected", Help: "1 when the session to the target is up.",
 		}, labels),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_sync_refused_total",
+			Help: "Operations the target refused because they would leave its root or go through a symlink there.",
+		}, labels),
 	}
 	if reg == nil {
 		return m
@@ -47,6 +52,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.bytes = register(reg, m.bytes)
 	m.errors = register(reg, m.errors)
 	m.connected = register(reg, m.connected)
+	m.refused = register(reg, m.refused)
 	return m
 }
 

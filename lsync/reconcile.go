@@ -90,8 +90,34 @@ func (s *Source) openFile(rel string) (*os.File, error) {
 
 // Lstat returns the source entry for rel, or nil when it does not exist
 // (or is excluded).
+//
+// An entry below a symlinked directory does not exist in the tree (the
+// walk never descends into a symlink), although os.Root would follow a
+// symlink that stays inside the root: answering "present" would make a
+// directory replaced by a symlink never delete its old content on the
+// targets, and copy the link's target there under the old names.
 func (s *Source) Lstat(rel string) (*Entry, error) {
+	if dir := path.Dir(rel); dir != "." {
+		real, ok := s.beneath.realDir(dir)
+		if !ok {
+			real = s.realDir(dir)
+		}
+		if !real {
+			return nil, nil
+		}
+	}
 	return s.entry(s.root, rel, rel)
+}
+
+// realDir is beneath.realDir without openat2: each ancestor is lstat'ed.
+func (s *Source) realDir(dir string) bool {
+	for p := dir; p != "."; p = path.Dir(p) {
+		fi, err := s.root.Lstat(p)
+		if err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	return true
 }
 
 // entry lstats name inside dir, which holds the tree's path rel. It
@@ -246,6 +272,9 @@ type op struct {
 	path   string
 	src    Entry
 	reason string
+	// overDir: a file or symlink takes the place of a directory on the
+	// target. In two-way mode the directory is removed only when empty.
+	overDir bool
 }
 
 func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }
@@ -274,8 +303,13 @@ type Report struct {
 	Kept      int // two-way: entries only on the target, left for the peer to push
 	// Changes lists the actions (or, in a dry run, the differences),
 	// capped at maxReportedChanges.
-	Changes  []string
-	Errors   []*PathError
+	Changes []string
+	Errors  []*PathError
+	// Refused lists operations the target refused because they would
+	// leave its root or go through a symlink there (ErrRefused). They are
+	// not retried before the next full pass: the peer's tree must change
+	// first.
+	Refused  []*PathError
 	Retry    []string // paths that changed while being copied
 	Duration time.Duration
 	// Entries is the size of the larger tree listing a full pass built
@@ -289,7 +323,7 @@ const maxReportedChanges = 100
 func (r *Report) Actions() int { return r.Files + r.Dirs + r.Links + r.Attrs + r.Deleted + r.Renamed }
 
 // InSync reports whether the target matched (dry run) or now matches.
-func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 }
+func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 && len(r.Refused) == 0 }
 
 // Matches reports, for a dry run, that nothing differs.
 func (r *Report) Matches() bool {
@@ -327,6 +361,14 @@ type Reconciler struct {
 	ProgressEvery time.Duration
 	// OnTransfer is called after every file landed (metrics).
 	OnTransfer func(bytes int64)
+	// OnRefused is called for every operation the target refused
+	// (ErrRefused), logged or not (metrics).
+	OnRefused func()
+
+	refusedMu sync.Mutex
+	// refusedLogged holds the paths whose refusal was logged, so that a
+	// hostile tree retried by every full pass logs each path once.
+	refusedLogged map[string]bool
 
 	landedMu sync.Mutex
 	// landed maps a path to the source version last landed or verified
@@ -444,6 +486,16 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 			o.kind, o.reason = opMkdir, "missing"
 			if dst != nil {
 				o.reason = "not a directory on target"
+				// Unless this directory changed after the peer's symlink
+				// was made (a symlink replaced by a directory here), the
+				// two are a type conflict and both are kept; the peer,
+				// for its part, never removes a directory with content
+				// for its symlink. Filesystem timestamps are coarse (a
+				// few ms): a tie is a conflict, not a win.
+				if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && !src.ModTime.After(dst.ModTime) {
+					r.logTypeConflict(src.Path, "a directory here, a symlink at least as new on the peer", nil)
+					return op{}, false, errConflict
+				}
 			}
 			return o, true, nil
 		}
@@ -461,6 +513,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		}
 		o.kind, o.reason = opSymlink, "missing"
 		if dst != nil {
+			o.overDir = dst.Mode.IsDir()
 			if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && r.Target < r.Node {
 				r.logConflict(*src, *dst)
 				return op{}, false, errConflict
@@ -476,6 +529,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		o.reason = "missing"
 	case !dst.Mode.IsRegular():
 		o.reason = "not a file on target"
+		o.overDir = dst.Mode.IsDir()
 	case src.Size != dst.Size:
 		o.reason = fmt.Sprintf("size %d vs %d", src.Size, dst.Size)
 	case r.Checksum:
@@ -522,6 +576,44 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 }
 
 var errConflict = errors.New("conflict lost to peer")
+
+func (r *Reconciler) logTypeConflict(rel, what string, err error) {
+	attrs := []any{"path", rel, "conflict", what, "node", r.Node,
+		"rule", "a directory with content is never replaced by a file or symlink in two-way mode; resolve by hand on one node"}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	r.Logger.Warn("two-way type conflict: keeping both", attrs...)
+}
+
+// clearForFile removes the directory a file or symlink is about to
+// replace, only if it is empty; otherwise the operation is a conflict.
+func (r *Reconciler) clearForFile(ctx context.Context, t Target, rel string) error {
+	dr, ok := t.(DirRemover)
+	if !ok {
+		return errors.New("this target cannot remove a directory only when it is empty")
+	}
+	return dr.RemoveEmptyDir(ctx, rel)
+}
+
+// refused records an operation the target refused: logged once per path,
+// counted every time.
+func (r *Reconciler) refused(o op, err error) {
+	if r.OnRefused != nil {
+		r.OnRefused()
+	}
+	r.refusedMu.Lock()
+	if r.refusedLogged == nil || len(r.refusedLogged) >= maxLanded {
+		r.refusedLogged = map[string]bool{}
+	}
+	first := !r.refusedLogged[o.path]
+	r.refusedLogged[o.path] = true
+	r.refusedMu.Unlock()
+	if first {
+		r.Logger.Warn("target refused the operation: it would leave the target root or go through a symlink there; the rest keeps syncing, this path waits for the next full pass",
+			"path", o.path, "op", opNames[o.kind], "err", err)
+	}
+}
 
 func (r *Reconciler) logConflict(src, dst Entry) {
 	r.Logger.Info("two-way conflict: keeping the peer's copy", "path", src.Path,
@@ -902,6 +994,11 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		if errors.Is(err, ErrRefused) {
+			r.refused(o, err)
+			rep.Refused = append(rep.Refused, &PathError{Path: o.path, Op: opNames[o.kind], Err: err})
+			return nil
+		}
 		if errors.Is(err, errSourceChanged) || errors.Is(err, fs.ErrNotExist) && o.kind == opUpload {
 			// Being written, or gone meanwhile: look again after the next
 			// quiet period (its events are on their way too).
@@ -991,6 +1088,18 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		o := rest[i]
 		var err error
 		var n int64
+		if o.overDir && r.TwoWay && (o.kind == opUpload || o.kind == opSymlink) {
+			if err := r.clearForFile(ctx, t, o.path); err != nil {
+				if errors.Is(err, ErrDisconnected) || ctx.Err() != nil {
+					return err
+				}
+				r.logTypeConflict(o.path, "a "+opNames[o.kind]+" here, a directory with content on the peer", err)
+				mu.Lock()
+				rep.Conflicts++
+				mu.Unlock()
+				return nil
+			}
+		}
 		switch o.kind {
 		case opUpload:
 			n, err = r.upload(ctx, t, o.path)

@@ -68,6 +68,7 @@ func newRootCmd() *cobra.Command {
 		newRunCmd(),
 		newStatusCmd(),
 		newPlaygroundCmd(),
+		newReceiveCmd(),
 	)
 	return root
 }

@@ -120,7 +120,7 @@ func (t *Target) parentFD(rel string, create bool) (int, string, error) {
 		unix.Close(fd)
 		switch {
 		case err == unix.ELOOP || err == unix.ENOTDIR:
-			return -1, "", &fs.PathError{Op: "write", Path: rel, Err: fmt.Errorf("parent %q is a symlink or not a directory; refusing to write through it", comp)}
+			return -1, "", &fs.PathError{Op: "write", Path: rel, Err: fmt.Errorf("parent %q is a symlink or not a directory; refusing to write through it: %w", comp, lsync.ErrRefused)}
 		case err != nil:
 			return -1, "", &fs.PathError{Op: "open parent", Path: rel, Err: err}
 		}
@@ -453,6 +453,27 @@ func (t *Target) RemoveAll(_ context.Context, rel string) error {
 		return err
 	}
 	return t.root.RemoveAll(c)
+}
+
+// RemoveEmptyDir implements lsync.DirRemover: rmdir(2), which fails on a
+// directory with entries.
+func (t *Target) RemoveEmptyDir(_ context.Context, rel string) error {
+	c, err := t.clean(rel)
+	if err != nil {
+		return err
+	}
+	dfd, base, err := t.parentFD(c, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	if err := unix.Unlinkat(dfd, base, unix.AT_REMOVEDIR); err != nil && err != unix.ENOENT {
+		return &fs.PathError{Op: "rmdir", Path: rel, Err: err}
+	}
+	return nil
 }
 
 // Open reads back a regular file.

@@ -676,8 +676,9 @@ func (r *Root) removeAt(dfd int, name, rel string) error {
 		if err == nil || errors.Is(err, unix.ENOENT) {
 			return nil
 		}
-		// Something was created inside meanwhile: empty it again.
-		if !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) || attempt >= 3 {
+		// Something was created inside meanwhile (empty it again), or
+		// the directory was swapped for something else (unlink that).
+		if !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.ENOTDIR) || attempt >= 3 {
 			return &fs.PathError{Op: "rmdir", Path: r.show(rel), Err: err}
 		}
 	}

@@ -261,6 +261,11 @@ func (s *server) do(rq request) ([]byte, error) {
 		for _, x := range list {
 			e.entry(x)
 		}
+		if len(e.b) > maxFrame-64 {
+			// One listing is one reply: refuse this directory rather
+			// than send a frame the client must treat as corrupt.
+			return nil, &fs.PathError{Op: "readdir", Path: s.root.show(rel), Err: unix.EFBIG}
+		}
 	case opMkdir:
 		rel, mode := d.str(), fs.FileMode(d.u32())
 		if err := bad(); err != nil {

@@ -571,6 +571,7 @@ func fakeReceiver(t *testing.T, version uint32, root string) string {
 	str(receiver.Magic)
 	payload = binary.BigEndian.AppendUint32(payload, version)
 	str(root)
+	str("")
 	frame := binary.BigEndian.AppendUint32(nil, uint32(5+len(payload)))
 	frame = append(frame, 'H', 0, 0, 0, 0)
 	frame = append(frame, payload...)

@@ -70,9 +70,12 @@ func Hello(r io.Reader, w io.Writer) (root string, err error) {
 	if version != Version {
 		return "", &VersionError{Server: version, Client: Version}
 	}
-	root = d.str()
+	root, problem := d.str(), d.str()
 	if err := d.done(); err != nil {
 		return "", err
+	}
+	if problem != "" {
+		return "", fmt.Errorf("the receiver cannot serve %s: %s", root, problem)
 	}
 	return root, nil
 }

@@ -25,7 +25,8 @@
 //
 // The client opens with a hello frame (type 'H', id 0: the string
 // "lockstep-receiver" and its uint32 version); the server answers with the
-// same magic, its own version and the root it serves. The hello frames keep
+// same magic, its own version, the root it serves and, when it cannot
+// serve it, why (empty otherwise). The hello frames keep
 // this layout in every version, so that either side can tell a mismatch and
 // the client can fall back to SFTP. After the hello the client sends
 // requests; each gets exactly one reply (typeOK with the op's result, or

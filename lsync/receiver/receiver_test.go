@@ -446,3 +446,23 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+func TestHelloReportsUnusableRoot(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no", "such", "root")
+	cr, sw := io.Pipe()
+	sr, cw := io.Pipe()
+	served := make(chan error, 1)
+	go func() {
+		err := Serve(context.Background(), sr, sw, missing, nil)
+		_ = sw.Close()
+		served <- err
+	}()
+	_, err := Hello(cr, cw)
+	if err == nil || !strings.Contains(err.Error(), "cannot serve "+missing) {
+		t.Errorf("hello with a missing root: %v", err)
+	}
+	if err := <-served; err == nil {
+		t.Error("Serve with a missing root returned nil")
+	}
+	_ = cw.Close()
+}

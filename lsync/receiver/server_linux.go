@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"sync"
 	"syscall"
 
@@ -47,7 +48,14 @@ func serve(ctx context.Context, in io.ReadCloser, out io.Writer, root string, lo
 	var e enc
 	e.str(Magic)
 	e.u32(Version)
-	e.str(root)
+	e.str(path.Clean(root))
+	// Why this receiver cannot serve (the root cannot be opened), so
+	// that the client reports it instead of a broken session.
+	if rerr != nil {
+		e.str(rerr.Error())
+	} else {
+		e.str("")
+	}
 	if err := writeFrame(out, typeHello, 0, e.b); err != nil {
 		if r != nil {
 			_ = r.Close()

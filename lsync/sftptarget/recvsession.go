@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"path"
 	"strings"
 	"sync"
@@ -59,7 +60,7 @@ type peerStderr struct {
 
 const maxEarlyStderr = 4 << 10
 
-func (p *peerStderr) run(r io.Reader, t *transportLogger) {
+func (p *peerStderr) run(r io.Reader, logger *slog.Logger) {
 	defer close(p.done)
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), 64<<10)
@@ -73,7 +74,7 @@ func (p *peerStderr) run(r io.Reader, t *transportLogger) {
 		}
 		p.mu.Unlock()
 		if forward {
-			t.warn("receiver on the peer says", "line", line)
+			logger.Warn("receiver on the peer says", "line", line)
 		}
 	}
 	_, _ = io.Copy(io.Discard, r)
@@ -90,11 +91,6 @@ func (p *peerStderr) text() string {
 	defer p.mu.Unlock()
 	return strings.TrimSpace(p.early.String())
 }
-
-// transportLogger lets the stderr reader log without holding the session.
-type transportLogger struct{ c *Connector }
-
-func (t *transportLogger) warn(msg string, args ...any) { t.c.logger.Warn(msg, args...) }
 
 // startReceiver runs the receiver on d and says hello. On failure the SSH
 // connection stays usable (for the SFTP fallback) unless the setup
@@ -125,7 +121,7 @@ func (c *Connector) startReceiver(ctx context.Context, d *dialed) (*recvSession,
 		return nil, fmt.Errorf("the peer refused to run %q: %w", cmd, err)
 	}
 	errOut := &peerStderr{done: make(chan struct{})}
-	go errOut.run(stderr, &transportLogger{c: c})
+	go errOut.run(stderr, c.logger)
 
 	type helloResult struct {
 		root string

@@ -586,3 +586,31 @@ func fakeReceiver(t *testing.T, version uint32, root string) string {
 	}
 	return p
 }
+
+// TestReceiverForcedCommand: the setup the README recommends, the sync key
+// restricted in authorized_keys to `lockstep receive --root PATH`.
+func TestReceiverForcedCommand(t *testing.T) {
+	srv := sshdtest.Start(t)
+	bin := lockstepBinary(t)
+	dst := filepath.Join(t.TempDir(), "docroot")
+	ak := filepath.Join(srv.Dir, "authorized_keys")
+	key, err := os.ReadFile(ak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forced := fmt.Sprintf("command=\"%s receive --root %s\",restrict %s", bin, dst, key)
+	if err := os.WriteFile(ak, []byte(forced), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The client's own command is ignored: the forced one runs.
+	tg, logs, err := connectWith(t, srv, dst, lsync.ReceiverOn, "/nonexistent/lockstep")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, logs)
+	}
+	mustWork(t, tg, dst)
+	// A target path other than the forced root is refused, not mixed up.
+	_, _, err = connectWith(t, srv, dst+"-other", lsync.ReceiverOn, bin)
+	if err == nil || !strings.Contains(err.Error(), "forced command") {
+		t.Errorf("target path differing from the forced root: %v", err)
+	}
+}

@@ -221,6 +221,12 @@ func (t *Target) Stat(_ context.Context, rel string) (lsync.Entry, error) {
 	if err != nil {
 		return lsync.Entry{}, err
 	}
+	// Below a symlink or a file there is nothing inside the tree (os.Root
+	// would follow a symlink that stays inside the root, and fail with a
+	// non-"not found" error on one that leaves it).
+	if err := t.checkParents(c); err != nil {
+		return lsync.Entry{}, &fs.PathError{Op: "lstat", Path: c, Err: fs.ErrNotExist}
+	}
 	fi, err := t.root.Lstat(c)
 	if err != nil {
 		return lsync.Entry{}, err

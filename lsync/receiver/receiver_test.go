@@ -466,3 +466,30 @@ func TestHelloReportsUnusableRoot(t *testing.T) {
 	}
 	_ = cw.Close()
 }
+
+// Malformed requests get an error reply; the connection stays usable.
+func TestMalformedRequests(t *testing.T) {
+	root := t.TempDir()
+	c := pipeConn(t, root, false)
+	ctx := context.Background()
+	for _, rq := range []struct {
+		typ     byte
+		payload []byte
+	}{
+		{opStat, nil},                        // truncated
+		{opStat, []byte{0, 0, 0, 1, 'a', 9}}, // trailing bytes
+		{'?', nil},                           // unknown type
+		{opWrite, (&enc{b: []byte{0, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}}).b}, // no such handle
+		{opCommit, []byte{0, 0, 0, 7, 0, 0, 1, 0xa4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
+		{opRead, []byte{0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}},
+	} {
+		_, err := c.call(ctx, rq.typ, rq.payload)
+		var re *Error
+		if !errors.As(err, &re) || re.Errno != 0 {
+			t.Errorf("request %q %v: %v, want a malformed-request error", rq.typ, rq.payload, err)
+		}
+	}
+	if err := c.Put(ctx, "still/works", 0o644, time.Now(), []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+}

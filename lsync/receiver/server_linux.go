@@ -206,6 +206,12 @@ func (s *server) takeHandle(h uint32) (any, bool) {
 func (s *server) handle(rq request) reply {
 	out, err := s.do(rq)
 	if err != nil {
+		var inv *invalid
+		if errors.As(err, &inv) {
+			// A client bug or a hostile client; the peer logs the
+			// receiver's stderr.
+			s.logger.Warn("malformed request", "op", opNames[rq.typ], "err", err)
+		}
 		return reply{typ: typeError, id: rq.id, payload: s.encodeError(rq.typ, err)}
 	}
 	return reply{typ: typeOK, id: rq.id, payload: out}

@@ -490,9 +490,10 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 				// was made (a symlink replaced by a directory here), the
 				// two are a type conflict and both are kept; the peer,
 				// for its part, never removes a directory with content
-				// for its symlink. Filesystem timestamps are coarse (a
-				// few ms): a tie is a conflict, not a win.
-				if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && !src.ModTime.After(dst.ModTime) {
+				// for its symlink. Timestamps are coarse (a few ms on
+				// the filesystem, whole seconds over SFTP): a tie is a
+				// conflict, not a win.
+				if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && (sameMTime(src.ModTime, dst.ModTime) || !src.ModTime.After(dst.ModTime)) {
 					r.logTypeConflict(src.Path, "a directory here, a symlink at least as new on the peer", nil)
 					return op{}, false, errConflict
 				}

@@ -493,3 +493,38 @@ func TestMalformedRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Serve returns when its context ends, even while the client is idle: it
+// closes its input, which unblocks the read.
+func TestServeStopsOnContext(t *testing.T) {
+	cr, sw := io.Pipe()
+	sr, cw := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		err := Serve(ctx, sr, sw, t.TempDir(), nil)
+		_ = sw.Close()
+		served <- err
+	}()
+	if _, err := Hello(cr, cw); err != nil {
+		t.Fatal(err)
+	}
+	c := NewClient(cr, cw)
+	if err := c.Mkdir(ctx, "d", fs.ModeDir|0o755); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-served:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Serve after cancel: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after its context ended")
+	}
+	<-c.Done()
+	if err := c.Mkdir(context.Background(), "e", fs.ModeDir|0o755); !errors.Is(err, ErrClosed) {
+		t.Errorf("request after the server stopped: %v", err)
+	}
+	_ = cw.Close()
+}

@@ -199,6 +199,15 @@ func (t TargetConfig) validate() []error {
 	if t.KnownHosts == "" {
 		errs = append(errs, errors.New("known_hosts: required for an SSH target (host keys are always verified)"))
 	}
+	return append(errs, t.receiverErrors()...)
+}
+
+// ValidateReceiver checks the receiver settings of an SSH target (the
+// connector re-checks them: receiver_command reaches a shell).
+func (t TargetConfig) ValidateReceiver() error { return errors.Join(t.receiverErrors()...) }
+
+func (t TargetConfig) receiverErrors() []error {
+	var errs []error
 	switch t.Receiver {
 	case "", ReceiverAuto, ReceiverOn, ReceiverOff:
 	default:

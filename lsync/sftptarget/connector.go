@@ -75,10 +75,8 @@ func newConnector(cfg lsync.TargetConfig, logger *slog.Logger) (*Connector, erro
 	}
 	cfg.Path = path.Clean(cfg.Path)
 	cfg.SetReceiverDefaults()
-	switch cfg.Receiver {
-	case lsync.ReceiverAuto, lsync.ReceiverOn, lsync.ReceiverOff:
-	default:
-		return nil, fmt.Errorf("target %q: receiver %q must be auto, on or off", cfg.Name, cfg.Receiver)
+	if err := cfg.ValidateReceiver(); err != nil {
+		return nil, fmt.Errorf("target %q: %w", cfg.Name, err)
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

@@ -138,3 +138,17 @@ func TestReceiverSessionNoticesPeerGone(t *testing.T) {
 		t.Errorf("after the peer went away: %v", err)
 	}
 }
+
+// receiver_command reaches the peer's shell: the connector re-checks it
+// even when the config loader was bypassed.
+func TestConnectorRejectsShellInReceiverCommand(t *testing.T) {
+	srv := sshdtest.Start(t)
+	cfg := srv.TargetConfig("peer", t.TempDir())
+	cfg.ReceiverCommand = "lockstep; touch /tmp/pwned"
+	if _, err := NewConnector(cfg, nil); err == nil || !strings.Contains(err.Error(), "receiver_command") {
+		t.Errorf("NewConnector: %v", err)
+	}
+	if got := shellQuote("/var/www/it's"); got != `'/var/www/it'\''s'` {
+		t.Errorf("shellQuote: %s", got)
+	}
+}

@@ -46,6 +46,9 @@ type op struct {
 	path   string
 	src    Entry
 	reason string
+	// overDir: a file or symlink takes the place of a directory on the
+	// target. In two-way mode the directory is removed only when empty.
+	overDir bool
 }
 
 func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }
@@ -159,6 +162,17 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 			o.kind, o.reason = opMkdir, reasonMissing
 			if dst != nil {
 				o.reason = "not a directory on target"
+				// Unless this directory changed after the peer's symlink
+				// was made (a symlink replaced by a directory here), the
+				// two are a type conflict and both are kept; the peer,
+				// for its part, never removes a directory with content
+				// for its symlink. Timestamps are coarse (a few ms on
+				// the filesystem, whole seconds over SFTP): a tie is a
+				// conflict, not a win.
+				if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && (sameMTime(src.ModTime, dst.ModTime) || !src.ModTime.After(dst.ModTime)) {
+					r.logTypeConflict(src.Path, "a directory here, a symlink at least as new on the peer", nil)
+					return op{}, false, errConflict
+				}
 			}
 			return o, true, nil
 		}
@@ -176,6 +190,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		}
 		o.kind, o.reason = opSymlink, reasonMissing
 		if dst != nil {
+			o.overDir = dst.Mode.IsDir()
 			if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && r.Target < r.Node {
 				r.logConflict(*src, *dst)
 				return op{}, false, errConflict
@@ -191,6 +206,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		o.reason = reasonMissing
 	case !dst.Mode.IsRegular():
 		o.reason = "not a file on target"
+		o.overDir = dst.Mode.IsDir()
 	case src.Size != dst.Size:
 		o.reason = fmt.Sprintf("size %d vs %d", src.Size, dst.Size)
 	case r.Checksum:
@@ -240,6 +256,44 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 const reasonMissing = "missing"
 
 var errConflict = errors.New("conflict lost to peer")
+
+func (r *Reconciler) logTypeConflict(rel, what string, err error) {
+	attrs := []any{"path", rel, "conflict", what, "node", r.Node,
+		"rule", "a directory with content is never replaced by a file or symlink in two-way mode; resolve by hand on one node"}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	r.Logger.Warn("two-way type conflict: keeping both", attrs...)
+}
+
+// clearForFile removes the directory a file or symlink is about to
+// replace, only if it is empty; otherwise the operation is a conflict.
+func (r *Reconciler) clearForFile(ctx context.Context, t Target, rel string) error {
+	dr, ok := t.(DirRemover)
+	if !ok {
+		return errors.New("this target cannot remove a directory only when it is empty")
+	}
+	return dr.RemoveEmptyDir(ctx, rel)
+}
+
+// refused records an operation the target refused: logged once per path,
+// counted every time.
+func (r *Reconciler) refused(o op, err error) {
+	if r.OnRefused != nil {
+		r.OnRefused()
+	}
+	r.refusedMu.Lock()
+	if r.refusedLogged == nil || len(r.refusedLogged) >= maxLanded {
+		r.refusedLogged = map[string]bool{}
+	}
+	first := !r.refusedLogged[o.path]
+	r.refusedLogged[o.path] = true
+	r.refusedMu.Unlock()
+	if first {
+		r.Logger.Warn("target refused the operation: it would leave the target root or go through a symlink there; the rest keeps syncing, this path waits for the next full pass",
+			"path", o.path, "op", opNames[o.kind], "err", err)
+	}
+}
 
 func (r *Reconciler) logConflict(src, dst Entry) {
 	r.Logger.Info("two-way conflict: keeping the peer's copy", "path", src.Path,

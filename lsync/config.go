@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"time"
 )
 
@@ -16,7 +17,26 @@ const (
 	DefaultConcurrency    = 32
 	DefaultSSHPort        = 22
 	DefaultConnectTimeout = 10 * time.Second
+	// DefaultReceiverCommand is how the peer's login shell finds the
+	// lockstep binary for `lockstep receive`.
+	DefaultReceiverCommand = "lockstep"
 )
+
+// Receiver modes of an SSH target (`receiver:`).
+const (
+	// ReceiverAuto uses `lockstep receive` on the peer when it answers
+	// with this build's protocol version, SFTP otherwise (logged).
+	ReceiverAuto = "auto"
+	// ReceiverOn requires the receiver: without it the target is down.
+	ReceiverOn = "on"
+	// ReceiverOff always uses SFTP.
+	ReceiverOff = "off"
+)
+
+// receiverCommandRE keeps receiver_command a plain path or command name:
+// it is run by the peer's login shell, so spaces and shell metacharacters
+// would change its meaning.
+var receiverCommandRE = regexp.MustCompile(`^[A-Za-z0-9_./+-]+$`)
 
 // JobConfig is one `sync:` entry: a source tree pushed to a set of targets.
 type JobConfig struct {
@@ -62,6 +82,12 @@ type TargetConfig struct {
 	KnownHosts     string        `yaml:"known_hosts"`
 	Path           string        `yaml:"path"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// Receiver selects the protocol: ReceiverAuto (default), ReceiverOn
+	// or ReceiverOff.
+	Receiver string `yaml:"receiver"`
+	// ReceiverCommand is the lockstep binary on the peer (a name looked
+	// up in the peer's PATH, or an absolute path).
+	ReceiverCommand string `yaml:"receiver_command"`
 }
 
 // IsLocal reports whether the target is a local directory (NFS mount, tests).
@@ -97,6 +123,20 @@ func (c *JobConfig) SetDefaults() {
 		if t.ConnectTimeout == 0 {
 			t.ConnectTimeout = DefaultConnectTimeout
 		}
+		t.SetReceiverDefaults()
+	}
+}
+
+// SetReceiverDefaults fills in the receiver settings of an SSH target.
+func (t *TargetConfig) SetReceiverDefaults() {
+	if t.IsLocal() {
+		return
+	}
+	if t.Receiver == "" {
+		t.Receiver = ReceiverAuto
+	}
+	if t.ReceiverCommand == "" {
+		t.ReceiverCommand = DefaultReceiverCommand
 	}
 }
 
@@ -157,8 +197,8 @@ func (t TargetConfig) validate() []error {
 		errs = append(errs, fmt.Errorf("path: %q must be an absolute path", t.Path))
 	}
 	if t.IsLocal() {
-		if t.User != "" || t.Identity != "" || t.KnownHosts != "" {
-			errs = append(errs, errors.New("host: required when user, identity or known_hosts is set"))
+		if t.User != "" || t.Identity != "" || t.KnownHosts != "" || t.Receiver != "" || t.ReceiverCommand != "" {
+			errs = append(errs, errors.New("host: required when user, identity, known_hosts, receiver or receiver_command is set"))
 		}
 		return errs
 	}
@@ -173,6 +213,23 @@ func (t TargetConfig) validate() []error {
 	}
 	if t.KnownHosts == "" {
 		errs = append(errs, errors.New("known_hosts: required for an SSH target (host keys are always verified)"))
+	}
+	return append(errs, t.receiverErrors()...)
+}
+
+// ValidateReceiver checks the receiver settings of an SSH target (the
+// connector re-checks them: receiver_command reaches a shell).
+func (t TargetConfig) ValidateReceiver() error { return errors.Join(t.receiverErrors()...) }
+
+func (t TargetConfig) receiverErrors() []error {
+	var errs []error
+	switch t.Receiver {
+	case "", ReceiverAuto, ReceiverOn, ReceiverOff:
+	default:
+		errs = append(errs, fmt.Errorf("receiver: %q must be auto, on or off", t.Receiver))
+	}
+	if t.ReceiverCommand != "" && !receiverCommandRE.MatchString(t.ReceiverCommand) {
+		errs = append(errs, fmt.Errorf("receiver_command: %q must be a command name or a path without spaces or shell metacharacters", t.ReceiverCommand))
 	}
 	return errs
 }

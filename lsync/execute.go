@@ -51,6 +51,11 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		if errors.Is(err, ErrRefused) {
+			r.refused(o, err)
+			rep.Refused = append(rep.Refused, &PathError{Path: o.path, Op: opNames[o.kind], Err: err})
+			return nil
+		}
 		if errors.Is(err, errSourceChanged) || errors.Is(err, fs.ErrNotExist) && o.kind == opUpload {
 			// Being written, or gone meanwhile: look again after the next
 			// quiet period (its events are on their way too).
@@ -143,6 +148,18 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		o := rest[i]
 		var err error
 		var n int64
+		if o.overDir && r.TwoWay && (o.kind == opUpload || o.kind == opSymlink) {
+			if err := r.clearForFile(ctx, t, o.path); err != nil {
+				if errors.Is(err, ErrDisconnected) || ctx.Err() != nil {
+					return err
+				}
+				r.logTypeConflict(o.path, "a "+opNames[o.kind]+" here, a directory with content on the peer", err)
+				mu.Lock()
+				rep.Conflicts++
+				mu.Unlock()
+				return nil
+			}
+		}
 		switch o.kind {
 		case opUpload:
 			n, err = r.upload(ctx, t, o.path)

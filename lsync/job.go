@@ -373,7 +373,7 @@ type targetWorker struct {
 	lastErr      string
 	held         string // why deletions are held ("" = not held)
 	heldDeletes  int
-	heldPaths    map[string]bool // the removals being held, retried until they go through
+	heldPaths    map[string]bool   // the removals being held, retried until they go through
 	logged       map[string]string // path → the failure last logged (worker goroutine only)
 }
 
@@ -406,6 +406,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 	w.driftCounter = m.drift.WithLabelValues(j.cfg.Name, name)
 	w.heldGauge = m.held.WithLabelValues(j.cfg.Name, name)
 	w.missingGauge = m.missing.WithLabelValues(j.cfg.Name, name)
+	w.rec.OnRefused = m.refused.WithLabelValues(j.cfg.Name, name).Inc
 	w.rec.OnTransfer = func(n int64) {
 		w.filesCounter.Inc()
 		w.bytesCounter.Add(float64(n))

@@ -43,6 +43,11 @@ type Report struct {
 	// capped at maxReportedChanges.
 	Changes []string
 	Errors  []*PathError
+	// Refused lists operations the target refused because they would
+	// leave its root or go through a symlink there (ErrRefused). They are
+	// not retried before the next full pass: the peer's tree must change
+	// first.
+	Refused []*PathError
 	Retry   []string // paths that changed while being copied
 	// Held counts the entries the mass-deletion guard kept from being
 	// deleted (HeldReason says why; HeldPaths are the removals not done).
@@ -66,7 +71,9 @@ const maxReportedChanges = 100
 func (r *Report) Actions() int { return r.Files + r.Dirs + r.Links + r.Attrs + r.Deleted + r.Renamed }
 
 // InSync reports whether the target matched (dry run) or now matches.
-func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 && r.Held == 0 }
+func (r *Report) InSync() bool {
+	return len(r.Errors) == 0 && len(r.Retry) == 0 && len(r.Refused) == 0 && r.Held == 0
+}
 
 // Matches reports, for a dry run, that nothing differs.
 func (r *Report) Matches() bool {
@@ -118,6 +125,14 @@ type Reconciler struct {
 	ProgressEvery time.Duration
 	// OnTransfer is called after every file landed (metrics).
 	OnTransfer func(bytes int64)
+	// OnRefused is called for every operation the target refused
+	// (ErrRefused), logged or not (metrics).
+	OnRefused func()
+
+	refusedMu sync.Mutex
+	// refusedLogged holds the paths whose refusal was logged, so that a
+	// hostile tree retried by every full pass logs each path once.
+	refusedLogged map[string]bool
 
 	landedMu sync.Mutex
 	// landed maps a path to the source version last landed or verified
@@ -665,6 +680,7 @@ func (rep *Report) add(o *Report) {
 	rep.Kept += o.Kept
 	rep.Conflicts += o.Conflicts
 	rep.Errors = append(rep.Errors, o.Errors...)
+	rep.Refused = append(rep.Refused, o.Refused...)
 	rep.Retry = append(rep.Retry, o.Retry...)
 	for _, c := range o.Changes {
 		rep.note(c)

@@ -74,6 +74,7 @@ func newRootCmd() *cobra.Command {
 		newRunCmd(),
 		newStatusCmd(),
 		newPlaygroundCmd(),
+		newReceiveCmd(),
 	)
 	return root
 }

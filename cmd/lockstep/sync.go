@@ -147,6 +147,9 @@ func runSyncOnce(ctx context.Context, out io.Writer, jobs []syncJob) error {
 				for _, e := range rep.Errors {
 					why = append(why, e.Error())
 				}
+				for _, e := range rep.Refused {
+					why = append(why, "refused by the target: "+e.Error())
+				}
 				for _, p := range rep.Retry {
 					why = append(why, "changed while copying: "+p)
 				}

@@ -49,6 +49,12 @@ type op struct {
 	// overDir: a file or symlink takes the place of a directory on the
 	// target. In two-way mode the directory is removed only when empty.
 	overDir bool
+	// keepPeer: two-way, both sides changed and this node won: the
+	// peer's version (dst) is moved to its conflict name first.
+	keepPeer *Entry
+	// merged: the three-way merge decided this removal; a directory goes
+	// only if nothing below it changed on the peer since.
+	merged bool
 }
 
 func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }
@@ -148,13 +154,64 @@ func (r *Reconciler) peerWins(src, dst Entry) bool {
 // suspect marks a path known to have changed since it was last landed (a
 // live event, or a pending path carried across a disconnect): its content
 // is compared when size and mtime match only at whole-second granularity.
-func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, suspect bool) (op, bool, error) {
+func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, suspect bool, tx *stateTx) (op, bool, error) {
+	rel := ""
+	if src != nil {
+		rel = src.Path
+	} else if dst != nil {
+		rel = dst.Path
+	}
+	switch r.merge(rel, src, dst) {
+	case vEqual:
+		if src != nil {
+			tx.put(*src)
+		} else {
+			tx.del(rel)
+		}
+		return op{}, false, nil
+	case vLeave:
+		return op{}, false, nil
+	case vLose:
+		r.logConflict(*src, *dst)
+		return op{}, false, errConflict
+	case vPush:
+		if src == nil {
+			if !r.Delete {
+				return op{}, false, nil
+			}
+			return op{kind: opRemove, path: rel, reason: reasonNotInSource, merged: true}, true, nil
+		}
+		o, need, err := r.compare(ctx, t, src, dst, suspect, true)
+		if err == nil && !need && identical(src, dst) {
+			tx.put(*src)
+		}
+		return o, need, err
+	case vWin:
+		o, need, err := r.compare(ctx, t, src, dst, suspect, true)
+		if need && err == nil && dst != nil && !dst.Mode.IsDir() {
+			d := *dst
+			o.keepPeer = &d
+		}
+		return o, need, err
+	}
 	if src == nil {
 		if dst == nil || !r.Delete || (r.TwoWay && !live) {
 			return op{}, false, nil
 		}
 		return op{kind: opRemove, path: dst.Path, reason: reasonNotInSource}, true, nil
 	}
+	o, need, err := r.compare(ctx, t, src, dst, suspect, false)
+	if err == nil && !need && identical(src, dst) {
+		tx.put(*src)
+	}
+	return o, need, err
+}
+
+// compare decides what src needs on a target holding dst. merged means
+// the three-way merge already decided that this node's version goes:
+// the classic two-way rules (newer mtime, name tie) no longer veto it.
+func (r *Reconciler) compare(ctx context.Context, t Target, src, dst *Entry, suspect, merged bool) (op, bool, error) {
+	twoWay := r.TwoWay && !merged
 	o := op{path: src.Path, src: *src}
 	switch {
 	case src.Mode.IsDir():
@@ -169,7 +226,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 				// for its symlink. Timestamps are coarse (a few ms on
 				// the filesystem, whole seconds over SFTP): a tie is a
 				// conflict, not a win.
-				if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && (sameMTime(src.ModTime, dst.ModTime) || !src.ModTime.After(dst.ModTime)) {
+				if twoWay && dst.Mode&fs.ModeSymlink != 0 && (sameMTime(src.ModTime, dst.ModTime) || !src.ModTime.After(dst.ModTime)) {
 					r.logTypeConflict(src.Path, "a directory here, a symlink at least as new on the peer", nil)
 					return op{}, false, errConflict
 				}
@@ -177,7 +234,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 			return o, true, nil
 		}
 		if modeBits(src.Mode) != modeBits(dst.Mode) {
-			if r.peerWins(*src, *dst) {
+			if twoWay && r.peerWins(*src, *dst) {
 				return op{}, false, nil
 			}
 			o.kind, o.reason = opChmod, fmt.Sprintf("mode %v vs %v", modeBits(src.Mode), modeBits(dst.Mode))
@@ -191,7 +248,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		o.kind, o.reason = opSymlink, reasonMissing
 		if dst != nil {
 			o.overDir = dst.Mode.IsDir()
-			if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && r.Target < r.Node {
+			if twoWay && dst.Mode&fs.ModeSymlink != 0 && r.Target < r.Node {
 				r.logConflict(*src, *dst)
 				return op{}, false, errConflict
 			}
@@ -237,7 +294,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 	}
 	if o.reason == "" {
 		if modeBits(src.Mode) != modeBits(dst.Mode) {
-			if r.TwoWay && r.Target < r.Node {
+			if twoWay && r.Target < r.Node {
 				return op{}, false, nil
 			}
 			o.kind, o.reason = opChmod, fmt.Sprintf("mode %v vs %v", modeBits(src.Mode), modeBits(dst.Mode))
@@ -245,7 +302,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		}
 		return op{}, false, nil
 	}
-	if dst != nil && dst.Mode.IsRegular() && r.peerWins(*src, *dst) {
+	if twoWay && dst != nil && dst.Mode.IsRegular() && r.peerWins(*src, *dst) {
 		r.logConflict(*src, *dst)
 		return op{}, false, errConflict
 	}

@@ -59,8 +59,11 @@ type JobConfig struct {
 	TwoWay bool `yaml:"two_way"`
 	// MaxDelete guards against mass deletion: "N", "N%" of the target's
 	// entries, or "off"; empty means DefaultMaxDelete.
-	MaxDelete string         `yaml:"max_delete"`
-	Targets   []TargetConfig `yaml:"targets"`
+	MaxDelete string `yaml:"max_delete"`
+	// StateDir holds the job's sync state (the two-way merge base), one
+	// file per target under StateDir/sync/JOB/; empty keeps none.
+	StateDir string         `yaml:"state_dir"`
+	Targets  []TargetConfig `yaml:"targets"`
 }
 
 // EffectiveMaxDelete returns the parsed guard (Validate has checked it).
@@ -163,6 +166,9 @@ func (c *JobConfig) Validate() error {
 	}
 	if c.Concurrency < 1 || c.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf("concurrency: %d out of range 1..256", c.Concurrency))
+	}
+	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
+		errs = append(errs, fmt.Errorf("state_dir: %q must be an absolute path", c.StateDir))
 	}
 	if _, err := ParseMaxDelete(c.MaxDelete); err != nil {
 		errs = append(errs, fmt.Errorf("max_delete: %w", err))

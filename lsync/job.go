@@ -349,6 +349,10 @@ type OnceResult struct {
 	Applied *Report // the pass that pushed differences
 	Verify  *Report // a dry comparison afterwards
 	Err     error   // connection or walk failure
+	// StatePath and StateEntries describe the target's sync state after
+	// the pass ("" when the job keeps none).
+	StatePath    string
+	StateEntries int
 }
 
 // OK reports whether the target matches the source.
@@ -384,6 +388,9 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			}
 			w.logReport("reconcile", res.Applied)
 			res.Verify, res.Err = w.rec.Reconcile(ctx, t, true)
+			if st := w.status(); st.StatePath != "" {
+				res.StatePath, res.StateEntries = st.StatePath, st.StateEntries
+			}
 		}()
 	}
 	wg.Wait()

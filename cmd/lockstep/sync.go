@@ -132,6 +132,9 @@ func runSyncOnce(ctx context.Context, out io.Writer, jobs []syncJob) error {
 				fmt.Fprintf(out, "%s: pushed %d file(s) (%d bytes), %d dir(s), %d link(s), %d attribute fix(es), %d deletion(s)\n",
 					prefix, r.Applied.Files, r.Applied.Bytes, r.Applied.Dirs, r.Applied.Links, r.Applied.Attrs, r.Applied.Deleted)
 			}
+			if r.StatePath != "" {
+				fmt.Fprintf(out, "%s: sync state %s (%d paths)\n", prefix, r.StatePath, r.StateEntries)
+			}
 			if r.OK() {
 				fmt.Fprintf(out, "%s: in sync\n", prefix)
 				continue

@@ -459,6 +459,15 @@ func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode f
 	if err != nil {
 		return s.withSpaceHint(tmp, s.check("create", tmp, err))
 	}
+	// SFTP v3's open carries no mode in pkg/sftp, so sftp-server creates
+	// the file with its umask (0644, usually): made private before the
+	// first byte is written, the content is never readable by others
+	// before the rename. (The receiver creates it 0600 in one call.)
+	if err := f.Chmod(0o600); err != nil {
+		_ = f.Close()
+		s.removeTemp(tmp)
+		return s.check("chmod", tmp, err)
+	}
 	if err := s.fill(ctx, c, f, tmp, r, mode, mtime); err != nil {
 		s.removeTemp(tmp)
 		return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -182,6 +183,20 @@ func ConflictName(rel, node string, mtime time.Time) string {
 // the copy then comes back here like any new file of the peer's.
 func (r *Reconciler) keepPeerVersion(ctx context.Context, t Target, dst Entry) error {
 	name := ConflictName(dst.Path, r.Target, dst.ModTime)
+	// Two conflicts within one second must not share a name: the second
+	// copy would replace the first.
+	for i := 2; ; i++ {
+		_, err := t.Stat(ctx, name)
+		if errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		dir, base := path.Split(ConflictName(dst.Path, r.Target, dst.ModTime))
+		ext := path.Ext(base)
+		name = dir + strings.TrimSuffix(base, ext) + "-" + strconv.Itoa(i) + ext
+	}
 	if err := t.Rename(ctx, dst.Path, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

@@ -83,6 +83,16 @@ func New(root string, seed uint64) (*Tree, error) {
 	return t, err
 }
 
+// Files lists the files and symlinks the model says exist, sorted.
+func (t *Tree) Files() []string {
+	out := make([]string, 0, len(t.files))
+	for f := range t.files {
+		out = append(out, f)
+	}
+	sort.Strings(out)
+	return out
+}
+
 func (t *Tree) abs(rel string) string { return filepath.Join(t.Root, filepath.FromSlash(rel)) }
 
 func (t *Tree) name(prefix string) string {

@@ -24,7 +24,9 @@ const (
 //
 //   - heartbeats (observer: peers, lastHeard, startedAt),
 //   - witnesses (observer's probers: the witness* fields),
-//   - the replication supervisor (Database: the db* fields).
+//   - the replication supervisor (Database: the db* fields),
+//   - the resource monitors and track checks (monitor.go, track.go: the
+//     eligibility fields).
 //
 // A quorum arbiter (e.g. an etcd lease) plugs in the same way: one more
 // field group here holding its verdict, filled by its own goroutine next
@@ -47,6 +49,13 @@ type observation struct {
 	// Our own database, as the replication supervisor reports it.
 	dbFenced bool
 	dbReason string
+
+	// Eligibility. ineligible: why this node must not hold the writer
+	// role (a resource failure not cleared, a failing track); a writer
+	// gives the role up, a standby does not take it. tracksPending: tracks
+	// not checked yet, which only hold back a takeover.
+	ineligible    string
+	tracksPending string
 }
 
 // view is everything a role decision depends on, captured at one instant
@@ -105,11 +114,13 @@ type decision struct {
 //  3. A fenced node returns to standby once a peer or a witness is back.
 //  4. Another live writer: a standby stays standby; two writers resolve by
 //     (database not fenced, earlier writer_since, lower name).
-//  5. A writer keeps the role unless its database is fenced while an
+//  5. A writer keeps the role unless it is ineligible (a resource it could
+//     not recover, a failing track), its database is fenced while an
 //     eligible peer waits, or auto_failback hands it to the preferred node.
-//  6. A standby whose peers are all gone takes over when eligible: its
-//     database is not fenced (or takeover_wait expired), and it has heard
-//     a peer since it last fenced itself.
+//  6. A standby whose peers are all gone takes over when eligible: no
+//     failed resource or failing or unchecked track, its database is not
+//     fenced (or takeover_wait expired), and it has heard a peer since it
+//     last fenced itself.
 //  7. Live peers, no writer: the lowest-named eligible node takes over.
 //
 // When the role stays, it also says whether to lift our own database
@@ -138,7 +149,7 @@ func ownFenceLiftable(v view) bool {
 // eligible is what this node announces in its heartbeat: it may take the
 // writer role now.
 func eligible(s roleSnapshot, dbFenced bool, now time.Time) bool {
-	return s.role == RoleStandby && !s.draining && !s.leaving && !dbFenced && !now.Before(s.failHoldUntil)
+	return s.role == RoleStandby && !s.draining && !s.leaving && !dbFenced && !now.Before(s.failHoldUntil) && s.ineligible == ""
 }
 
 // failBackoff is how long a node whose resource start failed stays
@@ -214,8 +225,16 @@ func decideRole(v view) decision {
 		}
 	}
 
-	// 5. Writer keeps the role unless it should hand over.
+	// 5. Writer keeps the role unless it should hand over. An ineligible
+	// writer gives the role up even with no peer to take it: like
+	// keepalived's FAULT state, an address in front of a service that
+	// cannot run here only hides the outage from the balancer.
 	if v.role == RoleWriter {
+		if v.ineligible != "" {
+			d.role = RoleStandby
+			d.reason = "not eligible: " + v.ineligible + "; giving up the writer role"
+			return d
+		}
 		if v.dbFenced && v.now.Sub(v.dbFencedSince) >= cfg.Deadtime {
 			for _, p := range v.peers {
 				if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
@@ -243,6 +262,14 @@ func decideRole(v view) decision {
 	// Standby from here on.
 	if v.failHold {
 		d.waiting = "not eligible: holding down after a failed resource start"
+		return d
+	}
+	if v.ineligible != "" {
+		d.waiting = "not eligible: " + v.ineligible
+		return d
+	}
+	if v.tracksPending != "" {
+		d.waiting = "not eligible yet: " + v.tracksPending
 		return d
 	}
 

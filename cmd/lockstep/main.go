@@ -67,6 +67,7 @@ func newRootCmd() *cobra.Command {
 		newReplCmd(),
 		newRunCmd(),
 		newStatusCmd(),
+		newClearCmd(),
 		newPlaygroundCmd(),
 	)
 	return root

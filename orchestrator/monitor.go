@@ -1,0 +1,657 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+)
+
+// Resource monitoring, in the manner of Pacemaker's monitor operation
+// with migration-threshold and failure-timeout:
+//
+//   - While the group is held, one goroutine per resource checks it every
+//     monitor_interval (exec: the LSB status action; ipaddr: the address
+//     on its device and the link up). A failed check is handed to the role
+//     loop, which alone acts on resources, so a recovery never overlaps a
+//     role change.
+//   - A vanished address is added again at once with a gratuitous ARP.
+//   - Any other failure restarts the resource in place, together with the
+//     resources after it (they may depend on it): stopped right to left,
+//     started left to right, at most max_restarts times within
+//     restart_window.
+//   - Past that, or when the restart fails or the failure cannot be fixed
+//     here (interface down or gone), the node records the failure and
+//     gives up the writer role; decide sees the record as ineligibility,
+//     so the peer takes over under the usual data-aware rules and this
+//     node does not take the role back until `lockstep clear` or
+//     failure_timeout.
+
+// Monitoring defaults.
+const (
+	DefaultMonitorInterval = 2 * time.Second
+	DefaultMonitorTimeout  = 5 * time.Second
+	DefaultMaxRestarts     = 3
+	DefaultRestartWindow   = 5 * time.Minute
+	DefaultFailureTimeout  = 10 * time.Minute
+)
+
+func (r *ResourceConfig) setMonitorDefaults() {
+	if r.MonitorInterval == 0 {
+		r.MonitorInterval = DefaultMonitorInterval
+	}
+	if r.MonitorTimeout == 0 {
+		r.MonitorTimeout = DefaultMonitorTimeout
+	}
+	if r.MaxRestarts == nil {
+		n := DefaultMaxRestarts
+		r.MaxRestarts = &n
+	}
+	if r.RestartWindow == 0 {
+		r.RestartWindow = DefaultRestartWindow
+	}
+	if r.FailureTimeout == 0 {
+		r.FailureTimeout = DefaultFailureTimeout
+	}
+}
+
+func (r *ResourceConfig) validateMonitor(prefix string) []error {
+	var errs []error
+	// Checks more often than this cost a fork per resource several times
+	// a second and cannot fail over faster than the role loop decides.
+	if r.MonitorInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("%smonitor_interval: %s must be at least 100ms", prefix, r.MonitorInterval))
+	}
+	if r.MonitorTimeout < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("%smonitor_timeout: %s must be at least 10ms", prefix, r.MonitorTimeout))
+	}
+	if r.MaxRestarts != nil && *r.MaxRestarts < 0 {
+		errs = append(errs, fmt.Errorf("%smax_restarts: %d must not be negative (0 = fail over without restarting)", prefix, *r.MaxRestarts))
+	}
+	if r.RestartWindow < 0 {
+		errs = append(errs, fmt.Errorf("%srestart_window: must not be negative", prefix))
+	}
+	if r.FailureTimeout < 0 {
+		errs = append(errs, fmt.Errorf("%sfailure_timeout: must not be negative", prefix))
+	}
+	return errs
+}
+
+// monitorSpec is a held resource's check and recovery policy.
+type monitorSpec struct {
+	interval, timeout time.Duration
+	maxRestarts       int
+	restartWindow     time.Duration
+	failureTimeout    time.Duration
+}
+
+func specFrom(c ResourceConfig) monitorSpec {
+	c.setMonitorDefaults()
+	return monitorSpec{interval: c.MonitorInterval, timeout: c.MonitorTimeout, maxRestarts: *c.MaxRestarts,
+		restartWindow: c.RestartWindow, failureTimeout: c.FailureTimeout}
+}
+
+// monitored is a configured resource with its health check. Resources
+// built without one (tests' fakes) are held but not watched.
+type monitored struct {
+	Resource
+	spec  monitorSpec
+	check func(ctx context.Context) *checkFailure
+}
+
+func withMonitor(r Resource, c ResourceConfig) Resource {
+	m := &monitored{Resource: r, spec: specFrom(c)}
+	switch x := r.(type) {
+	case *Exec:
+		m.check = x.monitor
+	case *IPAddr:
+		m.check = x.monitor
+	default:
+		return r
+	}
+	return m
+}
+
+// recovery is what a failed check calls for.
+type recovery int
+
+const (
+	recoverRestart recovery = iota // stop and start in place, with what follows it
+	recoverReadd                   // start it again alone: the address vanished
+	recoverNone                    // nothing to do here: give up the writer role
+)
+
+type checkFailure struct {
+	how recovery
+	err error
+}
+
+// monitor maps LSB status: 0 running, 3 not running; any other code, a
+// timeout or a failure to run it is a failed resource. Both call for a
+// restart (stop first, so leftovers of a half-dead service go).
+func (e *Exec) monitor(ctx context.Context) *checkFailure {
+	ok, err := e.Running(ctx)
+	switch {
+	case err != nil:
+		return &checkFailure{recoverRestart, err}
+	case !ok:
+		return &checkFailure{recoverRestart, fmt.Errorf("%s status exited 3 (not running)", e.script)}
+	}
+	return nil
+}
+
+// monitor: an address on a link that is down serves nobody and adding it
+// again does not help, so that is a failure to hand over; an address
+// removed by hand (ip addr flush, a network manager) is added back.
+func (a *IPAddr) monitor(ctx context.Context) *checkFailure {
+	l, err := a.link()
+	if err != nil {
+		return &checkFailure{recoverNone, err}
+	}
+	attrs := l.Attrs()
+	switch {
+	case attrs.Flags&net.FlagUp == 0:
+		return &checkFailure{recoverNone, fmt.Errorf("interface %s is administratively down", a.dev)}
+	case attrs.OperState == netlink.OperDown || attrs.OperState == netlink.OperLowerLayerDown || attrs.OperState == netlink.OperNotPresent:
+		return &checkFailure{recoverNone, fmt.Errorf("interface %s link is %s", a.dev, attrs.OperState)}
+	}
+	present, err := a.Running(ctx)
+	if err != nil {
+		return &checkFailure{recoverReadd, err}
+	}
+	if !present {
+		return &checkFailure{recoverReadd, fmt.Errorf("address %s vanished from %s", a.prefix, a.dev)}
+	}
+	return nil
+}
+
+// monitorFailure is a failed check reported to the role loop. gen tells a
+// report of the current monitor run from a stale one (the resource was
+// restarted or released since).
+type monitorFailure struct {
+	idx int
+	gen uint64
+	*checkFailure
+}
+
+// monitorSet runs the monitors of the held group. Only the role loop
+// starts and stops them (through the actor); they report on failures.
+type monitorSet struct {
+	failures chan monitorFailure
+	runs     map[int]*monitorRun
+	gen      uint64
+	pending  map[int]monitorFailure
+}
+
+type monitorRun struct {
+	gen    uint64
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newMonitorSet() *monitorSet {
+	return &monitorSet{failures: make(chan monitorFailure, 16), runs: map[int]*monitorRun{}, pending: map[int]monitorFailure{}}
+}
+
+// start runs the monitors of g's resources from index from on, under ctx.
+func (s *monitorSet) start(ctx context.Context, g *Group, from int) {
+	for i := from; i < len(g.resources); i++ {
+		m, ok := g.resources[i].(*monitored)
+		if !ok || s.runs[i] != nil {
+			continue
+		}
+		s.gen++
+		mctx, cancel := context.WithCancel(ctx)
+		run := &monitorRun{gen: s.gen, cancel: cancel, done: make(chan struct{})}
+		s.runs[i] = run
+		go func() {
+			defer close(run.done)
+			s.watch(mctx, i, run.gen, m)
+		}()
+	}
+}
+
+// stop ends the monitors from index from on and waits for them.
+func (s *monitorSet) stop(from int) {
+	for i, run := range s.runs {
+		if i < from {
+			continue
+		}
+		run.cancel()
+		<-run.done
+		delete(s.runs, i)
+		delete(s.pending, i)
+	}
+}
+
+// watch checks m every interval until a check fails, which it reports
+// and returns: the role loop starts a new run after the recovery.
+func (s *monitorSet) watch(ctx context.Context, idx int, gen uint64, m *monitored) {
+	t := time.NewTimer(m.spec.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, m.spec.timeout)
+		f := m.check(cctx)
+		cancel()
+		if ctx.Err() != nil {
+			return // released meanwhile: the check's verdict is moot
+		}
+		if f != nil {
+			select {
+			case s.failures <- monitorFailure{idx: idx, gen: gen, checkFailure: f}:
+			case <-ctx.Done():
+			}
+			return
+		}
+		t.Reset(m.spec.interval)
+	}
+}
+
+// next returns the failure to handle now: the current runs' reports, the
+// first resource in start order first (restarting it restarts the ones
+// after it anyway).
+func (s *monitorSet) next() (monitorFailure, bool) {
+	for {
+		select {
+		case f := <-s.failures:
+			if run := s.runs[f.idx]; run != nil && run.gen == f.gen {
+				s.pending[f.idx] = f
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if len(s.pending) == 0 {
+		return monitorFailure{}, false
+	}
+	idx := slices.Min(mapKeys(s.pending))
+	f := s.pending[idx]
+	delete(s.pending, idx)
+	// The run that reported has returned; forget it so that start runs a
+	// new one.
+	<-s.runs[idx].done
+	delete(s.runs, idx)
+	return f, true
+}
+
+func mapKeys[V any](m map[int]V) []int {
+	out := make([]int, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// resourceHealth is what the monitors and the operator have said about
+// this node's resources: restarts within their window and the failures
+// that make it ineligible. The role loop writes it; `lockstep clear` (via
+// HTTP) and Status read or clear it, hence the lock.
+type resourceHealth struct {
+	mu         sync.Mutex
+	restarts   map[string][]time.Time
+	failed     map[string]resourceFailure
+	recovering string
+}
+
+// ResourceFailure is a resource this node gave up the writer role for, in
+// /status. Until Expires (or `lockstep clear`) the node is not eligible.
+type ResourceFailure struct {
+	Resource string    `json:"resource"`
+	Reason   string    `json:"reason"`
+	Since    time.Time `json:"since"`
+	Expires  time.Time `json:"expires,omitzero"` // zero: only `lockstep clear` lifts it
+}
+
+type resourceFailure = ResourceFailure
+
+func newResourceHealth() *resourceHealth {
+	return &resourceHealth{restarts: map[string][]time.Time{}, failed: map[string]resourceFailure{}}
+}
+
+// allowRestart counts a restart of name unless max restarts happened
+// within window; it returns the restarts within the window, this one
+// included.
+func (h *resourceHealth) allowRestart(name string, now time.Time, spec monitorSpec) (int, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	kept := h.restarts[name][:0]
+	for _, t := range h.restarts[name] {
+		if now.Sub(t) < spec.restartWindow {
+			kept = append(kept, t)
+		}
+	}
+	h.restarts[name] = kept
+	if len(kept) >= spec.maxRestarts {
+		return len(kept), false
+	}
+	h.restarts[name] = append(kept, now)
+	return len(kept) + 1, true
+}
+
+func (h *resourceHealth) restartCount(name string, window time.Duration, now time.Time) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, t := range h.restarts[name] {
+		if now.Sub(t) < window {
+			n++
+		}
+	}
+	return n
+}
+
+func (h *resourceHealth) fail(name, reason string, now time.Time, timeout time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f := resourceFailure{Resource: name, Reason: reason, Since: now}
+	if timeout > 0 {
+		f.Expires = now.Add(timeout)
+	}
+	h.failed[name] = f
+}
+
+// clear forgets the failure and the restarts of name ("" = all); it
+// returns the resources whose failure it lifted.
+func (h *resourceHealth) clear(name string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for n := range h.failed {
+		if name == "" || n == name {
+			out = append(out, n)
+			delete(h.failed, n)
+		}
+	}
+	for n := range h.restarts {
+		if name == "" || n == name {
+			delete(h.restarts, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// expire drops failures past their failure_timeout and returns them.
+func (h *resourceHealth) expire(now time.Time) []resourceFailure {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []resourceFailure
+	for n, f := range h.failed {
+		if !f.Expires.IsZero() && !now.Before(f.Expires) {
+			out = append(out, f)
+			delete(h.failed, n)
+			delete(h.restarts, n)
+		}
+	}
+	return out
+}
+
+func (h *resourceHealth) failures() []resourceFailure {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]resourceFailure, 0, len(h.failed))
+	for _, f := range h.failed {
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Resource < out[j].Resource })
+	return out
+}
+
+func (h *resourceHealth) setRecovering(what string) {
+	h.mu.Lock()
+	h.recovering = what
+	h.mu.Unlock()
+}
+
+func (h *resourceHealth) recoveringNow() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.recovering
+}
+
+// failureReasons is the resource part of this node's ineligibility.
+func failureReasons(fs []resourceFailure) string {
+	var parts []string
+	for _, f := range fs {
+		parts = append(parts, fmt.Sprintf("resource %s failed (%s); `lockstep clear %s` to lift", f.Resource, f.Reason, f.Resource))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// monitorMetrics count what the monitors and tracks saw and did.
+type monitorMetrics struct {
+	failures  *prometheus.CounterVec
+	restarts  *prometheus.CounterVec
+	failovers *prometheus.CounterVec
+	trackUp   *prometheus.GaugeVec
+	eligible  prometheus.Gauge
+}
+
+func newMonitorMetrics(reg prometheus.Registerer) *monitorMetrics {
+	m := &monitorMetrics{
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_resource_monitor_failures_total", Help: "Failed monitor checks of a held resource.",
+		}, []string{"resource"}),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_resource_restarts_total", Help: "In-place recoveries of a resource: restarts, and addresses added again after they vanished.",
+		}, []string{"resource"}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_resource_failovers_total", Help: "Times this node gave up the writer role because a resource could not be recovered in place.",
+		}, []string{"resource"}),
+		trackUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_track_up", Help: "1 while the tracked check passes (cluster.track).",
+		}, []string{"track"}),
+		eligible: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockstep_eligible", Help: "0 while a resource failure or a failing track keeps this node from the writer role.",
+		}),
+	}
+	reg.MustRegister(m.failures, m.restarts, m.failovers, m.trackUp, m.eligible)
+	m.eligible.Set(1)
+	return m
+}
+
+// recoverResources handles one failed check of the held group, on the role
+// loop: add a vanished address again, restart in place, or record the
+// failure that makes decide give the writer role up.
+func (rm *RoleManager) recoverResources(ctx context.Context) {
+	if rm.state.role != RoleWriter || !rm.act.holding() {
+		return
+	}
+	f, ok := rm.act.mon.next()
+	if !ok {
+		return
+	}
+	g := rm.act.group.Load()
+	m := g.resources[f.idx].(*monitored)
+	name := m.Name()
+	rm.metrics.monitor.failures.WithLabelValues(name).Inc()
+	now := time.Now()
+	defer rm.health.setRecovering("")
+
+	switch f.how {
+	case recoverReadd:
+		rm.health.setRecovering(fmt.Sprintf("adding %s again", name))
+		err := g.startOne(ctx, f.idx, "monitor: address vanished")
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			rm.giveUp(m, fmt.Sprintf("%v; adding it again failed: %v", f.err, err), now)
+			return
+		}
+		rm.metrics.monitor.restarts.WithLabelValues(name).Inc()
+		rm.events.Warn(EventResource, fmt.Sprintf("monitor: %v; added again with gratuitous ARP in %s, role unchanged", f.err, since(now)), "resource", name)
+		rm.act.mon.start(ctx, g, f.idx)
+	case recoverRestart:
+		n, ok := rm.health.allowRestart(name, now, m.spec)
+		if !ok {
+			rm.giveUp(m, fmt.Sprintf("%v; restart limit reached (max_restarts %d within restart_window %s)", f.err, m.spec.maxRestarts, m.spec.restartWindow), now)
+			return
+		}
+		deps := ""
+		if rest := g.names(f.idx + 1); len(rest) > 0 {
+			deps = " and " + strings.Join(rest, ", ") + " after it"
+		}
+		rm.health.setRecovering(fmt.Sprintf("restarting %s%s", name, deps))
+		rm.events.Warn(EventResource, fmt.Sprintf("monitor: %v; restarting it%s in place (restart %d of %d within %s)", f.err, deps, n, m.spec.maxRestarts, m.spec.restartWindow), "resource", name)
+		rm.act.mon.stop(f.idx)
+		err := g.restartFrom(ctx, f.idx, "monitor: restart of "+name)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			rm.giveUp(m, fmt.Sprintf("%v; restart failed: %v", f.err, err), now)
+			return
+		}
+		rm.metrics.monitor.restarts.WithLabelValues(name).Inc()
+		rm.events.Add(EventResource, fmt.Sprintf("monitor: %s restarted in place in %s", name, since(now)), "resource", name)
+		rm.act.mon.start(ctx, g, f.idx)
+	default:
+		rm.giveUp(m, f.err.Error()+"; cannot be recovered in place", now)
+	}
+}
+
+// giveUp records the failure; the decision that follows in the same
+// evaluation sees this node ineligible and hands the writer role over.
+func (rm *RoleManager) giveUp(m *monitored, reason string, now time.Time) {
+	name := m.Name()
+	rm.health.fail(name, reason, now, m.spec.failureTimeout)
+	rm.metrics.monitor.failovers.WithLabelValues(name).Inc()
+	until := "until `lockstep clear " + name + "`"
+	if m.spec.failureTimeout > 0 {
+		until += fmt.Sprintf(" or failure_timeout %s", m.spec.failureTimeout)
+	}
+	rm.events.Warn(EventResource, fmt.Sprintf("monitor: %s: %s; giving up the writer role, not eligible %s", name, reason, until), "resource", name)
+}
+
+// ClearFailure lifts the recorded failure of resource name ("" = every
+// resource) and resets its restart count, as Pacemaker's cleanup does.
+func (rm *RoleManager) ClearFailure(name string) ([]string, error) {
+	cleared := rm.health.clear(name)
+	if len(cleared) == 0 {
+		var known []string
+		for _, f := range rm.health.failures() {
+			known = append(known, f.Resource)
+		}
+		if name == "" {
+			return nil, errors.New("no resource failure recorded")
+		}
+		if len(known) == 0 {
+			return nil, fmt.Errorf("no failure recorded for %q (no resource failure recorded)", name)
+		}
+		return nil, fmt.Errorf("no failure recorded for %q (recorded: %s)", name, strings.Join(known, ", "))
+	}
+	for _, n := range cleared {
+		rm.events.Add(EventResource, fmt.Sprintf("failure of %s cleared by the operator; eligible again unless something else prevents it", n), "resource", n)
+	}
+	return cleared, nil
+}
+
+// eligibility is the decider's input from the monitors and tracks:
+// reasons this node must not hold the writer role, and tracks not checked
+// yet (which only hold back a takeover). It also expires failures whose
+// failure_timeout passed.
+func (rm *RoleManager) eligibility(now time.Time) (ineligible, pending string) {
+	for _, f := range rm.health.expire(now) {
+		rm.events.Add(EventResource, fmt.Sprintf("failure of %s expired (failure_timeout, recorded %s ago): %s", f.Resource, now.Sub(f.Since).Round(time.Second), f.Reason), "resource", f.Resource)
+	}
+	var parts []string
+	if s := failureReasons(rm.health.failures()); s != "" {
+		parts = append(parts, s)
+	}
+	failing, unchecked := rm.tracks.verdict()
+	if failing != "" {
+		parts = append(parts, failing)
+	}
+	return strings.Join(parts, "; "), unchecked
+}
+
+// names lists the resources from index from on.
+func (g *Group) names(from int) []string {
+	var out []string
+	for _, r := range g.resources[from:] {
+		out = append(out, r.Name())
+	}
+	return out
+}
+
+// startOne starts resource i; on failure it is left failed (the role is
+// given up next, and the release stops it).
+func (g *Group) startOne(ctx context.Context, i int, reason string) error {
+	r := g.resources[i]
+	g.set(i, ResourceStarting, nil)
+	start := time.Now()
+	if err := r.Start(ctx); err != nil {
+		g.set(i, ResourceFailed, err)
+		g.metrics.resourceActions.WithLabelValues(r.Name(), "start", "error").Inc()
+		g.events.Warn(EventResource, fmt.Sprintf("start %s failed after %s: %v", r.Name(), since(start), err), "resource", r.Name())
+		return fmt.Errorf("start %s: %w", r.Name(), err)
+	}
+	g.set(i, ResourceStarted, nil)
+	g.metrics.resourceActions.WithLabelValues(r.Name(), "start", "ok").Inc()
+	g.events.Add(EventResource, fmt.Sprintf("started %s in %s (%s)", r.Name(), since(start), reason), "resource", r.Name())
+	return nil
+}
+
+// restartFrom stops the resources from index from on right to left and
+// starts them again left to right. It stops at the first error: the
+// caller then gives the role up, and the release stops what is left.
+func (g *Group) restartFrom(ctx context.Context, from int, reason string) error {
+	for i := len(g.resources) - 1; i >= from; i-- {
+		r := g.resources[i]
+		g.set(i, ResourceStopping, nil)
+		start := time.Now()
+		if err := r.Stop(ctx); err != nil {
+			g.set(i, ResourceFailed, err)
+			g.metrics.resourceActions.WithLabelValues(r.Name(), "stop", "error").Inc()
+			g.events.Warn(EventResource, fmt.Sprintf("stop %s failed after %s: %v", r.Name(), since(start), err), "resource", r.Name())
+			return fmt.Errorf("stop %s: %w", r.Name(), err)
+		}
+		g.set(i, ResourceStopped, nil)
+		g.metrics.resourceActions.WithLabelValues(r.Name(), "stop", "ok").Inc()
+		g.events.Add(EventResource, fmt.Sprintf("stopped %s in %s (%s)", r.Name(), since(start), reason), "resource", r.Name())
+	}
+	for i := from; i < len(g.resources); i++ {
+		if err := g.startOne(ctx, i, reason); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// monitoredStatus is the group's status with each resource's monitoring.
+func (rm *RoleManager) monitoredStatus(now time.Time) []ResourceStatus {
+	g := rm.act.group.Load()
+	st := g.Status()
+	failed := map[string]ResourceFailure{}
+	for _, f := range rm.health.failures() {
+		failed[f.Resource] = f
+	}
+	for i := range st {
+		if i >= len(g.resources) {
+			break
+		}
+		if m, ok := g.resources[i].(*monitored); ok {
+			st[i].Monitor = fmt.Sprintf("every %s, timeout %s, max_restarts %d within %s", m.spec.interval, m.spec.timeout, m.spec.maxRestarts, m.spec.restartWindow)
+			st[i].Restarts = rm.health.restartCount(st[i].Name, m.spec.restartWindow, now)
+		}
+		if f, ok := failed[st[i].Name]; ok {
+			st[i].Failure = &f
+		}
+	}
+	return st
+}

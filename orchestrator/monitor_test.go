@@ -1,0 +1,371 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// monitorOpts: fast monitors on every node; r1's start fails while the
+// file nostart exists in the node's directory; max restarts as given.
+func monitorOpts(maxRestarts int, failureTimeout time.Duration) clusterOpts {
+	gate := `[ "$1" = start ] && [ -e "$(dirname "$0")/nostart" ] && exit 1`
+	return clusterOpts{
+		scripts: map[string][]string{"a": {gate}, "b": {gate}},
+		mutate: func(_, _ string, cc *ClusterConfig) {
+			for i := range cc.Resources {
+				n := maxRestarts
+				cc.Resources[i].MonitorInterval = 100 * time.Millisecond
+				cc.Resources[i].MonitorTimeout = 2 * time.Second
+				cc.Resources[i].MaxRestarts = &n
+				cc.Resources[i].FailureTimeout = failureTimeout
+			}
+		},
+	}
+}
+
+// kill makes node n's resource r (r1, r2) not running, as a crashed
+// service would be: status answers 3.
+func (n *testNode) killResource(t testing.TB, r string) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(n.dir, r+".running")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *testNode) resourceName(i int) string {
+	return n.daemon.role.act.group.Load().resources[i].Name()
+}
+
+func (n *testNode) running(r string) bool {
+	_, err := os.Stat(filepath.Join(n.dir, r+".running"))
+	return err == nil
+}
+
+func TestMonitorRestartsInPlace(t *testing.T) {
+	tc := startCluster(t, monitorOpts(3, time.Minute))
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer holding both resources", func() bool { return len(a.held()) == 2 })
+	before := len(starts(readLines(t, a.calls)))
+
+	a.killResource(t, "r1")
+	killed := time.Now()
+	waitFor(t, 3*time.Second, "r1 and r2 restarted", func() bool {
+		return len(starts(readLines(t, a.calls))) >= before+4 && a.running("r1") && a.running("r2") && len(a.held()) == 2
+	})
+	t.Logf("r1 dead -> restarted in place: %s", time.Since(killed).Round(time.Millisecond))
+	// What depends on r1 (r2, after it) is stopped first and started after.
+	if got := strings.Join(starts(readLines(t, a.calls))[before:], " "); got != "r2_stop r1_stop r1_start r2_start" {
+		t.Fatalf("restart calls %q", got)
+	}
+	if a.role() != RoleWriter || b.role() != RoleStandby {
+		t.Fatalf("roles changed: a %s b %s", a.role(), b.role())
+	}
+	r1 := a.resourceName(0)
+	m := a.daemon.metrics.monitor
+	if metricValue(t, m.failures.WithLabelValues(r1)) != 1 || metricValue(t, m.restarts.WithLabelValues(r1)) != 1 {
+		t.Fatalf("metrics: failures %v restarts %v", metricValue(t, m.failures.WithLabelValues(r1)), metricValue(t, m.restarts.WithLabelValues(r1)))
+	}
+	eventTime(t, a, "status exited 3 (not running); restarting it and "+a.resourceName(1)+" after it in place (restart 1 of 3")
+	var st Status
+	getJSON(t, a, "/status", &st)
+	if st.Resources[0].Restarts != 1 || st.Resources[0].Monitor == "" || !st.Eligible {
+		t.Fatalf("status resources %+v eligible %v", st.Resources, st.Eligible)
+	}
+	// r2 alone: r1 is left alone.
+	before = len(starts(readLines(t, a.calls)))
+	a.killResource(t, "r2")
+	waitFor(t, 3*time.Second, "r2 restarted", func() bool { return len(starts(readLines(t, a.calls))) >= before+2 && a.running("r2") })
+	if got := strings.Join(starts(readLines(t, a.calls))[before:], " "); got != "r2_stop r2_start" {
+		t.Fatalf("restart calls %q", got)
+	}
+}
+
+// Restarts are bounded: past max_restarts the writer gives the role up,
+// the peer takes over, and the node stays ineligible until cleared.
+func TestMonitorRestartLimitFailsOverUntilCleared(t *testing.T) {
+	tc := startCluster(t, monitorOpts(1, time.Hour))
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+
+	a.killResource(t, "r1")
+	waitFor(t, 3*time.Second, "first restart", func() bool {
+		return metricValue(t, a.daemon.metrics.monitor.restarts.WithLabelValues(a.resourceName(0))) == 1 && len(a.held()) == 2
+	})
+	a.killResource(t, "r1")
+	both := 0
+	waitFor(t, 5*time.Second, "b writer, a standby", func() bool {
+		if len(a.held()) > 0 && len(b.held()) > 0 {
+			both++
+		}
+		return b.role() == RoleWriter && len(b.held()) == 2 && a.role() == RoleStandby && len(a.held()) == 0
+	})
+	if both > 0 {
+		t.Fatalf("both nodes held resources in %d samples", both)
+	}
+	r1 := a.resourceName(0)
+	eventTime(t, a, "restart limit reached (max_restarts 1 within restart_window 5m0s); giving up the writer role")
+	if !strings.Contains(a.reason(), "not eligible: resource "+r1+" failed") {
+		t.Fatalf("a's reason %q", a.reason())
+	}
+	if n := metricValue(t, a.daemon.metrics.monitor.failovers.WithLabelValues(r1)); n != 1 {
+		t.Fatalf("failovers %v", n)
+	}
+	var st Status
+	getJSON(t, a, "/status", &st)
+	if st.Eligible || len(st.ResourceFailures) != 1 || st.Resources[0].Failure == nil || !strings.Contains(st.NotEligible, r1) {
+		t.Fatalf("status: eligible %v not_eligible %q failures %+v", st.Eligible, st.NotEligible, st.ResourceFailures)
+	}
+	// The peer sees a ineligible in its heartbeats.
+	waitFor(t, 2*time.Second, "b sees a ineligible", func() bool {
+		for _, p := range b.daemon.role.Status().Peers {
+			if p.Name == "a" && p.Alive && !p.Eligible {
+				return true
+			}
+		}
+		return false
+	})
+	// a does not take over when b leaves.
+	b.stop(nil)
+	time.Sleep(a.cfg().Deadtime)
+	if a.role() != RoleStandby || len(a.held()) != 0 {
+		t.Fatalf("ineligible a took over: role %s held %v", a.role(), a.held())
+	}
+
+	// A wrong name is refused and names the recorded failure.
+	resp, err := http.Post("http://"+a.daemon.HTTPAddr().String()+"/clear?resource=nope", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("clear unknown: %d", resp.StatusCode)
+	}
+	resp, err = http.Post("http://"+a.daemon.HTTPAddr().String()+"/clear?resource="+r1, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("clear: %d", resp.StatusCode)
+	}
+	waitFor(t, 3*time.Second, "a takes over once cleared", func() bool { return len(a.held()) == 2 })
+	eventTime(t, a, "cleared by the operator")
+}
+
+// A restart that fails hands over at once, without using up the restarts.
+func TestMonitorFailedRestartFailsOver(t *testing.T) {
+	tc := startCluster(t, monitorOpts(3, time.Hour))
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	if err := os.WriteFile(filepath.Join(a.dir, "nostart"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.killResource(t, "r1")
+	killed := time.Now()
+	waitFor(t, 5*time.Second, "b holding both resources", func() bool { return len(b.held()) == 2 && len(a.held()) == 0 })
+	t.Logf("r1 dead and not restartable -> peer holds the group: %s", time.Since(killed).Round(time.Millisecond))
+	eventTime(t, a, "restart failed")
+	if a.role() != RoleStandby {
+		t.Fatalf("a role %s", a.role())
+	}
+}
+
+// failure_timeout lifts the failure by itself.
+func TestMonitorFailureTimeout(t *testing.T) {
+	tc := startCluster(t, monitorOpts(0, 700*time.Millisecond))
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	a.killResource(t, "r1")
+	waitFor(t, 5*time.Second, "b writer", func() bool { return len(b.held()) == 2 })
+	waitFor(t, 3*time.Second, "a eligible again", func() bool { return a.daemon.role.Status().Ineligible == "" })
+	eventTime(t, a, "expired (failure_timeout")
+	b.stop(nil)
+	waitFor(t, 3*time.Second, "a takes over from the leaving b", func() bool { return len(a.held()) == 2 })
+}
+
+// While a restart runs, /health and the agent check drain the node.
+func TestMonitorHealthDrainsWhileRecovering(t *testing.T) {
+	o := monitorOpts(3, time.Minute)
+	slow := `[ "$1" = start ] && [ -e "$(dirname "$0")/slowstart" ] && sleep 0.8`
+	o.scripts = map[string][]string{"a": {slow}, "b": {slow}}
+	tc := startCluster(t, o)
+	a := tc.nodes["a"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	if err := os.WriteFile(filepath.Join(a.dir, "slowstart"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.killResource(t, "r1")
+	waitFor(t, 3*time.Second, "agent check drains", func() bool { return agent(t, a) == AgentDrain+"\n" })
+	if code, body := getText(t, a, "/health"); code != http.StatusServiceUnavailable || !strings.Contains(body, "recovering: restarting") {
+		t.Fatalf("health while recovering: %d %q", code, body)
+	}
+	waitFor(t, 3*time.Second, "agent check up again", func() bool { return agent(t, a) == AgentUp+"\n" })
+	if a.role() != RoleWriter {
+		t.Fatalf("a role %s", a.role())
+	}
+}
+
+func trackOpts(o clusterOpts, failing map[string]bool) clusterOpts {
+	o.mutate = func(node, dir string, cc *ClusterConfig) {
+		script := filepath.Join(dir, "track.sh")
+		flag := filepath.Join(dir, "track.fail")
+		body := fmt.Sprintf("#!/bin/sh\n[ -e %q ] && { echo 'gateway unreachable'; exit 1; }\nexit 0\n", flag)
+		if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+			panic(err)
+		}
+		if failing[node] {
+			if err := os.WriteFile(flag, nil, 0o644); err != nil {
+				panic(err)
+			}
+		}
+		cc.Track = []TrackConfig{{Name: "gw", Script: script, Interval: 100 * time.Millisecond, Timeout: time.Second, Fall: 2, Rise: 2}}
+	}
+	return o
+}
+
+// A standby whose track fails does not take over; once it passes again
+// (rise), it does.
+func TestTrackFailingStandbyDoesNotTakeOver(t *testing.T) {
+	tc := startCluster(t, trackOpts(clusterOpts{}, map[string]bool{"a": true}))
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	// a is the lower name but its track fails: b is elected.
+	waitFor(t, 5*time.Second, "b writer", func() bool { return len(b.held()) == 2 })
+	if a.role() != RoleStandby {
+		t.Fatalf("a role %s", a.role())
+	}
+	var st Status
+	getJSON(t, a, "/status", &st)
+	if st.Eligible || len(st.Tracks) != 1 || st.Tracks[0].OK || !strings.Contains(st.Tracks[0].LastError, "gateway unreachable") {
+		t.Fatalf("a status: eligible %v tracks %+v", st.Eligible, st.Tracks)
+	}
+	if code, body := getText(t, a, "/health"); code != http.StatusServiceUnavailable || !strings.Contains(body, "track gw failing") {
+		t.Fatalf("a health: %d %q", code, body)
+	}
+	b.stop(errCrash)
+	cfg := a.cfg()
+	time.Sleep(cfg.Deadtime + cfg.TakeoverMargin + 300*time.Millisecond)
+	if a.role() != RoleStandby || len(a.held()) != 0 {
+		t.Fatalf("a took over with a failing track: %s %v", a.role(), a.held())
+	}
+	eventTime(t, a, "not eligible: track gw failing")
+	if err := os.Remove(filepath.Join(a.dir, "track.fail")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "a takes over once the track passes", func() bool { return len(a.held()) == 2 })
+	eventTime(t, a, "track gw passing again (2 consecutive successes, rise 2)")
+}
+
+// A writer whose track fails (fall times) gives the role up to the peer.
+func TestTrackFailingWriterGivesUp(t *testing.T) {
+	tc := startCluster(t, trackOpts(clusterOpts{}, nil))
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	if err := os.WriteFile(filepath.Join(a.dir, "track.fail"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "b writer", func() bool { return len(b.held()) == 2 && len(a.held()) == 0 })
+	if !strings.Contains(a.reason(), "track gw failing") {
+		t.Fatalf("a's reason %q", a.reason())
+	}
+	if v := metricValue(t, a.daemon.metrics.monitor.trackUp.WithLabelValues("gw")); v != 0 {
+		t.Fatalf("track_up %v", v)
+	}
+}
+
+func TestTrackScriptEnvironmentAndTimeout(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("LOCKSTEP_TEST_SECRET", "hunter2")
+	envOut := filepath.Join(dir, "env")
+	script := filepath.Join(dir, "t.sh")
+	if err := os.WriteFile(script, []byte(fmt.Sprintf("#!/bin/sh\nenv > %q\n[ \"$1\" = hang ] && sleep 30\nexit 0\n", envOut)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := runTrackScript(ctx, TrackConfig{Script: script}); err != nil {
+		t.Fatal(err)
+	}
+	env, _ := os.ReadFile(envOut)
+	if strings.Contains(string(env), "hunter2") {
+		t.Fatalf("the daemon's environment leaked into the track script:\n%s", env)
+	}
+	hctx, hcancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer hcancel()
+	start := time.Now()
+	err := runTrackScript(hctx, TrackConfig{Script: script, Args: []string{"hang"}})
+	if err == nil || !strings.Contains(err.Error(), "timed out") || time.Since(start) > 2*time.Second {
+		t.Fatalf("hanging track: %v after %s", err, time.Since(start))
+	}
+}
+
+func TestMonitorConfigValidation(t *testing.T) {
+	neg := -1
+	for _, tc := range []struct {
+		r    ResourceConfig
+		want string
+	}{
+		{ResourceConfig{Exec: "/x", MonitorInterval: time.Millisecond}, "resources[0].monitor_interval"},
+		{ResourceConfig{Exec: "/x", MaxRestarts: &neg}, "resources[0].max_restarts"},
+		{ResourceConfig{Exec: "/x", FailureTimeout: -time.Second}, "resources[0].failure_timeout"},
+	} {
+		c := testCfg()
+		c.Resources = []ResourceConfig{tc.r}
+		c.SetDefaults()
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %s", tc.r, err, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		tr   []TrackConfig
+		want string
+	}{
+		{[]TrackConfig{{}}, "track[0]: one of script or url"},
+		{[]TrackConfig{{Script: "/a", URL: "http://x/"}}, "not both"},
+		{[]TrackConfig{{Script: "rel"}}, "track[0].script"},
+		{[]TrackConfig{{URL: "ftp://x/"}}, "track[0].url"},
+		{[]TrackConfig{{Script: "/a", Fall: -1}}, "track[0].fall"},
+		{[]TrackConfig{{Name: "x", Script: "/a"}, {Name: "x", Script: "/b"}}, "duplicate track"},
+	} {
+		c := testCfg()
+		c.Track = tc.tr
+		c.SetDefaults()
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %s", tc.tr, err, tc.want)
+		}
+	}
+	c := testCfg()
+	c.Resources = []ResourceConfig{{Exec: "/x"}}
+	c.SetDefaults()
+	r := c.Resources[0]
+	if r.MonitorInterval != DefaultMonitorInterval || r.MonitorTimeout != DefaultMonitorTimeout || *r.MaxRestarts != DefaultMaxRestarts ||
+		r.RestartWindow != DefaultRestartWindow || r.FailureTimeout != DefaultFailureTimeout {
+		t.Fatalf("defaults %+v", r)
+	}
+}
+
+func TestHealthWhileRecoveringOrTrackFailing(t *testing.T) {
+	base := RoleStatus{Role: RoleWriter, Decided: true}
+	rec := base
+	rec.Recovering = "restarting /x"
+	if h := health(rec); h.OK || h.Agent != AgentDrain || !strings.Contains(h.Reason, "recovering") {
+		t.Fatalf("recovering: %+v", h)
+	}
+	tr := base
+	tr.Role = RoleStandby
+	tr.Tracks = []TrackStatus{{Name: "gw", Checked: true, LastError: "exited 1"}}
+	if h := health(tr); h.OK || h.Agent != AgentDrain || !strings.Contains(h.Reason, "track gw failing") {
+		t.Fatalf("track failing: %+v", h)
+	}
+	tr.Tracks = []TrackStatus{{Name: "gw"}} // not checked yet
+	if h := health(tr); !h.OK {
+		t.Fatalf("unchecked track: %+v", h)
+	}
+}

@@ -97,6 +97,9 @@ type resource struct {
 	VIP     string // ipaddr prefix, or ""
 	Exec    string // script path, or ""
 	Timeout time.Duration
+	// Monitor is extra keys of the entry (e.g. "monitor_interval: 500ms"),
+	// one per line, unindented.
+	Monitor []string
 }
 
 // cluster is N `lockstep run` daemons on a netns.Network.
@@ -116,6 +119,8 @@ type cluster struct {
 	extraMembers []member
 	// extraCluster is appended to every `cluster:` section (indented).
 	extraCluster string
+	// extraClusterFor, when set, is appended to node d's `cluster:` section.
+	extraClusterFor func(d *daemon) string
 	// repl, when set, returns node d's `repl:` section (YAML, top level)
 	// and each node is mapped to database db<i>.
 	repl func(d *daemon) string
@@ -215,6 +220,9 @@ cluster:
     - exec: {{.Exec}}
       timeout: {{.Timeout}}
 {{- end}}
+{{- range .Monitor}}
+      {{.}}
+{{- end}}
 {{- end}}
 {{.Repl}}
 `))
@@ -235,6 +243,10 @@ func (d *daemon) writeConfig() {
 		repl = c.repl(d)
 	}
 	peers = append(peers, c.extraMembers...)
+	extra := c.extraCluster
+	if c.extraClusterFor != nil {
+		extra += "\n" + c.extraClusterFor(d)
+	}
 	keyFile := c.keyFile
 	if d.keyFile != "" {
 		keyFile = d.keyFile
@@ -251,7 +263,7 @@ func (d *daemon) writeConfig() {
 		"Resources":    c.resources(d),
 		"Dev":          netns.Dev,
 		"Repl":         repl,
-		"ExtraCluster": strings.TrimRight(c.extraCluster, "\n"),
+		"ExtraCluster": strings.Trim(extra, "\n"),
 	}
 	f, err := os.OpenFile(d.config, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {

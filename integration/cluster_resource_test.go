@@ -104,7 +104,7 @@ func serviceCluster(t *testing.T, extra ...string) *cluster {
 	var c *cluster
 	c = newCluster(t, 2, func(d *daemon) []resource {
 		return []resource{
-			{VIP: c.nw.Prefix(vipHost).String(), Monitor: []string{"monitor_interval: 500ms"}},
+			{VIP: c.nw.Prefix(vipHost).String()}, // default interval: address events trigger the check
 			{Exec: d.service(), Timeout: 5 * time.Second, Monitor: append([]string{"monitor_interval: 500ms", "monitor_timeout: 2s"}, extra...)},
 		}
 	})
@@ -244,6 +244,7 @@ func TestClusterVIPRemovedByHand(t *testing.T) {
 		t.Fatalf("ip addr del: %v: %s", err, out)
 	}
 	removed := time.Now()
+	// Default monitor_interval (2s): the address event triggers the check.
 	waitFor(t, 2*time.Second, "the VIP back on "+w.node.Name, w.holdsVIP)
 	t.Logf("VIP removed by hand -> back: %s", time.Since(removed).Round(time.Millisecond))
 	c.waitAnswer(3*time.Second, w.node.Name)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Resource monitoring, in the manner of Pacemaker's monitor operation
@@ -189,6 +190,10 @@ type monitorSet struct {
 	runs     map[int]*monitorRun
 	gen      uint64
 	pending  map[int]monitorFailure
+	// retired: runs that reported and are winding down (an address
+	// watcher notices its cancellation within its receive timeout); the
+	// recovery does not wait for them, stop does.
+	retired []chan struct{}
 }
 
 type monitorRun struct {
@@ -219,7 +224,8 @@ func (s *monitorSet) start(ctx context.Context, g *Group, from int) {
 	}
 }
 
-// stop ends the monitors from index from on and waits for them.
+// stop ends the monitors from index from on and waits for them (and,
+// when stopping all, for the retired ones).
 func (s *monitorSet) stop(from int) {
 	for i, run := range s.runs {
 		if i < from {
@@ -230,18 +236,40 @@ func (s *monitorSet) stop(from int) {
 		delete(s.runs, i)
 		delete(s.pending, i)
 	}
+	if from == 0 {
+		for _, done := range s.retired {
+			<-done
+		}
+		s.retired = nil
+	}
 }
 
 // watch checks m every interval until a check fails, which it reports
-// and returns: the role loop starts a new run after the recovery.
+// and returns: the role loop starts a new run after the recovery. An
+// address is also checked at once whenever the kernel reports an address
+// or link change, so a flushed VIP is back within milliseconds rather
+// than an interval.
 func (s *monitorSet) watch(ctx context.Context, idx int, gen uint64, m *monitored) {
 	t := time.NewTimer(m.spec.interval)
 	defer t.Stop()
+	var changed chan struct{}
+	if _, ok := m.Resource.(*IPAddr); ok {
+		changed = make(chan struct{}, 1)
+		wctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			// Without events the interval still catches everything.
+			_ = watchAddrEvents(wctx, changed)
+		}()
+		defer func() { stop(); <-done }()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-changed:
 		}
 		cctx, cancel := context.WithTimeout(ctx, m.spec.timeout)
 		f := m.check(cctx)
@@ -256,8 +284,50 @@ func (s *monitorSet) watch(ctx context.Context, idx int, gen uint64, m *monitore
 			}
 			return
 		}
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
 		t.Reset(m.spec.interval)
 	}
+}
+
+// watchAddrEvents signals changed (without blocking) on every address or
+// link notification of the kernel, until ctx ends. The socket polls with
+// a short receive timeout so that ctx is noticed: closing a netlink
+// socket does not wake a blocked receive.
+func watchAddrEvents(ctx context.Context, changed chan<- struct{}) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	sa := &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV6_IFADDR}
+	if err := unix.Bind(fd, sa); err != nil {
+		return err
+	}
+	tv := unix.Timeval{Usec: 200_000}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return err
+	}
+	buf := make([]byte, 32<<10)
+	for ctx.Err() == nil {
+		_, _, err := unix.Recvfrom(fd, buf, 0)
+		switch {
+		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
+			continue
+		case err != nil && !errors.Is(err, unix.ENOBUFS):
+			// ENOBUFS: notifications were lost; checking is the answer.
+			return err
+		}
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
 // next returns the failure to handle now: the current runs' reports, the
@@ -281,9 +351,19 @@ func (s *monitorSet) next() (monitorFailure, bool) {
 	idx := slices.Min(mapKeys(s.pending))
 	f := s.pending[idx]
 	delete(s.pending, idx)
-	// The run that reported has returned; forget it so that start runs a
-	// new one.
-	<-s.runs[idx].done
+	// The run that reported is done checking; forget it so that start
+	// runs a new one.
+	run := s.runs[idx]
+	run.cancel()
+	s.retired = slices.DeleteFunc(s.retired, func(done chan struct{}) bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	})
+	s.retired = append(s.retired, run.done)
 	delete(s.runs, idx)
 	return f, true
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 // monitorOpts: fast monitors on every node; r1's start fails while the
@@ -367,5 +369,37 @@ func TestHealthWhileRecoveringOrTrackFailing(t *testing.T) {
 	tr.Tracks = []TrackStatus{{Name: "gw"}} // not checked yet
 	if h := health(tr); !h.OK {
 		t.Fatalf("unchecked track: %+v", h)
+	}
+}
+
+// checkIPAddrMonitor runs on testIPAddr's thread, inside its namespace,
+// with a started: what the monitor asks for when the address vanishes
+// and when the link goes down.
+func checkIPAddrMonitor(t *testing.T, a *IPAddr, link netlink.Link) {
+	ctx := context.Background()
+	if f := a.monitor(ctx); f != nil {
+		t.Errorf("monitor of a held address: %v", f.err)
+		return
+	}
+	if err := netlink.AddrDel(link, a.nlAddr()); err != nil {
+		t.Error(err)
+		return
+	}
+	if f := a.monitor(ctx); f == nil || f.how != recoverReadd || !strings.Contains(f.err.Error(), "vanished") {
+		t.Errorf("monitor of a vanished address: %+v", f)
+	}
+	if err := a.Start(ctx); err != nil {
+		t.Error(err)
+		return
+	}
+	if err := netlink.LinkSetDown(link); err != nil {
+		t.Error(err)
+		return
+	}
+	if f := a.monitor(ctx); f == nil || f.how != recoverNone || !strings.Contains(f.err.Error(), "down") {
+		t.Errorf("monitor with the link down: %+v", f)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		t.Error(err)
 	}
 }

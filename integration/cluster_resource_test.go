@@ -10,6 +10,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -317,6 +319,15 @@ func TestClusterResourceFlapping(t *testing.T) {
 		t.Errorf("no 'not eligible' event in %s", st.raw)
 	}
 
+	// Another host (the balancer, say) may read /status but not clear.
+	resp, err := c.nw.Witness().HTTPClient(2*time.Second).Post("http://"+w.httpAddr()+"/clear?resource="+url.QueryEscape(svc), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("clear from another host: HTTP %d, want 403", resp.StatusCode)
+	}
 	out, err := w.node.Command(t.Context(), lockstepBinary(t), "clear", "-c", w.config, svc).CombinedOutput()
 	if err != nil {
 		t.Fatalf("lockstep clear: %v: %s", err, out)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
@@ -160,9 +161,15 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	// POST /clear?resource=NAME lifts a recorded resource failure
 	// (`lockstep clear`); without resource, every one. POST only: a
-	// crawler or a prefetching browser must not re-enable a node.
+	// crawler or a prefetching browser must not re-enable a node. Only
+	// from this host: listen is often opened to the balancer, which may
+	// read the state but must not change it.
 	mux.HandleFunc("POST /clear", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !fromThisHost(r.RemoteAddr) {
+			http.Error(w, "clear is accepted only from this host (run lockstep clear on it)", http.StatusForbidden)
+			return
+		}
 		name := r.URL.Query().Get("resource")
 		if name == "" && r.URL.Query().Get("all") != "1" {
 			http.Error(w, "resource=NAME or all=1 required", http.StatusBadRequest)
@@ -183,6 +190,36 @@ func (d *Daemon) Handler() http.Handler {
 		prom.ServeHTTP(w, r)
 	})
 	return mux
+}
+
+// fromThisHost reports whether remote ("ip:port") is an address of this
+// host (in this network namespace); TCP's handshake keeps it from being
+// forged by another host.
+func fromThisHost(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if la, ok := netip.AddrFromSlice(n.IP); ok && la.Unmap() == ip {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // serveAgent answers every connection with one agent-check line.

@@ -403,3 +403,19 @@ func checkIPAddrMonitor(t *testing.T, a *IPAddr, link netlink.Link) {
 		t.Error(err)
 	}
 }
+
+func TestClearOnlyFromThisHost(t *testing.T) {
+	for _, tc := range []struct {
+		remote string
+		want   bool
+	}{
+		{"127.0.0.1:5555", true},
+		{"[::1]:5555", true},
+		{"192.0.2.77:5555", false}, // TEST-NET-1: never an address of this host
+		{"garbage", false},
+	} {
+		if got := fromThisHost(tc.remote); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.remote, got, tc.want)
+		}
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
 	"github.com/lockstep-ha/lockstep/integration/netns"
 )
 
@@ -406,4 +407,72 @@ func TestClusterTrackFailingStandby(t *testing.T) {
 	fixed := time.Now()
 	waitFor(t, 5*time.Second, s.node.Name+" takes the VIP once its track passes", s.holdsVIP)
 	t.Logf("track passing again -> %s holds the VIP: %s (interval 200ms, rise 2)", s.node.Name, time.Since(fixed).Round(time.Millisecond))
+}
+
+// TestClusterResourceCannotRestartWithDB is the failover of a service
+// that cannot restart with the MariaDB pair in the picture (relayed into
+// the namespaces as in cluster_db_test.go): the peer takes over because
+// its database is not fenced, and stays writable.
+func TestClusterResourceCannotRestartWithDB(t *testing.T) {
+	began := time.Now()
+	pair := mariadbpair.Start(t)
+	t.Logf("MariaDB pair up in %s", time.Since(began).Round(time.Millisecond))
+	db := [2]*mariadbpair.Node{pair.Nodes[0], pair.Nodes[1]}
+	c := serviceCluster(t)
+	c.repl = func(d *daemon) string {
+		dsn := func(n *netns.Node) string {
+			return fmt.Sprintf("%s:%s@tcp(%s)/", mariadbpair.MonitorUser, pair.MonitorPassword,
+				net.JoinHostPort(n.Addr.String(), strconv.Itoa(dbPort)))
+		}
+		return fmt.Sprintf(`repl:
+  interval: 100ms
+  state_dir: %q
+  fence:
+    max_lag: 2s
+  nodes:
+    - {name: db1, dsn: %q}
+    - {name: db2, dsn: %q}
+`, filepath.Join(d.dir, "state"), dsn(c.nw.Node(1)), dsn(c.nw.Node(2)))
+	}
+	for i, d := range c.nodes {
+		d.node.Forward(t, net.JoinHostPort(d.node.Addr.String(), strconv.Itoa(dbPort)), db[i].Addr())
+	}
+	for _, d := range c.nodes {
+		d.start()
+	}
+	w := c.waitWriter(20 * time.Second)
+	s := c.other(w)
+	ctx := t.Context()
+	waitFor(t, 10*time.Second, "both nodes healthy, the service answering", func() bool {
+		return w.health(ctx) == 200 && s.health(ctx) == 200 && c.answer(ctx) == w.node.Name
+	})
+
+	if err := os.WriteFile(filepath.Join(w.dir, "nostart"), []byte("config broken (test)"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.killService()
+	died := time.Now()
+	for c.answer(ctx) != s.node.Name {
+		if w.holdsVIP() && s.holdsVIP() {
+			t.Fatalf("both nodes hold the VIP %s after %s", c.vip, time.Since(died).Round(time.Millisecond))
+		}
+		if time.Since(died) > 5*time.Second {
+			t.Fatalf("the peer %s does not serve 5s after the death", s.node.Name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("with DB: service killed, restart refused -> the peer %s answers: %s", s.node.Name, time.Since(died).Round(time.Millisecond))
+	st, err := s.status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := st.findEvent("role", "standby -> writer"); !ok || !strings.Contains(e.Message, "eligible") {
+		t.Errorf("%s took over without an election naming eligibility: %+v in %s", s.node.Name, e, st.raw)
+	}
+	if ro, err := db[s.idx-1].ReadOnly(ctx); err != nil || ro {
+		t.Errorf("new writer's database read_only = %v, %v; want writable", ro, err)
+	}
+	if code := s.health(ctx); code != 200 {
+		t.Errorf("new writer %s /health = %d", s.node.Name, code)
+	}
 }

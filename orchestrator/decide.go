@@ -115,7 +115,7 @@ type decision struct {
 //  4. Another live writer: a standby stays standby; two writers resolve by
 //     (database not fenced, earlier writer_since, lower name).
 //  5. A writer keeps the role unless it is ineligible (a resource it could
-//     not recover, a failing track), its database is fenced while an
+//     not recover, a failing track) or its database is fenced while an
 //     eligible peer waits, or auto_failback hands it to the preferred node.
 //  6. A standby whose peers are all gone takes over when eligible: no
 //     failed resource or failing or unchecked track, its database is not
@@ -226,13 +226,21 @@ func decideRole(v view) decision {
 	}
 
 	// 5. Writer keeps the role unless it should hand over. An ineligible
-	// writer gives the role up even with no peer to take it: like
-	// keepalived's FAULT state, an address in front of a service that
-	// cannot run here only hides the outage from the balancer.
+	// writer hands over only to a peer that may take the role: with none
+	// (dead, or its database fenced), nobody would serve after a release
+	// either, and releasing would also stop the replication supervisor's
+	// decisions, the only way a lagging peer is reintroduced and becomes
+	// eligible. /health drains it meanwhile.
 	if v.role == RoleWriter {
 		if v.ineligible != "" {
-			d.role = RoleStandby
-			d.reason = "not eligible: " + v.ineligible + "; giving up the writer role"
+			for _, p := range v.peers {
+				if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
+					d.role = RoleStandby
+					d.reason = fmt.Sprintf("not eligible: %s; handing the writer role over to eligible peer %s", v.ineligible, p.name)
+					return d
+				}
+			}
+			d.waiting = "not eligible: " + v.ineligible + "; no eligible peer to hand the writer role to, keeping it"
 			return d
 		}
 		if v.dbFenced && v.now.Sub(v.dbFencedSince) >= cfg.Deadtime {

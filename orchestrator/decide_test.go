@@ -154,16 +154,28 @@ func TestDecideRules(t *testing.T) {
 			v.ineligible = "resource /etc/init.d/app failed (restart limit reached)"
 			return v
 		}(), RoleStandby, "restart limit reached"},
-		{"ineligible writer gives the role up with no peer to take it", func() view {
+		{"ineligible writer keeps the role with no peer to take it", func() view {
 			v := baseView(RoleWriter, silentPeer("a", RoleStandby, gone))
 			v.ineligible = "track gw failing (exited 1)"
 			return v
-		}(), RoleStandby, "track gw failing"},
-		{"ineligible writer with a fenced database still gives the role up", func() view {
+		}(), RoleWriter, ""},
+		{"ineligible writer keeps the role while the peer is ineligible (its database fenced)", func() view {
 			v := baseView(RoleWriter, alivePeer("a", RoleStandby, false))
+			v.ineligible = "resource x failed"
+			return v
+		}(), RoleWriter, ""},
+		{"ineligible writer does not hand over to a leaving peer", func() view {
+			p := alivePeer("a", RoleStandby, true)
+			p.hb.Leaving = true
+			v := baseView(RoleWriter, p)
+			v.ineligible = "resource x failed"
+			return v
+		}(), RoleWriter, ""},
+		{"ineligible writer with a fenced database hands over to an eligible peer", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleStandby, true))
 			v.ineligible, v.dbFenced = "track gw failing", true
 			return v
-		}(), RoleStandby, "giving up the writer role"},
+		}(), RoleStandby, "handing the writer role over to eligible peer a"},
 		{"unchecked tracks do not make a writer give up", func() view {
 			v := baseView(RoleWriter, alivePeer("a", RoleStandby, true))
 			v.tracksPending = "track gw not checked yet"
@@ -320,7 +332,8 @@ func TestFailBackoff(t *testing.T) {
 	}
 }
 
-// The waiting message names what keeps a standby from taking over.
+// The waiting message names what keeps a standby from taking over, or an
+// ineligible writer from handing over.
 func TestDecideIneligibleSaysWhy(t *testing.T) {
 	cfg := testCfg()
 	v := baseView(RoleStandby, silentPeer("a", RoleWriter, cfg.Deadtime+cfg.TakeoverMargin+time.Millisecond))
@@ -331,5 +344,10 @@ func TestDecideIneligibleSaysWhy(t *testing.T) {
 	v.ineligible, v.tracksPending = "", "track gw not checked yet"
 	if d := decide(v); d.role != RoleStandby || !strings.Contains(d.waiting, "not checked yet") {
 		t.Fatalf("role %s waiting %q", d.role, d.waiting)
+	}
+	w := baseView(RoleWriter, alivePeer("a", RoleStandby, false))
+	w.ineligible = "resource x failed"
+	if d := decide(w); d.role != RoleWriter || !strings.Contains(d.waiting, "no eligible peer") {
+		t.Fatalf("writer: role %s waiting %q", d.role, d.waiting)
 	}
 }

@@ -89,6 +89,10 @@ func health(rs RoleStatus) Health {
 		// Drain, not down: the restart usually takes a moment and
 		// established sessions may finish.
 		h.Agent, h.Reason = AgentDrain, "recovering: "+rs.Recovering
+	case rs.Role == RoleWriter && rs.Ineligible != "":
+		// Kept only because no peer may take over; what failed is not
+		// serving here.
+		h.Agent, h.Reason = AgentDrain, "writer not eligible, waiting for an eligible peer: "+rs.Ineligible
 	case failingTrack(rs.Tracks) != "":
 		h.Agent, h.Reason = AgentDrain, failingTrack(rs.Tracks)
 	default:

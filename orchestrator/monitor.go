@@ -194,6 +194,9 @@ type monitorSet struct {
 	// watcher notices its cancellation within its receive timeout); the
 	// recovery does not wait for them, stop does.
 	retired []chan struct{}
+	// gaveUp: resources whose failure this node recorded while keeping
+	// the writer role (no eligible peer); restarted once it is lifted.
+	gaveUp map[int]bool
 }
 
 type monitorRun struct {
@@ -203,7 +206,7 @@ type monitorRun struct {
 }
 
 func newMonitorSet() *monitorSet {
-	return &monitorSet{failures: make(chan monitorFailure, 16), runs: map[int]*monitorRun{}, pending: map[int]monitorFailure{}}
+	return &monitorSet{failures: make(chan monitorFailure, 16), runs: map[int]*monitorRun{}, pending: map[int]monitorFailure{}, gaveUp: map[int]bool{}}
 }
 
 // start runs the monitors of g's resources from index from on, under ctx.
@@ -241,6 +244,7 @@ func (s *monitorSet) stop(from int) {
 			<-done
 		}
 		s.retired = nil
+		clear(s.gaveUp)
 	}
 }
 
@@ -480,6 +484,13 @@ func (h *resourceHealth) expire(now time.Time) []resourceFailure {
 	return out
 }
 
+func (h *resourceHealth) isFailed(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.failed[name]
+	return ok
+}
+
 func (h *resourceHealth) failures() []resourceFailure {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -551,11 +562,14 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 	if rm.state.role != RoleWriter || !rm.act.holding() {
 		return
 	}
+	g := rm.act.group.Load()
+	if rm.resumeCleared(ctx, g) {
+		return
+	}
 	f, ok := rm.act.mon.next()
 	if !ok {
 		return
 	}
-	g := rm.act.group.Load()
 	m := g.resources[f.idx].(*monitored)
 	name := m.Name()
 	rm.metrics.monitor.failures.WithLabelValues(name).Inc()
@@ -570,7 +584,7 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 			return
 		}
 		if err != nil {
-			rm.giveUp(m, fmt.Sprintf("%v; adding it again failed: %v", f.err, err), now)
+			rm.giveUp(m, f.idx, fmt.Sprintf("%v; adding it again failed: %v", f.err, err), now)
 			return
 		}
 		rm.metrics.monitor.restarts.WithLabelValues(name).Inc()
@@ -579,7 +593,7 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 	case recoverRestart:
 		n, ok := rm.health.allowRestart(name, now, m.spec)
 		if !ok {
-			rm.giveUp(m, fmt.Sprintf("%v; restart limit reached (max_restarts %d within restart_window %s)", f.err, m.spec.maxRestarts, m.spec.restartWindow), now)
+			rm.giveUp(m, f.idx, fmt.Sprintf("%v; restart limit reached (max_restarts %d within restart_window %s)", f.err, m.spec.maxRestarts, m.spec.restartWindow), now)
 			return
 		}
 		deps := ""
@@ -594,28 +608,62 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 			return
 		}
 		if err != nil {
-			rm.giveUp(m, fmt.Sprintf("%v; restart failed: %v", f.err, err), now)
+			rm.giveUp(m, f.idx, fmt.Sprintf("%v; restart failed: %v", f.err, err), now)
 			return
 		}
 		rm.metrics.monitor.restarts.WithLabelValues(name).Inc()
 		rm.events.Add(EventResource, fmt.Sprintf("monitor: %s restarted in place in %s", name, since(now)), "resource", name)
 		rm.act.mon.start(ctx, g, f.idx)
 	default:
-		rm.giveUp(m, f.err.Error()+"; cannot be recovered in place", now)
+		rm.giveUp(m, f.idx, f.err.Error()+"; cannot be recovered in place", now)
 	}
 }
 
 // giveUp records the failure; the decision that follows in the same
-// evaluation sees this node ineligible and hands the writer role over.
-func (rm *RoleManager) giveUp(m *monitored, reason string, now time.Time) {
+// evaluation sees this node ineligible and hands the writer role over to
+// an eligible peer. Until then (or the failure is lifted) the resource
+// and the ones after it are not watched: their state is known bad.
+func (rm *RoleManager) giveUp(m *monitored, idx int, reason string, now time.Time) {
 	name := m.Name()
+	rm.act.mon.stop(idx)
+	rm.act.mon.gaveUp[idx] = true
 	rm.health.fail(name, reason, now, m.spec.failureTimeout)
 	rm.metrics.monitor.failovers.WithLabelValues(name).Inc()
 	until := "until `lockstep clear " + name + "`"
 	if m.spec.failureTimeout > 0 {
 		until += fmt.Sprintf(" or failure_timeout %s", m.spec.failureTimeout)
 	}
-	rm.events.Warn(EventResource, fmt.Sprintf("monitor: %s: %s; giving up the writer role, not eligible %s", name, reason, until), "resource", name)
+	rm.events.Warn(EventResource, fmt.Sprintf("monitor: %s: %s; giving up the writer role (to an eligible peer, kept while there is none), not eligible %s", name, reason, until), "resource", name)
+}
+
+// resumeCleared restarts, from the resource this node gave up on, the
+// group it still holds (no peer could take over) once the failure was
+// cleared or expired. It reports whether it acted.
+func (rm *RoleManager) resumeCleared(ctx context.Context, g *Group) bool {
+	mon := rm.act.mon
+	if len(mon.gaveUp) == 0 {
+		return false
+	}
+	idx := slices.Min(mapKeys(mon.gaveUp))
+	m := g.resources[idx].(*monitored)
+	if rm.health.isFailed(m.Name()) {
+		return false
+	}
+	delete(mon.gaveUp, idx)
+	now := time.Now()
+	defer rm.health.setRecovering("")
+	rm.health.setRecovering(fmt.Sprintf("restarting %s after its failure was lifted", m.Name()))
+	rm.events.Add(EventResource, fmt.Sprintf("failure of %s lifted while this node kept the writer role: restarting it and what follows it", m.Name()), "resource", m.Name())
+	err := g.restartFrom(ctx, idx, "failure lifted")
+	if ctx.Err() != nil {
+		return true
+	}
+	if err != nil {
+		rm.giveUp(m, idx, fmt.Sprintf("restart after the failure was lifted failed: %v", err), now)
+		return true
+	}
+	rm.act.mon.start(ctx, g, idx)
+	return true
 }
 
 // ClearFailure lifts the recorded failure of resource name ("" = every

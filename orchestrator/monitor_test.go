@@ -419,3 +419,66 @@ func TestClearOnlyFromThisHost(t *testing.T) {
 		}
 	}
 }
+
+// With no eligible peer (its database fenced) the writer keeps the role
+// while failed, drains, and hands over once the peer becomes eligible.
+func TestMonitorKeepsRoleWithoutEligiblePeer(t *testing.T) {
+	tc := startCluster(t, monitorOpts(0, time.Hour))
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	b.repl.setFenced("db2", true)
+	waitFor(t, 2*time.Second, "a sees b ineligible", func() bool {
+		for _, p := range a.daemon.role.Status().Peers {
+			if p.Name == "b" && !p.Eligible {
+				return true
+			}
+		}
+		return false
+	})
+	a.killResource(t, "r1")
+	waitFor(t, 3*time.Second, "a ineligible", func() bool { return a.daemon.role.Status().Ineligible != "" })
+	time.Sleep(300 * time.Millisecond)
+	if a.role() != RoleWriter || b.role() != RoleStandby {
+		t.Fatalf("roles a %s b %s; want a kept as writer", a.role(), b.role())
+	}
+	if code, body := getText(t, a, "/health"); code != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for an eligible peer") {
+		t.Fatalf("health: %d %q", code, body)
+	}
+	eventTime(t, a, "no eligible peer to hand the writer role to, keeping it")
+
+	b.repl.setFenced("db2", false)
+	waitFor(t, 3*time.Second, "b takes over once eligible", func() bool { return len(b.held()) == 2 && len(a.held()) == 0 })
+	if !strings.Contains(a.reason(), "handing the writer role over to eligible peer b") {
+		t.Fatalf("a's reason %q", a.reason())
+	}
+}
+
+// A failure lifted while the writer kept the role restarts what it gave
+// up on, and the monitors watch it again.
+func TestMonitorClearResumesKeptGroup(t *testing.T) {
+	tc := startCluster(t, monitorOpts(0, time.Hour))
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	b.stop(nil)
+	a.killResource(t, "r1")
+	waitFor(t, 3*time.Second, "a ineligible", func() bool { return a.daemon.role.Status().Ineligible != "" })
+	if a.role() != RoleWriter {
+		t.Fatalf("a role %s", a.role())
+	}
+	before := len(starts(readLines(t, a.calls)))
+	if _, err := a.daemon.role.ClearFailure(a.resourceName(0)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "r1 and r2 restarted", func() bool { return a.running("r1") && a.running("r2") })
+	if got := strings.Join(starts(readLines(t, a.calls))[before:], " "); got != "r2_stop r1_stop r1_start r2_start" {
+		t.Fatalf("calls after clear %q", got)
+	}
+	waitFor(t, 2*time.Second, "healthy after the clear", func() bool {
+		code, _ := getText(t, a, "/health")
+		return code == http.StatusOK
+	})
+	// Watched again: the next death is noticed (and, max_restarts 0,
+	// recorded).
+	a.killResource(t, "r1")
+	waitFor(t, 3*time.Second, "the next death noticed", func() bool { return a.daemon.role.Status().Ineligible != "" })
+}

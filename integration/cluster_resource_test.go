@@ -8,6 +8,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -414,29 +415,8 @@ func TestClusterTrackFailingStandby(t *testing.T) {
 // the namespaces as in cluster_db_test.go): the peer takes over because
 // its database is not fenced, and stays writable.
 func TestClusterResourceCannotRestartWithDB(t *testing.T) {
-	began := time.Now()
-	pair := mariadbpair.Start(t)
-	t.Logf("MariaDB pair up in %s", time.Since(began).Round(time.Millisecond))
-	db := [2]*mariadbpair.Node{pair.Nodes[0], pair.Nodes[1]}
 	c := serviceCluster(t)
-	c.repl = func(d *daemon) string {
-		dsn := func(n *netns.Node) string {
-			return fmt.Sprintf("%s:%s@tcp(%s)/", mariadbpair.MonitorUser, pair.MonitorPassword,
-				net.JoinHostPort(n.Addr.String(), strconv.Itoa(dbPort)))
-		}
-		return fmt.Sprintf(`repl:
-  interval: 100ms
-  state_dir: %q
-  fence:
-    max_lag: 2s
-  nodes:
-    - {name: db1, dsn: %q}
-    - {name: db2, dsn: %q}
-`, filepath.Join(d.dir, "state"), dsn(c.nw.Node(1)), dsn(c.nw.Node(2)))
-	}
-	for i, d := range c.nodes {
-		d.node.Forward(t, net.JoinHostPort(d.node.Addr.String(), strconv.Itoa(dbPort)), db[i].Addr())
-	}
+	db := withDB(t, c, "max_lag: 2s")
 	for _, d := range c.nodes {
 		d.start()
 	}
@@ -474,5 +454,128 @@ func TestClusterResourceCannotRestartWithDB(t *testing.T) {
 	}
 	if code := s.health(ctx); code != 200 {
 		t.Errorf("new writer %s /health = %d", s.node.Name, code)
+	}
+}
+
+// withDB starts the MariaDB pair, relays each server into its node's
+// namespace (as cluster_db_test.go does) and gives every node a repl
+// section with fence settings fence (YAML lines under fence:).
+func withDB(t *testing.T, c *cluster, fence ...string) [2]*mariadbpair.Node {
+	t.Helper()
+	began := time.Now()
+	pair := mariadbpair.Start(t)
+	t.Logf("MariaDB pair up in %s", time.Since(began).Round(time.Millisecond))
+	db := [2]*mariadbpair.Node{pair.Nodes[0], pair.Nodes[1]}
+	c.repl = func(d *daemon) string {
+		dsn := func(n *netns.Node) string {
+			return fmt.Sprintf("%s:%s@tcp(%s)/", mariadbpair.MonitorUser, pair.MonitorPassword,
+				net.JoinHostPort(n.Addr.String(), strconv.Itoa(dbPort)))
+		}
+		return fmt.Sprintf(`repl:
+  interval: 100ms
+  state_dir: %q
+  fence:
+    %s
+  nodes:
+    - {name: db1, dsn: %q}
+    - {name: db2, dsn: %q}
+`, filepath.Join(d.dir, "state"), strings.Join(fence, "\n    "), dsn(c.nw.Node(1)), dsn(c.nw.Node(2)))
+	}
+	for i, d := range c.nodes {
+		d.node.Forward(t, net.JoinHostPort(d.node.Addr.String(), strconv.Itoa(dbPort)), db[i].Addr())
+	}
+	return db
+}
+
+// TestClusterResourceFailedStandbyLagging: the writer's service cannot
+// restart while the standby's database is fenced (lagging). The standby
+// may not take over, so the writer keeps the role, draining, and its
+// supervisor — still the decision-maker — reintroduces the standby's
+// database once it caught up; then the writer hands over.
+func TestClusterResourceFailedStandbyLagging(t *testing.T) {
+	c := serviceCluster(t)
+	db := withDB(t, c, "max_lag: 1s", "unfence_lag: 500ms", "unfence_hold: 1s")
+	for _, d := range c.nodes {
+		d.start()
+	}
+	w := c.waitWriter(20 * time.Second)
+	s := c.other(w)
+	sdb := db[s.idx-1]
+	ctx := t.Context()
+	waitFor(t, 10*time.Second, "both nodes healthy, the service answering", func() bool {
+		return w.health(ctx) == 200 && s.health(ctx) == 200 && c.answer(ctx) == w.node.Name
+	})
+	if err := sdb.StopSQLThread(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the standby's database fenced by the writer's supervisor", func() bool {
+		ro, err := sdb.ReadOnly(ctx)
+		return err == nil && ro
+	})
+	// The writer decides on the standby's heartbeats, which carry the
+	// standby supervisor's view of the fence a moment later.
+	waitFor(t, 5*time.Second, w.node.Name+" sees "+s.node.Name+" ineligible", func() bool {
+		st, err := w.status(ctx)
+		if err != nil {
+			return false
+		}
+		var doc struct {
+			Peers []struct {
+				Name     string `json:"name"`
+				Eligible bool   `json:"eligible"`
+				DBFenced bool   `json:"db_fenced"`
+			} `json:"peers"`
+		}
+		if err := json.Unmarshal(st.raw, &doc); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range doc.Peers {
+			if p.Name == s.node.Name && !p.Eligible && p.DBFenced {
+				return true
+			}
+		}
+		return false
+	})
+
+	if err := os.WriteFile(filepath.Join(w.dir, "nostart"), []byte("config broken (test)"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.killService()
+	waitFor(t, 5*time.Second, w.node.Name+" draining as a writer that is not eligible", func() bool {
+		a, _ := w.agent(ctx)
+		return a == "drain" && w.health(ctx) == 503
+	})
+	time.Sleep(c.deadtime)
+	if r := w.role(ctx); r != "writer" || !w.holdsVIP() || s.holdsVIP() {
+		t.Fatalf("%s role %q holds VIP %v, %s holds VIP %v: want the failed writer kept while the standby is fenced",
+			w.node.Name, r, w.holdsVIP(), s.node.Name, s.holdsVIP())
+	}
+
+	if err := sdb.StartSQLThread(ctx); err != nil {
+		t.Fatal(err)
+	}
+	caught := time.Now()
+	for c.answer(ctx) != s.node.Name {
+		if w.holdsVIP() && s.holdsVIP() {
+			t.Fatalf("both nodes hold the VIP %s", c.vip)
+		}
+		if time.Since(caught) > 20*time.Second {
+			t.Fatalf("%s does not serve 20s after its database resumed applying", s.node.Name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("standby's database resumed -> reintroduced and serving: %s", time.Since(caught).Round(time.Millisecond))
+	if ro, err := sdb.ReadOnly(ctx); err != nil || ro {
+		t.Errorf("new writer's database read_only = %v, %v", ro, err)
+	}
+	st, err := w.status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.findEvent("role", "no eligible peer to hand the writer role to, keeping it"); !ok {
+		t.Errorf("no keeping event in %s", st.raw)
+	}
+	if _, ok := st.findEvent("role", "handing the writer role over to eligible peer "+s.node.Name); !ok {
+		t.Errorf("no hand-over event in %s", st.raw)
 	}
 }

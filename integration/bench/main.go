@@ -58,6 +58,7 @@ func scenarios() []scenario {
 		{7, "Replication lag measurement and fencing", runLag, 5 * time.Minute},
 		{8, "Checksum: lockstep repl checksum vs pt-table-checksum", runChecksum, 6 * time.Minute},
 		{9, "Failover: writer daemon killed → VIP answering on the survivor", runFailover, 5 * time.Minute},
+		{10, "Resource death: service killed → answering through the VIP again", runResourceDeath, 5 * time.Minute},
 	}
 }
 

@@ -10,7 +10,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 DEB_PKGS := openssh-server openssh-client mariadb-server mariadb-client rsync lsyncd \
             percona-toolkit sysbench iproute2 iputils-ping procps curl socat keepalived
 
-.PHONY: all build deps test lint unit bench bench-smoke playground clean
+.PHONY: all build deps test lint unit soak bench bench-smoke playground clean
 
 all: build
 
@@ -36,6 +36,14 @@ lint:
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# soak runs the randomized model tests (churn, races) for many more seeds
+# than `make test` does; not part of CI. SOAK_ROUNDS and
+# LOCKSTEP_CONVERGE_WITHIN tune it.
+SOAK_ROUNDS ?= 50
+soak: deps
+	LOCKSTEP_SOAK_ROUNDS=$(SOAK_ROUNDS) $(GO) test -race -count=1 -timeout 4h \
+		-run 'Churn|Soak|Race' ./lsync/... ./integration/...
 
 # test is the README's one test command: install, lint, every test with the
 # race detector, and a smoke run of the benchmark harness so it cannot rot.

@@ -3,6 +3,25 @@
 // replication, fences the lagging or broken node by making it read-only,
 // and reintroduces it once it has caught up.
 //
+// # Seams
+//
+// Every poll is observe → decide → act. Observation (observe.go) reads
+// both nodes and measures lag; decide (decide.go) is a pure function from
+// a pairView (observations, lags, fence records, what the previous poll
+// remembered) to a decision: the verdict on each node and an ordered list
+// of actions; act (act.go) carries the actions out — read_only, fence
+// records, hooks, events — and publish turns the verdicts into the status
+// and metrics. New checks (repairing a broken applier, acting on errant
+// transactions) are new steps of decide and, when they act, new action
+// kinds.
+//
+// Run is re-entrant: it opens connections on first use and closes them
+// when it returns, and each run starts from what the servers and state_dir
+// say, so a daemon restarts a failed supervisor by calling Run again.
+// Metrics are registered once, by New. An optional ConflictSource (the
+// write-conflict detector of dbrepl/conflict) runs beside the poll loop
+// for as long as Run does.
+//
 // # Observation
 //
 // Each poll reads, per node and in parallel (bounded by max(4×interval,
@@ -98,6 +117,8 @@
 // the CLI on the host whose state_dir the supervisor uses).
 //
 // # Privileges (MariaDB 10.11)
+//
+// MonitorGrants, with each privilege's reason:
 //
 //	GRANT BINLOG MONITOR, SLAVE MONITOR, READ_ONLY ADMIN, CONNECTION ADMIN, PROCESS, REPLICATION SLAVE ON *.* TO 'lockstep'@'%';
 //	GRANT CREATE, INSERT, UPDATE, SELECT, DELETE ON lockstep.* TO 'lockstep'@'%';

@@ -119,8 +119,7 @@ func TestFenceHooksAndKillConnections(t *testing.T) {
 	cfg := testConfig(p, filepath.Join(dir, "state"))
 	cfg.Hooks.OnFence, cfg.Hooks.OnUnfence, cfg.Hooks.Timeout = onFence, onUnfence, 500*time.Millisecond
 	cfg.Fence.KillConnections = true
-	h := supervise(t, p, cfg)
-	h.waitFor(20*time.Second, "healthy pair", healthy)
+	h := superviseHealthy(t, p, cfg)
 	ctx := context.Background()
 
 	client, err := db2.DB.Conn(ctx)

@@ -120,18 +120,10 @@ func syncDir(dir string) error {
 func (n *nodeConn) setReadOnly(ctx context.Context, on bool) error {
 	ctx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
-	n.mu.Lock()
-	flavor := n.flavor
-	n.mu.Unlock()
-	if flavor == "" {
-		var version string
-		if err := n.db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
-			return n.describe("connect", err)
-		}
-		flavor = FlavorMySQL
-		if strings.Contains(strings.ToLower(version), "mariadb") {
-			flavor = FlavorMariaDB
-		}
+	db := n.pool()
+	flavor, _, err := n.serverFlavor(ctx, db)
+	if err != nil {
+		return n.describe("connect", err)
 	}
 	val := "OFF"
 	if on {
@@ -150,7 +142,7 @@ func (n *nodeConn) setReadOnly(ctx context.Context, on bool) error {
 		stmts = []string{"SET GLOBAL read_only=" + val}
 	}
 	for _, s := range stmts {
-		if _, err := n.db.ExecContext(ctx, s); err != nil {
+		if _, err := db.ExecContext(ctx, s); err != nil {
 			what := "SET GLOBAL read_only"
 			if strings.Contains(s, "super") {
 				what = "SET GLOBAL super_read_on"
@@ -159,7 +151,7 @@ func (n *nodeConn) setReadOnly(ctx context.Context, on bool) error {
 		}
 	}
 	var ro int
-	if err := n.db.QueryRowContext(ctx, "SELECT @@GLOBAL.read_only").Scan(&ro); err != nil {
+	if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.read_only").Scan(&ro); err != nil {
 		return n.describe("verify read_only", err)
 	}
 	if (ro != 0) != on {
@@ -167,7 +159,7 @@ func (n *nodeConn) setReadOnly(ctx context.Context, on bool) error {
 	}
 	if flavor == FlavorMySQL && on {
 		var sro int
-		if err := n.db.QueryRowContext(ctx, "SELECT @@GLOBAL.super_read_only").Scan(&sro); err != nil {
+		if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.super_read_only").Scan(&sro); err != nil {
 			return n.describe("verify super_read_only", err)
 		}
 		if sro == 0 {
@@ -182,7 +174,7 @@ func (n *nodeConn) readOnlyNow(ctx context.Context) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.timeout)
 	defer cancel()
 	var ro int
-	if err := n.db.QueryRowContext(ctx, "SELECT @@GLOBAL.read_only").Scan(&ro); err != nil {
+	if err := n.pool().QueryRowContext(ctx, "SELECT @@GLOBAL.read_only").Scan(&ro); err != nil {
 		return false, n.describe("read read_only", err)
 	}
 	return ro != 0, nil
@@ -208,7 +200,7 @@ func (n *nodeConn) killClientSessions(ctx context.Context) (int, error) {
 		if r["ID"] == nil {
 			continue
 		}
-		if _, err := n.db.ExecContext(ctx, "KILL CONNECTION "+*r["ID"]); err != nil {
+		if _, err := n.pool().ExecContext(ctx, "KILL CONNECTION "+*r["ID"]); err != nil {
 			// 1094: the session ended on its own meanwhile.
 			if !strings.Contains(err.Error(), "1094") {
 				errs = append(errs, n.describe("KILL", err))

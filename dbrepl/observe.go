@@ -3,6 +3,7 @@ package dbrepl
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -99,12 +100,18 @@ func (o *Observation) Replica(peer *Observation) *ReplicaStatus {
 
 // nodeConn is the supervisor's connection to one node.
 type nodeConn struct {
-	name    string
-	addr    string
-	user    string
-	db      *sql.DB
-	timeout time.Duration
-	logger  *slog.Logger
+	name      string
+	addr      string
+	user      string
+	connector driver.Connector
+	timeout   time.Duration
+	logger    *slog.Logger
+
+	// db is opened on first use and closed at the end of each Run, so
+	// that a stopped supervisor holds no connection and a later Run opens
+	// fresh ones.
+	poolMu sync.Mutex
+	db     *sql.DB
 
 	mu       sync.Mutex
 	flavor   string
@@ -139,18 +146,37 @@ func openNode(nc NodeConfig, timeout time.Duration, logger *slog.Logger) (*nodeC
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", nc.Name, err)
 	}
-	db := sql.OpenDB(connector)
-	db.SetMaxOpenConns(4)
-	db.SetMaxIdleConns(2)
-	db.SetConnMaxLifetime(10 * time.Minute)
 	addr := cfg.Addr
 	if cfg.Net == "unix" {
 		addr = "unix:" + cfg.Addr
 	}
-	return &nodeConn{name: nc.Name, addr: addr, user: cfg.User, db: db, timeout: timeout, logger: logger}, nil
+	return &nodeConn{name: nc.Name, addr: addr, user: cfg.User, connector: connector, timeout: timeout, logger: logger}, nil
 }
 
-func (n *nodeConn) close() error { return n.db.Close() }
+// pool returns the node's connection pool, opening it if needed.
+func (n *nodeConn) pool() *sql.DB {
+	n.poolMu.Lock()
+	defer n.poolMu.Unlock()
+	if n.db == nil {
+		n.db = sql.OpenDB(n.connector)
+		n.db.SetMaxOpenConns(4)
+		n.db.SetMaxIdleConns(2)
+		n.db.SetConnMaxLifetime(10 * time.Minute)
+	}
+	return n.db
+}
+
+// close releases the pool; the next use opens a new one.
+func (n *nodeConn) close() error {
+	n.poolMu.Lock()
+	db := n.db
+	n.db = nil
+	n.poolMu.Unlock()
+	if db == nil {
+		return nil
+	}
+	return db.Close()
+}
 
 // privilegeFor names the grant each statement needs, for error messages.
 var privilegeFor = map[string]string{
@@ -209,11 +235,84 @@ func unreachable(err error) bool {
 }
 
 func (n *nodeConn) query(ctx context.Context, q string, args ...any) ([]map[string]*string, error) {
-	rows, err := n.db.QueryContext(ctx, q, args...)
+	rows, err := n.pool().QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
 	return scanRows(rows)
+}
+
+// observePair observes both nodes in parallel and keeps the heartbeat
+// history the lag is measured from.
+func (s *Supervisor) observePair(ctx context.Context, snapshot bool) [2]*Observation {
+	var obs [2]*Observation
+	var wg sync.WaitGroup
+	for i, n := range s.nodes {
+		wg.Go(func() { obs[i] = n.observe(ctx, !snapshot) })
+	}
+	wg.Wait()
+	for i, o := range obs {
+		if o.HeartbeatWritten != 0 {
+			s.rings[i].add(o.HeartbeatWritten, o.HeartbeatCommitted, o.HeartbeatSeq)
+		}
+		if !o.Reachable {
+			s.nodes[i].forgetFlavor()
+		}
+	}
+	return obs
+}
+
+// measureLag reads each node's lag behind its peer, on the peer's clock,
+// from the heartbeats written on the peer (see lag.go). A peer whose
+// heartbeat write failed gives no lag, except to a snapshot, which writes
+// none.
+func (s *Supervisor) measureLag(obs [2]*Observation, snapshot bool) [2]lagReading {
+	var out [2]lagReading
+	for i := range obs {
+		o, p := obs[i], obs[1-i]
+		if !o.Reachable || o.Err != nil || !p.Reachable || p.Err != nil {
+			continue
+		}
+		in := LagInput{
+			SourceNowUS: p.NodeNowUS,
+			SourceLocal: p.Local,
+			SourceOwnTS: p.HeartbeatTS[p.Node],
+			SeenTS:      o.HeartbeatTS[p.Node],
+			ReadLocal:   o.HeartbeatReadLocal,
+			Interval:    s.cfg.Interval,
+		}
+		if o.Flavor == FlavorMariaDB && p.Flavor == FlavorMariaDB {
+			in.AppliedSeq = MariaDBAppliedIn(o.GTIDCurrentPos, p.DomainID)
+			in.AppliedLocal = o.VarsLocal
+		}
+		lag, age, ok := s.rings[1-i].lag(in)
+		if ok && (snapshot || p.HeartbeatErr == nil) {
+			out[i] = lagReading{lag: &lag, age: &age}
+		}
+	}
+	return out
+}
+
+// serverFlavor returns the flavor and version of the server, asking it
+// only when not known yet (forgetFlavor clears them).
+func (n *nodeConn) serverFlavor(ctx context.Context, db *sql.DB) (flavor, version string, err error) {
+	n.mu.Lock()
+	flavor, version = n.flavor, n.version
+	n.mu.Unlock()
+	if flavor != "" {
+		return flavor, version, nil
+	}
+	if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
+		return "", "", err
+	}
+	flavor = FlavorMySQL
+	if strings.Contains(strings.ToLower(version), "mariadb") {
+		flavor = FlavorMariaDB
+	}
+	n.mu.Lock()
+	n.flavor, n.version = flavor, version
+	n.mu.Unlock()
+	return flavor, version, nil
 }
 
 // observe reads one node; hbOrigin is the node's name as heartbeat origin
@@ -231,31 +330,19 @@ func (n *nodeConn) observe(ctx context.Context, writeHB bool) *Observation {
 		return o
 	}
 
-	n.mu.Lock()
-	flavor := n.flavor
-	n.mu.Unlock()
-	if flavor == "" {
-		var version string
-		if err := n.db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
-			return fail("connect", err)
-		}
-		flavor = FlavorMySQL
-		if strings.Contains(strings.ToLower(version), "mariadb") {
-			flavor = FlavorMariaDB
-		}
-		n.mu.Lock()
-		n.flavor, n.version = flavor, version
-		n.mu.Unlock()
+	db := n.pool()
+	flavor, version, err := n.serverFlavor(ctx, db)
+	if err != nil {
+		return fail("connect", err)
 	}
-	o.Flavor = flavor
-	o.Version = n.version
+	o.Flavor, o.Version = flavor, version
 
 	// The clock is read first so that the heartbeat written next carries
 	// the node's own time; the GTID variables are read after the write so
 	// that no peer can have applied more of this node's domain than we
 	// saw (that would look like an errant transaction).
 	before := time.Now()
-	if err := n.db.QueryRowContext(ctx, "SELECT CAST(UNIX_TIMESTAMP(NOW(6))*1000000 AS SIGNED)").Scan(&o.NodeNowUS); err != nil {
+	if err := db.QueryRowContext(ctx, "SELECT CAST(UNIX_TIMESTAMP(NOW(6))*1000000 AS SIGNED)").Scan(&o.NodeNowUS); err != nil {
 		return fail("connect", err)
 	}
 	after := time.Now()
@@ -263,7 +350,7 @@ func (n *nodeConn) observe(ctx context.Context, writeHB bool) *Observation {
 	o.Reachable = true
 
 	if writeHB {
-		o.HeartbeatSeq, o.HeartbeatErr = n.writeHeartbeat(ctx, o.NodeNowUS, flavor)
+		o.HeartbeatSeq, o.HeartbeatErr = n.writeHeartbeat(ctx, db, o.NodeNowUS, flavor)
 		if o.HeartbeatErr == nil {
 			o.HeartbeatWritten = o.NodeNowUS
 			o.HeartbeatCommitted = time.Now()
@@ -273,7 +360,7 @@ func (n *nodeConn) observe(ctx context.Context, writeHB bool) *Observation {
 	o.VarsLocal = time.Now()
 	if flavor == FlavorMariaDB {
 		var ro int
-		err := n.db.QueryRowContext(ctx, `SELECT @@server_id, @@gtid_domain_id, @@read_only,
+		err := db.QueryRowContext(ctx, `SELECT @@server_id, @@gtid_domain_id, @@read_only,
 			@@auto_increment_increment, @@auto_increment_offset,
 			@@gtid_binlog_pos, @@gtid_slave_pos, @@gtid_current_pos`).Scan(
 			&o.ServerID, &o.DomainID, &ro, &o.AutoIncInc, &o.AutoIncOff,
@@ -284,7 +371,7 @@ func (n *nodeConn) observe(ctx context.Context, writeHB bool) *Observation {
 		o.ReadOnly = ro != 0
 	} else {
 		var ro, sro int
-		err := n.db.QueryRowContext(ctx, `SELECT @@server_id, @@server_uuid, @@read_only, @@super_read_only,
+		err := db.QueryRowContext(ctx, `SELECT @@server_id, @@server_uuid, @@read_only, @@super_read_only,
 			@@auto_increment_increment, @@auto_increment_offset, @@GLOBAL.gtid_executed`).Scan(
 			&o.ServerID, &o.ServerUUID, &ro, &sro, &o.AutoIncInc, &o.AutoIncOff, &o.GTIDExecuted)
 		if err != nil {
@@ -381,13 +468,13 @@ func (n *nodeConn) readBinlog(ctx context.Context, o *Observation) *stepError {
 
 // writeHeartbeat upserts this node's heartbeat row and returns the
 // sequence number of its GTID (MariaDB; 0 when unknown).
-func (n *nodeConn) writeHeartbeat(ctx context.Context, ts int64, flavor string) (uint64, error) {
+func (n *nodeConn) writeHeartbeat(ctx context.Context, db *sql.DB, ts int64, flavor string) (uint64, error) {
 	n.mu.Lock()
 	ok := n.schemaOK
 	n.mu.Unlock()
 	if !ok {
 		for _, s := range []string{"CREATE DATABASE IF NOT EXISTS lockstep", HeartbeatSchema} {
-			if _, err := n.db.ExecContext(ctx, s); err != nil {
+			if _, err := db.ExecContext(ctx, s); err != nil {
 				return 0, n.describe("heartbeat schema", err)
 			}
 		}
@@ -396,7 +483,7 @@ func (n *nodeConn) writeHeartbeat(ctx context.Context, ts int64, flavor string) 
 		n.mu.Unlock()
 	}
 	// One connection for the write and @@last_gtid, which is per session.
-	conn, err := n.db.Conn(ctx)
+	conn, err := db.Conn(ctx)
 	if err != nil {
 		return 0, n.describe("heartbeat write", err)
 	}

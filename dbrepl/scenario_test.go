@@ -16,8 +16,7 @@ func TestSQLThreadStoppedFencesLaggingNode(t *testing.T) {
 	p := startPair(t)
 	createTable(t, p, "app.t")
 	db1, db2 := p.Nodes[0], p.Nodes[1]
-	h := supervise(t, p, testConfig(p, t.TempDir()))
-	h.waitFor(20*time.Second, "healthy pair", healthy)
+	h := superviseHealthy(t, p, testConfig(p, t.TempDir()))
 
 	ctx := context.Background()
 	if err := db2.StopSQLThread(ctx); err != nil {
@@ -92,8 +91,7 @@ func TestSQLThreadStoppedFencesLaggingNode(t *testing.T) {
 func TestIOThreadStoppedFencesByHeartbeat(t *testing.T) {
 	p := startPair(t)
 	db2 := p.Nodes[1]
-	h := supervise(t, p, testConfig(p, t.TempDir()))
-	h.waitFor(20*time.Second, "healthy pair", healthy)
+	h := superviseHealthy(t, p, testConfig(p, t.TempDir()))
 	if err := db2.StopIOThread(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -120,8 +118,7 @@ func TestDuplicateKeyErrorFencesWithGTID(t *testing.T) {
 	p := startPair(t)
 	createTable(t, p, "app.dup")
 	db1, db2 := p.Nodes[0], p.Nodes[1]
-	h := supervise(t, p, testConfig(p, t.TempDir()))
-	h.waitFor(20*time.Second, "healthy pair", healthy)
+	h := superviseHealthy(t, p, testConfig(p, t.TempDir()))
 	ctx := context.Background()
 
 	c2, err := db2.DB.Conn(ctx)
@@ -177,8 +174,7 @@ func TestNodeDownKeepsPeerWritable(t *testing.T) {
 	p := startPair(t)
 	createTable(t, p, "app.t")
 	db1, db2 := p.Nodes[0], p.Nodes[1]
-	h := supervise(t, p, testConfig(p, t.TempDir()))
-	h.waitFor(20*time.Second, "healthy pair", healthy)
+	h := superviseHealthy(t, p, testConfig(p, t.TempDir()))
 	w := startWriter(t, db1, "app.t", 20*time.Millisecond)
 
 	if err := db2.Kill(); err != nil {
@@ -222,8 +218,7 @@ func TestBothDirectionsBrokenKeepsOneWritable(t *testing.T) {
 	p := startPair(t)
 	createTable(t, p, "app.t")
 	db1, db2 := p.Nodes[0], p.Nodes[1]
-	h := supervise(t, p, testConfig(p, t.TempDir()))
-	h.waitFor(20*time.Second, "healthy pair", healthy)
+	h := superviseHealthy(t, p, testConfig(p, t.TempDir()))
 	ctx := context.Background()
 	for _, n := range p.Nodes {
 		if err := n.StopSQLThread(ctx); err != nil {
@@ -272,8 +267,7 @@ func TestRestartedSupervisorKeepsFence(t *testing.T) {
 	db1, db2 := p.Nodes[0], p.Nodes[1]
 	stateDir := t.TempDir()
 	cfg := testConfig(p, stateDir)
-	h := supervise(t, p, cfg)
-	h.waitFor(20*time.Second, "healthy pair", healthy)
+	h := superviseHealthy(t, p, cfg)
 	ctx := context.Background()
 	if err := db2.StopSQLThread(ctx); err != nil {
 		t.Fatal(err)
@@ -326,8 +320,7 @@ func TestManualFenceSurvivesAutoReintroduction(t *testing.T) {
 	db2 := p.Nodes[1]
 	stateDir := t.TempDir()
 	cfg := testConfig(p, stateDir)
-	h := supervise(t, p, cfg)
-	h.waitFor(20*time.Second, "healthy pair", healthy)
+	h := superviseHealthy(t, p, cfg)
 	ctx := context.Background()
 
 	// The CLI path: no access to the running supervisor, only the DB and
@@ -380,8 +373,7 @@ func TestHealthyPairUnderLoadNeverFences(t *testing.T) {
 	t.Parallel()
 	p := startPair(t)
 	createTable(t, p, "app.load")
-	h := supervise(t, p, testConfig(p, t.TempDir()))
-	h.waitFor(20*time.Second, "healthy pair", healthy)
+	h := superviseHealthy(t, p, testConfig(p, t.TempDir()))
 	var ws []*writer
 	for _, n := range p.Nodes {
 		for range 2 {

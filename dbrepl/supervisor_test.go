@@ -103,6 +103,15 @@ func supervise(t *testing.T, p *mariadbpair.Pair, cfg dbrepl.Config) *harness {
 	return h
 }
 
+// superviseHealthy is supervise, returning once the supervisor has seen
+// the pair healthy.
+func superviseHealthy(t *testing.T, p *mariadbpair.Pair, cfg dbrepl.Config) *harness {
+	t.Helper()
+	h := supervise(t, p, cfg)
+	h.waitFor(20*time.Second, "healthy pair", healthy)
+	return h
+}
+
 func (h *harness) stop() {
 	if h.cancel == nil {
 		return

@@ -52,11 +52,9 @@ func TestClusterPartitionWriterWithDB(t *testing.T) {
 `, filepath.Join(d.dir, "state"), dsn(c.nw.Node(1)), dsn(c.nw.Node(2)))
 	}
 	for i, d := range c.nodes {
-		d.node.Forward(t, net.JoinHostPort(d.node.Addr.String(), strconv.Itoa(dbPort)), db[i].Addr())
+		netns.Forward(t, d.node, net.JoinHostPort(d.node.Addr.String(), strconv.Itoa(dbPort)), db[i].Addr())
 	}
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	w := c.waitWriter(20 * time.Second)
 	s := c.other(w)
 	t.Logf("writer %s elected %s into the test", w.node.Name, time.Since(began).Round(time.Millisecond))

@@ -482,7 +482,7 @@ func withDB(t *testing.T, c *cluster, fence ...string) [2]*mariadbpair.Node {
 `, filepath.Join(d.dir, "state"), strings.Join(fence, "\n    "), dsn(c.nw.Node(1)), dsn(c.nw.Node(2)))
 	}
 	for i, d := range c.nodes {
-		d.node.Forward(t, net.JoinHostPort(d.node.Addr.String(), strconv.Itoa(dbPort)), db[i].Addr())
+		netns.Forward(t, d.node, net.JoinHostPort(d.node.Addr.String(), strconv.Itoa(dbPort)), db[i].Addr())
 	}
 	return db
 }

@@ -35,11 +35,11 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"text/template"
 	"time"
 
 	"github.com/lockstep-ha/lockstep/integration/netns"
 	"github.com/lockstep-ha/lockstep/integration/poll"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 )
 
 // Ports are fixed because every node has a namespace of its own.
@@ -127,7 +127,7 @@ type cluster struct {
 }
 
 // member is one `cluster.nodes` entry.
-type member struct{ Name, Address, DB string }
+type member = testbed.Member
 
 type daemon struct {
 	c       *cluster
@@ -140,9 +140,7 @@ type daemon struct {
 	keyFile string // overrides the cluster key when set
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
+	proc *testbed.Proc // nil until started
 }
 
 // newCluster builds the network and per-node directories; resources(d)
@@ -177,7 +175,7 @@ func newCluster(t *testing.T, nodes int, resources func(d *daemon) []resource) *
 	if err := os.WriteFile(c.keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c.witness = "tcp://" + nw.Witness().ServeTCP(t)
+	c.witness = "tcp://" + netns.ServeTCP(t, nw.Witness())
 	for i := 1; i <= nodes; i++ {
 		d := &daemon{c: c, idx: i, node: nw.Node(i), dir: filepath.Join(c.dir, nw.Node(i).Name)}
 		if err := os.MkdirAll(d.dir, 0o755); err != nil {
@@ -196,36 +194,13 @@ func newCluster(t *testing.T, nodes int, resources func(d *daemon) []resource) *
 
 func (c *cluster) node(i int) *daemon { return c.nodes[i-1] }
 
-var configTmpl = template.Must(template.New("cfg").Parse(`node: {{.Name}}
-listen: {{.Listen}}
-cluster:
-  key_file: {{.KeyFile}}
-  keepalive: {{.Keepalive}}
-  deadtime: {{.Deadtime}}
-  agent_check: {{.Agent}}
-  witness: ["{{.Witness}}"]
-{{- if .ExtraCluster}}
-{{.ExtraCluster}}
-{{- end}}
-  nodes:
-{{- range .Nodes}}
-    - {name: {{.Name}}, address: "{{.Address}}"{{if .DB}}, db: {{.DB}}{{end}}}
-{{- end}}
-  resources:
-{{- range .Resources}}
-{{- if .VIP}}
-    - ipaddr: {{.VIP}}
-      dev: {{$.Dev}}
-{{- else}}
-    - exec: {{.Exec}}
-      timeout: {{.Timeout}}
-{{- end}}
-{{- range .Monitor}}
-      {{.}}
-{{- end}}
-{{- end}}
-{{.Repl}}
-`))
+// startAll starts every node's daemon.
+func (c *cluster) startAll() {
+	c.t.Helper()
+	for _, d := range c.nodes {
+		d.start()
+	}
+}
 
 // writeConfig generates the node's config file.
 func (d *daemon) writeConfig() {
@@ -251,26 +226,24 @@ func (d *daemon) writeConfig() {
 	if d.keyFile != "" {
 		keyFile = d.keyFile
 	}
-	data := map[string]any{
-		"Name":         d.node.Name,
-		"Listen":       d.httpAddr(),
-		"Agent":        net.JoinHostPort(d.node.Addr.String(), fmt.Sprint(agentPort)),
-		"KeyFile":      keyFile,
-		"Keepalive":    c.keepalive,
-		"Deadtime":     c.deadtime,
-		"Witness":      c.witness,
-		"Nodes":        peers,
-		"Resources":    c.resources(d),
-		"Dev":          netns.Dev,
-		"Repl":         repl,
-		"ExtraCluster": strings.Trim(extra, "\n"),
+	var res []testbed.Resource
+	for _, r := range c.resources(d) {
+		res = append(res, testbed.Resource{VIP: r.VIP, Dev: netns.Dev, Exec: r.Exec, Timeout: r.Timeout, Extra: r.Monitor})
 	}
-	f, err := os.OpenFile(d.config, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		c.t.Fatal(err)
+	cfg := testbed.RunConfig{
+		Node:         d.node.Name,
+		Listen:       d.httpAddr(),
+		AgentCheck:   net.JoinHostPort(d.node.Addr.String(), fmt.Sprint(agentPort)),
+		KeyFile:      keyFile,
+		Keepalive:    c.keepalive,
+		Deadtime:     c.deadtime,
+		Witness:      []string{c.witness},
+		Members:      peers,
+		Resources:    res,
+		Repl:         repl,
+		ClusterExtra: strings.Trim(extra, "\n"),
 	}
-	defer f.Close()
-	if err := configTmpl.Execute(f, data); err != nil {
+	if err := cfg.Write(d.config); err != nil {
 		c.t.Fatal(err)
 	}
 }
@@ -327,55 +300,37 @@ func (d *daemon) start() {
 	cmd := d.node.Command(context.Background(), lockstepBinary(t), "run", "-c", d.config)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start lockstep run on %s: %v", d.node.Name, err)
+	proc, err := testbed.Start("lockstep run on "+d.node.Name, "", cmd)
+	if err != nil {
+		t.Fatal(err)
 	}
-	done := make(chan struct{})
 	d.mu.Lock()
-	d.cmd, d.done, d.err = cmd, done, nil
+	d.proc = proc
 	d.mu.Unlock()
-	go func() {
-		err := cmd.Wait()
-		d.mu.Lock()
-		d.err = err
-		d.mu.Unlock()
-		close(done)
-	}()
 }
 
 func (d *daemon) alive() bool {
 	d.mu.Lock()
-	done := d.done
+	proc := d.proc
 	d.mu.Unlock()
-	if done == nil {
+	if proc == nil {
 		return false
 	}
-	select {
-	case <-done:
-		return false
-	default:
-		return true
-	}
+	ended, _ := proc.Exited()
+	return !ended
 }
 
 // signal sends sig and waits up to grace for the exit; it returns the
 // exit error and whether the process exited in time.
 func (d *daemon) signal(sig syscall.Signal, grace time.Duration) (error, bool) {
 	d.mu.Lock()
-	cmd, done := d.cmd, d.done
+	proc := d.proc
 	d.mu.Unlock()
-	if cmd == nil {
+	if proc == nil {
 		return nil, true
 	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		return d.err, true
-	case <-time.After(grace):
-		return nil, false
-	}
+	ended, err := proc.Signal(sig, grace)
+	return err, ended
 }
 
 func (d *daemon) kill() {
@@ -623,9 +578,7 @@ func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) 
 // the VIP and both exec resources within deadtime + 1s.
 func TestClusterKillWriter(t *testing.T) {
 	c := newCluster(t, 2, nil)
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	w := c.waitWriter(15 * time.Second)
 	s := c.other(w)
 	if !w.running("a") || !w.running("b") {
@@ -688,9 +641,7 @@ func TestClusterKillWriter(t *testing.T) {
 // the same time. After healing there is exactly one writer again.
 func TestClusterPartitionWriter(t *testing.T) {
 	c := newCluster(t, 2, nil)
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	w := c.waitWriter(15 * time.Second)
 	s := c.other(w)
 	ctx := t.Context()
@@ -797,9 +748,7 @@ func TestClusterPartitionWriter(t *testing.T) {
 // takes over.
 func TestClusterResourceOrder(t *testing.T) {
 	c := newCluster(t, 2, nil)
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	w := c.waitWriter(15 * time.Second)
 	s := c.other(w)
 	if got, want := afterInitialStops(w.resourceCalls()), []string{"a start", "b start"}; !equal(got, want) {
@@ -838,9 +787,7 @@ func TestClusterHangingResource(t *testing.T) {
 			{Exec: d.script("hang", fmt.Sprintf("echo $$ >> %q; exec sleep 300", pidFile)), Timeout: timeout},
 		}
 	})
-	for _, d := range c.nodes {
-		d.start()
-	}
+	c.startAll()
 	ctx := t.Context()
 
 	// Whichever node becomes writer first calls start and hangs.
@@ -891,22 +838,9 @@ func serveIdentity(t *testing.T, d *daemon) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(conn, d.node.Name+"\n")
-			conn.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		<-done
-	})
+	t.Cleanup(testbed.Serve(l, func(_ context.Context, conn net.Conn) {
+		_, _ = io.WriteString(conn, d.node.Name+"\n")
+	}))
 }
 
 // askIdentity returns the name served at addr from inside from's

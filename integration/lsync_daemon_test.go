@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lockstep-ha/lockstep/integration/sshdtest"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
 )
@@ -24,8 +25,7 @@ type syncDaemon struct {
 	bin  string
 	cfg  string
 	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc *testbed.Proc
 }
 
 func writeSyncConfig(t *testing.T, srv *sshdtest.Server, src, dst, knownHosts string) string {
@@ -54,23 +54,13 @@ sync:
 func startSyncDaemon(t *testing.T, bin, cfg string) *syncDaemon {
 	t.Helper()
 	d := &syncDaemon{t: t, bin: bin, cfg: cfg, log: filepath.Join(t.TempDir(), "sync.log")}
-	logf, err := os.Create(d.log)
+	cmd := exec.Command(bin, "sync", "-c", cfg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	proc, err := testbed.Start("lockstep sync", d.log, cmd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(bin, "sync", "-c", cfg)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatal(err)
-	}
-	logf.Close()
-	d.done = make(chan struct{})
-	go func() {
-		_ = d.cmd.Wait()
-		close(d.done)
-	}()
+	d.proc = proc
 	t.Cleanup(func() {
 		d.kill()
 		if t.Failed() {
@@ -90,25 +80,16 @@ func tail(s string, n int) string {
 }
 
 func (d *syncDaemon) kill() {
-	select {
-	case <-d.done:
-		return
-	default:
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
+	d.proc.Kill()
 }
 
 // stop asks for an orderly shutdown and returns the exit code.
 func (d *syncDaemon) stop() int {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(30 * time.Second):
+	if ended, _ := d.proc.Signal(syscall.SIGTERM, 30*time.Second); !ended {
 		d.t.Error("lockstep sync did not exit within 30s of SIGTERM")
 		d.kill()
 	}
-	return d.cmd.ProcessState.ExitCode()
+	return d.proc.ExitCode()
 }
 
 func countFiles(root, sub string) int {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
+	"github.com/lockstep-ha/lockstep/internal/testbed/mariadb"
 )
 
 // TestPlaygroundSmoke runs the Quick start the way a newcomer does, with
@@ -20,7 +20,7 @@ import (
 // ways, replication and /health on both daemons, exit 0, and leave no
 // process and no file behind.
 func TestPlaygroundSmoke(t *testing.T) {
-	if err := mariadbpair.Available(); err != nil {
+	if err := mariadb.Available(); err != nil {
 		t.Skipf("playground needs MariaDB: %v", err)
 	}
 	bin := lockstepBinary(t)

@@ -16,32 +16,37 @@ func TestBatchCollapsing(t *testing.T) {
 		paths   []string
 		renames []Rename
 		rescan  bool
+		scan    []string
 	}{
-		{"many writes become one path", []Event{{Path: "a", Op: OpWrite}, {Path: "a", Op: OpWrite}, {Path: "a", Op: OpWrite}}, []string{"a"}, nil, false},
+		{"many writes become one path", []Event{{Path: "a", Op: OpWrite}, {Path: "a", Op: OpWrite}, {Path: "a", Op: OpWrite}}, []string{"a"}, nil, false, nil},
 		// Created then deleted: listed once, so that apply checks the
 		// target (a Stat) and sends nothing; see TestJobCreateThenDeleteSendsNothing.
-		{"create then delete collapses to one check", []Event{{Path: "a", Op: OpCreate}, {Path: "a", Op: OpWrite}, {Path: "a", Op: OpRemove}}, []string{"a"}, nil, false},
-		{"editor temp renamed over", []Event{{Path: "tmp", Op: OpCreate}, {Path: "tmp", Op: OpWrite}, {Path: "tmp", Op: OpRename}, {Path: "f", Op: OpCreate}}, []string{"f", "tmp"}, nil, false},
-		{"delete then create uploads", []Event{{Path: "a", Op: OpRemove}, {Path: "a", Op: OpCreate}}, []string{"a"}, nil, false},
-		{"delete stays a delete", []Event{{Path: "a", Op: OpWrite}, {Path: "a", Op: OpRemove}}, []string{"a"}, nil, false},
-		{"create delete create uploads", []Event{{Path: "a", Op: OpCreate}, {Path: "a", Op: OpRemove}, {Path: "a", Op: OpCreate}}, []string{"a"}, nil, false},
+		{"create then delete collapses to one check", []Event{{Path: "a", Op: OpCreate}, {Path: "a", Op: OpWrite}, {Path: "a", Op: OpRemove}}, []string{"a"}, nil, false, nil},
+		{"editor temp renamed over", []Event{{Path: "tmp", Op: OpCreate}, {Path: "tmp", Op: OpWrite}, {Path: "tmp", Op: OpRename}, {Path: "f", Op: OpCreate}}, []string{"f", "tmp"}, nil, false, nil},
+		{"delete then create uploads", []Event{{Path: "a", Op: OpRemove}, {Path: "a", Op: OpCreate}}, []string{"a"}, nil, false, nil},
+		{"delete stays a delete", []Event{{Path: "a", Op: OpWrite}, {Path: "a", Op: OpRemove}}, []string{"a"}, nil, false, nil},
+		{"create delete create uploads", []Event{{Path: "a", Op: OpCreate}, {Path: "a", Op: OpRemove}, {Path: "a", Op: OpCreate}}, []string{"a"}, nil, false, nil},
 		{"directory rename paired by inode", []Event{{Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "e/x", Op: OpCreate}},
-			[]string{"d", "e", "e/x"}, []Rename{{From: "d", To: "e"}}, false},
+			[]string{"d", "e", "e/x"}, []Rename{{From: "d", To: "e"}}, false, nil},
 		{"rename chain keeps order", []Event{{Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "e", Op: OpRename, IsDir: true, Inode: 7}, {Path: "f", Op: OpCreate, IsDir: true, Inode: 7}},
-			[]string{"d", "e", "f"}, []Rename{{From: "d", To: "e"}, {From: "e", To: "f"}}, false},
-		{"different inode is not a rename", []Event{{Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 8}}, []string{"d", "e"}, nil, false},
-		{"rename of a directory created in the batch is an upload", []Event{{Path: "d", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}}, []string{"d", "e"}, nil, false},
-		{"overflow escalates to rescan", []Event{{Path: "a", Op: OpWrite}, {Path: "b", Op: OpWrite}, {Path: "c", Op: OpWrite}, {Path: "d", Op: OpWrite}}, nil, nil, true},
+			[]string{"d", "e", "f"}, []Rename{{From: "d", To: "e"}, {From: "e", To: "f"}}, false, nil},
+		{"different inode is not a rename", []Event{{Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 8}}, []string{"d", "e"}, nil, false, nil},
+		{"rename of a directory created in the batch is an upload of its whole subtree", []Event{{Path: "d", Op: OpCreate, IsDir: true, Inode: 7}, {Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}}, []string{"d", "e"}, nil, false, []string{"e"}},
+		// The rename is replayed before any path: a change made under the
+		// old name must be looked at under the new one.
+		{"changes under a renamed directory follow it", []Event{{Path: "d/x", Op: OpWrite}, {Path: "d", Op: OpRename, IsDir: true, Inode: 7}, {Path: "e", Op: OpCreate, IsDir: true, Inode: 7}},
+			[]string{"d", "d/x", "e", "e/x"}, []Rename{{From: "d", To: "e"}}, false, nil},
+		{"overflow escalates to rescan", []Event{{Path: "a", Op: OpWrite}, {Path: "b", Op: OpWrite}, {Path: "c", Op: OpWrite}, {Path: "d", Op: OpWrite}, {Path: "e", Op: OpWrite}}, nil, nil, true, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newBatchState(3)
+			s := newBatchState(4)
 			for _, ev := range tc.events {
 				s.add(ev, now)
 			}
 			b := s.take()
-			if !reflect.DeepEqual(b.Paths, tc.paths) || !reflect.DeepEqual(b.Renames, tc.renames) || b.Rescan != tc.rescan {
-				t.Fatalf("got paths %v renames %v rescan %v; want %v %v %v", b.Paths, b.Renames, b.Rescan, tc.paths, tc.renames, tc.rescan)
+			if !reflect.DeepEqual(b.Paths, tc.paths) || !reflect.DeepEqual(b.Renames, tc.renames) || b.Rescan != tc.rescan || !reflect.DeepEqual(b.Scan, tc.scan) {
+				t.Fatalf("got paths %v renames %v rescan %v scan %v; want %v %v %v %v", b.Paths, b.Renames, b.Rescan, b.Scan, tc.paths, tc.renames, tc.rescan, tc.scan)
 			}
 			if !s.empty() {
 				t.Fatal("state not empty after take")

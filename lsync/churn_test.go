@@ -7,36 +7,29 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lockstep-ha/lockstep/integration/poll"
 	"github.com/lockstep-ha/lockstep/internal/churn"
 	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
 )
 
-// convergeWithin is how soon after the last change of a burst the target
-// must be identical. Exported to the environment so that `make soak` on a
-// loaded machine can widen it without editing the test.
+// convergeWithin and churnRounds read the soak settings (see package churn).
 func convergeWithin(t testing.TB) time.Duration {
-	if v := os.Getenv("LOCKSTEP_CONVERGE_WITHIN"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("LOCKSTEP_CONVERGE_WITHIN: %v", err)
-		}
-		return d
+	d, err := churn.ConvergeWithin(2 * time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return 2 * time.Second
+	return d
 }
 
-// churnRounds is the number of seeds a churn model test runs: a few in
-// `make test`, many under `make soak` (LOCKSTEP_SOAK_ROUNDS).
 func churnRounds(t testing.TB, def int) int {
-	if v := os.Getenv("LOCKSTEP_SOAK_ROUNDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("LOCKSTEP_SOAK_ROUNDS=%q: want a positive number", v)
-		}
-		return n
+	n, err := churn.Rounds(def)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return def
+	return n
 }
 
 // TestChurnConverges is the model test of the core promise: a live tree
@@ -83,4 +76,34 @@ func churnLogger(t *testing.T) *slog.Logger {
 		return lsynctest.TestLogger(t)
 	}
 	return discardLogger()
+}
+
+// TestVerificationDriftIsLoud: the periodic verification is a backstop.
+// When it has to repair something no event had queued, the repair is
+// counted as drift and the target's last verification time is shown; a
+// verification that finds nothing counts nothing.
+func TestVerificationDriftIsLoud(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "peer")
+	cfg.VerifyInterval = ptr(300 * time.Millisecond)
+	mustWrite(t, src, "a/kept.txt", "source")
+	reg := prometheus.NewRegistry()
+	job := lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Registerer: reg})
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	poll.Until(t, waitLimit, "a verification", func() bool {
+		return metricValue(t, reg, "lockstep_sync_last_verified_timestamp_seconds", "peer") > 0
+	})
+	if got := metricValue(t, reg, "lockstep_sync_verify_repairs_total", "peer"); got != 0 {
+		t.Fatalf("verify repairs = %v on a target in sync, want 0", got)
+	}
+	// Behind lockstep's back: a file only on the target, one changed there.
+	mustWrite(t, dst[0], "stray.txt", "not from the source")
+	mustWrite(t, dst[0], "a/kept.txt", "changed on the target!")
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	poll.Until(t, waitLimit, "drift counted", func() bool {
+		return metricValue(t, reg, "lockstep_sync_verify_repairs_total", "peer") == 2
+	})
+	st := job.Status()
+	if len(st) != 1 || st[0].LastVerified.IsZero() {
+		t.Fatalf("status %+v: want LastVerified set", st)
+	}
 }

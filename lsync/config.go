@@ -36,8 +36,20 @@ type JobConfig struct {
 	// runs the mirror job). Conflicts then resolve by newest mtime, a tie
 	// going to the node name that sorts first, and full passes never
 	// delete on the target: a file only there is the peer's to push.
-	TwoWay  bool           `yaml:"two_way"`
-	Targets []TargetConfig `yaml:"targets"`
+	TwoWay bool `yaml:"two_way"`
+	// MaxDelete guards against mass deletion: "N", "N%" of the target's
+	// entries, or "off"; empty means DefaultMaxDelete.
+	MaxDelete string         `yaml:"max_delete"`
+	Targets   []TargetConfig `yaml:"targets"`
+}
+
+// EffectiveMaxDelete returns the parsed guard (Validate has checked it).
+func (c JobConfig) EffectiveMaxDelete() MaxDelete {
+	m, err := ParseMaxDelete(c.MaxDelete)
+	if err != nil {
+		return MaxDelete{Percent: 50}
+	}
+	return m
 }
 
 // TargetConfig is one peer (or local directory when Host is empty).
@@ -111,6 +123,9 @@ func (c *JobConfig) Validate() error {
 	}
 	if c.Concurrency < 1 || c.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf("concurrency: %d out of range 1..256", c.Concurrency))
+	}
+	if _, err := ParseMaxDelete(c.MaxDelete); err != nil {
+		errs = append(errs, fmt.Errorf("max_delete: %w", err))
 	}
 	if _, err := NewExcluder(c.Exclude); err != nil {
 		errs = append(errs, err)

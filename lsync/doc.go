@@ -3,8 +3,10 @@
 //
 // # Pipeline
 //
-// A Job owns one Watcher (a recursive fsnotify watch, one inotify watch per
-// directory; a new directory is scanned right after its watch is added),
+// A Job owns one Watcher (inotify spoken directly, one watch per
+// directory; a new directory is scanned right after its watch is added;
+// the watch-descriptor → path map is renamed in place when a directory
+// moves, so that every event carries the path it had when it happened),
 // one Batcher (a single goroutine that collapses events per path and emits
 // a batch after a quiet `delay`, at most `max_delay` after its first
 // event) and one worker per target. Each worker has its own queue and
@@ -27,6 +29,25 @@
 // paired by inode (the old name's RENAME with the new name's CREATE) and
 // replayed as a Rename on the target; if the target refuses it, the new
 // subtree is uploaded and only then is the old name deleted.
+//
+// # Convergence
+//
+// A batch is exact only if every path it names is the path that changed.
+// Where that cannot be proved, the smallest subtree that covers the doubt
+// is compared whole (a listing of both sides, like a full pass limited to
+// it):
+//
+//   - a renamed directory's new subtree, after the rename is replayed: an
+//     earlier batch may have found entries of it already gone from the
+//     old name in the source and deleted them on the target;
+//   - a directory created and renamed within one batch (Batch.Scan);
+//   - paths queued, waiting for a retry, or in the batch being applied
+//     when a directory rename is queued are listed under the new name too.
+//
+// inotify overflow rebuilds the watch map and rescans everything. The
+// periodic verification stays as a backstop; what it has to repair
+// although no event queued it is drift, logged as an error and counted in
+// lockstep_sync_verify_repairs_total, so that it can never be silent.
 //
 // # Guarantees
 //

@@ -18,7 +18,9 @@ import (
 //   - "*" and "?" never cross "/", "**" does, "[...]" is a character class.
 //
 // An excluded directory excludes its whole subtree. Names starting with
-// TempPrefix are always excluded. Excluded paths on a target are neither
+// TempPrefix are always excluded, and so is a top-level lost+found (it
+// belongs to the file system of a mounted docroot, is readable by root
+// only, and is never content). Excluded paths on a target are neither
 // written nor deleted.
 type Excluder struct {
 	rules []excludeRule
@@ -123,7 +125,13 @@ func (e *Excluder) matchOne(rel string, isDir bool) bool {
 
 // Excluded reports whether rel (slash-separated, relative to the root) or
 // one of its parent directories is excluded. isDir describes rel itself.
+// lostFound is fsck's directory at the top of a file system.
+const lostFound = "lost+found"
+
 func (e *Excluder) Excluded(rel string, isDir bool) bool {
+	if rel == lostFound || strings.HasPrefix(rel, lostFound+"/") {
+		return true
+	}
 	if e == nil {
 		return strings.HasPrefix(path.Base(rel), TempPrefix)
 	}

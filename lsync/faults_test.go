@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +35,10 @@ type flakyConnector struct {
 	connects  atomic.Int32
 	mu        sync.Mutex
 	failWrite map[string]error
+	// unlistable makes Walk report these target directories as
+	// unreadable (permission), as a root-owned 0700 directory is to a
+	// non-root sync user.
+	unlistable map[string]bool
 }
 
 func (c *flakyConnector) Name() string { return c.inner.Name() }
@@ -65,7 +71,22 @@ func (t *flakyTarget) Walk(ctx context.Context, sub string, fn func(lsync.Entry)
 	if err := t.check(); err != nil {
 		return err
 	}
-	return t.Target.Walk(ctx, sub, fn)
+	t.c.mu.Lock()
+	unlistable := maps.Clone(t.c.unlistable)
+	t.c.mu.Unlock()
+	if unlistable[sub] {
+		return &fs.PathError{Op: "open", Path: sub, Err: syscall.EACCES}
+	}
+	return t.Target.Walk(ctx, sub, func(e lsync.Entry) error {
+		if e.Mode.IsDir() && unlistable[e.Path] {
+			e.ListErr = &fs.PathError{Op: "open", Path: e.Path, Err: syscall.EACCES}
+			if err := fn(e); err != nil && !errors.Is(err, fs.SkipDir) {
+				return err
+			}
+			return fs.SkipDir
+		}
+		return fn(e)
+	})
 }
 
 func (t *flakyTarget) Stat(ctx context.Context, rel string) (lsync.Entry, error) {
@@ -349,11 +370,21 @@ func TestVerificationRepairsDrift(t *testing.T) {
 	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
 }
 
-func TestReconcileRefusesReplacedSourceRoot(t *testing.T) {
+// TestReconcileFollowsReplacedSourceRoot: the source root is a name. A
+// docroot moved away and replaced by an empty directory (an unmounted
+// volume, a deploy half done) deletes nothing on the target; replaced by
+// a new release, the target follows it, deleting only what the new
+// release lacks.
+func TestReconcileFollowsReplacedSourceRoot(t *testing.T) {
 	parent, dst := t.TempDir(), t.TempDir()
 	src := filepath.Join(parent, "docroot")
-	mustWrite(t, src, "index.html", "hi")
-	mustWrite(t, dst, "index.html", "hi")
+	for _, root := range []string{src, dst} {
+		mustWrite(t, root, "index.html", "v1")
+		mustWrite(t, root, "old-only.html", "v1")
+		for i := range 20 {
+			mustWrite(t, root, "assets/"+strconv.Itoa(i)+".css", "v1")
+		}
+	}
 	s, err := lsync.OpenSource(src, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -364,18 +395,71 @@ func TestReconcileRefusesReplacedSourceRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lt.Close()
-	// The docroot is moved away and an empty one takes its place.
+	r := &lsync.Reconciler{Source: s, Target: "t", Delete: true, Concurrency: 2, MaxDelete: lsync.MaxDelete{Percent: 50}, Logger: lsynctest.TestLogger(t)}
+
+	// Moved away, nothing in its place yet: the job holds.
 	if err := os.Rename(src, src+".old"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := r.Reconcile(context.Background(), lt, false); !errors.Is(err, lsync.ErrSourceMissing) {
+		t.Fatalf("missing root: want ErrSourceMissing, got %v", err)
+	}
+	// An empty directory in its place: nothing is deleted.
 	if err := os.Mkdir(src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	r := &lsync.Reconciler{Source: s, Target: "t", Delete: true, Concurrency: 2, Logger: lsynctest.TestLogger(t)}
-	if _, err := r.Reconcile(context.Background(), lt, false); err == nil || !strings.Contains(err.Error(), "replaced") {
-		t.Fatalf("want a refusal, got %v", err)
+	rep, err := r.Reconcile(context.Background(), lt, false)
+	if err != nil || rep.Held != 23 || rep.Deleted != 0 || rep.InSync() {
+		t.Fatalf("empty root: report %+v, %v; want 23 deletions held", rep, err)
 	}
 	if _, err := os.Stat(filepath.Join(dst, "index.html")); err != nil {
 		t.Fatalf("target content was deleted: %v", err)
 	}
+	// The new release: the target follows it.
+	if err := os.Remove(src); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, src+".new", "index.html", "v2")
+	for i := range 20 {
+		mustWrite(t, src+".new", "assets/"+strconv.Itoa(i)+".css", "v1")
+	}
+	if err := os.Rename(src+".new", src); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = r.Reconcile(context.Background(), lt, false)
+	if err != nil || !rep.InSync() || rep.Deleted != 1 {
+		t.Fatalf("new release: report %+v, %v; want old-only.html deleted", rep, err)
+	}
+	lsynctest.AssertTreesEqual(t, src, dst, lsynctest.NoModTimes())
+}
+
+// TestUnreadableTargetDirectoryIsAPathError: a directory on the target
+// that cannot be listed is reported and left alone (nothing below it is
+// deleted or assumed missing); the rest keeps syncing, and once it can be
+// listed again its subtree is compared whole.
+func TestUnreadableTargetDirectoryIsAPathError(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "peer")
+	mustWrite(t, src, "a/x.txt", "x")
+	mustWrite(t, src, "private/y.txt", "y")
+	mustWrite(t, dst[0], "private/only-on-target.txt", "z")
+	c := newFlaky(t, cfg.Targets[0])
+	c.unlistable = map[string]bool{"private": true}
+	job := lsynctest.StartJob(t, cfg, []lsync.Connector{c}, lsync.JobOptions{})
+	poll.Until(t, waitLimit, "a/x.txt synced and private reported", func() bool {
+		st := job.Status()
+		_, err := os.Stat(filepath.Join(dst[0], "a", "x.txt"))
+		return err == nil && strings.Contains(st[0].LastError, "private")
+	})
+	mustWrite(t, src, "a/live.txt", "still syncing")
+	poll.Until(t, waitLimit, "live change synced", func() bool {
+		_, err := os.Stat(filepath.Join(dst[0], "a", "live.txt"))
+		return err == nil
+	})
+	if _, err := os.Stat(filepath.Join(dst[0], "private", "only-on-target.txt")); err != nil {
+		t.Fatalf("deleted below an unreadable directory: %v", err)
+	}
+	c.mu.Lock()
+	c.unlistable = nil
+	c.mu.Unlock()
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
 }

@@ -8,7 +8,9 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,8 +37,16 @@ type TargetStatus struct {
 	// Rescanning is true while a full pass is queued.
 	Rescanning bool
 	LastSync   time.Time // last time the target was known to match
-	LastError  string
-	Lag        time.Duration // age of the oldest change not yet on the target
+	// LastVerified is the end of the last full comparison that found or
+	// left the target equal to the source (zero: none yet).
+	LastVerified time.Time
+	LastError    string
+	Lag          time.Duration // age of the oldest change not yet on the target
+	// Held says why deletions on the target are being held (the
+	// mass-deletion guard, a missing source root); HeldDeletes counts the
+	// entries kept.
+	Held        string
+	HeldDeletes int
 	// JobError is set when the job as a whole broke (the source can no
 	// longer be watched completely, e.g. out of inotify watches).
 	JobError string
@@ -54,11 +64,18 @@ type Job struct {
 	source   *Source
 	workers  []*targetWorker
 
-	mu       sync.Mutex
-	started  bool
-	stopped  bool
-	cancel   context.CancelFunc
-	watcher  *Watcher
+	// lifecycle serialises Start and Stop. A job runs again after it
+	// stopped (the daemon restarts a job that failed): the source is
+	// reopened and the workers keep their queues, so nothing pending is
+	// lost.
+	lifecycle sync.Mutex
+	running   bool
+	mu        sync.Mutex // guards fatalErr, which the watcher's goroutine sets
+	cancel    context.CancelFunc
+	watcher   *Watcher
+	// live is the running watcher, for the source's onChange (called from
+	// the workers' goroutines).
+	live     atomic.Pointer[Watcher]
 	wg       sync.WaitGroup
 	fatal    chan error
 	fatalErr string
@@ -103,6 +120,7 @@ func NewJob(cfg JobConfig, connectors []Connector, opts JobOptions) (*Job, error
 		source:   src,
 		fatal:    make(chan error, 1),
 	}
+	src.onChange = j.sourceChanged
 	for _, c := range connectors {
 		j.workers = append(j.workers, newTargetWorker(j, c))
 	}
@@ -113,19 +131,39 @@ func NewJob(cfg JobConfig, connectors []Connector, opts JobOptions) (*Job, error
 func (j *Job) Name() string { return j.cfg.Name }
 
 // Start watches the source and starts one worker per target. It returns
-// an error when the tree cannot be watched completely.
+// an error when the tree cannot be watched completely. After Stop, Start
+// may be called again.
 func (j *Job) Start(ctx context.Context) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.started || j.stopped {
-		return errors.New("sync job already started")
+	j.lifecycle.Lock()
+	defer j.lifecycle.Unlock()
+	if j.running {
+		return errors.New("sync job already running")
+	}
+	if j.source == nil {
+		src, err := OpenSource(j.cfg.Source, j.excluder)
+		if err != nil {
+			return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
+		}
+		j.source = src
+		src.onChange = j.sourceChanged
+		for _, wk := range j.workers {
+			wk.rec.Source = src
+		}
 	}
 	w, err := NewWatcher(j.cfg.Source, j.excluder, j.logger)
 	if err != nil {
 		return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
 	}
 	j.watcher = w
-	j.started = true
+	j.live.Store(w)
+	j.running = true
+	j.mu.Lock()
+	j.fatalErr = ""
+	j.mu.Unlock()
+	select {
+	case <-j.fatal: // a previous run's
+	default:
+	}
 	ctx, j.cancel = context.WithCancel(ctx)
 	batcher := NewBatcher(j.cfg.Delay, j.cfg.MaxDelay, DefaultMaxPendingPaths, func(b Batch) {
 		for _, wk := range j.workers {
@@ -164,31 +202,50 @@ func (j *Job) Start(ctx context.Context) error {
 	return nil
 }
 
+// AllowMassDelete confirms, for this job's next passes, the deletions
+// the mass-deletion guard would hold (`sync --once --allow-mass-delete`).
+func (j *Job) AllowMassDelete(allow bool) {
+	for _, w := range j.workers {
+		w.rec.AllowMassDelete = allow
+	}
+}
+
 // Fatal delivers an error that stops the job from doing its work (the
 // tree can no longer be watched completely).
 func (j *Job) Fatal() <-chan error { return j.fatal }
 
-// Stop stops every goroutine of the job and waits for them.
-func (j *Job) Stop() {
-	j.mu.Lock()
-	if j.stopped {
-		j.mu.Unlock()
-		return
+// sourceChanged hears from the source that its root now leads elsewhere
+// (seen by a pass: a volume mounted over it, which inotify does not
+// report), and has the watcher follow.
+func (j *Job) sourceChanged() {
+	if w := j.live.Load(); w != nil {
+		w.Reroot("replaced")
 	}
-	j.stopped = true
-	cancel := j.cancel
-	j.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	j.wg.Wait()
-	if j.watcher != nil {
-		j.watcher.Close()
-	}
-	j.source.Close()
 }
 
-// Run runs the job until ctx is done or it fails.
+// Stop stops every goroutine of the job and waits for them.
+func (j *Job) Stop() {
+	j.lifecycle.Lock()
+	defer j.lifecycle.Unlock()
+	if !j.running {
+		if j.source != nil {
+			j.source.Close() // opened by NewJob, never started
+			j.source = nil
+		}
+		return
+	}
+	j.running = false
+	j.cancel()
+	j.wg.Wait()
+	j.live.Store(nil)
+	j.watcher.Close()
+	j.watcher = nil
+	j.source.Close()
+	j.source = nil
+}
+
+// Run runs the job until ctx is done or it fails; it may be called again
+// after it returned.
 func (j *Job) Run(ctx context.Context) error {
 	if err := j.Start(ctx); err != nil {
 		j.Stop()
@@ -287,8 +344,9 @@ type targetWorker struct {
 	rec    *Reconciler
 	logger *slog.Logger
 
-	pendingGauge, lagGauge, connectedGauge prometheus.Gauge
-	filesCounter, bytesCounter, errCounter prometheus.Counter
+	pendingGauge, lagGauge, connectedGauge, verifiedGauge prometheus.Gauge
+	heldGauge, missingGauge                               prometheus.Gauge
+	filesCounter, bytesCounter, errCounter, driftCounter  prometheus.Counter
 
 	notify chan struct{}
 
@@ -311,7 +369,12 @@ type targetWorker struct {
 	attempts     int
 	connected    bool
 	lastSync     time.Time
+	lastVerified time.Time
 	lastErr      string
+	held         string // why deletions are held ("" = not held)
+	heldDeletes  int
+	heldPaths    map[string]bool // the removals being held, retried until they go through
+	logged       map[string]string // path → the failure last logged (worker goroutine only)
 }
 
 func newTargetWorker(j *Job, c Connector) *targetWorker {
@@ -329,6 +392,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		Delete: j.cfg.DeleteEnabled(), Checksum: j.cfg.Checksum,
 		TwoWay: j.cfg.TwoWay, Node: j.opts.Node,
 		Concurrency: j.cfg.Concurrency,
+		MaxDelete:   j.cfg.EffectiveMaxDelete(),
 		Logger:      w.logger,
 	}
 	m := j.metrics
@@ -338,6 +402,10 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 	w.filesCounter = m.files.WithLabelValues(j.cfg.Name, name)
 	w.bytesCounter = m.bytes.WithLabelValues(j.cfg.Name, name)
 	w.errCounter = m.errors.WithLabelValues(j.cfg.Name, name)
+	w.verifiedGauge = m.verified.WithLabelValues(j.cfg.Name, name)
+	w.driftCounter = m.drift.WithLabelValues(j.cfg.Name, name)
+	w.heldGauge = m.held.WithLabelValues(j.cfg.Name, name)
+	w.missingGauge = m.missing.WithLabelValues(j.cfg.Name, name)
 	w.rec.OnTransfer = func(n int64) {
 		w.filesCounter.Inc()
 		w.bytesCounter.Add(float64(n))
@@ -498,7 +566,8 @@ func (w *targetWorker) status() TargetStatus {
 	st := TargetStatus{
 		Job: w.job.cfg.Name, Target: w.name, Connected: w.connected,
 		PendingFiles: len(w.pending) + len(w.retry), Rescanning: w.rescan,
-		LastSync: w.lastSync, LastError: w.lastErr,
+		LastSync: w.lastSync, LastVerified: w.lastVerified, LastError: w.lastErr,
+		Held: w.held, HeldDeletes: w.heldDeletes,
 	}
 	var oldest time.Time
 	for _, m := range []map[string]time.Time{w.pending, w.retry} {
@@ -598,6 +667,72 @@ func (w *targetWorker) run(ctx context.Context) {
 	}
 }
 
+// sourceMissingRetry and heldRetry pace a job that holds: often enough
+// to resume within moments of a remount or a confirmation, seldom enough
+// to cost nothing.
+const (
+	sourceMissingRetry = 2 * time.Second
+	heldRetry          = 5 * time.Second
+)
+
+// hold records (why != "") or clears the reason deletions are held, and
+// logs the transitions loudly: a job that holds is doing its job, but an
+// operator has to know.
+func (w *targetWorker) hold(why string, n int, sourceMissing bool) {
+	w.mu.Lock()
+	prev := w.held
+	w.held, w.heldDeletes = why, n
+	w.mu.Unlock()
+	w.heldGauge.Set(float64(n))
+	if sourceMissing {
+		w.missingGauge.Set(1)
+	} else {
+		w.missingGauge.Set(0)
+	}
+	switch {
+	case why != "" && why != prev:
+		w.logger.Error("holding deletions on the target", "reason", why, "entries", n,
+			"resume", "restore the source, or confirm with: lockstep sync --once --allow-mass-delete --job "+w.job.cfg.Name)
+	case why == "" && prev != "":
+		w.logger.Warn("deletions no longer held", "was", prev)
+	}
+}
+
+// updateHold follows the guard through a report: a hold lasts until the
+// removals it kept were retried without being held (the source came back,
+// the removals are gone, or an operator confirmed).
+func (w *targetWorker) updateHold(b Batch, rep *Report) {
+	w.mu.Lock()
+	if w.heldPaths == nil {
+		w.heldPaths = map[string]bool{}
+	}
+	if b.Rescan {
+		clear(w.heldPaths)
+	} else {
+		for _, p := range b.Paths {
+			delete(w.heldPaths, p)
+		}
+	}
+	for _, p := range rep.HeldPaths {
+		w.heldPaths[p] = true
+	}
+	stillHeld := len(w.heldPaths) > 0
+	why, n := w.held, w.heldDeletes
+	w.mu.Unlock()
+	switch {
+	case rep.Held > 0:
+		w.hold(rep.HeldReason, rep.Held, false)
+	case !stillHeld:
+		w.hold("", 0, false)
+	default:
+		w.hold(why, n, false) // other removals still held
+	}
+}
+
+// verifyReason marks the periodic verification pass, whose repairs are
+// drift (see Report.Unlisted).
+const verifyReason = "verification"
+
 // disconnectNotifier is implemented by targets that learn of a dead
 // session on their own (the SFTP session's keepalive); without it an idle
 // worker would only notice at its next change.
@@ -638,7 +773,7 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			return fmt.Errorf("%w: target %s: session lost", ErrDisconnected, w.name)
 		case <-w.notify:
 		case <-verify:
-			w.enqueue(Batch{Rescan: true, Reason: "verification"})
+			w.enqueue(Batch{Rescan: true, Reason: verifyReason})
 		case <-retryTimer.C:
 			w.mu.Lock()
 			for p, first := range w.retry {
@@ -660,6 +795,13 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		} else {
 			rep, err = w.rec.Apply(ctx, t, b)
 		}
+		if errors.Is(err, ErrSourceMissing) {
+			// Not the session's fault: keep it, hold, look again soon.
+			w.requeue(b, firstSeen)
+			w.hold(err.Error()+"; nothing is deleted on the target until it is back", 0, true)
+			retryTimer.Reset(sourceMissingRetry)
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -672,12 +814,18 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			kind = "reconcile (" + b.Reason + ")"
 		}
 		w.logReport(kind, rep)
+		if b.Reason == verifyReason && rep.Unlisted > 0 {
+			w.driftCounter.Add(float64(rep.Unlisted))
+			w.logger.Error("verification repaired drift that the live sync had not queued: a bug, or a change made on the target behind lockstep's back",
+				"paths", rep.Unlisted, "first", rep.UnlistedPaths)
+		}
 		if rep.Entries > freeMemoryAfter {
 			// A full pass over a big tree grew the heap by both listings;
 			// the runtime would hand that back to the OS only over minutes,
 			// and an idle daemon's RSS should reflect its live heap.
 			debug.FreeOSMemory()
 		}
+		w.updateHold(b, rep)
 		if d := w.afterReport(b, rep, firstSeen); d > 0 {
 			retryTimer.Reset(d)
 		}
@@ -714,7 +862,18 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		for _, e := range rep.Errors {
 			w.retry[e.Path] = first(e.Path)
 			w.errCounter.Inc()
+			if strings.HasPrefix(e.Op, "list ") {
+				// What is below it was never compared: the retry
+				// compares the whole subtree.
+				w.scan[e.Path] = true
+			}
 		}
+	}
+	if rep.Held > 0 {
+		for _, p := range rep.HeldPaths {
+			w.retry[p] = first(p)
+		}
+		delay = min(heldRetry, max(delay, heldRetry/5))
 	}
 	w.followQueuedRenames(b, first)
 	if len(rep.Errors) > 0 {
@@ -726,6 +885,10 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		}
 	} else {
 		w.attempts = 0
+	}
+	if b.Rescan && rep.InSync() {
+		w.lastVerified = now
+		w.verifiedGauge.Set(float64(now.Unix()))
 	}
 	if len(w.pending) == 0 && len(w.retry) == 0 && !w.rescan {
 		w.lastSync = now
@@ -769,7 +932,7 @@ func (w *targetWorker) followQueuedRenames(b Batch, first func(string) time.Time
 }
 
 func (w *targetWorker) logReport(kind string, rep *Report) {
-	if rep.Actions() == 0 && len(rep.Errors) == 0 && len(rep.Retry) == 0 && rep.Conflicts == 0 {
+	if rep.Actions() == 0 && len(rep.Errors) == 0 && len(rep.Retry) == 0 && rep.Conflicts == 0 && rep.Held == 0 {
 		if kind != "batch" {
 			w.logger.Info(kind+": target already in sync", "duration", rep.Duration.Round(time.Microsecond))
 		}
@@ -785,12 +948,25 @@ func (w *targetWorker) logReport(kind string, rep *Report) {
 	}
 	if len(rep.Errors) > 0 {
 		attrs = append(attrs, "errors", len(rep.Errors))
-		for i, e := range rep.Errors {
-			if i == 5 {
-				break
+		// Once per path and error, not at every retry: a directory that
+		// stays unreadable for a day must not flood the log.
+		if w.logged == nil {
+			w.logged = map[string]string{}
+		}
+		shown := 0
+		for _, e := range rep.Errors {
+			msg := e.Op + ": " + e.Err.Error()
+			if w.logged[e.Path] == msg || shown == 5 {
+				continue
 			}
+			if len(w.logged) < 10000 {
+				w.logged[e.Path] = msg
+			}
+			shown++
 			w.logger.Warn("sync failed for path; will retry", "path", e.Path, "op", e.Op, "err", e.Err)
 		}
+	} else if len(w.logged) > 0 {
+		clear(w.logged) // all well again: a new failure is news
 	}
 	w.logger.Info("synced", attrs...)
 }

@@ -1,6 +1,7 @@
 package lsync_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -235,4 +236,29 @@ func TestJobCreateThenDeleteSendsNothing(t *testing.T) {
 	if v := metricValue(t, reg, "lockstep_sync_files_total", "t1"); v != 1 {
 		t.Fatalf("files_total = %v, want 1 (the marker only)", v)
 	}
+}
+
+// TestJobRunsAgain: the daemon restarts a job that returned (a failure,
+// a reload) by calling Run again on the same job.
+func TestJobRunsAgain(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "peer")
+	job, err := lsync.NewJob(cfg, lsynctest.LocalConnectors(t, cfg), lsync.JobOptions{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 3; round++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- job.Run(ctx) }()
+		name := "round" + strconv.Itoa(round) + ".txt"
+		mustWrite(t, src, name, "x")
+		lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		// Changed while stopped: the next run's startup pass carries it.
+		mustWrite(t, src, "while-stopped-"+name, "y")
+	}
+	job.Stop()
 }

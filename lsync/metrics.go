@@ -14,6 +14,14 @@ type metrics struct {
 	bytes     *prometheus.CounterVec
 	errors    *prometheus.CounterVec
 	connected *prometheus.GaugeVec
+	// verified and drift make the backstop visible: when the periodic
+	// verification has to repair something the live path missed, that is
+	// a bug, not routine.
+	verified *prometheus.GaugeVec
+	drift    *prometheus.CounterVec
+	// held is the mass-deletion guard at work: entries it keeps from
+	// being deleted, and whether the source root is missing.
+	held, missing *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,6 +45,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lockstep_sync_connected", Help: "1 when the session to the target is up.",
 		}, labels),
+		verified: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_sync_last_verified_timestamp_seconds",
+			Help: "Unix time at which a full comparison last found (or left) the target equal to the source.",
+		}, labels),
+		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_sync_verify_repairs_total",
+			Help: "Paths a periodic verification had to repair although no change of theirs was pending: drift the live sync missed (a bug) or changes made on the target behind lockstep's back.",
+		}, labels),
+		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_sync_deletes_held",
+			Help: "Target entries the mass-deletion guard keeps from being deleted (max_delete, or an empty source root); the job holds until the source is back or `lockstep sync --once --allow-mass-delete` confirms.",
+		}, labels),
+		missing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_sync_source_missing",
+			Help: "1 while the source root does not exist (an unmounted volume, a deploy between its renames): nothing is deleted, the job retries.",
+		}, labels),
 	}
 	if reg == nil {
 		return m
@@ -47,6 +71,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.bytes = register(reg, m.bytes)
 	m.errors = register(reg, m.errors)
 	m.connected = register(reg, m.connected)
+	m.verified = register(reg, m.verified)
+	m.drift = register(reg, m.drift)
+	m.held = register(reg, m.held)
+	m.missing = register(reg, m.missing)
 	return m
 }
 

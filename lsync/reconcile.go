@@ -2,16 +2,11 @@ package lsync
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
-	"maps"
-	"os"
 	"path"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -21,234 +16,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 )
-
-// errSourceChanged means a file changed while it was being copied; it is
-// retried after the next quiet period instead of landing half-written.
-var errSourceChanged = errors.New("source file changed during copy")
-
-// Source is the tree a job pushes. All reads go through an os.Root or
-// openat2 confined to the root, so a symlink is never followed out of it.
-type Source struct {
-	Dir      string
-	root     *os.Root
-	beneath  *beneath // the same directory, for one-call opens
-	excluder *Excluder
-}
-
-// OpenSource opens dir as a source tree.
-func OpenSource(dir string, excluder *Excluder) (*Source, error) {
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("source: %s is not a directory", dir)
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	fast, err := openBeneath(dir)
-	if err != nil {
-		_ = root.Close()
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	return &Source{Dir: dir, root: root, beneath: fast, excluder: excluder}, nil
-}
-
-// checkRoot refuses to work from a source root that was deleted or
-// replaced (a remount, a `mv docroot docroot.old`): walking the stale
-// directory would find it empty and delete the whole target.
-func (s *Source) checkRoot() error {
-	byPath, err := os.Stat(s.Dir)
-	if err != nil {
-		return fmt.Errorf("source root %s: %w; refusing to reconcile", s.Dir, err)
-	}
-	opened, err := s.root.Stat(".")
-	if err != nil {
-		return fmt.Errorf("source root %s: %w; refusing to reconcile", s.Dir, err)
-	}
-	if !os.SameFile(byPath, opened) {
-		return fmt.Errorf("source root %s was replaced since the job started; refusing to reconcile (restart the job)", s.Dir)
-	}
-	return nil
-}
-
-// Close releases the source root.
-func (s *Source) Close() error {
-	return errors.Join(s.root.Close(), s.beneath.close())
-}
-
-// openFile opens the regular file rel for reading, never through a
-// symlink (a symlink at rel or on the way fails with ELOOP).
-func (s *Source) openFile(rel string) (*os.File, error) {
-	if f, ok, err := s.beneath.openFile(s.Dir, rel); ok {
-		return f, err
-	}
-	return s.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-}
-
-// Lstat returns the source entry for rel, or nil when it does not exist
-// (or is excluded).
-func (s *Source) Lstat(rel string) (*Entry, error) {
-	return s.entry(s.root, rel, rel)
-}
-
-// entry lstats name inside dir, which holds the tree's path rel. It
-// returns nil for a missing or excluded entry and for the file types that
-// are not synced (sockets, fifos, devices).
-func (s *Source) entry(dir *os.Root, name, rel string) (*Entry, error) {
-	fi, err := dir.Lstat(name)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if s.excluder.Excluded(rel, fi.IsDir()) {
-		return nil, nil
-	}
-	e := &Entry{Path: rel, Mode: fi.Mode(), Size: fi.Size(), ModTime: fi.ModTime()}
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		if e.LinkTarget, err = dir.Readlink(name); err != nil {
-			return nil, err
-		}
-	}
-	if !fi.IsDir() && !fi.Mode().IsRegular() && fi.Mode()&fs.ModeSymlink == 0 {
-		return nil, nil
-	}
-	return e, nil
-}
-
-// Walk visits every non-excluded entry under sub ("" for the whole tree),
-// parents before children, in lexical order.
-//
-// Each directory is opened once, below its parent's handle, and its
-// entries are looked up by name in it: resolving every path from the
-// root instead costs an open and a close per path component, which was
-// most of the CPU of a pass over a 100k-file tree.
-func (s *Source) Walk(ctx context.Context, sub string, fn func(Entry) error) error {
-	start := "."
-	if sub != "" {
-		e, err := s.Lstat(sub)
-		if err != nil || e == nil {
-			return err
-		}
-		if !e.Mode.IsDir() {
-			return fn(*e)
-		}
-		start = sub
-	}
-	dir, err := s.root.OpenRoot(start)
-	if err != nil {
-		if gone(err) {
-			return nil
-		}
-		return err
-	}
-	defer dir.Close()
-	return s.walkDir(ctx, dir, sub, fn)
-}
-
-func (s *Source) walkDir(ctx context.Context, dir *os.Root, rel string, fn func(Entry) error) error {
-	f, err := dir.Open(".")
-	if err != nil {
-		if gone(err) {
-			return nil
-		}
-		return err
-	}
-	names, err := f.Readdirnames(-1)
-	_ = f.Close()
-	if err != nil {
-		if gone(err) {
-			return nil
-		}
-		return err
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		p := name
-		if rel != "" {
-			p = rel + "/" + name
-		}
-		e, err := s.entry(dir, name, p)
-		if err != nil || e == nil {
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		if err := fn(*e); err != nil {
-			return err
-		}
-		if !e.Mode.IsDir() {
-			continue
-		}
-		// The lstat above saw a real directory; should it have been
-		// swapped for a symlink since, os.Root still keeps the walk
-		// inside the source root.
-		child, err := dir.OpenRoot(name)
-		if err != nil {
-			if gone(err) {
-				continue
-			}
-			return err
-		}
-		err = s.walkDir(ctx, child, p, fn)
-		_ = child.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// gone reports an entry removed or replaced while the walk reached it.
-func gone(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
-}
-
-func modeBits(m fs.FileMode) fs.FileMode {
-	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-}
-
-// sameMTime compares mtimes, at one-second granularity when either side
-// carries whole seconds only (SFTP v3 attributes).
-func sameMTime(a, b time.Time) bool {
-	if a.Equal(b) {
-		return true
-	}
-	if a.Nanosecond() == 0 || b.Nanosecond() == 0 {
-		return a.Unix() == b.Unix()
-	}
-	return false
-}
-
-type opKind uint8
-
-const (
-	opRemove opKind = iota + 1
-	opMkdir
-	opUpload
-	opSymlink
-	opChmod
-	opChtimes // content equal (checksum mode) but mtime differs
-)
-
-var opNames = map[opKind]string{opRemove: "delete", opMkdir: "mkdir", opUpload: "upload", opSymlink: "symlink", opChmod: "chmod", opChtimes: "touch"}
-
-type op struct {
-	kind   opKind
-	path   string
-	src    Entry
-	reason string
-}
-
-func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }
 
 // PathError is a failure about one path; it is retried.
 type PathError struct {
@@ -274,10 +41,20 @@ type Report struct {
 	Kept      int // two-way: entries only on the target, left for the peer to push
 	// Changes lists the actions (or, in a dry run, the differences),
 	// capped at maxReportedChanges.
-	Changes  []string
-	Errors   []*PathError
-	Retry    []string // paths that changed while being copied
-	Duration time.Duration
+	Changes []string
+	Errors  []*PathError
+	Retry   []string // paths that changed while being copied
+	// Held counts the entries the mass-deletion guard kept from being
+	// deleted (HeldReason says why; HeldPaths are the removals not done).
+	Held       int
+	HeldReason string
+	HeldPaths  []string
+	// Unlisted counts the paths a full pass changed although the pass was
+	// not told they had changed: on a periodic verification, drift that
+	// the live sync missed. UnlistedPaths names the first of them.
+	Unlisted      int
+	UnlistedPaths []string
+	Duration      time.Duration
 	// Entries is the size of the larger tree listing a full pass built
 	// (0 for a live batch); the job uses it to return memory afterwards.
 	Entries int
@@ -289,7 +66,7 @@ const maxReportedChanges = 100
 func (r *Report) Actions() int { return r.Files + r.Dirs + r.Links + r.Attrs + r.Deleted + r.Renamed }
 
 // InSync reports whether the target matched (dry run) or now matches.
-func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 }
+func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 && r.Held == 0 }
 
 // Matches reports, for a dry run, that nothing differs.
 func (r *Report) Matches() bool {
@@ -300,6 +77,13 @@ func (r *Report) Matches() bool {
 // callers can skip formatting one (a 100k-file initial pass would
 // otherwise build 100k strings only to drop them).
 func (r *Report) wantsNote() bool { return len(r.Changes) <= maxReportedChanges }
+
+func (r *Report) unlisted(p string) {
+	r.Unlisted++
+	if len(r.UnlistedPaths) < 10 {
+		r.UnlistedPaths = append(r.UnlistedPaths, p)
+	}
+}
 
 func (r *Report) note(s string) {
 	if len(r.Changes) < maxReportedChanges {
@@ -322,7 +106,14 @@ type Reconciler struct {
 	TwoWay      bool
 	Node        string
 	Concurrency int
-	Logger      *slog.Logger // carries the target name (the job adds it)
+	// MaxDelete guards against mass deletion (see deletionHold);
+	// AllowMassDelete is the operator's confirmation for one run.
+	MaxDelete       MaxDelete
+	AllowMassDelete bool
+	// targetEntries is the size of the target's tree at the last full
+	// pass, the base of the guard's percentage for live batches.
+	targetEntries atomic.Int64
+	Logger        *slog.Logger // carries the target name (the job adds it)
 	// ProgressEvery logs progress of large passes; 0 means 10s.
 	ProgressEvery time.Duration
 	// OnTransfer is called after every file landed (metrics).
@@ -335,228 +126,6 @@ type Reconciler struct {
 	landed, landedOld map[string]landedVersion
 }
 
-// landedVersion identifies a file version by size and exact mtime.
-type landedVersion struct {
-	size  int64
-	mtime time.Time
-}
-
-// maxLanded bounds each generation of the landed cache. It only needs the
-// versions landed in the last moments (trailing events, same-second
-// edits); anything older costs a content comparison, never correctness.
-const maxLanded = 8192
-
-// SuspectSlack widens the window of a catch-up pass that lost the list of
-// changed paths (a queue overflow): files whose source mtime is at most
-// this much older than the first dropped event are content-checked too,
-// covering the delay between a write and its event reaching the batcher.
-const SuspectSlack = 5 * time.Second
-
-func (r *Reconciler) rememberLanded(e Entry) {
-	r.landedMu.Lock()
-	defer r.landedMu.Unlock()
-	if r.landed == nil || len(r.landed) >= maxLanded {
-		r.landedOld, r.landed = r.landed, make(map[string]landedVersion)
-	}
-	r.landed[e.Path] = landedVersion{size: e.Size, mtime: e.ModTime}
-}
-
-// moveLanded follows a rename on the target: the versions landed under
-// from are now under to, so the renamed subtree is not read back as
-// "suspect" file by file (5,000 read-backs for one `mv` of a 5k-file dir).
-func (r *Reconciler) moveLanded(from, to string) {
-	r.landedMu.Lock()
-	defer r.landedMu.Unlock()
-	under := func(k, dir string) bool { return k == dir || strings.HasPrefix(k, dir+"/") }
-	moved := map[string]landedVersion{}
-	for _, gen := range []map[string]landedVersion{r.landedOld, r.landed} { // young wins
-		for k, v := range gen {
-			if under(k, from) {
-				moved[to+strings.TrimPrefix(k, from)] = v
-			}
-		}
-	}
-	// Whatever was landed under to was replaced by the rename.
-	for _, gen := range []map[string]landedVersion{r.landedOld, r.landed} {
-		for k := range gen {
-			if under(k, from) || under(k, to) {
-				delete(gen, k)
-			}
-		}
-	}
-	if r.landed == nil {
-		r.landed = make(map[string]landedVersion, len(moved))
-	}
-	maps.Copy(r.landed, moved)
-}
-
-func (r *Reconciler) lastLanded(rel string) (Entry, bool) {
-	r.landedMu.Lock()
-	defer r.landedMu.Unlock()
-	v, ok := r.landed[rel]
-	if !ok {
-		v, ok = r.landedOld[rel]
-	}
-	return Entry{Path: rel, Size: v.size, ModTime: v.mtime}, ok
-}
-
-// ambiguous reports whether src and dst look equal only because the
-// target's mtime lost its sub-second part (SFTP v3): a same-size rewrite
-// within the same second is then invisible to the size+mtime comparison.
-func ambiguous(src, dst Entry) bool {
-	return src.Size == dst.Size && !src.ModTime.Equal(dst.ModTime) && sameMTime(src.ModTime, dst.ModTime)
-}
-
-// peerWins applies the two-way conflict rule to an entry present on both
-// sides with differing content.
-func (r *Reconciler) peerWins(src, dst Entry) bool {
-	if !r.TwoWay {
-		return false
-	}
-	if !sameMTime(src.ModTime, dst.ModTime) {
-		return dst.ModTime.After(src.ModTime)
-	}
-	// Same second, different content. When the target still holds the
-	// version we landed there ourselves, the source is simply newer;
-	// otherwise the truncated mtimes cannot order the two and the tie
-	// rule decides.
-	if l, ok := r.lastLanded(src.Path); ok && l.Size == dst.Size && sameMTime(l.ModTime, dst.ModTime) && src.ModTime.After(l.ModTime) {
-		return false
-	}
-	return r.Target < r.Node
-}
-
-// plan decides what rel needs. src or dst nil means absent on that side.
-// suspect marks a path known to have changed since it was last landed (a
-// live event, or a pending path carried across a disconnect): its content
-// is compared when size and mtime match only at whole-second granularity.
-func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, suspect bool) (op, bool, error) {
-	if src == nil {
-		if dst == nil || !r.Delete || (r.TwoWay && !live) {
-			return op{}, false, nil
-		}
-		return op{kind: opRemove, path: dst.Path, reason: "not in source"}, true, nil
-	}
-	o := op{path: src.Path, src: *src}
-	switch {
-	case src.Mode.IsDir():
-		if dst == nil || !dst.Mode.IsDir() {
-			o.kind, o.reason = opMkdir, "missing"
-			if dst != nil {
-				o.reason = "not a directory on target"
-			}
-			return o, true, nil
-		}
-		if modeBits(src.Mode) != modeBits(dst.Mode) {
-			if r.peerWins(*src, *dst) {
-				return op{}, false, nil
-			}
-			o.kind, o.reason = opChmod, fmt.Sprintf("mode %v vs %v", modeBits(src.Mode), modeBits(dst.Mode))
-			return o, true, nil
-		}
-		return op{}, false, nil
-	case src.Mode&fs.ModeSymlink != 0:
-		if dst != nil && dst.Mode&fs.ModeSymlink != 0 && dst.LinkTarget == src.LinkTarget {
-			return op{}, false, nil
-		}
-		o.kind, o.reason = opSymlink, "missing"
-		if dst != nil {
-			if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && r.Target < r.Node {
-				r.logConflict(*src, *dst)
-				return op{}, false, errConflict
-			}
-			o.reason = fmt.Sprintf("link %q vs %q", src.LinkTarget, dst.LinkTarget)
-		}
-		return o, true, nil
-	}
-	// Regular file.
-	o.kind = opUpload
-	switch {
-	case dst == nil:
-		o.reason = "missing"
-	case !dst.Mode.IsRegular():
-		o.reason = "not a file on target"
-	case src.Size != dst.Size:
-		o.reason = fmt.Sprintf("size %d vs %d", src.Size, dst.Size)
-	case r.Checksum:
-		same, err := r.sameContent(ctx, t, src.Path)
-		if err != nil {
-			return op{}, false, err
-		}
-		if !same {
-			o.reason = "content differs"
-		} else if !sameMTime(src.ModTime, dst.ModTime) {
-			o.kind, o.reason = opChtimes, "mtime differs"
-		}
-	case !sameMTime(src.ModTime, dst.ModTime):
-		o.reason = fmt.Sprintf("mtime %s vs %s", src.ModTime.Format(time.RFC3339Nano), dst.ModTime.Format(time.RFC3339Nano))
-	case suspect && ambiguous(*src, *dst):
-		if l, ok := r.lastLanded(src.Path); ok && l.Size == src.Size && l.ModTime.Equal(src.ModTime) {
-			break // this very version landed there (a trailing event)
-		}
-		same, err := r.sameContent(ctx, t, src.Path)
-		if err != nil {
-			return op{}, false, err
-		}
-		if !same {
-			o.reason = "same size and second as the target, content differs"
-		} else {
-			r.rememberLanded(*src)
-		}
-	}
-	if o.reason == "" {
-		if modeBits(src.Mode) != modeBits(dst.Mode) {
-			if r.TwoWay && r.Target < r.Node {
-				return op{}, false, nil
-			}
-			o.kind, o.reason = opChmod, fmt.Sprintf("mode %v vs %v", modeBits(src.Mode), modeBits(dst.Mode))
-			return o, true, nil
-		}
-		return op{}, false, nil
-	}
-	if dst != nil && dst.Mode.IsRegular() && r.peerWins(*src, *dst) {
-		r.logConflict(*src, *dst)
-		return op{}, false, errConflict
-	}
-	return o, true, nil
-}
-
-var errConflict = errors.New("conflict lost to peer")
-
-func (r *Reconciler) logConflict(src, dst Entry) {
-	r.Logger.Info("two-way conflict: keeping the peer's copy", "path", src.Path,
-		"local_mtime", src.ModTime, "peer_mtime", dst.ModTime, "loser", r.Node,
-		"rule", "newest mtime wins, a tie goes to the node name sorting first")
-}
-
-func (r *Reconciler) sameContent(ctx context.Context, t Target, rel string) (bool, error) {
-	hash := func(rc io.ReadCloser) ([]byte, error) {
-		defer rc.Close()
-		h := sha256.New()
-		if _, err := io.Copy(h, rc); err != nil {
-			return nil, err
-		}
-		return h.Sum(nil), nil
-	}
-	f, err := r.Source.openFile(rel)
-	if err != nil {
-		return false, err
-	}
-	a, err := hash(f)
-	if err != nil {
-		return false, err
-	}
-	rc, err := t.Open(ctx, rel)
-	if err != nil {
-		return false, err
-	}
-	b, err := hash(rc)
-	if err != nil {
-		return false, err
-	}
-	return string(a) == string(b), nil
-}
-
 // Reconcile compares the whole trees and, unless dry, pushes what differs.
 // The returned error is non-nil only when the session broke (it then
 // wraps ErrDisconnected) or the walk itself failed; per-path failures are
@@ -567,7 +136,7 @@ func (r *Reconciler) sameContent(ctx context.Context, t Target, rel string) (boo
 // target's copy is invisible to this pass (use `checksum: true`, or rely
 // on the live events, which CatchUp carries across disconnects).
 func (r *Reconciler) Reconcile(ctx context.Context, t Target, dry bool) (*Report, error) {
-	return r.reconcile(ctx, t, "", dry, nil)
+	return r.reconcile(ctx, t, pass{dry: dry})
 }
 
 // CatchUp is the full pass of a rescan batch (after a reconnect, a queue
@@ -584,14 +153,37 @@ func (r *Reconciler) CatchUp(ctx context.Context, t Target, b Batch) (*Report, e
 	if !since.IsZero() {
 		since = since.Add(-SuspectSlack)
 	}
-	return r.reconcile(ctx, t, "", false, func(e Entry) bool {
-		return pending[e.Path] || !since.IsZero() && !e.ModTime.Before(since)
+	return r.reconcile(ctx, t, pass{
+		suspect: func(e Entry) bool {
+			return pending[e.Path] || !since.IsZero() && !e.ModTime.Before(since)
+		},
+		listed: func(p string) bool {
+			for ; p != ""; p = parentOf(p) {
+				if pending[p] {
+					return true
+				}
+			}
+			return false
+		},
 	})
 }
 
-// reconcile compares the trees below sub ("" for the whole trees; sub
-// itself is left to the caller) and, unless dry, pushes what differs.
-func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bool, suspect func(Entry) bool) (*Report, error) {
+// pass tunes a comparison of the trees.
+type pass struct {
+	sub string // compare below this directory only ("" for the whole trees)
+	dry bool   // report, change nothing
+	// suspect tells which files to content-check when size and mtime
+	// match only at whole-second granularity.
+	suspect func(Entry) bool
+	// listed tells which paths were known to have changed; changes to
+	// others are reported in Report.Unlisted.
+	listed func(string) bool
+}
+
+// reconcile compares the trees below p.sub ("" for the whole trees; sub
+// itself is left to the caller) and, unless p.dry, pushes what differs.
+func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, error) {
+	sub, dry, suspect := p.sub, p.dry, p.suspect
 	start := time.Now()
 	rep := &Report{Target: r.Target}
 	if err := r.Source.checkRoot(); err != nil {
@@ -599,10 +191,26 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bo
 	}
 	dst := map[string]Entry{}
 	var temps []string
+	// Directories either side could not list: their contents are
+	// unknown, so nothing below them is deleted or assumed missing.
+	var unlistedMu sync.Mutex
+	srcUnlisted, dstUnlisted := map[string]bool{}, map[string]bool{}
 	err := t.Walk(ctx, sub, func(e Entry) error {
 		if strings.HasPrefix(path.Base(e.Path), TempPrefix) {
 			temps = append(temps, e.Path)
 			return nil
+		}
+		if r.Source.excluder.Excluded(e.Path, e.Mode.IsDir()) {
+			// Not ours on either side (lost+found on a mounted volume):
+			// not even listed.
+			if e.Mode.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if e.ListErr != nil {
+			dstUnlisted[e.Path] = true
+			rep.Errors = append(rep.Errors, &PathError{Path: e.Path, Op: "list target directory", Err: e.ListErr})
 		}
 		dst[e.Path] = e
 		return nil
@@ -620,6 +228,17 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bo
 	var dirTimes []Entry
 	dstEntries := len(dst)
 	planOne := func(ctx context.Context, s Entry) error {
+		if s.ListErr != nil {
+			unlistedMu.Lock()
+			srcUnlisted[s.Path] = true
+			unlistedMu.Unlock()
+			mu.Lock()
+			rep.Errors = append(rep.Errors, &PathError{Path: s.Path, Op: "list source directory", Err: s.ListErr})
+			mu.Unlock()
+		}
+		if underAny(s.Path, dstUnlisted) {
+			return nil // the target's copy of its directory is unknown
+		}
 		mu.Lock()
 		var d *Entry
 		if e, ok := dst[s.Path]; ok {
@@ -645,6 +264,9 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bo
 		}
 		if need {
 			ops = append(ops, o)
+			if p.listed != nil && !p.listed(s.Path) {
+				rep.unlisted(s.Path)
+			}
 		}
 		if s.Mode.IsDir() && (d == nil || !d.Mode.IsDir() || !sameMTime(s.ModTime, d.ModTime)) {
 			if d == nil || !d.Mode.IsDir() || !r.TwoWay || s.ModTime.After(d.ModTime) {
@@ -701,24 +323,46 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bo
 	}
 	sort.Strings(extra)
 	var lastRemoved string
-	for _, p := range extra {
-		if lastRemoved != "" && strings.HasPrefix(p, lastRemoved+"/") {
+	removing, doomed := false, 0 // doomed: entries the removals take with them
+	for _, x := range extra {
+		if lastRemoved != "" && strings.HasPrefix(x, lastRemoved+"/") {
+			if removing {
+				doomed++
+			}
 			continue
 		}
-		if r.Source.excluder.Excluded(p, dst[p].Mode.IsDir()) {
+		removing = false
+		if r.Source.excluder.Excluded(x, dst[x].Mode.IsDir()) {
 			continue // excluded on the target too: never ours to delete
+		}
+		if underAny(x, srcUnlisted) {
+			continue // the source's copy is unknown: never delete on a guess
 		}
 		if !r.Delete {
 			continue
 		}
 		if r.TwoWay {
 			rep.Kept++
-			rep.note("only on target " + p + " (two_way: left for the peer to push)")
-			lastRemoved = p
+			rep.note("only on target " + x + " (two_way: left for the peer to push)")
+			lastRemoved = x
 			continue
 		}
-		ops = append(ops, op{kind: opRemove, path: p, reason: "not in source"})
-		lastRemoved = p
+		ops = append(ops, op{kind: opRemove, path: x, reason: reasonNotInSource})
+		if p.listed != nil && !p.listed(x) {
+			rep.unlisted(x)
+		}
+		lastRemoved, removing = x, true
+		doomed++
+	}
+	if sub == "" {
+		r.targetEntries.Store(int64(dstEntries))
+	}
+	total := dstEntries
+	if sub != "" {
+		total = int(r.targetEntries.Load()) // the guard is about the whole tree
+	}
+	if hold := r.deletionHold(doomed, total, sub == "" && srcEntries == 0); hold != "" {
+		ops = r.holdRemovals(ops, doomed, hold, rep)
 	}
 	sort.Slice(dirTimes, func(i, j int) bool { return dirTimes[i].Path < dirTimes[j].Path })
 	if dry {
@@ -735,6 +379,46 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, sub string, dry bo
 	err = r.execute(ctx, t, ops, dirTimes, rep, true)
 	rep.Duration = time.Since(start)
 	return rep, err
+}
+
+// underAny reports whether p lies strictly below one of dirs.
+func underAny(p string, dirs map[string]bool) bool {
+	if len(dirs) == 0 {
+		return false
+	}
+	for d := parentOf(p); d != ""; d = parentOf(d) {
+		if dirs[d] {
+			return true
+		}
+	}
+	return false
+}
+
+// reasonNotInSource marks the removals the mass-deletion guard counts
+// (leftover temp files are ours and always go).
+const reasonNotInSource = "not in source"
+
+// deletionHold applies the mass-deletion guard to n removals.
+func (r *Reconciler) deletionHold(n, total int, sourceEmpty bool) string {
+	if r.AllowMassDelete {
+		return "" // the operator confirmed, for this run
+	}
+	return deletionHold(r.MaxDelete, n, total, sourceEmpty, massDeleteFloor)
+}
+
+// holdRemovals takes the guarded removals out of ops and records them in
+// rep; everything else (uploads, links, modes) still goes ahead.
+func (r *Reconciler) holdRemovals(ops []op, n int, why string, rep *Report) []op {
+	kept := ops[:0]
+	for _, o := range ops {
+		if o.kind == opRemove && o.reason == reasonNotInSource {
+			rep.HeldPaths = append(rep.HeldPaths, o.path)
+			continue
+		}
+		kept = append(kept, o)
+	}
+	rep.Held, rep.HeldReason = n, why
+	return kept
 }
 
 func (rep *Report) count(o op, size int64) {
@@ -758,6 +442,9 @@ func (rep *Report) count(o op, size int64) {
 func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Target: r.Target}
+	if err := r.Source.checkRoot(); err != nil {
+		return rep, err
+	}
 	paths := map[string]bool{}
 	for _, p := range b.Paths {
 		paths[p] = true
@@ -862,6 +549,9 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 			dirTimes = append(dirTimes, *e)
 		}
 	}
+	if ops, err = r.guardBatch(ctx, t, ops, rep); err != nil {
+		return rep, err
+	}
 	var late []op
 	if len(oldNames) > 0 {
 		now := ops[:0]
@@ -885,28 +575,82 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	return rep, err
 }
 
+// errEnough stops a count that has reached what it needed to know.
+var errEnough = errors.New("enough")
+
+// guardBatch applies the mass-deletion guard to a live batch's removals.
+// A removed directory counts with what it holds on the target, counted
+// only as far as the guard's limit.
+func (r *Reconciler) guardBatch(ctx context.Context, t Target, ops []op, rep *Report) ([]op, error) {
+	if r.AllowMassDelete {
+		return ops, nil
+	}
+	var removals []string
+	for _, o := range ops {
+		if o.kind == opRemove && o.reason == reasonNotInSource {
+			removals = append(removals, o.path)
+		}
+	}
+	if len(removals) == 0 {
+		return ops, nil
+	}
+	empty, err := r.Source.Empty()
+	if err != nil {
+		return ops, err // missing now: hold everything, retry
+	}
+	if r.MaxDelete.Off && !empty {
+		return ops, nil
+	}
+	total := int(r.targetEntries.Load())
+	enough := massDeleteFloorLive + 1 + r.MaxDelete.Count + r.MaxDelete.Percent*max(total, 1)/100
+	n := 0
+	for _, p := range removals {
+		n++
+		err := t.Walk(ctx, p, func(Entry) error {
+			if n++; n > enough {
+				return errEnough
+			}
+			return nil
+		})
+		if errors.Is(err, ErrDisconnected) {
+			return ops, err
+		}
+		if n > enough {
+			break
+		}
+	}
+	if hold := deletionHold(r.MaxDelete, n, total, empty, massDeleteFloorLive); hold != "" {
+		return r.holdRemovals(ops, n, hold, rep), nil
+	}
+	r.targetEntries.Add(-int64(min(n, total)))
+	return ops, nil
+}
+
 // reconcileSubtrees compares the trees below each of subs (the outermost
 // ones; nested ones are covered) like a full pass does, and adds the
 // outcome to rep. Entries listed in changed are content-checked when size
 // and mtime cannot tell.
 func (r *Reconciler) reconcileSubtrees(ctx context.Context, t Target, subs []string, changed map[string]bool, rep *Report) error {
 	sort.Strings(subs)
-	var last string
+	var outer []string
 	for _, sub := range subs {
-		if last != "" && (sub == last || strings.HasPrefix(sub, last+"/")) {
+		if n := len(outer); n > 0 && (sub == outer[n-1] || strings.HasPrefix(sub, outer[n-1]+"/")) {
 			continue
 		}
-		last = sub
-		if r.Source.excluder.Excluded(sub, true) {
-			continue
-		}
-		sr, err := r.reconcile(ctx, t, sub, false, func(e Entry) bool { return changed[e.Path] })
-		rep.add(sr)
-		if err != nil {
-			return err
+		if !r.Source.excluder.Excluded(sub, true) {
+			outer = append(outer, sub)
 		}
 	}
-	return nil
+	// Disjoint subtrees: compared side by side, since each comparison is
+	// mostly round trips (a listing per target directory).
+	var mu sync.Mutex
+	return parallel(ctx, min(r.Concurrency, 8), len(outer), func(i int) error {
+		sr, err := r.reconcile(ctx, t, pass{sub: outer[i], suspect: func(e Entry) bool { return changed[e.Path] }})
+		mu.Lock()
+		rep.add(sr)
+		mu.Unlock()
+		return err
+	})
 }
 
 // add folds the counts of a sub-pass into rep.
@@ -925,301 +669,4 @@ func (rep *Report) add(o *Report) {
 	for _, c := range o.Changes {
 		rep.note(c)
 	}
-}
-
-// execute runs ops: deletions, then directories (parents first), then
-// files, links and attributes concurrently, then directory mtimes (deepest
-// first, since writing into a directory changes its mtime).
-func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes []Entry, rep *Report, full bool) error {
-	var removes, mkdirs []op
-	var totalBytes int64
-	// rest reuses ops' array (it never gets ahead of the loop): a pass
-	// over a big tree should not hold its list of operations twice.
-	rest := ops[:0]
-	for _, o := range ops {
-		switch o.kind {
-		case opRemove:
-			removes = append(removes, o)
-		case opMkdir:
-			mkdirs = append(mkdirs, o)
-		default:
-			rest = append(rest, o)
-			if o.kind == opUpload {
-				totalBytes += o.src.Size
-			}
-		}
-	}
-	touched := map[string]bool{}
-	var mu sync.Mutex
-	fail := func(o op, err error) error {
-		if errors.Is(err, ErrDisconnected) || ctx.Err() != nil {
-			return err
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if errors.Is(err, errSourceChanged) || errors.Is(err, fs.ErrNotExist) && o.kind == opUpload {
-			// Being written, or gone meanwhile: look again after the next
-			// quiet period (its events are on their way too).
-			rep.Retry = append(rep.Retry, o.path)
-			return nil
-		}
-		rep.Errors = append(rep.Errors, &PathError{Path: o.path, Op: opNames[o.kind], Err: err})
-		return nil
-	}
-	done := func(o op, bytes int64) {
-		mu.Lock()
-		defer mu.Unlock()
-		rep.count(o, bytes)
-		if rep.wantsNote() {
-			rep.note(o.String())
-		}
-		touched[parentOf(o.path)] = true
-		if o.kind == opMkdir {
-			touched[o.path] = true
-		}
-	}
-
-	// Progress for large passes.
-	var filesDone, bytesDone atomic.Int64
-	filesTotal := len(rest)
-	if full && (len(rest) > 1000 || totalBytes > 256<<20) {
-		every := r.ProgressEvery
-		if every == 0 {
-			every = 10 * time.Second
-		}
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tick := time.NewTicker(every)
-			defer tick.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-ctx.Done():
-					return
-				case <-tick.C:
-					r.Logger.Info("reconcile progress",
-						"files_done", filesDone.Load(), "files_total", filesTotal,
-						"bytes_done", bytesDone.Load(), "bytes_total", totalBytes)
-				}
-			}
-		}()
-		defer func() { close(stop); wg.Wait() }()
-	}
-
-	// Topmost first; RemoveAll of a directory takes its children along.
-	sort.Slice(removes, func(i, j int) bool { return removes[i].path < removes[j].path })
-	removed := map[string]bool{}
-	for _, o := range removes {
-		if coveredBy(o.path, removed) {
-			continue
-		}
-		removed[o.path] = true
-		if err := t.RemoveAll(ctx, o.path); err != nil {
-			if err := fail(o, err); err != nil {
-				return err
-			}
-			continue
-		}
-		done(o, 0)
-	}
-	// Directories one depth level at a time, each level concurrently:
-	// every parent exists before its children are created, and a level
-	// of a wide tree costs one round trip time instead of one per entry.
-	for _, level := range byDepth(mkdirs, func(o op) string { return o.path }, false) {
-		err := parallel(ctx, r.Concurrency, len(level), func(i int) error {
-			o := level[i]
-			if err := t.Mkdir(ctx, o.path, o.src.Mode); err != nil {
-				return fail(o, err)
-			}
-			done(o, 0)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	err := parallel(ctx, r.Concurrency, len(rest), func(i int) error {
-		o := rest[i]
-		var err error
-		var n int64
-		switch o.kind {
-		case opUpload:
-			n, err = r.upload(ctx, t, o.path)
-			if err == nil && r.OnTransfer != nil {
-				r.OnTransfer(n)
-			}
-			filesDone.Add(1)
-			bytesDone.Add(n)
-		case opSymlink:
-			err = t.Symlink(ctx, o.path, o.src.LinkTarget)
-		case opChmod:
-			err = t.Chmod(ctx, o.path, o.src.Mode)
-		case opChtimes:
-			err = t.Chtimes(ctx, o.path, o.src.ModTime)
-		}
-		if err != nil {
-			return fail(o, err)
-		}
-		done(o, n)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	ops, removes, mkdirs, rest = nil, nil, nil, nil
-	// Directory mtimes, deepest first. Directories we wrote into get the
-	// source's mtime back; others only where they differed.
-	want := map[string]Entry{}
-	for _, d := range dirTimes {
-		want[d.Path] = d
-	}
-	for d := range touched {
-		if d == "" {
-			continue
-		}
-		if _, ok := want[d]; ok {
-			continue
-		}
-		if e, _ := r.Source.Lstat(d); e != nil && e.Mode.IsDir() {
-			want[d] = *e
-		}
-	}
-	list := make([]Entry, 0, len(want))
-	for _, e := range want {
-		list = append(list, e)
-	}
-	// All writes are done; a level runs concurrently (setting a
-	// directory's mtime leaves its siblings' and parent's alone), and the
-	// deepest level first, so a parent's mtime is set after its children
-	// changed.
-	for _, level := range byDepth(list, func(e Entry) string { return e.Path }, true) {
-		err := parallel(ctx, r.Concurrency, len(level), func(i int) error {
-			e := level[i]
-			if err := t.Chtimes(ctx, e.Path, e.ModTime); err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					return nil
-				}
-				return fail(op{kind: opChtimes, path: e.Path}, err)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// byDepth groups items by the depth of their path, shallowest level first
-// (or deepest first when deepest is set), each level sorted by path.
-func byDepth[T any](items []T, pathOf func(T) string, deepest bool) [][]T {
-	levels := map[int][]T{}
-	var depths []int
-	for _, it := range items {
-		d := strings.Count(pathOf(it), "/")
-		if _, ok := levels[d]; !ok {
-			depths = append(depths, d)
-		}
-		levels[d] = append(levels[d], it)
-	}
-	sort.Ints(depths)
-	if deepest {
-		slices.Reverse(depths)
-	}
-	out := make([][]T, 0, len(depths))
-	for _, d := range depths {
-		l := levels[d]
-		sort.Slice(l, func(i, j int) bool { return pathOf(l[i]) < pathOf(l[j]) })
-		out = append(out, l)
-	}
-	return out
-}
-
-// coveredBy reports whether an ancestor of p is in dirs.
-func coveredBy(p string, dirs map[string]bool) bool {
-	for d := parentOf(p); d != ""; d = parentOf(d) {
-		if dirs[d] {
-			return true
-		}
-	}
-	return false
-}
-
-// upload copies one file; the reader fails instead of hitting EOF if the
-// file changed while being read, so a half-written file never lands.
-func (r *Reconciler) upload(ctx context.Context, t Target, rel string) (int64, error) {
-	f, err := r.Source.openFile(rel)
-	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
-			return 0, errSourceChanged // became a symlink meanwhile
-		}
-		return 0, err
-	}
-	defer f.Close()
-	before, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	if !before.Mode().IsRegular() {
-		return 0, errSourceChanged
-	}
-	sr := &stableReader{f: f, before: before}
-	if err := t.WriteFile(ctx, rel, sr, before.Mode(), before.ModTime()); err != nil {
-		if sr.changed {
-			return 0, errSourceChanged
-		}
-		return 0, err
-	}
-	r.rememberLanded(Entry{Path: rel, Size: before.Size(), ModTime: before.ModTime()})
-	return sr.n, nil
-}
-
-type stableReader struct {
-	f       *os.File
-	before  fs.FileInfo
-	n       int64
-	changed bool
-}
-
-func (s *stableReader) Read(p []byte) (int, error) {
-	n, err := s.f.Read(p)
-	s.n += int64(n)
-	if err == io.EOF {
-		after, serr := s.f.Stat()
-		if serr != nil {
-			return n, serr
-		}
-		if s.n != s.before.Size() || after.Size() != s.before.Size() || !after.ModTime().Equal(s.before.ModTime()) {
-			s.changed = true
-			return n, errSourceChanged
-		}
-	}
-	return n, err
-}
-
-// parallel runs fn(0..n-1) on up to limit goroutines; the first error
-// cancels the rest.
-func parallel(ctx context.Context, limit, n int, fn func(i int) error) error {
-	if n == 0 {
-		return nil
-	}
-	if limit < 1 {
-		limit = 1
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(limit)
-	for i := 0; i < n; i++ {
-		if gctx.Err() != nil {
-			break
-		}
-		g.Go(func() error { return fn(i) })
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	return ctx.Err()
 }

@@ -42,14 +42,14 @@ func TestSourceNeverFollowsSymlinks(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer src.Close()
-			if mode == "os.Root" && src.beneath != nil {
-				src.beneath.unavailable.Store(true)
+			if mode == "os.Root" && src.cur.beneath != nil {
+				src.cur.beneath.unavailable.Store(true)
 			}
 			f, err := src.openFile("real/page.html")
 			if err != nil {
 				t.Fatalf("regular file: %v", err)
 			}
-			if mode == "openat2" && (src.beneath == nil || src.beneath.unavailable.Load()) {
+			if mode == "openat2" && (src.cur.beneath == nil || src.cur.beneath.unavailable.Load()) {
 				_ = f.Close()
 				t.Skip("openat2 is not available here")
 			}

@@ -30,6 +30,10 @@ type Entry struct {
 	Size       int64
 	ModTime    time.Time
 	LinkTarget string // for symlinks only
+	// ListErr is set on a directory a Walk could not list (permission,
+	// I/O error): its contents are unknown, so nothing below it is
+	// deleted or assumed missing, and the walk goes on without it.
+	ListErr error
 }
 
 // Target is where a job writes. All paths are relative to the target root
@@ -40,6 +44,8 @@ type Target interface {
 	// Walk visits every entry below sub ("" for the whole tree; sub
 	// itself is not visited), parents before children. A sub that does
 	// not exist or is not a directory (a symlink included) has no entries.
+	// A directory that cannot be listed is visited with ListErr set, and
+	// the walk goes on. fn may return fs.SkipDir for a directory.
 	// Names starting with TempPrefix are reported too, so that the caller
 	// can clean them up.
 	Walk(ctx context.Context, sub string, fn func(Entry) error) error

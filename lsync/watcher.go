@@ -111,10 +111,24 @@ type watch struct {
 // renamed in place when a directory moves, in queue order, the way lsyncd
 // does it: events queued before the move carry the old name, later ones
 // the new name, and the watches of the moved subtree stay as they are.
+//
+// The root is a name, not an inode (deploys swap directories and switch
+// symlinks): the root's parent is watched for that name too, and when the
+// name is moved away, replaced, re-created, or (a symlinked root)
+// switched, every watch is dropped and the tree at the name is watched
+// afresh, and a rescan is requested. Events of the tree moved away are
+// never reported: their watches are gone before the next one is read.
 type Watcher struct {
-	root     string
+	root     string // as configured (may be a symlink)
 	excluder *Excluder
 	logger   *slog.Logger
+
+	real     string // the directory root leads to now; "" while missing
+	parentWd int32  // watch on root's parent for root's name; -1 if none
+	base     string
+	// reroot asks Run to follow the root (Refresh saw it change, e.g. a
+	// volume mounted over it, which inotify does not report).
+	rerootReq chan string
 
 	file      *os.File // the inotify instance (non-blocking, on the poller)
 	fd        int
@@ -141,11 +155,88 @@ func NewWatcher(root string, excluder *Excluder, logger *slog.Logger) (*Watcher,
 		return nil, fmt.Errorf("inotify: %w", err)
 	}
 	w := newWatcher(root, excluder, logger, fd)
-	if err := w.addTree(context.Background(), "", nil); err != nil {
+	if err := w.watchParent(); err != nil {
+		w.Close()
+		return nil, err
+	}
+	if err := w.watchRoot(context.Background()); err != nil {
 		w.Close()
 		return nil, err
 	}
 	return w, nil
+}
+
+// parentMask: the events that tell the root's name changed hands.
+const parentMask = unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM | unix.IN_DELETE | unix.IN_ONLYDIR
+
+func (w *Watcher) watchParent() error {
+	parent := filepath.Dir(w.root)
+	w.base = filepath.Base(w.root)
+	if parent == w.root {
+		return nil // "/" has no parent to watch
+	}
+	wd, err := unix.InotifyAddWatch(w.fd, parent, parentMask)
+	if err != nil {
+		return fmt.Errorf("watch %s (the source root's parent): %w", parent, err)
+	}
+	w.parentWd = int32(wd)
+	return nil
+}
+
+// watchRoot resolves the root's name and watches the tree it leads to; a
+// missing root is watched for through its parent.
+func (w *Watcher) watchRoot(ctx context.Context) error {
+	real, err := filepath.EvalSymlinks(w.root)
+	if errors.Is(err, fs.ErrNotExist) {
+		w.real = ""
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("source root %s: %w", w.root, err)
+	}
+	w.real = real
+	return w.addTree(ctx, "", nil)
+}
+
+// Reroot asks a running watcher to follow the root's name again; it does
+// not block.
+func (w *Watcher) Reroot(why string) {
+	select {
+	case w.rerootReq <- why:
+	default: // one request pending is enough
+	}
+}
+
+// followsRoot reports whether the watched tree is the one the root's name
+// leads to.
+func (w *Watcher) followsRoot() bool {
+	fi, err := os.Stat(w.root)
+	wt, watched := w.byPath[""]
+	if err != nil {
+		return !watched
+	}
+	return watched && inodeOf(fi) == wt.ino
+}
+
+// reroot drops every watch of the tree and watches what the root's name
+// leads to now, then asks for a rescan.
+func (w *Watcher) reroot(ctx context.Context, out sink, why string) error {
+	for wd := range w.byWd {
+		_, _ = unix.InotifyRmWatch(w.fd, uint32(wd))
+	}
+	clear(w.byWd)
+	clear(w.byPath)
+	old := w.real
+	if err := w.watchRoot(ctx); err != nil {
+		return err
+	}
+	now := w.real
+	if now == "" {
+		now = "(missing: holding)"
+	}
+	w.logger.Warn("source root "+why+"; following the name", "root", w.root, "was", old, "now", now, "directories", len(w.byPath))
+	out.rescan(ctx, "source root "+why)
+	return nil
 }
 
 func newWatcher(root string, excluder *Excluder, logger *slog.Logger, fd int) *Watcher {
@@ -153,6 +244,7 @@ func newWatcher(root string, excluder *Excluder, logger *slog.Logger, fd int) *W
 		root: root, excluder: excluder, logger: logger,
 		file: os.NewFile(uintptr(fd), "inotify"), fd: fd,
 		byPath: map[string]watch{}, byWd: map[int32]string{},
+		real: root, parentWd: -1, rerootReq: make(chan string, 1),
 	}
 	w.addWatch = func(abs string) (int32, error) {
 		wd, err := unix.InotifyAddWatch(fd, abs, watchMask)
@@ -177,9 +269,9 @@ func (w *Watcher) WatchedDirs() int { return len(w.byPath) }
 
 func (w *Watcher) abs(rel string) string {
 	if rel == "" {
-		return w.root
+		return w.real
 	}
-	return filepath.Join(w.root, filepath.FromSlash(rel))
+	return filepath.Join(w.real, filepath.FromSlash(rel))
 }
 
 func inodeOf(fi fs.FileInfo) uint64 {
@@ -263,7 +355,7 @@ func (w *Watcher) walkWatch(ctx context.Context, rel string, emit sink, seen map
 			}
 			return err
 		}
-		r, err := filepath.Rel(w.root, p)
+		r, err := filepath.Rel(w.real, p)
 		if err != nil {
 			return err
 		}
@@ -299,7 +391,7 @@ func (w *Watcher) walkWatch(ctx context.Context, rel string, emit sink, seen map
 				return filepath.SkipDir // replaced meanwhile; its events follow
 			}
 			if errors.Is(err, syscall.ENOSPC) {
-				return &WatchLimitError{Dir: p, Current: readWatchLimit(), Needed: countDirs(w.root, w.excluder)}
+				return &WatchLimitError{Dir: p, Current: readWatchLimit(), Needed: countDirs(w.real, w.excluder)}
 			}
 			return fmt.Errorf("watch %s: %w", p, err)
 		}
@@ -432,6 +524,13 @@ func (w *Watcher) Run(ctx context.Context, out sink) error {
 					return err
 				}
 			}
+		case why := <-w.rerootReq:
+			if w.followsRoot() {
+				continue // this watcher got there first
+			}
+			if err := w.reroot(ctx, out, why); err != nil {
+				return err
+			}
 		case evs := <-w.inject:
 			raw <- evs // behind what the kernel queued before
 		case evs, ok := <-raw:
@@ -440,6 +539,17 @@ func (w *Watcher) Run(ctx context.Context, out sink) error {
 			}
 			for i := range evs {
 				ev := evs[i]
+				if ev.wd == w.parentWd && ev.wd >= 0 || ev.mask&unix.IN_UNMOUNT != 0 {
+					// The root's name changed hands, or its volume went
+					// away: whatever is pending belongs to the old tree.
+					pending = nil
+					if why := w.rootChange(ev); why != "" {
+						if err := w.reroot(ctx, out, why); err != nil {
+							return err
+						}
+					}
+					continue
+				}
 				if pending != nil {
 					from := *pending
 					pending = nil
@@ -467,6 +577,26 @@ func (w *Watcher) Run(ctx context.Context, out sink) error {
 			}
 		}
 	}
+}
+
+// rootChange tells whether ev, an event of the root's parent (or an
+// unmount), means the root's name leads elsewhere now.
+func (w *Watcher) rootChange(ev rawEvent) string {
+	switch {
+	case ev.mask&unix.IN_UNMOUNT != 0:
+		if _, ok := w.byWd[ev.wd]; ok {
+			return "unmounted"
+		}
+	case ev.mask&unix.IN_IGNORED != 0:
+		w.logger.Error("the source root's parent directory is gone; a replaced root is no longer noticed", "root", w.root)
+		w.parentWd = -1
+	case ev.name != w.base:
+	case ev.mask&(unix.IN_MOVED_FROM|unix.IN_DELETE) != 0:
+		return "moved away or deleted"
+	case ev.mask&(unix.IN_MOVED_TO|unix.IN_CREATE) != 0:
+		return "replaced"
+	}
+	return ""
 }
 
 // pathOf names the subject of ev; ok is false when its watch is no longer
@@ -508,11 +638,8 @@ func (w *Watcher) handle(ctx context.Context, ev rawEvent, out sink) error {
 	}
 	if ev.name == "" {
 		// An event of a watched directory about itself: its parent
-		// reports the same change by name, except for the root, whose
-		// replacement is not followed.
-		if rel == "" && ev.mask&(unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0 {
-			w.logger.Error("the source root was moved or deleted; changes under its new name are not followed", "root", w.root)
-		}
+		// reports the same change by name (for the root, the parent
+		// watch does).
 		return nil
 	}
 	isDir := ev.mask&unix.IN_ISDIR != 0

@@ -145,3 +145,72 @@ func TestWatcherOverflowRescansAndNewDirsAreScanned(t *testing.T) {
 		t.Errorf("watching %d dirs, want 3", w.WatchedDirs())
 	}
 }
+
+// TestWatcherNamesEventsInMovedDirectories: after a directory moves, the
+// events of its subtree carry the new path (fsnotify kept reporting the
+// old one until the directory was watched again, and the target kept the
+// old names), and a directory moved out of the tree stops reporting.
+func TestWatcherNamesEventsInMovedDirectories(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	for _, d := range []string{"a/b", "gone/sub"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := NewWatcher(root, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &recordingSink{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, sink) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	mv := func(from, to string) {
+		t.Helper()
+		if err := os.Rename(from, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mv(filepath.Join(root, "a"), filepath.Join(root, "c"))
+	if err := os.WriteFile(filepath.Join(root, "c", "b", "new.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mv(filepath.Join(root, "gone"), filepath.Join(outside, "gone"))
+	if err := os.WriteFile(filepath.Join(outside, "gone", "sub", "outside.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "last.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs, _ := sink.snapshot()
+		seen := map[string]bool{}
+		for _, e := range evs {
+			seen[e.Op.String()+" "+e.Path] = true
+		}
+		if seen["create last.txt"] {
+			for _, want := range []string{"rename a", "create c", "create c/b/new.txt", "rename gone"} {
+				if !seen[want] {
+					t.Errorf("no %q event in %v", want, evs)
+				}
+			}
+			for _, e := range evs {
+				if strings.HasPrefix(e.Path, "a/") || strings.Contains(e.Path, "outside.txt") {
+					t.Errorf("stale or outside path reported: %+v", e)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events %v", evs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
+	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -22,14 +23,21 @@ type SyncTargetStatus struct {
 	Connected    bool      `json:"connected"`
 	PendingFiles int       `json:"pending_files"`
 	LastSync     time.Time `json:"last_sync,omitzero"`
-	LastError    string    `json:"last_error,omitempty"`
+	// LastVerified is when a full comparison last found the target equal.
+	LastVerified time.Time `json:"last_verified,omitzero"`
+	// Held says why deletions on the target are being held (the
+	// mass-deletion guard or a missing source root).
+	Held        string `json:"held,omitempty"`
+	HeldDeletes int    `json:"held_deletes,omitempty"`
+	LastError   string `json:"last_error,omitempty"`
 }
 
-// SyncJob is a docroot sync job as the daemon runs it.
+// SyncJob is a docroot sync job as the daemon runs it (*lsync.Job). Run
+// is called again after it returned: the daemon restarts failed jobs.
 type SyncJob interface {
 	Name() string
 	Run(ctx context.Context) error
-	Targets() []SyncTargetStatus
+	Status() []lsync.TargetStatus
 }
 
 // Database is this node's MariaDB pair as the daemon consumes it: the

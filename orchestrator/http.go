@@ -27,6 +27,9 @@ type Health struct {
 	OK     bool   `json:"ok"`
 	Agent  string `json:"agent"`
 	Reason string `json:"reason"`
+	// Warnings name what does not change where traffic goes but needs an
+	// operator: a sync job holding deletions, or waiting for its source.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // PeerStatus is one peer in /status.
@@ -113,14 +116,29 @@ func failingTrack(ts []TrackStatus) string {
 // Health decides whether this node should receive traffic.
 func (d *Daemon) Health() Health {
 	h := health(d.role.Status())
+	h.Warnings = d.syncWarnings()
 	d.metrics.healthy.Set(b2f(h.OK))
 	return h
+}
+
+// syncWarnings lists the sync targets that hold deletions.
+func (d *Daemon) syncWarnings() []string {
+	var out []string
+	for _, j := range d.cfg.Sync {
+		for _, t := range j.Status() {
+			if t.Held != "" {
+				out = append(out, fmt.Sprintf("sync %s -> %s holding %d deletion(s): %s", t.Job, t.Target, t.HeldDeletes, t.Held))
+			}
+		}
+	}
+	return out
 }
 
 // Status assembles the /status document.
 func (d *Daemon) Status() Status {
 	rs := d.role.Status()
 	h := health(rs)
+	h.Warnings = d.syncWarnings()
 	d.metrics.healthy.Set(b2f(h.OK))
 	st := Status{
 		Node: rs.Node, Role: rs.Role, RoleSince: rs.RoleSince, RoleReason: rs.Reason,
@@ -131,7 +149,11 @@ func (d *Daemon) Status() Status {
 		ResourceFailures: rs.ResourceFailures, Tracks: rs.Tracks,
 	}
 	for _, j := range d.cfg.Sync {
-		st.Sync = append(st.Sync, j.Targets()...)
+		for _, t := range j.Status() {
+			st.Sync = append(st.Sync, SyncTargetStatus{Job: t.Job, Target: t.Target, Connected: t.Connected,
+				PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastVerified: t.LastVerified, LastError: t.LastError,
+				Held: t.Held, HeldDeletes: t.HeldDeletes})
+		}
 	}
 	if d.cfg.Repl != nil {
 		ps := d.cfg.Repl.Status()

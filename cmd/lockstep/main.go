@@ -1,6 +1,12 @@
 // Command lockstep keeps the nodes of a small web tier identical and
 // writable: docroot sync, master-master replication supervision and the
 // per-node HA daemon in one binary.
+//
+// `repl supervise` and `run` build the replication supervisor the same
+// way (newReplSupervisor: the supervisor with its write-conflict detector
+// plugged in); the daemon restarts it by calling its Run again. The
+// playground's servers and processes come from internal/testbed, which
+// keeps the test framework out of this binary.
 package main
 
 import (

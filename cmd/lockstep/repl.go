@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,20 +66,17 @@ row written on both nodes before either had applied the other's write
 			logger := replLogger(cmd, debug)
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			sup, err := dbrepl.New(*f.Repl, dbrepl.Options{Logger: logger, Registerer: reg})
-			if err != nil {
-				return usageError(err)
-			}
 			// The detector logs each conflict itself; nothing else to tell.
-			det, err := newConflictDetector(*f.Repl, reg, logger, nil)
+			sup, _, err := newReplSupervisor(*f.Repl, reg, logger, nil)
 			if err != nil {
 				return usageError(err)
 			}
+			defer sup.Close()
 			ctx := cmd.Context()
 			if metricsAddr != "" {
 				ln, err := net.Listen("tcp", metricsAddr)
 				if err != nil {
-					return usageError(fmt.Errorf("--metrics: %w", err))
+					return usageError(fmt.Errorf("--metrics-addr: %w", err))
 				}
 				mux := http.NewServeMux()
 				mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -97,17 +92,14 @@ row written on both nodes before either had applied the other's write
 				}()
 				logger.Info("metrics", "addr", ln.Addr().String())
 			}
-			detCtx, stopDet := context.WithCancel(ctx)
-			var wg sync.WaitGroup
-			runConflictDetector(detCtx, &wg, det, logger)
-			err = sup.Run(ctx)
-			stopDet()
-			wg.Wait()
-			return err
+			return sup.Run(ctx)
 		},
 	}
 	addConfigFlag(cmd, &path)
-	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9431)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics on this address (e.g. 127.0.0.1:9431)")
+	// The flag's name before it matched `lockstep sync --metrics-addr`.
+	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "")
+	_ = cmd.Flags().MarkDeprecated("metrics", "use --metrics-addr")
 	cmd.Flags().BoolVar(&debug, "debug", false, "debug logging")
 	return cmd
 }

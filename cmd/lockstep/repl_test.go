@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,5 +50,24 @@ func TestReplFenceStatusUnfenceCLI(t *testing.T) {
 	os.WriteFile(noRepl, []byte("node: web1\n"), 0o600)
 	if code, out := runCLI(t, "repl", "status", "-c", noRepl); code != exitUsage || !strings.Contains(out, "repl") {
 		t.Errorf("no repl section: code %d %s", code, out)
+	}
+}
+
+// `repl supervise` takes --metrics-addr like `sync`; the old --metrics
+// still works but is not advertised.
+func TestReplSuperviseMetricsFlag(t *testing.T) {
+	for _, flag := range []string{"--metrics-addr", "--metrics"} {
+		cmd := newReplSuperviseCmd()
+		cmd.SetErr(io.Discard)
+		if err := cmd.ParseFlags([]string{flag, "127.0.0.1:9431"}); err != nil {
+			t.Fatalf("%s: %v", flag, err)
+		}
+		if got := cmd.Flags().Lookup("metrics-addr").Value.String(); got != "127.0.0.1:9431" {
+			t.Errorf("%s: --metrics-addr = %q", flag, got)
+		}
+	}
+	usage := newReplSuperviseCmd().UsageString()
+	if !strings.Contains(usage, "--metrics-addr") || strings.Contains(usage, "--metrics ") {
+		t.Errorf("usage:\n%s", usage)
 	}
 }

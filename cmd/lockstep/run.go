@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -19,7 +18,6 @@ import (
 	"github.com/lockstep-ha/lockstep/config"
 	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/dbrepl/conflict"
-	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
@@ -71,32 +69,28 @@ func runDaemon(ctx context.Context, f *config.File, path string, logger *slog.Lo
 			return err
 		}
 		for _, b := range built {
-			name := b.job.Name()
-			jobs = append(jobs, &syncRunner{job: b.job, build: func() (*lsync.Job, error) {
-				again, err := buildSyncJobs(f, name, logger, reg)
-				if err != nil {
-					return nil, err
-				}
-				return again[0].job, nil
-			}})
+			jobs = append(jobs, b.job)
 		}
 	}
-	var repl *replRunner
 	dcfg := orchestrator.DaemonConfig{Node: f.Node, Listen: f.Listen, Cluster: f.Cluster, Sync: jobs, Registry: reg, Logger: logger}
+	// The daemon's event log exists once the daemon does, which needs the
+	// supervisor first; nothing runs before it is set.
+	var events *orchestrator.EventLog
+	var sup *dbrepl.Supervisor
 	if f.Repl != nil {
-		repl = &replRunner{cfg: *f.Repl, logger: logger, reg: &trackingRegisterer{reg: reg}}
-		if err := repl.build(); err != nil {
+		var err error
+		sup, _, err = newDaemonSupervisor(*f.Repl, reg, logger, func(c dbrepl.Conflict) { logConflict(events, c) })
+		if err != nil {
 			return usageError(err)
 		}
-		dcfg.Repl = repl
+		defer sup.Close()
+		dcfg.Repl = sup
 	}
 	d, err := orchestrator.NewDaemon(dcfg)
 	if err != nil {
 		return usageError(fmt.Errorf("%s: %w", f.Path, err))
 	}
-	if repl != nil {
-		repl.events = d.Events()
-	}
+	events = d.Events()
 
 	// SIGHUP reloads; the watcher is owned by this function.
 	hup := make(chan os.Signal, 1)
@@ -115,6 +109,9 @@ func runDaemon(ctx context.Context, f *config.File, path string, logger *slog.Lo
 			}
 		}
 	})
+	if sup != nil {
+		wg.Go(func() { forwardReplEvents(runCtx, sup.Events(), events) })
+	}
 	err = d.Run(runCtx)
 	stop()
 	wg.Wait()
@@ -144,175 +141,67 @@ func reload(d *orchestrator.Daemon, running *config.File, path string) {
 	}
 }
 
-// syncRunner adapts an lsync.Job (single-use) to the daemon's restartable
-// SyncJob: a restart after a failure builds a fresh job.
-type syncRunner struct {
-	build func() (*lsync.Job, error)
-	mu    sync.Mutex
-	job   *lsync.Job
-	used  bool
-}
-
-func (s *syncRunner) Name() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.job.Name()
-}
-
-func (s *syncRunner) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.used {
-		j, err := s.build()
-		if err != nil {
-			s.mu.Unlock()
-			return err
-		}
-		s.job = j
-	}
-	s.used = true
-	j := s.job
-	s.mu.Unlock()
-	return j.Run(ctx)
-}
-
-func (s *syncRunner) Targets() []orchestrator.SyncTargetStatus {
-	s.mu.Lock()
-	j := s.job
-	s.mu.Unlock()
-	var out []orchestrator.SyncTargetStatus
-	for _, t := range j.Status() {
-		out = append(out, orchestrator.SyncTargetStatus{Job: t.Job, Target: t.Target, Connected: t.Connected,
-			PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastError: t.LastError})
-	}
-	return out
-}
-
-// replRunner adapts dbrepl.Supervisor to the daemon: a restart after a
-// failure builds a fresh supervisor (Run closes its connections), and its
-// events are copied into the daemon's event log. The write-conflict
-// detector, when repl.conflicts is enabled, shares the supervisor's
-// lifetime and is rebuilt with it.
-//
-// Both nodes run a supervisor on the same pair, but only the writer's
-// decides: two deciders could each fence a different node when both
-// qualify within a few milliseconds, leaving no writable database. The
-// daemon calls SetActive(true) when this node becomes the writer and
-// false when it stops being one; it says nothing to a node that starts
-// and stays standby, so the runner starts inactive. A node left alone
-// takes the writer role and then decides.
-type replRunner struct {
-	cfg    dbrepl.Config
-	logger *slog.Logger
-	reg    *trackingRegisterer
-	events *orchestrator.EventLog
-
-	mu   sync.Mutex
-	sup  *dbrepl.Supervisor
-	det  *conflict.Detector // nil when repl.conflicts.enabled is false
-	used bool
-	// active is the last SetActive value, given to every supervisor
-	// built, so a restarted one keeps the role's decision.
-	active bool
-}
-
-// SetActive tells the current supervisor (and any rebuilt one) whether
-// this node is the writer, whose supervisor makes the automatic fence and
-// reintroduction decisions.
-func (r *replRunner) SetActive(active bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.active = active
-	if r.sup != nil {
-		r.sup.SetActive(active)
-	}
-}
-
-func (r *replRunner) build() error {
-	r.reg.reset()
-	sup, err := dbrepl.New(r.cfg, dbrepl.Options{Logger: r.logger, Registerer: r.reg})
+// newReplSupervisor builds the supervisor of a repl: section with its
+// write-conflict detector (nil when repl.conflicts.enabled is false), which
+// runs and stops with it. Both register their metrics on reg once: the
+// supervisor's Run can be called again without rebuilding anything.
+func newReplSupervisor(cfg dbrepl.Config, reg prometheus.Registerer, logger *slog.Logger, onConflict func(dbrepl.Conflict)) (*dbrepl.Supervisor, *conflict.Detector, error) {
+	det, err := newConflictDetector(cfg, reg, logger, onConflict)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	det, err := newConflictDetector(r.cfg, r.reg, r.logger, r.onConflict)
+	opts := dbrepl.Options{Logger: logger, Registerer: reg}
+	if det != nil {
+		opts.Conflicts = det
+	}
+	sup, err := dbrepl.New(cfg, opts)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	sup.SetActive(r.active)
-	r.sup, r.det = sup, det
-	return nil
+	return sup, det, nil
 }
 
-// onConflict runs on a binlog reader goroutine; EventLog.Warn only takes
-// a mutex, so it does not hold the reader up.
-func (r *replRunner) onConflict(c dbrepl.Conflict) {
-	if r.events != nil {
-		r.events.Warn(orchestrator.EventSupervisor, conflictMessage(c), "table", c.Schema+"."+c.Table)
+// newDaemonSupervisor is newReplSupervisor for `lockstep run`, where both
+// nodes run a supervisor on the same pair but only the writer's decides:
+// two deciders could each fence a different node when both qualify within
+// a few milliseconds, leaving no writable database. The daemon calls
+// SetActive(true) when this node becomes the writer and false when it
+// stops being one; it says nothing to a node that starts and stays
+// standby, so the supervisor starts inactive. A node left alone takes the
+// writer role and then decides.
+func newDaemonSupervisor(cfg dbrepl.Config, reg prometheus.Registerer, logger *slog.Logger, onConflict func(dbrepl.Conflict)) (*dbrepl.Supervisor, *conflict.Detector, error) {
+	sup, det, err := newReplSupervisor(cfg, reg, logger, onConflict)
+	if err != nil {
+		return nil, nil, err
 	}
+	sup.SetActive(false)
+	return sup, det, nil
 }
 
-func (r *replRunner) current() (*dbrepl.Supervisor, *conflict.Detector) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.sup, r.det
+// logConflict files a write conflict in the daemon's event log. It runs on
+// a binlog reader goroutine; EventLog.Warn only takes a mutex, so it does
+// not hold the reader up.
+func logConflict(events *orchestrator.EventLog, c dbrepl.Conflict) {
+	events.Warn(orchestrator.EventSupervisor, conflictMessage(c), "table", c.Schema+"."+c.Table)
 }
 
-func (r *replRunner) Run(ctx context.Context) error {
-	r.mu.Lock()
-	if r.used {
-		if err := r.build(); err != nil {
-			r.mu.Unlock()
-			return err
-		}
-	}
-	r.used = true
-	sup, det := r.sup, r.det
-	r.mu.Unlock()
-	var wg sync.WaitGroup
-	fwdCtx, stop := context.WithCancel(ctx)
-	wg.Go(func() {
-		for {
-			select {
-			case <-fwdCtx.Done():
-				return
-			case ev := <-sup.Events():
-				if r.events == nil {
-					continue
-				}
-				kind, warn := replEventKind(ev.Type)
-				msg := fmt.Sprintf("replication: %s %s: %s", ev.Type, ev.Node, ev.Reason)
-				if warn {
-					r.events.Warn(kind, msg, "db", ev.Node)
-				} else {
-					r.events.Add(kind, msg, "db", ev.Node)
-				}
+// forwardReplEvents copies the supervisor's events into the daemon's
+// event log until ctx ends.
+func forwardReplEvents(ctx context.Context, in <-chan dbrepl.Event, events *orchestrator.EventLog) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-in:
+			kind, warn := replEventKind(ev.Type)
+			msg := fmt.Sprintf("replication: %s %s: %s", ev.Type, ev.Node, ev.Reason)
+			if warn {
+				events.Warn(kind, msg, "db", ev.Node)
+			} else {
+				events.Add(kind, msg, "db", ev.Node)
 			}
 		}
-	})
-	runConflictDetector(fwdCtx, &wg, det, r.logger)
-	err := sup.Run(ctx)
-	stop()
-	wg.Wait()
-	return err
-}
-
-// Status is the supervisor's view with the detector's recent conflicts.
-func (r *replRunner) Status() dbrepl.PairStatus {
-	sup, det := r.current()
-	st := sup.Status()
-	if det != nil {
-		st.Conflicts = det.Recent()
 	}
-	return st
-}
-
-func (r *replRunner) Fence(ctx context.Context, node, reason string) error {
-	sup, _ := r.current()
-	return sup.Fence(ctx, node, reason)
-}
-
-func (r *replRunner) Unfence(ctx context.Context, node string) error {
-	sup, _ := r.current()
-	return sup.Unfence(ctx, node)
 }
 
 // replEventKind files a supervisor event under the daemon's event kinds:
@@ -338,8 +227,7 @@ func conflictMessage(c dbrepl.Conflict) string {
 }
 
 // newConflictDetector builds the detector of a repl: section, or nil when
-// repl.conflicts.enabled is false. Its metrics go to reg, so a rebuild
-// after trackingRegisterer.reset registers them again.
+// repl.conflicts.enabled is false. Its metrics go to reg.
 func newConflictDetector(cfg dbrepl.Config, reg prometheus.Registerer, logger *slog.Logger, onConflict func(dbrepl.Conflict)) (*conflict.Detector, error) {
 	if !cfg.Conflicts.IsEnabled() {
 		return nil, nil
@@ -353,69 +241,4 @@ func newConflictDetector(cfg dbrepl.Config, reg prometheus.Registerer, logger *s
 		return nil, fmt.Errorf("conflicts: %w", err)
 	}
 	return det, nil
-}
-
-// runConflictDetector starts det (nil: nothing) on wg until ctx ends. The
-// detector retries unreachable nodes and refused binlog dumps (a missing
-// REPLICATION SLAVE grant) with backoff itself; should Run ever return
-// early, it is restarted here, because losing conflict detection must not
-// take the supervisor down with it.
-func runConflictDetector(ctx context.Context, wg *sync.WaitGroup, det *conflict.Detector, logger *slog.Logger) {
-	if det == nil {
-		return
-	}
-	wg.Go(func() {
-		backoff := time.Second
-		for {
-			err := det.Run(ctx)
-			if ctx.Err() != nil {
-				return
-			}
-			logger.Error("write-conflict detector stopped; the supervisor keeps running, restarting the detector",
-				"component", "conflict", "error", err, "in", backoff)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, 30*time.Second)
-		}
-	})
-}
-
-// trackingRegisterer remembers what a supervisor registered so that a
-// rebuilt supervisor can register the same metric names again.
-type trackingRegisterer struct {
-	reg  prometheus.Registerer
-	mu   sync.Mutex
-	cols []prometheus.Collector
-}
-
-func (t *trackingRegisterer) Register(c prometheus.Collector) error {
-	if err := t.reg.Register(c); err != nil {
-		return err
-	}
-	t.mu.Lock()
-	t.cols = append(t.cols, c)
-	t.mu.Unlock()
-	return nil
-}
-
-func (t *trackingRegisterer) MustRegister(cs ...prometheus.Collector) {
-	for _, c := range cs {
-		if err := t.Register(c); err != nil {
-			panic(err)
-		}
-	}
-}
-
-func (t *trackingRegisterer) Unregister(c prometheus.Collector) bool { return t.reg.Unregister(c) }
-
-func (t *trackingRegisterer) reset() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, c := range t.cols {
-		t.reg.Unregister(c)
-	}
-	t.cols = nil
 }

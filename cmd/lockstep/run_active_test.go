@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -13,34 +12,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lockstep-ha/lockstep/config"
+	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
 // Two `lockstep run` daemons on one pair: only the writer's supervisor is
 // active; the standby's is never told anything and must stay inactive. When
-// the writer leaves, the survivor's becomes active; a supervisor rebuilt
+// the writer leaves, the survivor's becomes active; a supervisor run again
 // after a restart keeps the value.
 func TestRunOnlyWriterSupervisorActive(t *testing.T) {
 	p := mariadbpair.Start(t)
-	wl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wl.Close()
-	go func() {
-		for {
-			c, err := wl.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	nodes := writeRunConfigs(t, "tcp://"+wl.Addr().String())
+	nodes := writeRunConfigs(t, "tcp://"+startWitness(t))
 
 	type daemon struct {
-		repl   *replRunner
+		repl   *dbrepl.Supervisor
 		cancel context.CancelFunc
 		wg     sync.WaitGroup
 	}
@@ -60,11 +46,12 @@ func TestRunOnlyWriterSupervisorActive(t *testing.T) {
 		}
 		logger := slog.New(slog.NewTextHandler(&tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", f.Node)
 		reg := prometheus.NewRegistry()
-		r := &replRunner{cfg: *f.Repl, logger: logger, reg: &trackingRegisterer{reg: reg}}
-		if err := r.build(); err != nil {
+		r, _, err := newDaemonSupervisor(*f.Repl, reg, logger, nil)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if sup, _ := r.current(); sup.Active() {
+		t.Cleanup(func() { r.Close() })
+		if r.Active() {
 			t.Fatal("lockstep run's supervisor must start inactive")
 		}
 		d, err := orchestrator.NewDaemon(orchestrator.DaemonConfig{Node: f.Node, Listen: f.Listen, Cluster: f.Cluster,
@@ -72,7 +59,6 @@ func TestRunOnlyWriterSupervisorActive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.events = d.Events()
 		ctx, cancel := context.WithCancel(context.Background())
 		dm := &daemon{repl: r, cancel: cancel}
 		dm.wg.Go(func() {
@@ -83,10 +69,7 @@ func TestRunOnlyWriterSupervisorActive(t *testing.T) {
 		t.Cleanup(func() { cancel(); dm.wg.Wait() })
 		return dm
 	}
-	active := func(d *daemon) bool {
-		sup, _ := d.repl.current()
-		return sup.Active()
-	}
+	active := func(d *daemon) bool { return d.repl.Active() }
 	web1 := start("web1")
 	waitCond(t, "web1 writer", func() bool { return exists(nodes["web1"].state) })
 	web2 := start("web2")
@@ -108,17 +91,16 @@ func TestRunOnlyWriterSupervisorActive(t *testing.T) {
 		t.Error("web1's supervisor still active after it stepped down")
 	}
 
-	// A rebuilt supervisor (the daemon restarts a failed one) keeps it.
+	// A supervisor run again (the daemon restarts a failed one) keeps it.
 	r := web1.repl
 	r.SetActive(true)
-	old, _ := r.current()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := r.Run(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if now, _ := r.current(); now == old || !now.Active() {
-		t.Fatalf("rebuilt supervisor: new=%t active=%t", now != old, now.Active())
+	if !r.Active() {
+		t.Fatal("restarted supervisor: not active")
 	}
 }
 

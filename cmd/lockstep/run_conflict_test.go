@@ -1,8 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -19,30 +19,65 @@ import (
 	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
 	"github.com/lockstep-ha/lockstep/integration/poll"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
-
-// lockedBuffer is a log sink shared by the supervisor's goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	poll.Until(t, 30*time.Second, what, cond)
+}
+
+// startConflictPair starts a pair with binlog_row_metadata=FULL and writes
+// a config with its repl: section (extra appended under it).
+func startConflictPair(t *testing.T, extra string) (*mariadbpair.Pair, string) {
+	t.Helper()
+	p := mariadbpair.Start(t, mariadbpair.Options{ExtraArgs: []string{"--binlog-row-metadata=FULL"}})
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "lockstep.yaml")
+	if err := os.WriteFile(cfgPath, []byte("node: web1\n"+p.ReplConfigYAML(filepath.Join(dir, "state"), extra)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p, cfgPath
+}
+
+// createKV creates app.kv on db1 with rows (SQL values) and waits until
+// db2 has it.
+func createKV(t *testing.T, p *mariadbpair.Pair, rows string) {
+	t.Helper()
+	for _, s := range []string{"CREATE DATABASE app", "CREATE TABLE app.kv (id INT PRIMARY KEY, v VARCHAR(20))", "INSERT INTO app.kv VALUES " + rows} {
+		if _, err := p.Nodes[0].DB.Exec(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.WaitSynced(context.Background(), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runInBackground runs fn until the returned stop (also a cleanup)
+// cancels it; stop waits up to 30s for fn to return and fails the test on
+// an error.
+func runInBackground(t *testing.T, what string, fn func(ctx context.Context) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- fn(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("%s: %v", what, err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("%s did not return within 30s of cancellation", what)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func TestReplConflictsConfigSection(t *testing.T) {
@@ -114,71 +149,37 @@ func TestReplEventKind(t *testing.T) {
 // config loader and running as the monitoring user with MonitorGrants
 // (without REPLICATION SLAVE the binlog dump is refused),
 // reports a row written on both nodes in Status().Conflicts, in the event
-// log and as a metric; a restart rebuilds it without a registration clash.
-func TestReplRunnerReportsConflicts(t *testing.T) {
+// log and as a metric; a restart runs it again without a registration
+// clash, keeping what it counted.
+func TestDaemonSupervisorReportsConflicts(t *testing.T) {
 	// The monitoring user has no privilege on app.*, so information_schema
 	// hides app.kv's key from it; with binlog_row_metadata=FULL the binlog
 	// carries the key itself (the documented setup, see dbrepl's doc).
-	p := mariadbpair.Start(t, mariadbpair.Options{ExtraArgs: []string{"--binlog-row-metadata=FULL"}})
+	p, cfgPath := startConflictPair(t, "  conflicts:\n    window: 30s\n")
 	ctx := context.Background()
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "lockstep.yaml")
-	yaml := "node: web1\n" + p.ReplConfigYAML(filepath.Join(dir, "state"), "  conflicts:\n    window: 30s\n")
-	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	f, err := config.Load(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &testbed.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	events := orchestrator.NewEventLog(logger)
-	r := &replRunner{cfg: *f.Repl, logger: logger, reg: &trackingRegisterer{reg: reg}, events: events}
-	if err := r.build(); err != nil {
+	r, det, err := newDaemonSupervisor(*f.Repl, reg, logger, func(c dbrepl.Conflict) { logConflict(events, c) })
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { r.Close() })
 
 	start := func() (stop func()) {
-		runCtx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- r.Run(runCtx) }()
-		stopped := false
-		stop = func() {
-			if stopped {
-				return
-			}
-			stopped = true
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Error("replRunner.Run did not return within 30s of cancellation")
-			}
-		}
-		t.Cleanup(stop)
-		// current() is polled: a second Run swaps in a rebuilt detector.
-		waitFor(t, "both binlog readers", func() bool {
-			_, det := r.current()
-			return det.Connected() == [2]bool{true, true}
-		})
+		stop = runInBackground(t, "Supervisor.Run", r.Run)
+		waitFor(t, "both binlog readers", func() bool { return det.Connected() == [2]bool{true, true} })
 		return stop
 	}
 	stop := start()
 
 	db1, db2 := p.Nodes[0], p.Nodes[1]
-	for _, s := range []string{"CREATE DATABASE app", "CREATE TABLE app.kv (id INT PRIMARY KEY, v VARCHAR(20))", "INSERT INTO app.kv VALUES (7, 'init'), (8, 'init')"} {
-		if _, err := db1.DB.Exec(s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.WaitSynced(ctx, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	createKV(t, p, "(7, 'init'), (8, 'init')")
 	// The same row written on each node in turn is ordinary traffic.
 	if _, err := db2.DB.Exec("UPDATE app.kv SET v = 'db2-first' WHERE id = 8"); err != nil {
 		t.Fatal(err)
@@ -235,14 +236,14 @@ func TestReplRunnerReportsConflicts(t *testing.T) {
 	}
 	stop()
 
-	// A restart (the daemon's backoff path) rebuilds supervisor and
-	// detector and registers the same metric names again.
+	// A restart (the daemon's backoff path) runs the same supervisor and
+	// detector again: nothing is registered twice, nothing counted is lost.
 	start()
-	if n := counterValue(t, reg, "lockstep_repl_conflicts_total"); n != 0 {
-		t.Fatalf("rebuilt detector's counter = %v", n)
+	if n := counterValue(t, reg, "lockstep_repl_conflicts_total"); n != 1 {
+		t.Fatalf("restarted detector's counter = %v", n)
 	}
-	if len(r.Status().Conflicts) != 0 {
-		t.Fatal("rebuilt detector reports the previous run's conflicts")
+	if st := r.Status(); len(st.Conflicts) != 1 || len(st.Nodes) != 2 {
+		t.Fatalf("restarted supervisor's status: %+v", st)
 	}
 	if out := logs.String(); strings.Contains(out, p.MonitorPassword) {
 		t.Fatal("the monitoring password is in the logs")
@@ -253,49 +254,23 @@ func TestReplRunnerReportsConflicts(t *testing.T) {
 // a concurrent write shows in its log and its /metrics, and it stops
 // cleanly on cancellation.
 func TestReplSuperviseDetectsConflicts(t *testing.T) {
-	p := mariadbpair.Start(t, mariadbpair.Options{ExtraArgs: []string{"--binlog-row-metadata=FULL"}})
+	p, cfgPath := startConflictPair(t, "")
 	ctx := context.Background()
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "lockstep.yaml")
-	if err := os.WriteFile(cfgPath, []byte("node: web1\n"+p.ReplConfigYAML(filepath.Join(dir, "state"), "")), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	db1, db2 := p.Nodes[0], p.Nodes[1]
-	for _, s := range []string{"CREATE DATABASE app", "CREATE TABLE app.kv (id INT PRIMARY KEY, v VARCHAR(20))", "INSERT INTO app.kv VALUES (3, 'init')"} {
-		if _, err := db1.DB.Exec(s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.WaitSynced(ctx, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	createKV(t, p, "(3, 'init')")
 
 	metrics := freePort(t, "tcp")
-	out := &lockedBuffer{}
+	out := &testbed.Buffer{}
 	root := newRootCmd()
 	root.SetOut(out)
 	root.SetErr(out)
-	root.SetArgs([]string{"repl", "supervise", "-c", cfgPath, "--metrics", metrics, "--debug"})
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- root.ExecuteContext(runCtx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
+	root.SetArgs([]string{"repl", "supervise", "-c", cfgPath, "--metrics-addr", metrics, "--debug"})
+	stop := runInBackground(t, "supervise", func(ctx context.Context) error {
+		if err := root.ExecuteContext(ctx); err != nil {
+			return fmt.Errorf("%w\n%s", err, out.String())
 		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("supervise: %v\n%s", err, out.String())
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("supervise did not stop within 30s of cancellation")
-		}
-	}
-	t.Cleanup(stop)
+		return nil
+	})
 
 	waitFor(t, "both binlog readers", func() bool {
 		o := out.String()

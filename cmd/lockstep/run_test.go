@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
@@ -55,23 +56,19 @@ func writeRunConfigs(t *testing.T, witness string) map[string]runNode {
 		script := filepath.Join(dir, n+"-svc")
 		os.WriteFile(script, []byte(fmt.Sprintf("#!/bin/sh\ncase \"$1\" in start) touch %q;; stop) rm -f %q;; status) [ -e %q ] && exit 0; exit 3;; esac\n", state, state, state)), 0o755)
 		listen := freePort(t, "tcp")
-		cfg := fmt.Sprintf(`node: %s
-listen: %s
-cluster:
-  key_file: %s
-  keepalive: 50ms
-  deadtime: 300ms
-  agent_check: %s
-  nodes:
-    - {name: web1, address: %s}
-    - {name: web2, address: %s}
-  witness: [%q]
-  resources:
-    - exec: %s
-      timeout: 5s
-`, n, listen, key, freePort(t, "tcp"), hb["web1"], hb["web2"], witness, script)
+		cfg := testbed.RunConfig{
+			Node:       n,
+			Listen:     listen,
+			KeyFile:    key,
+			Keepalive:  50 * time.Millisecond,
+			Deadtime:   300 * time.Millisecond,
+			AgentCheck: freePort(t, "tcp"),
+			Members:    []testbed.Member{{Name: "web1", Address: hb["web1"]}, {Name: "web2", Address: hb["web2"]}},
+			Witness:    []string{witness},
+			Resources:  []testbed.Resource{{Exec: script, Timeout: 5 * time.Second}},
+		}
 		p := filepath.Join(dir, n+".yaml")
-		if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		if err := cfg.Write(p); err != nil {
 			t.Fatal(err)
 		}
 		out[n] = runNode{cfg: p, state: state, listen: listen}
@@ -113,22 +110,20 @@ func waitCond(t *testing.T, what string, cond func() bool) {
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-func TestRunAndStatus(t *testing.T) {
-	w, err := net.Listen("tcp", "127.0.0.1:0")
+// startWitness runs a tcp:// witness (a listener that accepts and closes)
+// until the test ends and returns its address.
+func startWitness(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
-	go func() {
-		for {
-			c, err := w.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	nodes := writeRunConfigs(t, "tcp://"+w.Addr().String())
+	t.Cleanup(testbed.Serve(l, func(context.Context, net.Conn) {}))
+	return l.Addr().String()
+}
+
+func TestRunAndStatus(t *testing.T) {
+	nodes := writeRunConfigs(t, "tcp://"+startWitness(t))
 	stop1 := startRun(t, nodes["web1"].cfg)
 	startRun(t, nodes["web2"].cfg)
 	waitCond(t, "web1 holding its resource", func() bool { return exists(nodes["web1"].state) })

@@ -172,9 +172,13 @@ func printStatus(w io.Writer, st *orchestrator.Status) {
 	if len(st.Sync) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "SYNC JOB\tTARGET\tCONNECTED\tPENDING\tLAST SYNC\tLAST ERROR")
+		fmt.Fprintln(tw, "SYNC JOB\tTARGET\tCONNECTED\tPENDING\tLAST SYNC\tLAST VERIFIED\tLAST ERROR")
 		for _, s := range st.Sync {
-			fmt.Fprintf(tw, "%s\t%s\t%t\t%d\t%s\t%s\n", s.Job, s.Target, s.Connected, s.PendingFiles, ago(s.LastSync, now), dash(s.LastError))
+			lastErr := s.LastError
+			if s.Held != "" {
+				lastErr = fmt.Sprintf("HOLDING %d deletion(s): %s", s.HeldDeletes, s.Held)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%t\t%d\t%s\t%s\t%s\n", s.Job, s.Target, s.Connected, s.PendingFiles, ago(s.LastSync, now), ago(s.LastVerified, now), dash(lastErr))
 		}
 		tw.Flush()
 	}

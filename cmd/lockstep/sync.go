@@ -25,7 +25,7 @@ import (
 
 func newSyncCmd() *cobra.Command {
 	var path, jobName, metricsAddr string
-	var once bool
+	var once, allowMassDelete bool
 	cmd := &cobra.Command{
 		Use:   "sync -c FILE [--once] [--job NAME]",
 		Short: "Keep docroots identical on every node (the lsyncd + rsync replacement)",
@@ -34,6 +34,9 @@ job's targets within milliseconds. With --once it runs one reconciliation
 pass per job and exits 0 only when every target matches the source.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if allowMassDelete && !once {
+				return usageError(fmt.Errorf("--allow-mass-delete confirms one pass: use it with --once"))
+			}
 			f, err := loadConfig(path)
 			if err != nil {
 				return err
@@ -47,6 +50,9 @@ pass per job and exits 0 only when every target matches the source.`,
 			if err != nil {
 				return err
 			}
+			for _, sj := range jobs {
+				sj.job.AllowMassDelete(allowMassDelete)
+			}
 			if once {
 				return runSyncOnce(cmd.Context(), cmd.OutOrStdout(), jobs)
 			}
@@ -57,6 +63,7 @@ pass per job and exits 0 only when every target matches the source.`,
 	_ = cmd.MarkFlagRequired("config")
 	cmd.Flags().BoolVar(&once, "once", false, "run one reconciliation pass and exit (0: all targets match, 1: something differs)")
 	cmd.Flags().StringVar(&jobName, "job", "", "run only the sync job with this name")
+	cmd.Flags().BoolVar(&allowMassDelete, "allow-mass-delete", false, "with --once: confirm deletions the mass-deletion guard (max_delete, an empty source) holds")
 	// Not the config's `listen:`: that address belongs to `lockstep run`,
 	// which runs the sync jobs itself and serves their metrics.
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9431) when running standalone")
@@ -143,6 +150,9 @@ func runSyncOnce(ctx context.Context, out io.Writer, jobs []syncJob) error {
 				for _, p := range rep.Retry {
 					why = append(why, "changed while copying: "+p)
 				}
+			}
+			if r.Applied != nil && r.Applied.Held > 0 {
+				why = append(why, fmt.Sprintf("HELD %d deletion(s): %s; check the source, then confirm with --allow-mass-delete", r.Applied.Held, r.Applied.HeldReason))
 			}
 			if r.Verify != nil {
 				why = append(why, r.Verify.Changes...)

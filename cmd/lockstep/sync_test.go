@@ -110,3 +110,28 @@ func TestSyncDaemonStopsOnCancel(t *testing.T) {
 		t.Fatal("sync did not stop on cancellation")
 	}
 }
+
+// TestSyncOnceMassDeleteNeedsConfirmation: an empty source (an unmounted
+// volume) deletes nothing; the operator confirms with --allow-mass-delete.
+func TestSyncOnceMassDeleteNeedsConfirmation(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	for _, n := range []string{"a.html", "b.html", "c/d.css"} {
+		lsynctest.WriteFile(t, dst, n, "on the peer only", 0o644, time.Time{})
+	}
+	cfg := writeSyncConfig(t, src, map[string]string{"local": dst})
+	code, out := runCLI(t, "sync", "-c", cfg, "--once")
+	if code != exitFailure || !strings.Contains(out, "HELD 4 deletion(s): the source root is empty") {
+		t.Fatalf("code %d, output:\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "c", "d.css")); err != nil {
+		t.Fatalf("deleted without confirmation: %v", err)
+	}
+	if code, out := runCLI(t, "sync", "-c", cfg, "--allow-mass-delete"); code != exitUsage {
+		t.Fatalf("--allow-mass-delete without --once: code %d, output:\n%s", code, out)
+	}
+	code, out = runCLI(t, "sync", "-c", cfg, "--once", "--allow-mass-delete")
+	if code != exitOK {
+		t.Fatalf("confirmed: code %d, output:\n%s", code, out)
+	}
+	lsynctest.AssertTreesEqual(t, src, dst)
+}

@@ -288,7 +288,7 @@ func (c *Checker) checkTable(ctx context.Context, schema, name string) TableResu
 	if err != nil && ctx.Err() == nil {
 		tr.Status = StatusError
 		tr.Error = err.Error()
-		c.log.Warn("table comparison failed", "table", tr.Name(), "error", err)
+		c.log.Warn("table comparison failed", "table", tr.Name(), "err", err)
 	}
 	if tr.Status == StatusConsistent && tr.DiffCount > 0 {
 		tr.Status = StatusDrift

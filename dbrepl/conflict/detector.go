@@ -2,6 +2,10 @@
 // both sides of a master-master pair before either side had applied the
 // other's write: the writes that silently diverge the copies, or stop
 // replication with error 1062 or 1032.
+//
+// A Detector plugs into the supervisor as its dbrepl.ConflictSource and
+// runs as long as the supervisor's Run does. The binlog library's own log
+// records are routed through the detector's slog logger at debug level.
 package conflict
 
 import (
@@ -176,7 +180,7 @@ func (d *Detector) tail(ctx context.Context, i int) {
 	log := d.log.With("node", d.src[i].Name)
 	db, err := sql.Open("mysql", d.dsn[i].FormatDSN())
 	if err != nil {
-		log.Error("open", "error", err)
+		log.Error("open", "err", err)
 		return
 	}
 	defer db.Close()
@@ -194,10 +198,10 @@ func (d *Detector) tail(ctx context.Context, i int) {
 			// The position is gone (binlogs purged, or lost in a crash):
 			// resume from the server's current position instead of
 			// retrying a position that can never be served.
-			log.Warn("binlog position not available on the server, resuming from its current position", "error", err)
+			log.Warn("binlog position not available on the server, resuming from its current position", "err", err)
 			st.pos = nil
 		}
-		log.Warn("binlog reader stopped, reconnecting", "error", err, "in", backoff)
+		log.Warn("binlog reader stopped, reconnecting", "err", err, "in", backoff)
 		if time.Since(began) > maxBackoff {
 			backoff = time.Second
 		}
@@ -410,6 +414,24 @@ func lookupPK(ctx context.Context, db *sql.DB, tm *replication.TableMapEvent) (*
 	return p, rows.Err()
 }
 
+// debugOnly lowers every record of the binlog library to debug: it logs
+// each connection, with its whole configuration, and each close at info,
+// which floods the daemon's log on every reconnect. What an operator needs
+// (reading, stopped, reconnecting) the detector logs itself.
+type debugOnly struct{ h slog.Handler }
+
+func (d debugOnly) Enabled(ctx context.Context, _ slog.Level) bool {
+	return d.h.Enabled(ctx, slog.LevelDebug)
+}
+
+func (d debugOnly) Handle(ctx context.Context, r slog.Record) error {
+	r.Level = slog.LevelDebug
+	return d.h.Handle(ctx, r)
+}
+
+func (d debugOnly) WithAttrs(attrs []slog.Attr) slog.Handler { return debugOnly{d.h.WithAttrs(attrs)} }
+func (d debugOnly) WithGroup(name string) slog.Handler       { return debugOnly{d.h.WithGroup(name)} }
+
 // syncerConfig turns a go-sql-driver DSN into a binlog reader config.
 func syncerConfig(cfg *mysql.Config, serverID uint32, log *slog.Logger) (replication.BinlogSyncerConfig, error) {
 	sc := replication.BinlogSyncerConfig{
@@ -420,7 +442,7 @@ func syncerConfig(cfg *mysql.Config, serverID uint32, log *slog.Logger) (replica
 		// Heartbeats let a dead connection be noticed by the read timeout.
 		HeartbeatPeriod: time.Second,
 		ReadTimeout:     5 * time.Second,
-		Logger:          log.With("component", "binlogsyncer"),
+		Logger:          slog.New(debugOnly{log.Handler()}).With("component", "binlogsyncer"),
 		// Reconnecting is done by the caller, from its own position, so
 		// that a node that stays down does not keep a goroutine spinning
 		// inside the syncer.

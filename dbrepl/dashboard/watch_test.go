@@ -1,12 +1,10 @@
 package dashboard
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,25 +14,8 @@ import (
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/integration/poll"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 )
-
-// syncBuffer collects what the terminal shows.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -58,7 +39,7 @@ func TestWatchInPseudoTerminal(t *testing.T) {
 			}
 			flagsBefore, _ := unix.FcntlInt(tty.Fd(), unix.F_GETFL, 0)
 
-			var screen syncBuffer
+			var screen testbed.Buffer
 			copied := make(chan struct{})
 			go func() {
 				defer close(copied)
@@ -119,7 +100,7 @@ func TestWatchInPseudoTerminal(t *testing.T) {
 
 func TestWatchPlainOutput(t *testing.T) {
 	in, inw := io.Pipe()
-	var out syncBuffer
+	var out testbed.Buffer
 	var n atomic.Int32
 	fetch := func(context.Context) (dbrepl.PairStatus, error) {
 		if n.Add(1) == 2 {
@@ -150,7 +131,7 @@ func TestWatchPlainOutput(t *testing.T) {
 
 func TestWatchStopsOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out testbed.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- Watch(ctx, strings.NewReader(""), &out, func(context.Context) (dbrepl.PairStatus, error) { return healthy(), nil },

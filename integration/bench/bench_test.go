@@ -16,6 +16,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/lockstep-ha/lockstep/config"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 	"github.com/lockstep-ha/lockstep/lsync"
 )
 
@@ -145,19 +146,7 @@ func TestCountingProxyCountsBothWaysAndCutsConnectionsOnStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer backend.Close()
-	go func() {
-		for {
-			c, err := backend.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c) // echo
-			}()
-		}
-	}()
+	defer testbed.Serve(backend, func(_ context.Context, c net.Conn) { _, _ = io.Copy(c, c) })() // echo
 	p := NewCountingProxy(backend.Addr().String())
 	if err := p.Start(); err != nil {
 		t.Fatal(err)

@@ -20,24 +20,24 @@ import (
 	"sync"
 	"time"
 
-	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
+	"github.com/lockstep-ha/lockstep/internal/testbed/mariadb"
 )
 
 // dbEnv is a MariaDB pair plus the lockstep config that points at it.
 type dbEnv struct {
-	pair *mariadbpair.Pair
+	pair *mariadb.Pair
 	dir  string
 }
 
 func (e *Env) startPair(ctx context.Context, name string) (*dbEnv, error) {
-	if err := mariadbpair.Available(); err != nil {
+	if err := mariadb.Available(); err != nil {
 		return nil, skipf("MariaDB pair unavailable: %v", err)
 	}
 	dir, err := e.scenarioDir(name)
 	if err != nil {
 		return nil, err
 	}
-	p, err := mariadbpair.New(ctx, mariadbpair.Options{})
+	p, err := mariadb.New(ctx, mariadb.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("start MariaDB pair: %w", err)
 	}
@@ -160,7 +160,7 @@ func runLag(ctx context.Context, e *Env, res *Result) error {
 		return err
 	}
 	metricsURL := "http://" + metricsAddr + "/metrics"
-	sup, err := StartProc("lockstep repl supervise", filepath.Join(d.dir, "supervise.log"), nil, e.Lockstep, "repl", "supervise", "-c", cfg, "--metrics", metricsAddr)
+	sup, err := StartProc("lockstep repl supervise", filepath.Join(d.dir, "supervise.log"), nil, e.Lockstep, "repl", "supervise", "-c", cfg, "--metrics-addr", metricsAddr)
 	if err != nil {
 		return err
 	}
@@ -377,7 +377,7 @@ func runChecksum(ctx context.Context, e *Env, res *Result) error {
 	defer d.close()
 	db1, db2 := d.pair.Nodes[0], d.pair.Nodes[1]
 	// The checksum reads every table: the monitoring user needs SELECT.
-	if err := execOnOneConn(ctx, db1.DB, "CREATE DATABASE sbtest", fmt.Sprintf("GRANT SELECT ON *.* TO '%s'@'%%'", mariadbpair.MonitorUser)); err != nil {
+	if err := execOnOneConn(ctx, db1.DB, "CREATE DATABASE sbtest", fmt.Sprintf("GRANT SELECT ON *.* TO '%s'@'%%'", mariadb.MonitorUser)); err != nil {
 		return err
 	}
 	sz := e.Sizes

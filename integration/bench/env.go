@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/crypto/ssh/knownhosts"
 
-	"github.com/lockstep-ha/lockstep/integration/sshdtest"
+	"github.com/lockstep-ha/lockstep/internal/testbed/sshd"
 )
 
 // Sizes are the scenario parameters; smoke mode shrinks every one.
@@ -28,6 +28,9 @@ type Sizes struct {
 	ChecksumTables     int
 	ChecksumRows       int
 	FailoverRuns       int
+	ChurnRounds        int // scenario 10
+	ChurnOps           int
+	ChurnTimeout       time.Duration // per round; past it the round is "never"
 	ConvergeTimeout    time.Duration
 	BigTreeTimeout     time.Duration // initial sync of the big tree
 	// ProbeWait bounds the same-second rewrite probe (scenario 6): a tool
@@ -45,7 +48,8 @@ func fullSizes() Sizes {
 		OutageChanges:  1_000,
 		FenceRuns:      20,
 		ChecksumTables: 4, ChecksumRows: 250_000,
-		FailoverRuns:    20,
+		FailoverRuns: 20,
+		ChurnRounds:  5, ChurnOps: 3000, ChurnTimeout: 30 * time.Second,
 		ConvergeTimeout: 3 * time.Minute,
 		BigTreeTimeout:  5 * time.Minute,
 		ProbeWait:       10 * time.Second,
@@ -62,7 +66,8 @@ func smokeSizes() Sizes {
 		OutageChanges:  50,
 		FenceRuns:      2,
 		ChecksumTables: 1, ChecksumRows: 1_000,
-		FailoverRuns:    1,
+		FailoverRuns: 1,
+		ChurnRounds:  1, ChurnOps: 300, ChurnTimeout: 20 * time.Second,
 		ConvergeTimeout: 30 * time.Second,
 		BigTreeTimeout:  30 * time.Second,
 		ProbeWait:       3 * time.Second,
@@ -72,7 +77,7 @@ func smokeSizes() Sizes {
 // sshEnv is the one loopback sshd both tools talk to, behind the counting
 // proxy.
 type sshEnv struct {
-	server *sshdtest.Server
+	server *sshd.Server
 	proxy  *CountingProxy
 	peer   SSHPeer
 }
@@ -82,14 +87,14 @@ func (e *Env) SSH() (*sshEnv, error) {
 	if e.ssh != nil {
 		return e.ssh, nil
 	}
-	if _, err := os.Stat(sshdtest.SSHDPath); err != nil {
-		return nil, skipf("OpenSSH server not installed (%s): install openssh-server", sshdtest.SSHDPath)
+	if _, err := os.Stat(sshd.Path); err != nil {
+		return nil, skipf("OpenSSH server not installed (%s): install openssh-server", sshd.Path)
 	}
 	dir := filepath.Join(e.Dir, "sshd")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	srv, err := sshdtest.New(dir)
+	srv, err := sshd.New(dir)
 	if err != nil {
 		return nil, fmt.Errorf("start sshd: %w", err)
 	}

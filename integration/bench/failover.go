@@ -14,7 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lockstep-ha/lockstep/integration/netns"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
+	"github.com/lockstep-ha/lockstep/internal/testbed/netns"
 )
 
 // keepalivedMasterDown is keepalived's documented master-down interval for
@@ -77,16 +78,7 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 	if err != nil {
 		return err
 	}
-	defer witness.Close()
-	go func() {
-		for {
-			c, err := witness.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	defer testbed.Serve(witness, func(context.Context, net.Conn) {})()
 	keyFile := filepath.Join(base, "cluster.key")
 	secret := make([]byte, 48)
 	_, _ = rand.Read(secret)
@@ -127,18 +119,21 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 		if err := os.WriteFile(script, []byte(fmt.Sprintf(failoverResource, n.state)), 0o755); err != nil {
 			return err
 		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "node: %s\nlisten: %q\ncluster:\n  key_file: %q\n  witness: [\"tcp://%s\"]\n  nodes:\n", n.name, listens[i], keyFile, witness.Addr())
+		cfg := testbed.RunConfig{
+			Node:    n.name,
+			Listen:  listens[i],
+			KeyFile: keyFile,
+			Witness: []string{"tcp://" + witness.Addr().String()},
+		}
 		for j := range nodes {
-			fmt.Fprintf(&b, "    - {name: n%d, address: %q}\n", j+1, addrs[j])
+			cfg.Members = append(cfg.Members, testbed.Member{Name: fmt.Sprintf("n%d", j+1), Address: addrs[j]})
 		}
-		b.WriteString("  resources:\n")
 		if vn != nil {
-			fmt.Fprintf(&b, "    - {ipaddr: %q, dev: %s}\n", vn.Prefix(100), netns.Dev)
+			cfg.Resources = append(cfg.Resources, testbed.Resource{VIP: vn.Prefix(100).String(), Dev: netns.Dev})
 		}
-		fmt.Fprintf(&b, "    - exec: %q\n      timeout: 5s\n", script)
+		cfg.Resources = append(cfg.Resources, testbed.Resource{Exec: script, Timeout: 5 * time.Second})
 		n.cfg = filepath.Join(n.dir, "lockstep.yaml")
-		if err := os.WriteFile(n.cfg, []byte(b.String()), 0o600); err != nil {
+		if err := cfg.Write(n.cfg); err != nil {
 			return err
 		}
 		n.argv = []string{e.Lockstep, "run", "-c", n.cfg}

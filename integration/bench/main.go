@@ -7,6 +7,8 @@
 // lockstep is driven through its built binary with generated configs, like
 // an admin would run it. A scenario whose anchor tool is missing is
 // reported as skipped with the reason; a harness error fails the run.
+// The servers, network namespaces, child processes and run configs come
+// from internal/testbed, as for the tests and the playground.
 package main
 
 import (
@@ -58,7 +60,8 @@ func scenarios() []scenario {
 		{7, "Replication lag measurement and fencing", runLag, 5 * time.Minute},
 		{8, "Checksum: lockstep repl checksum vs pt-table-checksum", runChecksum, 6 * time.Minute},
 		{9, "Failover: writer daemon killed → VIP answering on the survivor", runFailover, 5 * time.Minute},
-		{10, "Resource death: service killed → answering through the VIP again", runResourceDeath, 5 * time.Minute},
+		{10, "Churn: thousands of random changes, moves across the tree", runChurn, 6 * time.Minute},
+		{11, "Resource death: service killed → answering through the VIP again", runResourceDeath, 5 * time.Minute},
 	}
 }
 

@@ -15,7 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lockstep-ha/lockstep/integration/netns"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
+	"github.com/lockstep-ha/lockstep/internal/testbed/netns"
 )
 
 // The service behind the VIP in scenario 10: socat answering every TCP
@@ -192,16 +193,7 @@ func measureLockstepResource(ctx context.Context, e *Env, base string, runs, han
 	if err != nil {
 		return nil, nil, err
 	}
-	defer witness.Close()
-	go func() {
-		for {
-			c, err := witness.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	defer testbed.Serve(witness, func(context.Context, net.Conn) {})()
 	nodes, err := newSvcNodes(base, "lockstep", vn)
 	if err != nil {
 		return nil, nil, err
@@ -214,16 +206,22 @@ func measureLockstepResource(ctx context.Context, e *Env, base string, runs, han
 	procs := make([]*Proc, 2)
 	cfgs := make([]string, 2)
 	for i, n := range nodes {
-		var b strings.Builder
-		fmt.Fprintf(&b, "node: %s\nlisten: %q\ncluster:\n  key_file: %q\n  witness: [\"tcp://%s\"]\n  nodes:\n", n.name,
-			net.JoinHostPort(n.ns.Addr.String(), "9430"), keyFile, witness.Addr())
-		for _, o := range nodes {
-			fmt.Fprintf(&b, "    - {name: %s, address: %q}\n", o.name, net.JoinHostPort(o.ns.Addr.String(), "7001"))
+		cfg := testbed.RunConfig{
+			Node:    n.name,
+			Listen:  net.JoinHostPort(n.ns.Addr.String(), "9430"),
+			KeyFile: keyFile,
+			Witness: []string{"tcp://" + witness.Addr().String()},
+			Resources: []testbed.Resource{
+				{VIP: vn.Prefix(100).String(), Dev: netns.Dev},
+				{Exec: n.script, Timeout: 5 * time.Second, Extra: []string{
+					"monitor_interval: " + trackInterval.String(), "monitor_timeout: 2s", "max_restarts: 1000"}},
+			},
 		}
-		fmt.Fprintf(&b, "  resources:\n    - {ipaddr: %q, dev: %s}\n", vn.Prefix(100), netns.Dev)
-		fmt.Fprintf(&b, "    - exec: %q\n      timeout: 5s\n      monitor_interval: %s\n      monitor_timeout: 2s\n      max_restarts: 1000\n", n.script, trackInterval)
+		for _, o := range nodes {
+			cfg.Members = append(cfg.Members, testbed.Member{Name: o.name, Address: net.JoinHostPort(o.ns.Addr.String(), "7001")})
+		}
 		cfgs[i] = filepath.Join(n.dir, "lockstep.yaml")
-		if err := os.WriteFile(cfgs[i], []byte(b.String()), 0o600); err != nil {
+		if err := cfg.Write(cfgs[i]); err != nil {
 			return nil, nil, err
 		}
 		p, err := StartProc("lockstep run "+n.name, filepath.Join(n.dir, "run.log"), nil, "ip", "netns", "exec", n.ns.NS, e.Lockstep, "run", "-c", cfgs[i])

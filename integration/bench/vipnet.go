@@ -5,7 +5,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/lockstep-ha/lockstep/integration/netns"
+	"github.com/lockstep-ha/lockstep/internal/testbed/netns"
 )
 
 // whoAnswers asks http://addr/status from inside from's namespace (the

@@ -17,6 +17,7 @@ import (
 
 	"github.com/lockstep-ha/lockstep/integration/netns"
 	"github.com/lockstep-ha/lockstep/integration/poll"
+	"github.com/lockstep-ha/lockstep/internal/testbed"
 )
 
 func needPing(t *testing.T) {
@@ -217,7 +218,7 @@ func listNS(t *testing.T, prefix string) []string {
 func TestWitnessServeTCP(t *testing.T) {
 	t.Parallel()
 	nw := netns.New(t, 1)
-	addr := nw.Witness().ServeTCP(t)
+	addr := netns.ServeTCP(t, nw.Witness())
 	c, err := nw.Node(1).DialContext(t.Context(), "tcp", addr)
 	if err != nil {
 		t.Fatalf("dial witness %s from n1: %v", addr, err)
@@ -248,25 +249,8 @@ func TestForward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := host.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		host.Close()
-		<-done
-	})
-	addr := n1.Forward(t, net.JoinHostPort(n1.Addr.String(), "0"), host.Addr().String())
+	t.Cleanup(testbed.Serve(host, func(_ context.Context, c net.Conn) { _, _ = io.Copy(c, c) }))
+	addr := netns.Forward(t, n1, net.JoinHostPort(n1.Addr.String(), "0"), host.Addr().String())
 
 	echo := func(from *netns.Node) error {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)

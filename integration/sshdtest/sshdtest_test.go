@@ -64,7 +64,7 @@ func TestServerLifecycle(t *testing.T) {
 	if err := sess.RequestSubsystem("sftp"); err != nil {
 		t.Fatalf("sftp subsystem: %v", err)
 	}
-	children := descendants(s.cmd.Process.Pid)
+	children := s.Sessions()
 	if len(children) == 0 {
 		t.Fatal("no session process found under sshd")
 	}
@@ -107,7 +107,7 @@ func TestServerLifecycle(t *testing.T) {
 		t.Errorf("sshd logged errors: %s", logs)
 	}
 
-	pid := s.cmd.Process.Pid
+	pid := s.PID()
 	if err := s.Kill(); err != nil {
 		t.Fatal(err)
 	}

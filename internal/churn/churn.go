@@ -381,3 +381,32 @@ func (t *Tree) symlink() error {
 	t.files[rel] = true
 	return nil
 }
+
+// Rounds is the number of seeds a churn model test runs: def in `make
+// test`, LOCKSTEP_SOAK_ROUNDS under `make soak`.
+func Rounds(def int) (int, error) {
+	v := os.Getenv("LOCKSTEP_SOAK_ROUNDS")
+	if v == "" {
+		return def, nil
+	}
+	var n int
+	if _, err := fmt.Sscanf(v, "%d", &n); err != nil || n < 1 {
+		return 0, fmt.Errorf("LOCKSTEP_SOAK_ROUNDS=%q: want a positive number", v)
+	}
+	return n, nil
+}
+
+// ConvergeWithin is how soon after the last change of a burst the target
+// must be identical: def, or LOCKSTEP_CONVERGE_WITHIN, so that a soak on a
+// loaded machine can widen it without editing the tests.
+func ConvergeWithin(def time.Duration) (time.Duration, error) {
+	v := os.Getenv("LOCKSTEP_CONVERGE_WITHIN")
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("LOCKSTEP_CONVERGE_WITHIN: %w", err)
+	}
+	return d, nil
+}

@@ -230,6 +230,20 @@ func (t *Target) Walk(ctx context.Context, sub string, fn func(lsync.Entry) erro
 				return err
 			}
 		}
+		if d.IsDir() {
+			// WalkDir would report an unreadable directory only after
+			// fn saw it: look first, and leave it out.
+			f, err := t.root.Open(p)
+			if err == nil {
+				_ = f.Close()
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				e.ListErr = err
+				if err := fn(e); err != nil && !errors.Is(err, fs.SkipDir) {
+					return err
+				}
+				return fs.SkipDir
+			}
+		}
 		return fn(e)
 	})
 }

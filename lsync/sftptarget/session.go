@@ -449,6 +449,23 @@ func (w *walker) walk(ctx context.Context, rel string, l *listing, fn func(lsync
 		}
 	}
 	for _, e := range l.entries {
+		if e.Mode.IsDir() {
+			// Look at the listing before fn sees the directory: one that
+			// cannot be listed is reported as such and left out.
+			sl := subs[e.Path]
+			select {
+			case <-sl.done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if sl.err != nil && !errors.Is(sl.err, fs.ErrNotExist) && !errors.Is(sl.err, lsync.ErrDisconnected) {
+				e.ListErr = sl.err
+				if err := fn(e); err != nil && !errors.Is(err, fs.SkipDir) {
+					return err
+				}
+				continue
+			}
+		}
 		err := fn(e)
 		if e.Mode.IsDir() && errors.Is(err, fs.SkipDir) {
 			continue

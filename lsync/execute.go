@@ -1,0 +1,322 @@
+package lsync
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// errSourceChanged means a file changed while it was being copied; it is
+// retried after the next quiet period instead of landing half-written.
+var errSourceChanged = errors.New("source file changed during copy")
+
+// execute runs ops: deletions, then directories (parents first), then
+// files, links and attributes concurrently, then directory mtimes (deepest
+// first, since writing into a directory changes its mtime).
+func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes []Entry, rep *Report, full bool) error {
+	var removes, mkdirs []op
+	var totalBytes int64
+	// rest reuses ops' array (it never gets ahead of the loop): a pass
+	// over a big tree should not hold its list of operations twice.
+	rest := ops[:0]
+	for _, o := range ops {
+		switch o.kind {
+		case opRemove:
+			removes = append(removes, o)
+		case opMkdir:
+			mkdirs = append(mkdirs, o)
+		default:
+			rest = append(rest, o)
+			if o.kind == opUpload {
+				totalBytes += o.src.Size
+			}
+		}
+	}
+	touched := map[string]bool{}
+	var mu sync.Mutex
+	fail := func(o op, err error) error {
+		if errors.Is(err, ErrDisconnected) || ctx.Err() != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if errors.Is(err, errSourceChanged) || errors.Is(err, fs.ErrNotExist) && o.kind == opUpload {
+			// Being written, or gone meanwhile: look again after the next
+			// quiet period (its events are on their way too).
+			rep.Retry = append(rep.Retry, o.path)
+			return nil
+		}
+		rep.Errors = append(rep.Errors, &PathError{Path: o.path, Op: opNames[o.kind], Err: err})
+		return nil
+	}
+	done := func(o op, bytes int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		rep.count(o, bytes)
+		if rep.wantsNote() {
+			rep.note(o.String())
+		}
+		if o.reason == reasonMissing {
+			r.targetEntries.Add(1) // the guard's base grows with the tree
+		}
+		touched[parentOf(o.path)] = true
+		if o.kind == opMkdir {
+			touched[o.path] = true
+		}
+	}
+
+	// Progress for large passes.
+	var filesDone, bytesDone atomic.Int64
+	filesTotal := len(rest)
+	if full && (len(rest) > 1000 || totalBytes > 256<<20) {
+		every := r.ProgressEvery
+		if every == 0 {
+			every = 10 * time.Second
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					r.Logger.Info("reconcile progress",
+						"files_done", filesDone.Load(), "files_total", filesTotal,
+						"bytes_done", bytesDone.Load(), "bytes_total", totalBytes)
+				}
+			}
+		}()
+		defer func() { close(stop); wg.Wait() }()
+	}
+
+	// Topmost first; RemoveAll of a directory takes its children along.
+	sort.Slice(removes, func(i, j int) bool { return removes[i].path < removes[j].path })
+	removed := map[string]bool{}
+	for _, o := range removes {
+		if coveredBy(o.path, removed) {
+			continue
+		}
+		removed[o.path] = true
+		if err := t.RemoveAll(ctx, o.path); err != nil {
+			if err := fail(o, err); err != nil {
+				return err
+			}
+			continue
+		}
+		done(o, 0)
+	}
+	// Directories one depth level at a time, each level concurrently:
+	// every parent exists before its children are created, and a level
+	// of a wide tree costs one round trip time instead of one per entry.
+	for _, level := range byDepth(mkdirs, func(o op) string { return o.path }, false) {
+		err := parallel(ctx, r.Concurrency, len(level), func(i int) error {
+			o := level[i]
+			if err := t.Mkdir(ctx, o.path, o.src.Mode); err != nil {
+				return fail(o, err)
+			}
+			done(o, 0)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	err := parallel(ctx, r.Concurrency, len(rest), func(i int) error {
+		o := rest[i]
+		var err error
+		var n int64
+		switch o.kind {
+		case opUpload:
+			n, err = r.upload(ctx, t, o.path)
+			if err == nil && r.OnTransfer != nil {
+				r.OnTransfer(n)
+			}
+			filesDone.Add(1)
+			bytesDone.Add(n)
+		case opSymlink:
+			err = t.Symlink(ctx, o.path, o.src.LinkTarget)
+		case opChmod:
+			err = t.Chmod(ctx, o.path, o.src.Mode)
+		case opChtimes:
+			err = t.Chtimes(ctx, o.path, o.src.ModTime)
+		}
+		if err != nil {
+			return fail(o, err)
+		}
+		done(o, n)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	ops, removes, mkdirs, rest = nil, nil, nil, nil
+	// Directory mtimes, deepest first. Directories we wrote into get the
+	// source's mtime back; others only where they differed.
+	want := map[string]Entry{}
+	for _, d := range dirTimes {
+		want[d.Path] = d
+	}
+	for d := range touched {
+		if d == "" {
+			continue
+		}
+		if _, ok := want[d]; ok {
+			continue
+		}
+		if e, _ := r.Source.Lstat(d); e != nil && e.Mode.IsDir() {
+			want[d] = *e
+		}
+	}
+	list := make([]Entry, 0, len(want))
+	for _, e := range want {
+		list = append(list, e)
+	}
+	// All writes are done; a level runs concurrently (setting a
+	// directory's mtime leaves its siblings' and parent's alone), and the
+	// deepest level first, so a parent's mtime is set after its children
+	// changed.
+	for _, level := range byDepth(list, func(e Entry) string { return e.Path }, true) {
+		err := parallel(ctx, r.Concurrency, len(level), func(i int) error {
+			e := level[i]
+			if err := t.Chtimes(ctx, e.Path, e.ModTime); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return fail(op{kind: opChtimes, path: e.Path}, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// byDepth groups items by the depth of their path, shallowest level first
+// (or deepest first when deepest is set), each level sorted by path.
+func byDepth[T any](items []T, pathOf func(T) string, deepest bool) [][]T {
+	levels := map[int][]T{}
+	var depths []int
+	for _, it := range items {
+		d := strings.Count(pathOf(it), "/")
+		if _, ok := levels[d]; !ok {
+			depths = append(depths, d)
+		}
+		levels[d] = append(levels[d], it)
+	}
+	sort.Ints(depths)
+	if deepest {
+		slices.Reverse(depths)
+	}
+	out := make([][]T, 0, len(depths))
+	for _, d := range depths {
+		l := levels[d]
+		sort.Slice(l, func(i, j int) bool { return pathOf(l[i]) < pathOf(l[j]) })
+		out = append(out, l)
+	}
+	return out
+}
+
+// coveredBy reports whether an ancestor of p is in dirs.
+func coveredBy(p string, dirs map[string]bool) bool {
+	for d := parentOf(p); d != ""; d = parentOf(d) {
+		if dirs[d] {
+			return true
+		}
+	}
+	return false
+}
+
+// upload copies one file; the reader fails instead of hitting EOF if the
+// file changed while being read, so a half-written file never lands.
+func (r *Reconciler) upload(ctx context.Context, t Target, rel string) (int64, error) {
+	f, err := r.Source.openFile(rel)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return 0, errSourceChanged // became a symlink meanwhile
+		}
+		return 0, err
+	}
+	defer f.Close()
+	before, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if !before.Mode().IsRegular() {
+		return 0, errSourceChanged
+	}
+	sr := &stableReader{f: f, before: before}
+	if err := t.WriteFile(ctx, rel, sr, before.Mode(), before.ModTime()); err != nil {
+		if sr.changed {
+			return 0, errSourceChanged
+		}
+		return 0, err
+	}
+	r.rememberLanded(Entry{Path: rel, Size: before.Size(), ModTime: before.ModTime()})
+	return sr.n, nil
+}
+
+type stableReader struct {
+	f       *os.File
+	before  fs.FileInfo
+	n       int64
+	changed bool
+}
+
+func (s *stableReader) Read(p []byte) (int, error) {
+	n, err := s.f.Read(p)
+	s.n += int64(n)
+	if err == io.EOF {
+		after, serr := s.f.Stat()
+		if serr != nil {
+			return n, serr
+		}
+		if s.n != s.before.Size() || after.Size() != s.before.Size() || !after.ModTime().Equal(s.before.ModTime()) {
+			s.changed = true
+			return n, errSourceChanged
+		}
+	}
+	return n, err
+}
+
+// parallel runs fn(0..n-1) on up to limit goroutines; the first error
+// cancels the rest.
+func parallel(ctx context.Context, limit, n int, fn func(i int) error) error {
+	if n == 0 {
+		return nil
+	}
+	if limit < 1 {
+		limit = 1
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(limit)
+	for i := 0; i < n; i++ {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error { return fn(i) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}

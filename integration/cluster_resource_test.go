@@ -579,3 +579,43 @@ func TestClusterResourceFailedStandbyLagging(t *testing.T) {
 		t.Errorf("no hand-over event in %s", st.raw)
 	}
 }
+
+// TestClusterWriterLinkDown: the writer's link loses its carrier. The
+// address monitor sees it at once and the writer releases; the survivor
+// takes over on the usual timing; once the link is back the failure is
+// lifted by itself (no `lockstep clear`), like keepalived's
+// track_interface.
+func TestClusterWriterLinkDown(t *testing.T) {
+	c := newCluster(t, 2, nil)
+	c.startAll()
+	w := c.waitWriter(15 * time.Second)
+	s := c.other(w)
+	c.nw.Partition(w.idx)
+	cut := time.Now()
+	waitFor(t, 5*time.Second, w.node.Name+" released the VIP", func() bool { return !w.holdsVIP() })
+	released := time.Since(cut)
+	waitFor(t, 10*time.Second, s.node.Name+" took the VIP", s.holdsVIP)
+	t.Logf("carrier lost: %s released the VIP after %s, %s took it after %s", w.node.Name, released.Round(time.Millisecond), s.node.Name, time.Since(cut).Round(time.Millisecond))
+	if released > c.deadtime {
+		t.Errorf("release after %s, want before deadtime %s (the link event)", released, c.deadtime)
+	}
+	st, err := w.status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.findEvent("resource", "link is", "until it recovers"); !ok {
+		t.Errorf("no link-down event in %s", st.raw)
+	}
+	c.nw.Heal(w.idx)
+	waitFor(t, 5*time.Second, w.node.Name+" eligible again", func() bool {
+		st, err := w.status(t.Context())
+		if err != nil {
+			return false
+		}
+		_, lifted := st.findEvent("resource", "its cause is gone")
+		return lifted && strings.Contains(string(st.raw), `"eligible": true`)
+	})
+	if got := c.waitWriter(10 * time.Second); got != s {
+		t.Errorf("writer after heal %s, want %s", got.node.Name, s.node.Name)
+	}
+}

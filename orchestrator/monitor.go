@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -133,6 +134,10 @@ const (
 type checkFailure struct {
 	how recovery
 	err error
+	// gone, when set, reports that the cause went away by itself (a link
+	// back up): the failure is then lifted without `lockstep clear`, as
+	// keepalived's track_interface does.
+	gone func() bool
 }
 
 // monitor maps LSB status: 0 running, 3 not running; any other code, a
@@ -142,9 +147,9 @@ func (e *Exec) monitor(ctx context.Context) *checkFailure {
 	ok, err := e.Running(ctx)
 	switch {
 	case err != nil:
-		return &checkFailure{recoverRestart, err}
+		return &checkFailure{how: recoverRestart, err: err}
 	case !ok:
-		return &checkFailure{recoverRestart, fmt.Errorf("%s status exited 3 (not running)", e.script)}
+		return &checkFailure{how: recoverRestart, err: fmt.Errorf("%s status exited 3 (not running)", e.script)}
 	}
 	return nil
 }
@@ -153,23 +158,32 @@ func (e *Exec) monitor(ctx context.Context) *checkFailure {
 // again does not help, so that is a failure to hand over; an address
 // removed by hand (ip addr flush, a network manager) is added back.
 func (a *IPAddr) monitor(ctx context.Context) *checkFailure {
+	if err := a.linkDown(); err != nil {
+		return &checkFailure{how: recoverNone, err: err, gone: func() bool { return a.linkDown() == nil }}
+	}
+	present, err := a.Running(ctx)
+	if err != nil {
+		return &checkFailure{how: recoverReadd, err: err}
+	}
+	if !present {
+		return &checkFailure{how: recoverReadd, err: fmt.Errorf("address %s vanished from %s", a.prefix, a.dev)}
+	}
+	return nil
+}
+
+// linkDown says why the address's interface cannot carry it, nil when it
+// is up with a carrier.
+func (a *IPAddr) linkDown() error {
 	l, err := a.link()
 	if err != nil {
-		return &checkFailure{recoverNone, err}
+		return err
 	}
 	attrs := l.Attrs()
 	switch {
 	case attrs.Flags&net.FlagUp == 0:
-		return &checkFailure{recoverNone, fmt.Errorf("interface %s is administratively down", a.dev)}
+		return fmt.Errorf("interface %s is administratively down", a.dev)
 	case attrs.OperState == netlink.OperDown || attrs.OperState == netlink.OperLowerLayerDown || attrs.OperState == netlink.OperNotPresent:
-		return &checkFailure{recoverNone, fmt.Errorf("interface %s link is %s", a.dev, attrs.OperState)}
-	}
-	present, err := a.Running(ctx)
-	if err != nil {
-		return &checkFailure{recoverReadd, err}
-	}
-	if !present {
-		return &checkFailure{recoverReadd, fmt.Errorf("address %s vanished from %s", a.prefix, a.dev)}
+		return fmt.Errorf("interface %s link is %s", a.dev, attrs.OperState)
 	}
 	return nil
 }
@@ -190,9 +204,8 @@ type monitorSet struct {
 	runs     map[int]*monitorRun
 	gen      uint64
 	pending  map[int]monitorFailure
-	// retired: runs that reported and are winding down (an address
-	// watcher notices its cancellation within its receive timeout); the
-	// recovery does not wait for them, stop does.
+	// retired: runs that reported and are winding down; the recovery
+	// does not wait for them, stop does.
 	retired []chan struct{}
 	// gaveUp: resources whose failure this node recorded while keeping
 	// the writer role (no eligible peer); restarted once it is lifted.
@@ -299,31 +312,31 @@ func (s *monitorSet) watch(ctx context.Context, idx int, gen uint64, m *monitore
 }
 
 // watchAddrEvents signals changed (without blocking) on every address or
-// link notification of the kernel, until ctx ends. The socket polls with
-// a short receive timeout so that ctx is noticed: closing a netlink
-// socket does not wake a blocked receive.
+// link notification of the kernel, until ctx ends. The socket goes
+// through Go's poller, so ctx ends the read at once: a release waits for
+// this goroutine, and the self-fence's timing budget has no room for a
+// polling interval.
 func watchAddrEvents(ctx context.Context, changed chan<- struct{}) error {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
 	sa := &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV6_IFADDR}
 	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
 		return err
 	}
-	tv := unix.Timeval{Usec: 200_000}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return err
-	}
+	f := os.NewFile(uintptr(fd), "netlink-route")
+	defer f.Close()
+	defer context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(time.Now()) })()
 	buf := make([]byte, 32<<10)
-	for ctx.Err() == nil {
-		_, _, err := unix.Recvfrom(fd, buf, 0)
-		switch {
-		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
-			continue
-		case err != nil && !errors.Is(err, unix.ENOBUFS):
-			// ENOBUFS: notifications were lost; checking is the answer.
+	for {
+		_, err := f.Read(buf)
+		if ctx.Err() != nil {
+			return nil
+		}
+		// ENOBUFS: notifications were lost; checking is the answer.
+		if err != nil && !errors.Is(err, unix.ENOBUFS) {
 			return err
 		}
 		select {
@@ -331,7 +344,6 @@ func watchAddrEvents(ctx context.Context, changed chan<- struct{}) error {
 		default:
 		}
 	}
-	return nil
 }
 
 // next returns the failure to handle now: the current runs' reports, the
@@ -398,6 +410,10 @@ type ResourceFailure struct {
 	Reason   string    `json:"reason"`
 	Since    time.Time `json:"since"`
 	Expires  time.Time `json:"expires,omitzero"` // zero: only `lockstep clear` lifts it
+	// UntilRecovered: lifted as soon as the cause is gone (a link back
+	// up), not only by clear or expiry.
+	UntilRecovered bool `json:"until_recovered,omitempty"`
+	gone           func() bool
 }
 
 type resourceFailure = ResourceFailure
@@ -438,10 +454,10 @@ func (h *resourceHealth) restartCount(name string, window time.Duration, now tim
 	return n
 }
 
-func (h *resourceHealth) fail(name, reason string, now time.Time, timeout time.Duration) {
+func (h *resourceHealth) fail(name, reason string, now time.Time, timeout time.Duration, gone func() bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	f := resourceFailure{Resource: name, Reason: reason, Since: now}
+	f := resourceFailure{Resource: name, Reason: reason, Since: now, UntilRecovered: gone != nil, gone: gone}
 	if timeout > 0 {
 		f.Expires = now.Add(timeout)
 	}
@@ -469,19 +485,24 @@ func (h *resourceHealth) clear(name string) []string {
 	return out
 }
 
-// expire drops failures past their failure_timeout and returns them.
-func (h *resourceHealth) expire(now time.Time) []resourceFailure {
+// expire drops failures past their failure_timeout, and those whose
+// cause went away, and returns them.
+func (h *resourceHealth) expire(now time.Time) (expired, recovered []resourceFailure) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var out []resourceFailure
 	for n, f := range h.failed {
-		if !f.Expires.IsZero() && !now.Before(f.Expires) {
-			out = append(out, f)
-			delete(h.failed, n)
-			delete(h.restarts, n)
+		switch {
+		case !f.Expires.IsZero() && !now.Before(f.Expires):
+			expired = append(expired, f)
+		case f.gone != nil && f.gone():
+			recovered = append(recovered, f)
+		default:
+			continue
 		}
+		delete(h.failed, n)
+		delete(h.restarts, n)
 	}
-	return out
+	return expired, recovered
 }
 
 func (h *resourceHealth) isFailed(name string) bool {
@@ -584,7 +605,7 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 			return
 		}
 		if err != nil {
-			rm.giveUp(m, f.idx, fmt.Sprintf("%v; adding it again failed: %v", f.err, err), now)
+			rm.giveUp(m, f.idx, fmt.Sprintf("%v; adding it again failed: %v", f.err, err), now, nil)
 			return
 		}
 		rm.metrics.monitor.restarts.WithLabelValues(name).Inc()
@@ -593,7 +614,7 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 	case recoverRestart:
 		n, ok := rm.health.allowRestart(name, now, m.spec)
 		if !ok {
-			rm.giveUp(m, f.idx, fmt.Sprintf("%v; restart limit reached (max_restarts %d within restart_window %s)", f.err, m.spec.maxRestarts, m.spec.restartWindow), now)
+			rm.giveUp(m, f.idx, fmt.Sprintf("%v; restart limit reached (max_restarts %d within restart_window %s)", f.err, m.spec.maxRestarts, m.spec.restartWindow), now, nil)
 			return
 		}
 		deps := ""
@@ -608,14 +629,14 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 			return
 		}
 		if err != nil {
-			rm.giveUp(m, f.idx, fmt.Sprintf("%v; restart failed: %v", f.err, err), now)
+			rm.giveUp(m, f.idx, fmt.Sprintf("%v; restart failed: %v", f.err, err), now, nil)
 			return
 		}
 		rm.metrics.monitor.restarts.WithLabelValues(name).Inc()
 		rm.events.Add(EventResource, fmt.Sprintf("monitor: %s restarted in place in %s", name, since(now)), "resource", name)
 		rm.act.mon.start(ctx, g, f.idx)
 	default:
-		rm.giveUp(m, f.idx, f.err.Error()+"; cannot be recovered in place", now)
+		rm.giveUp(m, f.idx, f.err.Error()+"; cannot be recovered in place", now, f.gone)
 	}
 }
 
@@ -623,13 +644,16 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 // evaluation sees this node ineligible and hands the writer role over to
 // an eligible peer. Until then (or the failure is lifted) the resource
 // and the ones after it are not watched: their state is known bad.
-func (rm *RoleManager) giveUp(m *monitored, idx int, reason string, now time.Time) {
+func (rm *RoleManager) giveUp(m *monitored, idx int, reason string, now time.Time, gone func() bool) {
 	name := m.Name()
 	rm.act.mon.stop(idx)
 	rm.act.mon.gaveUp[idx] = true
-	rm.health.fail(name, reason, now, m.spec.failureTimeout)
+	rm.health.fail(name, reason, now, m.spec.failureTimeout, gone)
 	rm.metrics.monitor.failovers.WithLabelValues(name).Inc()
 	until := "until `lockstep clear " + name + "`"
+	if gone != nil {
+		until = "until it recovers, `lockstep clear " + name + "`"
+	}
 	if m.spec.failureTimeout > 0 {
 		until += fmt.Sprintf(" or failure_timeout %s", m.spec.failureTimeout)
 	}
@@ -659,7 +683,7 @@ func (rm *RoleManager) resumeCleared(ctx context.Context, g *Group) bool {
 		return true
 	}
 	if err != nil {
-		rm.giveUp(m, idx, fmt.Sprintf("restart after the failure was lifted failed: %v", err), now)
+		rm.giveUp(m, idx, fmt.Sprintf("restart after the failure was lifted failed: %v", err), now, nil)
 		return true
 	}
 	rm.act.mon.start(ctx, g, idx)
@@ -694,8 +718,12 @@ func (rm *RoleManager) ClearFailure(name string) ([]string, error) {
 // yet (which only hold back a takeover). It also expires failures whose
 // failure_timeout passed.
 func (rm *RoleManager) eligibility(now time.Time) (ineligible, pending string) {
-	for _, f := range rm.health.expire(now) {
+	expired, recovered := rm.health.expire(now)
+	for _, f := range expired {
 		rm.events.Add(EventResource, fmt.Sprintf("failure of %s expired (failure_timeout, recorded %s ago): %s", f.Resource, now.Sub(f.Since).Round(time.Second), f.Reason), "resource", f.Resource)
+	}
+	for _, f := range recovered {
+		rm.events.Add(EventResource, fmt.Sprintf("failure of %s lifted: its cause is gone (recorded %s ago: %s)", f.Resource, now.Sub(f.Since).Round(time.Millisecond), f.Reason), "resource", f.Resource)
 	}
 	var parts []string
 	if s := failureReasons(rm.health.failures()); s != "" {

@@ -482,3 +482,59 @@ func TestMonitorClearResumesKeptGroup(t *testing.T) {
 	a.killResource(t, "r1")
 	waitFor(t, 3*time.Second, "the next death noticed", func() bool { return a.daemon.role.Status().Ineligible != "" })
 }
+
+// The address watcher ends as soon as its context does: a release waits
+// for it inside the self-fence's timing budget.
+func TestAddrEventsStopAtOnce(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- watchAddrEvents(ctx, make(chan struct{}, 1)) }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	start := time.Now()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > 50*time.Millisecond {
+			t.Fatalf("watcher took %s to stop", d)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("watcher did not stop")
+	}
+}
+
+func TestResourceHealthExpiry(t *testing.T) {
+	h := newResourceHealth()
+	now := time.Now()
+	up := false
+	h.fail("vip", "link down", now, time.Hour, func() bool { return up })
+	h.fail("svc", "restart limit", now, time.Minute, nil)
+	h.fail("db", "restart failed", now, 0, nil)
+	if e, r := h.expire(now.Add(time.Second)); len(e)+len(r) != 0 {
+		t.Fatalf("expired %v recovered %v", e, r)
+	}
+	up = true
+	if e, r := h.expire(now.Add(time.Second)); len(e) != 0 || len(r) != 1 || r[0].Resource != "vip" {
+		t.Fatalf("link back: expired %v recovered %v", e, r)
+	}
+	if e, _ := h.expire(now.Add(time.Minute)); len(e) != 1 || e[0].Resource != "svc" {
+		t.Fatalf("failure_timeout: expired %v", e)
+	}
+	if fs := h.failures(); len(fs) != 1 || fs[0].Resource != "db" || !fs[0].Expires.IsZero() {
+		t.Fatalf("failure_timeout 0 must stay until cleared: %+v", fs)
+	}
+	spec := monitorSpec{maxRestarts: 2, restartWindow: time.Minute}
+	for i, want := range []bool{true, true, false} {
+		if _, ok := h.allowRestart("svc", now.Add(time.Duration(i)*time.Second), spec); ok != want {
+			t.Fatalf("restart %d allowed %v", i+1, ok)
+		}
+	}
+	if _, ok := h.allowRestart("svc", now.Add(time.Minute+time.Second), spec); !ok {
+		t.Fatal("restart window does not slide")
+	}
+	if got := h.clear(""); len(got) != 1 || got[0] != "db" {
+		t.Fatalf("clear all: %v", got)
+	}
+}

@@ -159,20 +159,32 @@ func failBackoff(prev, deadtime time.Duration) time.Duration {
 	return min(max(2*prev, 2*deadtime), time.Minute)
 }
 
+// allPeersDead: no peer alive that has not left.
+func (o observation) allPeersDead() bool {
+	for _, p := range o.peers {
+		if p.alive && !p.leaving() {
+			return false
+		}
+	}
+	return true
+}
+
+// isolated is rule 1's condition on the observation alone: no peer and no
+// witness. A recovery running on the role loop watches it too, so that a
+// restart in progress does not delay the self-fence.
+func (o observation) isolated() bool {
+	return o.allPeersDead() && o.witnessConfigured && !o.witnessSeen
+}
+
 func decideRole(v view) decision {
 	d := decision{role: v.role, decided: v.decided}
 	cfg := v.cfg
-	allDead := true
-	for _, p := range v.peers {
-		if p.alive && !p.leaving() {
-			allDead = false
-		}
-	}
+	allDead := v.allPeersDead()
 	uptime := v.now.Sub(v.startedAt)
 
 	// 1. Isolation. Not during the first deadtime: witnesses have not been
 	// probed yet and peers not heard.
-	if allDead && v.witnessConfigured && !v.witnessSeen && (uptime >= cfg.Deadtime || v.role == RoleWriter) {
+	if v.isolated() && (uptime >= cfg.Deadtime || v.role == RoleWriter) {
 		d.decided = true
 		if v.role != RoleFenced {
 			d.role = RoleFenced

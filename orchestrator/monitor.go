@@ -624,7 +624,13 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 		rm.health.setRecovering(fmt.Sprintf("restarting %s%s", name, deps))
 		rm.events.Warn(EventResource, fmt.Sprintf("monitor: %v; restarting it%s in place (restart %d of %d within %s)", f.err, deps, n, m.spec.maxRestarts, m.spec.restartWindow), "resource", name)
 		rm.act.mon.stop(f.idx)
-		err := g.restartFrom(ctx, f.idx, "monitor: restart of "+name)
+		isolated, err := rm.unlessIsolated(ctx, func(ctx context.Context) error {
+			return g.restartFrom(ctx, f.idx, "monitor: restart of "+name)
+		})
+		if isolated {
+			rm.events.Warn(EventResource, fmt.Sprintf("monitor: restart of %s interrupted: this node is isolated and fences itself", name), "resource", name)
+			return
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -638,6 +644,40 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 	default:
 		rm.giveUp(m, f.idx, f.err.Error()+"; cannot be recovered in place", now, f.gone)
 	}
+}
+
+var errIsolated = errors.New("isolated")
+
+// unlessIsolated runs fn, a recovery on the role loop, with a context that
+// ends as soon as this node is isolated (rule 1's condition): the loop
+// decides nothing while fn runs, and a restart must not hold back the
+// self-fence past deadtime. It reports whether isolation cut fn short;
+// the decision right after it fences.
+func (rm *RoleManager) unlessIsolated(ctx context.Context, fn func(context.Context) error) (isolated bool, err error) {
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		t := time.NewTicker(max(rm.cfg.Load().Keepalive/4, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			if rm.obs.observe(time.Now()).isolated() {
+				cancel(errIsolated)
+				return
+			}
+		}
+	}()
+	err = fn(rctx)
+	close(done)
+	<-watched
+	return errors.Is(context.Cause(rctx), errIsolated), err
 }
 
 // giveUp records the failure; the decision that follows in the same
@@ -678,8 +718,8 @@ func (rm *RoleManager) resumeCleared(ctx context.Context, g *Group) bool {
 	defer rm.health.setRecovering("")
 	rm.health.setRecovering(fmt.Sprintf("restarting %s after its failure was lifted", m.Name()))
 	rm.events.Add(EventResource, fmt.Sprintf("failure of %s lifted while this node kept the writer role: restarting it and what follows it", m.Name()), "resource", m.Name())
-	err := g.restartFrom(ctx, idx, "failure lifted")
-	if ctx.Err() != nil {
+	isolated, err := rm.unlessIsolated(ctx, func(ctx context.Context) error { return g.restartFrom(ctx, idx, "failure lifted") })
+	if isolated || ctx.Err() != nil {
 		return true
 	}
 	if err != nil {

@@ -538,3 +538,32 @@ func TestResourceHealthExpiry(t *testing.T) {
 		t.Fatalf("clear all: %v", got)
 	}
 }
+
+// A restart in progress does not hold back the self-fence: isolation
+// interrupts it and the node fences within deadtime.
+func TestMonitorRestartDoesNotDelaySelfFence(t *testing.T) {
+	o := monitorOpts(3, time.Minute)
+	slow := `[ "$1" = start ] && [ -e "$(dirname "$0")/slowstart" ] && sleep 5`
+	o.scripts = map[string][]string{"a": {slow}, "b": {slow}}
+	o.relays, o.margin = true, 800*time.Millisecond
+	tc := startCluster(t, o)
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	if err := os.WriteFile(filepath.Join(a.dir, "slowstart"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.killResource(t, "r1")
+	waitFor(t, 3*time.Second, "a restarting r1", func() bool { return strings.Contains(a.daemon.role.Status().Recovering, "restarting") })
+	tc.relays["a->b"].cut.Store(true)
+	tc.relays["b->a"].cut.Store(true)
+	a.witness.stop()
+	cut := time.Now()
+	waitFor(t, 3*time.Second, "a fenced", func() bool { return a.role() == RoleFenced && len(a.held()) == 0 })
+	fenced := time.Since(cut)
+	t.Logf("isolated during a 5s restart: fenced and released after %s", fenced.Round(time.Millisecond))
+	if cfg := a.cfg(); fenced > cfg.Deadtime+cfg.TakeoverMargin {
+		t.Fatalf("fenced after %s: the restart held the role loop", fenced)
+	}
+	eventTime(t, a, "interrupted: this node is isolated")
+	waitFor(t, 5*time.Second, "b writer", func() bool { return len(b.held()) == 2 })
+}

@@ -2,14 +2,18 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 )
 
@@ -566,4 +570,58 @@ func TestMonitorRestartDoesNotDelaySelfFence(t *testing.T) {
 	}
 	eventTime(t, a, "interrupted: this node is isolated")
 	waitFor(t, 5*time.Second, "b writer", func() bool { return len(b.held()) == 2 })
+}
+
+func TestTrackHTTP(t *testing.T) {
+	var status atomic.Int32
+	status.Store(http.StatusOK)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(time.Second)
+		}
+		w.WriteHeader(int(status.Load()))
+	}))
+	defer srv.Close()
+	probe := trackProbe(TrackConfig{URL: srv.URL + "/healthz", Timeout: time.Second})
+	ctx := context.Background()
+	if err := probe(ctx); err != nil {
+		t.Fatalf("200: %v", err)
+	}
+	status.Store(http.StatusServiceUnavailable)
+	if err := probe(ctx); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("503: %v", err)
+	}
+	status.Store(http.StatusFound) // a redirect is not followed, and not a pass
+	if err := probe(ctx); err == nil || !strings.Contains(err.Error(), "302") {
+		t.Fatalf("302: %v", err)
+	}
+	slow := trackProbe(TrackConfig{URL: srv.URL + "/slow", Timeout: 100 * time.Millisecond})
+	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := slow(sctx); err == nil || !strings.Contains(err.Error(), "no answer within") {
+		t.Fatalf("slow: %v", err)
+	}
+}
+
+// fall and rise: the first result counts at once, later ones only after
+// fall failures or rise successes in a row.
+func TestTrackFallRise(t *testing.T) {
+	tr := newTracker(nil, NewEventLog(discardLogger()), NewMetrics(prometheus.NewRegistry()).monitor)
+	ts := &trackState{cfg: TrackConfig{Name: "gw", Fall: 2, Rise: 3}}
+	tr.tracks = []*trackState{ts}
+	if _, u := tr.verdict(); u == "" {
+		t.Fatal("unchecked track not reported")
+	}
+	now := time.Now()
+	fail, pass := errors.New("exited 1"), error(nil)
+	for i, step := range []struct {
+		err  error
+		want bool
+	}{{pass, true}, {fail, true}, {fail, false}, {pass, false}, {pass, false}, {pass, true}, {fail, true}} {
+		tr.record(ts, step.err, now)
+		f, _ := tr.verdict()
+		if (f == "") != step.want {
+			t.Fatalf("step %d: failing %q, want ok=%v", i, f, step.want)
+		}
+	}
 }

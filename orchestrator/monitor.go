@@ -31,11 +31,14 @@ import (
 //     started left to right, at most max_restarts times within
 //     restart_window.
 //   - Past that, or when the restart fails or the failure cannot be fixed
-//     here (interface down or gone), the node records the failure and
-//     gives up the writer role; decide sees the record as ineligibility,
-//     so the peer takes over under the usual data-aware rules and this
-//     node does not take the role back until `lockstep clear` or
-//     failure_timeout.
+//     here (interface down or gone), the node records the failure; decide
+//     sees the record as ineligibility and hands the writer role to an
+//     eligible peer, which takes over under the usual data-aware rules
+//     (with none, the node keeps the role, draining). It does not take
+//     the role back until `lockstep clear`, failure_timeout, or — for a
+//     link that was down — the link coming back.
+//   - A restart runs on the role loop, so it is cut short when the node
+//     becomes isolated: the self-fence must not wait for a start script.
 
 // Monitoring defaults.
 const (

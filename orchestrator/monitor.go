@@ -402,7 +402,7 @@ func mapKeys[V any](m map[int]V) []int {
 type resourceHealth struct {
 	mu         sync.Mutex
 	restarts   map[string][]time.Time
-	failed     map[string]resourceFailure
+	failed     map[string]ResourceFailure
 	recovering string
 }
 
@@ -419,10 +419,8 @@ type ResourceFailure struct {
 	gone           func() bool
 }
 
-type resourceFailure = ResourceFailure
-
 func newResourceHealth() *resourceHealth {
-	return &resourceHealth{restarts: map[string][]time.Time{}, failed: map[string]resourceFailure{}}
+	return &resourceHealth{restarts: map[string][]time.Time{}, failed: map[string]ResourceFailure{}}
 }
 
 // allowRestart counts a restart of name unless max restarts happened
@@ -460,7 +458,7 @@ func (h *resourceHealth) restartCount(name string, window time.Duration, now tim
 func (h *resourceHealth) fail(name, reason string, now time.Time, timeout time.Duration, gone func() bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	f := resourceFailure{Resource: name, Reason: reason, Since: now, UntilRecovered: gone != nil, gone: gone}
+	f := ResourceFailure{Resource: name, Reason: reason, Since: now, UntilRecovered: gone != nil, gone: gone}
 	if timeout > 0 {
 		f.Expires = now.Add(timeout)
 	}
@@ -490,7 +488,7 @@ func (h *resourceHealth) clear(name string) []string {
 
 // expire drops failures past their failure_timeout, and those whose
 // cause went away, and returns them.
-func (h *resourceHealth) expire(now time.Time) (expired, recovered []resourceFailure) {
+func (h *resourceHealth) expire(now time.Time) (expired, recovered []ResourceFailure) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for n, f := range h.failed {
@@ -515,10 +513,10 @@ func (h *resourceHealth) isFailed(name string) bool {
 	return ok
 }
 
-func (h *resourceHealth) failures() []resourceFailure {
+func (h *resourceHealth) failures() []ResourceFailure {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]resourceFailure, 0, len(h.failed))
+	out := make([]ResourceFailure, 0, len(h.failed))
 	for _, f := range h.failed {
 		out = append(out, f)
 	}
@@ -539,7 +537,7 @@ func (h *resourceHealth) recoveringNow() string {
 }
 
 // failureReasons is the resource part of this node's ineligibility.
-func failureReasons(fs []resourceFailure) string {
+func failureReasons(fs []ResourceFailure) string {
 	var parts []string
 	for _, f := range fs {
 		parts = append(parts, fmt.Sprintf("resource %s failed (%s); `lockstep clear %s` to lift", f.Resource, f.Reason, f.Resource))

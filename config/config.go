@@ -96,6 +96,11 @@ func Parse(path string, data []byte, lookup func(string) (string, bool)) (*File,
 	return &f, nil
 }
 
+// DefaultStateDir is where the sync jobs keep their sync state (and the
+// replication supervisor its fence records) unless `state_dir` says
+// otherwise.
+const DefaultStateDir = "/var/lib/lockstep"
+
 // SetDefaults fills in every unset field of every present section.
 func (f *File) SetDefaults() {
 	if f.Listen == "" {
@@ -103,6 +108,9 @@ func (f *File) SetDefaults() {
 	}
 	for i := range f.Sync {
 		f.Sync[i].SetDefaults()
+		if f.Sync[i].StateDir == "" {
+			f.Sync[i].StateDir = DefaultStateDir
+		}
 	}
 	if f.Repl != nil {
 		f.Repl.SetDefaults()

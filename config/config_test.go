@@ -113,6 +113,12 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		{"unreadable key", "known_hosts: ", "known_hosts: /nonexistent/kh #", []string{"sync[0].targets[0].known_hosts: cannot read /nonexistent/kh"}},
 		{"wrong shape", "witness: [\"tcp://10.0.0.254:22\"]", "witness: tcp://x", []string{"cluster.witness", "expected a list"}},
 		{"db ref", "db: db2}", "db: db9}", []string{"cluster.nodes[1].db", `"db9"`}},
+		{"receiver mode", "        path: /var/www/html\n", "        path: /var/www/html\n        receiver: sometimes\n",
+			[]string{"sync[0].targets[0].receiver", `"sometimes" must be auto, on or off`, "line 18"}},
+		{"receiver command", "        path: /var/www/html\n", "        path: /var/www/html\n        receiver_command: \"lockstep --x\"\n",
+			[]string{"sync[0].targets[0].receiver_command", "shell metacharacters"}},
+		{"receiver typo", "        path: /var/www/html\n", "        path: /var/www/html\n        reciever: on\n",
+			[]string{"sync[0].targets[0].reciever: unknown key"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -34,6 +34,7 @@ func writeSyncConfig(t *testing.T, srv *sshdtest.Server, src, dst, knownHosts st
 sync:
   - name: docroot
     source: %s
+    state_dir: %s
     verify_interval: 0s
     targets:
       - name: web2
@@ -43,7 +44,7 @@ sync:
         identity: %s
         known_hosts: %s
         path: %s
-`, src, srv.Port, srv.User, srv.IdentityFile, knownHosts, dst)
+`, src, t.TempDir(), srv.Port, srv.User, srv.IdentityFile, knownHosts, dst)
 	p := filepath.Join(t.TempDir(), "lockstep.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

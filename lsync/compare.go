@@ -46,6 +46,15 @@ type op struct {
 	path   string
 	src    Entry
 	reason string
+	// overDir: a file or symlink takes the place of a directory on the
+	// target. In two-way mode the directory is removed only when empty.
+	overDir bool
+	// keepPeer: two-way, both sides changed and this node won: the
+	// peer's version (dst) is moved to its conflict name first.
+	keepPeer *Entry
+	// merged: the three-way merge decided this removal; a directory goes
+	// only if nothing below it changed on the peer since.
+	merged bool
 }
 
 func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }
@@ -145,13 +154,64 @@ func (r *Reconciler) peerWins(src, dst Entry) bool {
 // suspect marks a path known to have changed since it was last landed (a
 // live event, or a pending path carried across a disconnect): its content
 // is compared when size and mtime match only at whole-second granularity.
-func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, suspect bool) (op, bool, error) {
+func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, suspect bool, tx *stateTx) (op, bool, error) {
+	rel := ""
+	if src != nil {
+		rel = src.Path
+	} else if dst != nil {
+		rel = dst.Path
+	}
+	switch r.merge(rel, src, dst) {
+	case vEqual:
+		if src != nil {
+			tx.put(*src)
+		} else {
+			tx.del(rel)
+		}
+		return op{}, false, nil
+	case vLeave:
+		return op{}, false, nil
+	case vLose:
+		r.logConflict(*src, *dst)
+		return op{}, false, errConflict
+	case vPush:
+		if src == nil {
+			if !r.Delete {
+				return op{}, false, nil
+			}
+			return op{kind: opRemove, path: rel, reason: reasonNotInSource, merged: true}, true, nil
+		}
+		o, need, err := r.compare(ctx, t, src, dst, suspect, true)
+		if err == nil && !need && identical(src, dst) {
+			tx.put(*src)
+		}
+		return o, need, err
+	case vWin:
+		o, need, err := r.compare(ctx, t, src, dst, suspect, true)
+		if need && err == nil && dst != nil && !dst.Mode.IsDir() {
+			d := *dst
+			o.keepPeer = &d
+		}
+		return o, need, err
+	}
 	if src == nil {
 		if dst == nil || !r.Delete || (r.TwoWay && !live) {
 			return op{}, false, nil
 		}
 		return op{kind: opRemove, path: dst.Path, reason: reasonNotInSource}, true, nil
 	}
+	o, need, err := r.compare(ctx, t, src, dst, suspect, false)
+	if err == nil && !need && identical(src, dst) {
+		tx.put(*src)
+	}
+	return o, need, err
+}
+
+// compare decides what src needs on a target holding dst. merged means
+// the three-way merge already decided that this node's version goes:
+// the classic two-way rules (newer mtime, name tie) no longer veto it.
+func (r *Reconciler) compare(ctx context.Context, t Target, src, dst *Entry, suspect, merged bool) (op, bool, error) {
+	twoWay := r.TwoWay && !merged
 	o := op{path: src.Path, src: *src}
 	switch {
 	case src.Mode.IsDir():
@@ -159,11 +219,22 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 			o.kind, o.reason = opMkdir, reasonMissing
 			if dst != nil {
 				o.reason = "not a directory on target"
+				// Unless this directory changed after the peer's symlink
+				// was made (a symlink replaced by a directory here), the
+				// two are a type conflict and both are kept; the peer,
+				// for its part, never removes a directory with content
+				// for its symlink. Timestamps are coarse (a few ms on
+				// the filesystem, whole seconds over SFTP): a tie is a
+				// conflict, not a win.
+				if twoWay && dst.Mode&fs.ModeSymlink != 0 && (sameMTime(src.ModTime, dst.ModTime) || !src.ModTime.After(dst.ModTime)) {
+					r.logTypeConflict(src.Path, "a directory here, a symlink at least as new on the peer", nil)
+					return op{}, false, errConflict
+				}
 			}
 			return o, true, nil
 		}
 		if modeBits(src.Mode) != modeBits(dst.Mode) {
-			if r.peerWins(*src, *dst) {
+			if twoWay && r.peerWins(*src, *dst) {
 				return op{}, false, nil
 			}
 			o.kind, o.reason = opChmod, fmt.Sprintf("mode %v vs %v", modeBits(src.Mode), modeBits(dst.Mode))
@@ -176,7 +247,8 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		}
 		o.kind, o.reason = opSymlink, reasonMissing
 		if dst != nil {
-			if r.TwoWay && dst.Mode&fs.ModeSymlink != 0 && r.Target < r.Node {
+			o.overDir = dst.Mode.IsDir()
+			if twoWay && dst.Mode&fs.ModeSymlink != 0 && r.Target < r.Node {
 				r.logConflict(*src, *dst)
 				return op{}, false, errConflict
 			}
@@ -191,6 +263,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		o.reason = reasonMissing
 	case !dst.Mode.IsRegular():
 		o.reason = "not a file on target"
+		o.overDir = dst.Mode.IsDir()
 	case src.Size != dst.Size:
 		o.reason = fmt.Sprintf("size %d vs %d", src.Size, dst.Size)
 	case r.Checksum:
@@ -221,7 +294,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 	}
 	if o.reason == "" {
 		if modeBits(src.Mode) != modeBits(dst.Mode) {
-			if r.TwoWay && r.Target < r.Node {
+			if twoWay && r.Target < r.Node {
 				return op{}, false, nil
 			}
 			o.kind, o.reason = opChmod, fmt.Sprintf("mode %v vs %v", modeBits(src.Mode), modeBits(dst.Mode))
@@ -229,7 +302,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		}
 		return op{}, false, nil
 	}
-	if dst != nil && dst.Mode.IsRegular() && r.peerWins(*src, *dst) {
+	if twoWay && dst != nil && dst.Mode.IsRegular() && r.peerWins(*src, *dst) {
 		r.logConflict(*src, *dst)
 		return op{}, false, errConflict
 	}
@@ -240,6 +313,44 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 const reasonMissing = "missing"
 
 var errConflict = errors.New("conflict lost to peer")
+
+func (r *Reconciler) logTypeConflict(rel, what string, err error) {
+	attrs := []any{"path", rel, "conflict", what, "node", r.Node,
+		"rule", "a directory with content is never replaced by a file or symlink in two-way mode; resolve by hand on one node"}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	r.Logger.Warn("two-way type conflict: keeping both", attrs...)
+}
+
+// clearForFile removes the directory a file or symlink is about to
+// replace, only if it is empty; otherwise the operation is a conflict.
+func (r *Reconciler) clearForFile(ctx context.Context, t Target, rel string) error {
+	dr, ok := t.(DirRemover)
+	if !ok {
+		return errors.New("this target cannot remove a directory only when it is empty")
+	}
+	return dr.RemoveEmptyDir(ctx, rel)
+}
+
+// refused records an operation the target refused: logged once per path,
+// counted every time.
+func (r *Reconciler) refused(o op, err error) {
+	if r.OnRefused != nil {
+		r.OnRefused()
+	}
+	r.refusedMu.Lock()
+	if r.refusedLogged == nil || len(r.refusedLogged) >= maxLanded {
+		r.refusedLogged = map[string]bool{}
+	}
+	first := !r.refusedLogged[o.path]
+	r.refusedLogged[o.path] = true
+	r.refusedMu.Unlock()
+	if first {
+		r.Logger.Warn("target refused the operation: it would leave the target root or go through a symlink there; the rest keeps syncing, this path waits for the next full pass",
+			"path", o.path, "op", opNames[o.kind], "err", err)
+	}
+}
 
 func (r *Reconciler) logConflict(src, dst Entry) {
 	r.Logger.Info("two-way conflict: keeping the peer's copy", "path", src.Path,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"time"
 )
 
@@ -16,7 +17,26 @@ const (
 	DefaultConcurrency    = 32
 	DefaultSSHPort        = 22
 	DefaultConnectTimeout = 10 * time.Second
+	// DefaultReceiverCommand is how the peer's login shell finds the
+	// lockstep binary for `lockstep receive`.
+	DefaultReceiverCommand = "lockstep"
 )
+
+// Receiver modes of an SSH target (`receiver:`).
+const (
+	// ReceiverAuto uses `lockstep receive` on the peer when it answers
+	// with this build's protocol version, SFTP otherwise (logged).
+	ReceiverAuto = "auto"
+	// ReceiverOn requires the receiver: without it the target is down.
+	ReceiverOn = "on"
+	// ReceiverOff always uses SFTP.
+	ReceiverOff = "off"
+)
+
+// receiverCommandRE keeps receiver_command a plain path or command name:
+// it is run by the peer's login shell, so spaces and shell metacharacters
+// would change its meaning.
+var receiverCommandRE = regexp.MustCompile(`^[A-Za-z0-9_./+-]+$`)
 
 // JobConfig is one `sync:` entry: a source tree pushed to a set of targets.
 type JobConfig struct {
@@ -39,8 +59,11 @@ type JobConfig struct {
 	TwoWay bool `yaml:"two_way"`
 	// MaxDelete guards against mass deletion: "N", "N%" of the target's
 	// entries, or "off"; empty means DefaultMaxDelete.
-	MaxDelete string         `yaml:"max_delete"`
-	Targets   []TargetConfig `yaml:"targets"`
+	MaxDelete string `yaml:"max_delete"`
+	// StateDir holds the job's sync state (the two-way merge base), one
+	// file per target under StateDir/sync/JOB/; empty keeps none.
+	StateDir string         `yaml:"state_dir"`
+	Targets  []TargetConfig `yaml:"targets"`
 }
 
 // EffectiveMaxDelete returns the parsed guard (Validate has checked it).
@@ -62,6 +85,12 @@ type TargetConfig struct {
 	KnownHosts     string        `yaml:"known_hosts"`
 	Path           string        `yaml:"path"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// Receiver selects the protocol: ReceiverAuto (default), ReceiverOn
+	// or ReceiverOff.
+	Receiver string `yaml:"receiver"`
+	// ReceiverCommand is the lockstep binary on the peer (a name looked
+	// up in the peer's PATH, or an absolute path).
+	ReceiverCommand string `yaml:"receiver_command"`
 }
 
 // IsLocal reports whether the target is a local directory (NFS mount, tests).
@@ -97,6 +126,20 @@ func (c *JobConfig) SetDefaults() {
 		if t.ConnectTimeout == 0 {
 			t.ConnectTimeout = DefaultConnectTimeout
 		}
+		t.SetReceiverDefaults()
+	}
+}
+
+// SetReceiverDefaults fills in the receiver settings of an SSH target.
+func (t *TargetConfig) SetReceiverDefaults() {
+	if t.IsLocal() {
+		return
+	}
+	if t.Receiver == "" {
+		t.Receiver = ReceiverAuto
+	}
+	if t.ReceiverCommand == "" {
+		t.ReceiverCommand = DefaultReceiverCommand
 	}
 }
 
@@ -123,6 +166,9 @@ func (c *JobConfig) Validate() error {
 	}
 	if c.Concurrency < 1 || c.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf("concurrency: %d out of range 1..256", c.Concurrency))
+	}
+	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
+		errs = append(errs, fmt.Errorf("state_dir: %q must be an absolute path", c.StateDir))
 	}
 	if _, err := ParseMaxDelete(c.MaxDelete); err != nil {
 		errs = append(errs, fmt.Errorf("max_delete: %w", err))
@@ -157,8 +203,8 @@ func (t TargetConfig) validate() []error {
 		errs = append(errs, fmt.Errorf("path: %q must be an absolute path", t.Path))
 	}
 	if t.IsLocal() {
-		if t.User != "" || t.Identity != "" || t.KnownHosts != "" {
-			errs = append(errs, errors.New("host: required when user, identity or known_hosts is set"))
+		if t.User != "" || t.Identity != "" || t.KnownHosts != "" || t.Receiver != "" || t.ReceiverCommand != "" {
+			errs = append(errs, errors.New("host: required when user, identity, known_hosts, receiver or receiver_command is set"))
 		}
 		return errs
 	}
@@ -173,6 +219,23 @@ func (t TargetConfig) validate() []error {
 	}
 	if t.KnownHosts == "" {
 		errs = append(errs, errors.New("known_hosts: required for an SSH target (host keys are always verified)"))
+	}
+	return append(errs, t.receiverErrors()...)
+}
+
+// ValidateReceiver checks the receiver settings of an SSH target (the
+// connector re-checks them: receiver_command reaches a shell).
+func (t TargetConfig) ValidateReceiver() error { return errors.Join(t.receiverErrors()...) }
+
+func (t TargetConfig) receiverErrors() []error {
+	var errs []error
+	switch t.Receiver {
+	case "", ReceiverAuto, ReceiverOn, ReceiverOff:
+	default:
+		errs = append(errs, fmt.Errorf("receiver: %q must be auto, on or off", t.Receiver))
+	}
+	if t.ReceiverCommand != "" && !receiverCommandRE.MatchString(t.ReceiverCommand) {
+		errs = append(errs, fmt.Errorf("receiver_command: %q must be a command name or a path without spaces or shell metacharacters", t.ReceiverCommand))
 	}
 	return errs
 }

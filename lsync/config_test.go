@@ -33,6 +33,9 @@ func TestJobConfigValidate(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("valid config rejected: %v", err)
 	}
+	if c.Targets[0].Receiver != ReceiverAuto || c.Targets[0].ReceiverCommand != "lockstep" || c.Targets[1].Receiver != "" {
+		t.Fatalf("receiver defaults: %+v", c.Targets)
+	}
 	if c.Targets[0].Port != 22 || c.Delay != DefaultDelay || c.MaxDelay != DefaultMaxDelay || !c.DeleteEnabled() || c.EffectiveVerifyInterval() != DefaultVerifyInterval {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
@@ -53,6 +56,10 @@ func TestJobConfigValidate(t *testing.T) {
 		{func(c *JobConfig) { c.Targets[0].Port = 70000 }, "targets[0].port"},
 		{func(c *JobConfig) { c.Targets[1].Path = "x" }, "targets[1].path"},
 		{func(c *JobConfig) { c.Targets[1].User = "u" }, "targets[1].host: required"},
+		{func(c *JobConfig) { c.Targets[0].Receiver = "yes" }, `targets[0].receiver: "yes" must be auto, on or off`},
+		{func(c *JobConfig) { c.Targets[0].ReceiverCommand = "lockstep; rm -rf /" }, "targets[0].receiver_command:"},
+		{func(c *JobConfig) { c.Targets[0].ReceiverCommand = "/opt/lock step" }, "targets[0].receiver_command:"},
+		{func(c *JobConfig) { c.Targets[1].Receiver = ReceiverOn }, "targets[1].host: required"},
 	}
 	for _, tc := range cases {
 		c := valid()

@@ -58,7 +58,14 @@
 //     EOF when size or mtime moved, and the path is retried after the next
 //     quiet period.
 //   - Symlinks are copied as symlinks and never followed; all source reads
-//     go through an os.Root, so nothing outside the source root is read.
+//     go through an os.Root, so nothing outside the source root is read,
+//     and a path below a symlinked source directory does not exist.
+//   - Writes never leave a target's root: targets refuse (ErrRefused) any
+//     operation through a symlink or non-directory on the target. Over
+//     SSH, lsync/receiver makes that hold against a peer docroot changing
+//     under the operation; over plain SFTP a one-round-trip race remains
+//     (README, threat model). A refusal is logged once per path, counted
+//     in lockstep_sync_refused_total and left to the next full pass.
 //   - Per-path failures (permission, disk full) are logged with the path,
 //     counted in lockstep_sync_errors_total and retried with backoff; they
 //     never count as transferred.
@@ -108,6 +115,11 @@
 //     one this node landed there is not a conflict: it is newer;
 //   - the losing node logs "two-way conflict: keeping the peer's copy" with
 //     both mtimes; its version is overwritten when the winner pushes.
+//
+// A type conflict (a file or symlink on one node where the other has a
+// directory with entries) is never resolved by removing the directory:
+// both are kept and the conflict is logged. A directory replaces the
+// peer's symlink only when it changed after the symlink was made.
 //
 // Full passes in two-way mode never delete on the target (a file present
 // only on the peer is the peer's to push, and deleting it would race with

@@ -51,6 +51,11 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		if errors.Is(err, ErrRefused) {
+			r.refused(o, err)
+			rep.Refused = append(rep.Refused, &PathError{Path: o.path, Op: opNames[o.kind], Err: err})
+			return nil
+		}
 		if errors.Is(err, errSourceChanged) || errors.Is(err, fs.ErrNotExist) && o.kind == opUpload {
 			// Being written, or gone meanwhile: look again after the next
 			// quiet period (its events are on their way too).
@@ -61,6 +66,11 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		return nil
 	}
 	done := func(o op, bytes int64) {
+		if o.kind == opRemove {
+			rep.state.del(o.path)
+		} else {
+			rep.state.put(o.src)
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		rep.count(o, bytes)
@@ -115,6 +125,22 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			continue
 		}
 		removed[o.path] = true
+		if o.merged && r.State != nil {
+			if changed, err := r.changedOnPeer(ctx, t, o.path); err != nil || changed != "" {
+				if err != nil {
+					if err := fail(o, err); err != nil {
+						return err
+					}
+				} else {
+					r.Logger.Warn("two-way conflict: deleted here, but something below it changed on the peer; the peer's version wins and comes back",
+						"path", o.path, "changed", changed)
+					mu.Lock()
+					rep.Conflicts++
+					mu.Unlock()
+				}
+				continue
+			}
+		}
 		if err := t.RemoveAll(ctx, o.path); err != nil {
 			if err := fail(o, err); err != nil {
 				return err
@@ -143,6 +169,23 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		o := rest[i]
 		var err error
 		var n int64
+		if o.keepPeer != nil {
+			if err := r.keepPeerVersion(ctx, t, *o.keepPeer); err != nil {
+				return fail(o, err)
+			}
+		}
+		if o.overDir && r.TwoWay && (o.kind == opUpload || o.kind == opSymlink) {
+			if err := r.clearForFile(ctx, t, o.path); err != nil {
+				if errors.Is(err, ErrDisconnected) || ctx.Err() != nil {
+					return err
+				}
+				r.logTypeConflict(o.path, "a "+opNames[o.kind]+" here, a directory with content on the peer", err)
+				mu.Lock()
+				rep.Conflicts++
+				mu.Unlock()
+				return nil
+			}
+		}
 		switch o.kind {
 		case opUpload:
 			n, err = r.upload(ctx, t, o.path)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lockstep-ha/lockstep/lsync/syncstate"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -47,6 +48,10 @@ type TargetStatus struct {
 	// entries kept.
 	Held        string
 	HeldDeletes int
+	// StatePath is the target's sync state file, StateEntries the paths
+	// it records ("" / 0 when the job keeps no state).
+	StatePath    string
+	StateEntries int
 	// JobError is set when the job as a whole broke (the source can no
 	// longer be watched completely, e.g. out of inotify watches).
 	JobError string
@@ -154,6 +159,7 @@ func (j *Job) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sync job %q: %w", j.cfg.Name, err)
 	}
+	j.openState()
 	j.watcher = w
 	j.live.Store(w)
 	j.running = true
@@ -214,6 +220,51 @@ func (j *Job) AllowMassDelete(allow bool) {
 // tree can no longer be watched completely).
 func (j *Job) Fatal() <-chan error { return j.fatal }
 
+// openState opens each target's sync state (cfg.StateDir). A state that
+// cannot be opened is not fatal: the job then runs on the classic rules,
+// which never delete on the strength of missing state.
+func (j *Job) openState() {
+	if j.cfg.StateDir == "" {
+		return
+	}
+	for i, w := range j.workers {
+		if w.state != nil {
+			continue
+		}
+		where := w.name
+		if i < len(j.cfg.Targets) {
+			tc := j.cfg.Targets[i]
+			where = tc.Host + ":" + tc.Path
+		}
+		identity := fmt.Sprintf("job %s from %s to target %s (%s)", j.cfg.Name, j.cfg.Source, w.name, where)
+		st, err := syncstate.Open(syncstate.FileName(j.cfg.StateDir, j.cfg.Name, w.name), identity)
+		switch {
+		case errors.Is(err, syncstate.ErrSetAside):
+			w.logger.Warn("sync state could not be used and was set aside; starting from nothing known (a full comparison, no deletions on its strength)", "err", err, "kept_at", st.SetAside)
+		case err != nil:
+			w.logger.Warn("sync state unavailable; running without it (two-way falls back to the newer-mtime rule, full passes never delete)", "err", err)
+			continue
+		}
+		w.mu.Lock()
+		w.state = st
+		w.mu.Unlock()
+		w.rec.State = st
+	}
+}
+
+func (j *Job) closeState() {
+	for _, w := range j.workers {
+		w.mu.Lock()
+		st := w.state
+		w.state = nil
+		w.mu.Unlock()
+		if st != nil {
+			w.rec.State = nil
+			_ = st.Close()
+		}
+	}
+}
+
 // sourceChanged hears from the source that its root now leads elsewhere
 // (seen by a pass: a volume mounted over it, which inotify does not
 // report), and has the watcher follow.
@@ -240,6 +291,7 @@ func (j *Job) Stop() {
 	j.live.Store(nil)
 	j.watcher.Close()
 	j.watcher = nil
+	j.closeState()
 	j.source.Close()
 	j.source = nil
 }
@@ -297,6 +349,10 @@ type OnceResult struct {
 	Applied *Report // the pass that pushed differences
 	Verify  *Report // a dry comparison afterwards
 	Err     error   // connection or walk failure
+	// StatePath and StateEntries describe the target's sync state after
+	// the pass ("" when the job keeps none).
+	StatePath    string
+	StateEntries int
 }
 
 // OK reports whether the target matches the source.
@@ -307,6 +363,12 @@ func (r OnceResult) OK() bool {
 // ReconcileOnce runs one reconciliation pass per target (concurrently),
 // then compares again without writing, for `lockstep sync --once`.
 func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
+	j.lifecycle.Lock()
+	if !j.running {
+		j.openState()
+		defer j.closeState()
+	}
+	j.lifecycle.Unlock()
 	out := make([]OnceResult, len(j.workers))
 	var wg sync.WaitGroup
 	for i, w := range j.workers {
@@ -326,6 +388,9 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			}
 			w.logReport("reconcile", res.Applied)
 			res.Verify, res.Err = w.rec.Reconcile(ctx, t, true)
+			if st := w.status(); st.StatePath != "" {
+				res.StatePath, res.StateEntries = st.StatePath, st.StateEntries
+			}
 		}()
 	}
 	wg.Wait()
@@ -373,8 +438,9 @@ type targetWorker struct {
 	lastErr      string
 	held         string // why deletions are held ("" = not held)
 	heldDeletes  int
-	heldPaths    map[string]bool // the removals being held, retried until they go through
+	heldPaths    map[string]bool   // the removals being held, retried until they go through
 	logged       map[string]string // path → the failure last logged (worker goroutine only)
+	state        *syncstate.Store  // nil when the job keeps no state; set while stopped
 }
 
 func newTargetWorker(j *Job, c Connector) *targetWorker {
@@ -406,6 +472,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 	w.driftCounter = m.drift.WithLabelValues(j.cfg.Name, name)
 	w.heldGauge = m.held.WithLabelValues(j.cfg.Name, name)
 	w.missingGauge = m.missing.WithLabelValues(j.cfg.Name, name)
+	w.rec.OnRefused = m.refused.WithLabelValues(j.cfg.Name, name).Inc
 	w.rec.OnTransfer = func(n int64) {
 		w.filesCounter.Inc()
 		w.bytesCounter.Add(float64(n))
@@ -568,6 +635,10 @@ func (w *targetWorker) status() TargetStatus {
 		PendingFiles: len(w.pending) + len(w.retry), Rescanning: w.rescan,
 		LastSync: w.lastSync, LastVerified: w.lastVerified, LastError: w.lastErr,
 		Held: w.held, HeldDeletes: w.heldDeletes,
+	}
+	if w.state != nil {
+		st.StatePath = w.state.Path()
+		st.StateEntries, _ = w.state.Stats()
 	}
 	var oldest time.Time
 	for _, m := range []map[string]time.Time{w.pending, w.retry} {

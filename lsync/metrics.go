@@ -22,6 +22,7 @@ type metrics struct {
 	// held is the mass-deletion guard at work: entries it keeps from
 	// being deleted, and whether the source root is missing.
 	held, missing *prometheus.GaugeVec
+	refused       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,6 +62,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lockstep_sync_source_missing",
 			Help: "1 while the source root does not exist (an unmounted volume, a deploy between its renames): nothing is deleted, the job retries.",
 		}, labels),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_sync_refused_total",
+			Help: "Operations the target refused because they would leave its root or go through a symlink there.",
+		}, labels),
 	}
 	if reg == nil {
 		return m
@@ -75,6 +80,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.drift = register(reg, m.drift)
 	m.held = register(reg, m.held)
 	m.missing = register(reg, m.missing)
+	m.refused = register(reg, m.refused)
 	return m
 }
 

@@ -53,6 +53,35 @@ func (b *beneath) openFile(dir, rel string) (f *os.File, ok bool, err error) {
 	}
 }
 
+// realDir reports whether dir resolves below the root through real
+// directories only. ok is false when openat2 is not available.
+func (b *beneath) realDir(dir string) (real, ok bool) {
+	if b == nil || b.unavailable.Load() {
+		return false, false
+	}
+	how := unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	for {
+		fd, err := unix.Openat2(b.fd, dir, &how)
+		switch {
+		case err == nil:
+			_ = unix.Close(fd)
+			return true, true
+		case errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN):
+			continue
+		case errors.Is(err, unix.ENOSYS):
+			b.unavailable.Store(true)
+			return false, false
+		case errors.Is(err, unix.EPERM):
+			return false, false // seccomp, or no search permission: let the caller look
+		default:
+			return false, true // ELOOP, ENOTDIR, ENOENT, EXDEV
+		}
+	}
+}
+
 // works tells a seccomp filter that answers EPERM to openat2 from a real
 // permission error on one file: opening the root itself must succeed.
 func (b *beneath) works(dir string) bool {

@@ -11,4 +11,6 @@ func openBeneath(string) (*beneath, error) { return nil, nil }
 
 func (b *beneath) openFile(string, string) (*os.File, bool, error) { return nil, false, nil }
 
+func (b *beneath) realDir(string) (bool, bool) { return false, false }
+
 func (b *beneath) close() error { return nil }

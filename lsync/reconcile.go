@@ -43,6 +43,11 @@ type Report struct {
 	// capped at maxReportedChanges.
 	Changes []string
 	Errors  []*PathError
+	// Refused lists operations the target refused because they would
+	// leave its root or go through a symlink there (ErrRefused). They are
+	// not retried before the next full pass: the peer's tree must change
+	// first.
+	Refused []*PathError
 	Retry   []string // paths that changed while being copied
 	// Held counts the entries the mass-deletion guard kept from being
 	// deleted (HeldReason says why; HeldPaths are the removals not done).
@@ -54,7 +59,10 @@ type Report struct {
 	// the live sync missed. UnlistedPaths names the first of them.
 	Unlisted      int
 	UnlistedPaths []string
-	Duration      time.Duration
+	// state collects what the pass learnt about identical paths; written
+	// to the Reconciler's State at the end.
+	state    *stateTx
+	Duration time.Duration
 	// Entries is the size of the larger tree listing a full pass built
 	// (0 for a live batch); the job uses it to return memory afterwards.
 	Entries int
@@ -66,7 +74,9 @@ const maxReportedChanges = 100
 func (r *Report) Actions() int { return r.Files + r.Dirs + r.Links + r.Attrs + r.Deleted + r.Renamed }
 
 // InSync reports whether the target matched (dry run) or now matches.
-func (r *Report) InSync() bool { return len(r.Errors) == 0 && len(r.Retry) == 0 && r.Held == 0 }
+func (r *Report) InSync() bool {
+	return len(r.Errors) == 0 && len(r.Retry) == 0 && len(r.Refused) == 0 && r.Held == 0
+}
 
 // Matches reports, for a dry run, that nothing differs.
 func (r *Report) Matches() bool {
@@ -106,6 +116,9 @@ type Reconciler struct {
 	TwoWay      bool
 	Node        string
 	Concurrency int
+	// State is the merge base of two-way sync and a record of what was
+	// last identical (nil: none kept, the classic rules apply).
+	State StateStore
 	// MaxDelete guards against mass deletion (see deletionHold);
 	// AllowMassDelete is the operator's confirmation for one run.
 	MaxDelete       MaxDelete
@@ -118,6 +131,14 @@ type Reconciler struct {
 	ProgressEvery time.Duration
 	// OnTransfer is called after every file landed (metrics).
 	OnTransfer func(bytes int64)
+	// OnRefused is called for every operation the target refused
+	// (ErrRefused), logged or not (metrics).
+	OnRefused func()
+
+	refusedMu sync.Mutex
+	// refusedLogged holds the paths whose refusal was logged, so that a
+	// hostile tree retried by every full pass logs each path once.
+	refusedLogged map[string]bool
 
 	landedMu sync.Mutex
 	// landed maps a path to the source version last landed or verified
@@ -186,6 +207,10 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	sub, dry, suspect := p.sub, p.dry, p.suspect
 	start := time.Now()
 	rep := &Report{Target: r.Target}
+	if r.State != nil && !dry {
+		rep.state = &stateTx{}
+		defer r.commit(rep)
+	}
 	if err := r.Source.checkRoot(); err != nil {
 		return rep, err
 	}
@@ -248,7 +273,7 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 			delete(dst, s.Path)
 		}
 		mu.Unlock()
-		o, need, err := r.plan(ctx, t, &s, d, false, suspect != nil && suspect(s))
+		o, need, err := r.plan(ctx, t, &s, d, false, suspect != nil && suspect(s), rep.state)
 		mu.Lock()
 		defer mu.Unlock()
 		if errors.Is(err, errConflict) {
@@ -341,13 +366,23 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 		if !r.Delete {
 			continue
 		}
+		merged := false
 		if r.TwoWay {
-			rep.Kept++
-			rep.note("only on target " + x + " (two_way: left for the peer to push)")
-			lastRemoved = x
-			continue
+			d := dst[x]
+			switch r.merge(x, nil, &d) {
+			case vPush:
+				// Deleted here since both sides last held it, unchanged
+				// there: the deletion (made during an outage, say)
+				// propagates.
+				merged = true
+			default:
+				rep.Kept++
+				rep.note("only on target " + x + " (two_way: left for the peer to push)")
+				lastRemoved = x
+				continue
+			}
 		}
-		ops = append(ops, op{kind: opRemove, path: x, reason: reasonNotInSource})
+		ops = append(ops, op{kind: opRemove, path: x, reason: reasonNotInSource, merged: merged})
 		if p.listed != nil && !p.listed(x) {
 			rep.unlisted(x)
 		}
@@ -442,6 +477,10 @@ func (rep *Report) count(o op, size int64) {
 func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Target: r.Target}
+	if r.State != nil {
+		rep.state = &stateTx{}
+		defer r.commit(rep)
+	}
 	if err := r.Source.checkRoot(); err != nil {
 		return rep, err
 	}
@@ -521,7 +560,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 		if src == nil && r.Source.excluder.Excluded(rel, dst != nil && dst.Mode.IsDir()) {
 			return nil
 		}
-		o, need, err := r.plan(ctx, t, src, dst, true, true)
+		o, need, err := r.plan(ctx, t, src, dst, true, true, rep.state)
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
@@ -665,6 +704,7 @@ func (rep *Report) add(o *Report) {
 	rep.Kept += o.Kept
 	rep.Conflicts += o.Conflicts
 	rep.Errors = append(rep.Errors, o.Errors...)
+	rep.Refused = append(rep.Refused, o.Refused...)
 	rep.Retry = append(rep.Retry, o.Retry...)
 	for _, c := range o.Changes {
 		rep.note(c)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -166,13 +167,39 @@ func (s *Source) openFile(rel string) (*os.File, error) {
 
 // Lstat returns the source entry for rel, or nil when it does not exist
 // (or is excluded).
+//
+// An entry below a symlinked directory does not exist in the tree (the
+// walk never descends into a symlink), although os.Root would follow a
+// symlink that stays inside the root: answering "present" would make a
+// directory replaced by a symlink never delete its old content on the
+// targets, and copy the link's target there under the old names.
 func (s *Source) Lstat(rel string) (*Entry, error) {
 	h, err := s.acquire()
 	if err != nil {
 		return nil, err
 	}
 	defer h.release()
+	if dir := path.Dir(rel); dir != "." {
+		real, ok := h.beneath.realDir(dir)
+		if !ok {
+			real = realDir(h.root, dir)
+		}
+		if !real {
+			return nil, nil
+		}
+	}
 	return s.entry(h.root, rel, rel)
+}
+
+// realDir is beneath.realDir without openat2: each ancestor is lstat'ed.
+func realDir(root *os.Root, dir string) bool {
+	for p := dir; p != "."; p = path.Dir(p) {
+		fi, err := root.Lstat(p)
+		if err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	return true
 }
 
 // Empty reports whether the root holds no entry at all (excluded ones

@@ -100,3 +100,17 @@ func CleanRel(rel string) (string, error) {
 	}
 	return c, nil
 }
+
+// ErrRefused marks an operation a target refused because it would leave
+// the target root or go through a symlink there (a hostile or corrupted
+// peer docroot). The path is not retried until the next full pass, and is
+// logged once and counted in lockstep_sync_refused_total.
+var ErrRefused = errors.New("refused: the path leaves the target root or crosses a symlink on the target")
+
+// DirRemover is implemented by targets that can remove a directory only
+// when it is empty. Two-way mode uses it before a file or symlink takes
+// the place of a directory on the peer, so that a directory with content
+// is never removed for it: that is a type conflict, kept and reported.
+type DirRemover interface {
+	RemoveEmptyDir(ctx context.Context, rel string) error
+}

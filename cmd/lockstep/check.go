@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lockstep-ha/lockstep/config"
+	"github.com/lockstep-ha/lockstep/lsync"
 )
 
 func newCheckCmd() *cobra.Command {
@@ -19,6 +20,9 @@ func newCheckCmd() *cobra.Command {
 			if err != nil {
 				return usageError(err)
 			}
+			for _, w := range configWarnings(f) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s: warning: %s\n", f.Path, w)
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (node %s: %d sync job(s), repl %s, cluster %s)\n",
 				f.Path, f.Node, len(f.Sync), present(f.Repl != nil), present(f.Cluster != nil))
 			return nil
@@ -26,6 +30,26 @@ func newCheckCmd() *cobra.Command {
 	}
 	addConfigFlag(cmd, &path)
 	return cmd
+}
+
+// configWarnings lists valid but risky settings.
+func configWarnings(f *config.File) []string {
+	var out []string
+	for i, j := range f.Sync {
+		for k, t := range j.Targets {
+			if t.IsLocal() || t.User != "root" || t.Receiver != lsync.ReceiverOff {
+				continue
+			}
+			// SFTP resolves paths on the server, following symlinks: as
+			// root, a symlink swapped into the peer's docroot between
+			// lockstep's checks and a write can redirect it anywhere.
+			out = append(out, fmt.Sprintf("sync[%d].targets[%d] (%s): connects as root over plain SFTP (receiver: off); "+
+				"a symlink swapped into the peer's docroot at the wrong moment can redirect a write anywhere on that host. "+
+				"Use receiver: auto or on with lockstep installed on the peer, or a dedicated sync user with ChrootDirectory "+
+				"and ForceCommand internal-sftp (README: threat model)", i, k, t.Name))
+		}
+	}
+	return out
 }
 
 // addConfigFlag adds the -c/--config flag every config-driven command has.

@@ -51,3 +51,30 @@ func TestCheckExitCodes(t *testing.T) {
 		t.Errorf("unknown command: code %d, want 2", code)
 	}
 }
+
+func TestCheckWarnsRootOverPlainSFTP(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "id")
+	os.WriteFile(key, []byte("not parsed by check"), 0o600)
+	kh := filepath.Join(dir, "known_hosts")
+	os.WriteFile(kh, nil, 0o644)
+	conf := func(user, receiver string) string {
+		p := filepath.Join(dir, user+receiver+".yaml")
+		os.WriteFile(p, []byte("node: web1\nsync:\n  - name: d\n    source: "+dir+"\n    targets:\n"+
+			"      - {name: web2, host: web2, user: "+user+", identity: "+key+", known_hosts: "+kh+", path: /var/www"+receiver+"}\n"), 0o600)
+		return p
+	}
+	code, out := runCLI(t, "check", "-c", conf("root", ", receiver: off"))
+	if code != 0 || !strings.Contains(out, "warning: sync[0].targets[0] (web2): connects as root over plain SFTP") {
+		t.Errorf("root + receiver off: code %d, output %q", code, out)
+	}
+	for _, c := range []string{conf("root", ""), conf("sync", ", receiver: off")} {
+		if code, out := runCLI(t, "check", "-c", c); code != 0 || strings.Contains(out, "warning") {
+			t.Errorf("%s: code %d, output %q", c, code, out)
+		}
+	}
+	code, out = runCLI(t, "check", "-c", conf("root", ", receiver: maybe"))
+	if code != exitUsage || !strings.Contains(out, `receiver: "maybe" must be auto, on or off`) {
+		t.Errorf("bad receiver: code %d, output %q", code, out)
+	}
+}

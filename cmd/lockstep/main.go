@@ -75,6 +75,7 @@ func newRootCmd() *cobra.Command {
 		newStatusCmd(),
 		newClearCmd(),
 		newPlaygroundCmd(),
+		newReceiveCmd(),
 	)
 	return root
 }

@@ -132,6 +132,9 @@ func runSyncOnce(ctx context.Context, out io.Writer, jobs []syncJob) error {
 				fmt.Fprintf(out, "%s: pushed %d file(s) (%d bytes), %d dir(s), %d link(s), %d attribute fix(es), %d deletion(s)\n",
 					prefix, r.Applied.Files, r.Applied.Bytes, r.Applied.Dirs, r.Applied.Links, r.Applied.Attrs, r.Applied.Deleted)
 			}
+			if r.StatePath != "" {
+				fmt.Fprintf(out, "%s: sync state %s (%d paths)\n", prefix, r.StatePath, r.StateEntries)
+			}
 			if r.OK() {
 				fmt.Fprintf(out, "%s: in sync\n", prefix)
 				continue
@@ -146,6 +149,9 @@ func runSyncOnce(ctx context.Context, out io.Writer, jobs []syncJob) error {
 				}
 				for _, e := range rep.Errors {
 					why = append(why, e.Error())
+				}
+				for _, e := range rep.Refused {
+					why = append(why, "refused by the target: "+e.Error())
 				}
 				for _, p := range rep.Retry {
 					why = append(why, "changed while copying: "+p)

@@ -18,7 +18,7 @@ import (
 func writeSyncConfig(t *testing.T, src string, targets map[string]string) string {
 	t.Helper()
 	var b strings.Builder
-	b.WriteString("node: web1\nsync:\n  - name: docroot\n    source: " + src + "\n    exclude: [\"*.swp\"]\n    targets:\n")
+	b.WriteString("node: web1\nsync:\n  - name: docroot\n    source: " + src + "\n    state_dir: " + t.TempDir() + "\n    exclude: [\"*.swp\"]\n    targets:\n")
 	for name, dir := range targets {
 		b.WriteString("      - {name: " + name + ", path: " + dir + "}\n")
 	}
@@ -37,7 +37,7 @@ func TestSyncOnceExitCodes(t *testing.T) {
 	cfg := writeSyncConfig(t, src, map[string]string{"local": dst})
 
 	code, out := runCLI(t, "sync", "-c", cfg, "--once")
-	if code != exitOK || !strings.Contains(out, "docroot -> local: in sync") {
+	if code != exitOK || !strings.Contains(out, "docroot -> local: in sync") || !strings.Contains(out, "docroot -> local: sync state /") {
 		t.Fatalf("code %d, output:\n%s", code, out)
 	}
 	lsynctest.AssertTreesEqual(t, src, dst)

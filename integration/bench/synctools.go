@@ -65,6 +65,8 @@ func LockstepSyncConfig(source, target string, peer SSHPeer, overrides map[strin
 	job := map[string]any{
 		"name":   "bench",
 		"source": source,
+		// Beside the config, not in /var/lib: a benchmark leaves nothing.
+		"state_dir": filepath.Join(filepath.Dir(source), "lockstep-state"),
 		"targets": []map[string]any{{
 			"name":        "peer",
 			"host":        peer.Host,

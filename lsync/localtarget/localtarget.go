@@ -121,7 +121,7 @@ func (t *Target) parentFD(rel string, create bool) (int, string, error) {
 		unix.Close(fd)
 		switch {
 		case err == unix.ELOOP || err == unix.ENOTDIR:
-			return -1, "", &fs.PathError{Op: "write", Path: rel, Err: fmt.Errorf("parent %q is a symlink or not a directory; refusing to write through it", comp)}
+			return -1, "", &fs.PathError{Op: "write", Path: rel, Err: fmt.Errorf("parent %q is a symlink or not a directory; refusing to write through it: %w", comp, lsync.ErrRefused)}
 		case err != nil:
 			return -1, "", &fs.PathError{Op: "open parent", Path: rel, Err: err}
 		}
@@ -253,6 +253,12 @@ func (t *Target) Stat(_ context.Context, rel string) (lsync.Entry, error) {
 	c, err := t.clean(rel)
 	if err != nil {
 		return lsync.Entry{}, err
+	}
+	// Below a symlink or a file there is nothing inside the tree (os.Root
+	// would follow a symlink that stays inside the root, and fail with a
+	// non-"not found" error on one that leaves it).
+	if err := t.checkParents(c); err != nil {
+		return lsync.Entry{}, &fs.PathError{Op: "lstat", Path: c, Err: fs.ErrNotExist}
 	}
 	fi, err := t.root.Lstat(c)
 	if err != nil {
@@ -486,6 +492,27 @@ func (t *Target) RemoveAll(_ context.Context, rel string) error {
 		return err
 	}
 	return t.root.RemoveAll(c)
+}
+
+// RemoveEmptyDir implements lsync.DirRemover: rmdir(2), which fails on a
+// directory with entries.
+func (t *Target) RemoveEmptyDir(_ context.Context, rel string) error {
+	c, err := t.clean(rel)
+	if err != nil {
+		return err
+	}
+	dfd, base, err := t.parentFD(c, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	if err := unix.Unlinkat(dfd, base, unix.AT_REMOVEDIR); err != nil && err != unix.ENOENT {
+		return &fs.PathError{Op: "rmdir", Path: rel, Err: err}
+	}
+	return nil
 }
 
 // Open reads back a regular file.

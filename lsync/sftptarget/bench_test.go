@@ -138,6 +138,7 @@ func BenchmarkWalkGoSrc(b *testing.B) {
 //
 // BENCH_FILES (default 20000), BENCH_CONC and BENCH_CHANNELS override
 // the tree size, the job's concurrency and the number of SFTP channels;
+// BENCH_RECEIVER=/path/to/lockstep measures the receiver instead of SFTP;
 // BENCH_CPUPROFILE writes a CPU profile of the pass alone.
 func BenchmarkInitialSync(b *testing.B) {
 	src, files := makeDocroot(b)
@@ -161,7 +162,15 @@ func BenchmarkInitialSync(b *testing.B) {
 		if v, err := strconv.Atoi(os.Getenv("BENCH_CHANNELS")); err == nil {
 			c.channels = v
 		}
-		s, err := c.connect(ctx)
+		var s lsync.Target
+		if bin := os.Getenv("BENCH_RECEIVER"); bin != "" {
+			// The lockstep receiver instead of SFTP: BENCH_RECEIVER is
+			// the path of a built lockstep binary.
+			c.cfg.Receiver, c.cfg.ReceiverCommand = lsync.ReceiverOn, bin
+			s, err = c.Connect(ctx)
+		} else {
+			s, err = c.connect(ctx)
+		}
 		if err != nil {
 			b.Fatal(err)
 		}

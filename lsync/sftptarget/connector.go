@@ -74,6 +74,10 @@ func newConnector(cfg lsync.TargetConfig, logger *slog.Logger) (*Connector, erro
 		return nil, fmt.Errorf("target %q: path %q must be absolute", cfg.Name, cfg.Path)
 	}
 	cfg.Path = path.Clean(cfg.Path)
+	cfg.SetReceiverDefaults()
+	if err := cfg.ValidateReceiver(); err != nil {
+		return nil, fmt.Errorf("target %q: %w", cfg.Name, err)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -129,18 +133,75 @@ func loadIdentity(file string) (ssh.Signer, error) {
 // Name implements lsync.Connector.
 func (c *Connector) Name() string { return c.cfg.Name }
 
-// Connect dials, authenticates, verifies the host key and starts the SFTP
-// subsystem. Dial and transport errors wrap lsync.ErrDisconnected so the
-// job retries with backoff; a refused host key wraps ErrHostKey.
+// Connect dials, authenticates and verifies the host key, then starts the
+// lockstep receiver on the peer (receiver: auto or on) or the SFTP
+// subsystem. With auto, a peer without a usable receiver (not installed,
+// another protocol version) is served over SFTP, and the log says why.
+// Dial and transport errors wrap lsync.ErrDisconnected so the job retries
+// with backoff; a refused host key wraps ErrHostKey.
 func (c *Connector) Connect(ctx context.Context) (lsync.Target, error) {
-	s, err := c.connect(ctx)
+	d, err := c.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	if c.cfg.Receiver != lsync.ReceiverOff {
+		rs, rerr := c.startReceiver(ctx, d)
+		if rerr == nil {
+			return rs, nil
+		}
+		if ctx.Err() != nil || d.expired() || c.cfg.Receiver == lsync.ReceiverOn {
+			d.abandon()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("%w: target %s: lockstep receiver on %s (receiver: %s): %w", lsync.ErrDisconnected, c.cfg.Name, c.addr, c.cfg.Receiver, rerr)
+		}
+		c.logger.Warn("lockstep receiver unavailable on the peer; falling back to SFTP (writes confined by per-operation checks, with a race window: see README, threat model)",
+			"reason", rerr.Error(), "command", c.receiverCommand())
+	}
+	return c.startSFTP(ctx, d)
 }
 
+// connect dials and starts an SFTP session, whatever the receiver setting.
 func (c *Connector) connect(ctx context.Context) (*session, error) {
+	d, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.startSFTP(ctx, d)
+}
+
+// dialed is an authenticated SSH connection whose setup (channels, the
+// receiver's hello) is still bounded by the connect timeout.
+type dialed struct {
+	ctx    context.Context // the caller's
+	setup  context.Context // ends at the connect timeout
+	conn   net.Conn
+	client *ssh.Client
+	stop   func() bool // disarms the setup deadline; false if it fired
+}
+
+// expired reports whether the connect timeout or the caller's
+// cancellation already closed the connection.
+func (d *dialed) expired() bool { return d.setup.Err() != nil }
+
+// abandon closes a connection whose setup failed.
+func (d *dialed) abandon() {
+	d.stop()
+	_ = d.client.Close()
+}
+
+// ready ends the setup phase: the deadline is lifted. It reports false
+// when the deadline fired first (the connection is then closed).
+func (d *dialed) ready() bool {
+	if !d.stop() {
+		return false
+	}
+	_ = d.conn.SetDeadline(time.Time{})
+	return true
+}
+
+func (c *Connector) dial(ctx context.Context) (*dialed, error) {
 	// known_hosts is read on every dial so that an admin who adds a key
 	// does not have to restart the daemon.
 	verifier, err := newHostKeyVerifier(c.cfg.KnownHosts, c.addr, c.cfg.Name)
@@ -149,19 +210,25 @@ func (c *Connector) connect(ctx context.Context) (*session, error) {
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
-	defer cancel()
 	d := net.Dialer{KeepAlive: 15 * time.Second}
 	conn, err := d.DialContext(dctx, "tcp", c.addr)
 	if err != nil {
+		cancel()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		return nil, fmt.Errorf("%w: target %s: dial %s: %w", lsync.ErrDisconnected, c.cfg.Name, c.addr, err)
 	}
-	// The SSH handshake and SFTP init have no context of their own: bound
-	// them by a deadline, and by the caller's cancellation.
+	// The SSH handshake, SFTP init and the receiver's hello have no
+	// context of their own: bound them by a deadline, and by the caller's
+	// cancellation.
 	_ = conn.SetDeadline(time.Now().Add(c.cfg.ConnectTimeout))
-	stop := context.AfterFunc(dctx, func() { _ = conn.Close() })
+	stopAfter := context.AfterFunc(dctx, func() { _ = conn.Close() })
+	stop := func() bool {
+		ok := stopAfter()
+		cancel()
+		return ok
+	}
 
 	sc, chans, reqs, err := ssh.NewClientConn(conn, c.addr, &ssh.ClientConfig{
 		User:              c.cfg.User,
@@ -171,6 +238,7 @@ func (c *Connector) connect(ctx context.Context) (*session, error) {
 		Timeout:           c.cfg.ConnectTimeout,
 	})
 	if err != nil {
+		timedOut := dctx.Err() != nil
 		stop()
 		_ = conn.Close()
 		if verifier.err != nil {
@@ -179,22 +247,25 @@ func (c *Connector) connect(ctx context.Context) (*session, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if dctx.Err() != nil {
+		if timedOut {
 			return nil, fmt.Errorf("%w: target %s: ssh handshake with %s timed out after %s", lsync.ErrDisconnected, c.cfg.Name, c.addr, c.cfg.ConnectTimeout)
 		}
 		return nil, verifier.explain(c, err)
 	}
-	client := ssh.NewClient(sc, chans, reqs)
+	return &dialed{ctx: ctx, setup: dctx, conn: conn, client: ssh.NewClient(sc, chans, reqs), stop: stop}, nil
+}
+
+func (c *Connector) startSFTP(ctx context.Context, d *dialed) (*session, error) {
+	client := d.client
 	clients, err := openChannels(client, c.channels)
 	if err != nil {
-		stop()
-		_ = client.Close()
+		d.abandon()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		return nil, fmt.Errorf("%w: target %s: start sftp subsystem on %s: %w", lsync.ErrDisconnected, c.cfg.Name, c.addr, err)
 	}
-	if !stop() {
+	if !d.ready() {
 		// The deadline or cancellation fired during setup and closed conn.
 		for _, sc := range clients {
 			_ = sc.Close()
@@ -205,7 +276,6 @@ func (c *Connector) connect(ctx context.Context) (*session, error) {
 		}
 		return nil, fmt.Errorf("%w: target %s: connection setup with %s timed out after %s", lsync.ErrDisconnected, c.cfg.Name, c.addr, c.cfg.ConnectTimeout)
 	}
-	_ = conn.SetDeadline(time.Time{})
 	if _, ok := clients[0].HasExtension("posix-rename@openssh.com"); !ok {
 		for _, sc := range clients {
 			_ = sc.Close()
@@ -220,7 +290,7 @@ func (c *Connector) connect(ctx context.Context) (*session, error) {
 		_ = s.Close()
 		return nil, err
 	}
-	c.logger.Info("connected", "addr", c.addr, "user", c.cfg.User, "path", c.cfg.Path)
+	c.logger.Info("connected", "addr", c.addr, "user", c.cfg.User, "path", c.cfg.Path, "protocol", "sftp")
 	return s, nil
 }
 

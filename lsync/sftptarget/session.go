@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path"
 	"slices"
@@ -26,156 +25,49 @@ import (
 	"github.com/lockstep-ha/lockstep/lsync"
 )
 
-// session is one live SSH connection with its SFTP channel; it implements
+// session is one live SSH connection with its SFTP channels; it implements
 // lsync.Target. Once the transport fails the session is dead for good and
 // every method returns an error wrapping lsync.ErrDisconnected: the job
 // then dials a new one.
+//
+// SFTP resolves each path string afresh on the server, following symlinks
+// in parent components. Every operation therefore lstats each ancestor
+// immediately before it is sent (nothing is remembered between
+// operations: a directory seen as real a moment ago may be a symlink now);
+// what remains is the window between those lstats and the request. The
+// receiver session (recvsession.go) has no such window.
 type session struct {
-	name   string
-	host   string // for error messages: "host:/abs/path"
-	root   string // absolute, cleaned
-	logger *slog.Logger
-	ssh    *ssh.Client
+	*transport
+	host string // for error messages: "host:/abs/path"
+	root string // absolute, cleaned
 	// Several SFTP channels share the connection: OpenSSH serves each
 	// channel with its own single-threaded sftp-server process, which is
 	// the bottleneck for many small files.
 	clients []*sftp.Client
 	next    atomic.Uint32
-
-	done      chan struct{}
-	lost      chan struct{} // closed when the transport is gone
-	closeOnce sync.Once
-	wg        sync.WaitGroup
-
-	mu   sync.Mutex
-	dead error
-	// verified holds relative directories lstat'ed as real directories
-	// (not symlinks) during this session. Rename, RemoveAll and Symlink
-	// drop the affected subtree.
-	verified map[string]struct{}
 }
 
-var _ lsync.Target = (*session)(nil)
+var (
+	_ lsync.Target     = (*session)(nil)
+	_ lsync.DirRemover = (*session)(nil)
+)
 
 func newSession(c *Connector, client *ssh.Client, clients []*sftp.Client) *session {
-	s := &session{
-		name:     c.cfg.Name,
-		host:     c.cfg.Host,
-		root:     c.cfg.Path,
-		logger:   c.logger,
-		ssh:      client,
-		clients:  clients,
-		done:     make(chan struct{}),
-		lost:     make(chan struct{}),
-		verified: map[string]struct{}{},
+	return &session{
+		transport: newTransport(c, client),
+		host:      c.cfg.Host,
+		root:      c.cfg.Path,
+		clients:   clients,
 	}
-	s.wg.Add(2)
-	go s.watchTransport()
-	go s.keepalive(c.keepaliveInterval, c.keepaliveTimeout)
-	return s
-}
-
-// watchTransport notices the TCP connection going away (peer restart, RST)
-// even while no request is in flight.
-func (s *session) watchTransport() {
-	defer s.wg.Done()
-	err := s.ssh.Wait()
-	select {
-	case <-s.done:
-	default:
-		if err == nil {
-			err = errors.New("connection closed by peer")
-		}
-		s.fail(err)
-	}
-}
-
-func (s *session) keepalive(interval, timeout time.Duration) {
-	defer s.wg.Done()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.done:
-			return
-		case <-t.C:
-		}
-		reply := make(chan error, 1)
-		s.wg.Go(func() {
-			// OpenSSH answers keepalive@openssh.com with a failure reply;
-			// any reply proves the peer alive. SendRequest returns once
-			// the connection is closed, so this goroutine ends with it.
-			_, _, err := s.ssh.SendRequest("keepalive@openssh.com", true, nil)
-			reply <- err
-		})
-		timer := time.NewTimer(timeout)
-		select {
-		case <-s.done:
-			timer.Stop()
-			return
-		case err := <-reply:
-			timer.Stop()
-			if err != nil {
-				s.fail(fmt.Errorf("keepalive: %w", err))
-				return
-			}
-		case <-timer.C:
-			s.fail(fmt.Errorf("keepalive: no answer within %s", timeout))
-			return
-		}
-	}
-}
-
-// fail marks the session dead and tears the transport down, which makes
-// every request in flight return at once.
-func (s *session) fail(err error) {
-	s.mu.Lock()
-	first := s.dead == nil
-	if first {
-		s.dead = err
-	}
-	s.mu.Unlock()
-	if first {
-		close(s.lost)
-		s.logger.Warn("connection lost", "err", err)
-		_ = s.ssh.Close()
-	}
-}
-
-// Disconnected is closed once the session is unusable (peer gone,
-// keepalive unanswered, or Close), so an idle worker can notice a dead
-// peer without waiting for its next change.
-func (s *session) Disconnected() <-chan struct{} { return s.lost }
-
-func (s *session) deadErr() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.dead
-}
-
-func (s *session) disconnected(cause error) error {
-	return fmt.Errorf("%w: target %s: %w", lsync.ErrDisconnected, s.name, cause)
 }
 
 // Close implements lsync.Target.
 func (s *session) Close() error {
-	s.closeOnce.Do(func() {
-		close(s.done)
-		s.mu.Lock()
-		if s.dead == nil {
-			s.dead = errors.New("session closed")
-			close(s.lost)
-		}
-		s.mu.Unlock()
-		// The connection goes first: it unblocks a request send stuck
-		// on a peer that stopped reading, which closing a channel alone
-		// would wait for.
-		_ = s.ssh.Close()
+	s.close(func() {
 		for _, c := range s.clients {
 			_ = c.Close()
 		}
 	})
-	s.wg.Wait()
 	return nil
 }
 
@@ -251,90 +143,75 @@ func (s *session) prepareRoot(ctx context.Context) error {
 	return nil
 }
 
-func (s *session) isVerified(rel string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.verified[rel]
-	return ok
-}
-
-func (s *session) markVerified(rel string) {
-	s.mu.Lock()
-	s.verified[rel] = struct{}{}
-	s.mu.Unlock()
-}
-
-// forget drops rel and everything below it from the verified set.
-func (s *session) forget(rel string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	// A directory is only ever verified after all its ancestors, and
-	// forgotten with all its descendants: when rel is not in the set,
-	// nothing below it is, and the scan (costly with a large tree) is
-	// not needed.
-	if _, ok := s.verified[rel]; !ok {
-		return
-	}
-	prefix := rel + "/"
-	for k := range s.verified {
-		if k == rel || strings.HasPrefix(k, prefix) {
-			delete(s.verified, k)
-		}
-	}
-}
-
-// errSymlinkParent is returned when a write would go through a symlink.
-var errSymlinkParent = errors.New("parent is a symlink on the target; refusing to write through it")
-
-var errNotDirParent = errors.New("parent is not a directory on the target")
-
 // ensureParents checks that every ancestor of rel below the root is a real
 // directory, creating missing ones when create is set. This is what keeps
-// a symlink planted on the target from redirecting writes outside the root.
+// a symlink planted on the target from redirecting writes outside the root
+// (up to the race described on session).
 //
-// Without create (reads, metadata, removal), an ancestor that is missing,
-// a symlink or a file means rel does not exist inside the confined tree:
-// the error then matches fs.ErrNotExist as well.
+// Every ancestor is lstat'ed afresh for every operation, all of them at
+// once (one round trip, not one per level). Without create (reads,
+// metadata, removal), an ancestor that is missing, a symlink or a file
+// means rel does not exist inside the confined tree: the error then
+// matches fs.ErrNotExist as well.
 func (s *session) ensureParents(ctx context.Context, rel string, create bool) error {
 	dir := path.Dir(rel)
 	if dir == "." {
 		return nil
 	}
+	if err := s.alive(ctx); err != nil {
+		return err
+	}
 	parts := strings.Split(dir, "/")
+	c := s.cl()
+	infos := make([]os.FileInfo, len(parts))
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i := range parts {
+		wg.Go(func() { infos[i], errs[i] = c.Lstat(s.abs(strings.Join(parts[:i+1], "/"))) })
+	}
+	wg.Wait()
 	for i := range parts {
 		p := strings.Join(parts[:i+1], "/")
-		if s.isVerified(p) {
+		if errs[i] == nil {
+			if err := s.checkDir(p, infos[i], create); err != nil {
+				return err
+			}
 			continue
 		}
-		if err := s.alive(ctx); err != nil {
-			return err
+		if !errors.Is(errs[i], fs.ErrNotExist) || !create {
+			return s.check("lstat", s.abs(p), errs[i])
 		}
-		if err := s.verifyDir(p, create); err != nil {
-			return err
+		// Missing from here down: create each level, lstat'ing again
+		// where a concurrent writer won the race.
+		for j := i; j < len(parts); j++ {
+			if err := s.makeDir(c, strings.Join(parts[:j+1], "/")); err != nil {
+				return err
+			}
 		}
+		return nil
 	}
 	return nil
 }
 
-func (s *session) verifyDir(p string, create bool) error {
+func (s *session) makeDir(c *sftp.Client, p string) error {
 	remote := s.abs(p)
-	c := s.cl()
+	merr := c.Mkdir(remote)
+	if merr == nil {
+		return nil
+	}
 	fi, err := c.Lstat(remote)
-	if errors.Is(err, fs.ErrNotExist) && create {
-		if merr := c.Mkdir(remote); merr != nil {
-			// A concurrent writer may have created it; look again.
-			fi, err = c.Lstat(remote)
-			if err != nil {
-				return s.check("mkdir", remote, merr)
-			}
-		} else {
-			s.markVerified(p)
-			return nil
-		}
-	}
 	if err != nil {
-		return s.check("lstat", remote, err)
+		return s.check("mkdir", remote, merr)
 	}
+	return s.checkDir(p, fi, true)
+}
+
+// errSymlinkParent is returned when a write would go through a symlink.
+var errSymlinkParent = fmt.Errorf("parent is a symlink on the target; refusing to write through it: %w", lsync.ErrRefused)
+
+var errNotDirParent = fmt.Errorf("parent is not a directory on the target: %w", lsync.ErrRefused)
+
+func (s *session) checkDir(p string, fi os.FileInfo, create bool) error {
 	var why error
 	switch {
 	case fi.Mode()&fs.ModeSymlink != 0:
@@ -342,13 +219,12 @@ func (s *session) verifyDir(p string, create bool) error {
 	case !fi.IsDir():
 		why = errNotDirParent
 	default:
-		s.markVerified(p)
 		return nil
 	}
 	if !create {
 		why = fmt.Errorf("%w (%w)", fs.ErrNotExist, why)
 	}
-	return &fs.PathError{Op: "confine", Path: s.host + ":" + remote, Err: why}
+	return &fs.PathError{Op: "confine", Path: s.host + ":" + s.abs(p), Err: why}
 }
 
 func clean(rel string) (string, error) {
@@ -385,8 +261,16 @@ func (s *session) Walk(ctx context.Context, sub string, fn func(lsync.Entry) err
 	if err := s.alive(ctx); err != nil {
 		return err
 	}
+	return walkTarget(ctx, sub, s.Stat, s.readDir, fn)
+}
+
+// walkTarget is Walk for both session kinds, which differ in how they
+// stat and list.
+func walkTarget(ctx context.Context, sub string, stat func(context.Context, string) (lsync.Entry, error),
+	readDir func(context.Context, string) ([]lsync.Entry, error), fn func(lsync.Entry) error,
+) error {
 	if sub != "" {
-		e, err := s.Stat(ctx, sub)
+		e, err := stat(ctx, sub)
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || err == nil && !e.Mode.IsDir() {
 			return nil
 		}
@@ -394,17 +278,19 @@ func (s *session) Walk(ctx context.Context, sub string, fn func(lsync.Entry) err
 			return err
 		}
 	}
-	w := &walker{s: s, sem: make(chan struct{}, walkPrefetch)}
+	w := &walker{readDir: readDir, sem: make(chan struct{}, walkPrefetch)}
 	ctx, cancel := context.WithCancel(ctx)
 	defer w.wg.Wait() // runs after cancel: prefetchers stop early
 	defer cancel()
 	return w.walk(ctx, sub, w.list(ctx, sub), fn)
 }
 
+// walker lists directories ahead of the callback; readDir is the
+// session's (SFTP or receiver).
 type walker struct {
-	s   *session
-	sem chan struct{}
-	wg  sync.WaitGroup
+	readDir func(ctx context.Context, rel string) ([]lsync.Entry, error)
+	sem     chan struct{}
+	wg      sync.WaitGroup
 }
 
 // listing is one directory read ahead of the callback.
@@ -425,7 +311,7 @@ func (w *walker) list(ctx context.Context, rel string) *listing {
 			return
 		}
 		defer func() { <-w.sem }()
-		l.entries, l.err = w.s.readDir(ctx, rel)
+		l.entries, l.err = w.readDir(ctx, rel)
 	})
 	return l
 }
@@ -573,6 +459,15 @@ func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode f
 	if err != nil {
 		return s.withSpaceHint(tmp, s.check("create", tmp, err))
 	}
+	// SFTP v3's open carries no mode in pkg/sftp, so sftp-server creates
+	// the file with its umask (0644, usually): made private before the
+	// first byte is written, the content is never readable by others
+	// before the rename. (The receiver creates it 0600 in one call.)
+	if err := f.Chmod(0o600); err != nil {
+		_ = f.Close()
+		s.removeTemp(tmp)
+		return s.check("chmod", tmp, err)
+	}
 	if err := s.fill(ctx, c, f, tmp, r, mode, mtime); err != nil {
 		s.removeTemp(tmp)
 		return err
@@ -597,7 +492,6 @@ func (s *session) replace(ctx context.Context, c *sftp.Client, tmp, rel string) 
 	if lerr != nil || !fi.IsDir() {
 		return s.check("rename", final, err)
 	}
-	s.forget(rel)
 	if err := s.removeTree(ctx, final); err != nil {
 		return err
 	}
@@ -725,7 +619,6 @@ func (s *session) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error
 			return s.check("mkdir", remote, merr)
 		}
 		if !fi.IsDir() {
-			s.forget(rel)
 			// SSH_FXP_REMOVE unlinks; it never follows a symlink.
 			if err := c.Remove(remote); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return s.check("remove", remote, err)
@@ -735,7 +628,6 @@ func (s *session) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error
 			}
 		}
 	}
-	s.markVerified(rel)
 	return s.check("chmod", remote, c.Chmod(remote, permBits(mode)))
 }
 
@@ -748,7 +640,6 @@ func (s *session) Symlink(ctx context.Context, rel, linkTarget string) error {
 	if err := s.ensureParents(ctx, rel, true); err != nil {
 		return err
 	}
-	s.forget(rel)
 	tmp := s.abs(tempName(rel))
 	c := s.cl()
 	if err := c.Symlink(linkTarget, tmp); err != nil {
@@ -773,11 +664,6 @@ func (s *session) metaTarget(ctx context.Context, op, rel string) (string, error
 		return "", err
 	}
 	remote := s.abs(rel)
-	if s.isVerified(rel) {
-		// Already known as a real directory in this session (the
-		// directory mtimes after a pass): spare the round trip.
-		return remote, nil
-	}
 	fi, err := s.cl().Lstat(remote)
 	if err != nil {
 		return "", s.check("lstat", remote, err)
@@ -823,8 +709,6 @@ func (s *session) Rename(ctx context.Context, from, to string) error {
 	if err := s.ensureParents(ctx, to, true); err != nil {
 		return err
 	}
-	s.forget(from)
-	s.forget(to)
 	return s.check("rename", s.abs(from)+" -> "+s.abs(to), s.cl().PosixRename(s.abs(from), s.abs(to)))
 }
 
@@ -840,7 +724,6 @@ func (s *session) RemoveAll(ctx context.Context, rel string) error {
 		}
 		return err
 	}
-	s.forget(rel)
 	remote := s.abs(rel)
 	fi, err := s.cl().Lstat(remote)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -853,6 +736,27 @@ func (s *session) RemoveAll(ctx context.Context, rel string) error {
 		return s.removeFile(remote)
 	}
 	return s.removeTree(ctx, remote)
+}
+
+// RemoveEmptyDir implements lsync.DirRemover: SSH_FXP_RMDIR fails on a
+// directory with entries (and on a symlink).
+func (s *session) RemoveEmptyDir(ctx context.Context, rel string) error {
+	rel, err := clean(rel)
+	if err != nil {
+		return err
+	}
+	if err := s.ensureParents(ctx, rel, false); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	remote := s.abs(rel)
+	err = s.cl().RemoveDirectory(remote)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return s.check("rmdir", remote, err)
 }
 
 func (s *session) removeFile(remote string) error {

@@ -982,3 +982,46 @@ func (r *recordingWriter) size() int {
 	}
 	return n
 }
+
+// TestTempFileIsPrivateWhileWritten: over plain SFTP the temp file is
+// made 0600 before its first byte, whatever the server's umask; only the
+// rename publishes it with its final mode.
+func TestTempFileIsPrivateWhileWritten(t *testing.T) {
+	srv := sshdtest.Start(t)
+	s, root := connect(t, srv)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- s.WriteFile(context.Background(), "public.html", pr, 0o644, time.Now())
+	}()
+	if _, err := pw.Write(bytes.Repeat([]byte("secret "), 10000)); err != nil {
+		t.Fatal(err)
+	}
+	var tmp string
+	deadline := time.Now().Add(10 * time.Second)
+	for tmp == "" && time.Now().Before(deadline) {
+		matches, _ := filepath.Glob(filepath.Join(root, lsync.TempPrefix+"*"))
+		if len(matches) == 1 {
+			tmp = matches[0]
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if tmp == "" {
+		t.Fatal("no temp file while the upload is in progress")
+	}
+	fi, err := os.Stat(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("temp file %s is mode %v while being written: readable by others", tmp, fi.Mode().Perm())
+	}
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	fi, err = os.Stat(filepath.Join(root, "public.html"))
+	if err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("final file: %v %v", fi, err)
+	}
+}

@@ -1,0 +1,212 @@
+package lsync
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lockstep-ha/lockstep/lsync/syncstate"
+)
+
+// StateStore is the merge base of two-way sync: what both sides last held
+// for a path (see package syncstate).
+type StateStore interface {
+	Get(path string) (syncstate.Record, bool)
+	Update(puts map[string]syncstate.Record, dels []string) error
+}
+
+// recordOf is what the state keeps of an entry.
+func recordOf(e Entry) syncstate.Record {
+	return syncstate.Record{Mode: uint32(e.Mode.Type() | modeBits(e.Mode)), Size: e.Size, MTimeNs: e.ModTime.UnixNano(), Link: e.LinkTarget}
+}
+
+// matches reports whether e is the version recorded in base. Mtimes
+// compare at whole seconds when either side has no more (SFTP v3).
+func matches(e Entry, base syncstate.Record) bool {
+	mode := fs.FileMode(base.Mode)
+	if e.Mode.Type() != mode.Type() || modeBits(e.Mode) != modeBits(mode) {
+		return false
+	}
+	switch {
+	case e.Mode.IsDir():
+		return true
+	case e.Mode&fs.ModeSymlink != 0:
+		return e.LinkTarget == base.Link
+	}
+	return e.Size == base.Size && sameMTime(e.ModTime, time.Unix(0, base.MTimeNs))
+}
+
+// identical reports whether both sides hold the same version of a path
+// (both absent included).
+func identical(a, b *Entry) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return matches(*b, recordOf(*a))
+}
+
+// stateTx collects what a pass or batch learnt, to be written in one
+// transaction at its end: the state may lag behind the trees after a
+// crash (the next comparison finds them identical and records it), never
+// run ahead of them.
+type stateTx struct {
+	mu   sync.Mutex
+	puts map[string]syncstate.Record
+	dels []string
+}
+
+func (s *stateTx) put(e Entry) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	if s.puts == nil {
+		s.puts = map[string]syncstate.Record{}
+	}
+	s.puts[e.Path] = recordOf(e)
+	s.mu.Unlock()
+}
+
+func (s *stateTx) del(p string) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	delete(s.puts, p)
+	for k := range s.puts {
+		if strings.HasPrefix(k, p+"/") {
+			delete(s.puts, k)
+		}
+	}
+	s.dels = append(s.dels, p)
+	s.mu.Unlock()
+}
+
+// commit writes what rep learnt to the state.
+func (r *Reconciler) commit(rep *Report) {
+	if r.State == nil || rep.state == nil {
+		return
+	}
+	tx := rep.state
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if err := r.State.Update(tx.puts, tx.dels); err != nil {
+		// Not fatal: a state that lags only costs a comparison.
+		r.Logger.Warn("sync state not updated; the next pass compares what it would have skipped", "err", err)
+	}
+	tx.puts, tx.dels = nil, nil
+}
+
+// verdict is what the two-way merge makes of a path.
+type verdict uint8
+
+const (
+	undecided verdict = iota // no merge base: the classic rules apply
+	vEqual                   // both sides hold the same version: record it
+	vPush                    // changed here only: push (a deletion included)
+	vLeave                   // changed on the peer only: the peer pushes
+	vWin                     // changed on both sides, this node's version wins
+	vLose                    // changed on both sides, the peer's version wins
+)
+
+// merge decides a two-way path as a three-way merge against what both
+// sides last held (the state), never by comparing the two nodes' clocks
+// alone: changed on one side → that side wins, deletions included;
+// changed on both → an edit beats a deletion, and between two edits the
+// winner is the newer mtime, a tie going to the node name that sorts
+// first — and the loser's version survives as a conflict copy.
+func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
+	if !r.TwoWay || r.State == nil {
+		return undecided
+	}
+	if identical(src, dst) {
+		return vEqual
+	}
+	base, known := r.State.Get(rel)
+	changed := func(e *Entry) bool {
+		if !known {
+			return e != nil // new since nothing was known
+		}
+		return e == nil || !matches(*e, base)
+	}
+	here, there := changed(src), changed(dst)
+	switch {
+	case here && !there:
+		return vPush
+	case !here:
+		return vLeave
+	case src == nil:
+		return vLeave // deleted here, edited there: the edit wins
+	case dst == nil:
+		return vPush // edited here, deleted there: the edit wins
+	case src.Mode.IsDir() && dst.Mode.IsDir():
+		// Two directories that differ in mode only: no data at stake.
+		if r.newerOrFirst(*src, *dst) {
+			return vPush
+		}
+		return vLeave
+	case r.newerOrFirst(*src, *dst):
+		return vWin
+	}
+	return vLose
+}
+
+// newerOrFirst is the deterministic winner rule both nodes apply alike.
+func (r *Reconciler) newerOrFirst(src, dst Entry) bool {
+	if !sameMTime(src.ModTime, dst.ModTime) {
+		return src.ModTime.After(dst.ModTime)
+	}
+	return r.Node < r.Target
+}
+
+// ConflictName is where the losing version of rel is kept: Syncthing's
+// NAME.sync-conflict-YYYYMMDD-HHMMSS-NODE.EXT, in the same directory, the
+// time being the losing version's mtime (UTC), so that both nodes name it
+// alike.
+func ConflictName(rel, node string, mtime time.Time) string {
+	dir, base := path.Split(rel)
+	ext := path.Ext(base)
+	if ext == base || strings.HasPrefix(base, ".") && strings.Count(base, ".") == 1 {
+		ext = "" // ".htaccess" has no extension
+	}
+	stem := strings.TrimSuffix(base, ext)
+	return dir + stem + ".sync-conflict-" + mtime.UTC().Format("20060102-150405") + "-" + node + ext
+}
+
+// keepPeerVersion moves the peer's losing version of rel aside on the
+// peer, under its conflict name, before this node's version replaces it;
+// the copy then comes back here like any new file of the peer's.
+func (r *Reconciler) keepPeerVersion(ctx context.Context, t Target, dst Entry) error {
+	name := ConflictName(dst.Path, r.Target, dst.ModTime)
+	if err := t.Rename(ctx, dst.Path, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	r.Logger.Warn("two-way conflict: both nodes changed the path; this node's version wins, the peer's is kept as a conflict copy on both nodes",
+		"path", dst.Path, "copy", name, "peer_mtime", dst.ModTime, "rule", "newer mtime wins, a tie goes to the node name sorting first; an edit beats a deletion")
+	return nil
+}
+
+// changedOnPeer looks below a directory about to be deleted on the peer
+// for anything that is not what both sides last held: a file the peer
+// added or edited since. It returns the first such path.
+func (r *Reconciler) changedOnPeer(ctx context.Context, t Target, dir string) (string, error) {
+	var changed string
+	err := t.Walk(ctx, dir, func(e Entry) error {
+		if strings.HasPrefix(path.Base(e.Path), TempPrefix) {
+			return nil
+		}
+		if base, ok := r.State.Get(e.Path); !ok || !matches(e, base) {
+			changed = e.Path
+			return errEnough
+		}
+		return nil
+	})
+	if errors.Is(err, errEnough) {
+		err = nil
+	}
+	return changed, err
+}

@@ -1,0 +1,419 @@
+package receiver
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lockstep-ha/lockstep/lsync"
+)
+
+// ErrClosed is returned for requests on a client whose connection is gone.
+var ErrClosed = errors.New("receiver connection closed")
+
+// VersionError is a hello from a receiver of another protocol version.
+type VersionError struct{ Server, Client uint32 }
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("the peer's receiver speaks protocol version %d, this lockstep speaks %d", e.Server, e.Client)
+}
+
+// Error is a failed request. It matches its errno (errors.Is(err,
+// fs.ErrNotExist) for ENOENT) and, when the receiver refused the path
+// because it leaves the root or crosses a symlink, lsync.ErrRefused.
+type Error struct {
+	Op      string
+	Errno   syscall.Errno // 0 when the request was malformed
+	Refused bool
+	Msg     string // from the receiver; names the path on the peer
+}
+
+func (e *Error) Error() string { return e.Op + ": " + e.Msg }
+
+func (e *Error) Unwrap() []error {
+	var errs []error
+	if e.Errno != 0 {
+		errs = append(errs, e.Errno)
+	}
+	if e.Refused {
+		errs = append(errs, lsync.ErrRefused)
+	}
+	return errs
+}
+
+// Hello opens the conversation: it sends this build's version and reads
+// the receiver's. A receiver of another version is reported as a
+// *VersionError (the receiver then exits).
+func Hello(r io.Reader, w io.Writer) (root string, err error) {
+	var e enc
+	e.str(Magic)
+	e.u32(Version)
+	if err := writeFrame(w, typeHello, 0, e.b); err != nil {
+		return "", err
+	}
+	typ, _, payload, err := readFrame(r, nil)
+	if err != nil {
+		return "", err
+	}
+	d := dec{b: payload}
+	magic, version := d.str(), d.u32()
+	if typ != typeHello || magic != Magic || d.err != nil {
+		return "", errors.New("the peer did not answer with a lockstep receiver hello")
+	}
+	if version != Version {
+		return "", &VersionError{Server: version, Client: Version}
+	}
+	root, problem := d.str(), d.str()
+	if err := d.done(); err != nil {
+		return "", err
+	}
+	if problem != "" {
+		return "", fmt.Errorf("the receiver cannot serve %s: %s", root, problem)
+	}
+	return root, nil
+}
+
+type response struct {
+	typ     byte
+	payload []byte
+}
+
+// Client multiplexes concurrent requests over one receiver connection:
+// each caller's request is tagged with an id, and one goroutine hands the
+// replies back, so many requests are in flight at once.
+type Client struct {
+	w       *bufio.Writer
+	wmu     sync.Mutex
+	writers atomic.Int32 // callers waiting to write; the last one flushes
+
+	mu      sync.Mutex
+	pending map[uint32]chan response
+	nextID  uint32
+	err     error // set once the connection failed
+
+	done chan struct{} // the reader has returned
+}
+
+// NewClient starts the reply reader on r; it runs until r fails or ends
+// (the caller closes the connection).
+func NewClient(r io.Reader, w io.Writer) *Client {
+	c := &Client{
+		w:       bufio.NewWriterSize(w, 64<<10),
+		pending: map[uint32]chan response{},
+		done:    make(chan struct{}),
+	}
+	go c.read(bufio.NewReaderSize(r, 64<<10))
+	return c
+}
+
+func (c *Client) read(r io.Reader) {
+	defer close(c.done)
+	for {
+		typ, id, payload, err := readFrame(r, nil)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = ErrClosed
+			}
+			c.fail(err)
+			return
+		}
+		c.mu.Lock()
+		ch, ok := c.pending[id]
+		delete(c.pending, id)
+		c.mu.Unlock()
+		if ok {
+			ch <- response{typ: typ, payload: payload} // buffered: never blocks
+		}
+	}
+}
+
+func (c *Client) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	for id, ch := range c.pending {
+		close(ch)
+		delete(c.pending, id)
+	}
+}
+
+// Err is the reason the connection failed, nil while it is usable.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Done is closed once the reply reader stopped (connection gone).
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+func (c *Client) call(ctx context.Context, typ byte, payload []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	ch := make(chan response, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = ch
+	c.mu.Unlock()
+
+	if err := c.send(typ, id, payload); err != nil {
+		c.fail(err)
+		return nil, c.Err()
+	}
+	select {
+	case rp, ok := <-ch:
+		if !ok {
+			return nil, c.Err()
+		}
+		if rp.typ == typeError {
+			return nil, decodeError(typ, rp.payload)
+		}
+		if rp.typ != typeOK {
+			err := fmt.Errorf("receiver protocol: unexpected reply type %q", rp.typ)
+			c.fail(err)
+			return nil, c.Err()
+		}
+		return rp.payload, nil
+	case <-ctx.Done():
+		// The reply, when it comes, finds no one waiting and is dropped.
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// send writes one frame. Concurrent callers queue on the lock and only
+// the last one flushes, so a burst of requests leaves in few writes.
+func (c *Client) send(typ byte, id uint32, payload []byte) error {
+	c.writers.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	err := writeFrame(c.w, typ, id, payload)
+	if c.writers.Add(-1) == 0 && err == nil {
+		err = c.w.Flush()
+	}
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+func decodeError(op byte, payload []byte) error {
+	d := dec{b: payload}
+	kind, errno, msg := d.u8(), syscall.Errno(d.u32()), d.str()
+	if d.done() != nil {
+		return &Error{Op: opNames[op], Errno: syscall.EIO, Msg: "malformed error reply"}
+	}
+	e := &Error{Op: opNames[op], Errno: errno, Msg: msg, Refused: kind == kindRefused}
+	if kind == kindInvalid {
+		e.Errno = 0
+	}
+	return e
+}
+
+func (c *Client) simple(ctx context.Context, typ byte, e *enc) error {
+	_, err := c.call(ctx, typ, e.b)
+	return err
+}
+
+// Stat lstats rel.
+func (c *Client) Stat(ctx context.Context, rel string) (Entry, error) {
+	var e enc
+	e.str(rel)
+	out, err := c.call(ctx, opStat, e.b)
+	if err != nil {
+		return Entry{}, err
+	}
+	d := dec{b: out}
+	x := d.entry()
+	return x, d.done()
+}
+
+// ReadDir lists the directory rel ("" is the root), sorted by name.
+func (c *Client) ReadDir(ctx context.Context, rel string) ([]Entry, error) {
+	var e enc
+	e.str(rel)
+	out, err := c.call(ctx, opReadDir, e.b)
+	if err != nil {
+		return nil, err
+	}
+	d := dec{b: out}
+	n := d.u32()
+	if int(n) > len(out)/8 {
+		return nil, errShort
+	}
+	list := make([]Entry, 0, n)
+	for range n {
+		list = append(list, d.entry())
+	}
+	return list, d.done()
+}
+
+// Mkdir makes rel (and missing parents) a directory with mode.
+func (c *Client) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error {
+	var e enc
+	e.str(rel)
+	e.u32(uint32(mode))
+	return c.simple(ctx, opMkdir, &e)
+}
+
+// MaxPut is the largest file Put sends in one request.
+const MaxPut = maxChunk
+
+// Put lands a small file (at most MaxPut bytes) in one request.
+func (c *Client) Put(ctx context.Context, rel string, mode fs.FileMode, mtime time.Time, data []byte) error {
+	if len(data) > MaxPut {
+		return fmt.Errorf("put %s: %d bytes exceed the %d of one request", rel, len(data), MaxPut)
+	}
+	e := enc{b: make([]byte, 0, len(rel)+len(data)+40)}
+	e.str(rel)
+	e.u32(uint32(mode))
+	e.time(mtime)
+	e.bytes(data)
+	return c.simple(ctx, opPut, &e)
+}
+
+// Create starts a file written in chunks; it lands with Commit.
+func (c *Client) Create(ctx context.Context, rel string) (uint32, error) {
+	var e enc
+	e.str(rel)
+	out, err := c.call(ctx, opCreate, e.b)
+	if err != nil {
+		return 0, err
+	}
+	d := dec{b: out}
+	h := d.u32()
+	return h, d.done()
+}
+
+// Write writes one chunk (at most MaxPut bytes) at off.
+func (c *Client) Write(ctx context.Context, h uint32, off int64, data []byte) error {
+	e := enc{b: make([]byte, 0, len(data)+20)}
+	e.u32(h)
+	e.i64(off)
+	e.bytes(data)
+	return c.simple(ctx, opWrite, &e)
+}
+
+// Commit sets mode and mtime and renames the file into place.
+func (c *Client) Commit(ctx context.Context, h uint32, mode fs.FileMode, mtime time.Time) error {
+	var e enc
+	e.u32(h)
+	e.u32(uint32(mode))
+	e.time(mtime)
+	return c.simple(ctx, opCommit, &e)
+}
+
+// Abort drops a file being written.
+func (c *Client) Abort(ctx context.Context, h uint32) error {
+	var e enc
+	e.u32(h)
+	return c.simple(ctx, opAbort, &e)
+}
+
+// Symlink atomically replaces rel by a symlink to target.
+func (c *Client) Symlink(ctx context.Context, rel, target string) error {
+	var e enc
+	e.str(rel)
+	e.str(target)
+	return c.simple(ctx, opSymlink, &e)
+}
+
+// Chtimes sets rel's mtime, never through a symlink.
+func (c *Client) Chtimes(ctx context.Context, rel string, mtime time.Time) error {
+	var e enc
+	e.str(rel)
+	e.time(mtime)
+	return c.simple(ctx, opChtimes, &e)
+}
+
+// Chmod sets rel's permission bits; a symlink at rel is refused.
+func (c *Client) Chmod(ctx context.Context, rel string, mode fs.FileMode) error {
+	var e enc
+	e.str(rel)
+	e.u32(uint32(mode))
+	return c.simple(ctx, opChmod, &e)
+}
+
+// Lchown sets the owner and group of rel itself (a symlink's own).
+func (c *Client) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
+	var e enc
+	e.str(rel)
+	e.u32(uid)
+	e.u32(gid)
+	return c.simple(ctx, opChown, &e)
+}
+
+// Rename moves from to to, replacing to.
+func (c *Client) Rename(ctx context.Context, from, to string) error {
+	var e enc
+	e.str(from)
+	e.str(to)
+	return c.simple(ctx, opRename, &e)
+}
+
+// RemoveAll removes rel recursively, never following a symlink.
+func (c *Client) RemoveAll(ctx context.Context, rel string) error {
+	var e enc
+	e.str(rel)
+	return c.simple(ctx, opRemoveAll, &e)
+}
+
+// Rmdir removes rel only if it is an empty directory.
+func (c *Client) Rmdir(ctx context.Context, rel string) error {
+	var e enc
+	e.str(rel)
+	return c.simple(ctx, opRmdir, &e)
+}
+
+// Open opens the regular file rel for reading.
+func (c *Client) Open(ctx context.Context, rel string) (h uint32, size int64, err error) {
+	var e enc
+	e.str(rel)
+	out, err := c.call(ctx, opOpen, e.b)
+	if err != nil {
+		return 0, 0, err
+	}
+	d := dec{b: out}
+	h, size = d.u32(), d.i64()
+	return h, size, d.done()
+}
+
+// ReadAt reads up to n bytes at off; an empty result means EOF.
+func (c *Client) ReadAt(ctx context.Context, h uint32, off int64, n int) ([]byte, error) {
+	var e enc
+	e.u32(h)
+	e.i64(off)
+	e.u32(uint32(min(n, maxChunk)))
+	out, err := c.call(ctx, opRead, e.b)
+	if err != nil {
+		return nil, err
+	}
+	d := dec{b: out}
+	data := d.bytes()
+	return data, d.done()
+}
+
+// CloseFile releases a handle from Open.
+func (c *Client) CloseFile(ctx context.Context, h uint32) error {
+	var e enc
+	e.u32(h)
+	return c.simple(ctx, opClose, &e)
+}

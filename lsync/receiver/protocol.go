@@ -1,0 +1,266 @@
+// Package receiver is lockstep's write agent on a peer: `lockstep receive
+// --root PATH` serves a small binary protocol on stdin/stdout (an SSH exec
+// channel) and performs every file operation a sync needs strictly inside
+// PATH, and Client speaks that protocol.
+//
+// # Why not SFTP
+//
+// SFTP names files by path strings that the server resolves afresh on every
+// request, following symlinks in parent components. A client can lstat each
+// component first, but the peer's docroot can change between that check and
+// the request: a directory swapped for a symlink (renameat2 RENAME_EXCHANGE
+// makes the swap atomic and repeatable) redirects the write outside the
+// root. The receiver resolves every parent directory itself with
+// openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS) (or, on kernels without
+// openat2, one openat(O_NOFOLLOW) per component) and then acts with *at
+// system calls relative to that directory's descriptor, so no path string
+// is ever handed to the kernel whole and a swap can at worst make an
+// operation fail.
+//
+// # Protocol (version 1)
+//
+// Every message is a frame: a 4-byte big-endian length, then that many
+// bytes: a 1-byte type, a 4-byte request id, and the payload. Strings and
+// byte slices are a 4-byte length and the bytes; integers are big-endian.
+//
+// The client opens with a hello frame (type 'H', id 0: the string
+// "lockstep-receiver" and its uint32 version); the server answers with the
+// same magic, its own version, the root it serves and, when it cannot
+// serve it, why (empty otherwise). The hello frames keep
+// this layout in every version, so that either side can tell a mismatch and
+// the client can fall back to SFTP. After the hello the client sends
+// requests; each gets exactly one reply (typeOK with the op's result, or
+// typeError) with the request's id. Requests are served concurrently:
+// replies may come back in any order, and a client keeps many requests in
+// flight.
+package receiver
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"time"
+)
+
+// Version is the protocol version this build speaks. A client and a server
+// of different versions do not talk; the client falls back to SFTP.
+const Version uint32 = 1
+
+// Magic opens both hello frames.
+const Magic = "lockstep-receiver"
+
+// maxFrame bounds a frame, so that a corrupt or hostile length cannot make
+// either side allocate without limit. The largest legitimate frames are
+// directory listings.
+const maxFrame = 64 << 20
+
+// maxChunk is the largest file content carried by one put, write or read.
+const maxChunk = 256 << 10
+
+// Frame types: requests (client to server) and replies.
+const (
+	typeHello byte = 'H'
+
+	opStat      byte = 's' // rel → entry
+	opReadDir   byte = 'd' // rel ("" = root) → entries, sorted by name
+	opMkdir     byte = 'm' // rel, mode → (creates parents; replaces a non-directory)
+	opPut       byte = 'p' // rel, mode, mtime, data → (whole small file)
+	opCreate    byte = 'c' // rel → handle (temp file beside rel, parents created)
+	opWrite     byte = 'w' // handle, offset, data →
+	opCommit    byte = 'C' // handle, mode, mtime → (renamed over rel)
+	opAbort     byte = 'A' // handle → (temp file removed)
+	opSymlink   byte = 'l' // rel, target →
+	opChtimes   byte = 't' // rel, mtime →
+	opChmod     byte = 'M' // rel, mode →
+	opChown     byte = 'o' // rel, uid, gid →
+	opRename    byte = 'r' // from, to →
+	opRemoveAll byte = 'R' // rel →
+	opRmdir     byte = 'D' // rel → (an empty directory only)
+	opOpen      byte = 'O' // rel → handle, size
+	opRead      byte = 'x' // handle, offset, n → data (empty at EOF)
+	opClose     byte = 'X' // handle →
+
+	typeOK    byte = 'k'
+	typeError byte = 'e'
+)
+
+var opNames = map[byte]string{
+	opStat: "stat", opReadDir: "readdir", opMkdir: "mkdir", opPut: "put", opCreate: "create",
+	opWrite: "write", opCommit: "commit", opAbort: "abort", opSymlink: "symlink", opChtimes: "chtimes",
+	opChmod: "chmod", opChown: "chown", opRename: "rename", opRemoveAll: "removeall", opRmdir: "rmdir",
+	opOpen: "open", opRead: "read", opClose: "close",
+}
+
+// Error kinds carried by a typeError reply.
+const (
+	kindErrno   byte = 0 // a system call failed (errno)
+	kindRefused byte = 1 // the path leaves the root or crosses a symlink
+	kindInvalid byte = 2 // malformed request
+)
+
+func writeFrame(w io.Writer, typ byte, id uint32, payload []byte) error {
+	var hdr [9]byte
+	binary.BigEndian.PutUint32(hdr[0:4], uint32(5+len(payload)))
+	hdr[4] = typ
+	binary.BigEndian.PutUint32(hdr[5:9], id)
+	if _, err := w.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(payload)
+	return err
+}
+
+// readFrame reads one frame; buf is reused when large enough.
+func readFrame(r io.Reader, buf []byte) (typ byte, id uint32, payload []byte, err error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n < 5 || n > maxFrame {
+		return 0, 0, nil, fmt.Errorf("receiver protocol: frame length %d out of range", n)
+	}
+	if cap(buf) < int(n) {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, 0, nil, err
+	}
+	return buf[0], binary.BigEndian.Uint32(buf[1:5]), buf[5:], nil
+}
+
+// enc builds a payload.
+type enc struct{ b []byte }
+
+func (e *enc) u8(v byte)    { e.b = append(e.b, v) }
+func (e *enc) u32(v uint32) { e.b = binary.BigEndian.AppendUint32(e.b, v) }
+func (e *enc) u64(v uint64) { e.b = binary.BigEndian.AppendUint64(e.b, v) }
+func (e *enc) i64(v int64)  { e.u64(uint64(v)) }
+func (e *enc) bytes(v []byte) {
+	e.u32(uint32(len(v)))
+	e.b = append(e.b, v...)
+}
+func (e *enc) str(v string) {
+	e.u32(uint32(len(v)))
+	e.b = append(e.b, v...)
+}
+func (e *enc) time(t time.Time) {
+	e.i64(t.Unix())
+	e.u32(uint32(t.Nanosecond()))
+}
+
+var errShort = errors.New("receiver protocol: truncated payload")
+
+// dec reads a payload; the first error sticks and later reads return
+// zero values, so a decoder is checked once at the end.
+type dec struct {
+	b   []byte
+	err error
+}
+
+func (d *dec) need(n int) bool {
+	if d.err != nil {
+		return false
+	}
+	if len(d.b) < n {
+		d.err = errShort
+		return false
+	}
+	return true
+}
+
+func (d *dec) u8() byte {
+	if !d.need(1) {
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *dec) u32() uint32 {
+	if !d.need(4) {
+		return 0
+	}
+	v := binary.BigEndian.Uint32(d.b)
+	d.b = d.b[4:]
+	return v
+}
+
+func (d *dec) u64() uint64 {
+	if !d.need(8) {
+		return 0
+	}
+	v := binary.BigEndian.Uint64(d.b)
+	d.b = d.b[8:]
+	return v
+}
+
+func (d *dec) i64() int64 { return int64(d.u64()) }
+
+// bytes returns a slice aliasing the payload.
+func (d *dec) bytes() []byte {
+	n := d.u32()
+	if !d.need(int(n)) {
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *dec) str() string { return string(d.bytes()) }
+
+func (d *dec) time() time.Time {
+	s := d.i64()
+	ns := d.u32()
+	if ns >= 1e9 {
+		if d.err == nil {
+			d.err = errors.New("receiver protocol: nanoseconds out of range")
+		}
+		return time.Time{}
+	}
+	return time.Unix(s, int64(ns))
+}
+
+// done reports a decoding error, or trailing bytes.
+func (d *dec) done() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("receiver protocol: %d trailing bytes", len(d.b))
+	}
+	return d.err
+}
+
+// Entry is one directory entry as the receiver reports it (lstat: a
+// symlink is described, never followed).
+type Entry struct {
+	Name       string // a single path component (readdir) or the relative path (stat)
+	Mode       fs.FileMode
+	Size       int64
+	ModTime    time.Time
+	UID, GID   uint32
+	LinkTarget string
+}
+
+func (e *enc) entry(x Entry) {
+	e.str(x.Name)
+	e.u32(uint32(x.Mode))
+	e.i64(x.Size)
+	e.time(x.ModTime)
+	e.u32(x.UID)
+	e.u32(x.GID)
+	e.str(x.LinkTarget)
+}
+
+func (d *dec) entry() Entry {
+	return Entry{
+		Name: d.str(), Mode: fs.FileMode(d.u32()), Size: d.i64(), ModTime: d.time(),
+		UID: d.u32(), GID: d.u32(), LinkTarget: d.str(),
+	}
+}

@@ -1,0 +1,221 @@
+// Package syncstate keeps, per sync job and target, what was last made
+// identical on both sides: for every path its type, permission bits,
+// size, mtime and link target. It is the merge base of two-way sync (a
+// path changed on one side only is that side's change, deletions
+// included) and survives restarts.
+//
+// The store is an embedded, crash-safe bbolt file. Its schema is
+// versioned; a missing, foreign or corrupt file is set aside and a fresh
+// one started, which the caller must treat as "nothing known" — a safe
+// full comparison that never deletes on the strength of missing state.
+package syncstate
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SchemaVersion is bumped whenever the encoding changes; an older file is
+// set aside, not migrated (it is a cache of facts that a comparison can
+// rebuild).
+const SchemaVersion = 1
+
+var (
+	bucketMeta    = []byte("meta")
+	bucketEntries = []byte("entries")
+	keySchema     = []byte("schema")
+	keyIdentity   = []byte("identity")
+)
+
+// Record is one path as both sides had it when they were last identical.
+type Record struct {
+	Mode    uint32 // os.FileMode bits: type and permissions
+	Size    int64
+	MTimeNs int64
+	Link    string
+}
+
+// Store is one (job, target) state file.
+type Store struct {
+	db   *bolt.DB
+	path string
+	// Fresh is true when the store started empty (first run, or a file
+	// set aside): nothing is known, every decision must be conservative.
+	Fresh bool
+	// SetAside names the file a foreign or corrupt state was moved to.
+	SetAside string
+}
+
+// Open opens (creating it and its directory, both private) the state at
+// path for identity (e.g. "job docroot -> target web2:/var/www"). A file
+// that belongs to another identity, has another schema, or cannot be read
+// is renamed aside and a fresh store is started.
+func Open(path, identity string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("sync state: %w", err)
+	}
+	s, err := open(path, identity)
+	if err == nil {
+		return s, nil
+	}
+	var locked lockedError
+	if errors.As(err, &locked) {
+		return nil, err
+	}
+	aside := fmt.Sprintf("%s.unusable-%s", path, time.Now().UTC().Format("20060102-150405"))
+	if rerr := os.Rename(path, aside); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		return nil, fmt.Errorf("sync state %s: %v; and it cannot be set aside: %w", path, err, rerr)
+	}
+	s, err2 := open(path, identity)
+	if err2 != nil {
+		return nil, err2
+	}
+	s.Fresh, s.SetAside = true, aside
+	return s, fmt.Errorf("%w: %v", ErrSetAside, err)
+}
+
+// ErrSetAside accompanies a usable, fresh Store when the previous state
+// could not be used; the caller logs it.
+var ErrSetAside = errors.New("previous sync state set aside")
+
+type lockedError struct{ error }
+
+func open(path, identity string) (*Store, error) {
+	_, statErr := os.Stat(path)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, lockedError{fmt.Errorf("sync state %s is in use by another lockstep process", path)}
+		}
+		return nil, fmt.Errorf("sync state %s: %w", path, err)
+	}
+	s := &Store{db: db, path: path, Fresh: statErr != nil}
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketEntries); err != nil {
+			return err
+		}
+		v := meta.Get(keySchema)
+		switch {
+		case v == nil:
+			s.Fresh = true
+			if err := meta.Put(keySchema, binary.BigEndian.AppendUint32(nil, SchemaVersion)); err != nil {
+				return err
+			}
+			return meta.Put(keyIdentity, []byte(identity))
+		case len(v) != 4 || binary.BigEndian.Uint32(v) != SchemaVersion:
+			return fmt.Errorf("schema %x, want %d", v, SchemaVersion)
+		case !bytes.Equal(meta.Get(keyIdentity), []byte(identity)):
+			return fmt.Errorf("belongs to %q, not %q", meta.Get(keyIdentity), identity)
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Path is the state file.
+func (s *Store) Path() string { return s.path }
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Get returns the record of path.
+func (s *Store) Get(path string) (Record, bool) {
+	var r Record
+	var ok bool
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketEntries).Get([]byte(path))
+		if v != nil {
+			r, ok = decode(v)
+		}
+		return nil
+	})
+	return r, ok
+}
+
+// Update records puts and removes dels (each with everything below it) in
+// one transaction: either all of it is on disk or none.
+func (s *Store) Update(puts map[string]Record, dels []string) error {
+	if len(puts) == 0 && len(dels) == 0 {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEntries)
+		for _, d := range dels {
+			if err := b.Delete([]byte(d)); err != nil {
+				return err
+			}
+			c := b.Cursor()
+			prefix := []byte(d + "/")
+			var below [][]byte
+			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				below = append(below, append([]byte(nil), k...))
+			}
+			for _, k := range below {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+			}
+		}
+		for p, r := range puts {
+			if err := b.Put([]byte(p), encode(r)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Stats returns the number of paths recorded and the file's size.
+func (s *Store) Stats() (entries int, size int64) {
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		entries = tx.Bucket(bucketEntries).Stats().KeyN
+		size = tx.Size()
+		return nil
+	})
+	return entries, size
+}
+
+// FileName is the state file of (job, target) under dir: names are
+// escaped so that any job or target name maps to one file.
+func FileName(dir, job, target string) string {
+	esc := func(s string) string {
+		return strings.NewReplacer("/", "%2F", "%", "%25").Replace(s)
+	}
+	return filepath.Join(dir, "sync", esc(job), esc(target)+".db")
+}
+
+func encode(r Record) []byte {
+	b := make([]byte, 0, 4+8+8+len(r.Link))
+	b = binary.BigEndian.AppendUint32(b, r.Mode)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Size))
+	b = binary.BigEndian.AppendUint64(b, uint64(r.MTimeNs))
+	return append(b, r.Link...)
+}
+
+func decode(v []byte) (Record, bool) {
+	if len(v) < 20 {
+		return Record{}, false
+	}
+	return Record{
+		Mode:    binary.BigEndian.Uint32(v),
+		Size:    int64(binary.BigEndian.Uint64(v[4:])),
+		MTimeNs: int64(binary.BigEndian.Uint64(v[12:])),
+		Link:    string(v[20:]),
+	}, true
+}

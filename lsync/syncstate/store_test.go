@@ -1,0 +1,84 @@
+package syncstate
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestStoreRoundTripAndSubtreeDelete(t *testing.T) {
+	p := FileName(t.TempDir(), "docroot", "web2")
+	s, err := Open(p, "docroot -> web2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Fresh {
+		t.Error("a new store is not Fresh")
+	}
+	recs := map[string]Record{
+		"a":     {Mode: uint32(os.ModeDir | 0o755)},
+		"a/b":   {Mode: 0o644, Size: 3, MTimeNs: 1_700_000_000_123_456_789},
+		"a/b/c": {Mode: 0o644},
+		"ab":    {Mode: uint32(os.ModeSymlink | 0o777), Link: "a/b"},
+	}
+	if err := s.Update(recs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(nil, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]bool{"a": false, "a/b": false, "a/b/c": false, "ab": true} {
+		if _, ok := s.Get(path); ok != want {
+			t.Errorf("Get(%q) present = %v, want %v", path, ok, want)
+		}
+	}
+	if r, _ := s.Get("ab"); r != recs["ab"] {
+		t.Errorf("ab = %+v, want %+v", r, recs["ab"])
+	}
+	s.Close()
+	// Reopened: known, not fresh; the file is private.
+	s, err = Open(p, "docroot -> web2")
+	if err != nil || s.Fresh {
+		t.Fatalf("reopen: %v fresh=%v", err, s != nil && s.Fresh)
+	}
+	if n, _ := s.Stats(); n != 1 {
+		t.Errorf("entries = %d, want 1", n)
+	}
+	s.Close()
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		t.Errorf("state file mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+func TestForeignOrCorruptStateIsSetAside(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.db")
+	s, err := Open(p, "job a -> b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Update(map[string]Record{"x": {Mode: 0o644}}, nil)
+	s.Close()
+	// Another job's file at this name: not trusted.
+	s, err = Open(p, "job c -> d")
+	if !errors.Is(err, ErrSetAside) || s == nil || !s.Fresh {
+		t.Fatalf("foreign state: %v", err)
+	}
+	if _, ok := s.Get("x"); ok {
+		t.Error("a foreign record was kept")
+	}
+	s.Close()
+	if err := os.WriteFile(p, []byte("not a bolt file, a torn write"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(p, "job c -> d")
+	if !errors.Is(err, ErrSetAside) || s == nil || !s.Fresh {
+		t.Fatalf("corrupt state: %v", err)
+	}
+	s.Close()
+	aside, _ := filepath.Glob(p + ".unusable-*")
+	if len(aside) == 0 {
+		t.Error("the unusable file was not kept aside for inspection")
+	}
+}

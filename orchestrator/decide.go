@@ -52,8 +52,9 @@ type observation struct {
 
 	// Eligibility. ineligible: why this node must not hold the writer
 	// role (a resource failure not cleared, a failing track); a writer
-	// gives the role up, a standby does not take it. tracksPending: tracks
-	// not checked yet, which only hold back a takeover.
+	// hands the role to an eligible peer, a standby does not take it.
+	// tracksPending: tracks not checked yet, which only hold back a
+	// takeover.
 	ineligible    string
 	tracksPending string
 }

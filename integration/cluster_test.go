@@ -97,6 +97,9 @@ type resource struct {
 	VIP     string // ipaddr prefix, or ""
 	Exec    string // script path, or ""
 	Timeout time.Duration
+	// Monitor is extra keys of the entry (e.g. "monitor_interval: 500ms"),
+	// one per line, unindented.
+	Monitor []string
 }
 
 // cluster is N `lockstep run` daemons on a netns.Network.
@@ -116,6 +119,8 @@ type cluster struct {
 	extraMembers []member
 	// extraCluster is appended to every `cluster:` section (indented).
 	extraCluster string
+	// extraClusterFor, when set, is appended to node d's `cluster:` section.
+	extraClusterFor func(d *daemon) string
 	// repl, when set, returns node d's `repl:` section (YAML, top level)
 	// and each node is mapped to database db<i>.
 	repl func(d *daemon) string
@@ -213,13 +218,17 @@ func (d *daemon) writeConfig() {
 		repl = c.repl(d)
 	}
 	peers = append(peers, c.extraMembers...)
+	extra := c.extraCluster
+	if c.extraClusterFor != nil {
+		extra += "\n" + c.extraClusterFor(d)
+	}
 	keyFile := c.keyFile
 	if d.keyFile != "" {
 		keyFile = d.keyFile
 	}
 	var res []testbed.Resource
 	for _, r := range c.resources(d) {
-		res = append(res, testbed.Resource{VIP: r.VIP, Dev: netns.Dev, Exec: r.Exec, Timeout: r.Timeout})
+		res = append(res, testbed.Resource{VIP: r.VIP, Dev: netns.Dev, Exec: r.Exec, Timeout: r.Timeout, Extra: r.Monitor})
 	}
 	cfg := testbed.RunConfig{
 		Node:         d.node.Name,
@@ -232,7 +241,7 @@ func (d *daemon) writeConfig() {
 		Members:      peers,
 		Resources:    res,
 		Repl:         repl,
-		ClusterExtra: c.extraCluster,
+		ClusterExtra: strings.Trim(extra, "\n"),
 	}
 	if err := cfg.Write(d.config); err != nil {
 		c.t.Fatal(err)

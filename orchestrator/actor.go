@@ -24,6 +24,8 @@ type actor struct {
 	// when the current group is not held.
 	mu   sync.Mutex
 	next *pendingGroup
+	// mon watches the held group; only the role loop starts and stops it.
+	mon *monitorSet
 }
 
 type pendingGroup struct {
@@ -81,10 +83,16 @@ func (a *actor) acquire(ctx context.Context, reason string) error {
 	return a.group.Load().Acquire(ctx, reason)
 }
 
+// startMonitors watches the held group until it is released or ctx ends.
+func (a *actor) startMonitors(ctx context.Context) { a.mon.start(ctx, a.group.Load(), 0) }
+
+func (a *actor) stopMonitors() { a.mon.stop(0) }
+
 // release stops the group right to left even when ctx has ended: a
 // shutdown must not leave an address or a service behind. why names the
 // occasion in the event of an incomplete release.
 func (a *actor) release(ctx context.Context, reason, why string) {
+	a.stopMonitors()
 	if err := a.group.Load().Release(context.WithoutCancel(ctx), reason); err != nil {
 		a.events.Warn(EventResource, fmt.Sprintf("%s: release incomplete: %v", why, err))
 	}

@@ -236,6 +236,8 @@ type clusterOpts struct {
 	preFence                    map[string]string // node -> its database's fence reason at start
 	nodes                       int               // 2 (default) or 3
 	autoFailback                time.Duration     // > 0: auto_failback with this failback_hold
+	// mutate, when set, edits each node's cluster section before defaults.
+	mutate func(node, dir string, cc *ClusterConfig)
 }
 
 type testCluster struct {
@@ -306,6 +308,9 @@ func startCluster(t testing.TB, o clusterOpts) *testCluster {
 		}
 		if o.autoFailback > 0 {
 			cc.AutoFailback, cc.FailbackHold = true, o.autoFailback
+		}
+		if o.mutate != nil {
+			o.mutate(name, dir, cc)
 		}
 		cc.SetDefaults()
 		if err := cc.Validate(); err != nil {

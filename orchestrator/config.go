@@ -46,6 +46,10 @@ type ClusterConfig struct {
 	// AgentCheck is the HAProxy agent-check listen address ("" = off).
 	AgentCheck string           `yaml:"agent_check"`
 	Resources  []ResourceConfig `yaml:"resources"`
+	// Track lists health checks that are not resources (keepalived's
+	// track_script): while one fails this node may not hold the writer
+	// role. See monitor.go.
+	Track []TrackConfig `yaml:"track"`
 }
 
 // NodeConfig is one cluster member.
@@ -62,6 +66,19 @@ type ResourceConfig struct {
 	Dev     string        `yaml:"dev"`
 	Exec    string        `yaml:"exec"`
 	Timeout time.Duration `yaml:"timeout"`
+
+	// Monitoring while held (monitor.go): every MonitorInterval the
+	// resource is checked with MonitorTimeout; a failed check restarts it
+	// in place up to MaxRestarts times within RestartWindow, then the node
+	// gives up the writer role and stays ineligible for FailureTimeout or
+	// until `lockstep clear`.
+	MonitorInterval time.Duration `yaml:"monitor_interval"`
+	MonitorTimeout  time.Duration `yaml:"monitor_timeout"`
+	// MaxRestarts is a pointer so that an explicit 0 (fail over at once,
+	// never restart in place) differs from unset.
+	MaxRestarts    *int          `yaml:"max_restarts"`
+	RestartWindow  time.Duration `yaml:"restart_window"`
+	FailureTimeout time.Duration `yaml:"failure_timeout"`
 }
 
 // SetDefaults fills in every unset field.
@@ -85,6 +102,10 @@ func (c *ClusterConfig) SetDefaults() {
 		if c.Resources[i].Timeout == 0 {
 			c.Resources[i].Timeout = DefaultResourceTimeout
 		}
+		c.Resources[i].setMonitorDefaults()
+	}
+	for i := range c.Track {
+		c.Track[i].setDefaults()
 	}
 }
 
@@ -167,6 +188,8 @@ func (c *ClusterConfig) Validate() error {
 		if r.Timeout < 0 {
 			errs = append(errs, fmt.Errorf("resources[%d].timeout: must not be negative", i))
 		}
+		errs = append(errs, r.validateMonitor(fmt.Sprintf("resources[%d].", i))...)
 	}
+	errs = append(errs, validateTracks(c.Track)...)
 	return errors.Join(errs...)
 }

@@ -117,6 +117,9 @@ func NewDaemon(c DaemonConfig) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.%w", err)
 	}
+	if err := checkTracks(c.Cluster.Track); err != nil {
+		return nil, fmt.Errorf("cluster.%w", err)
+	}
 	rc := RoleManagerConfig{
 		Node: c.Node, Cluster: c.Cluster, Key: key, Resources: resources,
 		Events: d.events, Metrics: d.metrics, Logger: c.Logger,
@@ -270,6 +273,11 @@ func (d *Daemon) Reload(node, listen string, c *ClusterConfig) error {
 	}
 	resources, err := NewResources(c.Resources, d.cfg.Logger.With("component", "resource"))
 	if err != nil {
+		err = fmt.Errorf("reload: cluster.%w; keeping the running configuration", err)
+		d.events.Warn(EventReload, err.Error())
+		return err
+	}
+	if err := checkTracks(c.Track); err != nil {
 		err = fmt.Errorf("reload: cluster.%w; keeping the running configuration", err)
 		d.events.Warn(EventReload, err.Error())
 		return err

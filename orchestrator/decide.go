@@ -24,7 +24,9 @@ const (
 //
 //   - heartbeats (observer: peers, lastHeard, startedAt),
 //   - witnesses (observer's probers: the witness* fields),
-//   - the replication supervisor (Database: the db* fields).
+//   - the replication supervisor (Database: the db* fields),
+//   - the resource monitors and track checks (monitor.go, track.go: the
+//     eligibility fields).
 //
 // A quorum arbiter (e.g. an etcd lease) plugs in the same way: one more
 // field group here holding its verdict, filled by its own goroutine next
@@ -47,6 +49,14 @@ type observation struct {
 	// Our own database, as the replication supervisor reports it.
 	dbFenced bool
 	dbReason string
+
+	// Eligibility. ineligible: why this node must not hold the writer
+	// role (a resource failure not cleared, a failing track); a writer
+	// hands the role to an eligible peer, a standby does not take it.
+	// tracksPending: tracks not checked yet, which only hold back a
+	// takeover.
+	ineligible    string
+	tracksPending string
 }
 
 // view is everything a role decision depends on, captured at one instant
@@ -105,11 +115,13 @@ type decision struct {
 //  3. A fenced node returns to standby once a peer or a witness is back.
 //  4. Another live writer: a standby stays standby; two writers resolve by
 //     (database not fenced, earlier writer_since, lower name).
-//  5. A writer keeps the role unless its database is fenced while an
+//  5. A writer keeps the role unless it is ineligible (a resource it could
+//     not recover, a failing track) or its database is fenced while an
 //     eligible peer waits, or auto_failback hands it to the preferred node.
-//  6. A standby whose peers are all gone takes over when eligible: its
-//     database is not fenced (or takeover_wait expired), and it has heard
-//     a peer since it last fenced itself.
+//  6. A standby whose peers are all gone takes over when eligible: no
+//     failed resource or failing or unchecked track, its database is not
+//     fenced (or takeover_wait expired), and it has heard a peer since it
+//     last fenced itself.
 //  7. Live peers, no writer: the lowest-named eligible node takes over.
 //
 // When the role stays, it also says whether to lift our own database
@@ -138,7 +150,7 @@ func ownFenceLiftable(v view) bool {
 // eligible is what this node announces in its heartbeat: it may take the
 // writer role now.
 func eligible(s roleSnapshot, dbFenced bool, now time.Time) bool {
-	return s.role == RoleStandby && !s.draining && !s.leaving && !dbFenced && !now.Before(s.failHoldUntil)
+	return s.role == RoleStandby && !s.draining && !s.leaving && !dbFenced && !now.Before(s.failHoldUntil) && s.ineligible == ""
 }
 
 // failBackoff is how long a node whose resource start failed stays
@@ -148,20 +160,32 @@ func failBackoff(prev, deadtime time.Duration) time.Duration {
 	return min(max(2*prev, 2*deadtime), time.Minute)
 }
 
+// allPeersDead: no peer alive that has not left.
+func (o observation) allPeersDead() bool {
+	for _, p := range o.peers {
+		if p.alive && !p.leaving() {
+			return false
+		}
+	}
+	return true
+}
+
+// isolated is rule 1's condition on the observation alone: no peer and no
+// witness. A recovery running on the role loop watches it too, so that a
+// restart in progress does not delay the self-fence.
+func (o observation) isolated() bool {
+	return o.allPeersDead() && o.witnessConfigured && !o.witnessSeen
+}
+
 func decideRole(v view) decision {
 	d := decision{role: v.role, decided: v.decided}
 	cfg := v.cfg
-	allDead := true
-	for _, p := range v.peers {
-		if p.alive && !p.leaving() {
-			allDead = false
-		}
-	}
+	allDead := v.allPeersDead()
 	uptime := v.now.Sub(v.startedAt)
 
 	// 1. Isolation. Not during the first deadtime: witnesses have not been
 	// probed yet and peers not heard.
-	if allDead && v.witnessConfigured && !v.witnessSeen && (uptime >= cfg.Deadtime || v.role == RoleWriter) {
+	if v.isolated() && (uptime >= cfg.Deadtime || v.role == RoleWriter) {
 		d.decided = true
 		if v.role != RoleFenced {
 			d.role = RoleFenced
@@ -214,8 +238,24 @@ func decideRole(v view) decision {
 		}
 	}
 
-	// 5. Writer keeps the role unless it should hand over.
+	// 5. Writer keeps the role unless it should hand over. An ineligible
+	// writer hands over only to a peer that may take the role: with none
+	// (dead, or its database fenced), nobody would serve after a release
+	// either, and releasing would also stop the replication supervisor's
+	// decisions, the only way a lagging peer is reintroduced and becomes
+	// eligible. /health drains it meanwhile.
 	if v.role == RoleWriter {
+		if v.ineligible != "" {
+			for _, p := range v.peers {
+				if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
+					d.role = RoleStandby
+					d.reason = fmt.Sprintf("not eligible: %s; handing the writer role over to eligible peer %s", v.ineligible, p.name)
+					return d
+				}
+			}
+			d.waiting = "not eligible: " + v.ineligible + "; no eligible peer to hand the writer role to, keeping it"
+			return d
+		}
 		if v.dbFenced && v.now.Sub(v.dbFencedSince) >= cfg.Deadtime {
 			for _, p := range v.peers {
 				if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
@@ -243,6 +283,14 @@ func decideRole(v view) decision {
 	// Standby from here on.
 	if v.failHold {
 		d.waiting = "not eligible: holding down after a failed resource start"
+		return d
+	}
+	if v.ineligible != "" {
+		d.waiting = "not eligible: " + v.ineligible
+		return d
+	}
+	if v.tracksPending != "" {
+		d.waiting = "not eligible yet: " + v.tracksPending
 		return d
 	}
 

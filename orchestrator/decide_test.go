@@ -147,6 +147,72 @@ func TestDecideRules(t *testing.T) {
 		}(), RoleWriter, "never heard"},
 		{"election waits for a silent ex-writer to be gone", baseView(RoleStandby,
 			silentPeer("a", RoleWriter, withinMargin), alivePeer("c", RoleStandby, true)), RoleStandby, ""},
+
+		// Eligibility from the resource monitors and track checks.
+		{"ineligible writer gives the role up to an eligible peer", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleStandby, true))
+			v.ineligible = "resource /etc/init.d/app failed (restart limit reached)"
+			return v
+		}(), RoleStandby, "restart limit reached"},
+		{"ineligible writer keeps the role with no peer to take it", func() view {
+			v := baseView(RoleWriter, silentPeer("a", RoleStandby, gone))
+			v.ineligible = "track gw failing (exited 1)"
+			return v
+		}(), RoleWriter, ""},
+		{"ineligible writer keeps the role while the peer is ineligible (its database fenced)", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleStandby, false))
+			v.ineligible = "resource x failed"
+			return v
+		}(), RoleWriter, ""},
+		{"ineligible writer does not hand over to a leaving peer", func() view {
+			p := alivePeer("a", RoleStandby, true)
+			p.hb.Leaving = true
+			v := baseView(RoleWriter, p)
+			v.ineligible = "resource x failed"
+			return v
+		}(), RoleWriter, ""},
+		{"ineligible writer with a fenced database hands over to an eligible peer", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleStandby, true))
+			v.ineligible, v.dbFenced = "track gw failing", true
+			return v
+		}(), RoleStandby, "handing the writer role over to eligible peer a"},
+		{"unchecked tracks do not make a writer give up", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleStandby, true))
+			v.tracksPending = "track gw not checked yet"
+			return v
+		}(), RoleWriter, ""},
+		{"ineligible standby: peer gone, no takeover", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleWriter, gone))
+			v.ineligible = "track gw failing"
+			return v
+		}(), RoleStandby, ""},
+		{"ineligible standby: peer left cleanly, no takeover", func() view {
+			p := alivePeer("a", RoleStandby, false)
+			p.hb.Leaving = true
+			v := baseView(RoleStandby, p)
+			v.ineligible = "resource x failed"
+			return v
+		}(), RoleStandby, ""},
+		{"ineligible standby is no election candidate", func() view {
+			v := baseView(RoleStandby, alivePeer("a", RoleStandby, false))
+			v.ineligible = "resource x failed"
+			return v
+		}(), RoleStandby, ""},
+		{"unchecked tracks hold back a takeover", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleWriter, gone))
+			v.tracksPending = "track gw not checked yet"
+			return v
+		}(), RoleStandby, ""},
+		{"ineligible lower-named node: the eligible peer is elected", func() view {
+			v := baseView(RoleStandby, alivePeer("c", RoleStandby, true))
+			v.self, v.ineligible = "a", "resource x failed"
+			return v
+		}(), RoleStandby, ""},
+		{"fenced node leaves the fenced role even when ineligible", func() view {
+			v := baseView(RoleFenced, alivePeer("a", RoleWriter, false))
+			v.ineligible = "resource x failed"
+			return v
+		}(), RoleStandby, "peer a is back"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -243,6 +309,7 @@ func TestEligible(t *testing.T) {
 		{"database fenced", roleSnapshot{role: RoleStandby}, true, false},
 		{"holding down after a failed start", roleSnapshot{role: RoleStandby, failHoldUntil: now.Add(time.Second)}, false, false},
 		{"hold-down over", roleSnapshot{role: RoleStandby, failHoldUntil: now}, false, true},
+		{"resource failure or failing track", roleSnapshot{role: RoleStandby, ineligible: "track gw failing"}, false, false},
 	}
 	for _, tc := range tests {
 		if got := eligible(tc.s, tc.dbFenced, now); got != tc.want {
@@ -262,5 +329,25 @@ func TestFailBackoff(t *testing.T) {
 		if got := failBackoff(tc.prev, deadtime); got != tc.want {
 			t.Errorf("after %s: %s, want %s", tc.prev, got, tc.want)
 		}
+	}
+}
+
+// The waiting message names what keeps a standby from taking over, or an
+// ineligible writer from handing over.
+func TestDecideIneligibleSaysWhy(t *testing.T) {
+	cfg := testCfg()
+	v := baseView(RoleStandby, silentPeer("a", RoleWriter, cfg.Deadtime+cfg.TakeoverMargin+time.Millisecond))
+	v.ineligible = "track gw failing (exited 1)"
+	if d := decide(v); d.role != RoleStandby || !strings.Contains(d.waiting, "track gw failing") {
+		t.Fatalf("role %s waiting %q", d.role, d.waiting)
+	}
+	v.ineligible, v.tracksPending = "", "track gw not checked yet"
+	if d := decide(v); d.role != RoleStandby || !strings.Contains(d.waiting, "not checked yet") {
+		t.Fatalf("role %s waiting %q", d.role, d.waiting)
+	}
+	w := baseView(RoleWriter, alivePeer("a", RoleStandby, false))
+	w.ineligible = "resource x failed"
+	if d := decide(w); d.role != RoleWriter || !strings.Contains(d.waiting, "no eligible peer") {
+		t.Fatalf("writer: role %s waiting %q", d.role, d.waiting)
 	}
 }

@@ -15,6 +15,12 @@
 //   - The actor (actor.go) carries a decision out: the resource group
 //     started left to right and released right to left, the VIP among
 //     the resources, the database fence and unfence.
+//   - Resource monitors and track checks (monitor.go, track.go): while
+//     the group is held, one goroutine per resource checks it and reports
+//     failures to the loop, which alone recovers (restart in place, add a
+//     vanished address again) or records the failure; recorded failures
+//     and failing tracks reach decide as the observation's ineligibility,
+//     so giving up the writer role is an ordinary decision.
 //   - The loop publishes a copy of the role state after each change; the
 //     heartbeat sender and Status read it, and the HTTP layer (http.go)
 //     sees only the RoleStatus value, never the live state.

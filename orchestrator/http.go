@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
@@ -63,6 +64,14 @@ type Status struct {
 	Replication *dbrepl.PairStatus `json:"replication"`
 	Events      []Event            `json:"events"`
 	GeneratedAt time.Time          `json:"generated_at"`
+	// Monitoring: whether this node may take the writer role, and why
+	// not; what is being recovered in place; the failures `lockstep
+	// clear` lifts; the track checks.
+	Eligible         bool              `json:"eligible"`
+	NotEligible      string            `json:"not_eligible,omitempty"`
+	Recovering       string            `json:"recovering,omitempty"`
+	ResourceFailures []ResourceFailure `json:"resource_failures"`
+	Tracks           []TrackStatus     `json:"tracks"`
 }
 
 // health decides whether this node should receive traffic.
@@ -79,10 +88,29 @@ func health(rs RoleStatus) Health {
 		h.Agent, h.Reason = AgentDown, fmt.Sprintf("database %s fenced (out of sync): %s", rs.DB, rs.DBReason)
 	case rs.DBUnreachable != "":
 		h.Agent, h.Reason = AgentDown, fmt.Sprintf("database %s: %s", rs.DB, rs.DBUnreachable)
+	case rs.Recovering != "":
+		// Drain, not down: the restart usually takes a moment and
+		// established sessions may finish.
+		h.Agent, h.Reason = AgentDrain, "recovering: "+rs.Recovering
+	case rs.Role == RoleWriter && rs.Ineligible != "":
+		// Kept only because no peer may take over; what failed is not
+		// serving here.
+		h.Agent, h.Reason = AgentDrain, "writer not eligible, waiting for an eligible peer: "+rs.Ineligible
+	case failingTrack(rs.Tracks) != "":
+		h.Agent, h.Reason = AgentDrain, failingTrack(rs.Tracks)
 	default:
 		h.OK, h.Agent, h.Reason = true, AgentUp, rs.Role
 	}
 	return h
+}
+
+func failingTrack(ts []TrackStatus) string {
+	for _, t := range ts {
+		if t.Checked && !t.OK {
+			return fmt.Sprintf("track %s failing: %s", t.Name, t.LastError)
+		}
+	}
+	return ""
 }
 
 // Health decides whether this node should receive traffic.
@@ -117,6 +145,8 @@ func (d *Daemon) Status() Status {
 		Draining: rs.Draining, Decided: rs.Decided, Health: h, DB: rs.DB,
 		Peers: rs.Peers, Witnesses: rs.Witnesses, Resources: rs.Resources,
 		Sync: []SyncTargetStatus{}, GeneratedAt: time.Now(),
+		Eligible: rs.Ineligible == "", NotEligible: rs.Ineligible, Recovering: rs.Recovering,
+		ResourceFailures: rs.ResourceFailures, Tracks: rs.Tracks,
 	}
 	for _, j := range d.cfg.Sync {
 		for _, t := range j.Status() {
@@ -155,12 +185,67 @@ func (d *Daemon) Handler() http.Handler {
 		enc.SetEscapeHTML(false)
 		_ = enc.Encode(d.Status())
 	})
+	// POST /clear?resource=NAME lifts a recorded resource failure
+	// (`lockstep clear`); without resource, every one. POST only: a
+	// crawler or a prefetching browser must not re-enable a node. Only
+	// from this host: listen is often opened to the balancer, which may
+	// read the state but must not change it.
+	mux.HandleFunc("POST /clear", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !fromThisHost(r.RemoteAddr) {
+			http.Error(w, "clear is accepted only from this host (run lockstep clear on it)", http.StatusForbidden)
+			return
+		}
+		name := r.URL.Query().Get("resource")
+		if name == "" && r.URL.Query().Get("all") != "1" {
+			http.Error(w, "resource=NAME or all=1 required", http.StatusBadRequest)
+			return
+		}
+		cleared, err := d.role.ClearFailure(name)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		for _, c := range cleared {
+			fmt.Fprintf(w, "cleared %s\n", c)
+		}
+	})
 	prom := promhttp.HandlerFor(d.cfg.Registry, promhttp.HandlerOpts{Registry: d.cfg.Registry})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		d.Health() // refreshes lockstep_healthy for this scrape
 		prom.ServeHTTP(w, r)
 	})
 	return mux
+}
+
+// fromThisHost reports whether remote ("ip:port") is an address of this
+// host (in this network namespace); TCP's handshake keeps it from being
+// forged by another host.
+func fromThisHost(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if la, ok := netip.AddrFromSlice(n.IP); ok && la.Unmap() == ip {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // serveAgent answers every connection with one agent-check line.

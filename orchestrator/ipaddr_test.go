@@ -104,6 +104,7 @@ func testIPAddr(t *testing.T) {
 	if len(addrs) != 1 || addrs[0].IPNet.String() != "10.77.0.10/24" {
 		t.Errorf("addresses %v", addrs)
 	}
+	checkIPAddrMonitor(t, a, link)
 	for range 2 { // stop is idempotent
 		if err := a.Stop(ctx); err != nil {
 			t.Errorf("stop: %v", err)

@@ -16,6 +16,7 @@ type Metrics struct {
 	roleChanges       prometheus.Counter
 	healthy           prometheus.Gauge
 	restarts          *prometheus.CounterVec
+	monitor           *monitorMetrics
 }
 
 // NewMetrics registers the orchestrator's metrics on reg.
@@ -60,6 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.role, m.fenced, m.peerAlive, m.heartbeatsSent, m.heartbeatsRecv, m.heartbeatLosses,
 		m.heartbeatRejected, m.witnessUp, m.resourceActions, m.roleChanges, m.healthy, m.restarts)
+	m.monitor = newMonitorMetrics(reg)
 	return m
 }
 

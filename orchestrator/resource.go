@@ -40,12 +40,12 @@ func NewResources(cfgs []ResourceConfig, logger *slog.Logger) ([]Resource, error
 			if err != nil {
 				return nil, fmt.Errorf("resources[%d]: %w", i, err)
 			}
-			out = append(out, r)
+			out = append(out, withMonitor(r, c))
 		case c.Exec != "":
 			if err := checkScript(c.Exec); err != nil {
 				return nil, fmt.Errorf("resources[%d].exec: %w", i, err)
 			}
-			out = append(out, NewExec(c.Exec, c.Timeout))
+			out = append(out, withMonitor(NewExec(c.Exec, c.Timeout), c))
 		default:
 			return nil, fmt.Errorf("resources[%d]: one of ipaddr or exec is required", i)
 		}
@@ -60,6 +60,12 @@ type ResourceStatus struct {
 	State     string    `json:"state"`
 	LastError string    `json:"last_error,omitempty"`
 	Changed   time.Time `json:"changed,omitempty"`
+	// Monitoring (monitor.go): the check interval ("" = not monitored),
+	// restarts within restart_window, and the failure that keeps this
+	// node from the writer role.
+	Monitor  string           `json:"monitor,omitempty"`
+	Restarts int              `json:"restarts"`
+	Failure  *ResourceFailure `json:"failure,omitempty"`
 }
 
 // Group is the ordered resource group: started left to right, stopped

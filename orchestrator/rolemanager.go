@@ -50,6 +50,9 @@ type RoleManager struct {
 	obs       *observer
 	act       *actor
 	boot      uint64
+	// health and tracks feed decide's eligibility inputs; see monitor.go.
+	health *resourceHealth
+	tracks *tracker
 
 	// cfg is swapped whole by Reload; everyone reads a consistent copy.
 	cfg  atomic.Pointer[ClusterConfig]
@@ -75,6 +78,9 @@ type roleSnapshot struct {
 	decided       bool
 	draining      bool
 	leaving       bool
+	// ineligible: why this node may not take the writer role now (failed
+	// resources, failing tracks); "" = eligible.
+	ineligible string
 }
 
 // roleState is the role loop's memory between decisions.
@@ -125,6 +131,9 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 	rm.preferred = slices.Min(names)
 	rm.obs = newObserver(c.Node, &rm.cfg, c.Key, rm.logger, c.Events, c.Metrics)
 	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
+	rm.act.mon = newMonitorSet()
+	rm.health = newResourceHealth()
+	rm.tracks = newTracker(&rm.cfg, c.Events, c.Metrics.monitor)
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
@@ -172,6 +181,8 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	rm.obs.installWitnesses()
 	witnessCtx, stopWitnesses := context.WithCancel(ctx)
 	wg.Go(func() { rm.obs.runWitnesses(witnessCtx) })
+	trackCtx, stopTracks := context.WithCancel(ctx)
+	wg.Go(func() { rm.tracks.run(trackCtx) })
 	wg.Go(func() { rm.obs.receive(conn) })
 	// The notifier and the sender outlive ctx: shutdown still changes the
 	// role and says goodbye.
@@ -194,9 +205,12 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	if !errors.Is(context.Cause(ctx), errCrash) {
 		rm.shutdown(conn)
 	}
+	// After a crash nothing was released; the monitors still end with Run.
+	rm.act.stopMonitors()
 	stopSender()
 	stopNotify()
 	stopWitnesses()
+	stopTracks()
 	conn.Close()
 	wg.Wait()
 	return nil
@@ -317,10 +331,20 @@ func (rm *RoleManager) view(obs observation, cfg *ClusterConfig) view {
 func (rm *RoleManager) evaluate(ctx context.Context) {
 	st := &rm.state
 	rm.act.swapPending()
+	rm.recoverResources(ctx)
 	now := time.Now()
 	db := observeDB(rm.db, rm.self.DB)
 	obs := rm.obs.observe(now)
 	obs.dbFenced, obs.dbReason = db.fenced, db.reason
+	obs.ineligible, obs.tracksPending = rm.eligibility(now)
+	// Unchecked tracks are not announced: at startup the peer would elect
+	// itself during the few milliseconds of our first check.
+	if obs.ineligible != st.ineligible {
+		st.ineligible = obs.ineligible
+		rm.publish()
+		rm.metrics.monitor.eligible.Set(b2f(st.ineligible == ""))
+		rm.signalSend()
+	}
 	cfg := rm.cfg.Load()
 	rm.metrics.fenced.Set(b2f(st.role == RoleFenced || db.fenced))
 	v := rm.view(obs, cfg)
@@ -415,6 +439,7 @@ func (rm *RoleManager) takeOver(ctx context.Context, reason string) {
 	err := rm.act.acquire(ctx, "taking the writer role")
 	if err == nil {
 		st.failBackoff = 0
+		rm.act.startMonitors(ctx)
 		return
 	}
 	if ctx.Err() != nil {
@@ -507,6 +532,13 @@ type RoleStatus struct {
 	Peers         []PeerStatus
 	Witnesses     []WitnessStatus
 	Resources     []ResourceStatus
+	// Monitoring: why this node may not take the writer role ("" =
+	// eligible), what the role loop is recovering now, the failures that
+	// keep it ineligible and the track checks.
+	Ineligible       string
+	Recovering       string
+	ResourceFailures []ResourceFailure
+	Tracks           []TrackStatus
 }
 
 // Status returns the current RoleStatus.
@@ -519,9 +551,11 @@ func (rm *RoleManager) Status() RoleStatus {
 		Role: s.role, RoleSince: s.roleSince, Reason: s.reason,
 		Decided: s.decided, Draining: s.draining, Leaving: s.leaving,
 		DBFenced: db.fenced, DBReason: db.reason, DBUnreachable: db.unreachable,
-		Peers:     rm.obs.peerStatus(),
-		Witnesses: rm.obs.witnessStatus(now),
-		Resources: rm.act.resources(),
+		Peers:      rm.obs.peerStatus(),
+		Witnesses:  rm.obs.witnessStatus(now),
+		Resources:  rm.monitoredStatus(now),
+		Ineligible: s.ineligible, Recovering: rm.health.recoveringNow(),
+		ResourceFailures: rm.health.failures(), Tracks: rm.tracks.status(),
 	}
 }
 
@@ -536,6 +570,7 @@ func (rm *RoleManager) Reload(c *ClusterConfig, key *Key, resources []Resource) 
 	}
 	witnessChanged := !slices.Equal(c.Witness, cur.Witness) || c.Keepalive != cur.Keepalive || c.Deadtime != cur.Deadtime
 	resourcesChanged := !reflect.DeepEqual(c.Resources, cur.Resources)
+	tracksChanged := !reflect.DeepEqual(c.Track, cur.Track)
 	if c.AgentCheck != cur.AgentCheck {
 		notes = append(notes, "cluster.agent_check changed: restart required")
 	}
@@ -561,6 +596,10 @@ func (rm *RoleManager) Reload(c *ClusterConfig, key *Key, resources []Resource) 
 	if witnessChanged {
 		rm.obs.reloadWitnesses()
 		notes = append(notes, fmt.Sprintf("witnesses restarted: %v", c.Witness))
+	}
+	if tracksChanged {
+		rm.tracks.reload()
+		notes = append(notes, fmt.Sprintf("cluster.track: %d checks applied (unchanged ones keep their state)", len(c.Track)))
 	}
 	if resourcesChanged {
 		if rm.act.replace(NewGroup(resources, rm.events, rm.metrics)) {

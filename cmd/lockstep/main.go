@@ -73,6 +73,7 @@ func newRootCmd() *cobra.Command {
 		newReplCmd(),
 		newRunCmd(),
 		newStatusCmd(),
+		newClearCmd(),
 		newPlaygroundCmd(),
 		newReceiveCmd(),
 	)

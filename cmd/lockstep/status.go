@@ -112,7 +112,14 @@ func printStatus(w io.Writer, st *orchestrator.Status) {
 		health = "DOWN"
 	}
 	fmt.Fprintf(w, "node %s  role %s (since %s: %s)\n", st.Node, strings.ToUpper(st.Role), ago(st.RoleSince, now), st.RoleReason)
-	fmt.Fprintf(w, "health %s: %s  (agent check: %s)\n\n", health, st.Health.Reason, st.Health.Agent)
+	fmt.Fprintf(w, "health %s: %s  (agent check: %s)\n", health, st.Health.Reason, st.Health.Agent)
+	if st.Recovering != "" {
+		fmt.Fprintf(w, "recovering: %s\n", st.Recovering)
+	}
+	if st.NotEligible != "" {
+		fmt.Fprintf(w, "not eligible for the writer role: %s\n", st.NotEligible)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tADDRESS\tALIVE\tROLE\tDB FENCED\tLAST HEARTBEAT\tREJECTED")
 	for _, p := range st.Peers {
@@ -135,9 +142,30 @@ func printStatus(w io.Writer, st *orchestrator.Status) {
 	if len(st.Resources) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "RESOURCE\tKIND\tSTATE\tCHANGED\tLAST ERROR")
+		fmt.Fprintln(tw, "RESOURCE\tKIND\tSTATE\tCHANGED\tRESTARTS\tLAST ERROR")
 		for _, r := range st.Resources {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.Kind, r.State, ago(r.Changed, now), dash(r.LastError))
+			last := r.LastError
+			if r.Failure != nil {
+				last = "FAILED, not eligible until `lockstep clear " + r.Name + "`"
+				if !r.Failure.Expires.IsZero() {
+					last += " or " + r.Failure.Expires.Local().Format("15:04:05")
+				}
+				last += ": " + r.Failure.Reason
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, r.Kind, r.State, ago(r.Changed, now), r.Restarts, dash(last))
+		}
+		tw.Flush()
+	}
+	if len(st.Tracks) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "TRACK\tOK\tLAST CHECK\tCHANGED\tLAST ERROR")
+		for _, x := range st.Tracks {
+			ok := fmt.Sprint(x.OK)
+			if !x.Checked {
+				ok = "unchecked"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", x.Name, ok, ago(x.LastCheck, now), ago(x.Changed, now), dash(x.LastError))
 		}
 		tw.Flush()
 	}

@@ -143,6 +143,7 @@ func gatherFacts(lockstepBin string) MachineFacts {
 		{"pt-heartbeat", []string{"pt-heartbeat", "--version"}, ""},
 		{"pt-table-checksum", []string{"pt-table-checksum", "--version"}, ""},
 		{"sysbench", []string{"sysbench", "--version"}, ""},
+		{"keepalived", []string{"keepalived", "--version"}, "Keepalived"},
 	}
 	for _, p := range probes {
 		f.Versions = append(f.Versions, [2]string{p.name, toolVersion(p.args, p.grep)})

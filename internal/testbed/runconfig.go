@@ -36,11 +36,13 @@ type RunConfig struct {
 type Member struct{ Name, Address, DB string }
 
 // Resource is an ipaddr resource (VIP and Dev) or an exec one (Exec, with
-// Timeout unless zero).
+// Timeout unless zero). Extra is more keys of the entry, verbatim, one
+// "key: value" each (e.g. "monitor_interval: 500ms").
 type Resource struct {
 	VIP, Dev string
 	Exec     string
 	Timeout  time.Duration
+	Extra    []string
 }
 
 var runConfigTmpl = template.Must(template.New("run").Funcs(template.FuncMap{
@@ -80,11 +82,14 @@ cluster:
   resources:
 {{- range .Resources}}
 {{- if .VIP}}
-    - {ipaddr: {{q .VIP}}, dev: {{q .Dev}}}
+    - {ipaddr: {{q .VIP}}, dev: {{q .Dev}}{{range .Extra}}, {{.}}{{end}}}
 {{- else}}
     - exec: {{q .Exec}}
 {{- if .Timeout}}
       timeout: {{.Timeout}}
+{{- end}}
+{{- range .Extra}}
+      {{.}}
 {{- end}}
 {{- end}}
 {{- end}}

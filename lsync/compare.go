@@ -55,6 +55,10 @@ type op struct {
 	// merged: the three-way merge decided this removal; a directory goes
 	// only if nothing below it changed on the peer since.
 	merged bool
+	// guard: the two-way merge decided this upload against dst as it
+	// was (expect); the write must not replace anything else.
+	guard  bool
+	expect *Entry
 }
 
 func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }
@@ -185,12 +189,14 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		if err == nil && !need && identical(src, dst) {
 			tx.put(*src)
 		}
+		o.guard, o.expect = true, dst
 		return o, need, err
 	case vWin:
 		o, need, err := r.compare(ctx, t, src, dst, suspect, true)
 		if need && err == nil && dst != nil && !dst.Mode.IsDir() {
 			d := *dst
 			o.keepPeer = &d
+			o.guard = true // expect nothing: the peer's version was moved aside
 		}
 		return o, need, err
 	}

@@ -56,7 +56,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			rep.Refused = append(rep.Refused, &PathError{Path: o.path, Op: opNames[o.kind], Err: err})
 			return nil
 		}
-		if errors.Is(err, errSourceChanged) || errors.Is(err, fs.ErrNotExist) && o.kind == opUpload {
+		if errors.Is(err, errSourceChanged) || errors.Is(err, ErrChangedOnTarget) || errors.Is(err, fs.ErrNotExist) && o.kind == opUpload {
 			// Being written, or gone meanwhile: look again after the next
 			// quiet period (its events are on their way too).
 			rep.Retry = append(rep.Retry, o.path)
@@ -188,7 +188,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		switch o.kind {
 		case opUpload:
-			n, err = r.upload(ctx, t, o.path)
+			n, err = r.upload(ctx, t, o)
 			if err == nil && r.OnTransfer != nil {
 				r.OnTransfer(n)
 			}
@@ -291,7 +291,8 @@ func coveredBy(p string, dirs map[string]bool) bool {
 
 // upload copies one file; the reader fails instead of hitting EOF if the
 // file changed while being read, so a half-written file never lands.
-func (r *Reconciler) upload(ctx context.Context, t Target, rel string) (int64, error) {
+func (r *Reconciler) upload(ctx context.Context, t Target, o op) (int64, error) {
+	rel := o.path
 	f, err := r.Source.openFile(rel)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
@@ -308,7 +309,13 @@ func (r *Reconciler) upload(ctx context.Context, t Target, rel string) (int64, e
 		return 0, errSourceChanged
 	}
 	sr := &stableReader{f: f, before: before}
-	if err := t.WriteFile(ctx, rel, sr, before.Mode(), before.ModTime()); err != nil {
+	write := t.WriteFile
+	if gw, ok := t.(GuardedWriter); ok && o.guard {
+		write = func(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+			return gw.WriteFileIf(ctx, rel, r, mode, mtime, o.expect)
+		}
+	}
+	if err := write(ctx, rel, sr, before.Mode(), before.ModTime()); err != nil {
 		if sr.changed {
 			return 0, errSourceChanged
 		}

@@ -74,6 +74,27 @@ type Target interface {
 	Close() error
 }
 
+// ErrChangedOnTarget means the path changed on the target between the
+// comparison and the write: nothing was replaced, and the path is compared
+// again (two-way: an edit there meanwhile becomes a conflict, with a copy,
+// instead of being overwritten).
+var ErrChangedOnTarget = errors.New("changed on the target since it was compared")
+
+// GuardedWriter is implemented by targets that can check, right before
+// the rename that publishes a file, that the path still holds what the
+// comparison saw (expect; nil: nothing there), and otherwise fail with
+// ErrChangedOnTarget. Two-way sync uses it so that the window in which a
+// peer's edit can be overwritten shrinks from a whole upload to one
+// lstat.
+type GuardedWriter interface {
+	WriteFileIf(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time, expect *Entry) error
+}
+
+// StillIs reports whether got, the path on the target now, is what a
+// comparison saw (expect), both absent included; mtimes compare at whole
+// seconds when either side has no more.
+func StillIs(got, expect *Entry) bool { return identical(expect, got) }
+
 // Connector opens sessions to one target. The job owns reconnection and
 // backoff; a Connector only dials.
 type Connector interface {

@@ -177,6 +177,55 @@ func (t *Target) renameAt(fd int, tmp, base, rel string) error {
 	return nil
 }
 
+// stillIs checks that base in dfd is what expect says (nil: absent).
+func stillIs(dfd int, base, rel string, expect *lsync.Entry) error {
+	var st unix.Stat_t
+	var got *lsync.Entry
+	switch err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); {
+	case err == nil:
+		e := lsync.Entry{Path: rel, Mode: fileMode(st.Mode), Size: st.Size, ModTime: time.Unix(st.Mtim.Unix())}
+		if e.Mode&fs.ModeSymlink != 0 {
+			buf := make([]byte, 4096)
+			n, err := unix.Readlinkat(dfd, base, buf)
+			if err != nil {
+				return &fs.PathError{Op: "readlink", Path: rel, Err: err}
+			}
+			e.LinkTarget = string(buf[:n])
+		}
+		got = &e
+	case err != unix.ENOENT:
+		return &fs.PathError{Op: "lstat", Path: rel, Err: err}
+	}
+	if !lsync.StillIs(got, expect) {
+		return fmt.Errorf("%s: %w", rel, lsync.ErrChangedOnTarget)
+	}
+	return nil
+}
+
+// fileMode converts stat(2) mode bits to an fs.FileMode.
+func fileMode(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	switch m & unix.S_IFMT {
+	case unix.S_IFDIR:
+		mode |= fs.ModeDir
+	case unix.S_IFLNK:
+		mode |= fs.ModeSymlink
+	case unix.S_IFREG:
+	default:
+		mode |= fs.ModeIrregular
+	}
+	if m&unix.S_ISUID != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&unix.S_ISGID != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&unix.S_ISVTX != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
+}
+
 func timespecs(mtime time.Time) []unix.Timespec {
 	ts := unix.NsecToTimespec(mtime.UnixNano())
 	return []unix.Timespec{ts, ts}
@@ -297,7 +346,17 @@ func (t *Target) replace(tmp, rel string) error {
 }
 
 // WriteFile lands r at rel atomically.
-func (t *Target) WriteFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) (err error) {
+func (t *Target) WriteFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+	return t.writeFile(ctx, rel, r, mode, mtime, false, nil)
+}
+
+// WriteFileIf implements lsync.GuardedWriter: the path is looked at again
+// right before the rename, through the same directory handle.
+func (t *Target) WriteFileIf(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time, expect *lsync.Entry) error {
+	return t.writeFile(ctx, rel, r, mode, mtime, true, expect)
+}
+
+func (t *Target) writeFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time, guard bool, expect *lsync.Entry) (err error) {
 	c, err := t.clean(rel)
 	if err != nil {
 		return err
@@ -335,6 +394,11 @@ func (t *Target) WriteFile(ctx context.Context, rel string, r io.Reader, mode fs
 	}
 	if err = unix.UtimesNanoAt(dfd, tmp, timespecs(mtime), unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return &fs.PathError{Op: "chtimes", Path: c, Err: err}
+	}
+	if guard {
+		if err = stillIs(dfd, base, c, expect); err != nil {
+			return err
+		}
 	}
 	return t.renameAt(dfd, tmp, base, c)
 }

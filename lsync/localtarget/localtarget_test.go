@@ -168,3 +168,43 @@ func TestConnector(t *testing.T) {
 	}
 	tg.Close()
 }
+
+// TestWriteFileIfNeverOverwritesAnEditItDidNotSee: a two-way upload is
+// decided against the target's version at comparison time; an edit that
+// landed there since is not replaced.
+func TestWriteFileIfNeverOverwritesAnEditItDidNotSee(t *testing.T) {
+	lt, dir := open(t)
+	ctx := context.Background()
+	old := time.Unix(1_700_000_000, 0)
+	if err := lt.WriteFile(ctx, "page.html", strings.NewReader("v1"), 0o644, old); err != nil {
+		t.Fatal(err)
+	}
+	seen, err := lt.Stat(ctx, "page.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The peer's own edit lands after the comparison.
+	if err := os.WriteFile(filepath.Join(dir, "page.html"), []byte("peer's edit"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = lt.WriteFileIf(ctx, "page.html", strings.NewReader("mine"), 0o644, time.Now(), &seen)
+	if !errors.Is(err, lsync.ErrChangedOnTarget) {
+		t.Fatalf("want ErrChangedOnTarget, got %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "page.html")); string(b) != "peer's edit" {
+		t.Fatalf("the peer's edit was overwritten: %q", b)
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(dir, lsync.TempPrefix+"*")); len(leftovers) != 0 {
+		t.Fatalf("temp files left: %v", leftovers)
+	}
+	now, _ := lt.Stat(ctx, "page.html")
+	if err := lt.WriteFileIf(ctx, "page.html", strings.NewReader("mine"), 0o644, time.Now(), &now); err != nil {
+		t.Fatalf("unchanged since compared: %v", err)
+	}
+	if err := lt.WriteFileIf(ctx, "new.html", strings.NewReader("x"), 0o644, time.Now(), nil); err != nil {
+		t.Fatalf("absent as expected: %v", err)
+	}
+	if err := lt.WriteFileIf(ctx, "new.html", strings.NewReader("y"), 0o644, time.Now(), nil); !errors.Is(err, lsync.ErrChangedOnTarget) {
+		t.Fatalf("created meanwhile: want ErrChangedOnTarget, got %v", err)
+	}
+}

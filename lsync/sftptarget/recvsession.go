@@ -320,7 +320,7 @@ func (s *recvSession) WriteFile(ctx context.Context, rel string, r io.Reader, mo
 	if err := s.alive(ctx); err != nil {
 		return err
 	}
-	if err := s.writeFile(ctx, rel, r, mode, mtime); err != nil {
+	if err := s.writeFile(ctx, rel, r, mode, mtime, nil); err != nil {
 		var serr *sourceError
 		if errors.As(err, &serr) {
 			return serr.err
@@ -330,7 +330,29 @@ func (s *recvSession) WriteFile(ctx context.Context, rel string, r io.Reader, mo
 	return nil
 }
 
-func (s *recvSession) writeFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+// WriteFileIf implements lsync.GuardedWriter. The receiver renames on its
+// side, so the path is looked at right before the request that publishes
+// the file (a round trip of a window).
+func (s *recvSession) WriteFileIf(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time, expect *lsync.Entry) error {
+	rel, err := clean(rel)
+	if err != nil {
+		return err
+	}
+	if err := s.alive(ctx); err != nil {
+		return err
+	}
+	guard := func() error { return guardPath(ctx, s.Stat, rel, expect) }
+	if err := s.writeFile(ctx, rel, r, mode, mtime, guard); err != nil {
+		var serr *sourceError
+		if errors.As(err, &serr) {
+			return serr.err
+		}
+		return fmt.Errorf("upload %s:%s: %w", s.host, s.abs(rel), err)
+	}
+	return nil
+}
+
+func (s *recvSession) writeFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time, guard func() error) error {
 	cr := newContextReader(ctx, r)
 	bp := chunkBufs.Get().(*[]byte)
 	defer chunkBufs.Put(bp)
@@ -338,6 +360,11 @@ func (s *recvSession) writeFile(ctx context.Context, rel string, r io.Reader, mo
 	n, rerr := readFull(cr, buf)
 	switch {
 	case rerr == io.EOF:
+		if guard != nil {
+			if err := guard(); err != nil {
+				return err
+			}
+		}
 		return s.check(s.client.Put(ctx, rel, mode, mtime, buf[:n]))
 	case rerr != nil:
 		return rerr
@@ -351,6 +378,12 @@ func (s *recvSession) writeFile(ctx context.Context, rel string, r io.Reader, mo
 			_ = s.client.Abort(context.WithoutCancel(ctx), h)
 		}
 		return err
+	}
+	if guard != nil {
+		if err := guard(); err != nil {
+			_ = s.client.Abort(context.WithoutCancel(ctx), h)
+			return err
+		}
 	}
 	return s.check(s.client.Commit(ctx, h, mode, mtime))
 }

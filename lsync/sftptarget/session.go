@@ -443,13 +443,44 @@ func (s *session) WriteFile(ctx context.Context, rel string, r io.Reader, mode f
 	if err != nil {
 		return err
 	}
-	if err := s.writeFile(ctx, rel, r, mode, mtime); err != nil {
+	if err := s.writeFile(ctx, rel, r, mode, mtime, nil); err != nil {
 		return fmt.Errorf("upload %s:%s: %w", s.host, s.abs(rel), err)
 	}
 	return nil
 }
 
-func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+// WriteFileIf implements lsync.GuardedWriter: the path is looked at again
+// right before the rename (one round trip of a window).
+func (s *session) WriteFileIf(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time, expect *lsync.Entry) error {
+	rel, err := clean(rel)
+	if err != nil {
+		return err
+	}
+	guard := func() error { return guardPath(ctx, s.Stat, rel, expect) }
+	if err := s.writeFile(ctx, rel, r, mode, mtime, guard); err != nil {
+		return fmt.Errorf("upload %s:%s: %w", s.host, s.abs(rel), err)
+	}
+	return nil
+}
+
+// guardPath fails with ErrChangedOnTarget unless rel is what expect says
+// (nil: absent).
+func guardPath(ctx context.Context, stat func(context.Context, string) (lsync.Entry, error), rel string, expect *lsync.Entry) error {
+	e, err := stat(ctx, rel)
+	var got *lsync.Entry
+	switch {
+	case err == nil:
+		got = &e
+	case !errors.Is(err, fs.ErrNotExist):
+		return err
+	}
+	if !lsync.StillIs(got, expect) {
+		return fmt.Errorf("%s: %w", rel, lsync.ErrChangedOnTarget)
+	}
+	return nil
+}
+
+func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time, guard func() error) error {
 	if err := s.ensureParents(ctx, rel, true); err != nil {
 		return err
 	}
@@ -471,6 +502,12 @@ func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode f
 	if err := s.fill(ctx, c, f, tmp, r, mode, mtime); err != nil {
 		s.removeTemp(tmp)
 		return err
+	}
+	if guard != nil {
+		if err := guard(); err != nil {
+			s.removeTemp(tmp)
+			return err
+		}
 	}
 	if err := s.replace(ctx, c, tmp, rel); err != nil {
 		s.removeTemp(tmp)

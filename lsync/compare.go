@@ -59,6 +59,8 @@ type op struct {
 	// was (expect); the write must not replace anything else.
 	guard  bool
 	expect *Entry
+	// landed receives the version an upload actually sent.
+	landed *Entry
 }
 
 func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }

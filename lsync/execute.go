@@ -188,7 +188,14 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		switch o.kind {
 		case opUpload:
+			landed := o.src
+			o.landed = &landed
 			n, err = r.upload(ctx, t, o)
+			// What the state records is the version that went out, not
+			// the one the comparison saw: the file may have changed in
+			// between, and a base the peer never held would later look
+			// like the peer's own edit.
+			o.src = landed
 			if err == nil && r.OnTransfer != nil {
 				r.OnTransfer(n)
 			}
@@ -321,7 +328,11 @@ func (r *Reconciler) upload(ctx context.Context, t Target, o op) (int64, error) 
 		}
 		return 0, err
 	}
-	r.rememberLanded(Entry{Path: rel, Size: before.Size(), ModTime: before.ModTime()})
+	landed := Entry{Path: rel, Mode: before.Mode(), Size: before.Size(), ModTime: before.ModTime()}
+	r.rememberLanded(landed)
+	if o.landed != nil {
+		*o.landed = landed
+	}
 	return sr.n, nil
 }
 

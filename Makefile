@@ -37,13 +37,17 @@ lint:
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# soak runs the randomized model tests (churn, races) for many more seeds
-# than `make test` does; not part of CI. SOAK_ROUNDS and
-# LOCKSTEP_CONVERGE_WITHIN tune it.
+# soak runs the randomized model tests (churn) for many more seeds than
+# `make test` does, and the confinement race tests (a peer swapping
+# directories and symlinks under lockstep) many times; not part of CI.
+# SOAK_ROUNDS, SOAK_COUNT and LOCKSTEP_CONVERGE_WITHIN tune it.
 SOAK_ROUNDS ?= 50
+SOAK_COUNT ?= 20
 soak: deps
 	LOCKSTEP_SOAK_ROUNDS=$(SOAK_ROUNDS) $(GO) test -race -count=1 -timeout 4h \
-		-run 'Churn|Soak|Race' ./lsync/... ./integration/...
+		-run 'Churn' ./lsync/... ./integration/...
+	$(GO) test -race -count=$(SOAK_COUNT) -timeout 4h \
+		-run 'Race|HostilePeer' ./lsync/... ./integration/...
 
 # test is the README's one test command: install, lint, every test with the
 # race detector, and a smoke run of the benchmark harness so it cannot rot.

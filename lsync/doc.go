@@ -49,6 +49,18 @@
 // although no event queued it is drift, logged as an error and counted in
 // lockstep_sync_verify_repairs_total, so that it can never be silent.
 //
+// # Where the ideas live
+//
+// watcher.go speaks inotify and keeps the watch → path map; batcher.go
+// collapses events into batches; job.go owns the workers, their queues
+// and reconnection. A pass or batch walks the source (source.go, a
+// root that follows its name), decides per path what the target needs
+// (compare.go; merge.go for the two-way three-way merge against the sync
+// state in lsync/syncstate), plans passes and batches (reconcile.go),
+// holds mass deletions (guard.go) and carries the operations out
+// (execute.go). Targets are lsync/localtarget and lsync/sftptarget (the
+// lockstep receiver of lsync/receiver, or SFTP).
+//
 // # Guarantees
 //
 //   - Files land atomically (temp name starting with TempPrefix, fsync,

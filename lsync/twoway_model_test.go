@@ -65,8 +65,14 @@ func TestTwoWayModelWithOutages(t *testing.T) {
 				errs := make(chan error, 2)
 				if outage {
 					n.cut(true)
-					go func() { _, err := treeA.Run(churn.Options{Ops: 200, Pause: time.Millisecond, PauseEvery: 10}); errs <- err }()
-					go func() { _, err := treeB.Run(churn.Options{Ops: 200, Pause: time.Millisecond, PauseEvery: 10}); errs <- err }()
+					go func() {
+						_, err := treeA.Run(churn.Options{Ops: 200, Pause: time.Millisecond, PauseEvery: 10})
+						errs <- err
+					}()
+					go func() {
+						_, err := treeB.Run(churn.Options{Ops: 200, Pause: time.Millisecond, PauseEvery: 10})
+						errs <- err
+					}()
 				} else {
 					errs <- nil
 					errs <- nil

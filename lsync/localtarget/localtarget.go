@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lockstep-ha/lockstep/internal/unixmode"
 	"github.com/lockstep-ha/lockstep/lsync"
 )
 
@@ -183,7 +184,7 @@ func stillIs(dfd int, base, rel string, expect *lsync.Entry) error {
 	var got *lsync.Entry
 	switch err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); {
 	case err == nil:
-		e := lsync.Entry{Path: rel, Mode: fileMode(st.Mode), Size: st.Size, ModTime: time.Unix(st.Mtim.Unix())}
+		e := lsync.Entry{Path: rel, Mode: unixmode.FromStat(st.Mode), Size: st.Size, ModTime: time.Unix(st.Mtim.Unix())}
 		if e.Mode&fs.ModeSymlink != 0 {
 			buf := make([]byte, 4096)
 			n, err := unix.Readlinkat(dfd, base, buf)
@@ -200,30 +201,6 @@ func stillIs(dfd int, base, rel string, expect *lsync.Entry) error {
 		return fmt.Errorf("%s: %w", rel, lsync.ErrChangedOnTarget)
 	}
 	return nil
-}
-
-// fileMode converts stat(2) mode bits to an fs.FileMode.
-func fileMode(m uint32) fs.FileMode {
-	mode := fs.FileMode(m & 0o777)
-	switch m & unix.S_IFMT {
-	case unix.S_IFDIR:
-		mode |= fs.ModeDir
-	case unix.S_IFLNK:
-		mode |= fs.ModeSymlink
-	case unix.S_IFREG:
-	default:
-		mode |= fs.ModeIrregular
-	}
-	if m&unix.S_ISUID != 0 {
-		mode |= fs.ModeSetuid
-	}
-	if m&unix.S_ISGID != 0 {
-		mode |= fs.ModeSetgid
-	}
-	if m&unix.S_ISVTX != 0 {
-		mode |= fs.ModeSticky
-	}
-	return mode
 }
 
 func timespecs(mtime time.Time) []unix.Timespec {
@@ -510,24 +487,10 @@ func (t *Target) Chmod(_ context.Context, rel string, mode fs.FileMode) error {
 		return err
 	}
 	defer unix.Close(dfd)
-	if err := unix.Fchmodat(dfd, base, unixMode(mode), 0); err != nil {
+	if err := unix.Fchmodat(dfd, base, unixmode.ToUnix(mode), 0); err != nil {
 		return &fs.PathError{Op: "chmod", Path: rel, Err: err}
 	}
 	return nil
-}
-
-func unixMode(m fs.FileMode) uint32 {
-	u := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		u |= unix.S_ISUID
-	}
-	if m&fs.ModeSetgid != 0 {
-		u |= unix.S_ISGID
-	}
-	if m&fs.ModeSticky != 0 {
-		u |= unix.S_ISVTX
-	}
-	return u
 }
 
 // Rename moves from to to, replacing to (even a directory).

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lockstep-ha/lockstep/internal/unixmode"
 	"github.com/lockstep-ha/lockstep/lsync"
 )
 
@@ -259,7 +260,7 @@ func (r *Root) statAt(dfd int, name string) (Entry, error) {
 		return Entry{}, err
 	}
 	e := Entry{
-		Name: name, Mode: fileMode(st.Mode), Size: st.Size,
+		Name: name, Mode: unixmode.FromStat(st.Mode), Size: st.Size,
 		ModTime: time.Unix(st.Mtim.Unix()), UID: st.Uid, GID: st.Gid,
 	}
 	if e.Mode&fs.ModeSymlink != 0 {
@@ -417,7 +418,7 @@ func (r *Root) commit(t *tempFile, mode fs.FileMode, mtime time.Time) error {
 	defer t.mu.Unlock()
 	defer r.release(t)
 	tmpShown := r.show(path.Join(path.Dir(t.rel), t.tmp))
-	if err := unix.Fchmod(t.fd, unixMode(mode)); err != nil {
+	if err := unix.Fchmod(t.fd, unixmode.ToUnix(mode)); err != nil {
 		r.discard(t)
 		return &fs.PathError{Op: "chmod", Path: tmpShown, Err: err}
 	}
@@ -569,9 +570,9 @@ func (r *Root) chmodAt(dfd int, name, rel string, mode fs.FileMode) error {
 	// fchmodat2(AT_EMPTY_PATH) (Linux 6.6) changes the pinned inode
 	// itself; older kernels reach it through its /proc/self/fd magic
 	// link, which names that inode, not a path.
-	err = unix.Fchmodat(fd, "", unixMode(mode), unix.AT_EMPTY_PATH)
+	err = unix.Fchmodat(fd, "", unixmode.ToUnix(mode), unix.AT_EMPTY_PATH)
 	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
-		err = unix.Fchmodat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unixMode(mode), 0)
+		err = unix.Fchmodat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unixmode.ToUnix(mode), 0)
 	}
 	if err != nil {
 		return &fs.PathError{Op: "chmod", Path: r.show(rel), Err: err}
@@ -735,46 +736,4 @@ func (r *Root) spaceHint(dfd int, err error) error {
 		return err
 	}
 	return fmt.Errorf("%w (%d bytes and %d inodes free)", err, uint64(st.Bavail)*uint64(st.Bsize), st.Ffree)
-}
-
-func fileMode(m uint32) fs.FileMode {
-	mode := fs.FileMode(m & 0o777)
-	switch m & unix.S_IFMT {
-	case unix.S_IFDIR:
-		mode |= fs.ModeDir
-	case unix.S_IFLNK:
-		mode |= fs.ModeSymlink
-	case unix.S_IFIFO:
-		mode |= fs.ModeNamedPipe
-	case unix.S_IFSOCK:
-		mode |= fs.ModeSocket
-	case unix.S_IFCHR:
-		mode |= fs.ModeDevice | fs.ModeCharDevice
-	case unix.S_IFBLK:
-		mode |= fs.ModeDevice
-	}
-	if m&unix.S_ISUID != 0 {
-		mode |= fs.ModeSetuid
-	}
-	if m&unix.S_ISGID != 0 {
-		mode |= fs.ModeSetgid
-	}
-	if m&unix.S_ISVTX != 0 {
-		mode |= fs.ModeSticky
-	}
-	return mode
-}
-
-func unixMode(m fs.FileMode) uint32 {
-	u := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		u |= unix.S_ISUID
-	}
-	if m&fs.ModeSetgid != 0 {
-		u |= unix.S_ISGID
-	}
-	if m&fs.ModeSticky != 0 {
-		u |= unix.S_ISVTX
-	}
-	return u
 }

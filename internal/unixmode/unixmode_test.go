@@ -15,7 +15,7 @@ func TestRoundTripThroughTheKernel(t *testing.T) {
 	if err := os.WriteFile(p, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []fs.FileMode{0o644, 0o4755, 0o2750, 0o1777, 0o600} {
+	for _, want := range []fs.FileMode{0o644, fs.ModeSetuid | 0o755, fs.ModeSetgid | 0o750, fs.ModeSticky | 0o777, 0o600} {
 		if err := unix.Chmod(p, ToUnix(want)); err != nil {
 			t.Fatal(err)
 		}

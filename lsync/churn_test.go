@@ -1,8 +1,10 @@
 package lsync_test
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -105,5 +107,44 @@ func TestVerificationDriftIsLoud(t *testing.T) {
 	st := job.Status()
 	if len(st) != 1 || st[0].LastVerified.IsZero() {
 		t.Fatalf("status %+v: want LastVerified set", st)
+	}
+}
+
+// TestLiveMassDeletionGuard: a live `rm -rf` of a big directory is held
+// when it takes more than max_delete of the target's entries, and goes
+// through when it takes less — each entry counted once, although the
+// batch lists the directory and everything that was in it.
+func TestLiveMassDeletionGuard(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		kept, gone int
+		held       bool
+	}{
+		{"within max_delete", 1800, 1200, false},
+		{"past max_delete", 300, 1200, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, src, dst := localJobConfig(t, "peer")
+			for i := range tc.kept {
+				mustWrite(t, src, fmt.Sprintf("keep/d%d/f%d", i%30, i), "k")
+			}
+			for i := range tc.gone {
+				mustWrite(t, src, fmt.Sprintf("big/d%d/f%d", i%40, i), "g")
+			}
+			job := lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Logger: discardLogger()})
+			lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+			if err := os.RemoveAll(filepath.Join(src, "big")); err != nil {
+				t.Fatal(err)
+			}
+			if !tc.held {
+				lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+				return
+			}
+			poll.Until(t, waitLimit, "the deletion held", func() bool { return statusOf(job, "peer").Held != "" })
+			time.Sleep(300 * time.Millisecond)
+			if _, err := os.Stat(filepath.Join(dst[0], "big", "d1", "f1")); err != nil {
+				t.Fatalf("deleted although held: %v", err)
+			}
+		})
 	}
 }

@@ -642,8 +642,16 @@ func (r *Reconciler) guardBatch(ctx context.Context, t Target, ops []op, rep *Re
 	}
 	total := int(r.targetEntries.Load())
 	enough := massDeleteFloorLive + 1 + r.MaxDelete.Count + r.MaxDelete.Percent*max(total, 1)/100
+	// A batch lists a deleted directory and what was in it: count each
+	// entry once, through its topmost removal.
+	sort.Strings(removals)
 	n := 0
+	var top string
 	for _, p := range removals {
+		if top != "" && strings.HasPrefix(p, top+"/") {
+			continue
+		}
+		top = p
 		n++
 		err := t.Walk(ctx, p, func(Entry) error {
 			if n++; n > enough {

@@ -20,6 +20,9 @@ type SSHPeer struct {
 	User       string
 	Identity   string
 	KnownHosts string
+	// ReceiverCommand is lockstep's peer side (`lockstep receive`), as a
+	// lockstep cluster has it on every node; rsync's is rsync.
+	ReceiverCommand string
 }
 
 // SyncTool is one contender of the docroot scenarios.
@@ -62,20 +65,24 @@ func (l *LockstepSync) Name() string {
 
 // LockstepSyncConfig renders the YAML config file for one job.
 func LockstepSyncConfig(source, target string, peer SSHPeer, overrides map[string]any) ([]byte, error) {
+	tgt := map[string]any{
+		"name":        "peer",
+		"host":        peer.Host,
+		"port":        peer.Port,
+		"user":        peer.User,
+		"identity":    peer.Identity,
+		"known_hosts": peer.KnownHosts,
+		"path":        target,
+	}
+	if peer.ReceiverCommand != "" {
+		tgt["receiver_command"] = peer.ReceiverCommand
+	}
 	job := map[string]any{
 		"name":   "bench",
 		"source": source,
 		// Beside the config, not in /var/lib: a benchmark leaves nothing.
 		"state_dir": filepath.Join(filepath.Dir(source), "lockstep-state"),
-		"targets": []map[string]any{{
-			"name":        "peer",
-			"host":        peer.Host,
-			"port":        peer.Port,
-			"user":        peer.User,
-			"identity":    peer.Identity,
-			"known_hosts": peer.KnownHosts,
-			"path":        target,
-		}},
+		"targets":   []map[string]any{tgt},
 	}
 	for k, v := range overrides {
 		job[k] = v
@@ -93,7 +100,9 @@ func LockstepSyncConfig(source, target string, peer SSHPeer, overrides map[strin
 }
 
 func (l *LockstepSync) Start(ctx context.Context, source, target string) error {
-	cfg, err := LockstepSyncConfig(source, target, l.Peer, l.Overrides)
+	peer := l.Peer
+	peer.ReceiverCommand = l.Bin
+	cfg, err := LockstepSyncConfig(source, target, peer, l.Overrides)
 	if err != nil {
 		return err
 	}

@@ -97,9 +97,11 @@ type relay struct {
 	conn *net.UDPConn
 	dst  *net.UDPAddr
 	cut  atomic.Bool
-	mu   sync.Mutex
-	seen [][]byte
-	done chan struct{}
+	// mutate, when set, rewrites each datagram before it is forwarded.
+	mutate atomic.Pointer[func([]byte) []byte]
+	mu     sync.Mutex
+	seen   [][]byte
+	done   chan struct{}
 }
 
 func newRelay(t testing.TB, dst string) *relay {
@@ -122,6 +124,9 @@ func newRelay(t testing.TB, dst string) *relay {
 				continue
 			}
 			pkt := append([]byte(nil), buf[:n]...)
+			if m := r.mutate.Load(); m != nil {
+				pkt = (*m)(pkt)
+			}
 			r.mu.Lock()
 			r.seen = append(r.seen, pkt)
 			r.mu.Unlock()

@@ -18,7 +18,6 @@ const (
 	DefaultDeadtime        = time.Second
 	DefaultResourceTimeout = 20 * time.Second
 	DefaultFailbackHold    = 60 * time.Second
-	DefaultMaxClockSkew    = 5 * time.Second
 )
 
 // ClusterConfig is the `cluster:` section.
@@ -39,9 +38,10 @@ type ClusterConfig struct {
 	// survivor may have heard its last heartbeat one keepalive before the
 	// cut) plus the time the writer needs to fence. Default 2 x keepalive.
 	TakeoverMargin time.Duration `yaml:"takeover_margin"`
-	// MaxClockSkew bounds how far a heartbeat's timestamp may be from our
-	// clock; older messages are rejected as stale (replay protection that
-	// survives a restart of the receiver).
+	// MaxClockSkew is deprecated and ignored: heartbeat freshness comes
+	// from sequence numbers and echoed boot nonces, not from comparing
+	// clocks. It is still accepted so that existing files load; see
+	// Deprecations.
 	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
 	// AgentCheck is the HAProxy agent-check listen address ("" = off).
 	AgentCheck string           `yaml:"agent_check"`
@@ -78,14 +78,21 @@ func (c *ClusterConfig) SetDefaults() {
 	if c.TakeoverMargin == 0 {
 		c.TakeoverMargin = 2 * c.Keepalive
 	}
-	if c.MaxClockSkew == 0 {
-		c.MaxClockSkew = DefaultMaxClockSkew
-	}
 	for i := range c.Resources {
 		if c.Resources[i].Timeout == 0 {
 			c.Resources[i].Timeout = DefaultResourceTimeout
 		}
 	}
+}
+
+// Deprecations lists settings that are accepted but have no effect, as
+// warnings naming the key relative to `cluster.`.
+func (c *ClusterConfig) Deprecations() []string {
+	var out []string
+	if c.MaxClockSkew != 0 {
+		out = append(out, "max_clock_skew: deprecated and ignored: heartbeats are accepted by sequence number and echoed boot nonce, never by comparing clocks; remove the key")
+	}
+	return out
 }
 
 // Validate returns errors naming the key relative to `cluster.`.
@@ -104,9 +111,6 @@ func (c *ClusterConfig) Validate() error {
 	}
 	if c.TakeoverMargin < c.Keepalive {
 		errs = append(errs, fmt.Errorf("takeover_margin: %s must be at least one keepalive (%s) so that an isolated writer fences before the survivor takes over", c.TakeoverMargin, c.Keepalive))
-	}
-	if c.MaxClockSkew < c.Keepalive {
-		errs = append(errs, fmt.Errorf("max_clock_skew: %s must be at least one keepalive (%s)", c.MaxClockSkew, c.Keepalive))
 	}
 	if c.FailbackHold < 0 || c.TakeoverWait < 0 {
 		errs = append(errs, errors.New("failback_hold, takeover_wait: must not be negative"))

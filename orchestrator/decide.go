@@ -76,7 +76,6 @@ type peerView struct {
 	silent   time.Duration
 	alive    bool
 	aliveFor time.Duration
-	authFail bool // unauthenticated datagrams from its address within deadtime
 	hb       *Heartbeat
 }
 
@@ -264,12 +263,6 @@ func decideRole(v view) decision {
 		if v.wasIsolated {
 			d.waiting = fmt.Sprintf("was isolated and has not heard any peer since (%s): not taking over, the peer has probably done so; restart this daemon to override", peerSilence(v.peers))
 			return d
-		}
-		for _, p := range v.peers {
-			if p.authFail && !p.leaving() {
-				d.waiting = fmt.Sprintf("peer %s sends heartbeats that fail authentication, so it is probably alive: not taking over; check cluster.key_file on both nodes", p.name)
-				return d
-			}
 		}
 		witness := "no witness configured"
 		if v.witnessConfigured {

@@ -27,16 +27,41 @@
 // # Heartbeats
 //
 // Every keepalive each node sends every peer one UDP datagram: magic,
-// key fingerprint, HMAC-SHA256 and a JSON body (node, role, eligibility,
-// database fence state, applied-transaction hint, resources held, witness
-// view). The MAC key is derived from cluster.key_file. A datagram is
-// accepted once: per sender the (boot id, sequence) pair must grow, a new
-// boot must be newer than anything seen from the old one, and the
-// timestamp must be within max_clock_skew of our clock. Forged, replayed,
-// stale and unknown-node datagrams are dropped, counted
-// (lockstep_heartbeat_rejected_total{reason}) and reported as events, at
-// most every 10s per source. A peer is dead after deadtime without a
-// valid heartbeat.
+// key fingerprint, HMAC-SHA256 and a JSON body (node, boot nonce,
+// sequence number, echoed nonces, role, eligibility, database fence
+// state, applied-transaction hint, resources held, witness view). The MAC
+// key is derived from cluster.key_file.
+//
+// No clock of another node is trusted. Liveness is measured on the
+// receiver's monotonic clock from the arrival of the last accepted
+// datagram, and freshness is proved without timestamps: each daemon start
+// draws a random boot nonce, each datagram echoes the boot nonces it heard
+// from each peer (with the newest sequence number of each), and a
+// receiver accepts a datagram only when it echoes the receiver's current
+// boot (so it was made after the receiver started), its sequence number
+// grows within the sender's boot, and a new sender boot echoes a newer
+// sequence number of ours than the previous boot did (so the newer process
+// is the later one and replays of the older stay rejected). After either
+// daemon starts, the first keepalive or two are this handshake. The
+// sender's wall-clock time is still carried, for humans only; a clock step
+// on one node changes nothing (cluster.max_clock_skew is ignored and
+// `lockstep check` warns about it).
+//
+// Anything that fails authentication, decoding or anti-replay is dropped
+// before it touches a peer's state, counted in
+// lockstep_heartbeat_rejected_total{reason} (auth, malformed, replay,
+// stale, unknown_node) and reported as an event at most every 10s per
+// source and reason (per reason alone beyond 256 sources). An
+// authenticated but stale datagram can at most add its boot nonce to the
+// bounded list we echo. In particular datagrams failing authentication
+// from a peer's address do not make it look alive and do not hold a
+// takeover back: they cannot be told from a forger's. A peer configured
+// with another key therefore looks dead; without an arbiter that is a
+// partition as far as either daemon can tell, so deploy the key before
+// starting a node, and rotate it with the cluster stopped.
+//
+// The heartbeat body changed in this version (the echo): stop both
+// daemons to upgrade from an earlier one.
 //
 // # Roles and the timing argument
 //
@@ -65,9 +90,7 @@
 // reason its database self-fence is lifted only once a peer is heard.
 //
 // A clean shutdown releases the resources, then sends a "leaving"
-// heartbeat, and the peer takes over at once. A peer whose datagrams fail
-// authentication is probably alive with another key: the survivor then
-// refuses to take over and says why.
+// heartbeat, and the peer takes over at once.
 //
 // # Replication supervisor
 //

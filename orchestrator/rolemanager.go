@@ -123,13 +123,13 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 		return nil, fmt.Errorf("node %q is not listed in cluster.nodes (%s)", c.Node, strings.Join(names, ", "))
 	}
 	rm.preferred = slices.Min(names)
-	rm.obs = newObserver(c.Node, &rm.cfg, c.Key, rm.logger, c.Events, c.Metrics)
-	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
 	rm.boot = binary.BigEndian.Uint64(b[:]) | 1
+	rm.obs = newObserver(c.Node, rm.boot, &rm.cfg, c.Key, rm.logger, c.Events, c.Metrics)
+	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
 	rm.state.role, rm.state.roleSince, rm.state.reason = RoleStandby, time.Now(), reasonStarting
 	rm.publish()
 	c.Metrics.setRole(RoleStandby)
@@ -156,6 +156,9 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 		if conn, err = rm.bind(); err != nil {
 			return err
 		}
+	}
+	for _, d := range rm.cfg.Load().Deprecations() {
+		rm.events.Warn(EventSupervisor, "cluster."+d)
 	}
 	if len(rm.cfg.Load().Witness) == 0 {
 		rm.events.Warn(EventWitness, "no witness configured: a partitioned writer cannot tell isolation from a dead peer and will not fence itself; set cluster.witness")
@@ -545,7 +548,7 @@ func (rm *RoleManager) Reload(c *ClusterConfig, key *Key, resources []Resource) 
 	}{
 		{"keepalive", cur.Keepalive, c.Keepalive}, {"deadtime", cur.Deadtime, c.Deadtime},
 		{"takeover_margin", cur.TakeoverMargin, c.TakeoverMargin}, {"takeover_wait", cur.TakeoverWait, c.TakeoverWait},
-		{"max_clock_skew", cur.MaxClockSkew, c.MaxClockSkew}, {"auto_failback", cur.AutoFailback, c.AutoFailback},
+		{"auto_failback", cur.AutoFailback, c.AutoFailback},
 		{"failback_hold", cur.FailbackHold, c.FailbackHold},
 	} {
 		if ch.old != ch.new {

@@ -46,6 +46,20 @@ type ClusterConfig struct {
 	// AgentCheck is the HAProxy agent-check listen address ("" = off).
 	AgentCheck string           `yaml:"agent_check"`
 	Resources  []ResourceConfig `yaml:"resources"`
+	// SelfFence is what an isolated node does when its database does not
+	// become read-only.
+	SelfFence SelfFenceConfig `yaml:"self_fence"`
+}
+
+// SelfFenceConfig: a failed self-fence is retried with backoff; after
+// EscalateAfter it also kills the database's client sessions and, when
+// StopDatabase is set, stops the database with that LSB script (`stop`,
+// verified by `status` exiting 3). The node reports the failure until
+// the database is verifiably not writable.
+type SelfFenceConfig struct {
+	EscalateAfter time.Duration `yaml:"escalate_after"`
+	StopDatabase  string        `yaml:"stop_database"`
+	Timeout       time.Duration `yaml:"timeout"`
 }
 
 // NodeConfig is one cluster member.
@@ -77,6 +91,12 @@ func (c *ClusterConfig) SetDefaults() {
 	}
 	if c.TakeoverMargin == 0 {
 		c.TakeoverMargin = 2 * c.Keepalive
+	}
+	if c.SelfFence.EscalateAfter == 0 {
+		c.SelfFence.EscalateAfter = c.Deadtime
+	}
+	if c.SelfFence.Timeout == 0 {
+		c.SelfFence.Timeout = DefaultResourceTimeout
 	}
 	for i := range c.Resources {
 		if c.Resources[i].Timeout == 0 {
@@ -141,6 +161,12 @@ func (c *ClusterConfig) Validate() error {
 		default:
 			errs = append(errs, fmt.Errorf("witness[%d]: unsupported scheme %q (tcp, icmp, http, https)", i, u.Scheme))
 		}
+	}
+	if c.SelfFence.EscalateAfter < 0 || c.SelfFence.Timeout < 0 {
+		errs = append(errs, errors.New("self_fence.escalate_after, self_fence.timeout: must not be negative"))
+	}
+	if c.SelfFence.StopDatabase != "" && !filepath.IsAbs(c.SelfFence.StopDatabase) {
+		errs = append(errs, fmt.Errorf("self_fence.stop_database: %q must be an absolute path", c.SelfFence.StopDatabase))
 	}
 	if c.AgentCheck != "" {
 		if _, _, err := net.SplitHostPort(c.AgentCheck); err != nil {

@@ -84,6 +84,26 @@
 //     150ms for the release; configure a larger takeover_margin when a
 //     resource's stop takes longer.
 //
+// # A self-fence that does not hold
+//
+// The first attempt (read_only and the release, at once) runs in the role
+// loop. When it fails (the server refuses read_only: SET GLOBAL read_only
+// waits for transactions holding locks; or it is unreachable) or a
+// resource does not stop, the fencer (selffence.go) retries in its own
+// goroutine with backoff (keepalive doubling to 5s), releasing the
+// resources again each time (the VIP among them). After
+// self_fence.escalate_after (default deadtime) of failure it also kills
+// the database's client sessions (Database implementations offering
+// ClientKiller) and retries read_only, and then stops the database with
+// self_fence.stop_database (an LSB script, verified by `status` exiting
+// 3). Until the node is verifiably not writable — read_only acknowledged
+// by the server or the database stopped, and nothing held — every retry
+// is an event, /status carries self_fence with the last error, /health and
+// the agent check say "SELF-FENCE NOT HOLDING", and
+// lockstep_self_fence_failing is 1. The retries end when the node leaves
+// the fenced role (a peer is back, whose writer's supervisor decides about
+// the database from then on) or the daemon stops.
+//
 // A node that fenced itself does not take over again until it has heard a
 // peer: when only the witness comes back, the peer has most likely taken
 // over meanwhile (restarting the daemon overrides this). For the same

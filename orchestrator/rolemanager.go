@@ -49,6 +49,7 @@ type RoleManager struct {
 	db        Database // nil: no replication supervisor
 	obs       *observer
 	act       *actor
+	fence     *fencer
 	boot      uint64
 
 	// cfg is swapped whole by Reload; everyone reads a consistent copy.
@@ -130,6 +131,7 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 	rm.boot = binary.BigEndian.Uint64(b[:]) | 1
 	rm.obs = newObserver(c.Node, rm.boot, &rm.cfg, c.Key, rm.logger, c.Events, c.Metrics)
 	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
+	rm.fence = &fencer{act: rm.act, cfg: rm.cfg.Load, events: c.Events, metrics: c.Metrics}
 	rm.state.role, rm.state.roleSince, rm.state.reason = RoleStandby, time.Now(), reasonStarting
 	rm.publish()
 	c.Metrics.setRole(RoleStandby)
@@ -193,6 +195,7 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	wg.Go(func() { rm.sendLoop(senderCtx, conn) })
 
 	rm.loop(ctx)
+	rm.fence.stop()
 
 	if !errors.Is(context.Cause(ctx), errCrash) {
 		rm.shutdown(conn)
@@ -386,6 +389,9 @@ func (rm *RoleManager) setRole(role, reason string) {
 	if old == role {
 		return
 	}
+	if old == RoleFenced {
+		rm.fence.stop()
+	}
 	st.role, st.reason, st.roleSince = role, reason, time.Now()
 	if role == RoleWriter {
 		st.writerSince = st.roleSince
@@ -446,9 +452,9 @@ func (rm *RoleManager) selfFence(ctx context.Context, reason string) {
 	st := &rm.state
 	rm.setRole(RoleFenced, reason)
 	st.isolatedAt = time.Now()
-	if rm.act.isolate(ctx, reason, rm.cfg.Load().Deadtime) {
-		st.selfFenced = true
-	}
+	err := rm.act.isolate(ctx, reason, rm.cfg.Load().Deadtime)
+	st.selfFenced = err == nil && rm.db != nil && rm.self.DB != ""
+	rm.fence.begin(ctx, reason, err)
 	rm.act.swapPending()
 }
 
@@ -510,6 +516,8 @@ type RoleStatus struct {
 	Peers         []PeerStatus
 	Witnesses     []WitnessStatus
 	Resources     []ResourceStatus
+	// SelfFence is set while this node is fenced.
+	SelfFence *SelfFenceStatus
 }
 
 // Status returns the current RoleStatus.
@@ -525,6 +533,7 @@ func (rm *RoleManager) Status() RoleStatus {
 		Peers:     rm.obs.peerStatus(),
 		Witnesses: rm.obs.witnessStatus(now),
 		Resources: rm.act.resources(),
+		SelfFence: rm.fence.status(),
 	}
 }
 

@@ -315,6 +315,13 @@ func (r *replRunner) Unfence(ctx context.Context, node string) error {
 	return sup.Unfence(ctx, node)
 }
 
+// KillClientSessions lets a failing self-fence escalate (see
+// orchestrator.ClientKiller).
+func (r *replRunner) KillClientSessions(ctx context.Context, node string) (int, error) {
+	sup, _ := r.current()
+	return sup.KillClientSessions(ctx, node)
+}
+
 // replEventKind files a supervisor event under the daemon's event kinds:
 // read_only transitions are fences; reachability of a database server has
 // no kind of its own (peer is for cluster nodes), so it goes under the

@@ -131,7 +131,7 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 	rm.boot = binary.BigEndian.Uint64(b[:]) | 1
 	rm.obs = newObserver(c.Node, rm.boot, &rm.cfg, c.Key, rm.logger, c.Events, c.Metrics)
 	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
-	rm.fence = &fencer{act: rm.act, cfg: rm.cfg.Load, events: c.Events, metrics: c.Metrics}
+	rm.fence = &fencer{node: rm.self, act: rm.act, cfg: rm.cfg.Load, events: c.Events, metrics: c.Metrics}
 	rm.state.role, rm.state.roleSince, rm.state.reason = RoleStandby, time.Now(), reasonStarting
 	rm.publish()
 	c.Metrics.setRole(RoleStandby)

@@ -41,6 +41,7 @@ const selfFenceBackoffMax = 5 * time.Second
 // self_fence.escalate_after, until the node is verifiably not writable or
 // the node leaves the fenced role. Its lock guards only the status.
 type fencer struct {
+	node    NodeConfig
 	act     *actor
 	cfg     func() *ClusterConfig
 	events  *EventLog
@@ -197,7 +198,9 @@ func (f *fencer) escalate(ctx context.Context, reason string, cfg *ClusterConfig
 	if script == "" {
 		return steps, fenceErr
 	}
-	e := NewExec(script, cfg.SelfFence.Timeout)
+	vars := nodeVars(f.node)
+	vars["LOCKSTEP_REASON"] = "self-fence: " + reason
+	e := NewExec(script, cfg.SelfFence.Timeout).withVars(vars)
 	if err := e.Stop(ctx); err != nil {
 		steps = append(steps, fmt.Sprintf("stop database: %v", err))
 		return steps, errors.Join(fenceErr, err)

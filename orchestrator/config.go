@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -49,6 +50,30 @@ type ClusterConfig struct {
 	// SelfFence is what an isolated node does when its database does not
 	// become read-only.
 	SelfFence SelfFenceConfig `yaml:"self_fence"`
+	// Arbiter, when set, decides who is the writer; witnesses become
+	// optional.
+	Arbiter ArbiterConfig `yaml:"arbiter"`
+}
+
+// ArbiterConfig is `cluster.arbiter`: one kind at most.
+type ArbiterConfig struct {
+	Etcd *EtcdConfig `yaml:"etcd"`
+}
+
+// DefaultLeaseTTL is the etcd lease TTL: a writer cut off from etcd
+// fences within TTL/2 (+ renewal interval), and a survivor wins the
+// election about TTL after the last renewal.
+const DefaultLeaseTTL = 4 * time.Second
+
+// EtcdConfig is `cluster.arbiter.etcd`. Credentials, when etcd needs
+// them, come from LOCKSTEP_ETCD_USERNAME and LOCKSTEP_ETCD_PASSWORD.
+type EtcdConfig struct {
+	Endpoints []string      `yaml:"endpoints"`
+	Prefix    string        `yaml:"prefix"`
+	LeaseTTL  time.Duration `yaml:"lease_ttl"`
+	CAFile    string        `yaml:"ca_file"`
+	CertFile  string        `yaml:"cert_file"`
+	KeyFile   string        `yaml:"key_file"`
 }
 
 // SelfFenceConfig: a failed self-fence is retried with backoff; after
@@ -91,6 +116,14 @@ func (c *ClusterConfig) SetDefaults() {
 	}
 	if c.TakeoverMargin == 0 {
 		c.TakeoverMargin = 2 * c.Keepalive
+	}
+	if e := c.Arbiter.Etcd; e != nil {
+		if e.Prefix == "" {
+			e.Prefix = "/lockstep"
+		}
+		if e.LeaseTTL == 0 {
+			e.LeaseTTL = DefaultLeaseTTL
+		}
 	}
 	if c.SelfFence.EscalateAfter == 0 {
 		c.SelfFence.EscalateAfter = c.Deadtime
@@ -167,6 +200,34 @@ func (c *ClusterConfig) Validate() error {
 	}
 	if c.SelfFence.StopDatabase != "" && !filepath.IsAbs(c.SelfFence.StopDatabase) {
 		errs = append(errs, fmt.Errorf("self_fence.stop_database: %q must be an absolute path", c.SelfFence.StopDatabase))
+	}
+	if e := c.Arbiter.Etcd; e != nil {
+		if len(e.Endpoints) == 0 {
+			errs = append(errs, errors.New("arbiter.etcd.endpoints: at least one etcd URL is required"))
+		}
+		for i, ep := range e.Endpoints {
+			u, err := url.Parse(ep)
+			if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+				errs = append(errs, fmt.Errorf("arbiter.etcd.endpoints[%d]: %q is not a URL like https://10.0.0.5:2379", i, ep))
+			}
+		}
+		if !strings.HasPrefix(e.Prefix, "/") {
+			errs = append(errs, fmt.Errorf("arbiter.etcd.prefix: %q must start with /", e.Prefix))
+		}
+		if e.LeaseTTL < 2*time.Second || e.LeaseTTL%time.Second != 0 {
+			errs = append(errs, fmt.Errorf("arbiter.etcd.lease_ttl: %s must be whole seconds, at least 2s (etcd's lease granularity and minimum)", e.LeaseTTL))
+		}
+		if c.AutoFailback {
+			errs = append(errs, errors.New("auto_failback: not supported with an arbiter (the etcd election decides who writes)"))
+		}
+		if (e.CertFile == "") != (e.KeyFile == "") {
+			errs = append(errs, errors.New("arbiter.etcd.cert_file, key_file: set both or neither"))
+		}
+		for _, f := range []struct{ key, path string }{{"ca_file", e.CAFile}, {"cert_file", e.CertFile}, {"key_file", e.KeyFile}} {
+			if f.path != "" && !filepath.IsAbs(f.path) {
+				errs = append(errs, fmt.Errorf("arbiter.etcd.%s: %q must be an absolute path", f.key, f.path))
+			}
+		}
 	}
 	if c.AgentCheck != "" {
 		if _, _, err := net.SplitHostPort(c.AgentCheck); err != nil {

@@ -47,6 +47,9 @@ type observation struct {
 	// Our own database, as the replication supervisor reports it.
 	dbFenced bool
 	dbReason string
+
+	// The quorum arbiter (arbiter.go; zero when none is configured).
+	arbiter arbiterView
 }
 
 // view is everything a role decision depends on, captured at one instant
@@ -148,6 +151,9 @@ func failBackoff(prev, deadtime time.Duration) time.Duration {
 }
 
 func decideRole(v view) decision {
+	if v.arbiter.configured {
+		return decideArbiter(v)
+	}
 	d := decision{role: v.role, decided: v.decided}
 	cfg := v.cfg
 	allDead := true

@@ -20,9 +20,11 @@
 //     sees only the RoleStatus value, never the live state.
 //   - The database is one interface, Database (daemon.go): run, status,
 //     fence, unfence, and the one-decision-maker switch.
-//   - A quorum arbiter (e.g. etcd) is meant to be one more source of
-//     observations: a field group in observation filled by its own
-//     goroutine and read by decide, not another layer of locks.
+//   - The quorum arbiter (arbiter.go, etcd) is one more source of
+//     observations: the arbiter field group in observation, filled by
+//     its own goroutines (arbiter.Run owns them) and read by decide
+//     (decideArbiter, arbiter_decide.go), not another layer of locks.
+//     The role loop tells it whether to campaign after each decision.
 //
 // # Heartbeats
 //
@@ -83,6 +85,34 @@
 //     fence comes first. At the defaults (200ms, 1s, 400ms) that leaves
 //     150ms for the release; configure a larger takeover_margin when a
 //     resource's stop takes longer.
+//
+// # The etcd arbiter
+//
+// With cluster.arbiter.etcd, decide follows decideArbiter: the writer is
+// whoever holds the etcd election under prefix/writer with a lease that
+// is valid beyond the demotion deadline; heartbeat silence, witnesses and
+// names never make a writer. Timing, with T = lease_ttl:
+//
+//   - The lease is renewed every T/6 (KeepAliveOnce, each bounded by T/6).
+//     A renewal sent at s that succeeds proves the lease lives on etcd
+//     until at least s + T (the server restarts the TTL after receiving
+//     it; a leader change of etcd only extends it).
+//   - The demotion deadline is s + T/2 for the last successful s. The
+//     role loop, deciding every keepalive/4, fences then: database
+//     read-only and resources released, which must fit in the remaining
+//     T/2 (raise lease_ttl for slow resource stops).
+//   - Another node's campaign can succeed only once our election key is
+//     gone: when the lease expires on etcd (>= s + T) or we resign. So
+//     the demoted writer is released before anyone else can win, without
+//     comparing clocks (only their rates, ppm, matter).
+//   - A standby campaigns only while it may take over (eligible, decided)
+//     and its database is reachable, not fenced (the supervisor fences a
+//     lagging node until it caught up) and has no errant transactions;
+//     having won, it takes over only with a lease valid for at least two
+//     more renewal intervals.
+//   - A writer that hands over (its database fenced while a peer is
+//     eligible) or shuts down releases first and resigns (or revokes the
+//     lease) after, so the peer wins at once.
 //
 // # A self-fence that does not hold
 //

@@ -20,6 +20,7 @@ const (
 	EventPeer       = "peer"
 	EventWitness    = "witness"
 	EventSupervisor = "supervisor"
+	EventArbiter    = "arbiter"
 )
 
 // Event is one entry of the decision log: "why did it fail over at 03:12".

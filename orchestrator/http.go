@@ -57,6 +57,7 @@ type Status struct {
 	Witnesses   []WitnessStatus    `json:"witnesses"`
 	Resources   []ResourceStatus   `json:"resources"`
 	SelfFence   *SelfFenceStatus   `json:"self_fence,omitempty"`
+	Arbiter     *ArbiterStatus     `json:"arbiter,omitempty"`
 	Sync        []SyncTargetStatus `json:"sync"`
 	Replication *dbrepl.PairStatus `json:"replication"`
 	Events      []Event            `json:"events"`
@@ -101,7 +102,7 @@ func (d *Daemon) Status() Status {
 	st := Status{
 		Node: rs.Node, Role: rs.Role, RoleSince: rs.RoleSince, RoleReason: rs.Reason,
 		Draining: rs.Draining, Decided: rs.Decided, Health: h, DB: rs.DB,
-		Peers: rs.Peers, Witnesses: rs.Witnesses, Resources: rs.Resources, SelfFence: rs.SelfFence,
+		Peers: rs.Peers, Witnesses: rs.Witnesses, Resources: rs.Resources, SelfFence: rs.SelfFence, Arbiter: rs.Arbiter,
 		Sync: []SyncTargetStatus{}, GeneratedAt: time.Now(),
 	}
 	for _, j := range d.cfg.Sync {

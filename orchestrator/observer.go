@@ -480,6 +480,8 @@ type dbObservation struct {
 	// unreachable is why the supervisor could not reach it ("" when it
 	// could, or has not tried yet).
 	unreachable string
+	observed    bool     // the supervisor has polled it
+	errant      []string // transactions its peer lacks
 }
 
 // observeDB reads node's state from the supervisor (nil db: no database).
@@ -491,7 +493,8 @@ func observeDB(db Database, node string) dbObservation {
 		if n.Name != node {
 			continue
 		}
-		o := dbObservation{fenced: n.Fenced, reason: n.FenceReason, applied: appliedTrx(n.GTIDCurrentPos), lag: n.LagSeconds}
+		o := dbObservation{fenced: n.Fenced, reason: n.FenceReason, applied: appliedTrx(n.GTIDCurrentPos), lag: n.LagSeconds,
+			observed: !n.ObservedAt.IsZero(), errant: n.ErrantGTIDs}
 		if !n.Reachable && !n.ObservedAt.IsZero() {
 			o.unreachable = n.Error
 			if o.unreachable == "" {

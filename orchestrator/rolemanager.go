@@ -50,6 +50,7 @@ type RoleManager struct {
 	obs       *observer
 	act       *actor
 	fence     *fencer
+	arb       *arbiter // nil: no arbiter configured
 	boot      uint64
 
 	// cfg is swapped whole by Reload; everyone reads a consistent copy.
@@ -131,6 +132,12 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 	rm.boot = binary.BigEndian.Uint64(b[:]) | 1
 	rm.obs = newObserver(c.Node, rm.boot, &rm.cfg, c.Key, rm.logger, c.Events, c.Metrics)
 	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
+	if e := c.Cluster.Arbiter.Etcd; e != nil {
+		var err error
+		if rm.arb, err = newArbiter(c.Node, *e, c.Logger, c.Events); err != nil {
+			return nil, err
+		}
+	}
 	rm.fence = &fencer{node: rm.self, act: rm.act, cfg: rm.cfg.Load, events: c.Events, metrics: c.Metrics}
 	rm.state.role, rm.state.roleSince, rm.state.reason = RoleStandby, time.Now(), reasonStarting
 	rm.publish()
@@ -162,7 +169,7 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	for _, d := range rm.cfg.Load().Deprecations() {
 		rm.events.Warn(EventSupervisor, "cluster."+d)
 	}
-	if len(rm.cfg.Load().Witness) == 0 {
+	if len(rm.cfg.Load().Witness) == 0 && rm.arb == nil {
 		rm.events.Warn(EventWitness, "no witness configured: a partitioned writer cannot tell isolation from a dead peer and will not fence itself; set cluster.witness")
 	}
 	rm.act.releaseLeftovers(ctx)
@@ -193,6 +200,13 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	rm.publish()
 	senderCtx, stopSender := context.WithCancel(context.WithoutCancel(ctx))
 	wg.Go(func() { rm.sendLoop(senderCtx, conn) })
+	// The arbiter outlives ctx too: a clean shutdown resigns only after
+	// the resources are released, so that the peer cannot win first.
+	arbCtx, stopArbiter := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopArbiter(nil)
+	if rm.arb != nil {
+		wg.Go(func() { rm.arb.Run(arbCtx) })
+	}
 
 	rm.loop(ctx)
 	rm.fence.stop()
@@ -200,6 +214,7 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	if !errors.Is(context.Cause(ctx), errCrash) {
 		rm.shutdown(conn)
 	}
+	stopArbiter(context.Cause(ctx))
 	stopSender()
 	stopNotify()
 	stopWitnesses()
@@ -327,6 +342,15 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 	db := observeDB(rm.db, rm.self.DB)
 	obs := rm.obs.observe(now)
 	obs.dbFenced, obs.dbReason = db.fenced, db.reason
+	if rm.arb != nil {
+		obs.arbiter = rm.arb.view(now)
+		// Whatever this decision does, the arbiter campaigns (or resigns)
+		// according to the role it leaves behind: a step-down releases
+		// before it resigns.
+		defer func() {
+			rm.arb.setWant(campaignEligible(*rm.snap.Load(), db, rm.db != nil && rm.self.DB != "", time.Now()))
+		}()
+	}
 	cfg := rm.cfg.Load()
 	rm.metrics.fenced.Set(b2f(st.role == RoleFenced || db.fenced))
 	v := rm.view(obs, cfg)
@@ -518,6 +542,8 @@ type RoleStatus struct {
 	Resources     []ResourceStatus
 	// SelfFence is set while this node is fenced.
 	SelfFence *SelfFenceStatus
+	// Arbiter is set when one is configured.
+	Arbiter *ArbiterStatus
 }
 
 // Status returns the current RoleStatus.
@@ -534,7 +560,15 @@ func (rm *RoleManager) Status() RoleStatus {
 		Witnesses: rm.obs.witnessStatus(now),
 		Resources: rm.act.resources(),
 		SelfFence: rm.fence.status(),
+		Arbiter:   rm.arbiterStatus(now),
 	}
+}
+
+func (rm *RoleManager) arbiterStatus(now time.Time) *ArbiterStatus {
+	if rm.arb == nil {
+		return nil
+	}
+	return rm.arb.status(now)
 }
 
 // Reload applies a new cluster section. Timing, witnesses, failback and
@@ -548,6 +582,9 @@ func (rm *RoleManager) Reload(c *ClusterConfig, key *Key, resources []Resource) 
 	}
 	witnessChanged := !slices.Equal(c.Witness, cur.Witness) || c.Keepalive != cur.Keepalive || c.Deadtime != cur.Deadtime
 	resourcesChanged := !reflect.DeepEqual(c.Resources, cur.Resources)
+	if !reflect.DeepEqual(c.Arbiter, cur.Arbiter) {
+		notes = append(notes, "cluster.arbiter changed: restart required; keeping the running arbiter")
+	}
 	if c.AgentCheck != cur.AgentCheck {
 		notes = append(notes, "cluster.agent_check changed: restart required")
 	}

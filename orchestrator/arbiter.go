@@ -247,7 +247,8 @@ func (a *arbiter) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
 	}
-	defer cli.Close()
+	closeClient := sync.OnceFunc(func() { _ = cli.Close() })
+	defer closeClient()
 	ttlSec := int64((a.ttl + time.Second - 1) / time.Second)
 	sent := time.Now()
 	gctx, cancel := context.WithTimeout(ctx, a.ttl/2)
@@ -278,15 +279,20 @@ func (a *arbiter) session(ctx context.Context) error {
 	wg.Go(func() { stop(a.campaign(sctx, el)) })
 	<-sctx.Done()
 	cause := context.Cause(sctx)
+	a.update(func(s *arbiterState) { s.won = false })
+	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), errCrash) {
+		// A clean stop: let a peer win at once instead of after the TTL.
+		rctx, cancel := context.WithTimeout(context.Background(), a.renewEvery())
+		_, _ = cli.Revoke(rctx, grant.ID)
+		cancel()
+	}
+	// Closing the client first unblocks what only it can: Campaign
+	// withdraws its key with the client's own context, which would wait
+	// for an unreachable etcd.
+	closeClient()
 	wg.Wait()
 	a.update(func(s *arbiterState) { s.won, s.campaigning = false, false })
 	if ctx.Err() != nil {
-		if !errors.Is(context.Cause(ctx), errCrash) {
-			// A clean stop: let a peer win at once instead of after the TTL.
-			rctx, cancel := context.WithTimeout(context.Background(), a.renewEvery())
-			_, _ = cli.Revoke(rctx, grant.ID)
-			cancel()
-		}
 		return nil
 	}
 	return cause
@@ -295,6 +301,12 @@ func (a *arbiter) session(ctx context.Context) error {
 // renew renews the lease every renewal interval and records how long it
 // lives at least. It returns when the lease is gone or cannot be renewed
 // before it expires.
+//
+// Each attempt requires an etcd leader (a member cut off from the raft
+// leader fails at once instead of hanging) and is bounded by half the
+// interval; a failed attempt is retried at once, so that the client's
+// round robin over the endpoints reaches a healthy member several times
+// before the demotion deadline even when some members are cut off.
 func (a *arbiter) renew(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) error {
 	every := a.renewEvery()
 	t := time.NewTicker(every)
@@ -309,29 +321,41 @@ func (a *arbiter) renew(ctx context.Context, cli *clientv3.Client, id clientv3.L
 			case <-t.C:
 			}
 		}
-		sent := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, every)
-		resp, err := cli.KeepAliveOnce(rctx, id)
-		cancel()
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err == nil && resp.TTL > 0 {
-			a.update(func(s *arbiterState) {
-				s.connected, s.lastErr = true, ""
-				s.validUntil = sent.Add(min(a.ttl, time.Duration(resp.TTL)*time.Second))
-			})
-			continue
-		}
-		if err == nil {
-			err = errors.New("lease expired")
-		}
-		a.update(func(s *arbiterState) { s.connected, s.lastErr, s.lastErrAt = false, err.Error(), time.Now() })
-		a.mu.Lock()
-		expired := !time.Now().Before(a.st.validUntil)
-		a.mu.Unlock()
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) || expired {
-			return fmt.Errorf("lease %x lost: %w", int64(id), err)
+		tick := time.Now()
+		for {
+			sent := time.Now()
+			rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), every/2)
+			resp, err := cli.KeepAliveOnce(rctx, id)
+			cancel()
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err == nil && resp.TTL > 0 {
+				a.update(func(s *arbiterState) {
+					s.connected, s.lastErr = true, ""
+					s.validUntil = sent.Add(min(a.ttl, time.Duration(resp.TTL)*time.Second))
+				})
+				break
+			}
+			if err == nil {
+				err = errors.New("lease expired")
+			}
+			a.update(func(s *arbiterState) { s.connected, s.lastErr, s.lastErrAt = false, err.Error(), time.Now() })
+			a.mu.Lock()
+			expired := !time.Now().Before(a.st.validUntil)
+			a.mu.Unlock()
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) || expired {
+				return fmt.Errorf("lease %x lost: %w", int64(id), err)
+			}
+			if time.Since(tick) >= every {
+				break
+			}
+			// A member without a leader answers at once: do not spin.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(every / 10):
+			}
 		}
 	}
 }
@@ -368,7 +392,13 @@ func (a *arbiter) campaign(ctx context.Context, el *concurrency.Election) error 
 				continue
 			}
 		}
-		cctx, cancel := context.WithCancel(ctx)
+		// Each attempt is bounded: a request or watch that went to a
+		// member that died or was cut off hangs until the connection is
+		// declared dead (gRPC keepalives take 10s and more), and the
+		// campaign would wait on it past the old leader's expiry. On the
+		// bound, Campaign withdraws its key and we queue again, which
+		// the client sends to the next endpoint.
+		cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 3*a.renewEvery())
 		done := make(chan error, 1)
 		a.update(func(s *arbiterState) { s.campaigning = true })
 		go func() { done <- el.Campaign(cctx, a.self) }()
@@ -390,8 +420,11 @@ func (a *arbiter) campaign(ctx context.Context, el *concurrency.Election) error 
 			return nil
 		}
 		if err != nil {
-			if !want {
-				continue // cancelled: no longer eligible
+			if !want || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(cctx.Err(), context.DeadlineExceeded) {
+				continue // withdrawn: no longer eligible, or queue again
+			}
+			if errors.Is(err, rpctypes.ErrNoLeader) || strings.Contains(err.Error(), "request timed out") {
+				continue // etcd is electing its own leader
 			}
 			return fmt.Errorf("campaign: %w", err)
 		}

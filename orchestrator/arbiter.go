@@ -223,9 +223,13 @@ func (a *arbiter) fail(err error) {
 func (a *arbiter) Run(ctx context.Context) {
 	backoff := a.renewEvery()
 	for ctx.Err() == nil {
+		began := time.Now()
 		err := a.session(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if time.Since(began) > a.ttl {
+			backoff = a.renewEvery() // that session worked for a while
 		}
 		a.fail(err)
 		a.events.Warn(EventArbiter, fmt.Sprintf("etcd arbiter: %v; retrying in %s", err, backoff))

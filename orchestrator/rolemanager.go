@@ -87,6 +87,11 @@ type roleState struct {
 	selfFenced    bool      // our database carries our own self-fence
 	dbFencedSince time.Time
 	lastWaiting   string
+	// lastUnfence paces the lifting of our self-fence: the supervisors
+	// report the lift only at their next poll (and the peer's active one
+	// may mirror the fence back meanwhile), and every decision tick in
+	// between would lift it again.
+	lastUnfence time.Time
 }
 
 // RoleManagerConfig gathers a RoleManager's dependencies.
@@ -374,8 +379,9 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 		rm.publish()
 	}
 	if d.role == v.role {
-		if d.unfence {
+		if d.unfence && now.Sub(st.lastUnfence) >= cfg.Deadtime {
 			st.selfFenced = false
+			st.lastUnfence = now
 			rm.act.unfence(ctx, cfg.Deadtime)
 		}
 		return

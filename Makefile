@@ -8,7 +8,8 @@ LDFLAGS  := -X main.version=$(VERSION)
 
 # Debian packages the tests, the playground and the benchmarks use.
 DEB_PKGS := openssh-server openssh-client mariadb-server mariadb-client rsync lsyncd \
-            percona-toolkit sysbench iproute2 iputils-ping procps curl socat keepalived
+            percona-toolkit sysbench iproute2 iputils-ping procps curl socat keepalived \
+            etcd-server nftables
 
 .PHONY: all build deps test lint unit soak bench bench-smoke playground clean
 
@@ -27,7 +28,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@# The Debian packages start system services; the tests start their own.
-	@-systemctl disable --now mariadb ssh lsyncd keepalived >/dev/null 2>&1 || true
+	@-systemctl disable --now mariadb ssh lsyncd keepalived etcd >/dev/null 2>&1 || true
 	$(GO) mod download
 
 lint:

@@ -10,8 +10,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lockstep-ha/lockstep/orchestrator"
 )
 
 // TestClusterForgedAndReplayedHeartbeats captures a real heartbeat of the
@@ -125,8 +129,11 @@ func TestClusterForgedAndReplayedHeartbeats(t *testing.T) {
 }
 
 // TestClusterWrongKey: a node started with another key is reported clearly
-// (which node, which setting), and neither node hands the VIP over because
-// of it.
+// (which node, which setting), and the writer keeps the VIP. Since issue 16
+// unauthenticated datagrams change no belief (a forger can send them from
+// a dead writer's address to block the failover), so the node with the
+// wrong key sees a dead peer: without an arbiter a key mismatch is a
+// partition as far as either daemon can tell.
 func TestClusterWrongKey(t *testing.T) {
 	c := newCluster(t, 2, nil)
 	n1, n2 := c.node(1), c.node(2)
@@ -153,17 +160,14 @@ func TestClusterWrongKey(t *testing.T) {
 	if !strings.Contains(string(st.raw), n2.node.Addr.String()) {
 		t.Errorf("n1's key warning does not name n2's address %s", n2.node.Addr)
 	}
-	// n2 hears only unauthenticated datagrams from n1: it must not take the
-	// VIP while n1, probably alive, holds it.
+	// n1 hears only unauthenticated datagrams from n2: they change nothing
+	// it believes, and it keeps the VIP.
 	hold := time.Now().Add(c.deadtime + 2*time.Second)
 	for time.Now().Before(hold) {
-		if n2.holdsVIP() {
-			t.Fatal("n2 (wrong key) took the VIP while n1 holds it")
+		if !n1.holdsVIP() {
+			t.Fatal("n1 lost the VIP because of a node with the wrong key")
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-	if !n1.holdsVIP() {
-		t.Error("n1 lost the VIP because of a node with the wrong key")
 	}
 	st2, err := n2.status(t.Context())
 	if err != nil {
@@ -195,4 +199,103 @@ func rejectedCounts(t *testing.T, d *daemon) map[string]float64 {
 		out[reason] = v
 	}
 	return out
+}
+
+// TestClusterForgedFloodDuringFailover SIGKILLs the writer and, from the
+// dead writer's own heartbeat address and port, floods the survivor with
+// datagrams that carry the protocol magic but fail authentication: our key
+// fingerprint with a bad MAC, another key's fingerprint, and garbage. Before
+// issue 16 they made the survivor believe its peer alive with another key
+// and hold the failover back; now they must be dropped before they touch
+// any state: the failover keeps its deadline, every datagram is counted
+// and the log stays rate-limited.
+func TestClusterForgedFloodDuringFailover(t *testing.T) {
+	c := newCluster(t, 2, nil)
+	for _, d := range c.nodes {
+		d.start()
+	}
+	w := c.waitWriter(15 * time.Second)
+	s := c.other(w)
+	key, err := orchestrator.LoadKey(c.keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp, _ := hex.DecodeString(key.Fingerprint())
+	body := fmt.Sprintf(`{"node":%q,"boot":1,"seq":1,"ts":%d,"role":"writer","decided":true,"resources":["vip"]}`, w.node.Name, time.Now().UnixNano())
+	forge := func(fp []byte) []byte {
+		pkt := append([]byte("LSH1"), fp...)
+		mac := make([]byte, 32)
+		_, _ = rand.Read(mac)
+		return append(append(pkt, mac...), body...)
+	}
+	junk := make([]byte, 300)
+	_, _ = rand.Read(junk)
+	packets := [][]byte{forge(fp), forge([]byte{1, 2, 3, 4}), junk}
+	before := rejectedCounts(t, s)
+
+	killed := time.Now()
+	w.kill()
+	var conn net.PacketConn
+	if err := w.node.Do(func() (err error) {
+		conn, err = net.ListenPacket("udp", net.JoinHostPort(w.node.Addr.String(), strconv.Itoa(heartbeatPort)))
+		return err
+	}); err != nil {
+		t.Fatalf("bind the dead writer's heartbeat address: %v", err)
+	}
+	target := &net.UDPAddr{IP: s.node.Addr.AsSlice(), Port: heartbeatPort}
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := conn.WriteTo(packets[i%len(packets)], target); err == nil {
+				sent.Add(1)
+			}
+			if i%20 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	})
+	defer func() { close(stop); wg.Wait(); conn.Close() }()
+
+	limit := c.deadtime + time.Second
+	var took time.Duration
+	waitFor(t, 10*time.Second, "the survivor to hold the VIP and resources under the flood", func() bool {
+		if s.holdsVIP() && s.running("a") && s.running("b") {
+			took = time.Since(killed)
+			return true
+		}
+		return false
+	})
+	after := rejectedCounts(t, s)
+	t.Logf("failover under a flood of %d forged datagrams from %s's address: %s (deadtime %s); rejected %v -> %v",
+		sent.Load(), w.node.Name, took.Round(time.Millisecond), c.deadtime, before, after)
+	if took > limit {
+		t.Errorf("failover under the flood took %s, want <= deadtime + 1s = %s", took, limit)
+	}
+	if after["auth"]-before["auth"] < 100 || after["malformed"] <= before["malformed"] {
+		t.Errorf("forged datagrams not counted: before %v after %v", before, after)
+	}
+	st, err := s.status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Role != "writer" {
+		t.Errorf("survivor role %q under the flood", st.Role)
+	}
+	logged := 0
+	for _, e := range st.Events {
+		if e.Kind == "heartbeat" {
+			logged++
+		}
+	}
+	// One event per source and reason per 10s: auth and malformed.
+	if logged > 4 {
+		t.Errorf("%d heartbeat events for one flooding source: the log is not rate-limited", logged)
+	}
 }

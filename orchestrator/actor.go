@@ -100,26 +100,32 @@ func (a *actor) release(ctx context.Context, reason, why string) {
 
 // isolate makes our database read-only while it releases the resources,
 // both at once so that the fence is in place as early as possible. It
-// reports whether the database fence was set.
-func (a *actor) isolate(ctx context.Context, reason string, timeout time.Duration) (fenced bool) {
+// returns why the database fence was not set (nil: set, or no database);
+// the fencer retries and escalates from there.
+func (a *actor) isolate(ctx context.Context, reason string, timeout time.Duration) (fenceErr error) {
 	var wg sync.WaitGroup
-	if a.db != nil && a.dbName != "" {
-		wg.Go(func() {
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-			defer cancel()
-			if err := a.db.Fence(fctx, a.dbName, selfFencePrefix+reason); err != nil {
-				a.events.Warn(EventFence, fmt.Sprintf("could not fence database %s: %v", a.dbName, err), "db", a.dbName)
-				return
-			}
-			fenced = true
-			a.events.Warn(EventFence, fmt.Sprintf("database %s fenced (read-only): %s", a.dbName, reason), "db", a.dbName)
-		})
-	}
+	wg.Go(func() { fenceErr = a.fenceDB(ctx, reason, timeout) })
 	if a.holding() {
 		a.release(ctx, "self-fence", "self-fence")
 	}
 	wg.Wait()
-	return fenced
+	return fenceErr
+}
+
+// fenceDB sets our own self-fence of the database, bounded by timeout
+// even when ctx has ended (a shutdown must not skip it).
+func (a *actor) fenceDB(ctx context.Context, reason string, timeout time.Duration) error {
+	if a.db == nil || a.dbName == "" {
+		return nil
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	if err := a.db.Fence(fctx, a.dbName, selfFencePrefix+reason); err != nil {
+		a.events.Warn(EventFence, fmt.Sprintf("could not fence database %s: %v", a.dbName, err), "db", a.dbName)
+		return fmt.Errorf("database %s not fenced: %w", a.dbName, err)
+	}
+	a.events.Warn(EventFence, fmt.Sprintf("database %s fenced (read-only): %s", a.dbName, reason), "db", a.dbName)
+	return nil
 }
 
 // unfence lifts our own self-fence of the database; the replication

@@ -29,7 +29,13 @@ type testRepl struct {
 	mu     sync.Mutex
 	fenced map[string]string // db -> reason
 	calls  []string
-	active atomic.Int32 // -1 unknown, 0 observer, 1 active
+	// fenceErr, when set, is what Fence returns (read_only refused or the
+	// server unreachable); clearOnKill lifts it once client sessions are
+	// killed (a long transaction blocked read_only); killErr fails the kill.
+	fenceErr    error
+	clearOnKill bool
+	killErr     error
+	active      atomic.Int32 // -1 unknown, 0 observer, 1 active
 }
 
 func newTestRepl() *testRepl {
@@ -62,6 +68,10 @@ func (r *testRepl) Status() dbrepl.PairStatus {
 func (r *testRepl) Fence(_ context.Context, node, reason string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.fenceErr != nil {
+		r.calls = append(r.calls, "fail "+node)
+		return r.fenceErr
+	}
 	r.fenced[node] = reason
 	r.calls = append(r.calls, node)
 	return nil
@@ -73,6 +83,19 @@ func (r *testRepl) Unfence(_ context.Context, node string) error {
 	delete(r.fenced, node)
 	r.calls = append(r.calls, "unfence "+node)
 	return nil
+}
+
+func (r *testRepl) KillClientSessions(_ context.Context, node string) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, "kill "+node)
+	if r.killErr != nil {
+		return 0, r.killErr
+	}
+	if r.clearOnKill {
+		r.fenceErr = nil
+	}
+	return 3, nil
 }
 
 func (r *testRepl) setFenced(db string, f bool) {
@@ -97,9 +120,11 @@ type relay struct {
 	conn *net.UDPConn
 	dst  *net.UDPAddr
 	cut  atomic.Bool
-	mu   sync.Mutex
-	seen [][]byte
-	done chan struct{}
+	// mutate, when set, rewrites each datagram before it is forwarded.
+	mutate atomic.Pointer[func([]byte) []byte]
+	mu     sync.Mutex
+	seen   [][]byte
+	done   chan struct{}
 }
 
 func newRelay(t testing.TB, dst string) *relay {
@@ -122,6 +147,9 @@ func newRelay(t testing.TB, dst string) *relay {
 				continue
 			}
 			pkt := append([]byte(nil), buf[:n]...)
+			if m := r.mutate.Load(); m != nil {
+				pkt = (*m)(pkt)
+			}
 			r.mu.Lock()
 			r.seen = append(r.seen, pkt)
 			r.mu.Unlock()
@@ -236,8 +264,12 @@ type clusterOpts struct {
 	preFence                    map[string]string // node -> its database's fence reason at start
 	nodes                       int               // 2 (default) or 3
 	autoFailback                time.Duration     // > 0: auto_failback with this failback_hold
-	// mutate, when set, edits each node's cluster section before defaults.
+	// mutate, when set, edits each node's cluster section before defaults
+	// (the resource-monitor tests use it).
 	mutate func(node, dir string, cc *ClusterConfig)
+	// configure, when set, adjusts each node's cluster section, after
+	// mutate (the arbiter and self-fence tests use it).
+	configure func(node string, dir string, cc *ClusterConfig)
 }
 
 type testCluster struct {
@@ -311,6 +343,9 @@ func startCluster(t testing.TB, o clusterOpts) *testCluster {
 		}
 		if o.mutate != nil {
 			o.mutate(name, dir, cc)
+		}
+		if o.configure != nil {
+			o.configure(name, dir, cc)
 		}
 		cc.SetDefaults()
 		if err := cc.Validate(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -18,7 +19,6 @@ const (
 	DefaultDeadtime        = time.Second
 	DefaultResourceTimeout = 20 * time.Second
 	DefaultFailbackHold    = 60 * time.Second
-	DefaultMaxClockSkew    = 5 * time.Second
 )
 
 // ClusterConfig is the `cluster:` section.
@@ -39,9 +39,10 @@ type ClusterConfig struct {
 	// survivor may have heard its last heartbeat one keepalive before the
 	// cut) plus the time the writer needs to fence. Default 2 x keepalive.
 	TakeoverMargin time.Duration `yaml:"takeover_margin"`
-	// MaxClockSkew bounds how far a heartbeat's timestamp may be from our
-	// clock; older messages are rejected as stale (replay protection that
-	// survives a restart of the receiver).
+	// MaxClockSkew is deprecated and ignored: heartbeat freshness comes
+	// from sequence numbers and echoed boot nonces, not from comparing
+	// clocks. It is still accepted so that existing files load; see
+	// Deprecations.
 	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
 	// AgentCheck is the HAProxy agent-check listen address ("" = off).
 	AgentCheck string           `yaml:"agent_check"`
@@ -50,6 +51,44 @@ type ClusterConfig struct {
 	// track_script): while one fails this node may not hold the writer
 	// role. See monitor.go.
 	Track []TrackConfig `yaml:"track"`
+	// SelfFence is what an isolated node does when its database does not
+	// become read-only.
+	SelfFence SelfFenceConfig `yaml:"self_fence"`
+	// Arbiter, when set, decides who is the writer; witnesses become
+	// optional.
+	Arbiter ArbiterConfig `yaml:"arbiter"`
+}
+
+// ArbiterConfig is `cluster.arbiter`: one kind at most.
+type ArbiterConfig struct {
+	Etcd *EtcdConfig `yaml:"etcd"`
+}
+
+// DefaultLeaseTTL is the etcd lease TTL: a writer cut off from etcd
+// fences within TTL/2 (+ renewal interval), and a survivor wins the
+// election about TTL after the last renewal.
+const DefaultLeaseTTL = 4 * time.Second
+
+// EtcdConfig is `cluster.arbiter.etcd`. Credentials, when etcd needs
+// them, come from LOCKSTEP_ETCD_USERNAME and LOCKSTEP_ETCD_PASSWORD.
+type EtcdConfig struct {
+	Endpoints []string      `yaml:"endpoints"`
+	Prefix    string        `yaml:"prefix"`
+	LeaseTTL  time.Duration `yaml:"lease_ttl"`
+	CAFile    string        `yaml:"ca_file"`
+	CertFile  string        `yaml:"cert_file"`
+	KeyFile   string        `yaml:"key_file"`
+}
+
+// SelfFenceConfig: a failed self-fence is retried with backoff; after
+// EscalateAfter it also kills the database's client sessions and, when
+// StopDatabase is set, stops the database with that LSB script (`stop`,
+// verified by `status` exiting 3). The node reports the failure until
+// the database is verifiably not writable.
+type SelfFenceConfig struct {
+	EscalateAfter time.Duration `yaml:"escalate_after"`
+	StopDatabase  string        `yaml:"stop_database"`
+	Timeout       time.Duration `yaml:"timeout"`
 }
 
 // NodeConfig is one cluster member.
@@ -95,8 +134,19 @@ func (c *ClusterConfig) SetDefaults() {
 	if c.TakeoverMargin == 0 {
 		c.TakeoverMargin = 2 * c.Keepalive
 	}
-	if c.MaxClockSkew == 0 {
-		c.MaxClockSkew = DefaultMaxClockSkew
+	if e := c.Arbiter.Etcd; e != nil {
+		if e.Prefix == "" {
+			e.Prefix = "/lockstep"
+		}
+		if e.LeaseTTL == 0 {
+			e.LeaseTTL = DefaultLeaseTTL
+		}
+	}
+	if c.SelfFence.EscalateAfter == 0 {
+		c.SelfFence.EscalateAfter = c.Deadtime
+	}
+	if c.SelfFence.Timeout == 0 {
+		c.SelfFence.Timeout = DefaultResourceTimeout
 	}
 	for i := range c.Resources {
 		if c.Resources[i].Timeout == 0 {
@@ -107,6 +157,16 @@ func (c *ClusterConfig) SetDefaults() {
 	for i := range c.Track {
 		c.Track[i].setDefaults()
 	}
+}
+
+// Deprecations lists settings that are accepted but have no effect, as
+// warnings naming the key relative to `cluster.`.
+func (c *ClusterConfig) Deprecations() []string {
+	var out []string
+	if c.MaxClockSkew != 0 {
+		out = append(out, "max_clock_skew: deprecated and ignored: heartbeats are accepted by sequence number and echoed boot nonce, never by comparing clocks; remove the key")
+	}
+	return out
 }
 
 // Validate returns errors naming the key relative to `cluster.`.
@@ -125,9 +185,6 @@ func (c *ClusterConfig) Validate() error {
 	}
 	if c.TakeoverMargin < c.Keepalive {
 		errs = append(errs, fmt.Errorf("takeover_margin: %s must be at least one keepalive (%s) so that an isolated writer fences before the survivor takes over", c.TakeoverMargin, c.Keepalive))
-	}
-	if c.MaxClockSkew < c.Keepalive {
-		errs = append(errs, fmt.Errorf("max_clock_skew: %s must be at least one keepalive (%s)", c.MaxClockSkew, c.Keepalive))
 	}
 	if c.FailbackHold < 0 || c.TakeoverWait < 0 {
 		errs = append(errs, errors.New("failback_hold, takeover_wait: must not be negative"))
@@ -157,6 +214,40 @@ func (c *ClusterConfig) Validate() error {
 		case "tcp", "icmp", "http", "https":
 		default:
 			errs = append(errs, fmt.Errorf("witness[%d]: unsupported scheme %q (tcp, icmp, http, https)", i, u.Scheme))
+		}
+	}
+	if c.SelfFence.EscalateAfter < 0 || c.SelfFence.Timeout < 0 {
+		errs = append(errs, errors.New("self_fence.escalate_after, self_fence.timeout: must not be negative"))
+	}
+	if c.SelfFence.StopDatabase != "" && !filepath.IsAbs(c.SelfFence.StopDatabase) {
+		errs = append(errs, fmt.Errorf("self_fence.stop_database: %q must be an absolute path", c.SelfFence.StopDatabase))
+	}
+	if e := c.Arbiter.Etcd; e != nil {
+		if len(e.Endpoints) == 0 {
+			errs = append(errs, errors.New("arbiter.etcd.endpoints: at least one etcd URL is required"))
+		}
+		for i, ep := range e.Endpoints {
+			u, err := url.Parse(ep)
+			if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+				errs = append(errs, fmt.Errorf("arbiter.etcd.endpoints[%d]: %q is not a URL like https://10.0.0.5:2379", i, ep))
+			}
+		}
+		if !strings.HasPrefix(e.Prefix, "/") {
+			errs = append(errs, fmt.Errorf("arbiter.etcd.prefix: %q must start with /", e.Prefix))
+		}
+		if e.LeaseTTL < 2*time.Second || e.LeaseTTL%time.Second != 0 {
+			errs = append(errs, fmt.Errorf("arbiter.etcd.lease_ttl: %s must be whole seconds, at least 2s (etcd's lease granularity and minimum)", e.LeaseTTL))
+		}
+		if c.AutoFailback {
+			errs = append(errs, errors.New("auto_failback: not supported with an arbiter (the etcd election decides who writes)"))
+		}
+		if (e.CertFile == "") != (e.KeyFile == "") {
+			errs = append(errs, errors.New("arbiter.etcd.cert_file, key_file: set both or neither"))
+		}
+		for _, f := range []struct{ key, path string }{{"ca_file", e.CAFile}, {"cert_file", e.CertFile}, {"key_file", e.KeyFile}} {
+			if f.path != "" && !filepath.IsAbs(f.path) {
+				errs = append(errs, fmt.Errorf("arbiter.etcd.%s: %q must be an absolute path", f.key, f.path))
+			}
 		}
 	}
 	if c.AgentCheck != "" {

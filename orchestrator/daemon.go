@@ -120,6 +120,11 @@ func NewDaemon(c DaemonConfig) (*Daemon, error) {
 	if err := checkTracks(c.Cluster.Track); err != nil {
 		return nil, fmt.Errorf("cluster.%w", err)
 	}
+	for _, n := range c.Cluster.Nodes {
+		if n.Name == c.Node {
+			labelResources(resources, n)
+		}
+	}
 	rc := RoleManagerConfig{
 		Node: c.Node, Cluster: c.Cluster, Key: key, Resources: resources,
 		Events: d.events, Metrics: d.metrics, Logger: c.Logger,
@@ -282,6 +287,7 @@ func (d *Daemon) Reload(node, listen string, c *ClusterConfig) error {
 		d.events.Warn(EventReload, err.Error())
 		return err
 	}
+	labelResources(resources, d.role.self)
 	notes = append(notes, d.role.Reload(c, key, resources)...)
 	if len(notes) == 0 {
 		notes = append(notes, "cluster timing and failback settings applied (no other change)")

@@ -26,13 +26,10 @@ const (
 //   - witnesses (observer's probers: the witness* fields),
 //   - the replication supervisor (Database: the db* fields),
 //   - the resource monitors and track checks (monitor.go, track.go: the
-//     eligibility fields).
-//
-// A quorum arbiter (e.g. an etcd lease) plugs in the same way: one more
-// field group here holding its verdict, filled by its own goroutine next
-// to the witness probers and copied by observe; the rules that use it go
-// in decide and its table test. Neither the role loop nor the actor
-// changes, and no lock is added around the role state.
+//     eligibility fields),
+//   - the quorum arbiter (arbiter.go: the arbiter field group), filled by
+//     its own goroutine and copied once per decision; when configured,
+//     decideArbiter (arbiter_decide.go) replaces rules 1 and 3-7.
 type observation struct {
 	now time.Time
 
@@ -54,9 +51,13 @@ type observation struct {
 	// role (a resource failure not cleared, a failing track); a writer
 	// hands the role to an eligible peer, a standby does not take it.
 	// tracksPending: tracks not checked yet, which only hold back a
-	// takeover.
+	// takeover. They apply with an arbiter too (arbiter_decide.go's A4 and
+	// A5, and campaignEligible).
 	ineligible    string
 	tracksPending string
+
+	// The quorum arbiter (arbiter.go; zero when none is configured).
+	arbiter arbiterView
 }
 
 // view is everything a role decision depends on, captured at one instant
@@ -86,7 +87,6 @@ type peerView struct {
 	silent   time.Duration
 	alive    bool
 	aliveFor time.Duration
-	authFail bool // unauthenticated datagrams from its address within deadtime
 	hb       *Heartbeat
 }
 
@@ -178,6 +178,9 @@ func (o observation) isolated() bool {
 }
 
 func decideRole(v view) decision {
+	if v.arbiter.configured {
+		return decideArbiter(v)
+	}
 	d := decision{role: v.role, decided: v.decided}
 	cfg := v.cfg
 	allDead := v.allPeersDead()
@@ -312,12 +315,6 @@ func decideRole(v view) decision {
 		if v.wasIsolated {
 			d.waiting = fmt.Sprintf("was isolated and has not heard any peer since (%s): not taking over, the peer has probably done so; restart this daemon to override", peerSilence(v.peers))
 			return d
-		}
-		for _, p := range v.peers {
-			if p.authFail && !p.leaving() {
-				d.waiting = fmt.Sprintf("peer %s sends heartbeats that fail authentication, so it is probably alive: not taking over; check cluster.key_file on both nodes", p.name)
-				return d
-			}
 		}
 		witness := "no witness configured"
 		if v.witnessConfigured {

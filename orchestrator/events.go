@@ -21,6 +21,7 @@ const (
 	EventWitness    = "witness"
 	EventSupervisor = "supervisor"
 	EventTrack      = "track"
+	EventArbiter    = "arbiter"
 )
 
 // Event is one entry of the decision log: "why did it fail over at 03:12".

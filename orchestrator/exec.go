@@ -1,16 +1,11 @@
 package orchestrator
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"os"
-	"os/exec"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/lockstep-ha/lockstep/internal/proc"
 )
 
 // LSB init-script exit codes for `status`.
@@ -20,9 +15,19 @@ const (
 )
 
 // Exec is a resource driven by an LSB init script: `script start|stop|status`.
+// The script runs through internal/proc: a minimal environment (PATH, LANG
+// and the LOCKSTEP_* variables below, never the daemon's own environment
+// and so never the database password), its own process group, killed as a
+// whole at the timeout.
+//
+//	LOCKSTEP_ACTION  start, stop or status
+//	LOCKSTEP_NODE    this node's name (cluster.nodes[].name)
+//	LOCKSTEP_DB      this node's database in the pair, when it has one
+//	LOCKSTEP_REASON  why (self_fence.stop_database: "self-fence: ...")
 type Exec struct {
 	script  string
 	timeout time.Duration
+	vars    map[string]string
 }
 
 // NewExec returns an LSB script resource; every call is bounded by timeout.
@@ -31,6 +36,38 @@ func NewExec(script string, timeout time.Duration) *Exec {
 		timeout = DefaultResourceTimeout
 	}
 	return &Exec{script: script, timeout: timeout}
+}
+
+// withVars returns e with the documented LOCKSTEP_* variables set.
+func (e *Exec) withVars(vars map[string]string) *Exec {
+	c := *e
+	c.vars = vars
+	return &c
+}
+
+// labelResources gives the exec resources this node's variables, also
+// those NewResources wrapped with their monitor (whose status check must
+// run the labelled copy too).
+func labelResources(rs []Resource, node NodeConfig) {
+	for i, r := range rs {
+		switch x := r.(type) {
+		case *Exec:
+			rs[i] = x.withVars(nodeVars(node))
+		case *monitored:
+			if e, ok := x.Resource.(*Exec); ok {
+				e = e.withVars(nodeVars(node))
+				rs[i] = &monitored{Resource: e, spec: x.spec, check: e.monitor}
+			}
+		}
+	}
+}
+
+func nodeVars(node NodeConfig) map[string]string {
+	v := map[string]string{"LOCKSTEP_NODE": node.Name}
+	if node.DB != "" {
+		v["LOCKSTEP_DB"] = node.DB
+	}
+	return v
 }
 
 func (e *Exec) Name() string { return e.script }
@@ -74,67 +111,20 @@ func (e *Exec) Running(ctx context.Context) (bool, error) {
 	}
 }
 
-// run executes the script in its own process group and kills the whole
-// group at the timeout, so a hanging script cannot block a failover and
-// its children cannot outlive it.
+// run executes the script bounded by the timeout, so a hanging script
+// cannot block a failover and its children cannot outlive it.
 func (e *Exec) run(ctx context.Context, action string) (int, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	// Output goes to an unlinked temp file, not a pipe: a start script that
-	// daemonizes leaves children holding its stdout, and a pipe would make
-	// Wait block on them.
-	out, err := os.CreateTemp("", "lockstep-exec-*")
-	if err != nil {
-		return 0, "", err
+	vars := map[string]string{"LOCKSTEP_ACTION": action}
+	for k, v := range e.vars {
+		vars[k] = v
 	}
-	os.Remove(out.Name())
-	defer out.Close()
-
-	cmd := exec.CommandContext(ctx, e.script, action)
-	cmd.Stdin = nil
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
-	start := time.Now()
-	err = cmd.Run()
-	if cmd.Process != nil {
-		// Children left in the group after the script exited (e.g. a
-		// hanging helper) go too when we timed out.
-		if ctx.Err() != nil {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		}
-	}
-	tail := readTail(out, 512)
-	if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return 0, tail, fmt.Errorf("%s %s timed out after %s; process group killed%s", e.script, action, time.Since(start).Round(time.Millisecond), tail)
+	res, err := proc.Run(ctx, proc.Cmd{Path: e.script, Args: []string{action}, Vars: vars, Timeout: e.timeout})
+	tail := ""
+	if res.Tail != "" {
+		tail = ": " + res.Tail
 	}
 	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) && ee.Exited() {
-			return ee.ExitCode(), tail, nil
-		}
-		if ctx.Err() != nil {
-			return 0, tail, fmt.Errorf("%s %s interrupted: %w", e.script, action, ctx.Err())
-		}
-		return 0, tail, fmt.Errorf("%s %s: %w", e.script, action, err)
+		return 0, tail, err
 	}
-	return 0, tail, nil
-}
-
-func readTail(f *os.File, n int64) string {
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil || size == 0 {
-		return ""
-	}
-	off := max(size-n, 0)
-	buf := make([]byte, size-off)
-	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
-		return ""
-	}
-	s := strings.TrimSpace(string(bytes.ToValidUTF8(buf, nil)))
-	if s == "" {
-		return ""
-	}
-	return ": " + strings.ReplaceAll(s, "\n", " | ")
+	return res.ExitCode, tail, nil
 }

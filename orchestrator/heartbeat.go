@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -28,18 +29,28 @@ const (
 // each of them to decide roles without asking anything else.
 type Heartbeat struct {
 	Node string `json:"node"`
-	// Boot is random per daemon start; Seq increases within a boot. Together
-	// with Time they make every datagram usable once.
-	Boot uint64 `json:"boot"`
-	Seq  uint64 `json:"seq"`
-	Time int64  `json:"ts"` // unix nanoseconds at the sender
+	// Boot is random per daemon start (the sender's boot nonce); Seq
+	// increases within a boot. Echo carries, per peer, the boot nonces of
+	// that peer this sender heard recently with the newest Seq of each: a
+	// receiver accepts a datagram only when it echoes the receiver's own
+	// current boot, which proves it was made after the receiver started,
+	// with no clock involved.
+	Boot uint64               `json:"boot"`
+	Seq  uint64               `json:"seq"`
+	Echo map[string][]EchoRef `json:"echo,omitempty"`
+	// Time is the sender's wall clock (unix nanoseconds). It is shown and
+	// logged, never used to accept or order anything: a clock step on one
+	// node must not change what the other believes.
+	Time int64 `json:"ts"`
 
 	Role     string `json:"role"`
 	Decided  bool   `json:"decided"`  // past the startup wait
 	Eligible bool   `json:"eligible"` // may take the writer role now
 	Draining bool   `json:"draining"` // releasing resources
 	Leaving  bool   `json:"leaving"`  // shut down cleanly, resources released
-	// WriterSince orders two nodes that both claim the writer role.
+	// WriterSince orders two nodes that both claim the writer role. Both
+	// compare the same two values, so they agree even when the clocks
+	// differ; skew only changes which one wins, never that one does.
 	WriterSince int64 `json:"writer_since,omitempty"`
 	WitnessSeen bool  `json:"witness_seen"`
 
@@ -49,6 +60,13 @@ type Heartbeat struct {
 	AppliedTrx int64    `json:"applied_trx,omitempty"`
 	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 	Resources  []string `json:"resources,omitempty"` // held, in start order
+}
+
+// EchoRef is one boot nonce of a peer as this sender heard it: the newest
+// sequence number seen with it.
+type EchoRef struct {
+	Boot uint64 `json:"boot"`
+	Seq  uint64 `json:"seq"`
 }
 
 // Rejection reasons, used as metric labels and in events.
@@ -119,34 +137,105 @@ func decodeHeartbeat(key *Key, pkt []byte) (*Heartbeat, error) {
 	return &hb, nil
 }
 
-// replayGuard keeps, per sender, the newest (boot, seq, time) accepted.
-// A datagram is accepted once: within a boot its seq must grow; a new boot
-// must be newer than anything accepted from the previous one; and its
-// timestamp must be within maxSkew of our clock, which bounds replays of
-// datagrams recorded before we ourselves restarted.
+// replayGuard is the anti-replay state of one sender. Freshness never
+// depends on a clock:
+//
+//   - the datagram must echo our own current boot nonce, so it was made
+//     after this daemon started (a datagram recorded earlier, whatever its
+//     timestamp, is stale);
+//   - within the sender's boot, seq must grow;
+//   - a new boot of the sender must echo a newer seq of ours than the last
+//     accepted datagram of its previous boot did: our seq only grows, so
+//     the newer sender process is the one that heard us later, and replays
+//     of the older one stay rejected.
 type replayGuard struct {
-	boot   uint64
-	seq    uint64
-	lastTS int64
+	boot    uint64
+	seq     uint64
+	echoSeq uint64 // our seq echoed by the newest accepted datagram
 }
 
-func (g *replayGuard) check(hb *Heartbeat, now time.Time, maxSkew time.Duration) error {
-	skew := now.Sub(time.Unix(0, hb.Time))
-	if skew > maxSkew || skew < -maxSkew {
-		return rejectf(rejectStale, "stale heartbeat: timestamp is %s off our clock (limit %s): replayed, or clocks not synchronised", skew.Round(time.Millisecond), maxSkew)
-	}
-	if g.boot == hb.Boot {
-		if hb.Seq <= g.seq {
-			return rejectf(rejectReplay, "replayed heartbeat: seq %d already seen (newest %d)", hb.Seq, g.seq)
+// echoOf is the newest seq of ours that hb echoes for our boot, 0 when it
+// echoes none.
+func echoOf(hb *Heartbeat, self string, ourBoot uint64) (uint64, bool) {
+	for _, e := range hb.Echo[self] {
+		if e.Boot == ourBoot {
+			return e.Seq, true
 		}
-	} else if g.boot != 0 && hb.Time <= g.lastTS {
-		return rejectf(rejectReplay, "replayed heartbeat from an earlier daemon start (boot %x)", hb.Boot)
+	}
+	return 0, false
+}
+
+func (g *replayGuard) check(hb *Heartbeat, self string, ourBoot uint64) error {
+	if g.boot == hb.Boot && hb.Seq <= g.seq {
+		return rejectf(rejectReplay, "replayed heartbeat: seq %d already seen (newest %d)", hb.Seq, g.seq)
+	}
+	echo, ok := echoOf(hb, self, ourBoot)
+	if !ok {
+		return rejectf(rejectStale, "stale heartbeat: it does not echo this daemon's boot nonce, so it may have been recorded before we started (normal for a keepalive or two after either daemon starts)")
+	}
+	if g.boot != 0 && g.boot != hb.Boot && echo <= g.echoSeq {
+		return rejectf(rejectReplay, "replayed heartbeat from an earlier daemon start (boot %x): it echoes our seq %d, the current start echoed %d", hb.Boot, echo, g.echoSeq)
 	}
 	return nil
 }
 
-func (g *replayGuard) accept(hb *Heartbeat) (restarted bool) {
+// accept records hb, which check passed.
+func (g *replayGuard) accept(hb *Heartbeat, self string, ourBoot uint64) (restarted bool) {
+	echo, _ := echoOf(hb, self, ourBoot)
 	restarted = g.boot != 0 && g.boot != hb.Boot
-	g.boot, g.seq, g.lastTS = hb.Boot, hb.Seq, hb.Time
+	g.boot, g.seq, g.echoSeq = hb.Boot, hb.Seq, max(echo, g.echoSeq)
 	return restarted
+}
+
+// maxEchoBoots bounds the boot nonces remembered per peer. A replayed
+// datagram of an old boot can add one (it passed authentication), which
+// changes only what we echo, never what we believe; the peer's current
+// boot is refreshed every keepalive and kept while it is the accepted one.
+const maxEchoBoots = 8
+
+// echoSet is what we echo for one peer: its boot nonces heard within
+// deadtime, each with the newest seq.
+type echoSet struct {
+	refs []echoEntry
+}
+
+type echoEntry struct {
+	EchoRef
+	seen time.Time
+}
+
+// learn remembers hb's boot. keep is the boot we accepted last (never
+// evicted); entries unheard for window expire.
+func (s *echoSet) learn(boot, seq, keep uint64, now time.Time, window time.Duration) {
+	found := false
+	for i := range s.refs {
+		if s.refs[i].Boot == boot {
+			s.refs[i].Seq = max(s.refs[i].Seq, seq)
+			s.refs[i].seen = now
+			found = true
+		}
+	}
+	if !found {
+		s.refs = append(s.refs, echoEntry{EchoRef{boot, seq}, now})
+	}
+	s.refs = slices.DeleteFunc(s.refs, func(e echoEntry) bool {
+		return e.Boot != keep && e.Boot != boot && now.Sub(e.seen) > window
+	})
+	for len(s.refs) > maxEchoBoots {
+		oldest := -1
+		for i, e := range s.refs {
+			if e.Boot != keep && e.Boot != boot && (oldest < 0 || e.seen.Before(s.refs[oldest].seen)) {
+				oldest = i
+			}
+		}
+		s.refs = slices.Delete(s.refs, oldest, oldest+1)
+	}
+}
+
+func (s *echoSet) list() []EchoRef {
+	out := make([]EchoRef, 0, len(s.refs))
+	for _, e := range s.refs {
+		out = append(out, e.EchoRef)
+	}
+	return out
 }

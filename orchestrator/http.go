@@ -60,6 +60,8 @@ type Status struct {
 	Peers       []PeerStatus       `json:"peers"`
 	Witnesses   []WitnessStatus    `json:"witnesses"`
 	Resources   []ResourceStatus   `json:"resources"`
+	SelfFence   *SelfFenceStatus   `json:"self_fence,omitempty"`
+	Arbiter     *ArbiterStatus     `json:"arbiter,omitempty"`
 	Sync        []SyncTargetStatus `json:"sync"`
 	Replication *dbrepl.PairStatus `json:"replication"`
 	Events      []Event            `json:"events"`
@@ -78,6 +80,9 @@ type Status struct {
 func health(rs RoleStatus) Health {
 	h := Health{}
 	switch {
+	case rs.SelfFence != nil && !rs.SelfFence.Holding:
+		h.Agent, h.Reason = AgentMaint, fmt.Sprintf("SELF-FENCE NOT HOLDING after %d attempts since %s: this node may still be writable: %s",
+			rs.SelfFence.Attempts, rs.SelfFence.Since.Format(time.RFC3339), rs.SelfFence.LastError)
 	case rs.Draining || rs.Leaving:
 		h.Agent, h.Reason = AgentDrain, "draining: releasing resources"
 	case rs.Role == RoleFenced:
@@ -143,7 +148,7 @@ func (d *Daemon) Status() Status {
 	st := Status{
 		Node: rs.Node, Role: rs.Role, RoleSince: rs.RoleSince, RoleReason: rs.Reason,
 		Draining: rs.Draining, Decided: rs.Decided, Health: h, DB: rs.DB,
-		Peers: rs.Peers, Witnesses: rs.Witnesses, Resources: rs.Resources,
+		Peers: rs.Peers, Witnesses: rs.Witnesses, Resources: rs.Resources, SelfFence: rs.SelfFence, Arbiter: rs.Arbiter,
 		Sync: []SyncTargetStatus{}, GeneratedAt: time.Now(),
 		Eligible: rs.Ineligible == "", NotEligible: rs.Ineligible, Recovering: rs.Recovering,
 		ResourceFailures: rs.ResourceFailures, Tracks: rs.Tracks,

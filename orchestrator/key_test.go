@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,47 +102,99 @@ func TestHeartbeatAuthentication(t *testing.T) {
 }
 
 func TestReplayGuard(t *testing.T) {
-	now := time.Now()
-	skew := 2 * time.Second
+	const self, ourBoot = "a", uint64(77)
 	var g replayGuard
-	hb := func(boot, seq uint64, at time.Time) *Heartbeat {
-		return &Heartbeat{Node: "b", Boot: boot, Seq: seq, Time: at.UnixNano()}
+	// hb is b's datagram of boot/seq echoing our seq echo (0: no echo of
+	// our current boot, e.g. recorded before we started).
+	hb := func(boot, seq, echo uint64) *Heartbeat {
+		h := &Heartbeat{Node: "b", Boot: boot, Seq: seq}
+		if echo > 0 {
+			h.Echo = map[string][]EchoRef{self: {{Boot: 5, Seq: 900}, {Boot: ourBoot, Seq: echo}}}
+		}
+		return h
 	}
-	first := hb(1, 1, now)
-	if err := g.check(first, now, skew); err != nil {
+	first := hb(1, 1, 10)
+	if err := g.check(first, self, ourBoot); err != nil {
 		t.Fatal(err)
 	}
-	g.accept(first)
-	if err := g.check(first, now, skew); rejectReason(err) != rejectReplay {
+	g.accept(first, self, ourBoot)
+	if err := g.check(first, self, ourBoot); rejectReason(err) != rejectReplay {
 		t.Fatalf("same datagram twice: %v", err)
 	}
-	second := hb(1, 2, now.Add(10*time.Millisecond))
-	if err := g.check(second, now, skew); err != nil {
+	second := hb(1, 2, 11)
+	if err := g.check(second, self, ourBoot); err != nil {
 		t.Fatal(err)
 	}
-	g.accept(second)
+	g.accept(second, self, ourBoot)
 	// An older seq arriving late is a replay too.
-	if err := g.check(hb(1, 1, now.Add(5*time.Millisecond)), now, skew); rejectReason(err) != rejectReplay {
+	if err := g.check(hb(1, 1, 11), self, ourBoot); rejectReason(err) != rejectReplay {
 		t.Fatalf("old seq: %v", err)
 	}
-	// Stale: outside the clock window either way.
-	if err := g.check(hb(1, 3, now.Add(-3*time.Second)), now, skew); rejectReason(err) != rejectStale {
+	// Stale: made before we started (it echoes another boot of ours, or
+	// none), whatever its timestamp says.
+	stale := hb(1, 3, 0)
+	stale.Time = time.Now().UnixNano()
+	if err := g.check(stale, self, ourBoot); rejectReason(err) != rejectStale {
 		t.Fatalf("stale: %v", err)
 	}
-	if err := g.check(hb(1, 3, now.Add(3*time.Second)), now, skew); rejectReason(err) != rejectStale {
-		t.Fatalf("future: %v", err)
+	stale.Echo = map[string][]EchoRef{self: {{Boot: ourBoot + 1, Seq: 50}}, "c": {{Boot: ourBoot, Seq: 50}}}
+	if err := g.check(stale, self, ourBoot); rejectReason(err) != rejectStale {
+		t.Fatalf("echo of another boot, or for another node: %v", err)
 	}
-	// A restart (new boot) is accepted when newer; a datagram of another
-	// boot older than the newest accepted one is a replay.
-	if err := g.check(hb(9, 1, now.Add(-time.Second)), now, skew); rejectReason(err) != rejectReplay {
+	// A restart (new boot) is accepted when it echoes a newer seq of ours
+	// than the old boot did; a datagram of another boot echoing an older
+	// one is a replay.
+	if err := g.check(hb(9, 1, 9), self, ourBoot); rejectReason(err) != rejectReplay {
 		t.Fatalf("old boot: %v", err)
 	}
-	restart := hb(9, 1, now.Add(20*time.Millisecond))
-	if err := g.check(restart, now, skew); err != nil {
+	restart := hb(9, 1, 14)
+	if err := g.check(restart, self, ourBoot); err != nil {
 		t.Fatal(err)
 	}
-	if !g.accept(restart) {
+	if !g.accept(restart, self, ourBoot) {
 		t.Fatal("restart not reported")
+	}
+	// The previous boot cannot come back by replay.
+	if err := g.check(hb(1, 50, 12), self, ourBoot); rejectReason(err) != rejectReplay {
+		t.Fatalf("replay of the previous boot after a restart: %v", err)
+	}
+}
+
+// TestReplayGuardIgnoresClocks: a sender whose clock is stepped by an hour
+// either way is accepted as before; the timestamp plays no part.
+func TestReplayGuardIgnoresClocks(t *testing.T) {
+	var g replayGuard
+	for i, step := range []time.Duration{0, time.Hour, -time.Hour, 6 * time.Second, -6 * time.Second} {
+		h := &Heartbeat{Node: "b", Boot: 3, Seq: uint64(i + 1), Time: time.Now().Add(step).UnixNano(),
+			Echo: map[string][]EchoRef{"a": {{Boot: 1, Seq: uint64(i + 1)}}}}
+		if err := g.check(h, "a", 1); err != nil {
+			t.Fatalf("clock step %s: %v", step, err)
+		}
+		g.accept(h, "a", 1)
+	}
+}
+
+// TestEchoSet: bounded, keeps the accepted boot however many old ones a
+// replayer adds, and forgets boots not heard for the window.
+func TestEchoSet(t *testing.T) {
+	now := time.Now()
+	var s echoSet
+	s.learn(100, 5, 100, now, time.Second)
+	s.learn(100, 7, 100, now, time.Second)
+	s.learn(100, 6, 100, now, time.Second) // a late datagram does not lower it
+	if got := s.list(); len(got) != 1 || got[0] != (EchoRef{100, 7}) {
+		t.Fatalf("%+v", got)
+	}
+	for i := range 3 * maxEchoBoots {
+		s.learn(uint64(200+i), 1, 100, now.Add(time.Duration(i)*time.Millisecond), time.Second)
+	}
+	got := s.list()
+	if len(got) != maxEchoBoots || !slices.Contains(got, EchoRef{100, 7}) {
+		t.Fatalf("flooded set lost the accepted boot or grew: %+v", got)
+	}
+	s.learn(300, 1, 300, now.Add(5*time.Second), time.Second)
+	if got := s.list(); len(got) != 1 || got[0] != (EchoRef{300, 1}) {
+		t.Fatalf("expired boots kept: %+v", got)
 	}
 }
 

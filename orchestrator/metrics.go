@@ -17,6 +17,8 @@ type Metrics struct {
 	healthy           prometheus.Gauge
 	restarts          *prometheus.CounterVec
 	monitor           *monitorMetrics
+	selfFenceFailing  prometheus.Gauge
+	selfFenceAttempts *prometheus.CounterVec
 }
 
 // NewMetrics registers the orchestrator's metrics on reg.
@@ -58,7 +60,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lockstep_component_restarts_total", Help: "Restarts of a supervised component after a failure.",
 		}, []string{"component"}),
+		selfFenceFailing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lockstep_self_fence_failing", Help: "1 while this node is fenced but not verifiably unwritable (database not read-only or resources still held).",
+		}),
+		selfFenceAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_self_fence_attempts_total", Help: "Self-fence attempts (read_only, then the escalation), by result.",
+		}, []string{"result"}),
 	}
+	reg.MustRegister(m.selfFenceFailing, m.selfFenceAttempts)
 	reg.MustRegister(m.role, m.fenced, m.peerAlive, m.heartbeatsSent, m.heartbeatsRecv, m.heartbeatLosses,
 		m.heartbeatRejected, m.witnessUp, m.resourceActions, m.roleChanges, m.healthy, m.restarts)
 	m.monitor = newMonitorMetrics(reg)

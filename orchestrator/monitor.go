@@ -629,7 +629,11 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 			return g.restartFrom(ctx, f.idx, "monitor: restart of "+name)
 		})
 		if isolated {
-			rm.events.Warn(EventResource, fmt.Sprintf("monitor: restart of %s interrupted: this node is isolated and fences itself", name), "resource", name)
+			why := "this node is isolated and fences itself"
+			if rm.arb != nil {
+				why = "this node no longer holds the etcd election and leaves the writer role"
+			}
+			rm.events.Warn(EventResource, fmt.Sprintf("monitor: restart of %s interrupted: %s", name, why), "resource", name)
 			return
 		}
 		if ctx.Err() != nil {
@@ -650,7 +654,8 @@ func (rm *RoleManager) recoverResources(ctx context.Context) {
 var errIsolated = errors.New("isolated")
 
 // unlessIsolated runs fn, a recovery on the role loop, with a context that
-// ends as soon as this node is isolated (rule 1's condition): the loop
+// ends as soon as this node is isolated (rule 1's condition; with an
+// arbiter, A1's: see mustLeave): the loop
 // decides nothing while fn runs, and a restart must not hold back the
 // self-fence past deadtime. It reports whether isolation cut fn short;
 // the decision right after it fences.
@@ -669,7 +674,7 @@ func (rm *RoleManager) unlessIsolated(ctx context.Context, fn func(context.Conte
 				return
 			case <-t.C:
 			}
-			if rm.obs.observe(time.Now()).isolated() {
+			if rm.mustLeave(time.Now()) {
 				cancel(errIsolated)
 				return
 			}
@@ -679,6 +684,17 @@ func (rm *RoleManager) unlessIsolated(ctx context.Context, fn func(context.Conte
 	close(done)
 	<-watched
 	return errors.Is(context.Cause(rctx), errIsolated), err
+}
+
+// mustLeave is the condition under which a writer leaves the role at
+// once, whatever a recovery is doing: isolation (rule 1) or, with an
+// arbiter (which replaces rule 1), no longer holding the election with a
+// lease valid beyond the demotion deadline (A1).
+func (rm *RoleManager) mustLeave(now time.Time) bool {
+	if rm.arb != nil {
+		return !rm.arb.view(now).leader
+	}
+	return rm.obs.observe(now).isolated()
 }
 
 // giveUp records the failure; the decision that follows in the same

@@ -20,6 +20,7 @@ import (
 // tells it nothing back, so its lock never nests with anything.
 type observer struct {
 	self    string
+	boot    uint64                         // our boot nonce, which peers must echo
 	cfg     *atomic.Pointer[ClusterConfig] // the role manager's; swapped by Reload
 	logger  *slog.Logger
 	events  *EventLog
@@ -37,8 +38,18 @@ type observer struct {
 	startedAt    time.Time
 	lastHeard    time.Time
 	witnessState string
-	rejectLog    map[string]time.Time
+	rejectLog    map[string]*rejectNote
 }
+
+// rejectNote rate-limits the event of one kind of rejection.
+type rejectNote struct {
+	last       time.Time
+	suppressed int
+}
+
+// maxRejectSources bounds the per-source rate limit: beyond it, sources
+// (which a forger can vary freely) share one limit per reason.
+const maxRejectSources = 256
 
 type peerState struct {
 	cfg        NodeConfig
@@ -50,18 +61,21 @@ type peerState struct {
 	alive      bool
 	hb         *Heartbeat
 	from       string
-	authFailAt time.Time
-	rejected   map[string]int
+	echo       echoSet // its boot nonces we echo back
+	// rejected counts its authenticated datagrams that were dropped
+	// (replayed or stale). Unauthenticated ones are counted only in the
+	// metric: their claimed sender proves nothing.
+	rejected map[string]int
 }
 
-func newObserver(self string, cfg *atomic.Pointer[ClusterConfig], key *Key, logger *slog.Logger, events *EventLog, metrics *Metrics) *observer {
+func newObserver(self string, boot uint64, cfg *atomic.Pointer[ClusterConfig], key *Key, logger *slog.Logger, events *EventLog, metrics *Metrics) *observer {
 	o := &observer{
-		self: self, cfg: cfg, logger: logger, events: events, metrics: metrics,
+		self: self, boot: boot, cfg: cfg, logger: logger, events: events, metrics: metrics,
 		wake:             make(chan struct{}, 1),
 		witnessesChanged: make(chan struct{}, 1),
 		key:              key,
 		peers:            map[string]*peerState{},
-		rejectLog:        map[string]time.Time{},
+		rejectLog:        map[string]*rejectNote{},
 	}
 	for _, n := range cfg.Load().Nodes {
 		if n.Name != self {
@@ -110,8 +124,7 @@ func (o *observer) observe(now time.Time) observation {
 			o.metrics.heartbeatLosses.WithLabelValues(name).Inc()
 			o.events.Warn(EventPeer, fmt.Sprintf("peer %s dead: no valid heartbeat for %s (deadtime %s)", name, silent.Round(time.Millisecond), cfg.Deadtime), "peer", name)
 		}
-		pv := peerView{name: name, heard: p.heard, silent: silent, alive: p.alive, hb: p.hb,
-			authFail: !p.authFailAt.IsZero() && now.Sub(p.authFailAt) < cfg.Deadtime}
+		pv := peerView{name: name, heard: p.heard, silent: silent, alive: p.alive, hb: p.hb}
 		if p.alive {
 			pv.aliveFor = now.Sub(p.aliveSince)
 		}
@@ -293,14 +306,19 @@ func (o *observer) receive(conn *net.UDPConn) {
 	}
 }
 
+// handle takes one datagram. Whatever fails authentication, decoding or
+// anti-replay is dropped before it touches a peer's state: a forged or
+// replayed datagram can neither make a peer look alive nor hold back a
+// takeover. Liveness counts on our monotonic clock from the arrival of
+// the last accepted datagram.
 func (o *observer) handle(pkt []byte, from *net.UDPAddr, now time.Time) {
-	skew := o.cfg.Load().MaxClockSkew
+	cfg := o.cfg.Load()
 	o.mu.Lock()
 	key := o.key
 	o.mu.Unlock()
 	hb, err := decodeHeartbeat(key, pkt)
 	if err != nil {
-		o.reject(from, nil, err)
+		o.reject(from, nil, err, now)
 		return
 	}
 	o.mu.Lock()
@@ -308,19 +326,27 @@ func (o *observer) handle(pkt []byte, from *net.UDPAddr, now time.Time) {
 	switch {
 	case hb.Node == o.self:
 		o.mu.Unlock()
-		o.reject(from, nil, rejectf(rejectUnknown, "heartbeat claims to come from this node %q: reflected datagram or duplicate node name", hb.Node))
+		o.reject(from, nil, rejectf(rejectUnknown, "heartbeat claims to come from this node %q: reflected datagram or duplicate node name", hb.Node), now)
 		return
 	case p == nil:
 		o.mu.Unlock()
-		o.reject(from, nil, rejectf(rejectUnknown, "heartbeat from node %q, which is not in cluster.nodes", hb.Node))
+		o.reject(from, nil, rejectf(rejectUnknown, "heartbeat from node %q, which is not in cluster.nodes", hb.Node), now)
 		return
 	}
-	if err := p.guard.check(hb, now, skew); err != nil {
+	if err := p.guard.check(hb, o.self, o.boot); err != nil {
+		if rejectReason(err) == rejectStale {
+			// The handshake: a peer that just started echoes us only once
+			// it has heard us, and we can echo it only once we have heard
+			// it. Its boot is authenticated; remembering it changes only
+			// what we echo.
+			p.echo.learn(hb.Boot, hb.Seq, p.guard.boot, now, cfg.Deadtime)
+		}
 		o.mu.Unlock()
-		o.reject(from, p, err)
+		o.reject(from, p, err, now)
 		return
 	}
-	restarted := p.guard.accept(hb)
+	restarted := p.guard.accept(hb, o.self, o.boot)
+	p.echo.learn(hb.Boot, hb.Seq, hb.Boot, now, cfg.Deadtime)
 	p.heard = true
 	p.lastValid = now
 	o.lastHeard = now
@@ -354,37 +380,44 @@ func (o *observer) handle(pkt []byte, from *net.UDPAddr, now time.Time) {
 }
 
 // reject counts a dropped datagram and reports it, at most every 10s per
-// source and reason so a flood cannot flood the log.
-func (o *observer) reject(from *net.UDPAddr, p *peerState, err error) {
+// source and reason (per reason alone once many sources were seen), so a
+// flood cannot flood the log. p is the sender when the datagram was
+// authenticated. Stale datagrams from a peer not accepted since we
+// started are the handshake, not news, and are only counted.
+func (o *observer) reject(from *net.UDPAddr, p *peerState, err error, now time.Time) {
 	reason := rejectReason(err)
 	o.metrics.heartbeatRejected.WithLabelValues(reason).Inc()
-	now := time.Now()
 	o.mu.Lock()
 	if p != nil {
 		p.rejected[reason]++
 	}
-	if reason == rejectAuth {
-		// Remember which peer's address sends unauthenticated datagrams:
-		// that peer is probably alive with a different key.
-		for _, q := range o.peers {
-			if q.addr != nil && q.addr.IP.Equal(from.IP) && q.addr.Port == from.Port {
-				q.authFailAt = now
-				q.rejected[reason]++
-			}
-		}
-	}
-	k := from.String() + "|" + reason
-	last, seen := o.rejectLog[k]
-	if seen && now.Sub(last) < 10*time.Second {
+	if reason == rejectStale && p != nil && p.guard.boot == 0 {
 		o.mu.Unlock()
 		return
 	}
-	if len(o.rejectLog) > 1024 {
-		clear(o.rejectLog)
+	k := from.String() + "|" + reason
+	n := o.rejectLog[k]
+	if n == nil && len(o.rejectLog) >= maxRejectSources {
+		k = "*|" + reason
+		n = o.rejectLog[k]
 	}
-	o.rejectLog[k] = now
+	if n == nil {
+		n = &rejectNote{}
+		o.rejectLog[k] = n
+	}
+	if !n.last.IsZero() && now.Sub(n.last) < 10*time.Second {
+		n.suppressed++
+		o.mu.Unlock()
+		return
+	}
+	suppressed := n.suppressed
+	n.last, n.suppressed = now, 0
 	o.mu.Unlock()
-	o.events.Warn(EventHeartbeat, fmt.Sprintf("heartbeat from %s %s", from, err), "reason", reason)
+	msg := fmt.Sprintf("heartbeat from %s %s", from, err)
+	if suppressed > 0 {
+		msg += fmt.Sprintf(" (%d more %s rejections not logged in the last 10s)", suppressed, reason)
+	}
+	o.events.Warn(EventHeartbeat, msg, "reason", reason)
 }
 
 // broadcast signs hb and sends it to every peer. The observer does it
@@ -400,6 +433,12 @@ func (o *observer) broadcast(conn *net.UDPConn, hb *Heartbeat) {
 	var dests []dest
 	for _, name := range o.peerNames() {
 		dests = append(dests, dest{o.peers[name], name})
+	}
+	hb.Echo = map[string][]EchoRef{}
+	for _, d := range dests {
+		if refs := d.p.echo.list(); len(refs) > 0 {
+			hb.Echo[d.name] = refs
+		}
 	}
 	o.mu.Unlock()
 	pkt, err := encodeHeartbeat(key, hb)
@@ -441,6 +480,8 @@ type dbObservation struct {
 	// unreachable is why the supervisor could not reach it ("" when it
 	// could, or has not tried yet).
 	unreachable string
+	observed    bool     // the supervisor has polled it
+	errant      []string // transactions its peer lacks
 }
 
 // observeDB reads node's state from the supervisor (nil db: no database).
@@ -452,7 +493,8 @@ func observeDB(db Database, node string) dbObservation {
 		if n.Name != node {
 			continue
 		}
-		o := dbObservation{fenced: n.Fenced, reason: n.FenceReason, applied: appliedTrx(n.GTIDCurrentPos), lag: n.LagSeconds}
+		o := dbObservation{fenced: n.Fenced, reason: n.FenceReason, applied: appliedTrx(n.GTIDCurrentPos), lag: n.LagSeconds,
+			observed: !n.ObservedAt.IsZero(), errant: n.ErrantGTIDs}
 		if !n.Reachable && !n.ObservedAt.IsZero() {
 			o.unreachable = n.Error
 			if o.unreachable == "" {

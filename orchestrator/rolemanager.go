@@ -49,6 +49,8 @@ type RoleManager struct {
 	db        Database // nil: no replication supervisor
 	obs       *observer
 	act       *actor
+	fence     *fencer
+	arb       *arbiter // nil: no arbiter configured
 	boot      uint64
 	// health and tracks feed decide's eligibility inputs; see monitor.go.
 	health *resourceHealth
@@ -91,6 +93,11 @@ type roleState struct {
 	selfFenced    bool      // our database carries our own self-fence
 	dbFencedSince time.Time
 	lastWaiting   string
+	// lastUnfence paces the lifting of our self-fence: the supervisors
+	// report the lift only at their next poll (and the peer's active one
+	// may mirror the fence back meanwhile), and every decision tick in
+	// between would lift it again.
+	lastUnfence time.Time
 }
 
 // RoleManagerConfig gathers a RoleManager's dependencies.
@@ -129,16 +136,23 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 		return nil, fmt.Errorf("node %q is not listed in cluster.nodes (%s)", c.Node, strings.Join(names, ", "))
 	}
 	rm.preferred = slices.Min(names)
-	rm.obs = newObserver(c.Node, &rm.cfg, c.Key, rm.logger, c.Events, c.Metrics)
-	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
-	rm.act.mon = newMonitorSet()
-	rm.health = newResourceHealth()
-	rm.tracks = newTracker(&rm.cfg, c.Events, c.Metrics.monitor)
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
 	rm.boot = binary.BigEndian.Uint64(b[:]) | 1
+	rm.obs = newObserver(c.Node, rm.boot, &rm.cfg, c.Key, rm.logger, c.Events, c.Metrics)
+	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
+	rm.act.mon = newMonitorSet()
+	rm.health = newResourceHealth()
+	rm.tracks = newTracker(&rm.cfg, c.Events, c.Metrics.monitor)
+	if e := c.Cluster.Arbiter.Etcd; e != nil {
+		var err error
+		if rm.arb, err = newArbiter(c.Node, *e, c.Logger, c.Events); err != nil {
+			return nil, err
+		}
+	}
+	rm.fence = &fencer{node: rm.self, act: rm.act, cfg: rm.cfg.Load, events: c.Events, metrics: c.Metrics}
 	rm.state.role, rm.state.roleSince, rm.state.reason = RoleStandby, time.Now(), reasonStarting
 	rm.publish()
 	c.Metrics.setRole(RoleStandby)
@@ -166,7 +180,10 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	if len(rm.cfg.Load().Witness) == 0 {
+	for _, d := range rm.cfg.Load().Deprecations() {
+		rm.events.Warn(EventSupervisor, "cluster."+d)
+	}
+	if len(rm.cfg.Load().Witness) == 0 && rm.arb == nil {
 		rm.events.Warn(EventWitness, "no witness configured: a partitioned writer cannot tell isolation from a dead peer and will not fence itself; set cluster.witness")
 	}
 	rm.act.releaseLeftovers(ctx)
@@ -199,14 +216,23 @@ func (rm *RoleManager) Run(ctx context.Context) error {
 	rm.publish()
 	senderCtx, stopSender := context.WithCancel(context.WithoutCancel(ctx))
 	wg.Go(func() { rm.sendLoop(senderCtx, conn) })
+	// The arbiter outlives ctx too: a clean shutdown resigns only after
+	// the resources are released, so that the peer cannot win first.
+	arbCtx, stopArbiter := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopArbiter(nil)
+	if rm.arb != nil {
+		wg.Go(func() { rm.arb.Run(arbCtx) })
+	}
 
 	rm.loop(ctx)
+	rm.fence.stop()
 
 	if !errors.Is(context.Cause(ctx), errCrash) {
 		rm.shutdown(conn)
 	}
 	// After a crash nothing was released; the monitors still end with Run.
 	rm.act.stopMonitors()
+	stopArbiter(context.Cause(ctx))
 	stopSender()
 	stopNotify()
 	stopWitnesses()
@@ -345,6 +371,18 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 		rm.metrics.monitor.eligible.Set(b2f(st.ineligible == ""))
 		rm.signalSend()
 	}
+	if rm.arb != nil {
+		obs.arbiter = rm.arb.view(now)
+		// Whatever this decision does, the arbiter campaigns (or resigns)
+		// according to the role it leaves behind: a step-down releases
+		// before it resigns. An ineligible node (failed resource, failing
+		// track) and one whose tracks were not checked yet do not
+		// campaign.
+		pending := obs.tracksPending
+		defer func() {
+			rm.arb.setWant(campaignEligible(*rm.snap.Load(), pending, db, rm.db != nil && rm.self.DB != "", time.Now()))
+		}()
+	}
 	cfg := rm.cfg.Load()
 	rm.metrics.fenced.Set(b2f(st.role == RoleFenced || db.fenced))
 	v := rm.view(obs, cfg)
@@ -368,8 +406,9 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 		rm.publish()
 	}
 	if d.role == v.role {
-		if d.unfence {
+		if d.unfence && now.Sub(st.lastUnfence) >= cfg.Deadtime {
 			st.selfFenced = false
+			st.lastUnfence = now
 			rm.act.unfence(ctx, cfg.Deadtime)
 		}
 		return
@@ -406,6 +445,9 @@ func (rm *RoleManager) setRole(role, reason string) {
 	old := st.role
 	if old == role {
 		return
+	}
+	if old == RoleFenced {
+		rm.fence.stop()
 	}
 	st.role, st.reason, st.roleSince = role, reason, time.Now()
 	if role == RoleWriter {
@@ -468,9 +510,9 @@ func (rm *RoleManager) selfFence(ctx context.Context, reason string) {
 	st := &rm.state
 	rm.setRole(RoleFenced, reason)
 	st.isolatedAt = time.Now()
-	if rm.act.isolate(ctx, reason, rm.cfg.Load().Deadtime) {
-		st.selfFenced = true
-	}
+	err := rm.act.isolate(ctx, reason, rm.cfg.Load().Deadtime)
+	st.selfFenced = err == nil && rm.db != nil && rm.self.DB != ""
+	rm.fence.begin(ctx, reason, err)
 	rm.act.swapPending()
 }
 
@@ -539,6 +581,10 @@ type RoleStatus struct {
 	Recovering       string
 	ResourceFailures []ResourceFailure
 	Tracks           []TrackStatus
+	// SelfFence is set while this node is fenced.
+	SelfFence *SelfFenceStatus
+	// Arbiter is set when one is configured.
+	Arbiter *ArbiterStatus
 }
 
 // Status returns the current RoleStatus.
@@ -556,7 +602,16 @@ func (rm *RoleManager) Status() RoleStatus {
 		Resources:  rm.monitoredStatus(now),
 		Ineligible: s.ineligible, Recovering: rm.health.recoveringNow(),
 		ResourceFailures: rm.health.failures(), Tracks: rm.tracks.status(),
+		SelfFence: rm.fence.status(),
+		Arbiter:   rm.arbiterStatus(now),
 	}
+}
+
+func (rm *RoleManager) arbiterStatus(now time.Time) *ArbiterStatus {
+	if rm.arb == nil {
+		return nil
+	}
+	return rm.arb.status(now)
 }
 
 // Reload applies a new cluster section. Timing, witnesses, failback and
@@ -571,6 +626,9 @@ func (rm *RoleManager) Reload(c *ClusterConfig, key *Key, resources []Resource) 
 	witnessChanged := !slices.Equal(c.Witness, cur.Witness) || c.Keepalive != cur.Keepalive || c.Deadtime != cur.Deadtime
 	resourcesChanged := !reflect.DeepEqual(c.Resources, cur.Resources)
 	tracksChanged := !reflect.DeepEqual(c.Track, cur.Track)
+	if !reflect.DeepEqual(c.Arbiter, cur.Arbiter) {
+		notes = append(notes, "cluster.arbiter changed: restart required; keeping the running arbiter")
+	}
 	if c.AgentCheck != cur.AgentCheck {
 		notes = append(notes, "cluster.agent_check changed: restart required")
 	}
@@ -580,7 +638,7 @@ func (rm *RoleManager) Reload(c *ClusterConfig, key *Key, resources []Resource) 
 	}{
 		{"keepalive", cur.Keepalive, c.Keepalive}, {"deadtime", cur.Deadtime, c.Deadtime},
 		{"takeover_margin", cur.TakeoverMargin, c.TakeoverMargin}, {"takeover_wait", cur.TakeoverWait, c.TakeoverWait},
-		{"max_clock_skew", cur.MaxClockSkew, c.MaxClockSkew}, {"auto_failback", cur.AutoFailback, c.AutoFailback},
+		{"auto_failback", cur.AutoFailback, c.AutoFailback},
 		{"failback_hold", cur.FailbackHold, c.FailbackHold},
 	} {
 		if ch.old != ch.new {

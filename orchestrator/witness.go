@@ -7,10 +7,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/lockstep-ha/lockstep/internal/proc"
 )
 
 // Witness is a third party (gateway, switch, a monitoring host) whose
@@ -50,12 +52,15 @@ func NewWitness(raw string) (*Witness, error) {
 			if dl, ok := ctx.Deadline(); ok {
 				wait = strconv.Itoa(max(1, int(math.Ceil(time.Until(dl).Seconds()))))
 			}
-			out, err := exec.CommandContext(ctx, "ping", "-n", "-q", "-c1", "-W"+wait, host).CombinedOutput()
-			if err != nil {
-				if ctx.Err() != nil {
-					return fmt.Errorf("no reply within the probe timeout")
-				}
-				return fmt.Errorf("ping: %v: %s", err, lastLine(out))
+			// Through proc: ping gets no secret from our environment.
+			res, err := proc.Run(ctx, proc.Cmd{Path: "ping", Args: []string{"-n", "-q", "-c1", "-W" + wait, host}, TailBytes: 256})
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return fmt.Errorf("no reply within the probe timeout")
+			case err != nil:
+				return err
+			case res.ExitCode != 0:
+				return fmt.Errorf("ping: exit status %d: %s", res.ExitCode, lastLine([]byte(strings.ReplaceAll(res.Tail, " | ", "\n"))))
 			}
 			return nil
 		}

@@ -25,6 +25,11 @@ func newCheckCmd() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (node %s: %d sync job(s), repl %s, cluster %s)\n",
 				f.Path, f.Node, len(f.Sync), present(f.Repl != nil), present(f.Cluster != nil))
+			if f.Cluster != nil {
+				for _, d := range f.Cluster.Deprecations() {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: warning: cluster.%s\n", f.Path, d)
+				}
+			}
 			return nil
 		},
 	}

@@ -204,6 +204,10 @@ func forwardReplEvents(ctx context.Context, in <-chan dbrepl.Event, events *orch
 	}
 }
 
+// The daemon's Database is the supervisor itself; a failing self-fence
+// escalates through it (see orchestrator.ClientKiller).
+var _ orchestrator.ClientKiller = (*dbrepl.Supervisor)(nil)
+
 // replEventKind files a supervisor event under the daemon's event kinds:
 // read_only transitions are fences; reachability of a database server has
 // no kind of its own (peer is for cluster nodes), so it goes under the

@@ -120,6 +120,21 @@ func printStatus(w io.Writer, st *orchestrator.Status) {
 		fmt.Fprintf(w, "not eligible for the writer role: %s\n", st.NotEligible)
 	}
 	fmt.Fprintln(w)
+	if sf := st.SelfFence; sf != nil && !sf.Holding {
+		fmt.Fprintf(w, "SELF-FENCE NOT HOLDING since %s (%d attempts): %s\n\n", ago(sf.Since, now), sf.Attempts, sf.LastError)
+	}
+	if a := st.Arbiter; a != nil {
+		lease := "none"
+		if a.Lease != "" {
+			lease = fmt.Sprintf("%s (ttl %s, valid for %s before demotion)", a.Lease, a.LeaseTTL, a.LeaseValid.Round(time.Millisecond))
+		}
+		fmt.Fprintf(w, "arbiter %s %s: connected %t, leader %s (term %d), this node leader %t, lease %s, eligible %t, campaigning %t",
+			a.Kind, strings.Join(a.Endpoints, ","), a.Connected, dash(a.Leader), a.Term, a.IsLeader, lease, a.Eligible, a.Campaigning)
+		if a.LastError != "" {
+			fmt.Fprintf(w, ", last error: %s", a.LastError)
+		}
+		fmt.Fprint(w, "\n\n")
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tADDRESS\tALIVE\tROLE\tDB FENCED\tLAST HEARTBEAT\tREJECTED")
 	for _, p := range st.Peers {

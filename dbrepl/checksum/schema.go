@@ -49,7 +49,7 @@ func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``")
 
 // listTables returns "schema.table" → estimated rows for the base tables
 // selected by filter on one node.
-func listTables(ctx context.Context, db *sql.DB, database, table string) (map[[2]string]int64, error) {
+func listTables(ctx context.Context, db Querier, database, table string) (map[[2]string]int64, error) {
 	q := "SELECT TABLE_SCHEMA, TABLE_NAME, COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN (" +
 		placeholders(len(skippedSchemas)) + ")"
 	args := make([]any, 0, len(skippedSchemas)+2)
@@ -87,7 +87,7 @@ func placeholders(n int) string {
 
 // loadTableDef reads the columns and primary key of one table. Virtual
 // generated columns are left out: they are derived from stored ones.
-func loadTableDef(ctx context.Context, db *sql.DB, schema, name string) (*tableDef, error) {
+func loadTableDef(ctx context.Context, db Querier, schema, name string) (*tableDef, error) {
 	t := &tableDef{Schema: schema, Name: name}
 	rows, err := db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE = 'YES', COALESCE(COLLATION_NAME, ''),
 			COLUMN_TYPE LIKE '%unsigned%'

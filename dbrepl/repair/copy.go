@@ -3,6 +3,7 @@ package repair
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -64,7 +65,7 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 	defer func() {
 		// Back to the pool binlogging again, or not at all.
 		if _, err := w.ExecContext(context.Background(), "SET SESSION sql_log_bin=1"); err != nil {
-			_ = w.Raw(func(any) error { return sql.ErrConnDone })
+			_ = w.Raw(func(any) error { return driver.ErrBadConn })
 		}
 		w.Close()
 	}()

@@ -229,6 +229,14 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 		return rep, nil
 	}
 
+	// What the source skips is read again now that the target is fenced
+	// and its replication stopped: what the target logged before the fence
+	// took hold is included; the plan showed the position at its start.
+	if skipped, newSrcSlavePos, err = targetOnly(ctx, src, tgt); err != nil {
+		return rep, err
+	}
+	rep.SkippedGTIDs = skipped
+
 	// Both directions again.
 	log.Info("target replicates from the snapshot position", "target", tgt.name, "gtid_slave_pos", rep.SnapshotGTID)
 	if err := execAll(ctx, tgt.db, "STOP SLAVE", "SET GLOBAL gtid_slave_pos = '"+rep.SnapshotGTID+"'",

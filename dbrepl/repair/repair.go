@@ -55,7 +55,7 @@ const (
 
 // Defaults.
 const (
-	DefaultChunkRows = 2000
+	DefaultChunkRows = 10000
 	// autoReseedFraction: with method auto a table whose differing rows
 	// exceed this share of its rows (and autoReseedMin) is copied whole:
 	// a full copy is then cheaper than row-by-row fixes.
@@ -566,6 +566,6 @@ func replicating(ctx context.Context, n node) (bool, string, error) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return false, fmt.Sprintf("IO %s, SQL %s %s %s", io, sqlT, st["Last_SQL_Error"], st["Last_IO_Error"]), ctx.Err()
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 }

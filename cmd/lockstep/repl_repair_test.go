@@ -60,6 +60,21 @@ func TestReplRepairCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A stopped applier: `repl status` names the repair to run.
+	if err := p.Nodes[1].StopSQLThread(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st := newReplStatusCmd()
+	var stOut bytes.Buffer
+	st.SetOut(&stOut)
+	st.SetErr(&stOut)
+	st.SetArgs([]string{"-c", cfg, "--standalone"})
+	st.SilenceUsage, st.SilenceErrors = true, true
+	_ = st.ExecuteContext(context.Background())
+	if want := "lockstep repl repair -c " + cfg + " --source db1 --target db2 --dry-run"; !strings.Contains(stOut.String(), want) {
+		t.Errorf("repl status does not recommend %q:\n%s", want, stOut.String())
+	}
+
 	if code, _, errOut := runRepair(t, "-c", cfg, "--source", "db1"); code != exitUsage {
 		t.Fatalf("missing --target: exit %d %s", code, errOut)
 	}

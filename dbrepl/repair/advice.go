@@ -9,15 +9,17 @@ import (
 // Advice returns the `repl repair` command line that would mend a broken
 // or drifted pair ("" when the status shows nothing to repair, or when
 // no node is clearly the one to keep). The node kept is the writable,
-// unfenced one whose replication is fine; the target is its peer that is
-// fenced, broken or holds errant transactions. configPath is put in the
+// unfenced one; the target is its peer whose replication is broken or
+// stopped or that holds errant transactions. configPath is put in the
 // command as given.
 func Advice(st dbrepl.PairStatus, configPath string) string {
 	if len(st.Nodes) != 2 {
 		return ""
 	}
 	bad := func(n dbrepl.NodeStatus) bool {
-		return n.Fenced || n.LastErrno != 0 || len(n.ErrantGTIDs) > 0 || (n.Reachable && (!n.IORunning || !n.SQLRunning))
+		// A node fenced only for lag catches up and is reintroduced on
+		// its own: no repair is suggested for it.
+		return n.LastErrno != 0 || len(n.ErrantGTIDs) > 0 || (n.Reachable && (!n.IORunning || !n.SQLRunning))
 	}
 	for i, src := range st.Nodes {
 		tgt := st.Nodes[1-i]

@@ -29,4 +29,9 @@ func TestAdvice(t *testing.T) {
 	if a := repair.Advice(down, "f"); a != "" {
 		t.Errorf("unreachable peer: %q", a)
 	}
+	lagging := dbrepl.PairStatus{Nodes: []dbrepl.NodeStatus{ok("db1"), ok("db2")}}
+	lagging.Nodes[1].Fenced, lagging.Nodes[1].Writable = true, false
+	if a := repair.Advice(lagging, "f"); a != "" {
+		t.Errorf("a node fenced for lag only: %q", a)
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Querier is what the table walk needs from a connection: a *sql.DB, or
@@ -150,11 +152,14 @@ func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string
 	if where != "" {
 		q += " WHERE " + where
 	}
+	// Both sides at once: the source's snapshot session and the target.
 	var s [2]chunkSum
+	g, gctx := errgroup.WithContext(ctx)
 	for i, db := range []Querier{src, dst} {
-		if err := db.QueryRowContext(ctx, q, args...).Scan(&s[i].n, &s[i].h); err != nil {
-			return ChunkDiff{}, err
-		}
+		g.Go(func() error { return db.QueryRowContext(gctx, q, args...).Scan(&s[i].n, &s[i].h) })
+	}
+	if err := g.Wait(); err != nil {
+		return ChunkDiff{}, err
 	}
 	cd := ChunkDiff{Rows: s[0].n}
 	if s[0] == s[1] {
@@ -163,11 +168,16 @@ func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string
 	cd.Differs = true
 	var order [2][]string
 	var m [2]map[string]string
+	g, gctx = errgroup.WithContext(ctx)
 	for i, db := range []Querier{src, dst} {
-		var err error
-		if order[i], m[i], err = rowHashesOn(ctx, db, d, where, args); err != nil {
-			return ChunkDiff{}, err
-		}
+		g.Go(func() error {
+			var err error
+			order[i], m[i], err = rowHashesOn(gctx, db, d, where, args)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return ChunkDiff{}, err
 	}
 	key := func(k string) ([]any, error) {
 		kr, err := d.keyed(k)

@@ -161,7 +161,8 @@ func writeRepairReport(w io.Writer, r *repair.Report) {
 		}
 	}
 	if !r.DryRun {
-		fmt.Fprintf(&b, "verified=%v replicating=%v unfenced=%v in %s\n", r.Verified, r.Replicating, r.Unfenced, r.Duration.Round(1e6))
+		fmt.Fprintf(&b, "verified=%v replicating=%v unfenced=%v in %s (compare and fix %s, resume %s, verify %s)\n", r.Verified, r.Replicating, r.Unfenced,
+			r.Duration.Round(1e6), r.CopyTime.Round(1e6), r.ResumeTime.Round(1e6), r.VerifyTime.Round(1e6))
 	}
 	_, _ = io.WriteString(w, b.String())
 }

@@ -128,6 +128,9 @@ type Report struct {
 	Unfenced    bool
 	Notes       []string
 	Duration    time.Duration
+	// Phases: how long the compare-and-fix pass, resuming replication
+	// (catch-up included) and the verifying checksum took.
+	CopyTime, ResumeTime, VerifyTime time.Duration
 }
 
 type node struct {
@@ -221,9 +224,12 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 		}
 	}
 
+	copyStart := time.Now()
 	if err := copyPass(ctx, log, src, tgt, dbs, opts, rep); err != nil {
 		return rep, err
 	}
+	rep.CopyTime = time.Since(copyStart)
+	resumeStart := time.Now()
 	if opts.DryRun {
 		rep.Duration = time.Since(start)
 		return rep, nil
@@ -263,6 +269,8 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 			rep.Notes = append(rep.Notes, fmt.Sprintf("%s: replication not running: %s%v", n.name, why, orNil(err)))
 		}
 	}
+	rep.ResumeTime = time.Since(resumeStart)
+	verifyStart := time.Now()
 	rep.Verified = true
 	for _, d := range dbs {
 		c, err := checksum.New(checksum.Node{Name: src.name, DB: src.db}, checksum.Node{Name: tgt.name, DB: tgt.db},
@@ -281,6 +289,8 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 			rep.Verified = false
 		}
 	}
+	rep.VerifyTime = time.Since(verifyStart)
+	log.Info("repair phases", "compare_and_fix", rep.CopyTime, "resume", rep.ResumeTime, "verify", rep.VerifyTime)
 	if rep.Verified && rep.Replicating {
 		if err := dbrepl.ManualUnfence(ctx, cfg, tgt.name, opts.Logger); err != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("unfence %s: %v", tgt.name, err))

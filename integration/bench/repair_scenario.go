@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/lockstep-ha/lockstep/internal/testbed/mariadb"
@@ -79,7 +80,7 @@ func runRepair(ctx context.Context, e *Env, res *Result) error {
 	if err := checkClean("lockstep repl repair"); err != nil {
 		return err
 	}
-	res.note("lockstep repl repair: %s (fence, snapshot, compare, fix, resume both directions, verifying checksum, unfence).", lsTime.Round(time.Millisecond))
+	res.note("lockstep repl repair: %s (fence, snapshot, compare, fix, resume both directions, verifying checksum, unfence); it said: %s", lsTime.Round(time.Millisecond), lastLine(string(out)))
 	lsV := seconds(lsTime)
 
 	ptPath, perr := lookTool("pt-table-sync")
@@ -106,4 +107,12 @@ func runRepair(ctx context.Context, e *Env, res *Result) error {
 	res.note("pt-table-sync --execute --no-bin-log: %s (compares and fixes only: no fencing, no snapshot, no replication repair, no verification).", ptTime.Round(time.Millisecond))
 	res.add(Row{Metric: "wall time, repair of 3 drifted rows", Kind: KindDuration, Lockstep: lsV, Anchor: "pt-table-sync", AnchorV: seconds(ptTime)})
 	return nil
+}
+
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
 }

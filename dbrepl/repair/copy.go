@@ -102,7 +102,9 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 			if err := snap.QueryRowContext(ctx, "SHOW CREATE DATABASE "+quote(d)).Scan(&name, &create); err != nil {
 				return err
 			}
-			if _, err := w.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+quote(d)); err != nil {
+			// Same character set and collation as on the source.
+			create = strings.Replace(create, "CREATE DATABASE ", "CREATE DATABASE IF NOT EXISTS ", 1)
+			if _, err := w.ExecContext(ctx, create); err != nil {
 				return fmt.Errorf("%s: %w", tgt.name, err)
 			}
 		}

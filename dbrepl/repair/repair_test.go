@@ -270,6 +270,8 @@ func TestRepairSchemaDiffInterrupted(t *testing.T) {
 	ctx := context.Background()
 	db2 := p.Nodes[1]
 	execLocal(t, db2.DB, "ALTER TABLE app.t ADD COLUMN extra INT", "UPDATE app.w SET at = NOW() WHERE id = 1", "INSERT INTO app.w VALUES (9, NOW())")
+	// A database the target lacks entirely.
+	execLocal(t, p.Nodes[0].DB, "CREATE DATABASE extra CHARACTER SET latin1", "CREATE TABLE extra.x (id INT PRIMARY KEY)", "INSERT INTO extra.x VALUES (1)")
 	cfg := config(t, p)
 
 	cctx, cancel := context.WithCancel(ctx)
@@ -290,6 +292,13 @@ func TestRepairSchemaDiffInterrupted(t *testing.T) {
 	mustClean(t, r, err)
 	if tr := tableReport(t, r, "app.t"); tr.Method != repair.MethodReseed || !strings.Contains(tr.Why, "definitions differ") {
 		t.Errorf("app.t: %+v", tr)
+	}
+	var cs string
+	if err := db2.DB.QueryRow("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'extra'").Scan(&cs); err != nil || cs != "latin1" {
+		t.Errorf("database extra on db2: charset %q %v", cs, err)
+	}
+	if tr := tableReport(t, r, "extra.x"); tr.Method != repair.MethodReseed || tr.Copied != 1 {
+		t.Errorf("extra.x: %+v", tr)
 	}
 	var n int
 	if err := db2.DB.QueryRow("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA='app' AND TABLE_NAME='t' AND COLUMN_NAME='extra'").Scan(&n); err != nil || n != 0 {

@@ -50,6 +50,8 @@ func (s *Supervisor) act(ctx context.Context, v pairView, d decision) {
 			s.mu.Unlock()
 		case actUnfence:
 			_ = s.unfence(ctx, i, a.reason, false) // failures are events
+		case actForeign:
+			s.reportForeign(i, a.reason)
 		}
 	}
 }
@@ -82,7 +84,7 @@ func (s *Supervisor) follow(i int, reason string, obs [2]*Observation, ev [2]*no
 	s.actMu.Lock()
 	defer s.actMu.Unlock()
 	s.mu.Lock()
-	known := s.fences[i] != nil
+	known := s.fences[i] != nil && s.foreign[i] == ""
 	s.mu.Unlock()
 	if known {
 		return // fenced by hand meanwhile
@@ -125,6 +127,21 @@ func (s *Supervisor) emit(ev Event) {
 	}
 }
 
+// reportForeign logs, once per record version, that node i's fence record
+// belongs to another server and is ignored. The record is left in place
+// for the post-mortem; `repl fence` or a new fence overwrites it.
+func (s *Supervisor) reportForeign(i int, why string) {
+	name := s.cfg.Nodes[i].Name
+	stamp := s.stamp(name)
+	s.mu.Lock()
+	seen := s.foreignLogged[i] == stamp
+	s.foreignLogged[i] = stamp
+	s.mu.Unlock()
+	if !seen {
+		s.logger.Warn("fence record ignored: it belongs to another server", "node", name, "record", s.store.path(name), "why", why)
+	}
+}
+
 // setFenced switches read_only on node i and, on fence, optionally kills
 // client sessions.
 func (s *Supervisor) setFenced(ctx context.Context, i int, on bool) error {
@@ -146,9 +163,10 @@ func (s *Supervisor) setFenced(ctx context.Context, i int, on bool) error {
 // newFenceRecord captures why node i is fenced and where both nodes stood,
 // so that a restarted supervisor (and an admin) can tell when it has caught up.
 func (s *Supervisor) newFenceRecord(i int, name, reason string, manual bool, obs [2]*Observation, ev [2]*nodeEval) *FenceRecord {
-	rec := &FenceRecord{Node: name, Reason: reason, Manual: manual, Since: time.Now().UTC(), By: s.host}
+	rec := &FenceRecord{Node: name, Reason: reason, Manual: manual, Since: time.Now().UTC(), By: s.host, Address: s.nodes[i].addr}
 	if o := obs[i]; o != nil {
 		rec.GTIDCurrentPos, rec.GTIDExecuted = o.GTIDCurrentPos, o.GTIDExecuted
+		rec.ServerID, rec.ServerUUID, rec.DomainID = o.ServerID, o.ServerUUID, o.DomainID
 	}
 	if p := obs[1-i]; p != nil {
 		rec.PeerGTIDBinlogPos, rec.PeerGTIDExecuted = p.GTIDBinlogPos, p.GTIDExecuted
@@ -174,8 +192,19 @@ func (s *Supervisor) fence(ctx context.Context, i int, reason string, manual boo
 	}
 	// The node is read-only, which is the safe side; without the record a
 	// restart would not know why, so an unsaved record is said loudly.
-	s.keepFence(i, s.newFenceRecord(i, name, reason, manual, obs, ev),
-		"fence record not saved: a supervisor restart will not know this node is fenced")
+	rec := s.newFenceRecord(i, name, reason, manual, obs, ev)
+	if !rec.Bound() {
+		// `repl fence` has no observation: ask the server who it is.
+		if id, err := s.nodes[i].identity(ctx); err != nil {
+			s.logger.Warn("fence record not bound to the server: cannot read its identity", "node", name, "err", err)
+		} else {
+			rec.ServerID, rec.ServerUUID, rec.DomainID = id.ServerID, id.ServerUUID, id.DomainID
+			if rec.GTIDCurrentPos == "" {
+				rec.GTIDCurrentPos = id.GTIDCurrentPos
+			}
+		}
+	}
+	s.keepFence(i, rec, "fence record not saved: a supervisor restart will not know this node is fenced")
 	s.metrics.fences.Inc()
 	s.logger.Info("fenced", "node", name, "took", time.Since(start).Round(time.Microsecond))
 	s.emit(Event{Node: name, Type: EventFence, Reason: reason, Manual: manual})

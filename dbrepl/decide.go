@@ -28,6 +28,7 @@ type pairView struct {
 	// lag is shown even when the peer's heartbeat write failed.
 	snapshot bool
 	obs      [2]*Observation
+	addrs    [2]string // configured addresses, to match fence records
 	lag      [2]lagReading
 	fences   [2]*FenceRecord
 	// goodSince: when each fenced node's current caught-up stretch began
@@ -83,6 +84,7 @@ const (
 	actHoldReset                     // not caught up: unfence_hold starts over
 	actHoldStart                     // caught up: unfence_hold runs from now unless already running
 	actUnfence                       // reintroduce
+	actForeign                       // a fence record belongs to another server: ignored, reported
 )
 
 // action is one step of a decision, on node.
@@ -96,7 +98,10 @@ type action struct {
 // decision is decide's answer: the verdict on each node (for the status
 // and the fence records), what to remember, and what to do, in order.
 type decision struct {
-	eval    [2]*nodeEval
+	eval [2]*nodeEval
+	// foreign: why node i's fence record was ignored (it belongs to
+	// another server), "" when it was not.
+	foreign [2]string
 	mem     pairMemory
 	actions []action
 }
@@ -117,6 +122,17 @@ func decide(v pairView) decision {
 		d.eval[i] = evaluateNode(v, d.mem, i)
 	}
 	debounceErrant(&d, v.snapshot)
+	// A record is enforced only on the server it was written for: a
+	// stale record (another cluster's, a rebuilt server's) never fences.
+	for i, f := range v.fences {
+		if why := f.Foreign(v.obs[i], v.addrs[i]); why != "" {
+			d.foreign[i] = why
+			v.fences[i] = nil
+			if !v.snapshot {
+				d.add(actForeign, i, why)
+			}
+		}
+	}
 	if v.snapshot {
 		return d
 	}

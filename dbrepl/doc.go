@@ -116,6 +116,18 @@
 // state_dir record, which a running supervisor rereads every poll (so run
 // the CLI on the host whose state_dir the supervisor uses).
 //
+// Fence records are bound to the server they were written for
+// (FenceRecord.Foreign): server_uuid on MySQL; server_id, address and the
+// GTID position of the server's domain (which never goes back on one
+// server) on MariaDB. decide drops another server's record before any
+// other step (actForeign: logged once, shown in the status), so such a
+// record never fences, re-fences or keeps a server read-only.
+//
+// Repair (`lockstep repl repair`, package dbrepl/repair) is not part of
+// the poll loop: it fences the target through the same manual fence
+// record, so a running supervisor leaves it alone until the repair
+// unfences it.
+//
 // # Privileges (MariaDB 10.11)
 //
 // MonitorGrants, with each privilege's reason:

@@ -35,6 +35,49 @@ type FenceRecord struct {
 	LastError         string   `json:"last_error,omitempty"`
 	FailingGTID       string   `json:"failing_gtid,omitempty"`
 	By                string   `json:"by,omitempty"` // host/pid or "cli"
+
+	// The server the record belongs to. A record names a node, but the
+	// node's name outlives servers (a rebuilt db2, another cluster's
+	// state_dir): a record is enforced only on the server it was written
+	// for. MySQL has server_uuid; MariaDB has none, so server_id, the
+	// address and the GTID history (a server's own position never goes
+	// back) identify it there. Records written before identities were
+	// recorded carry none and are honoured as before.
+	ServerID   uint32 `json:"server_id,omitempty"`
+	ServerUUID string `json:"server_uuid,omitempty"`
+	Address    string `json:"address,omitempty"`
+	DomainID   uint32 `json:"gtid_domain_id,omitempty"`
+}
+
+// Bound reports whether the record names the server it belongs to.
+func (r *FenceRecord) Bound() bool { return r.ServerID != 0 || r.ServerUUID != "" }
+
+// Foreign says why the record does not belong to the server observed at
+// addr, or "" when it does (or when that cannot be told: the server is not
+// readable, or the record carries no identity).
+func (r *FenceRecord) Foreign(o *Observation, addr string) string {
+	if r == nil || o == nil || !o.Reachable || o.Err != nil || !r.Bound() {
+		return ""
+	}
+	if r.ServerUUID != "" && o.ServerUUID != "" {
+		if !strings.EqualFold(r.ServerUUID, o.ServerUUID) {
+			return fmt.Sprintf("the record is for server_uuid %s, %s is server_uuid %s", r.ServerUUID, r.Node, o.ServerUUID)
+		}
+		return ""
+	}
+	if r.ServerID != 0 && o.ServerID != 0 && r.ServerID != o.ServerID {
+		return fmt.Sprintf("the record is for server_id %d, %s is server_id %d", r.ServerID, r.Node, o.ServerID)
+	}
+	if r.Address != "" && addr != "" && r.Address != addr {
+		return fmt.Sprintf("the record is for the server at %s, %s is at %s", r.Address, r.Node, addr)
+	}
+	if o.Flavor == FlavorMariaDB && r.GTIDCurrentPos != "" && o.GTIDCurrentPos != "" {
+		was, now := MariaDBAppliedIn(r.GTIDCurrentPos, r.DomainID), MariaDBAppliedIn(o.GTIDCurrentPos, r.DomainID)
+		if now < was {
+			return fmt.Sprintf("the server's GTID position in domain %d went back from %d (when fenced) to %d: a different or rebuilt server", r.DomainID, was, now)
+		}
+	}
+	return ""
 }
 
 // FenceStore keeps fence records in a directory.
@@ -167,6 +210,35 @@ func (n *nodeConn) setReadOnly(ctx context.Context, on bool) error {
 		}
 	}
 	return nil
+}
+
+// serverIdentity is what binds a fence record to a server.
+type serverIdentity struct {
+	ServerID       uint32
+	ServerUUID     string
+	DomainID       uint32
+	GTIDCurrentPos string
+}
+
+// identity reads the server's identity fresh.
+func (n *nodeConn) identity(ctx context.Context) (serverIdentity, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	db := n.pool()
+	flavor, _, err := n.serverFlavor(ctx, db)
+	if err != nil {
+		return serverIdentity{}, n.describe("connect", err)
+	}
+	var id serverIdentity
+	if flavor == FlavorMariaDB {
+		err = db.QueryRowContext(ctx, "SELECT @@server_id, @@gtid_domain_id, @@gtid_current_pos").Scan(&id.ServerID, &id.DomainID, &id.GTIDCurrentPos)
+	} else {
+		err = db.QueryRowContext(ctx, "SELECT @@server_id, @@server_uuid").Scan(&id.ServerID, &id.ServerUUID)
+	}
+	if err != nil {
+		return serverIdentity{}, n.describe("read server identity", err)
+	}
+	return id, nil
 }
 
 // readOnlyNow reads read_only (or super_read_only) fresh from the server.

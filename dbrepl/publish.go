@@ -32,6 +32,11 @@ func (s *Supervisor) publish(obs [2]*Observation, ev [2]*nodeEval) {
 		} else if o.HeartbeatErr != nil {
 			ns.Error = "heartbeat: " + o.HeartbeatErr.Error()
 		}
+		if f != nil && s.foreign[i] != "" {
+			ns.FenceRecordIgnored = s.foreign[i]
+			problems = append(problems, fmt.Sprintf("%s: fence record ignored, it belongs to another server: %s", o.Node, s.foreign[i]))
+			f = nil
+		}
 		if f != nil {
 			ns.Fenced, ns.FenceReason, ns.FenceManual = true, f.Reason, f.Manual
 			since := f.Since
@@ -42,6 +47,10 @@ func (s *Supervisor) publish(obs [2]*Observation, ev [2]*nodeEval) {
 		if o.Reachable && o.Err == nil {
 			ns.ReadOnly = o.ReadOnly || o.SuperReadOnly
 			ns.Writable = !ns.ReadOnly
+			if f != nil && !ns.ReadOnly {
+				ns.FenceDisagrees = "fence record says fenced, but the server is writable (read_only=OFF)"
+				problems = append(problems, fmt.Sprintf("%s: %s", o.Node, ns.FenceDisagrees))
+			}
 			ns.GTIDBinlogPos, ns.GTIDSlavePos, ns.GTIDCurrentPos = o.GTIDBinlogPos, o.GTIDSlavePos, o.GTIDCurrentPos
 			ns.GTIDExecuted = o.GTIDExecuted
 			if o.Flavor == FlavorMySQL {

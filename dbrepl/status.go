@@ -53,6 +53,13 @@ type NodeStatus struct {
 	GTIDRetrieved string     `json:"gtid_retrieved,omitempty"`
 	ErrantGTIDs   []string   `json:"errant_gtids,omitempty"`
 	FenceSince    *time.Time `json:"fence_since,omitempty"`
+
+	// FenceRecordIgnored: the node's fence record belongs to another
+	// server (see FenceRecord.Foreign) and is not enforced; why.
+	FenceRecordIgnored string `json:"fence_record_ignored,omitempty"`
+	// FenceDisagrees: the fence record and the server's actual read_only
+	// disagree (a fenced node found writable), said in words.
+	FenceDisagrees string `json:"fence_disagrees,omitempty"`
 }
 
 // PairStatus is the whole pair: what `repl status` shows and what the

@@ -80,7 +80,11 @@ type Supervisor struct {
 	goodSince  [2]time.Time
 	mem        pairMemory // what the last decision remembered for the next
 	skipLogged [2]bool
-	loaded     bool // fence records read once (later changes are events)
+	// foreign: why each node's fence record is ignored (another server's);
+	// foreignLogged: the record version already reported.
+	foreign       [2]string
+	foreignLogged [2]string
+	loaded        bool // fence records read once (later changes are events)
 	// inactive: only observe (see SetActive). The zero value is active so
 	// that a standalone supervisor decides on its own.
 	inactive    bool
@@ -203,6 +207,7 @@ func (s *Supervisor) startRun() {
 	s.goodSince = [2]time.Time{}
 	s.mem = pairMemory{}
 	s.skipLogged = [2]bool{}
+	s.foreign, s.foreignLogged = [2]string{}, [2]string{}
 	s.loaded = false
 	s.mu.Unlock()
 	for i, n := range s.nodes {
@@ -384,6 +389,7 @@ func (s *Supervisor) step(ctx context.Context, obs [2]*Observation, snapshot boo
 	d := decide(v)
 	s.mu.Lock()
 	s.mem = d.mem
+	s.foreign = d.foreign
 	s.mu.Unlock()
 	if !snapshot {
 		s.act(ctx, v, d)
@@ -402,6 +408,7 @@ func (s *Supervisor) view(obs [2]*Observation, snapshot bool) pairView {
 		active:    !s.inactive,
 		snapshot:  snapshot,
 		obs:       obs,
+		addrs:     [2]string{s.nodes[0].addr, s.nodes[1].addr},
 		lag:       lag,
 		fences:    s.fences,
 		goodSince: s.goodSince,

@@ -22,7 +22,7 @@ func newReplCmd() *cobra.Command {
 		Use:   "repl",
 		Short: "Supervise a MariaDB/MySQL master-master pair",
 	}
-	cmd.AddCommand(newReplSuperviseCmd(), newReplStatusCmd(), newReplFenceCmd(), newReplUnfenceCmd(), newReplChecksumCmd())
+	cmd.AddCommand(newReplSuperviseCmd(), newReplStatusCmd(), newReplFenceCmd(), newReplUnfenceCmd(), newReplChecksumCmd(), newReplRepairCmd())
 	return cmd
 }
 

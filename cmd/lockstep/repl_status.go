@@ -18,6 +18,7 @@ import (
 	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/dbrepl/conflict"
 	"github.com/lockstep-ha/lockstep/dbrepl/dashboard"
+	"github.com/lockstep-ha/lockstep/dbrepl/repair"
 )
 
 // newReplStatusCmd shows the pair: one snapshot (table or --json) or a
@@ -68,6 +69,11 @@ databases are queried directly.
 				return usageError(err)
 			}
 			reports := errorRows(cmd.Context(), replCfg, &st)
+			if replCfg != nil {
+				if adv := repair.Advice(st, configPathOf(path)); adv != "" {
+					st.Problems = append(st.Problems, "to repair: "+adv)
+				}
+			}
 			out := cmd.OutOrStdout()
 			if asJSON {
 				err = dashboard.RenderJSON(out, st, reports...)
@@ -202,4 +208,12 @@ func fetchDaemonStatus(ctx context.Context, url string) (dbrepl.PairStatus, erro
 		return st, nil
 	}
 	return dbrepl.PairStatus{}, fmt.Errorf("%s: the daemon does not supervise replication (no repl: section)", url)
+}
+
+// configPathOf is the -c value to print in a suggested command.
+func configPathOf(path string) string {
+	if path == "" {
+		return "FILE"
+	}
+	return path
 }

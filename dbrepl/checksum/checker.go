@@ -325,6 +325,9 @@ func (c *Checker) compareTable(ctx context.Context, tr *TableResult) error {
 		return c.compareWhole(ctx, t, tr)
 	}
 	tr.Method = MethodChunks
+	if t.KeyIndex != "PRIMARY" {
+		tr.Note = "no primary key: rows identified by NOT NULL " + t.keyLabel()
+	}
 	if len(t.PK) == 1 && isIntegerType(t.Columns[t.PK[0]].Type) {
 		return c.walkIntKey(ctx, t, tr)
 	}
@@ -390,7 +393,7 @@ func (c *Checker) settle(ctx context.Context) error {
 // compareChunk checks one chunk and, if it still differs once the nodes
 // caught up, narrows it down to rows.
 func (c *Checker) compareChunk(ctx context.Context, t *tableDef, tr *TableResult, where string, args []any) (chunkSum, time.Duration, error) {
-	q := "SELECT COUNT(*), COALESCE(BIT_XOR(" + t.rowHashExpr() + "), 0) FROM " + t.qualified() + " FORCE INDEX (PRIMARY)"
+	q := "SELECT COUNT(*), COALESCE(BIT_XOR(" + t.rowHashExpr() + "), 0) FROM " + t.qualified() + t.forceKey()
 	if where != "" {
 		q += " WHERE " + where
 	}
@@ -519,7 +522,7 @@ func (c *Checker) walkKeyset(ctx context.Context, t *tableDef, tr *TableResult) 
 	n := int64(c.opts.ChunkRows)
 	var lower []any
 	for {
-		q := "SELECT " + t.pkList() + " FROM " + t.qualified() + " FORCE INDEX (PRIMARY)"
+		q := "SELECT " + t.pkList() + " FROM " + t.qualified() + t.forceKey()
 		var args []any
 		if lower != nil {
 			w, a := t.keyCompare(">", lower)

@@ -37,7 +37,7 @@ func encodeKey(vals []sql.RawBytes) string {
 // rowHashes fetches primary key and row hash of the rows matching where
 // on node i, in key order.
 func (c *Checker) rowHashes(ctx context.Context, i int, t *tableDef, where string, args []any) ([]string, map[string]string, error) {
-	q := "SELECT " + t.pkList() + ", " + t.rowHashExpr() + " FROM " + t.qualified() + " FORCE INDEX (PRIMARY)"
+	q := "SELECT " + t.pkList() + ", " + t.rowHashExpr() + " FROM " + t.qualified() + t.forceKey()
 	if where != "" {
 		q += " WHERE " + where
 	}
@@ -265,7 +265,12 @@ func (c *Checker) describe(ctx context.Context, t *tableDef, cands []keyedRow) (
 			d.Kind = KindDiffers
 			for j, col := range t.Columns {
 				if !eqVal(a[j], b[j]) {
-					d.Columns = append(d.Columns, ColumnDiff{Column: col.Name, Values: map[string]*string{c.nodes[0].Name: a[j], c.nodes[1].Name: b[j]}})
+					cd := ColumnDiff{Column: col.Name, Values: map[string]*string{c.nodes[0].Name: a[j], c.nodes[1].Name: b[j]}}
+					if a[j] != nil && b[j] != nil {
+						off := firstDifference(*a[j], *b[j])
+						cd.FirstDifferenceAt = &off
+					}
+					d.Columns = append(d.Columns, cd)
 				}
 			}
 			if len(d.Columns) == 0 {

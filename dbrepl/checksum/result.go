@@ -87,6 +87,35 @@ type RowDiff struct {
 type ColumnDiff struct {
 	Column string             `json:"column"`
 	Values map[string]*string `json:"values"`
+	// FirstDifferenceAt is the byte offset of the first difference when
+	// both values are non-NULL (a prefix of one another differs at the
+	// shorter one's length). Long values are shown from around there.
+	FirstDifferenceAt *int `json:"first_difference_at,omitempty"`
+}
+
+// firstDifference is the offset of the first differing byte of a and b.
+func firstDifference(a, b string) int {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return n
+}
+
+// showAt renders a value around offset off: a long BLOB that differs
+// deep inside is shown where it differs, not by its common prefix.
+func showAt(v *string, off *int) string {
+	if v == nil || off == nil || len(*v) <= maxValueLen {
+		return show(v)
+	}
+	start := max(0, *off-maxValueLen/4)
+	if start == 0 {
+		return show(v)
+	}
+	end := min(len(*v), start+maxValueLen)
+	return fmt.Sprintf("…%q…(%d bytes, from byte %d)", (*v)[start:end], len(*v), start)
 }
 
 // WriteJSON writes the result as an indented JSON document.
@@ -156,7 +185,11 @@ func (r *Result) WriteText(w io.Writer) error {
 			default:
 				fmt.Fprintf(&b, "    %s: differs", id)
 				for _, c := range d.Columns {
-					fmt.Fprintf(&b, " %s: %s=%s %s=%s;", c.Column, r.Nodes[0], show(c.Values[r.Nodes[0]]), r.Nodes[1], show(c.Values[r.Nodes[1]]))
+					fmt.Fprintf(&b, " %s:", c.Column)
+					if c.FirstDifferenceAt != nil && max(lenOf(c.Values[r.Nodes[0]]), lenOf(c.Values[r.Nodes[1]])) > maxValueLen {
+						fmt.Fprintf(&b, " first difference at byte %d:", *c.FirstDifferenceAt)
+					}
+					fmt.Fprintf(&b, " %s=%s %s=%s;", r.Nodes[0], showAt(c.Values[r.Nodes[0]], c.FirstDifferenceAt), r.Nodes[1], showAt(c.Values[r.Nodes[1]], c.FirstDifferenceAt))
 				}
 				b.WriteString("\n")
 			}
@@ -176,6 +209,13 @@ func (r *Result) WriteText(w io.Writer) error {
 		verdict, r.TablesChecked, r.RowsChecked, r.Nodes[0], r.Nodes[1], r.DurationSeconds, r.TablesDrifted)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+func lenOf(v *string) int {
+	if v == nil {
+		return 0
+	}
+	return len(*v)
 }
 
 func renderRow(row map[string]*string) string {

@@ -24,7 +24,23 @@ type tableDef struct {
 	Schema, Name string
 	Columns      []column
 	PK           []int // indexes into Columns, in key order
-	EstRows      int64
+	// KeyIndex is the index PK comes from: PRIMARY, or a unique key whose
+	// columns are all NOT NULL when the table has no primary key.
+	KeyIndex string
+	EstRows  int64
+}
+
+// keyLabel names the key rows are identified by.
+func (t *tableDef) keyLabel() string {
+	if t.KeyIndex == "" || t.KeyIndex == "PRIMARY" {
+		return "primary key"
+	}
+	return "unique key " + t.KeyIndex
+}
+
+// forceKey is the index hint that makes a chunk scan follow the key.
+func (t *tableDef) forceKey() string {
+	return " FORCE INDEX (" + quoteIdent(t.KeyIndex) + ")"
 }
 
 func (t *tableDef) qualified() string { return quoteIdent(t.Schema) + "." + quoteIdent(t.Name) }
@@ -33,7 +49,7 @@ func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``")
 
 // listTables returns "schema.table" → estimated rows for the base tables
 // selected by filter on one node.
-func listTables(ctx context.Context, db *sql.DB, database, table string) (map[[2]string]int64, error) {
+func listTables(ctx context.Context, db Querier, database, table string) (map[[2]string]int64, error) {
 	q := "SELECT TABLE_SCHEMA, TABLE_NAME, COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN (" +
 		placeholders(len(skippedSchemas)) + ")"
 	args := make([]any, 0, len(skippedSchemas)+2)
@@ -71,7 +87,7 @@ func placeholders(n int) string {
 
 // loadTableDef reads the columns and primary key of one table. Virtual
 // generated columns are left out: they are derived from stored ones.
-func loadTableDef(ctx context.Context, db *sql.DB, schema, name string) (*tableDef, error) {
+func loadTableDef(ctx context.Context, db Querier, schema, name string) (*tableDef, error) {
 	t := &tableDef{Schema: schema, Name: name}
 	rows, err := db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE = 'YES', COALESCE(COLLATION_NAME, ''),
 			COLUMN_TYPE LIKE '%unsigned%'
@@ -96,32 +112,73 @@ func loadTableDef(ctx context.Context, db *sql.DB, schema, name string) (*tableD
 	if len(t.Columns) == 0 {
 		return nil, fmt.Errorf("table %s.%s has no columns (dropped during the run?)", schema, name)
 	}
-	rows, err = db.QueryContext(ctx, `SELECT COLUMN_NAME FROM information_schema.STATISTICS
-		WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX`, schema, name)
+	// The primary key, or else the unique key with the fewest columns
+	// all of which are NOT NULL (such a key identifies a row as well as a
+	// primary key does; a nullable unique key does not, NULLs repeat).
+	rows, err = db.QueryContext(ctx, `SELECT s.INDEX_NAME, s.COLUMN_NAME, s.SEQ_IN_INDEX, c.IS_NULLABLE = 'YES'
+		FROM information_schema.STATISTICS s
+		JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME AND c.COLUMN_NAME = s.COLUMN_NAME
+		WHERE s.TABLE_SCHEMA = ? AND s.TABLE_NAME = ? AND s.NON_UNIQUE = 0
+		ORDER BY s.INDEX_NAME = 'PRIMARY' DESC, s.INDEX_NAME, s.SEQ_IN_INDEX`, schema, name)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
+	type key struct {
+		name string
+		cols []int
+		ok   bool
+	}
+	var keys []*key
 	for rows.Next() {
-		var c string
-		if err := rows.Scan(&c); err != nil {
+		var idx, c string
+		var seq int
+		var nullable bool
+		if err := rows.Scan(&idx, &c, &seq, &nullable); err != nil {
 			return nil, err
 		}
-		idx := -1
+		if len(keys) == 0 || keys[len(keys)-1].name != idx {
+			keys = append(keys, &key{name: idx, ok: true})
+		}
+		k := keys[len(keys)-1]
+		pos := -1
 		for i, col := range t.Columns {
 			if col.Name == c {
-				idx = i
+				pos = i
 			}
 		}
-		if idx < 0 {
-			// A primary key over a virtual column cannot be chunked on
-			// reliably; compare the whole table instead.
-			t.PK = nil
+		// A key over a virtual column cannot be chunked on reliably, and
+		// a nullable column does not identify a row.
+		if pos < 0 || (nullable && idx != "PRIMARY") {
+			k.ok = false
+			continue
+		}
+		k.cols = append(k.cols, pos)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var best *key
+	for _, k := range keys {
+		if !k.ok {
+			if k.name == "PRIMARY" {
+				// compare the whole table, as before unique keys counted
+				return t, nil
+			}
+			continue
+		}
+		if k.name == "PRIMARY" {
+			best = k
 			break
 		}
-		t.PK = append(t.PK, idx)
+		if best == nil || len(k.cols) < len(best.cols) {
+			best = k
+		}
 	}
-	return t, rows.Err()
+	if best != nil {
+		t.PK, t.KeyIndex = best.cols, best.name
+	}
+	return t, nil
 }
 
 // sameShape reports how two nodes' definitions of a table differ, or "".
@@ -135,7 +192,7 @@ func sameShape(a, b *tableDef) string {
 		for i, p := range t.PK {
 			pk[i] = t.Columns[p].Name
 		}
-		return "(" + strings.Join(parts, ", ") + ") primary key (" + strings.Join(pk, ", ") + ")"
+		return "(" + strings.Join(parts, ", ") + ") " + t.keyLabel() + " (" + strings.Join(pk, ", ") + ")"
 	}
 	sa, sb := sig(a), sig(b)
 	if sa == sb {
@@ -176,7 +233,7 @@ func (t *tableDef) rowHashExpr() string {
 	cols := make([]string, 0, len(t.Columns)+1)
 	var nulls []string
 	for _, c := range t.Columns {
-		ref := quoteIdent(c.Name)
+		ref := c.valueExpr()
 		if binary && isStringType(c.Type) {
 			ref = "CAST(" + ref + " AS BINARY)"
 		}
@@ -199,10 +256,22 @@ func (t *tableDef) pkList() string {
 	return strings.Join(parts, ",")
 }
 
+// valueExpr is how a column's value is read for hashing and reporting.
+// A FLOAT converted to text keeps 6 significant digits, so 4.5 and
+// 4.5000005 would read alike: widened to DOUBLE (exact) it converts to
+// the shortest text that round-trips, which tells every bit apart.
+func (c column) valueExpr() string {
+	if strings.EqualFold(c.Type, "float") {
+		return "CAST(" + quoteIdent(c.Name) + " AS DOUBLE)"
+	}
+	return quoteIdent(c.Name)
+}
+
+// columnList is the select list of a table's values (see valueExpr).
 func (t *tableDef) columnList() string {
 	parts := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
-		parts[i] = quoteIdent(c.Name)
+		parts[i] = c.valueExpr()
 	}
 	return strings.Join(parts, ",")
 }

@@ -284,6 +284,12 @@ func RenderTable(w io.Writer, st dbrepl.PairStatus, opts Options) error {
 			}
 			fmt.Fprintf(&b, "  %s fenced%s: %s\n", n.Name, since, orDash(oneLine(n.FenceReason)))
 		}
+		if n.FenceDisagrees != "" {
+			fmt.Fprintf(&b, "  %s fence record and server DISAGREE: record says fenced, server read_only=%s\n", n.Name, onOff(n.ReadOnly))
+		}
+		if n.FenceRecordIgnored != "" {
+			fmt.Fprintf(&b, "  %s fence record IGNORED (server read_only=%s): it belongs to another server: %s\n", n.Name, onOff(n.ReadOnly), oneLine(n.FenceRecordIgnored))
+		}
 		if n.LastErrno != 0 || n.LastError != "" || (!n.Reachable && n.Error != "") {
 			fmt.Fprintf(&b, "  %s error: %s", n.Name, truncate(oneLine(lastError(n)), 300))
 			if n.LastErrorGTID != "" {
@@ -365,4 +371,11 @@ func renderRow(cols []string, row map[string]*string) string {
 		parts[i] = c + "=" + v
 	}
 	return truncate(strings.Join(parts, " "), 200)
+}
+
+func onOff(b bool) string {
+	if b {
+		return "ON"
+	}
+	return "OFF"
 }

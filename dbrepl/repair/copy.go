@@ -1,0 +1,355 @@
+package repair
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/lockstep-ha/lockstep/dbrepl/checksum"
+)
+
+// copyPass opens the source snapshot and brings every table of dbs on the
+// target to it (dry: only counts).
+func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string, opts Options, rep *Report) error {
+	snap, err := src.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer snap.Close()
+	// READ ONLY: the server itself refuses any write through this session.
+	if err := execAll(ctx, snap, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+		"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"); err != nil {
+		return fmt.Errorf("%s: snapshot: %w", src.name, err)
+	}
+	defer snap.ExecContext(context.Background(), "ROLLBACK") //nolint:errcheck // read-only
+	var file string
+	var pos uint64
+	rows, err := snap.QueryContext(ctx, "SHOW STATUS LIKE 'binlog_snapshot_%'")
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			rows.Close()
+			return err
+		}
+		switch k {
+		case "Binlog_snapshot_file":
+			file = v
+		case "Binlog_snapshot_position":
+			fmt.Sscan(v, &pos)
+		}
+	}
+	rows.Close()
+	if file == "" {
+		return fmt.Errorf("%s: no binlog_snapshot_file: is the binary log enabled?", src.name)
+	}
+	var gpos sql.NullString
+	if err := snap.QueryRowContext(ctx, "SELECT BINLOG_GTID_POS(?, ?)", file, pos).Scan(&gpos); err != nil || !gpos.Valid {
+		return fmt.Errorf("%s: BINLOG_GTID_POS(%s, %d): %v", src.name, file, pos, err)
+	}
+	rep.SnapshotGTID = gpos.String
+	log.Info("source snapshot", "source", src.name, "binlog", file, "position", pos, "gtid", gpos.String)
+
+	// The target's writer: one session, never binlogged.
+	w, err := tgt.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Back to the pool binlogging again, or not at all.
+		if _, err := w.ExecContext(context.Background(), "SET SESSION sql_log_bin=1"); err != nil {
+			_ = w.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		w.Close()
+	}()
+	if err := execAll(ctx, w, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", "SET SESSION unique_checks=1"); err != nil {
+		return fmt.Errorf("%s: %w", tgt.name, err)
+	}
+
+	type job struct{ db, table string }
+	var jobs []job
+	var total int64
+	for _, d := range dbs {
+		st, err := checksum.ListTables(ctx, snap, d)
+		if err != nil {
+			return err
+		}
+		tt, err := checksum.ListTables(ctx, tgt.db, d)
+		if err != nil {
+			return err
+		}
+		names := map[string]bool{}
+		for n, est := range st {
+			names[n] = true
+			total += est
+		}
+		for n := range tt {
+			names[n] = true
+		}
+		for n := range names {
+			jobs = append(jobs, job{d, n})
+		}
+		if !opts.DryRun {
+			var create string
+			var name string
+			if err := snap.QueryRowContext(ctx, "SHOW CREATE DATABASE "+quote(d)).Scan(&name, &create); err != nil {
+				return err
+			}
+			// Same character set and collation as on the source.
+			create = strings.Replace(create, "CREATE DATABASE ", "CREATE DATABASE IF NOT EXISTS ", 1)
+			if _, err := w.ExecContext(ctx, create); err != nil {
+				return fmt.Errorf("%s: %w", tgt.name, err)
+			}
+		}
+	}
+	sort.Slice(jobs, func(i, j int) bool { return jobs[i].db+"."+jobs[i].table < jobs[j].db+"."+jobs[j].table })
+	var done int64
+	for i, j := range jobs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		tr, err := repairTable(ctx, snap, tgt.db, w, j.db, j.table, opts, func(n int64) {
+			done += n
+			if opts.Progress != nil {
+				opts.Progress(Progress{TablesDone: i, TablesTotal: len(jobs), RowsDone: done, RowsTotal: max(total, done), Table: j.db + "." + j.table})
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("%s.%s: %w", j.db, j.table, err)
+		}
+		rep.Tables = append(rep.Tables, tr)
+		log.Info("table", "table", tr.Table, "method", tr.Method, "why", tr.Why, "inserted", tr.Inserted, "updated", tr.Updated, "deleted", tr.Deleted, "copied", tr.Copied,
+			"tables_done", i+1, "tables", len(jobs), "rows_done", done, "rows_estimated", total)
+		if opts.Progress != nil {
+			opts.Progress(Progress{TablesDone: i + 1, TablesTotal: len(jobs), RowsDone: done, RowsTotal: max(total, done), Table: tr.Table})
+		}
+		if opts.AfterTable != nil {
+			opts.AfterTable(tr.Table)
+		}
+	}
+	return nil
+}
+
+func quote(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
+
+// repairTable brings one table of the target to the snapshot.
+func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, db, table string, opts Options, progress func(int64)) (TableReport, error) {
+	tr := TableReport{Table: db + "." + table}
+	var onSrc, onTgt *checksum.Table
+	var err error
+	if onSrc, err = loadIfExists(ctx, snap, db, table); err != nil {
+		return tr, err
+	}
+	if onTgt, err = loadIfExists(ctx, tgt, db, table); err != nil {
+		return tr, err
+	}
+	switch {
+	case onSrc == nil:
+		tr.Method, tr.Why = "drop", "not on the source"
+		if !opts.DryRun {
+			_, err = w.ExecContext(ctx, "DROP TABLE IF EXISTS "+quote(db)+"."+quote(table))
+		}
+		return tr, err
+	case onTgt == nil:
+		tr.Method, tr.Why = MethodReseed, "missing on the target"
+	case onSrc.SameShape(onTgt) != "":
+		tr.Method, tr.Why = MethodReseed, "definitions differ: "+onSrc.SameShape(onTgt)
+	case !onSrc.Keyed():
+		tr.Method, tr.Why = MethodReseed, "no primary or NOT NULL unique key: copied whole"
+	case opts.Method == MethodReseed:
+		tr.Method, tr.Why = MethodReseed, "--method reseed"
+	}
+	if tr.Method == MethodReseed {
+		if opts.DryRun {
+			var n int64
+			if err := snap.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+onSrc.Qualified()).Scan(&n); err != nil {
+				return tr, err
+			}
+			tr.Rows, tr.Copied = n, n
+			return tr, nil
+		}
+		return tr, reseed(ctx, snap, w, onSrc, &tr, progress)
+	}
+
+	// rows: collect the differing keys against the snapshot.
+	var ups, ins, dels [][]any
+	limit := int64(-1)
+	err = onSrc.Walk(ctx, snap, tgt, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
+		tr.Rows += cd.Rows
+		progress(cd.Rows)
+		ups, ins, dels = append(ups, cd.Update...), append(ins, cd.Insert...), append(dels, cd.Delete...)
+		n := int64(len(ups) + len(ins) + len(dels))
+		if opts.Method == MethodAuto && n > autoReseedMin && limit < 0 {
+			limit = n
+			return errTooMany
+		}
+		return nil
+	})
+	if err == errTooMany {
+		var rows int64
+		if err := snap.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+onSrc.Qualified()).Scan(&rows); err != nil {
+			return tr, err
+		}
+		if float64(limit) > autoReseedFraction*float64(rows) {
+			tr = TableReport{Table: tr.Table, Method: MethodReseed, Why: fmt.Sprintf("auto: over %d of %d rows differ (more than %.0f%%): a full copy is cheaper", limit, rows, autoReseedFraction*100)}
+			if opts.DryRun {
+				tr.Rows, tr.Copied = rows, rows
+				return tr, nil
+			}
+			return tr, reseed(ctx, snap, w, onSrc, &tr, progress)
+		}
+		// Many rows but a small share: go on row by row.
+		ups, ins, dels, tr.Rows = nil, nil, nil, 0
+		opts.Method = MethodRows
+		err = onSrc.Walk(ctx, snap, tgt, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
+			tr.Rows += cd.Rows
+			ups, ins, dels = append(ups, cd.Update...), append(ins, cd.Insert...), append(dels, cd.Delete...)
+			return nil
+		})
+	}
+	if err != nil {
+		return tr, err
+	}
+	tr.Updated, tr.Inserted, tr.Deleted = int64(len(ups)), int64(len(ins)), int64(len(dels))
+	tr.Method = "clean"
+	if len(ups)+len(ins)+len(dels) == 0 {
+		return tr, nil
+	}
+	tr.Method = MethodRows
+	tr.Why = fmt.Sprintf("%d differing row(s), fixed by %s", len(ups)+len(ins)+len(dels), onSrc.KeyLabel())
+	if opts.DryRun {
+		return tr, nil
+	}
+	// Delete what differs or is extra, then insert the source's rows.
+	gone := append(append([][]any{}, ups...), dels...)
+	for b := range slices.Chunk(gone, batchRows) {
+		q, a := onSrc.DeleteKeys(b)
+		if _, err := w.ExecContext(ctx, q, a...); err != nil {
+			return tr, err
+		}
+	}
+	put := append(append([][]any{}, ups...), ins...)
+	for b := range slices.Chunk(put, batchRows) {
+		q, a := onSrc.SelectKeys(b)
+		vals, err := readRows(ctx, snap, q, a, onSrc.NumColumns())
+		if err != nil {
+			return tr, err
+		}
+		if len(vals) == 0 {
+			continue
+		}
+		iq, ia := onSrc.InsertRows(vals)
+		if _, err := w.ExecContext(ctx, iq, ia...); err != nil {
+			return tr, err
+		}
+	}
+	return tr, nil
+}
+
+var errTooMany = fmt.Errorf("too many differences")
+
+func loadIfExists(ctx context.Context, q checksum.Querier, db, table string) (*checksum.Table, error) {
+	var n int
+	if err := q.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND TABLE_TYPE = 'BASE TABLE'", db, table).Scan(&n); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	return checksum.LoadTable(ctx, q, db, table)
+}
+
+func readRows(ctx context.Context, q checksum.Querier, query string, args []any, ncol int) ([][]any, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out [][]any
+	for rows.Next() {
+		r, err := scanRow(rows, ncol)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func scanRow(rows *sql.Rows, ncol int) ([]any, error) {
+	raw := make([]sql.RawBytes, ncol)
+	dest := make([]any, ncol)
+	for i := range raw {
+		dest[i] = &raw[i]
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return nil, err
+	}
+	vals := make([]any, ncol)
+	for i, v := range raw {
+		if v != nil {
+			vals[i] = append([]byte{}, v...)
+		}
+	}
+	return vals, nil
+}
+
+// reseed recreates the table on the target from the snapshot's
+// definition and copies every row (both without binlogging).
+func reseed(ctx context.Context, snap *sql.Conn, w *sql.Conn, t *checksum.Table, tr *TableReport, progress func(int64)) error {
+	var name, create string
+	if err := snap.QueryRowContext(ctx, "SHOW CREATE TABLE "+t.Qualified()).Scan(&name, &create); err != nil {
+		return err
+	}
+	if err := execAll(ctx, w, "DROP TABLE IF EXISTS "+t.Qualified(), "USE "+quote(t.Schema()), create); err != nil {
+		return err
+	}
+	// The whole table is read in one statement from the snapshot
+	// session; rows are written in batches on the target session.
+	rows, err := snap.QueryContext(ctx, t.SelectAll())
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var batch [][]any
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		q, a := t.InsertRows(batch)
+		if _, err := w.ExecContext(ctx, q, a...); err != nil {
+			return err
+		}
+		tr.Copied += int64(len(batch))
+		progress(int64(len(batch)))
+		batch = batch[:0]
+		return nil
+	}
+	for rows.Next() {
+		r, err := scanRow(rows, t.NumColumns())
+		if err != nil {
+			return err
+		}
+		batch = append(batch, r)
+		if len(batch) >= batchRows {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	tr.Rows = tr.Copied
+	return nil
+}

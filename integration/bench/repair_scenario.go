@@ -24,7 +24,7 @@ func runRepair(ctx context.Context, e *Env, res *Result) error {
 	if err != nil {
 		return skipf("sysbench not installed (generates the tables): %v", err)
 	}
-	d, err := e.startPair(ctx, "s11")
+	d, err := e.startPair(ctx, "s12")
 	if err != nil {
 		return err
 	}

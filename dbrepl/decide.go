@@ -2,6 +2,7 @@ package dbrepl
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -343,11 +344,19 @@ func decideFencing(v pairView, fences [2]*FenceRecord, d *decision) {
 }
 
 // decideReintroduction lifts an automatic fence once the node has stayed
-// caught up for unfence_hold.
+// caught up for unfence_hold — unless it holds errant transactions: writes
+// its peer never received would come back as a second history the moment
+// it is writable again, so it stays fenced until `lockstep repl repair`.
 func decideReintroduction(v pairView, fences [2]*FenceRecord, d *decision) {
 	for i, e := range d.eval {
 		f := fences[i]
 		if f == nil || f.Manual {
+			continue
+		}
+		if len(e.errant) > 0 {
+			d.add(actHoldReset, i, "")
+			d.add(actNote, i, fmt.Sprintf("not reintroduced: errant transactions %s (on this node only); repair with `lockstep repl repair`",
+				strings.Join(e.errant, ",")))
 			continue
 		}
 		if !v.active {

@@ -194,6 +194,13 @@ func TestDecide(t *testing.T) {
 	add("caught up for unfence_hold: reintroduced", v, "unfence db2: caught up: both threads running, lag 100ms < unfence_lag 300ms for 2s")
 	v = base(ok("db1", 1), readOnly(ok("db2", 2)))
 	v.fences[1] = auto("db2")
+	v.lag[1] = lagOf(100 * time.Millisecond)
+	v.goodSince[1] = now.Add(-2 * time.Second)
+	v.obs[1].GTIDBinlogPos = "1-1-10,2-2-10,2-2-11,9-2-3" // a domain db1 never saw
+	v.mem.errantSeen[1] = 3                               // seen in the polls before
+	add("errant transactions block reintroduction", v, "holdreset db2: ", "note db2: not reintroduced: errant transactions")
+	v = base(ok("db1", 1), readOnly(ok("db2", 2)))
+	v.fences[1] = auto("db2")
 	v.lag[1] = lagOf(time.Second)
 	v.goodSince[1] = now.Add(-2 * time.Second)
 	add("not caught up: unfence_hold starts over", v, "holdreset db2: ")

@@ -448,6 +448,13 @@ func syncerConfig(cfg *mysql.Config, serverID uint32, log *slog.Logger) (replica
 		// inside the syncer.
 		DisableRetrySync: true,
 	}
+	if cfg.TLS != nil {
+		// The binlog stream carries every row written: it uses the DSN's
+		// TLS settings like every other connection to the node ("true",
+		// "skip-verify", a registered config). "preferred" becomes
+		// required here: the stream never falls back to plain text.
+		sc.TLSConfig = cfg.TLS.Clone()
+	}
 	if cfg.Net == "unix" {
 		sc.Host = cfg.Addr
 		sc.Dialer = func(ctx context.Context, _, addr string) (net.Conn, error) {

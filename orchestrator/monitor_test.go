@@ -74,6 +74,9 @@ func TestMonitorRestartsInPlace(t *testing.T) {
 	}
 	r1 := a.resourceName(0)
 	m := a.daemon.metrics.monitor
+	// The restart is counted once the role loop has recorded it, which
+	// can be a moment after the scripts ran.
+	waitFor(t, 3*time.Second, "the restart counted", func() bool { return metricValue(t, m.restarts.WithLabelValues(r1)) >= 1 })
 	if metricValue(t, m.failures.WithLabelValues(r1)) != 1 || metricValue(t, m.restarts.WithLabelValues(r1)) != 1 {
 		t.Fatalf("metrics: failures %v restarts %v", metricValue(t, m.failures.WithLabelValues(r1)), metricValue(t, m.restarts.WithLabelValues(r1)))
 	}

@@ -72,24 +72,20 @@ func decideArbiter(v view) decision {
 	// A4.
 	if v.role == RoleWriter {
 		if v.ineligible != "" {
-			for _, p := range v.peers {
-				if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
-					d.role = RoleStandby
-					d.reason = fmt.Sprintf("not eligible: %s; handing the etcd election over to eligible peer %s", v.ineligible, p.name)
-					return d
-				}
+			if name, ok := eligibleStandby(v.peers); ok {
+				d.role = RoleStandby
+				d.reason = fmt.Sprintf("not eligible: %s; handing the etcd election over to eligible peer %s", v.ineligible, name)
+				return d
 			}
 			d.waiting = "not eligible: " + v.ineligible + "; no eligible peer to hand the etcd election to, keeping the writer role"
 			return d
 		}
 		if v.dbFenced && v.now.Sub(v.dbFencedSince) >= cfg.Deadtime {
-			for _, p := range v.peers {
-				if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
-					d.role = RoleStandby
-					d.reason = fmt.Sprintf("own database fenced for %s while peer %s is eligible; handing the etcd election over",
-						v.now.Sub(v.dbFencedSince).Round(time.Millisecond), p.name)
-					return d
-				}
+			if name, ok := eligibleStandby(v.peers); ok {
+				d.role = RoleStandby
+				d.reason = fmt.Sprintf("own database fenced for %s while peer %s is eligible; handing the etcd election over",
+					v.now.Sub(v.dbFencedSince).Round(time.Millisecond), name)
+				return d
 			}
 		}
 		return d

@@ -249,24 +249,20 @@ func decideRole(v view) decision {
 	// eligible. /health drains it meanwhile.
 	if v.role == RoleWriter {
 		if v.ineligible != "" {
-			for _, p := range v.peers {
-				if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
-					d.role = RoleStandby
-					d.reason = fmt.Sprintf("not eligible: %s; handing the writer role over to eligible peer %s", v.ineligible, p.name)
-					return d
-				}
+			if name, ok := eligibleStandby(v.peers); ok {
+				d.role = RoleStandby
+				d.reason = fmt.Sprintf("not eligible: %s; handing the writer role over to eligible peer %s", v.ineligible, name)
+				return d
 			}
 			d.waiting = "not eligible: " + v.ineligible + "; no eligible peer to hand the writer role to, keeping it"
 			return d
 		}
 		if v.dbFenced && v.now.Sub(v.dbFencedSince) >= cfg.Deadtime {
-			for _, p := range v.peers {
-				if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
-					d.role = RoleStandby
-					d.reason = fmt.Sprintf("own database fenced for %s while peer %s is eligible; handing over the writer role",
-						v.now.Sub(v.dbFencedSince).Round(time.Millisecond), p.name)
-					return d
-				}
+			if name, ok := eligibleStandby(v.peers); ok {
+				d.role = RoleStandby
+				d.reason = fmt.Sprintf("own database fenced for %s while peer %s is eligible; handing over the writer role",
+					v.now.Sub(v.dbFencedSince).Round(time.Millisecond), name)
+				return d
 			}
 		}
 		if cfg.AutoFailback && v.self != v.preferred {
@@ -382,6 +378,17 @@ func peerWins(p peerView, v view) (string, bool) {
 	}
 	if p.name < v.self {
 		return "same tenure, lower node name", true
+	}
+	return "", false
+}
+
+// eligibleStandby names a live standby that may take the writer role
+// (the one a writer that should not keep it hands over to).
+func eligibleStandby(peers []peerView) (string, bool) {
+	for _, p := range peers {
+		if p.alive && !p.leaving() && p.hb.Eligible && p.hb.Role == RoleStandby {
+			return p.name, true
+		}
 	}
 	return "", false
 }

@@ -47,24 +47,28 @@ func (c *Checker) rowHashes(ctx context.Context, i int, t *tableDef, where strin
 		return nil, nil, fmt.Errorf("%s: %w", c.nodes[i].Name, err)
 	}
 	defer rows.Close()
-	raw := make([]sql.RawBytes, len(t.PK)+1)
+	return scanKeyHashes(rows, len(t.PK))
+}
+
+// scanKeyHashes reads rows of (key columns..., row hash) in key order.
+// Only the few differing rows need their key as arguments: it keeps just
+// the encoded key and the hash for the many that match.
+func scanKeyHashes(rows *sql.Rows, keyCols int) (order []string, hashes map[string]string, err error) {
+	raw := make([]sql.RawBytes, keyCols+1)
 	dest := make([]any, len(raw))
 	for j := range raw {
 		dest[j] = &raw[j]
 	}
-	// Only the few differing rows need their key as arguments: keep
-	// just the encoded key and the hash for the many that match.
-	var order []string
-	m := map[string]string{}
+	hashes = map[string]string{}
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
 			return nil, nil, err
 		}
-		k := encodeKey(raw[:len(t.PK)])
+		k := encodeKey(raw[:keyCols])
 		order = append(order, k)
-		m[k] = string(raw[len(t.PK)])
+		hashes[k] = string(raw[keyCols])
 	}
-	return order, m, rows.Err()
+	return order, hashes, rows.Err()
 }
 
 // decodeKey is the inverse of encodeKey.

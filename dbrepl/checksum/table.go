@@ -221,22 +221,7 @@ func rowHashesOn(ctx context.Context, q Querier, t *tableDef, where string, args
 		return nil, nil, err
 	}
 	defer rows.Close()
-	raw := make([]sql.RawBytes, len(t.PK)+1)
-	dest := make([]any, len(raw))
-	for j := range raw {
-		dest[j] = &raw[j]
-	}
-	var order []string
-	m := map[string]string{}
-	for rows.Next() {
-		if err := rows.Scan(dest...); err != nil {
-			return nil, nil, err
-		}
-		k := encodeKey(raw[:len(t.PK)])
-		order = append(order, k)
-		m[k] = string(raw[len(t.PK)])
-	}
-	return order, m, rows.Err()
+	return scanKeyHashes(rows, len(t.PK))
 }
 
 // plainColumns is the select and insert list of the stored columns, read

@@ -113,15 +113,19 @@ func TestVerificationDriftIsLoud(t *testing.T) {
 // TestLiveMassDeletionGuard: a live `rm -rf` of a big directory is held
 // when it takes more than max_delete of the target's entries, and goes
 // through when it takes less — each entry counted once, although the
-// batch lists the directory and everything that was in it.
+// batch lists the directory and everything that was in it. A slow
+// deletion spread over many batches (each below the limit) is held too:
+// what matters is the storm, not the batch.
 func TestLiveMassDeletionGuard(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		kept, gone int
+		slow       bool
 		held       bool
 	}{
-		{"within max_delete", 1800, 1200, false},
-		{"past max_delete", 300, 1200, true},
+		{"within max_delete", 1800, 1200, false, false},
+		{"past max_delete", 300, 1200, false, true},
+		{"past max_delete over many batches", 300, 1200, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, src, dst := localJobConfig(t, "peer")
@@ -129,10 +133,25 @@ func TestLiveMassDeletionGuard(t *testing.T) {
 				mustWrite(t, src, fmt.Sprintf("keep/d%d/f%d", i%30, i), "k")
 			}
 			for i := range tc.gone {
-				mustWrite(t, src, fmt.Sprintf("big/d%d/f%d", i%40, i), "g")
+				mustWrite(t, src, fmt.Sprintf("big/d%02d/f%d", i%40, i), "g")
 			}
 			job := lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Logger: discardLogger()})
 			lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+			if tc.slow {
+				// Eight steps of 155 entries, each its own batch.
+				dirs, err := os.ReadDir(filepath.Join(src, "big"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i, d := range dirs {
+					if err := os.RemoveAll(filepath.Join(src, "big", d.Name())); err != nil {
+						t.Fatal(err)
+					}
+					if i%5 == 4 {
+						time.Sleep(cfg.MaxDelay + lsync.DefaultMaxDelay)
+					}
+				}
+			}
 			if err := os.RemoveAll(filepath.Join(src, "big")); err != nil {
 				t.Fatal(err)
 			}
@@ -142,8 +161,17 @@ func TestLiveMassDeletionGuard(t *testing.T) {
 			}
 			poll.Until(t, waitLimit, "the deletion held", func() bool { return statusOf(job, "peer").Held != "" })
 			time.Sleep(300 * time.Millisecond)
-			if _, err := os.Stat(filepath.Join(dst[0], "big", "d1", "f1")); err != nil {
+			// Whatever went before the hold stays under the live floor
+			// (1,000 entries); the rest of the 1,241 is still there.
+			left := 0
+			if err := filepath.WalkDir(filepath.Join(dst[0], "big"), func(string, os.DirEntry, error) error {
+				left++
+				return nil
+			}); err != nil {
 				t.Fatalf("deleted although held: %v", err)
+			}
+			if left < tc.gone+40+1-1000 {
+				t.Fatalf("%d entries left under big/ on the target after the hold, want at least %d", left, tc.gone+41-1000)
 			}
 		})
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 )
 
 // DefaultMaxDelete is the mass-deletion guard's default: a pass or batch
@@ -88,4 +90,47 @@ func deletionHold(limit MaxDelete, n, total int, sourceEmpty bool, floor int) st
 		return fmt.Sprintf("%d deletions of %d target entries exceed max_delete %d%%", n, total, limit.Percent)
 	}
 	return ""
+}
+
+// liveDeleteWindow is how long applied live deletions keep counting
+// against the guard. `rm -rf` of 100,000 files takes seconds and spans
+// many batches (max_delay bounds each one); every batch alone is below the
+// limit, the storm is not.
+const liveDeleteWindow = time.Minute
+
+// deleteWindow is a sliding count of deletions applied recently.
+type deleteWindow struct {
+	mu     sync.Mutex
+	events []deleteEvent
+}
+
+type deleteEvent struct {
+	at time.Time
+	n  int
+}
+
+func (w *deleteWindow) add(now time.Time, n int) {
+	if n <= 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events = append(w.events, deleteEvent{now, n})
+}
+
+// sum counts the deletions applied within the window before now and
+// forgets older ones.
+func (w *deleteWindow) sum(now time.Time) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i := 0
+	for i < len(w.events) && now.Sub(w.events[i].at) >= liveDeleteWindow {
+		i++
+	}
+	w.events = w.events[i:]
+	n := 0
+	for _, e := range w.events {
+		n += e.n
+	}
+	return n
 }

@@ -1,6 +1,9 @@
 package lsync
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestDeletionHold(t *testing.T) {
 	pct := MaxDelete{Percent: 50}
@@ -47,5 +50,22 @@ func TestParseMaxDelete(t *testing.T) {
 		if _, err := ParseMaxDelete(bad); err == nil {
 			t.Errorf("ParseMaxDelete(%q): want an error", bad)
 		}
+	}
+}
+
+func TestDeleteWindowForgetsOldDeletions(t *testing.T) {
+	var w deleteWindow
+	t0 := time.Unix(1_700_000_000, 0)
+	w.add(t0, 400)
+	w.add(t0.Add(30*time.Second), 300)
+	w.add(t0.Add(31*time.Second), 0) // nothing applied: nothing kept
+	if got := w.sum(t0.Add(59 * time.Second)); got != 700 {
+		t.Fatalf("sum within the window = %d, want 700", got)
+	}
+	if got := w.sum(t0.Add(liveDeleteWindow)); got != 300 {
+		t.Fatalf("sum once the first has aged out = %d, want 300", got)
+	}
+	if got := w.sum(t0.Add(2 * liveDeleteWindow)); got != 0 || len(w.events) != 0 {
+		t.Fatalf("sum after the window = %d (%d kept), want 0", got, len(w.events))
 	}
 }

@@ -126,6 +126,10 @@ type Reconciler struct {
 	// targetEntries is the size of the target's tree at the last full
 	// pass, the base of the guard's percentage for live batches.
 	targetEntries atomic.Int64
+	// recentDeletes remembers the live deletions applied lately: an
+	// `rm -rf` of a big tree arrives in many batches, and the guard must
+	// see the storm, not each batch alone.
+	recentDeletes deleteWindow
 	Logger        *slog.Logger // carries the target name (the job adds it)
 	// ProgressEvery logs progress of large passes; 0 means 10s.
 	ProgressEvery time.Duration
@@ -640,12 +644,16 @@ func (r *Reconciler) guardBatch(ctx context.Context, t Target, ops []op, rep *Re
 	if r.MaxDelete.Off && !empty {
 		return ops, nil
 	}
-	total := int(r.targetEntries.Load())
+	// Deletions applied within the window count again, against the tree
+	// as it was before them.
+	now := time.Now()
+	recent := r.recentDeletes.sum(now)
+	total := int(r.targetEntries.Load()) + recent
 	enough := massDeleteFloorLive + 1 + r.MaxDelete.Count + r.MaxDelete.Percent*max(total, 1)/100
 	// A batch lists a deleted directory and what was in it: count each
 	// entry once, through its topmost removal.
 	sort.Strings(removals)
-	n := 0
+	n := recent
 	var top string
 	for _, p := range removals {
 		if top != "" && strings.HasPrefix(p, top+"/") {
@@ -667,9 +675,13 @@ func (r *Reconciler) guardBatch(ctx context.Context, t Target, ops []op, rep *Re
 		}
 	}
 	if hold := deletionHold(r.MaxDelete, n, total, empty, massDeleteFloorLive); hold != "" {
+		if recent > 0 {
+			hold += fmt.Sprintf(" (%d of them applied in the last %s)", recent, liveDeleteWindow)
+		}
 		return r.holdRemovals(ops, n, hold, rep), nil
 	}
-	r.targetEntries.Add(-int64(min(n, total)))
+	r.recentDeletes.add(now, n-recent)
+	r.targetEntries.Add(-int64(min(n-recent, int(r.targetEntries.Load()))))
 	return ops, nil
 }
 

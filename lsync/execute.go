@@ -79,6 +79,9 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		if o.reason == reasonMissing {
 			r.targetEntries.Add(1) // the guard's base grows with the tree
+			if !full {
+				r.recentDeletes.add(time.Now(), -1) // live work replacing what it deleted
+			}
 		}
 		touched[parentOf(o.path)] = true
 		if o.kind == opMkdir {

@@ -123,6 +123,41 @@ func (t *flakyTarget) RemoveAll(ctx context.Context, rel string) error {
 	return t.Target.RemoveAll(ctx, rel)
 }
 
+func (t *flakyTarget) Symlink(ctx context.Context, rel, linkTarget string) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	return t.Target.Symlink(ctx, rel, linkTarget)
+}
+
+func (t *flakyTarget) Chtimes(ctx context.Context, rel string, mtime time.Time) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	return t.Target.Chtimes(ctx, rel, mtime)
+}
+
+func (t *flakyTarget) Chmod(ctx context.Context, rel string, mode fs.FileMode) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	return t.Target.Chmod(ctx, rel, mode)
+}
+
+func (t *flakyTarget) Rename(ctx context.Context, from, to string) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	return t.Target.Rename(ctx, from, to)
+}
+
+func (t *flakyTarget) Open(ctx context.Context, rel string) (io.ReadCloser, error) {
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	return t.Target.Open(ctx, rel)
+}
+
 func newFlaky(t *testing.T, tc lsync.TargetConfig) *flakyConnector {
 	c, err := localtarget.NewConnector(tc)
 	if err != nil {

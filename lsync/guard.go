@@ -95,42 +95,52 @@ func deletionHold(limit MaxDelete, n, total int, sourceEmpty bool, floor int) st
 // liveDeleteWindow is how long applied live deletions keep counting
 // against the guard. `rm -rf` of 100,000 files takes seconds and spans
 // many batches (max_delay bounds each one); every batch alone is below the
-// limit, the storm is not.
+// limit, the storm is not. Entries created meanwhile count against the
+// deletions: a `git checkout` or a cache rebuild replaces what it deletes,
+// and what the guard watches is the tree shrinking.
 const liveDeleteWindow = time.Minute
 
-// deleteWindow is a sliding count of deletions applied recently.
+// deleteWindow is a sliding count of the target's net shrinking:
+// deletions applied recently minus entries created, per second.
 type deleteWindow struct {
-	mu     sync.Mutex
-	events []deleteEvent
+	mu      sync.Mutex
+	buckets []deleteBucket
 }
 
-type deleteEvent struct {
-	at time.Time
-	n  int
+type deleteBucket struct {
+	sec int64 // Unix second
+	n   int   // deletions - creations
 }
 
+// add counts n deletions (negative: creations) at now.
 func (w *deleteWindow) add(now time.Time, n int) {
-	if n <= 0 {
+	if n == 0 {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.events = append(w.events, deleteEvent{now, n})
+	sec := now.Unix()
+	if k := len(w.buckets); k > 0 && w.buckets[k-1].sec == sec {
+		w.buckets[k-1].n += n
+		return
+	}
+	w.buckets = append(w.buckets, deleteBucket{sec, n})
 }
 
-// sum counts the deletions applied within the window before now and
-// forgets older ones.
+// sum is the net shrinking within the window before now (never below
+// zero); older counts are forgotten.
 func (w *deleteWindow) sum(now time.Time) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	cut := now.Add(-liveDeleteWindow).Unix()
 	i := 0
-	for i < len(w.events) && now.Sub(w.events[i].at) >= liveDeleteWindow {
+	for i < len(w.buckets) && w.buckets[i].sec <= cut {
 		i++
 	}
-	w.events = w.events[i:]
+	w.buckets = w.buckets[i:]
 	n := 0
-	for _, e := range w.events {
-		n += e.n
+	for _, b := range w.buckets {
+		n += b.n
 	}
-	return n
+	return max(n, 0)
 }

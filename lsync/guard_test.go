@@ -53,19 +53,27 @@ func TestParseMaxDelete(t *testing.T) {
 	}
 }
 
-func TestDeleteWindowForgetsOldDeletions(t *testing.T) {
+func TestDeleteWindowCountsNetShrinking(t *testing.T) {
 	var w deleteWindow
 	t0 := time.Unix(1_700_000_000, 0)
 	w.add(t0, 400)
 	w.add(t0.Add(30*time.Second), 300)
-	w.add(t0.Add(31*time.Second), 0) // nothing applied: nothing kept
+	w.add(t0.Add(30*time.Second), 0)
 	if got := w.sum(t0.Add(59 * time.Second)); got != 700 {
 		t.Fatalf("sum within the window = %d, want 700", got)
 	}
-	if got := w.sum(t0.Add(liveDeleteWindow)); got != 300 {
-		t.Fatalf("sum once the first has aged out = %d, want 300", got)
+	w.add(t0.Add(40*time.Second), -250) // a checkout recreating files
+	if got := w.sum(t0.Add(59 * time.Second)); got != 450 {
+		t.Fatalf("sum with creations = %d, want 450", got)
 	}
-	if got := w.sum(t0.Add(2 * liveDeleteWindow)); got != 0 || len(w.events) != 0 {
-		t.Fatalf("sum after the window = %d (%d kept), want 0", got, len(w.events))
+	if got := w.sum(t0.Add(liveDeleteWindow)); got != 50 {
+		t.Fatalf("sum once the first has aged out = %d, want 50", got)
+	}
+	w.add(t0.Add(61*time.Second), -1000)
+	if got := w.sum(t0.Add(61 * time.Second)); got != 0 {
+		t.Fatalf("a growing tree = %d, want 0", got)
+	}
+	if got := w.sum(t0.Add(3 * liveDeleteWindow)); got != 0 || len(w.buckets) != 0 {
+		t.Fatalf("sum after the window = %d (%d kept), want 0", got, len(w.buckets))
 	}
 }

@@ -18,6 +18,7 @@ import (
 type StateStore interface {
 	Get(path string) (syncstate.Record, bool)
 	Update(puts map[string]syncstate.Record, dels []string) error
+	Move(from, to string) error
 }
 
 // recordOf is what the state keeps of an entry.
@@ -224,4 +225,39 @@ func (r *Reconciler) changedOnPeer(ctx context.Context, t Target, dir string) (s
 		err = nil
 	}
 	return changed, err
+}
+
+// replayableRename reports whether a rename seen in this tree may be
+// replayed on a two-way peer as a rename. It may not when the peer's old
+// name holds something else than what moved here (the rename was the
+// peer's own doing, e.g. its conflict copy, and the name has been reused
+// since) or when the new name is taken there by something else: renaming
+// would move or replace the peer's data without a merge. Those names are
+// then compared one by one instead, and the merge decides.
+func (r *Reconciler) replayableRename(ctx context.Context, t Target, rn Rename) (bool, error) {
+	if !r.TwoWay {
+		return true, nil
+	}
+	moved, err := r.Source.Lstat(rn.To)
+	if err != nil || moved == nil {
+		return false, nil // moved on again: the paths tell
+	}
+	old, err := t.Stat(ctx, rn.From)
+	if err != nil {
+		if errors.Is(err, ErrDisconnected) {
+			return false, err
+		}
+		return false, nil
+	}
+	if old.Mode.Type() != moved.Mode.Type() || !old.Mode.IsDir() && !identical(moved, &old) {
+		return false, nil
+	}
+	taken, err := t.Stat(ctx, rn.To)
+	switch {
+	case errors.Is(err, ErrDisconnected):
+		return false, err
+	case err == nil:
+		return identical(moved, &taken), nil
+	}
+	return true, nil
 }

@@ -433,6 +433,10 @@ func underAny(p string, dirs map[string]bool) bool {
 	return false
 }
 
+// errNotReplayed stands for a rename that was not replayed on a two-way
+// peer (see replayableRename).
+var errNotReplayed = errors.New("not replayed: the peer's names hold other versions")
+
 // reasonNotInSource marks the removals the mass-deletion guard counts
 // (leftover temp files are ours and always go).
 const reasonNotInSource = "not in source"
@@ -502,7 +506,15 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 		if r.Source.excluder.Excluded(rn.From, true) || r.Source.excluder.Excluded(rn.To, true) {
 			continue // the per-path checks handle both names
 		}
-		err := t.Rename(ctx, rn.From, rn.To)
+		ok, err := r.replayableRename(ctx, t, rn)
+		if err != nil {
+			return rep, err
+		}
+		if ok {
+			err = t.Rename(ctx, rn.From, rn.To)
+		} else {
+			err = errNotReplayed
+		}
 		if errors.Is(err, ErrDisconnected) {
 			return rep, err
 		}
@@ -514,6 +526,13 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 			rep.Renamed++
 			rep.note("rename " + rn.From + " -> " + rn.To)
 			r.moveLanded(rn.From, rn.To)
+			if r.State != nil {
+				// Both sides now hold under the new name what they held
+				// under the old one: the merge base moves with it.
+				if err := r.State.Move(rn.From, rn.To); err != nil {
+					r.Logger.Warn("sync state not updated for a rename; the new names are compared without a base", "from", rn.From, "to", rn.To, "err", err)
+				}
+			}
 		}
 		paths[rn.To] = true
 		if err != nil {

@@ -181,6 +181,45 @@ func (s *Store) Update(puts map[string]Record, dels []string) error {
 	})
 }
 
+// Move renames the records of from and everything below it to to (what
+// was recorded under to is dropped first), in one transaction: a rename
+// replayed on the target keeps the merge base of what it moved.
+func (s *Store) Move(from, to string) error {
+	if from == to || from == "" || to == "" {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEntries)
+		under := func(p string) (keys, vals [][]byte) {
+			if v := b.Get([]byte(p)); v != nil {
+				keys, vals = append(keys, []byte(p)), append(vals, append([]byte(nil), v...))
+			}
+			prefix := []byte(p + "/")
+			c := b.Cursor()
+			for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+				keys, vals = append(keys, append([]byte(nil), k...)), append(vals, append([]byte(nil), v...))
+			}
+			return keys, vals
+		}
+		old, _ := under(to)
+		for _, k := range old {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		keys, vals := under(from)
+		for i, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+			if err := b.Put([]byte(to+strings.TrimPrefix(string(k), from)), vals[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // Stats returns the number of paths recorded and the file's size.
 func (s *Store) Stats() (entries int, size int64) {
 	_ = s.db.View(func(tx *bolt.Tx) error {

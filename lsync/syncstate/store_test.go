@@ -82,3 +82,30 @@ func TestForeignOrCorruptStateIsSetAside(t *testing.T) {
 		t.Error("the unusable file was not kept aside for inspection")
 	}
 }
+
+func TestStoreMoveKeepsTheSubtreeAndDropsTheReplaced(t *testing.T) {
+	s, err := Open(FileName(t.TempDir(), "docroot", "web2"), "docroot -> web2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	file := Record{Mode: 0o644, Size: 1}
+	if err := s.Update(map[string]Record{
+		"d": {Mode: uint32(os.ModeDir | 0o755)}, "d/f": file, "d/e/g": file,
+		"dx/f": file, // shares the name's prefix, not the directory
+		"n":    {Mode: uint32(os.ModeDir | 0o755)}, "n/old": file,
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Move("d", "n"); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]bool{
+		"d": false, "d/f": false, "d/e/g": false, "dx/f": true,
+		"n": true, "n/f": true, "n/e/g": true, "n/old": false,
+	} {
+		if _, ok := s.Get(path); ok != want {
+			t.Errorf("after Move: Get(%q) present = %v, want %v", path, ok, want)
+		}
+	}
+}

@@ -167,7 +167,24 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 	} else if dst != nil {
 		rel = dst.Path
 	}
-	switch r.merge(rel, src, dst) {
+	v := r.merge(rel, src, dst)
+	if v == vEqual && r.Checksum && src != nil && dst != nil && src.Mode.IsRegular() && dst.Mode.IsRegular() {
+		// Same size, mode and mtime on both sides: the same version for
+		// the metadata. checksum: true also reads them, and two different
+		// contents (two saves of one size within one clock tick) are
+		// changes on both sides: the name tie decides, with a copy.
+		same, err := r.sameContent(ctx, t, rel)
+		if err != nil {
+			return op{}, false, err
+		}
+		if !same {
+			v = vLose
+			if r.Node < r.Target {
+				v = vWin
+			}
+		}
+	}
+	switch v {
 	case vEqual:
 		if src != nil {
 			tx.put(*src)

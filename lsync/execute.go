@@ -25,6 +25,7 @@ var errSourceChanged = errors.New("source file changed during copy")
 // files, links and attributes concurrently, then directory mtimes (deepest
 // first, since writing into a directory changes its mtime).
 func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes []Entry, rep *Report, full bool) error {
+	r.intend(ops)
 	var removes, mkdirs []op
 	var totalBytes int64
 	// rest reuses ops' array (it never gets ahead of the loop): a pass

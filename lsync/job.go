@@ -66,8 +66,10 @@ type Job struct {
 	logger   *slog.Logger
 	metrics  *metrics
 	excluder *Excluder
-	source   *Source
-	workers  []*targetWorker
+	// deliveries are the files the two-way peer landed in the source.
+	deliveries deliveries
+	source     *Source
+	workers    []*targetWorker
 
 	// lifecycle serialises Start and Stop. A job runs again after it
 	// stopped (the daemon restarts a job that failed): the source is
@@ -184,7 +186,11 @@ func (j *Job) Start(ctx context.Context) error {
 	}()
 	go func() {
 		defer j.wg.Done()
-		if err := w.Run(ctx, batcher); err != nil {
+		var out sink = batcher
+		if j.cfg.TwoWay {
+			out = deliverySink{sink: batcher, d: &j.deliveries}
+		}
+		if err := w.Run(ctx, out); err != nil {
 			j.logger.Error("watcher failed; the tree is no longer fully watched", "err", err)
 			j.mu.Lock()
 			j.fatalErr = err.Error()
@@ -460,6 +466,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		Concurrency: j.cfg.Concurrency,
 		MaxDelete:   j.cfg.EffectiveMaxDelete(),
 		Logger:      w.logger,
+		Delivered:   j.deliveries.has,
 	}
 	m := j.metrics
 	w.pendingGauge = m.pending.WithLabelValues(j.cfg.Name, name)

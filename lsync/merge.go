@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"maps"
 	"path"
 	"strconv"
 	"strings"
@@ -19,6 +20,9 @@ type StateStore interface {
 	Get(path string) (syncstate.Record, bool)
 	Update(puts map[string]syncstate.Record, dels []string) error
 	Move(from, to string) error
+	Intend(recs map[string]syncstate.Record) error
+	Intended(path string) (syncstate.Record, bool)
+	ForgetIntents() error
 }
 
 // recordOf is what the state keeps of an entry.
@@ -103,6 +107,24 @@ func (r *Reconciler) commit(rep *Report) {
 	tx.puts, tx.dels = nil, nil
 }
 
+// intend records, before ops run, the versions they will land on a
+// two-way peer (see syncstate's intents). Failing to record them only
+// costs the crash-recovery hint.
+func (r *Reconciler) intend(ops []op) {
+	if !r.TwoWay || r.State == nil {
+		return
+	}
+	recs := map[string]syncstate.Record{}
+	for _, o := range ops {
+		if o.kind != opRemove {
+			recs[o.path] = recordOf(o.src)
+		}
+	}
+	if err := r.State.Intend(recs); err != nil {
+		r.Logger.Warn("sync state: intents not recorded; a crash in this batch leaves its paths without a merge base", "err", err)
+	}
+}
+
 // verdict is what the two-way merge makes of a path.
 type verdict uint8
 
@@ -128,7 +150,7 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 	if identical(src, dst) {
 		return vEqual
 	}
-	base, known := r.State.Get(rel)
+	base, known := r.baseOf(rel, dst)
 	changed := func(e *Entry) bool {
 		if !known {
 			return e != nil // new since nothing was known
@@ -136,6 +158,11 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 		return e == nil || !matches(*e, base)
 	}
 	here, there := changed(src), changed(dst)
+	if !known && here && src != nil && r.Delivered != nil && r.Delivered(rel) {
+		// The peer's delivery, untouched here: not a new version of
+		// ours. If the peer has moved on since, its job brings that here.
+		here = false
+	}
 	switch {
 	case here && !there:
 		return vPush
@@ -155,6 +182,20 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 		return vWin
 	}
 	return vLose
+}
+
+// baseOf is what both sides last held at rel, dst being the peer's
+// entry. A batch cut short (a crash between a write landing and its
+// record) left its intent: a peer holding that very version received it,
+// and that is what both last held.
+func (r *Reconciler) baseOf(rel string, dst *Entry) (syncstate.Record, bool) {
+	base, known := r.State.Get(rel)
+	if !known && dst != nil {
+		if intent, ok := r.State.Intended(rel); ok && matches(*dst, intent) {
+			return intent, true
+		}
+	}
+	return base, known
 }
 
 // newerOrFirst is the deterministic winner rule both nodes apply alike.
@@ -215,7 +256,7 @@ func (r *Reconciler) changedOnPeer(ctx context.Context, t Target, dir string) (s
 		if strings.HasPrefix(path.Base(e.Path), TempPrefix) {
 			return nil
 		}
-		if base, ok := r.State.Get(e.Path); !ok || !matches(e, base) {
+		if base, ok := r.baseOf(e.Path, &e); !ok || !matches(e, base) {
 			changed = e.Path
 			return errEnough
 		}
@@ -227,37 +268,94 @@ func (r *Reconciler) changedOnPeer(ctx context.Context, t Target, dir string) (s
 	return changed, err
 }
 
-// replayableRename reports whether a rename seen in this tree may be
-// replayed on a two-way peer as a rename. It may not when the peer's old
-// name holds something else than what moved here (the rename was the
-// peer's own doing, e.g. its conflict copy, and the name has been reused
-// since) or when the new name is taken there by something else: renaming
-// would move or replace the peer's data without a merge. Those names are
-// then compared one by one instead, and the merge decides.
-func (r *Reconciler) replayableRename(ctx context.Context, t Target, rn Rename) (bool, error) {
+// renameReplay is what to do on a two-way peer with a rename seen here.
+type renameReplay uint8
+
+const (
+	replayRename renameReplay = iota // rename there too
+	replayDone                       // the peer holds it under the new name already
+	replayNot                        // compare both names path by path
+)
+
+// replayableRename decides how a rename seen in this tree goes to a
+// two-way peer. Replayed only when the peer's old name holds what moved
+// here and its new name is free: otherwise the rename may be the peer's
+// own (its conflict copy, its replay of its user's rename, seen here) and
+// the names reused since, and renaming would move or replace the peer's
+// data without a merge. Already done when the peer's new name holds what
+// moved here: the merge base then moves with the names, as it does after
+// a replay.
+func (r *Reconciler) replayableRename(ctx context.Context, t Target, rn Rename) (renameReplay, error) {
 	if !r.TwoWay {
-		return true, nil
+		return replayRename, nil
 	}
 	moved, err := r.Source.Lstat(rn.To)
 	if err != nil || moved == nil {
-		return false, nil // moved on again: the paths tell
+		return replayNot, nil // moved on again: the paths tell
 	}
-	old, err := t.Stat(ctx, rn.From)
-	if err != nil {
-		if errors.Is(err, ErrDisconnected) {
+	// sameAs tells whether the peer's name holds what moved here. A
+	// directory name says nothing of what it holds: only the same
+	// entries (names, types, file sizes and mtimes) one level down make
+	// it the directory that moved here.
+	sameAs := func(name string) (bool, error) {
+		e, err := t.Stat(ctx, name)
+		switch {
+		case errors.Is(err, ErrDisconnected):
+			return false, err
+		case err != nil, e.Mode.Type() != moved.Mode.Type():
+			return false, nil
+		case !moved.Mode.IsDir():
+			return identical(moved, &e), nil
+		}
+		here, ok, err := r.listing(ctx, r.Source.Walk, rn.To)
+		if err != nil || !ok {
+			return false, nil
+		}
+		there, ok, err := r.listing(ctx, t.Walk, name)
+		if err != nil || !ok {
 			return false, err
 		}
-		return false, nil
+		return maps.EqualFunc(here, there, func(a, b Entry) bool { return identical(&a, &b) }), nil
 	}
-	if old.Mode.Type() != moved.Mode.Type() || !old.Mode.IsDir() && !identical(moved, &old) {
-		return false, nil
+	if _, err := t.Stat(ctx, rn.To); err == nil {
+		done, err := sameAs(rn.To)
+		if done {
+			return replayDone, nil
+		}
+		return replayNot, err
+	} else if errors.Is(err, ErrDisconnected) {
+		return replayNot, err
 	}
-	taken, err := t.Stat(ctx, rn.To)
-	switch {
-	case errors.Is(err, ErrDisconnected):
-		return false, err
-	case err == nil:
-		return identical(moved, &taken), nil
+	ok, err := sameAs(rn.From)
+	if ok {
+		return replayRename, nil
 	}
-	return true, nil
+	return replayNot, err
 }
+
+// listing returns the entries directly below dir by name, leaving out
+// excluded names and temp files; ok is false past a few thousand (a
+// directory that big is not compared, the rename not replayed).
+func (r *Reconciler) listing(ctx context.Context, walk func(context.Context, string, func(Entry) error) error, dir string) (map[string]Entry, bool, error) {
+	const limit = 4096
+	out := map[string]Entry{}
+	err := walk(ctx, dir, func(e Entry) error {
+		if len(out) == limit {
+			return errTooMany
+		}
+		name := path.Base(e.Path)
+		if !strings.HasPrefix(name, TempPrefix) && !r.Source.excluder.Excluded(e.Path, e.Mode.IsDir()) {
+			out[name] = e
+		}
+		if e.Mode.IsDir() {
+			return fs.SkipDir
+		}
+		return nil
+	})
+	if errors.Is(err, errTooMany) {
+		return nil, false, nil
+	}
+	return out, err == nil, err
+}
+
+var errTooMany = errors.New("too many entries")

@@ -119,6 +119,9 @@ type Reconciler struct {
 	// State is the merge base of two-way sync and a record of what was
 	// last identical (nil: none kept, the classic rules apply).
 	State StateStore
+	// Delivered tells the paths a two-way peer delivered here and that
+	// were not changed here since (nil: none known).
+	Delivered func(rel string) bool
 	// MaxDelete guards against mass deletion (see deletionHold);
 	// AllowMassDelete is the operator's confirmation for one run.
 	MaxDelete       MaxDelete
@@ -207,13 +210,22 @@ type pass struct {
 
 // reconcile compares the trees below p.sub ("" for the whole trees; sub
 // itself is left to the caller) and, unless p.dry, pushes what differs.
-func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, error) {
+func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (_ *Report, err error) {
 	sub, dry, suspect := p.sub, p.dry, p.suspect
 	start := time.Now()
 	rep := &Report{Target: r.Target}
 	if r.State != nil && !dry {
 		rep.state = &stateTx{}
-		defer r.commit(rep)
+		defer func() {
+			r.commit(rep)
+			if sub == "" && err == nil && len(rep.Errors) == 0 {
+				// Everything was compared and recorded: no batch of
+				// the past is left half-done.
+				if ferr := r.State.ForgetIntents(); ferr != nil {
+					r.Logger.Warn("sync state: old intents not cleared", "err", ferr)
+				}
+			}
+		}()
 	}
 	if err := r.Source.checkRoot(); err != nil {
 		return rep, err
@@ -224,7 +236,7 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	// unknown, so nothing below them is deleted or assumed missing.
 	var unlistedMu sync.Mutex
 	srcUnlisted, dstUnlisted := map[string]bool{}, map[string]bool{}
-	err := t.Walk(ctx, sub, func(e Entry) error {
+	err = t.Walk(ctx, sub, func(e Entry) error {
 		if strings.HasPrefix(path.Base(e.Path), TempPrefix) {
 			temps = append(temps, e.Path)
 			return nil
@@ -433,6 +445,17 @@ func underAny(p string, dirs map[string]bool) bool {
 	return false
 }
 
+// moveState moves the merge base with a rename both sides have made:
+// they now hold under the new name what they held under the old one.
+func (r *Reconciler) moveState(rn Rename) {
+	if r.State == nil {
+		return
+	}
+	if err := r.State.Move(rn.From, rn.To); err != nil {
+		r.Logger.Warn("sync state not updated for a rename; the new names are compared without a base", "from", rn.From, "to", rn.To, "err", err)
+	}
+}
+
 // errNotReplayed stands for a rename that was not replayed on a two-way
 // peer (see replayableRename).
 var errNotReplayed = errors.New("not replayed: the peer's names hold other versions")
@@ -506,13 +529,17 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 		if r.Source.excluder.Excluded(rn.From, true) || r.Source.excluder.Excluded(rn.To, true) {
 			continue // the per-path checks handle both names
 		}
-		ok, err := r.replayableRename(ctx, t, rn)
+		how, err := r.replayableRename(ctx, t, rn)
 		if err != nil {
 			return rep, err
 		}
-		if ok {
+		switch how {
+		case replayRename:
 			err = t.Rename(ctx, rn.From, rn.To)
-		} else {
+		case replayDone:
+			r.moveState(rn)
+			err = errNotReplayed // the names are compared all the same
+		default:
 			err = errNotReplayed
 		}
 		if errors.Is(err, ErrDisconnected) {
@@ -526,13 +553,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 			rep.Renamed++
 			rep.note("rename " + rn.From + " -> " + rn.To)
 			r.moveLanded(rn.From, rn.To)
-			if r.State != nil {
-				// Both sides now hold under the new name what they held
-				// under the old one: the merge base moves with it.
-				if err := r.State.Move(rn.From, rn.To); err != nil {
-					r.Logger.Warn("sync state not updated for a rename; the new names are compared without a base", "from", rn.From, "to", rn.To, "err", err)
-				}
-			}
+			r.moveState(rn)
 		}
 		paths[rn.To] = true
 		if err != nil {

@@ -53,6 +53,9 @@ type Event struct {
 	Op    EventOp
 	IsDir bool
 	Inode uint64
+	// Delivered marks a file renamed into place from a TempPrefix name:
+	// a two-way peer's delivery landing here, not a local change.
+	Delivered bool
 }
 
 // WatchLimitError means inotify ran out of watches: part of the tree would
@@ -730,6 +733,12 @@ func (w *Watcher) move(ctx context.Context, from, to rawEvent, out sink) error {
 		// the new one is new.
 		if err := w.moveOut(ctx, from, out); err != nil {
 			return err
+		}
+		if !isDir && strings.HasPrefix(path.Base(fromRel), TempPrefix) {
+			if !w.excluder.Excluded(toRel, false) {
+				out.event(ctx, Event{Path: toRel, Op: OpCreate, Delivered: true})
+			}
+			return nil
 		}
 		return w.created(ctx, toRel, out)
 	}

@@ -31,6 +31,11 @@ const SchemaVersion = 1
 var (
 	bucketMeta    = []byte("meta")
 	bucketEntries = []byte("entries")
+	// bucketIntents holds what a batch is about to make identical, written
+	// before its first operation and cleared by the transaction that
+	// records what landed: after a crash in between, a target that holds
+	// an intended version is known to have received it.
+	bucketIntents = []byte("intents")
 	keySchema     = []byte("schema")
 	keyIdentity   = []byte("identity")
 )
@@ -106,6 +111,9 @@ func open(path, identity string) (*Store, error) {
 		if _, err := tx.CreateBucketIfNotExists(bucketEntries); err != nil {
 			return err
 		}
+		if _, err := tx.CreateBucketIfNotExists(bucketIntents); err != nil {
+			return err
+		}
 		v := meta.Get(keySchema)
 		switch {
 		case v == nil:
@@ -148,28 +156,77 @@ func (s *Store) Get(path string) (Record, bool) {
 	return r, ok
 }
 
+// Intend records what the operations about to run will make identical
+// (see bucketIntents), durably, before they run.
+func (s *Store) Intend(recs map[string]Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIntents)
+		for p, r := range recs {
+			if err := b.Put([]byte(p), encode(r)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Intended returns the version a batch cut short meant path to have.
+func (s *Store) Intended(path string) (Record, bool) {
+	var r Record
+	var ok bool
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketIntents).Get([]byte(path)); v != nil {
+			r, ok = decode(v)
+		}
+		return nil
+	})
+	return r, ok
+}
+
+// ForgetIntents drops every intent: a complete comparison has recorded
+// what both sides hold since.
+func (s *Store) ForgetIntents() error {
+	if !s.hasIntents() {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketIntents); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucket(bucketIntents)
+		return err
+	})
+}
+
 // Update records puts and removes dels (each with everything below it) in
-// one transaction: either all of it is on disk or none.
+// one transaction: either all of it is on disk or none. The intents of
+// those paths go in the same transaction: what landed is recorded now.
+// (Other intents stay: they may belong to an enclosing batch still
+// running. One that never landed is harmless: a peer holding exactly the
+// intended version shares it with this side.)
 func (s *Store) Update(puts map[string]Record, dels []string) error {
 	if len(puts) == 0 && len(dels) == 0 {
 		return nil
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketEntries)
-		for _, d := range dels {
-			if err := b.Delete([]byte(d)); err != nil {
+		in := tx.Bucket(bucketIntents)
+		for p := range puts {
+			if err := in.Delete([]byte(p)); err != nil {
 				return err
 			}
-			c := b.Cursor()
-			prefix := []byte(d + "/")
-			var below [][]byte
-			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-				below = append(below, append([]byte(nil), k...))
+		}
+		for _, d := range dels {
+			if err := deleteTree(in, d); err != nil {
+				return err
 			}
-			for _, k := range below {
-				if err := b.Delete(k); err != nil {
-					return err
-				}
+		}
+		b := tx.Bucket(bucketEntries)
+		for _, d := range dels {
+			if err := deleteTree(b, d); err != nil {
+				return err
 			}
 		}
 		for p, r := range puts {
@@ -218,6 +275,35 @@ func (s *Store) Move(from, to string) error {
 		}
 		return nil
 	})
+}
+
+// deleteTree deletes key p and every key below it.
+func deleteTree(b *bolt.Bucket, p string) error {
+	if err := b.Delete([]byte(p)); err != nil {
+		return err
+	}
+	c := b.Cursor()
+	prefix := []byte(p + "/")
+	var below [][]byte
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		below = append(below, append([]byte(nil), k...))
+	}
+	for _, k := range below {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) hasIntents() bool {
+	n := false
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bucketIntents).Cursor().First()
+		n = k != nil
+		return nil
+	})
+	return n
 }
 
 // Stats returns the number of paths recorded and the file's size.

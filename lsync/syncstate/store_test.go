@@ -109,3 +109,39 @@ func TestStoreMoveKeepsTheSubtreeAndDropsTheReplaced(t *testing.T) {
 		}
 	}
 }
+
+func TestStoreIntentsOutliveACrashUntilRecorded(t *testing.T) {
+	p := FileName(t.TempDir(), "docroot", "web2")
+	s, err := Open(p, "docroot -> web2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := Record{Mode: 0o644, Size: 3, MTimeNs: 7}
+	if err := s.Intend(map[string]Record{"a/x": v, "a/y": v, "b": v}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // a crash before the batch's record
+	if s, err = Open(p, "docroot -> web2"); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got, ok := s.Intended("a/x"); !ok || got != v {
+		t.Fatalf("intent after reopen = %+v %v, want %+v", got, ok, v)
+	}
+	// Recording a path (or deleting its directory) settles its intent;
+	// the others stay until a complete pass forgets them.
+	if err := s.Update(map[string]Record{"b": v}, []string{"a/y"}); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]bool{"a/x": true, "a/y": false, "b": false} {
+		if _, ok := s.Intended(path); ok != want {
+			t.Errorf("Intended(%q) = %v, want %v", path, ok, want)
+		}
+	}
+	if err := s.ForgetIntents(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Intended("a/x"); ok {
+		t.Error("intent left after ForgetIntents")
+	}
+}

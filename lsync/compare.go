@@ -37,9 +37,10 @@ const (
 	opSymlink
 	opChmod
 	opChtimes // content equal (checksum mode) but mtime differs
+	opChown   // owner or group differs
 )
 
-var opNames = map[opKind]string{opRemove: "delete", opMkdir: "mkdir", opUpload: "upload", opSymlink: "symlink", opChmod: "chmod", opChtimes: "touch"}
+var opNames = map[opKind]string{opRemove: "delete", opMkdir: "mkdir", opUpload: "upload", opSymlink: "symlink", opChmod: "chmod", opChtimes: "touch", opChown: "chown"}
 
 type op struct {
 	kind   opKind
@@ -208,6 +209,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		if err == nil && !need && identical(src, dst) {
 			tx.put(*src)
 		}
+		o, need = r.ownerOp(src, dst, o, need, err)
 		o.guard, o.expect = true, dst
 		return o, need, err
 	case vWin:
@@ -229,7 +231,18 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 	if err == nil && !need && identical(src, dst) {
 		tx.put(*src)
 	}
+	o, need = r.ownerOp(src, dst, o, need, err)
 	return o, need, err
+}
+
+// ownerOp adds a chown where nothing else is to be done but the owner or
+// group differs (what is written anyway gets its owner after landing).
+func (r *Reconciler) ownerOp(src, dst *Entry, o op, need bool, err error) (op, bool) {
+	if need || err != nil || !r.Owner || src == nil || dst == nil || !src.Owned || !dst.Owned ||
+		src.UID == dst.UID && src.GID == dst.GID || r.chownOff.Load() {
+		return o, need
+	}
+	return op{kind: opChown, path: src.Path, src: *src, reason: fmt.Sprintf("owner %d:%d vs %d:%d", src.UID, src.GID, dst.UID, dst.GID)}, true
 }
 
 // compare decides what src needs on a target holding dst. merged means

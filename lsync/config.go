@@ -46,9 +46,12 @@ type JobConfig struct {
 	MaxDelay time.Duration `yaml:"max_delay"`
 	// Delete is a pointer so that an omitted key means the default (true)
 	// while an explicit `delete: false` is honoured.
-	Delete   *bool    `yaml:"delete"`
-	Checksum bool     `yaml:"checksum"`
-	Exclude  []string `yaml:"exclude"`
+	Delete   *bool `yaml:"delete"`
+	Checksum bool  `yaml:"checksum"`
+	// Owner keeps the numeric owner and group on the peer (default on;
+	// needs root there, or it is reported once and skipped).
+	Owner   *bool    `yaml:"owner"`
+	Exclude []string `yaml:"exclude"`
 	// VerifyInterval 0 disables the periodic verification pass; nil means default.
 	VerifyInterval *time.Duration `yaml:"verify_interval"`
 	Concurrency    int            `yaml:"concurrency"`
@@ -95,6 +98,9 @@ type TargetConfig struct {
 
 // IsLocal reports whether the target is a local directory (NFS mount, tests).
 func (t TargetConfig) IsLocal() bool { return t.Host == "" }
+
+// OwnerEnabled returns the effective `owner` setting.
+func (c JobConfig) OwnerEnabled() bool { return c.Owner == nil || *c.Owner }
 
 // DeleteEnabled returns the effective `delete` setting.
 func (c JobConfig) DeleteEnabled() bool { return c.Delete == nil || *c.Delete }

@@ -162,6 +162,9 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			if err := t.Mkdir(ctx, o.path, o.src.Mode); err != nil {
 				return fail(o, err)
 			}
+			if err := r.chown(ctx, t, o); err != nil {
+				return fail(o, err)
+			}
 			done(o, 0)
 			return nil
 		})
@@ -199,6 +202,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			// the one the comparison saw: the file may have changed in
 			// between, and a base the peer never held would later look
 			// like the peer's own edit.
+			landed.UID, landed.GID, landed.Owned = o.src.UID, o.src.GID, o.src.Owned
 			o.src = landed
 			if err == nil && r.OnTransfer != nil {
 				r.OnTransfer(n)
@@ -211,6 +215,9 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			err = t.Chmod(ctx, o.path, o.src.Mode)
 		case opChtimes:
 			err = t.Chtimes(ctx, o.path, o.src.ModTime)
+		}
+		if err == nil && (o.kind == opUpload || o.kind == opSymlink || o.kind == opChown) {
+			err = r.chown(ctx, t, o)
 		}
 		if err != nil {
 			return fail(o, err)
@@ -384,4 +391,29 @@ func parallel(ctx context.Context, limit, n int, fn func(i int) error) error {
 		return err
 	}
 	return ctx.Err()
+}
+
+// chown gives o's path the source's owner and group. Targets that cannot
+// (a wrapper, SFTP on a symlink) and peer users that may not are skipped:
+// the latter said once, loudly, then ownership is off for this target.
+func (r *Reconciler) chown(ctx context.Context, t Target, o op) error {
+	if !r.Owner || !o.src.Owned || r.chownOff.Load() {
+		return nil
+	}
+	c, ok := t.(Chowner)
+	if !ok {
+		return nil
+	}
+	err := c.Lchown(ctx, o.path, o.src.UID, o.src.GID)
+	switch {
+	case err == nil, errors.Is(err, errors.ErrUnsupported):
+		return nil
+	case errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EPERM):
+		if r.chownOff.CompareAndSwap(false, true) {
+			r.Logger.Warn("the peer user may not change ownership; files keep the SSH user's owner (connect as root to keep them, or set owner: false)",
+				"path", o.path, "uid", o.src.UID, "gid", o.src.GID, "err", err)
+		}
+		return nil
+	}
+	return err
 }

@@ -467,6 +467,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		MaxDelete:   j.cfg.EffectiveMaxDelete(),
 		Logger:      w.logger,
 		Delivered:   j.deliveries.has,
+		Owner:       j.cfg.OwnerEnabled(),
 	}
 	m := j.metrics
 	w.pendingGauge = m.pending.WithLabelValues(j.cfg.Name, name)

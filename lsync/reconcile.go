@@ -119,6 +119,12 @@ type Reconciler struct {
 	// State is the merge base of two-way sync and a record of what was
 	// last identical (nil: none kept, the classic rules apply).
 	State StateStore
+	// Owner carries the numeric owner and group (rsync -a as root, with
+	// --numeric-ids): after every write, and as a chown where only they
+	// differ. A peer user that may not chown is reported once, and the
+	// rest goes on without ownership.
+	Owner    bool
+	chownOff atomic.Bool
 	// Delivered tells the paths a two-way peer delivered here and that
 	// were not changed here since (nil: none known).
 	Delivered func(rel string) bool
@@ -496,7 +502,7 @@ func (rep *Report) count(o op, size int64) {
 		rep.Dirs++
 	case opSymlink:
 		rep.Links++
-	case opChmod, opChtimes:
+	case opChmod, opChtimes, opChown:
 		rep.Attrs++
 	case opRemove:
 		rep.Deleted++

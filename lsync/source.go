@@ -237,6 +237,9 @@ func (s *Source) entry(dir *os.Root, name, rel string) (*Entry, error) {
 		return nil, nil
 	}
 	e := &Entry{Path: rel, Mode: fi.Mode(), Size: fi.Size(), ModTime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		e.UID, e.GID, e.Owned = st.Uid, st.Gid, true
+	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
 		if e.LinkTarget, err = dir.Readlink(name); err != nil {
 			return nil, err

@@ -30,6 +30,10 @@ type Entry struct {
 	Size       int64
 	ModTime    time.Time
 	LinkTarget string // for symlinks only
+	// UID and GID are the numeric owner and group when Owned (a target
+	// that does not report them leaves Owned false).
+	UID, GID uint32
+	Owned    bool
 	// ListErr is set on a directory a Walk could not list (permission,
 	// I/O error): its contents are unknown, so nothing below it is
 	// deleted or assumed missing, and the walk goes on without it.
@@ -72,6 +76,12 @@ type Target interface {
 	// Open reads back a file (checksum mode and verification).
 	Open(ctx context.Context, rel string) (io.ReadCloser, error)
 	Close() error
+}
+
+// Chowner is implemented by targets that can set ownership; the owner of
+// a symlink is the link's own.
+type Chowner interface {
+	Lchown(ctx context.Context, rel string, uid, gid uint32) error
 }
 
 // ErrChangedOnTarget means the path changed on the target between the

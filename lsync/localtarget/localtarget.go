@@ -209,7 +209,11 @@ func timespecs(mtime time.Time) []unix.Timespec {
 }
 
 func entryFromInfo(rel string, fi fs.FileInfo) lsync.Entry {
-	return lsync.Entry{Path: rel, Mode: fi.Mode(), Size: fi.Size(), ModTime: fi.ModTime()}
+	e := lsync.Entry{Path: rel, Mode: fi.Mode(), Size: fi.Size(), ModTime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		e.UID, e.GID, e.Owned = st.Uid, st.Gid, true
+	}
+	return e
 }
 
 // Walk visits every entry, parents before children, without following
@@ -489,6 +493,19 @@ func (t *Target) Chmod(_ context.Context, rel string, mode fs.FileMode) error {
 	defer unix.Close(dfd)
 	if err := unix.Fchmodat(dfd, base, unixmode.ToUnix(mode), 0); err != nil {
 		return &fs.PathError{Op: "chmod", Path: rel, Err: err}
+	}
+	return nil
+}
+
+// Lchown sets the owner and group of rel (a symlink's own).
+func (t *Target) Lchown(_ context.Context, rel string, uid, gid uint32) error {
+	dfd, base, err := t.attrTarget(rel)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dfd)
+	if err := unix.Fchownat(dfd, base, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "chown", Path: rel, Err: err}
 	}
 	return nil
 }

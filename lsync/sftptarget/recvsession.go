@@ -264,7 +264,7 @@ func (s *recvSession) check(err error) error {
 func (s *recvSession) abs(rel string) string { return path.Join(s.root, rel) }
 
 func entryOf(rel string, e receiver.Entry) lsync.Entry {
-	return lsync.Entry{Path: rel, Mode: e.Mode, Size: e.Size, ModTime: e.ModTime, LinkTarget: e.LinkTarget}
+	return lsync.Entry{Path: rel, Mode: e.Mode, Size: e.Size, ModTime: e.ModTime, LinkTarget: e.LinkTarget, UID: e.UID, GID: e.GID, Owned: true}
 }
 
 // Walk implements lsync.Target.
@@ -451,6 +451,15 @@ func (s *recvSession) Chmod(ctx context.Context, rel string, mode fs.FileMode) e
 		return err
 	}
 	return s.check(s.client.Chmod(ctx, rel, permBits(mode)))
+}
+
+// Lchown implements lsync.Chowner.
+func (s *recvSession) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
+	rel, err := clean(rel)
+	if err != nil {
+		return err
+	}
+	return s.check(s.client.Lchown(ctx, rel, uid, gid))
 }
 
 // Rename implements lsync.Target.

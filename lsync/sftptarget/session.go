@@ -392,6 +392,7 @@ func (s *session) readDir(ctx context.Context, rel string) ([]lsync.Entry, error
 			child = rel + "/" + name
 		}
 		e := lsync.Entry{Path: child, Mode: fi.Mode(), Size: fi.Size(), ModTime: fi.ModTime()}
+		setOwner(&e, fi)
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			t, err := c.ReadLink(s.abs(child))
 			if errors.Is(err, fs.ErrNotExist) {
@@ -409,6 +410,7 @@ func (s *session) readDir(ctx context.Context, rel string) ([]lsync.Entry, error
 
 func (s *session) entry(rel string, fi os.FileInfo) (lsync.Entry, error) {
 	e := lsync.Entry{Path: rel, Mode: fi.Mode(), Size: fi.Size(), ModTime: fi.ModTime()}
+	setOwner(&e, fi)
 	if fi.Mode()&fs.ModeSymlink != 0 {
 		remote := s.abs(rel)
 		t, err := s.cl().ReadLink(remote)
@@ -710,6 +712,23 @@ func (s *session) metaTarget(ctx context.Context, op, rel string) (string, error
 			Err: fmt.Errorf("is a symlink; SFTP cannot change a symlink's own metadata: %w", errors.ErrUnsupported)}
 	}
 	return remote, nil
+}
+
+// setOwner copies the numeric owner SFTP reports (v3 has no names).
+func setOwner(e *lsync.Entry, fi os.FileInfo) {
+	if st, ok := fi.Sys().(*sftp.FileStat); ok {
+		e.UID, e.GID, e.Owned = st.UID, st.GID, true
+	}
+}
+
+// Lchown implements lsync.Chowner. SFTP's setstat follows symlinks, so
+// a symlink keeps the SSH user as its owner (metaTarget refuses it).
+func (s *session) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
+	remote, err := s.metaTarget(ctx, "chown", rel)
+	if err != nil {
+		return err
+	}
+	return s.check("chown", remote, s.cl().Chown(remote, int(uid), int(gid)))
 }
 
 // Chtimes implements lsync.Target.

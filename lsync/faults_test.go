@@ -123,6 +123,29 @@ func (t *flakyTarget) RemoveAll(ctx context.Context, rel string) error {
 	return t.Target.RemoveAll(ctx, rel)
 }
 
+// WriteFileIf keeps the inner target's guard (two-way uploads are
+// guarded; a wrapper that hid it would test a weaker target).
+func (t *flakyTarget) WriteFileIf(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time, expect *lsync.Entry) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	g, ok := t.Target.(lsync.GuardedWriter)
+	if !ok {
+		return fmt.Errorf("inner target %T has no guarded write", t.Target)
+	}
+	return g.WriteFileIf(ctx, rel, r, mode, mtime, expect)
+}
+
+func (t *flakyTarget) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	if c, ok := t.Target.(lsync.Chowner); ok {
+		return c.Lchown(ctx, rel, uid, gid)
+	}
+	return nil
+}
+
 func (t *flakyTarget) Symlink(ctx context.Context, rel, linkTarget string) error {
 	if err := t.check(); err != nil {
 		return err

@@ -380,8 +380,67 @@ func (t *Target) writeFile(ctx context.Context, rel string, r io.Reader, mode fs
 		if err = stillIs(dfd, base, c, expect); err != nil {
 			return err
 		}
+		return t.swapIn(dfd, tmp, base, c, expect)
 	}
 	return t.renameAt(dfd, tmp, base, c)
+}
+
+// swapIn publishes tmp at base only if base still holds expect, with no
+// window: an edit landing after the check above is captured by the
+// atomic exchange itself and put back, never overwritten. Readers of base
+// see the old or the new file, never none.
+func (t *Target) swapIn(dfd int, tmp, base, rel string, expect *lsync.Entry) error {
+	if expect == nil {
+		err := unix.Renameat2(dfd, tmp, dfd, base, unix.RENAME_NOREPLACE)
+		if err == unix.EEXIST {
+			return fmt.Errorf("%s: %w", rel, lsync.ErrChangedOnTarget)
+		}
+		if err != nil {
+			return &fs.PathError{Op: "rename", Path: rel, Err: err}
+		}
+		return nil
+	}
+	if expect.Mode.IsDir() || !expect.Mode.IsRegular() && expect.Mode&fs.ModeSymlink == 0 {
+		return t.renameAt(dfd, tmp, base, rel) // a directory in the way: removed first, as before
+	}
+	var ours unix.Stat_t
+	if err := unix.Fstatat(dfd, tmp, &ours, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "lstat", Path: rel, Err: err}
+	}
+	if err := unix.Renameat2(dfd, tmp, dfd, base, unix.RENAME_EXCHANGE); err != nil {
+		if err == unix.ENOENT { // gone meanwhile: compared again
+			return fmt.Errorf("%s: %w", rel, lsync.ErrChangedOnTarget)
+		}
+		return &fs.PathError{Op: "rename", Path: rel, Err: err}
+	}
+	// tmp now names what base held at the exchange.
+	if stillIs(dfd, tmp, rel, expect) == nil {
+		return unlinkQuiet(dfd, tmp)
+	}
+	// An edit landed in between: put it back, and take ours away.
+	if err := unix.Renameat2(dfd, tmp, dfd, base, unix.RENAME_EXCHANGE); err != nil {
+		// tmp holds that edit: out of the temp namespace, so that no
+		// cleanup deletes it.
+		_ = unix.Renameat(dfd, tmp, dfd, base+".sync-conflict-"+time.Now().UTC().Format("20060102-150405")+"-concurrent")
+		return &fs.PathError{Op: "rename", Path: rel, Err: err}
+	}
+	var back unix.Stat_t
+	if err := unix.Fstatat(dfd, tmp, &back, unix.AT_SYMLINK_NOFOLLOW); err == nil && back.Ino == ours.Ino && back.Dev == ours.Dev {
+		_ = unlinkQuiet(dfd, tmp)
+	} else {
+		// Yet another write landed at base within microseconds: tmp holds
+		// it now. Kept in plain sight rather than deleted.
+		keep := base + ".sync-conflict-" + time.Now().UTC().Format("20060102-150405") + "-concurrent"
+		_ = unix.Renameat(dfd, tmp, dfd, keep)
+	}
+	return fmt.Errorf("%s: %w", rel, lsync.ErrChangedOnTarget)
+}
+
+func unlinkQuiet(dfd int, name string) error {
+	if err := unix.Unlinkat(dfd, name, 0); err != nil && err != unix.ENOENT {
+		return &fs.PathError{Op: "unlink", Path: name, Err: err}
+	}
+	return nil
 }
 
 // ctxReader stops a long copy when the job is cancelled.

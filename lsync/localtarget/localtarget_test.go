@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lockstep-ha/lockstep/lsync"
 )
 
@@ -206,5 +208,66 @@ func TestWriteFileIfNeverOverwritesAnEditItDidNotSee(t *testing.T) {
 	}
 	if err := lt.WriteFileIf(ctx, "new.html", strings.NewReader("y"), 0o644, time.Now(), nil); !errors.Is(err, lsync.ErrChangedOnTarget) {
 		t.Fatalf("created meanwhile: want ErrChangedOnTarget, got %v", err)
+	}
+}
+
+// TestSwapInPutsBackAnEditThatLandedAfterTheCheck: the edit lands between
+// the last look and the publishing rename (swapIn is called directly, as
+// if the check had passed): the exchange captures it and puts it back;
+// ours is taken away and the caller is told to compare again.
+func TestSwapInPutsBackAnEditThatLandedAfterTheCheck(t *testing.T) {
+	dir := t.TempDir()
+	c, err := NewConnector(lsync.TargetConfig{Name: "peer", Path: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := c.Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	lt := tg.(*Target)
+	seen := time.Unix(1_700_000_000, 0)
+	for _, tc := range []struct {
+		name    string
+		current string // what is at the path when ours is published
+		expect  *lsync.Entry
+		want    string
+		changed bool
+	}{
+		{"unchanged", "old", &lsync.Entry{Mode: 0o644, Size: 3, ModTime: seen}, "ours", false},
+		{"edited since", "edited", &lsync.Entry{Mode: 0o644, Size: 3, ModTime: seen}, "edited", true},
+		{"created since", "created", nil, "created", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, "f.txt")
+			must := func(err error) {
+				t.Helper()
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			must(os.WriteFile(p, []byte(tc.current), 0o644))
+			must(os.Chtimes(p, seen, seen))
+			tmp := lsync.TempPrefix + "f.txt-x"
+			must(os.WriteFile(filepath.Join(dir, tmp), []byte("ours"), 0o644))
+			dfd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY, 0)
+			must(err)
+			defer unix.Close(dfd)
+			err = lt.swapIn(dfd, tmp, "f.txt", "f.txt", tc.expect)
+			if got := errors.Is(err, lsync.ErrChangedOnTarget); got != tc.changed {
+				t.Fatalf("swapIn: %v, want changed=%v", err, tc.changed)
+			}
+			if b, _ := os.ReadFile(p); string(b) != tc.want {
+				t.Errorf("f.txt = %q, want %q", b, tc.want)
+			}
+			if _, err := os.Lstat(filepath.Join(dir, tmp)); err == nil {
+				if tc.changed {
+					os.Remove(filepath.Join(dir, tmp)) // the caller's cleanup
+				} else {
+					t.Error("the replaced version is left under the temp name")
+				}
+			}
+		})
 	}
 }

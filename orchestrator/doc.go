@@ -91,6 +91,11 @@
 //     fence comes first. At the defaults (200ms, 1s, 400ms) that leaves
 //     150ms for the release; configure a larger takeover_margin when a
 //     resource's stop takes longer.
+//   - The margin only waits for a live daemon's fence. When the peer's
+//     host answers our heartbeat with ICMP port unreachable (its daemon
+//     crashed or was killed; portclosed.go), no daemon is left to fence,
+//     and the survivor takes over after deadtime alone. A forged ICMP
+//     error can skip only the margin, after a full deadtime of silence.
 //
 // # The etcd arbiter
 //

@@ -270,6 +270,11 @@ func (rm *RoleManager) bind() (*net.UDPConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat listen on %s (cluster.nodes entry %s; must be an address of this host): %w", rm.self.Address, rm.self.Name, err)
 	}
+	if err := enableRecvErr(conn); err != nil {
+		// Only a shortcut is lost: a crashed peer is then taken over
+		// from after deadtime + takeover_margin, as after a power loss.
+		rm.logger.Warn("heartbeat socket: cannot enable ICMP error reports; a crashed peer's daemon is not recognised as such", "err", err)
+	}
 	return conn, nil
 }
 
@@ -551,6 +556,7 @@ func (rm *RoleManager) heartbeat(now time.Time) *Heartbeat {
 	}
 	if !s.writerSince.IsZero() {
 		hb.WriterSince = s.writerSince.UnixNano()
+		hb.WriterForMs = max(now.Sub(s.writerSince).Milliseconds(), 1)
 	}
 	return hb
 }

@@ -219,7 +219,10 @@ func (p *vipPair) waitOneHolder(ctx context.Context, timeout time.Duration) (int
 
 // deathRuns kills the VIP holder runs times and returns kill → the VIP
 // answers from the survivor (seen from the witness, polled every 5 ms).
-func (p *vipPair) deathRuns(ctx context.Context, runs int, settle time.Duration) ([]time.Duration, error) {
+// powerOff takes the holder's link down first, as a power loss would: its
+// host then answers nothing, not even ICMP port unreachable for the
+// heartbeats of lockstep's survivor.
+func (p *vipPair) deathRuns(ctx context.Context, runs int, settle time.Duration, powerOff bool) ([]time.Duration, error) {
 	var took []time.Duration
 	for run := 0; run < runs; run++ {
 		m, err := p.waitOneHolder(ctx, 30*time.Second)
@@ -233,6 +236,11 @@ func (p *vipPair) deathRuns(ctx context.Context, runs int, settle time.Duration)
 		survivor := 1 - m
 		want := fmt.Sprintf("n%d", survivor+1)
 		killed := time.Now()
+		if powerOff {
+			if err := p.vn.Node(m + 1).Partition(); err != nil {
+				return nil, err
+			}
+		}
 		p.kill(ctx, m)
 		var at time.Time
 		deadline := killed.Add(30 * time.Second)
@@ -252,6 +260,11 @@ func (p *vipPair) deathRuns(ctx context.Context, runs int, settle time.Duration)
 			}
 		}
 		took = append(took, at.Sub(killed))
+		if powerOff {
+			if err := p.vn.Node(m + 1).Heal(); err != nil {
+				return nil, err
+			}
+		}
 		// The killed node comes back as the new backup.
 		if err := p.start(m); err != nil {
 			return nil, err
@@ -531,36 +544,35 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 		{name: "equal detection", advert: 200 * time.Millisecond, deadtime: eq},
 	}
 	// measure runs both halves of one tool: deaths, then one cut.
-	measure := func(p *vipPair, deaths bool) ([]time.Duration, cutResult, error) {
+	measure := func(p *vipPair, offRuns int) (took, off []time.Duration, cr cutResult, err error) {
 		defer p.stop(context.WithoutCancel(ctx))
 		for i := 0; i < 2; i++ {
 			if err := p.start(i); err != nil {
-				return nil, cutResult{}, err
+				return nil, nil, cr, err
 			}
 		}
-		var took []time.Duration
-		if deaths {
-			var err error
-			if took, err = p.deathRuns(ctx, runs, time.Second); err != nil {
-				return nil, cutResult{}, err
-			}
+		if took, err = p.deathRuns(ctx, runs, time.Second, false); err != nil {
+			return nil, nil, cr, err
 		}
-		cr, err := p.cutTrial(ctx, hold, settle)
-		if err != nil {
-			return nil, cr, fmt.Errorf("%s: cut: %w", p.tool, err)
+		if off, err = p.deathRuns(ctx, offRuns, time.Second, true); err != nil {
+			return nil, nil, cr, err
 		}
-		e.Log.Info("scenario 15", "tool", p.tool, "deaths_ms", fmtDurMillis(took), "cut_doubles", cr.doubles, "of", cr.samples, "heal_one", cr.healOne)
-		return took, cr, nil
+		if cr, err = p.cutTrial(ctx, hold, settle); err != nil {
+			return nil, nil, cr, fmt.Errorf("%s: cut: %w", p.tool, err)
+		}
+		e.Log.Info("scenario 15", "tool", p.tool, "deaths_ms", fmtDurMillis(took), "poweroff_ms", fmtDurMillis(off), "cut_doubles", cr.doubles, "of", cr.samples, "heal_one", cr.healOne)
+		return took, off, cr, nil
 	}
+	offRuns := max(1, runs/2)
 	var goals []string
 	arbiterDoubles := -1
-	res.note("Two nodes and a witness in network namespaces on one bridge; VIP %s/24 on eth0; both tools measured one after the other on the same network, same VIP. \"VIP answers\" = an HTTP request from the witness namespace to VIP:%s (a responder of the harness in each node namespace, the same for both tools) is answered by the survivor, polled every 5 ms. Death = SIGKILL of the VIP holder's daemon (process group), then its VIP is removed as a reboot would. Cut = an nftables bridge rule drops n1↔n2 frames (both still reach the witness and etcd); the VIP holders are sampled every 20 ms. %d death runs per tool and profile.", vip, kaWhoPort, runs)
+	res.note("Two nodes and a witness in network namespaces on one bridge; VIP %s/24 on eth0; both tools measured one after the other on the same network, same VIP. \"VIP answers\" = an HTTP request from the witness namespace to VIP:%s (a responder of the harness in each node namespace, the same for both tools) is answered by the survivor, polled every 5 ms. Death = SIGKILL of the VIP holder's daemon (process group), then its VIP is removed as a reboot would; power-off = the same after taking the holder's link down at the bridge (its host answers nothing, so lockstep cannot tell it from an isolated writer and waits its takeover_margin; a killed daemon's host answers heartbeats with port unreachable, so lockstep skips the margin). Cut = an nftables bridge rule drops n1↔n2 frames (both still reach the witness and etcd); the VIP holders are sampled every 20 ms. %d death runs per tool and profile.", vip, kaWhoPort, runs)
 	for pi, pr := range profiles {
 		ka, err := newKeepalived(pr)
 		if err != nil {
 			return err
 		}
-		kaTook, kaCut, err := measure(ka, true)
+		kaTook, kaOff, kaCut, err := measure(ka, offRuns)
 		if err != nil {
 			return err
 		}
@@ -568,7 +580,7 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 		if err != nil {
 			return err
 		}
-		lsTook, lsCut, err := measure(ls, true)
+		lsTook, lsOff, lsCut, err := measure(ls, offRuns)
 		if err != nil {
 			return err
 		}
@@ -577,12 +589,13 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 			lsDesc = fmt.Sprintf("keepalive 200ms, deadtime %s (= keepalived's master-down), takeover_margin 400ms", pr.deadtime)
 		}
 		anchor := fmt.Sprintf("keepalived (advert_int %s, master-down %s)", pr.advert, kaMasterDown(pr.advert).Round(time.Millisecond))
-		res.note("**%s** — lockstep: %s; keepalived: VRRPv3 unicast, priority %d, advert_int %s. Kill → VIP answers (ms), keepalived: %s; lockstep: %s.",
-			pr.name, lsDesc, kaPrio, pr.advert, fmtDurMillis(kaTook), fmtDurMillis(lsTook))
+		res.note("**%s** — lockstep: %s; keepalived: VRRPv3 unicast, priority %d, advert_int %s. Daemon killed → VIP answers (ms), keepalived: %s; lockstep: %s. Power-off (link down, then killed) → VIP answers (ms), keepalived: %s; lockstep: %s.",
+			pr.name, lsDesc, kaPrio, pr.advert, fmtDurMillis(kaTook), fmtDurMillis(lsTook), fmtDurMillis(kaOff), fmtDurMillis(lsOff))
 		tag := " [" + pr.name + "]"
 		res.add(Row{Metric: "holder killed → VIP answers from the survivor, p50" + tag, Kind: KindDuration, Lockstep: seconds(Percentile(lsTook, 50)), Anchor: anchor, AnchorV: seconds(Percentile(kaTook, 50))})
 		res.add(Row{Metric: "… p90" + tag, Kind: KindDuration, Lockstep: seconds(Percentile(lsTook, 90)), Anchor: anchor, AnchorV: seconds(Percentile(kaTook, 90))})
 		res.add(Row{Metric: "… max" + tag, Kind: KindDuration, Lockstep: seconds(Percentile(lsTook, 100)), Anchor: anchor, AnchorV: seconds(Percentile(kaTook, 100))})
+		res.add(Row{Metric: "power-off (link down + daemon killed) → VIP answers, p50" + tag, Kind: KindDuration, Lockstep: seconds(Percentile(lsOff, 50)), Anchor: anchor, AnchorV: seconds(Percentile(kaOff, 50))})
 		res.add(Row{Metric: fmt.Sprintf("node↔node cut %s: samples with two VIP holders (heartbeat mode)%s", hold, tag), Kind: KindCount, Lockstep: val(float64(lsCut.doubles)), Anchor: anchor, AnchorV: val(float64(kaCut.doubles))})
 		res.add(Row{Metric: "heal → one VIP holder" + tag, Kind: KindDuration, Lockstep: seconds(max(lsCut.healOne, 0)), Anchor: anchor, AnchorV: seconds(max(kaCut.healOne, 0))})
 		res.note("Cut%s: keepalived two holders in %d of %d samples (first after %s), heal → one holder %s, holder %s; lockstep heartbeat mode two holders in %d of %d (first after %s), heal → one holder %s (two holders in %d samples after the heal), holder %s.",
@@ -605,7 +618,7 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 			if err != nil {
 				return err
 			}
-			laTook, laCut, err := measure(la, true)
+			laTook, _, laCut, err := measure(la, 0)
 			if err != nil {
 				return err
 			}
@@ -617,7 +630,9 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 			goals = append(goals, fmt.Sprintf("etcd arbiter: zero samples with two VIP holders during the cut (%d): %s", laCut.doubles, metMissed(laCut.doubles == 0)))
 		}
 	}
-	res.note("Goals: %s.", strings.Join(goals, "; "))
+	for _, g := range goals {
+		res.note("Goal: %s.", g)
+	}
 	if arbiterDoubles > 0 {
 		return errors.New("two VIP holders sampled with the etcd arbiter during a node↔node cut")
 	}

@@ -254,14 +254,13 @@ func decideRole(v view) decision {
 			d.reason = fmt.Sprintf("peer %s is the writer", p.name)
 			return d
 		}
-		keep, why := resolveDoubleWriter(p, v)
-		if !keep {
+		kept, why := resolveDoubleWriter(p, v)
+		d.double = &doubleWriter{peer: p.name, kept: kept, why: why}
+		if kept != v.self {
 			d.role = RoleStandby
 			d.reason = fmt.Sprintf("DOUBLE WRITER: peer %s also holds the writer role; %s: stepping down", p.name, why)
-			d.double = &doubleWriter{peer: p.name, kept: p.name, why: why}
 			return d
 		}
-		d.double = &doubleWriter{peer: p.name, kept: v.self, why: why}
 	}
 
 	// 5. Writer keeps the role unless it should hand over. An ineligible
@@ -382,7 +381,7 @@ func decideRole(v view) decision {
 	return d
 }
 
-// resolveDoubleWriter decides whether we keep the writer role while live
+// resolveDoubleWriter names who keeps the writer role ("": nobody) while live
 // peer p holds it too: after a node↔node cut in heartbeat mode, when both
 // reached the witness, the standby took over and the writer kept the
 // role. Both nodes evaluate it on the same data, in order:
@@ -406,12 +405,12 @@ func decideRole(v view) decision {
 // The loser's writes during the cut are not lost: they stay in its
 // binlog as errant transactions, which block its reintroduction and are
 // listed by `repl status` for `repl repair`.
-func resolveDoubleWriter(p peerView, v view) (keep bool, why string) {
+func resolveDoubleWriter(p peerView, v view) (kept, why string) {
 	if p.hb.DBFenced != v.dbFenced {
 		if v.dbFenced {
-			return false, fmt.Sprintf("our database is fenced, %s's is not: %s keeps the role", p.name, p.name)
+			return p.name, fmt.Sprintf("our database is fenced, %s's is not: %s keeps the role", p.name, p.name)
 		}
-		return true, fmt.Sprintf("%s's database is fenced, ours is not: %s keeps the role", p.name, v.self)
+		return v.self, fmt.Sprintf("%s's database is fenced, ours is not: %s keeps the role", p.name, v.self)
 	}
 	if p.hb.WriterForMs > 0 && !v.writerSince.IsZero() {
 		ours := v.now.Sub(v.writerSince)
@@ -421,22 +420,22 @@ func resolveDoubleWriter(p peerView, v view) (keep bool, why string) {
 		band := v.cfg.Keepalive
 		switch {
 		case diff > band:
-			return true, tenures + ": the longer tenure (" + v.self + ") keeps the role"
+			return v.self, tenures + ": the longer tenure (" + v.self + ") keeps the role"
 		case diff < -band:
-			return false, tenures + ": the longer tenure (" + p.name + ") keeps the role"
+			return p.name, tenures + ": the longer tenure (" + p.name + ") keeps the role"
 		case diff > band/2 || diff < -band/2:
-			return false, tenures + ": too close to order safely, both step down and the election picks one"
+			return "", tenures + ": too close to order safely, both step down and the election picks one"
 		}
 		if v.self < p.name {
-			return true, tenures + ": same tenure, the lower name (" + v.self + ") keeps the role"
+			return v.self, tenures + ": same tenure, the lower name (" + v.self + ") keeps the role"
 		}
-		return false, tenures + ": same tenure, the lower name (" + p.name + ") keeps the role"
+		return p.name, tenures + ": same tenure, the lower name (" + p.name + ") keeps the role"
 	}
 	// A peer of an older version announces no tenure: the name decides.
 	if v.self < p.name {
-		return true, "the lower name (" + v.self + ") keeps the role"
+		return v.self, "the lower name (" + v.self + ") keeps the role"
 	}
-	return false, "the lower name (" + p.name + ") keeps the role"
+	return p.name, "the lower name (" + p.name + ") keeps the role"
 }
 
 // eligibleStandby names a live standby that may take the writer role

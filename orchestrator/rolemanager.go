@@ -51,7 +51,10 @@ type RoleManager struct {
 	act       *actor
 	fence     *fencer
 	arb       *arbiter // nil: no arbiter configured
-	boot      uint64
+	// double is the last double writer detected (doublewriter.go), read
+	// by the HTTP goroutines.
+	double atomic.Pointer[DoubleWriterStatus]
+	boot   uint64
 	// health and tracks feed decide's eligibility inputs; see monitor.go.
 	health *resourceHealth
 	tracks *tracker
@@ -392,6 +395,7 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 	rm.metrics.fenced.Set(b2f(st.role == RoleFenced || db.fenced))
 	v := rm.view(obs, cfg)
 	d := decide(v)
+	rm.noteDoubleWriter(d.double, now)
 	if d.decided && !st.decided {
 		st.decided = true
 		rm.publish()
@@ -591,6 +595,9 @@ type RoleStatus struct {
 	SelfFence *SelfFenceStatus
 	// Arbiter is set when one is configured.
 	Arbiter *ArbiterStatus
+	// DoubleWriter is the last double writer detected since the daemon
+	// started (nil: none).
+	DoubleWriter *DoubleWriterStatus
 }
 
 // Status returns the current RoleStatus.
@@ -608,8 +615,9 @@ func (rm *RoleManager) Status() RoleStatus {
 		Resources:  rm.monitoredStatus(now),
 		Ineligible: s.ineligible, Recovering: rm.health.recoveringNow(),
 		ResourceFailures: rm.health.failures(), Tracks: rm.tracks.status(),
-		SelfFence: rm.fence.status(),
-		Arbiter:   rm.arbiterStatus(now),
+		SelfFence:    rm.fence.status(),
+		Arbiter:      rm.arbiterStatus(now),
+		DoubleWriter: rm.double.Load(),
 	}
 }
 

@@ -601,11 +601,16 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 		res.note("Cut%s: keepalived two holders in %d of %d samples (first after %s), heal → one holder %s, holder %s; lockstep heartbeat mode two holders in %d of %d (first after %s), heal → one holder %s (two holders in %d samples after the heal), holder %s.",
 			tag, kaCut.doubles, kaCut.samples, kaCut.firstDouble.Round(time.Millisecond), kaCut.healOne.Round(time.Millisecond), orDash(kaCut.endHolder),
 			lsCut.doubles, lsCut.samples, lsCut.firstDouble.Round(time.Millisecond), lsCut.healOne.Round(time.Millisecond), lsCut.healDoubles, orDash(lsCut.endHolder))
-		ls50, ka50 := Percentile(lsTook, 50), Percentile(kaTook, 50)
-		if pr.deadtime == 0 {
-			goals = append(goals, fmt.Sprintf("defaults: lockstep p50 %s ≤ 0.5 × keepalived p50 %s (= %s): %s", ls50.Round(time.Millisecond), ka50.Round(time.Millisecond), (ka50/2).Round(time.Millisecond), metMissed(ls50 <= ka50/2)))
-		} else {
-			goals = append(goals, fmt.Sprintf("equal detection: lockstep p50 %s ≤ keepalived p50 %s + 100 ms: %s", ls50.Round(time.Millisecond), ka50.Round(time.Millisecond), metMissed(ls50 <= ka50+100*time.Millisecond)))
+		for _, g := range []struct {
+			what   string
+			ls, ka []time.Duration
+		}{{"daemon killed", lsTook, kaTook}, {"power-off", lsOff, kaOff}} {
+			ls50, ka50 := Percentile(g.ls, 50).Round(time.Millisecond), Percentile(g.ka, 50).Round(time.Millisecond)
+			if pr.deadtime == 0 {
+				goals = append(goals, fmt.Sprintf("defaults, %s: lockstep p50 %s ≤ 0.5 × keepalived p50 %s (= %s): %s", g.what, ls50, ka50, ka50/2, metMissed(ls50 <= ka50/2)))
+			} else {
+				goals = append(goals, fmt.Sprintf("equal detection, %s: lockstep p50 %s ≤ keepalived p50 %s + 100 ms: %s", g.what, ls50, ka50, metMissed(ls50 <= ka50+100*time.Millisecond)))
+			}
 		}
 		// The arbiter's cut once, at lockstep's defaults: its safety does
 		// not depend on deadtime.

@@ -283,3 +283,24 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Half the credentials is a start-up error naming the missing variable
+// (lockstep run exits 2 on it), never a retry loop against etcd.
+func TestArbiterEtcdCredentialsBothOrNeither(t *testing.T) {
+	cfg := EtcdConfig{Endpoints: []string{"https://127.0.0.1:1"}, Prefix: "/x", LeaseTTL: 2 * time.Second}
+	logger := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct{ user, pass, missing string }{
+		{"lockstep", "", EnvEtcdPassword},
+		{"", "hunter2-secret", EnvEtcdUsername},
+	} {
+		t.Setenv(EnvEtcdUsername, tc.user)
+		t.Setenv(EnvEtcdPassword, tc.pass)
+		_, err := newArbiter("a", cfg, logger, NewEventLog(logger))
+		if err == nil || !strings.Contains(err.Error(), tc.missing+" is empty") {
+			t.Fatalf("user %q pass set %t: err %v, want it to name %s", tc.user, tc.pass != "", err, tc.missing)
+		}
+		if tc.pass != "" && strings.Contains(err.Error(), tc.pass) {
+			t.Fatalf("the error carries the password: %v", err)
+		}
+	}
+}

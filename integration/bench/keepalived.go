@@ -285,12 +285,12 @@ type cutResult struct {
 
 // cutTrial cuts the node↔node link at the bridge for hold, sampling the
 // VIP holders every 20 ms, heals it and samples for settle more.
-func (p *vipPair) cutTrial(ctx context.Context, hold, settle time.Duration) (cutResult, error) {
+func (p *vipPair) cutTrial(ctx context.Context, pre, hold, settle time.Duration) (cutResult, error) {
 	var r cutResult
 	if _, err := p.waitOneHolder(ctx, 30*time.Second); err != nil {
 		return r, err
 	}
-	if err := sleepCtx(ctx, time.Second); err != nil {
+	if err := sleepCtx(ctx, pre); err != nil {
 		return r, err
 	}
 	if err := bridgeCut(ctx, p.vn); err != nil {
@@ -534,9 +534,12 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 		return p, nil
 	}
 
-	runs, hold, settle := 10, 8*time.Second, 3*time.Second
+	// pre: how long the backup hears the master before a kill or cut.
+	runs, pre, hold, settle, arbiterRuns := 10, time.Second, 8*time.Second, 3*time.Second, 10
 	if e.Smoke {
-		runs, hold, settle = 1, 3*time.Second, time.Second
+		// Every path once (kill, power-off, cut, heal), but no arbiter
+		// deaths: each waits out a lease TTL.
+		runs, pre, hold, settle, arbiterRuns = 1, 300*time.Millisecond, 2*time.Second, 500*time.Millisecond, 0
 	}
 	eq := kaMasterDown(200 * time.Millisecond).Round(time.Millisecond)
 	profiles := []kaProfile{
@@ -544,20 +547,20 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 		{name: "equal detection", advert: 200 * time.Millisecond, deadtime: eq},
 	}
 	// measure runs both halves of one tool: deaths, then one cut.
-	measure := func(p *vipPair, offRuns int) (took, off []time.Duration, cr cutResult, err error) {
+	measure := func(p *vipPair, deaths, offRuns int) (took, off []time.Duration, cr cutResult, err error) {
 		defer p.stop(context.WithoutCancel(ctx))
 		for i := 0; i < 2; i++ {
 			if err := p.start(i); err != nil {
 				return nil, nil, cr, err
 			}
 		}
-		if took, err = p.deathRuns(ctx, runs, time.Second, false); err != nil {
+		if took, err = p.deathRuns(ctx, deaths, pre, false); err != nil {
 			return nil, nil, cr, err
 		}
-		if off, err = p.deathRuns(ctx, offRuns, time.Second, true); err != nil {
+		if off, err = p.deathRuns(ctx, offRuns, pre, true); err != nil {
 			return nil, nil, cr, err
 		}
-		if cr, err = p.cutTrial(ctx, hold, settle); err != nil {
+		if cr, err = p.cutTrial(ctx, pre, hold, settle); err != nil {
 			return nil, nil, cr, fmt.Errorf("%s: cut: %w", p.tool, err)
 		}
 		e.Log.Info("scenario 15", "tool", p.tool, "deaths_ms", fmtDurMillis(took), "poweroff_ms", fmtDurMillis(off), "cut_doubles", cr.doubles, "of", cr.samples, "heal_one", cr.healOne)
@@ -572,7 +575,7 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 		if err != nil {
 			return err
 		}
-		kaTook, kaOff, kaCut, err := measure(ka, offRuns)
+		kaTook, kaOff, kaCut, err := measure(ka, runs, offRuns)
 		if err != nil {
 			return err
 		}
@@ -580,7 +583,7 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 		if err != nil {
 			return err
 		}
-		lsTook, lsOff, lsCut, err := measure(ls, offRuns)
+		lsTook, lsOff, lsCut, err := measure(ls, runs, offRuns)
 		if err != nil {
 			return err
 		}
@@ -623,13 +626,15 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 			if err != nil {
 				return err
 			}
-			laTook, _, laCut, err := measure(la, 0)
+			laTook, _, laCut, err := measure(la, arbiterRuns, 0)
 			if err != nil {
 				return err
 			}
 			arbiterDoubles = laCut.doubles
 			res.add(Row{Metric: fmt.Sprintf("node↔node cut %s: samples with two VIP holders, lockstep with the etcd arbiter", hold), Kind: KindCount, Lockstep: val(float64(laCut.doubles)), Anchor: anchor, AnchorV: val(float64(kaCut.doubles))})
-			res.add(Row{Metric: "holder killed → VIP answers, lockstep with the etcd arbiter (lease_ttl 4s), p50", Kind: KindDuration, Lockstep: seconds(Percentile(laTook, 50)), Anchor: anchor, AnchorV: seconds(Percentile(kaTook, 50))})
+			if len(laTook) > 0 {
+				res.add(Row{Metric: "holder killed → VIP answers, lockstep with the etcd arbiter (lease_ttl 4s), p50", Kind: KindDuration, Lockstep: seconds(Percentile(laTook, 50)), Anchor: anchor, AnchorV: seconds(Percentile(kaTook, 50))})
+			}
 			res.note("etcd arbiter (one etcd member in the witness namespace, lease_ttl 4s): cut two holders in %d of %d samples, holder after the heal %s; kill → VIP answers (ms): %s (bounded by the lease TTL: the survivor can win only after the dead holder's lease expires).",
 				laCut.doubles, laCut.samples, orDash(laCut.endHolder), fmtDurMillis(laTook))
 			goals = append(goals, fmt.Sprintf("etcd arbiter: zero samples with two VIP holders during the cut (%d): %s", laCut.doubles, metMissed(laCut.doubles == 0)))

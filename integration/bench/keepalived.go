@@ -77,6 +77,12 @@ vrrp_instance bench {
 }
 `
 
+// kaConfig is node name's keepalived.conf: VRRPv3, unicast to peer,
+// keepalived's default priority, advert_int adv.
+func kaConfig(name string, self, peer netip.Addr, adv time.Duration, vip string) string {
+	return fmt.Sprintf(kaSideConf, name, netns.Dev, kaVRID, kaPrio, strconv.FormatFloat(adv.Seconds(), 'f', -1, 64), self, peer, vip)
+}
+
 // kaProfile is one of the two comparisons.
 type kaProfile struct {
 	name      string
@@ -477,9 +483,7 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return nil, err
 			}
-			self, peer := vn.Node(i+1).Addr, vn.Node(2-i).Addr
-			cfg := fmt.Sprintf(kaSideConf, fmt.Sprintf("n%d", i+1), netns.Dev, kaVRID, kaPrio,
-				fmt.Sprintf("%g", pr.advert.Seconds()), self, peer, vipPrefix)
+			cfg := kaConfig(fmt.Sprintf("n%d", i+1), vn.Node(i+1).Addr, vn.Node(2-i).Addr, pr.advert, vipPrefix)
 			path := filepath.Join(dir, "keepalived.conf")
 			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 				return nil, err

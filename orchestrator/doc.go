@@ -97,6 +97,17 @@
 //     and the survivor takes over after deadtime alone. A forged ICMP
 //     error can skip only the margin, after a full deadtime of silence.
 //
+// # Two writers after a cut (heartbeat mode)
+//
+// A cut of only the node↔node link, with both nodes still reaching a
+// witness, looks like a dead peer to both: the standby takes over, the
+// writer keeps its role. No timing prevents that without an arbiter. The
+// first heartbeat after the heal shows each node a live peer claiming the
+// writer role (rule 4); both resolve it in that decision, identically
+// (resolveDoubleWriter: writable database, then longer tenure on the
+// monotonic clock, then name; in doubt both step down), and the role loop
+// raises the alert (doublewriter.go).
+//
 // # The etcd arbiter
 //
 // With cluster.arbiter.etcd, decide follows decideArbiter: the writer is

@@ -23,7 +23,10 @@ import (
 // IP_RECVERR (IPV6_RECVERR); the next receive then fails with
 // ECONNREFUSED and the error queue holds the destination that refused.
 // A forged ICMP error can at most skip the margin after a full deadtime
-// of heartbeat silence, never make a live peer look dead.
+// of heartbeat silence, never make a live peer look dead. The same holds
+// for a firewall rule rejecting the heartbeat port with port unreachable
+// (iptables REJECT's default): it reads as a stopped daemon; use DROP
+// to cut heartbeats on purpose.
 
 // enableRecvErr turns the reporting on. The socket may be IPv4 or a
 // dual-stack IPv6 one: either option is enough.

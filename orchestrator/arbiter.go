@@ -114,6 +114,13 @@ func newArbiter(self string, cfg EtcdConfig, logger *slog.Logger, events *EventL
 		return nil, err
 	}
 	user, pass := os.Getenv(EnvEtcdUsername), os.Getenv(EnvEtcdPassword)
+	if (user == "") != (pass == "") {
+		// etcd would answer "authentication failed" (or ignore the
+		// password) at every retry; say which variable is missing at start.
+		// The values themselves are never printed.
+		return nil, fmt.Errorf("arbiter.etcd: %s and %s: set both or neither (%s is empty)", EnvEtcdUsername, EnvEtcdPassword,
+			map[bool]string{true: EnvEtcdUsername, false: EnvEtcdPassword}[user == ""])
+	}
 	a.clientFn = func() (*clientv3.Client, error) {
 		return clientv3.New(clientv3.Config{
 			Endpoints:            cfg.Endpoints,

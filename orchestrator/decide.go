@@ -88,15 +88,23 @@ type peerView struct {
 	alive    bool
 	aliveFor time.Duration
 	hb       *Heartbeat
+	// portClosed: since its last valid heartbeat, the peer's host answered
+	// one of ours with ICMP port unreachable: its daemon is not running
+	// (crashed, killed, stopped without its goodbye).
+	portClosed bool
 }
 
 func (p peerView) leaving() bool { return p.hb != nil && p.hb.Leaving }
 
 // gone: a peer we may take over from, because it said it left (after
 // releasing its resources) or was silent for deadtime + margin, by which
-// time an isolated writer has fenced itself.
+// time an isolated writer has fenced itself. The margin is only there for
+// that fence: a peer whose host reports its heartbeat port closed has no
+// daemon that could fence, so waiting longer protects nothing and deadtime
+// alone applies. (Deadtime still applies: a daemon restarting within it
+// does not lose the role.)
 func (p peerView) gone(cfg ClusterConfig) bool {
-	return p.leaving() || p.silent >= cfg.Deadtime+cfg.TakeoverMargin
+	return p.leaving() || p.silent >= cfg.Deadtime+cfg.TakeoverMargin || p.portClosed && p.silent >= cfg.Deadtime
 }
 
 type decision struct {
@@ -107,14 +115,26 @@ type decision struct {
 	waiting string
 	// unfence: lift our own self-fence of the database (the role stays).
 	unfence bool
+	// double: we and a live peer both hold the writer role (a cut healed,
+	// heartbeat mode): who keeps it and why. The role loop raises the
+	// alert; role says whether we stepped down.
+	double *doubleWriter
+}
+
+// doubleWriter is one detected double writer and its resolution.
+type doubleWriter struct {
+	peer string
+	kept string // the node that keeps the writer role
+	why  string
 }
 
 // decide computes the role this node should have. Rules, in order:
 //  1. Isolation: no peer alive and no witness reachable → fenced.
 //  2. Startup: no decision until every peer was heard or deadtime+margin passed.
 //  3. A fenced node returns to standby once a peer or a witness is back.
-//  4. Another live writer: a standby stays standby; two writers resolve by
-//     (database not fenced, earlier writer_since, lower name).
+//  4. Another live writer: a standby stays standby; two writers (a healed
+//     cut) are reported (decision.double) and resolve by (database not
+//     fenced, longer tenure, lower name): see resolveDoubleWriter.
 //  5. A writer keeps the role unless it is ineligible (a resource it could
 //     not recover, a failing track) or its database is fenced while an
 //     eligible peer waits, or auto_failback hands it to the preferred node.
@@ -234,9 +254,11 @@ func decideRole(v view) decision {
 			d.reason = fmt.Sprintf("peer %s is the writer", p.name)
 			return d
 		}
-		if why, wins := peerWins(p, v); wins {
+		kept, why := resolveDoubleWriter(p, v)
+		d.double = &doubleWriter{peer: p.name, kept: kept, why: why}
+		if kept != v.self {
 			d.role = RoleStandby
-			d.reason = fmt.Sprintf("peer %s also holds the writer role and wins (%s); stepping down", p.name, why)
+			d.reason = fmt.Sprintf("DOUBLE WRITER: peer %s also holds the writer role; %s: stepping down", p.name, why)
 			return d
 		}
 	}
@@ -359,27 +381,61 @@ func decideRole(v view) decision {
 	return d
 }
 
-// peerWins orders two writers: a writable database beats a fenced one,
-// then the longer tenure, then the lower name. Both nodes evaluate the
-// same data, so they agree.
-func peerWins(p peerView, v view) (string, bool) {
+// resolveDoubleWriter names who keeps the writer role ("": nobody) while live
+// peer p holds it too: after a node↔node cut in heartbeat mode, when both
+// reached the witness, the standby took over and the writer kept the
+// role. Both nodes evaluate it on the same data, in order:
+//
+//  1. A writable database beats a fenced one.
+//  2. The longer tenure keeps the role: the writer from before the cut
+//     holds every write acknowledged before it, while the node that took
+//     over may have missed the last ones (asynchronous replication), so
+//     it must not go on writing on a possibly stale database. Tenures are
+//     durations on each node's monotonic clock (the peer's from its
+//     heartbeat plus that heartbeat's age), never wall-clock instants.
+//     After a cut they differ by at least deadtime.
+//  3. Tenures within keepalive/2 of each other (two nodes elected at the
+//     same moment): the lower name keeps the role.
+//
+// Between keepalive/2 and keepalive neither keeps the role: each side
+// measures the difference with an error of a few milliseconds, so near a
+// threshold the two could disagree, and in doubt both stepping down (and
+// the election re-electing one) is safe where both keeping is not.
+//
+// The loser's writes during the cut are not lost: they stay in its
+// binlog as errant transactions, which block its reintroduction and are
+// listed by `repl status` for `repl repair`.
+func resolveDoubleWriter(p peerView, v view) (kept, why string) {
 	if p.hb.DBFenced != v.dbFenced {
 		if v.dbFenced {
-			return "our database is fenced, theirs is not", true
+			return p.name, fmt.Sprintf("our database is fenced, %s's is not: %s keeps the role", p.name, p.name)
 		}
-		return "", false
+		return v.self, fmt.Sprintf("%s's database is fenced, ours is not: %s keeps the role", p.name, v.self)
 	}
-	ps := time.Unix(0, p.hb.WriterSince)
-	switch {
-	case p.hb.WriterSince != 0 && ps.Before(v.writerSince):
-		return fmt.Sprintf("writer since %s, before us", ps.Format(time.RFC3339Nano)), true
-	case p.hb.WriterSince != 0 && ps.After(v.writerSince):
-		return "", false
+	if p.hb.WriterForMs > 0 && !v.writerSince.IsZero() {
+		ours := v.now.Sub(v.writerSince)
+		theirs := time.Duration(p.hb.WriterForMs)*time.Millisecond + p.silent
+		diff := ours - theirs
+		tenures := fmt.Sprintf("writer for %s here, %s on %s", ours.Round(time.Millisecond), theirs.Round(time.Millisecond), p.name)
+		band := v.cfg.Keepalive
+		switch {
+		case diff > band:
+			return v.self, tenures + ": the longer tenure (" + v.self + ") keeps the role"
+		case diff < -band:
+			return p.name, tenures + ": the longer tenure (" + p.name + ") keeps the role"
+		case diff > band/2 || diff < -band/2:
+			return "", tenures + ": too close to order safely, both step down and the election picks one"
+		}
+		if v.self < p.name {
+			return v.self, tenures + ": same tenure, the lower name (" + v.self + ") keeps the role"
+		}
+		return p.name, tenures + ": same tenure, the lower name (" + p.name + ") keeps the role"
 	}
-	if p.name < v.self {
-		return "same tenure, lower node name", true
+	// A peer of an older version announces no tenure: the name decides.
+	if v.self < p.name {
+		return v.self, "the lower name (" + v.self + ") keeps the role"
 	}
-	return "", false
+	return p.name, "the lower name (" + p.name + ") keeps the role"
 }
 
 // eligibleStandby names a live standby that may take the writer role
@@ -401,6 +457,8 @@ func peerSilence(peers []peerView) string {
 			parts = append(parts, p.name+" shut down cleanly")
 		case !p.heard:
 			parts = append(parts, fmt.Sprintf("%s never heard (%s)", p.name, p.silent.Round(time.Millisecond)))
+		case p.portClosed:
+			parts = append(parts, fmt.Sprintf("%s silent for %s, its daemon not running (heartbeat port closed)", p.name, p.silent.Round(time.Millisecond)))
 		default:
 			parts = append(parts, fmt.Sprintf("%s silent for %s", p.name, p.silent.Round(time.Millisecond)))
 		}

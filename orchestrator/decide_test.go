@@ -48,6 +48,16 @@ func TestDecideRules(t *testing.T) {
 		{"standby stays behind a live writer", baseView(RoleStandby, alivePeer("a", RoleWriter, false)), RoleStandby, ""},
 		{"peer gone, witness seen: take over", baseView(RoleStandby, silentPeer("a", RoleWriter, gone)), RoleWriter, "silent for"},
 		{"peer dead but within margin: wait", baseView(RoleStandby, silentPeer("a", RoleWriter, withinMargin)), RoleStandby, ""},
+		{"peer's daemon not running (port closed), past deadtime: take over without the margin", func() view {
+			p := silentPeer("a", RoleWriter, cfg.Deadtime+time.Millisecond)
+			p.portClosed = true
+			return baseView(RoleStandby, p)
+		}(), RoleWriter, "daemon not running"},
+		{"peer's port closed but within deadtime: wait (a restarting daemon keeps the role)", func() view {
+			p := silentPeer("a", RoleWriter, cfg.Deadtime/2)
+			p.portClosed = true
+			return baseView(RoleStandby, p)
+		}(), RoleStandby, ""},
 		{"peer left cleanly: take over at once", func() view {
 			p := alivePeer("a", RoleStandby, false)
 			p.hb.Leaving = true
@@ -82,25 +92,56 @@ func TestDecideRules(t *testing.T) {
 		// forger could send them from a dead peer's address), so a peer
 		// with a wrong key looks exactly like a dead one.
 		{"peer with a wrong key looks dead: takeover", baseView(RoleStandby, silentPeer("a", RoleWriter, gone)), RoleWriter, "silent"},
-		{"two writers: earlier tenure wins", func() view {
+		{"two writers: the peer's longer tenure wins", func() view {
 			v := baseView(RoleWriter, alivePeer("a", RoleWriter, false))
 			v.writerSince = v.now.Add(-time.Second)
-			v.peers[0].hb.WriterSince = v.now.Add(-time.Hour).UnixNano()
+			v.peers[0].hb.WriterForMs = time.Hour.Milliseconds()
 			return v
-		}(), RoleStandby, "wins"},
-		{"two writers: our tenure is older, keep", func() view {
+		}(), RoleStandby, "longer tenure (a)"},
+		{"two writers: our tenure is longer, keep", func() view {
 			v := baseView(RoleWriter, alivePeer("a", RoleWriter, false))
 			v.writerSince = v.now.Add(-time.Hour)
-			v.peers[0].hb.WriterSince = v.now.Add(-time.Second).UnixNano()
+			v.peers[0].hb.WriterForMs = time.Second.Milliseconds()
 			return v
 		}(), RoleWriter, ""},
 		{"two writers: fenced database loses", func() view {
 			v := baseView(RoleWriter, alivePeer("a", RoleWriter, false))
 			v.writerSince = v.now.Add(-time.Hour)
-			v.peers[0].hb.WriterSince = v.now.Add(-time.Second).UnixNano()
+			v.peers[0].hb.WriterForMs = time.Second.Milliseconds()
 			v.dbFenced = true
 			return v
 		}(), RoleStandby, "fenced"},
+		{"two writers: the heartbeat's age counts in the peer's tenure", func() view {
+			p := alivePeer("a", RoleWriter, false)
+			p.silent = 300 * time.Millisecond
+			v := baseView(RoleWriter, p)
+			v.writerSince = v.now.Add(-time.Second)
+			v.peers[0].hb.WriterForMs = 900 // 900ms + 300ms old = 1.2s > 1s + keepalive
+			return v
+		}(), RoleStandby, "longer tenure (a)"},
+		{"two writers: same tenure, the lower name (peer a) keeps it", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleWriter, false))
+			v.writerSince = v.now.Add(-time.Second)
+			v.peers[0].hb.WriterForMs = 1010
+			return v
+		}(), RoleStandby, "lower name (a)"},
+		{"two writers: same tenure, our lower name keeps it", func() view {
+			v := baseView(RoleWriter, alivePeer("c", RoleWriter, false))
+			v.writerSince = v.now.Add(-time.Second)
+			v.peers[0].hb.WriterForMs = 990
+			return v
+		}(), RoleWriter, ""},
+		{"two writers: too close to order, step down even with the lower name", func() view {
+			v := baseView(RoleWriter, alivePeer("c", RoleWriter, false))
+			v.writerSince = v.now.Add(-time.Second)
+			v.peers[0].hb.WriterForMs = 1070 // keepalive 100ms: 70ms is in the doubt band
+			return v
+		}(), RoleStandby, "both step down"},
+		{"two writers: a peer without tenure (older version): the name decides", func() view {
+			v := baseView(RoleWriter, alivePeer("a", RoleWriter, false))
+			v.writerSince = v.now.Add(-time.Hour)
+			return v
+		}(), RoleStandby, "lower name (a)"},
 		{"writer with fenced database hands over to an eligible peer", func() view {
 			v := baseView(RoleWriter, alivePeer("a", RoleStandby, true))
 			v.dbFenced, v.dbFencedSince = true, v.now.Add(-time.Second)
@@ -227,6 +268,51 @@ func TestDecideRules(t *testing.T) {
 }
 
 // Both nodes evaluating the same symmetric situation agree on one writer.
+// After a healed cut both writers detect the double writer in the same
+// decision that resolves it, agree on who keeps the role, and whatever
+// the tenures, never both keep it.
+func TestDecideDoubleWriterBothSidesAgree(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		aFor, bFor   time.Duration
+		wantKept     string
+		bothStepDown bool
+	}{
+		{"a wrote before the cut, b took over during it", time.Hour, 5 * time.Second, "a", false},
+		{"b wrote before the cut", 5 * time.Second, time.Hour, "b", false},
+		{"same tenure", time.Second, time.Second, "a", false},
+		{"within the doubt band", time.Second, time.Second + 70*time.Millisecond, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mk := func(self string, own, peers time.Duration, peer string) view {
+				p := alivePeer(peer, RoleWriter, false)
+				p.hb.WriterForMs = peers.Milliseconds()
+				v := baseView(RoleWriter, p)
+				v.self, v.writerSince = self, v.now.Add(-own)
+				return v
+			}
+			da := decide(mk("a", tc.aFor, tc.bFor, "b"))
+			db := decide(mk("b", tc.bFor, tc.aFor, "a"))
+			if da.double == nil || db.double == nil {
+				t.Fatalf("double writer not reported: a %+v, b %+v", da.double, db.double)
+			}
+			keep := map[string]bool{"a": da.role == RoleWriter, "b": db.role == RoleWriter}
+			if keep["a"] && keep["b"] {
+				t.Fatalf("both keep the writer role: %q / %q", da.double.why, db.double.why)
+			}
+			if tc.bothStepDown {
+				if keep["a"] || keep["b"] {
+					t.Fatalf("one kept the role in the doubt band: a %s, b %s", da.role, db.role)
+				}
+				return
+			}
+			if !keep[tc.wantKept] || da.double.kept != tc.wantKept || db.double.kept != tc.wantKept {
+				t.Fatalf("kept: a says %s (%s), b says %s (%s); want %s", da.double.kept, da.role, db.double.kept, db.role, tc.wantKept)
+			}
+		})
+	}
+}
+
 func TestDecideElectionAgreement(t *testing.T) {
 	for _, fencedA := range []bool{false, true} {
 		va := baseView(RoleStandby, alivePeer("b", RoleStandby, true))

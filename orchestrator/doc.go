@@ -91,6 +91,22 @@
 //     fence comes first. At the defaults (200ms, 1s, 400ms) that leaves
 //     150ms for the release; configure a larger takeover_margin when a
 //     resource's stop takes longer.
+//   - The margin only waits for a live daemon's fence. When the peer's
+//     host answers our heartbeat with ICMP port unreachable (its daemon
+//     crashed or was killed; portclosed.go), no daemon is left to fence,
+//     and the survivor takes over after deadtime alone. A forged ICMP
+//     error can skip only the margin, after a full deadtime of silence.
+//
+// # Two writers after a cut (heartbeat mode)
+//
+// A cut of only the node↔node link, with both nodes still reaching a
+// witness, looks like a dead peer to both: the standby takes over, the
+// writer keeps its role. No timing prevents that without an arbiter. The
+// first heartbeat after the heal shows each node a live peer claiming the
+// writer role (rule 4); both resolve it in that decision, identically
+// (resolveDoubleWriter: writable database, then longer tenure on the
+// monotonic clock, then name; in doubt both step down), and the role loop
+// raises the alert (doublewriter.go).
 //
 // # The etcd arbiter
 //

@@ -48,10 +48,14 @@ type Heartbeat struct {
 	Eligible bool   `json:"eligible"` // may take the writer role now
 	Draining bool   `json:"draining"` // releasing resources
 	Leaving  bool   `json:"leaving"`  // shut down cleanly, resources released
-	// WriterSince orders two nodes that both claim the writer role. Both
-	// compare the same two values, so they agree even when the clocks
-	// differ; skew only changes which one wins, never that one does.
+	// WriterSince is the sender's wall clock when it took the writer
+	// role: shown, never compared (clocks differ).
 	WriterSince int64 `json:"writer_since,omitempty"`
+	// WriterForMs is how long the sender has held the writer role, by its
+	// own monotonic clock, when it sent this: two writers that meet again
+	// after a cut order themselves by it (decide.go, resolveDoubleWriter)
+	// with no wall clock involved.
+	WriterForMs int64 `json:"writer_for_ms,omitempty"`
 	WitnessSeen bool  `json:"witness_seen"`
 
 	DB         string   `json:"db,omitempty"`

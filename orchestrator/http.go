@@ -49,23 +49,26 @@ type PeerStatus struct {
 // Status is the /status document (and `lockstep status --json`). Field
 // names are a stable interface: add, never rename.
 type Status struct {
-	Node        string             `json:"node"`
-	Role        string             `json:"role"`
-	RoleSince   time.Time          `json:"role_since"`
-	RoleReason  string             `json:"role_reason"`
-	Draining    bool               `json:"draining"`
-	Decided     bool               `json:"decided"`
-	Health      Health             `json:"health"`
-	DB          string             `json:"db,omitempty"`
-	Peers       []PeerStatus       `json:"peers"`
-	Witnesses   []WitnessStatus    `json:"witnesses"`
-	Resources   []ResourceStatus   `json:"resources"`
-	SelfFence   *SelfFenceStatus   `json:"self_fence,omitempty"`
-	Arbiter     *ArbiterStatus     `json:"arbiter,omitempty"`
-	Sync        []SyncTargetStatus `json:"sync"`
-	Replication *dbrepl.PairStatus `json:"replication"`
-	Events      []Event            `json:"events"`
-	GeneratedAt time.Time          `json:"generated_at"`
+	Node       string           `json:"node"`
+	Role       string           `json:"role"`
+	RoleSince  time.Time        `json:"role_since"`
+	RoleReason string           `json:"role_reason"`
+	Draining   bool             `json:"draining"`
+	Decided    bool             `json:"decided"`
+	Health     Health           `json:"health"`
+	DB         string           `json:"db,omitempty"`
+	Peers      []PeerStatus     `json:"peers"`
+	Witnesses  []WitnessStatus  `json:"witnesses"`
+	Resources  []ResourceStatus `json:"resources"`
+	SelfFence  *SelfFenceStatus `json:"self_fence,omitempty"`
+	Arbiter    *ArbiterStatus   `json:"arbiter,omitempty"`
+	// DoubleWriter is the last double writer detected (two nodes holding
+	// the writer role after a healed cut) and how it was resolved.
+	DoubleWriter *DoubleWriterStatus `json:"double_writer,omitempty"`
+	Sync         []SyncTargetStatus  `json:"sync"`
+	Replication  *dbrepl.PairStatus  `json:"replication"`
+	Events       []Event             `json:"events"`
+	GeneratedAt  time.Time           `json:"generated_at"`
 	// Monitoring: whether this node may take the writer role, and why
 	// not; what is being recovered in place; the failures `lockstep
 	// clear` lifts; the track checks.
@@ -83,6 +86,9 @@ func health(rs RoleStatus) Health {
 	case rs.SelfFence != nil && !rs.SelfFence.Holding:
 		h.Agent, h.Reason = AgentMaint, fmt.Sprintf("SELF-FENCE NOT HOLDING after %d attempts since %s: this node may still be writable: %s",
 			rs.SelfFence.Attempts, rs.SelfFence.Since.Format(time.RFC3339), rs.SelfFence.LastError)
+	case rs.DoubleWriter != nil && rs.DoubleWriter.Active && rs.DoubleWriter.Kept != rs.Node:
+		// The step-down is under way: no new traffic here.
+		h.Agent, h.Reason = AgentDown, "DOUBLE WRITER: stepping down: "+rs.DoubleWriter.Why
 	case rs.Draining || rs.Leaving:
 		h.Agent, h.Reason = AgentDrain, "draining: releasing resources"
 	case rs.Role == RoleFenced:
@@ -105,6 +111,12 @@ func health(rs RoleStatus) Health {
 		h.Agent, h.Reason = AgentDrain, failingTrack(rs.Tracks)
 	default:
 		h.OK, h.Agent, h.Reason = true, AgentUp, rs.Role
+		if dw := rs.DoubleWriter; dw != nil {
+			// Still serving, but the alert stays visible until restart: the
+			// loser's writes during the cut wait for `repl repair`.
+			h.Reason += fmt.Sprintf("; DOUBLE WRITER with %s detected at %s (%d since start): %s keeps the writer role",
+				dw.Peer, dw.DetectedAt.Format(time.RFC3339), dw.Count, dw.Kept)
+		}
 	}
 	return h
 }
@@ -149,7 +161,8 @@ func (d *Daemon) Status() Status {
 		Node: rs.Node, Role: rs.Role, RoleSince: rs.RoleSince, RoleReason: rs.Reason,
 		Draining: rs.Draining, Decided: rs.Decided, Health: h, DB: rs.DB,
 		Peers: rs.Peers, Witnesses: rs.Witnesses, Resources: rs.Resources, SelfFence: rs.SelfFence, Arbiter: rs.Arbiter,
-		Sync: []SyncTargetStatus{}, GeneratedAt: time.Now(),
+		DoubleWriter: rs.DoubleWriter,
+		Sync:         []SyncTargetStatus{}, GeneratedAt: time.Now(),
 		Eligible: rs.Ineligible == "", NotEligible: rs.Ineligible, Recovering: rs.Recovering,
 		ResourceFailures: rs.ResourceFailures, Tracks: rs.Tracks,
 	}

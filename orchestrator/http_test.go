@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // health is a pure function of a RoleStatus; the first matching rule wins.
@@ -30,5 +31,21 @@ func TestHealthVerdicts(t *testing.T) {
 		if h.Agent != tc.agent || h.OK != (tc.agent == AgentUp) || !strings.Contains(h.Reason, tc.reason) {
 			t.Errorf("%s: %+v, want agent %q reason containing %q", tc.name, h, tc.agent, tc.reason)
 		}
+	}
+}
+
+// The double-writer alert: the node stepping down takes no traffic; the
+// one keeping the role serves and still says what happened.
+func TestHealthDoubleWriter(t *testing.T) {
+	dw := &DoubleWriterStatus{Peer: "a", Kept: "a", Why: "the longer tenure (a) keeps the role", DetectedAt: time.Now(), Active: true, Count: 1}
+	loser := health(RoleStatus{Node: "b", Role: RoleWriter, Decided: true, DoubleWriter: dw})
+	if loser.OK || !strings.Contains(loser.Reason, "DOUBLE WRITER") {
+		t.Fatalf("loser: %+v", loser)
+	}
+	winDW := *dw
+	winDW.Peer = "b"
+	winner := health(RoleStatus{Node: "a", Role: RoleWriter, Decided: true, DoubleWriter: &winDW})
+	if !winner.OK || !strings.Contains(winner.Reason, "DOUBLE WRITER with b") {
+		t.Fatalf("winner: %+v", winner)
 	}
 }

@@ -19,6 +19,8 @@ type Metrics struct {
 	monitor           *monitorMetrics
 	selfFenceFailing  prometheus.Gauge
 	selfFenceAttempts *prometheus.CounterVec
+	doubleWriter      prometheus.Gauge
+	doubleWriters     prometheus.Counter
 }
 
 // NewMetrics registers the orchestrator's metrics on reg.
@@ -67,7 +69,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "lockstep_self_fence_attempts_total", Help: "Self-fence attempts (read_only, then the escalation), by result.",
 		}, []string{"result"}),
 	}
-	reg.MustRegister(m.selfFenceFailing, m.selfFenceAttempts)
+	m.doubleWriter = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "lockstep_double_writer", Help: "1 while this node and a live peer both hold the writer role (heartbeat mode, after a healed cut), until one steps down.",
+	})
+	m.doubleWriters = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "lockstep_double_writer_detected_total", Help: "Double writers detected by this node (two nodes holding the writer role when they hear each other again).",
+	})
+	reg.MustRegister(m.selfFenceFailing, m.selfFenceAttempts, m.doubleWriter, m.doubleWriters)
 	reg.MustRegister(m.role, m.fenced, m.peerAlive, m.heartbeatsSent, m.heartbeatsRecv, m.heartbeatLosses,
 		m.heartbeatRejected, m.witnessUp, m.resourceActions, m.roleChanges, m.healthy, m.restarts)
 	m.monitor = newMonitorMetrics(reg)

@@ -66,6 +66,9 @@ type peerState struct {
 	// (replayed or stale). Unauthenticated ones are counted only in the
 	// metric: their claimed sender proves nothing.
 	rejected map[string]int
+	// closedAt: when its host last refused our heartbeat (ICMP port
+	// unreachable, portclosed.go); after lastValid, its daemon is down.
+	closedAt time.Time
 }
 
 func newObserver(self string, boot uint64, cfg *atomic.Pointer[ClusterConfig], key *Key, logger *slog.Logger, events *EventLog, metrics *Metrics) *observer {
@@ -124,7 +127,8 @@ func (o *observer) observe(now time.Time) observation {
 			o.metrics.heartbeatLosses.WithLabelValues(name).Inc()
 			o.events.Warn(EventPeer, fmt.Sprintf("peer %s dead: no valid heartbeat for %s (deadtime %s)", name, silent.Round(time.Millisecond), cfg.Deadtime), "peer", name)
 		}
-		pv := peerView{name: name, heard: p.heard, silent: silent, alive: p.alive, hb: p.hb}
+		pv := peerView{name: name, heard: p.heard, silent: silent, alive: p.alive, hb: p.hb,
+			portClosed: p.heard && p.closedAt.After(p.lastValid)}
 		if p.alive {
 			pv.aliveFor = now.Sub(p.aliveSince)
 		}
@@ -299,6 +303,10 @@ func (o *observer) receive(conn *net.UDPConn) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			if refusedError(err) {
+				o.portsClosed(conn, time.Now())
+				continue
+			}
 			o.logger.Warn("heartbeat receive", "err", err)
 			continue
 		}
@@ -460,8 +468,18 @@ func (o *observer) broadcast(conn *net.UDPConn, hb *Heartbeat) {
 			d.p.addr, addr = a, a
 			o.mu.Unlock()
 		}
-		if _, err := conn.WriteToUDP(pkt, addr); err != nil {
-			if !errors.Is(err, net.ErrClosed) {
+		_, err := conn.WriteToUDP(pkt, addr)
+		if refusedError(err) {
+			// A pending ICMP error of an earlier datagram (maybe to another
+			// peer) fails this send without sending it: read the queue and
+			// send again, or a dead peer would silence us towards a live one.
+			o.portsClosed(conn, time.Now())
+			_, err = conn.WriteToUDP(pkt, addr)
+		}
+		if err != nil {
+			if refusedError(err) {
+				o.portsClosed(conn, time.Now())
+			} else if !errors.Is(err, net.ErrClosed) {
 				o.logger.Debug("heartbeat send", "peer", d.name, "err", err)
 			}
 			continue

@@ -51,7 +51,10 @@ type RoleManager struct {
 	act       *actor
 	fence     *fencer
 	arb       *arbiter // nil: no arbiter configured
-	boot      uint64
+	// double is the last double writer detected (doublewriter.go), read
+	// by the HTTP goroutines.
+	double atomic.Pointer[DoubleWriterStatus]
+	boot   uint64
 	// health and tracks feed decide's eligibility inputs; see monitor.go.
 	health *resourceHealth
 	tracks *tracker
@@ -270,6 +273,11 @@ func (rm *RoleManager) bind() (*net.UDPConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat listen on %s (cluster.nodes entry %s; must be an address of this host): %w", rm.self.Address, rm.self.Name, err)
 	}
+	if err := enableRecvErr(conn); err != nil {
+		// Only a shortcut is lost: a crashed peer is then taken over
+		// from after deadtime + takeover_margin, as after a power loss.
+		rm.logger.Warn("heartbeat socket: cannot enable ICMP error reports; a crashed peer's daemon is not recognised as such", "err", err)
+	}
 	return conn, nil
 }
 
@@ -387,6 +395,7 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 	rm.metrics.fenced.Set(b2f(st.role == RoleFenced || db.fenced))
 	v := rm.view(obs, cfg)
 	d := decide(v)
+	rm.noteDoubleWriter(d.double, now)
 	if d.decided && !st.decided {
 		st.decided = true
 		rm.publish()
@@ -551,6 +560,7 @@ func (rm *RoleManager) heartbeat(now time.Time) *Heartbeat {
 	}
 	if !s.writerSince.IsZero() {
 		hb.WriterSince = s.writerSince.UnixNano()
+		hb.WriterForMs = max(now.Sub(s.writerSince).Milliseconds(), 1)
 	}
 	return hb
 }
@@ -585,6 +595,9 @@ type RoleStatus struct {
 	SelfFence *SelfFenceStatus
 	// Arbiter is set when one is configured.
 	Arbiter *ArbiterStatus
+	// DoubleWriter is the last double writer detected since the daemon
+	// started (nil: none).
+	DoubleWriter *DoubleWriterStatus
 }
 
 // Status returns the current RoleStatus.
@@ -602,8 +615,9 @@ func (rm *RoleManager) Status() RoleStatus {
 		Resources:  rm.monitoredStatus(now),
 		Ineligible: s.ineligible, Recovering: rm.health.recoveringNow(),
 		ResourceFailures: rm.health.failures(), Tracks: rm.tracks.status(),
-		SelfFence: rm.fence.status(),
-		Arbiter:   rm.arbiterStatus(now),
+		SelfFence:    rm.fence.status(),
+		Arbiter:      rm.arbiterStatus(now),
+		DoubleWriter: rm.double.Load(),
 	}
 }
 

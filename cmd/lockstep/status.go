@@ -123,6 +123,18 @@ func printStatus(w io.Writer, st *orchestrator.Status) {
 	if sf := st.SelfFence; sf != nil && !sf.Holding {
 		fmt.Fprintf(w, "SELF-FENCE NOT HOLDING since %s (%d attempts): %s\n\n", ago(sf.Since, now), sf.Attempts, sf.LastError)
 	}
+	if dw := st.DoubleWriter; dw != nil {
+		state := "resolved"
+		if dw.Active {
+			state = "ACTIVE"
+		}
+		kept := dw.Kept
+		if kept == "" {
+			kept = "nobody (both stepped down)"
+		}
+		fmt.Fprintf(w, "DOUBLE WRITER with %s (%s), detected %s, %d since start: %s keeps the writer role: %s\n\n",
+			dw.Peer, state, ago(dw.DetectedAt, now), dw.Count, kept, dw.Why)
+	}
 	if a := st.Arbiter; a != nil {
 		lease := "none"
 		if a.Lease != "" {

@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,6 +64,7 @@ func scenarios() []scenario {
 		{10, "Churn: thousands of random changes, moves across the tree", runChurn, 6 * time.Minute},
 		{11, "Resource death: service killed → answering through the VIP again", runResourceDeath, 5 * time.Minute},
 		{12, "Repair: lockstep repl repair vs pt-table-sync (3 drifted rows)", runRepair, 8 * time.Minute},
+		{15, "keepalived side by side: death → VIP answers, node↔node cut (defaults, equal detection)", runKeepalivedSideBySide, 15 * time.Minute},
 	}
 }
 
@@ -128,13 +130,22 @@ func parseSelection(s string) (map[int]bool, error) {
 	}
 	sel := map[int]bool{}
 	for _, part := range strings.Split(s, ",") {
+		// Numbers are ids, not positions: the list has gaps.
 		n, err := strconv.Atoi(strings.TrimSpace(part))
-		if err != nil || n < 1 || n > len(scenarios()) {
-			return nil, fmt.Errorf("%q is not a scenario number 1..%d", part, len(scenarios()))
+		if err != nil || !slices.ContainsFunc(scenarios(), func(s scenario) bool { return s.id == n }) {
+			return nil, fmt.Errorf("%q is not a scenario number (%s)", part, scenarioIDs())
 		}
 		sel[n] = true
 	}
 	return sel, nil
+}
+
+func scenarioIDs() string {
+	var ids []string
+	for _, s := range scenarios() {
+		ids = append(ids, strconv.Itoa(s.id))
+	}
+	return strings.Join(ids, ", ")
 }
 
 // RunOptions select what Run does.

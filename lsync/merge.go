@@ -22,6 +22,7 @@ type StateStore interface {
 	Move(from, to string) error
 	Intend(recs map[string]syncstate.Record) error
 	Intended(path string) (syncstate.Record, bool)
+	IntendMove(from, to string) error
 	ForgetIntents() error
 }
 

@@ -541,6 +541,11 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 		}
 		switch how {
 		case replayRename:
+			if r.State != nil {
+				if ierr := r.State.IntendMove(rn.From, rn.To); ierr != nil {
+					r.Logger.Warn("sync state: rename intent not recorded; a crash during it leaves the new names without a base", "err", ierr)
+				}
+			}
 			err = t.Rename(ctx, rn.From, rn.To)
 		case replayDone:
 			r.moveState(rn)

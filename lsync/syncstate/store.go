@@ -173,6 +173,36 @@ func (s *Store) Intend(recs map[string]Record) error {
 	})
 }
 
+// IntendMove records, before a rename is replayed on the target, the
+// records under from as intents under to: a crash between the rename and
+// Move leaves the new names with the base they carry.
+func (s *Store) IntendMove(from, to string) error {
+	if from == to || from == "" || to == "" {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, in := tx.Bucket(bucketEntries), tx.Bucket(bucketIntents)
+		if v := b.Get([]byte(from)); v != nil {
+			if err := in.Put([]byte(to), append([]byte(nil), v...)); err != nil {
+				return err
+			}
+		}
+		prefix := []byte(from + "/")
+		c := b.Cursor()
+		var keys, vals [][]byte
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			keys = append(keys, []byte(to+string(k[len(from):])))
+			vals = append(vals, append([]byte(nil), v...))
+		}
+		for i, k := range keys {
+			if err := in.Put(k, vals[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // Intended returns the version a batch cut short meant path to have.
 func (s *Store) Intended(path string) (Record, bool) {
 	var r Record

@@ -145,3 +145,27 @@ func TestStoreIntentsOutliveACrashUntilRecorded(t *testing.T) {
 		t.Error("intent left after ForgetIntents")
 	}
 }
+
+func TestStoreIntendMoveCarriesTheBaseToTheNewNames(t *testing.T) {
+	s, err := Open(FileName(t.TempDir(), "docroot", "web2"), "docroot -> web2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	f := Record{Mode: 0o644, Size: 5, MTimeNs: 9}
+	if err := s.Update(map[string]Record{"d": {Mode: uint32(os.ModeDir | 0o755)}, "d/f": f, "dx": f}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.IntendMove("d", "m"); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := s.Intended("m/f"); !ok || got != f {
+		t.Errorf("Intended(m/f) = %+v %v, want %+v", got, ok, f)
+	}
+	if _, ok := s.Intended("m"); !ok {
+		t.Error("no intent for the directory itself")
+	}
+	if _, ok := s.Intended("mx"); ok {
+		t.Error("a sibling sharing the prefix was carried along")
+	}
+}

@@ -54,7 +54,12 @@ func (d *deliveries) note(ev Event) {
 		}
 	}
 	if !ev.Delivered {
-		delete(d.m, ev.Path)
+		// An attribute change (the sender's own chown after landing, a
+		// chmod) leaves the content the peer's; anything else makes it
+		// ours.
+		if ev.Op != OpChmod {
+			delete(d.m, ev.Path)
+		}
 		return
 	}
 	now := time.Now()

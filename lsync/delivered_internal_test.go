@@ -10,8 +10,10 @@ func TestDeliveriesFollowRenamesAndLocalChanges(t *testing.T) {
 	d.note(Event{Path: "up/a.jpg", Op: OpCreate, Delivered: true})
 	d.note(Event{Path: "up/b.jpg", Op: OpCreate, Delivered: true})
 	d.note(Event{Path: "up/c.jpg", Op: OpCreate, Delivered: true})
-	// A local write makes it ours again.
+	// A local write makes it ours again; an attribute change (the
+	// sender's chown after landing) does not.
 	d.note(Event{Path: "up/b.jpg", Op: OpWrite})
+	d.note(Event{Path: "up/c.jpg", Op: OpChmod})
 	// The directory is renamed (old name, then new name, one inode).
 	d.note(Event{Path: "up", Op: OpRename, IsDir: true, Inode: 42})
 	d.note(Event{Path: "media", Op: OpCreate, IsDir: true, Inode: 42})

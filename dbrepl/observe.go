@@ -259,6 +259,7 @@ func (s *Supervisor) observePair(ctx context.Context, snapshot bool) [2]*Observa
 	}
 	wg.Wait()
 	for i, o := range obs {
+		s.stream.observed(i, o)
 		if o.HeartbeatWritten != 0 {
 			s.rings[i].add(o.HeartbeatWritten, o.HeartbeatCommitted, o.HeartbeatSeq)
 		}
@@ -295,6 +296,13 @@ func (s *Supervisor) measureLag(obs [2]*Observation, snapshot bool) [2]lagReadin
 		lag, age, ok := s.rings[1-i].lag(in)
 		if ok && (snapshot || p.HeartbeatErr == nil) {
 			out[i] = lagReading{lag: &lag, age: &age}
+		}
+		if p.Flavor == FlavorMariaDB && !snapshot {
+			// The binlog streams time the first missing transaction
+			// itself, where the heartbeats only bracket it.
+			if sl, ok := s.stream.lag(i, p.DomainID); ok {
+				out[i].lag = &sl
+			}
 		}
 	}
 	return out

@@ -195,8 +195,10 @@ func domainSeqs(pos string) map[uint32]uint64 {
 
 // refreshStreamLag publishes the stream lag of each node between polls
 // and reports whether a node not yet seen over max_lag has crossed it
-// (then the caller polls at once, and the poll decides).
-func (s *Supervisor) refreshStreamLag() (pollNow bool) {
+// (then the caller polls at once, and the poll decides). A scrape of the
+// metrics refreshes only the gauge (status false): the status keeps what
+// the lag tick saw, which is what tells a new crossing.
+func (s *Supervisor) refreshStreamLag(status bool) (pollNow bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	obs := s.obs
@@ -209,13 +211,16 @@ func (s *Supervisor) refreshStreamLag() (pollNow bool) {
 		if !ok || i >= len(s.status.Nodes) {
 			continue
 		}
+		v := lag.Seconds()
+		s.metrics.lag.WithLabelValues(o.Node).Set(v)
+		if !status {
+			continue
+		}
 		ns := &s.status.Nodes[i]
 		if lag > s.cfg.Fence.MaxLag && !ns.Fenced && (ns.LagSeconds == nil || *ns.LagSeconds <= s.cfg.Fence.MaxLag.Seconds()) {
 			pollNow = true
 		}
-		v := lag.Seconds()
 		ns.LagSeconds = &v
-		s.metrics.lag.WithLabelValues(o.Node).Set(v)
 	}
 	return pollNow
 }

@@ -128,6 +128,8 @@ func New(cfg Config, opts Options) (*Supervisor, error) {
 	if src, ok := opts.Conflicts.(GTIDStreamSource); ok {
 		src.SetGTIDStream(s.stream)
 		s.streamFed = true
+		refresh := func() { s.refreshStreamLag(false) }
+		s.metrics.refreshLag.Store(&refresh)
 	}
 	for i, nc := range cfg.Nodes {
 		n, err := openNode(nc, s.pollTimeout(), logger)
@@ -213,7 +215,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			case <-t.C:
 				break wait
 			case <-lagTick:
-				if s.refreshStreamLag() {
+				if s.refreshStreamLag(true) {
 					t.Reset(s.cfg.Interval)
 					break wait
 				}

@@ -85,6 +85,11 @@ func (t *Table) Walk(ctx context.Context, src, dst Querier, chunkRows int64, fn 
 	if len(d.PK) == 0 {
 		return fmt.Errorf("%s has no key: compare it as a whole", t.Name())
 	}
+	if len(d.PK) == 1 && isIntegerType(d.Columns[d.PK[0]].Type) {
+		if ok, err := t.walkIntKey(ctx, src, dst, chunkRows, fn); ok {
+			return err
+		}
+	}
 	n := max(chunkRows, 1)
 	var lower []any
 	for {

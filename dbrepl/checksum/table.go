@@ -73,6 +73,8 @@ type ChunkDiff struct {
 	Insert  [][]any
 	Delete  [][]any
 	Differs bool
+	// Chunk is the chunk's bounds and source sums (see VerifyChunks).
+	Chunk Chunk
 }
 
 // Walk compares the table between src and dst chunk by chunk in key
@@ -153,10 +155,7 @@ func readKey(ctx context.Context, q Querier, d *tableDef, query string, args []a
 
 func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string, args []any) (ChunkDiff, error) {
 	d := t.def
-	q := "SELECT COUNT(*), COALESCE(BIT_XOR(" + d.rowHashExpr() + "), 0) FROM " + d.qualified() + d.forceKey()
-	if where != "" {
-		q += " WHERE " + where
-	}
+	q := t.chunkQuery(where)
 	// Both sides at once: the source's snapshot session and the target.
 	var s [2]chunkSum
 	g, gctx := errgroup.WithContext(ctx)
@@ -166,7 +165,7 @@ func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string
 	if err := g.Wait(); err != nil {
 		return ChunkDiff{}, err
 	}
-	cd := ChunkDiff{Rows: s[0].n}
+	cd := ChunkDiff{Rows: s[0].n, Chunk: Chunk{where: where, args: args, src: s[0]}}
 	if s[0] == s[1] {
 		return cd, nil
 	}

@@ -293,7 +293,11 @@ func TestRepairSchemaDiffInterrupted(t *testing.T) {
 
 	r, err := repair.Run(ctx, cfg, repair.Options{Source: "db1", Target: "db2"})
 	mustClean(t, r, err)
-	if tr := tableReport(t, r, "app.t"); tr.Method != repair.MethodReseed || !strings.Contains(tr.Why, "definitions differ") {
+	// Tables are repaired two at a time: the interrupted run may already
+	// have reseeded app.t (wholly or in part), and then this run finds the
+	// same definition and copies or fixes the rows, or finds it clean.
+	if tr := tableReport(t, r, "app.t"); tr.Method == repair.MethodReseed && !strings.Contains(tr.Why, "definitions differ") && !strings.Contains(tr.Why, "auto:") ||
+		tr.Method != repair.MethodReseed && tr.Method != repair.MethodRows && tr.Method != "clean" {
 		t.Errorf("app.t: %+v", tr)
 	}
 	var cs string

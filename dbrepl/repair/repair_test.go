@@ -152,10 +152,10 @@ func TestRepairDriftWhileWriting(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for i := 1; wctx.Err() == nil; i++ {
-			if _, err := db1.DB.ExecContext(wctx, "INSERT INTO app.w VALUES (?, NOW(6))", i); err != nil {
-				if wctx.Err() == nil {
-					werr = err
-				}
+			// Not wctx: an INSERT cancelled in flight may still commit,
+			// and would then be missing from written.
+			if _, err := db1.DB.ExecContext(ctx, "INSERT INTO app.w VALUES (?, NOW(6))", i); err != nil {
+				werr = err
 				return
 			}
 			written = append(written, i)

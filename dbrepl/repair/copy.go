@@ -175,6 +175,15 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 	if onTgt, err = loadIfExists(ctx, tgt, db, table); err != nil {
 		return tr, err
 	}
+	var srcCreate, tgtCreate string
+	if onSrc != nil && onTgt != nil {
+		if srcCreate, err = showCreate(ctx, snap, onSrc.Qualified()); err != nil {
+			return tr, err
+		}
+		if tgtCreate, err = showCreate(ctx, tgt, onTgt.Qualified()); err != nil {
+			return tr, err
+		}
+	}
 	switch {
 	case onSrc == nil:
 		tr.Method, tr.Why = "drop", "not on the source"
@@ -187,6 +196,8 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		tr.Method, tr.Why = MethodReseed, "missing on the target"
 	case onSrc.SameShape(onTgt) != "":
 		tr.Method, tr.Why = MethodReseed, "definitions differ: "+onSrc.SameShape(onTgt)
+	case srcCreate != tgtCreate:
+		tr.Method, tr.Why = MethodReseed, "definitions differ: keys or table options (SHOW CREATE TABLE)"
 	case !onSrc.Keyed():
 		tr.Method, tr.Why = MethodReseed, "no primary or NOT NULL unique key: copied whole"
 	case opts.Method == MethodReseed:
@@ -203,7 +214,7 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		}
 		return tr, reseedPlanned(ctx, snap, w, onSrc, &tr, progress, plan)
 	}
-	plan.src = onSrc
+	plan.src, plan.create = onSrc, srcCreate
 
 	// rows: collect the differing keys against the snapshot.
 	var ups, ins, dels [][]any

@@ -12,9 +12,10 @@ import (
 // ≤ 1.0× `mariadb-dump | mariadb`): the snapshot is read by one goroutine
 // while the target inserts the previous batch, batches are sized in bytes
 // like the dump's extended INSERTs instead of 500 rows, rows are
-// committed in large transactions rather than one per INSERT, and the
+// committed in large transactions rather than one per INSERT, the
 // fresh table is loaded with unique_checks off (its rows come from the
-// source's table, whose keys are unique already).
+// source's table, whose keys are unique already), and its plain secondary
+// keys are built after the load (reseed_keys.go).
 const (
 	reseedBatchBytes = 1 << 20  // per INSERT, well under max_allowed_packet
 	reseedTxBytes    = 32 << 20 // per transaction
@@ -34,6 +35,7 @@ func reseed(ctx context.Context, snap *sql.Conn, w *sql.Conn, t *checksum.Table,
 	if err := snap.QueryRowContext(ctx, "SHOW CREATE TABLE "+t.Qualified()).Scan(&name, &create); err != nil {
 		return err
 	}
+	create, adds := deferKeys(create)
 	if err := execAll(ctx, w, "DROP TABLE IF EXISTS "+t.Qualified(), "USE "+quote(t.Schema()), create); err != nil {
 		return err
 	}
@@ -100,6 +102,13 @@ func reseed(ctx context.Context, snap *sql.Conn, w *sql.Conn, t *checksum.Table,
 			return err
 		}
 		inTx = false
+	}
+	if adds != "" {
+		// Interrupted before this, the table lacks these keys: the next
+		// run finds its definition different and reseeds it again.
+		if _, err := w.ExecContext(ctx, "ALTER TABLE "+t.Qualified()+" "+adds); err != nil {
+			return fmt.Errorf("building the secondary keys: %w", err)
+		}
 	}
 	tr.Rows = tr.Copied
 	return nil

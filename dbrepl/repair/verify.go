@@ -34,6 +34,7 @@ type verifyPlan struct {
 	table   string
 	dropped bool               // the table must be gone
 	src     *checksum.Table    // the source's definition (rows method)
+	create  string             // its SHOW CREATE TABLE (see showCreate)
 	chunks  []checksum.Chunk   // rows method: every chunk's source sums
 	whole   *checksum.WholeSum // reseed: the whole table's source sums
 }
@@ -42,6 +43,11 @@ type verifyPlan struct {
 // same snapshot for the verification.
 func reseedPlanned(ctx context.Context, snap *sql.Conn, w *sql.Conn, t *checksum.Table, tr *TableReport, progress func(int64), plan *verifyPlan) error {
 	plan.src, plan.chunks = t, nil
+	create, err := showCreate(ctx, snap, t.Qualified())
+	if err != nil {
+		return err
+	}
+	plan.create = create
 	if err := reseed(ctx, snap, w, t, tr, progress); err != nil {
 		return err
 	}
@@ -82,6 +88,15 @@ func verifySnapshot(ctx context.Context, tgt *sql.DB, plans []*verifyPlan) ([]st
 				return nil
 			case p.src.SameShape(onTgt) != "":
 				fail("%s: definitions differ: %s", p.name, p.src.SameShape(onTgt))
+				return nil
+			}
+			create, err := showCreate(gctx, tgt, onTgt.Qualified())
+			if err != nil {
+				return fmt.Errorf("%s: %w", p.name, err)
+			}
+			switch {
+			case create != p.create:
+				fail("%s: definitions differ from the snapshot's (SHOW CREATE TABLE)", p.name)
 				return nil
 			case p.whole != nil:
 				ws, err := onTgt.Whole(gctx, tgt)

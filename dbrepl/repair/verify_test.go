@@ -2,8 +2,10 @@ package repair_test
 
 import (
 	"context"
+	"database/sql"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lockstep-ha/lockstep/dbrepl/repair"
 	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
@@ -47,5 +49,35 @@ func TestRepairVerifiesAgainstSnapshot(t *testing.T) {
 	}
 	if tr := tableReport(t, r, "app.t"); tr.Updated != 1 {
 		t.Errorf("app.t: %+v", tr)
+	}
+}
+
+// TestRepairReseedsMissingKey: a target that lacks a secondary key of the
+// source (a reseed interrupted before its keys were built) has the same
+// columns, so only the full definition tells: the table is reseeded, its
+// key built after the load, and the definitions end up identical.
+func TestRepairReseedsMissingKey(t *testing.T) {
+	p := mariadbpair.Start(t)
+	seed(t, p)
+	db1, db2 := p.Nodes[0], p.Nodes[1]
+	run(t, db1.DB, "ALTER TABLE app.t ADD INDEX f_idx (f), ADD INDEX v_idx (v(5))")
+	if err := p.WaitSynced(context.Background(), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	execLocal(t, db2.DB, "ALTER TABLE app.t DROP INDEX v_idx")
+	r, err := repair.Run(context.Background(), config(t, p), repair.Options{Source: "db1", Target: "db2"})
+	mustClean(t, r, err)
+	if tr := tableReport(t, r, "app.t"); tr.Method != repair.MethodReseed || !strings.Contains(tr.Why, "keys or table options") || tr.Copied != 3000 {
+		t.Errorf("app.t: %+v", tr)
+	}
+	show := func(db *sql.DB) string {
+		var name, create string
+		if err := db.QueryRow("SHOW CREATE TABLE app.t").Scan(&name, &create); err != nil {
+			t.Fatal(err)
+		}
+		return create
+	}
+	if a, b := show(db1.DB), show(db2.DB); a != b {
+		t.Errorf("definitions differ after the repair:\n%s\n%s", a, b)
 	}
 }

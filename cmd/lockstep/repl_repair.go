@@ -33,9 +33,11 @@ it takes from binlog_snapshot_file/position: clients keep writing on the
 source, which is never written to. Each table is compared with the
 checksum's chunk and row hashes against the snapshot and the differing rows
 are fixed on the target with sql_log_bin=0 (method rows). A table whose
-definition differs, that exists on one side only or has no primary or NOT
-NULL unique key is copied whole (reseed); --method auto also reseeds a table
-where more than 20% of the rows differ, --method reseed copies everything.
+definition differs or that exists on one side only is copied whole
+(reseed); --method auto also reseeds a table where more than 20% of the rows
+differ, --method reseed copies everything. A table with no primary or NOT
+NULL unique key is matched by value with counts (auto reseeds it when over
+100 values differ).
 
 The target then replicates from the source from the snapshot's position, and
 the source skips the target's transactions it had not applied (errant or

@@ -270,3 +270,11 @@ func (t *Table) InsertRows(rows [][]any) (string, []any) {
 	}
 	return "INSERT INTO " + t.def.qualified() + " (" + t.plainColumns() + ") VALUES " + strings.Join(tuples, ","), args
 }
+
+// RowDigestExpr is an MD5 of the row image the checksum hashes (FLOATs
+// exact, NULLs marked): it identifies a row by its values, for tables
+// without a key, where CRC32's 32 bits would collide.
+func (t *Table) RowDigestExpr() string {
+	h := t.def.rowHashExpr()
+	return "MD5(" + strings.TrimSuffix(strings.TrimPrefix(h, "CRC32("), ")") + ")"
+}

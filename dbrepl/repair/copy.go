@@ -198,8 +198,6 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		tr.Method, tr.Why = MethodReseed, "definitions differ: "+onSrc.SameShape(onTgt)
 	case srcCreate != tgtCreate:
 		tr.Method, tr.Why = MethodReseed, "definitions differ: keys or table options (SHOW CREATE TABLE)"
-	case !onSrc.Keyed():
-		tr.Method, tr.Why = MethodReseed, "no primary or NOT NULL unique key: copied whole"
 	case opts.Method == MethodReseed:
 		tr.Method, tr.Why = MethodReseed, "--method reseed"
 	}
@@ -215,6 +213,9 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		return tr, reseedPlanned(ctx, snap, w, onSrc, &tr, progress, plan)
 	}
 	plan.src, plan.create = onSrc, srcCreate
+	if !onSrc.Keyed() {
+		return tr, repairKeyless(ctx, snap, tgt, w, onSrc, opts, &tr, progress, plan)
+	}
 
 	// rows: collect the differing keys against the snapshot.
 	var ups, ins, dels [][]any

@@ -38,9 +38,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/dbrepl/checksum"
@@ -250,32 +252,50 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 	}
 	rep.SkippedGTIDs = skipped
 
-	// Both directions again.
+	// Both directions again. The two servers are independent here: each
+	// is repositioned, caught up and checked at the same time as the other.
 	log.Info("target replicates from the snapshot position", "target", tgt.name, "gtid_slave_pos", rep.SnapshotGTID)
-	if err := execAll(ctx, tgt.db, "STOP SLAVE", "SET GLOBAL gtid_slave_pos = '"+rep.SnapshotGTID+"'",
-		"CHANGE MASTER TO MASTER_USE_GTID=slave_pos", "START SLAVE"); err != nil {
-		return rep, fmt.Errorf("%s: %w", tgt.name, err)
-	}
 	log.Info("source skips the target's transactions it had not applied", "source", src.name, "skipped", strings.Join(skipped, ","), "gtid_slave_pos", newSrcSlavePos)
-	if err := execAll(ctx, src.db, "STOP SLAVE", "SET GLOBAL gtid_slave_pos = '"+newSrcSlavePos+"'",
-		"CHANGE MASTER TO MASTER_USE_GTID=slave_pos", "START SLAVE"); err != nil {
-		return rep, fmt.Errorf("%s: %w", src.name, err)
+	var g errgroup.Group
+	g.Go(func() error {
+		if err := execAll(ctx, tgt.db, "STOP SLAVE", "SET GLOBAL gtid_slave_pos = '"+rep.SnapshotGTID+"'",
+			"CHANGE MASTER TO MASTER_USE_GTID=slave_pos", "START SLAVE"); err != nil {
+			return fmt.Errorf("%s: %w", tgt.name, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := execAll(ctx, src.db, "STOP SLAVE", "SET GLOBAL gtid_slave_pos = '"+newSrcSlavePos+"'",
+			"CHANGE MASTER TO MASTER_USE_GTID=slave_pos", "START SLAVE"); err != nil {
+			return fmt.Errorf("%s: %w", src.name, err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return rep, err
 	}
 
 	// Catch up, verify, unfence.
-	for _, pair := range [][2]node{{src, tgt}, {tgt, src}} {
-		if err := catchUp(ctx, pair[0], pair[1]); err != nil {
-			rep.Notes = append(rep.Notes, err.Error())
-		}
+	pairs := [][2]node{{src, tgt}, {tgt, src}}
+	var notes [2][]string
+	var running [2]bool
+	var wg sync.WaitGroup
+	for i, pair := range pairs {
+		wg.Go(func() {
+			if err := catchUp(ctx, pair[0], pair[1]); err != nil {
+				notes[i] = append(notes[i], err.Error())
+			}
+			// pair[1] is the node that replicates from pair[0].
+			ok, why, err := replicating(ctx, pair[1])
+			running[i] = err == nil && ok
+			if !running[i] {
+				notes[i] = append(notes[i], fmt.Sprintf("%s: replication not running: %s%v", pair[1].name, why, orNil(err)))
+			}
+		})
 	}
-	rep.Replicating = true
-	for _, n := range []node{tgt, src} {
-		ok, why, err := replicating(ctx, n)
-		if err != nil || !ok {
-			rep.Replicating = false
-			rep.Notes = append(rep.Notes, fmt.Sprintf("%s: replication not running: %s%v", n.name, why, orNil(err)))
-		}
-	}
+	wg.Wait()
+	rep.Replicating = running[0] && running[1]
+	rep.Notes = append(append(rep.Notes, notes[0]...), notes[1]...)
 	rep.ResumeTime = time.Since(resumeStart)
 	if opts.VerifyLive {
 		verifyLive(ctx, src, tgt, dbs, opts, rep)

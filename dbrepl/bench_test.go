@@ -22,7 +22,7 @@ import (
 //
 // Each benchmark prints its figures with b.ReportMetric and b.Log.
 
-// benchConfig is the production default interval (250ms) with a short
+// benchConfig is the production default interval with a short
 // max_lag so that an iteration takes seconds.
 func benchConfig(p *mariadbpair.Pair, t testing.TB) dbrepl.Config {
 	cfg := dbrepl.Config{
@@ -256,7 +256,7 @@ func selfCPU() float64 {
 }
 
 // BenchmarkOverhead: CPU of each mariadbd and of the supervisor itself at
-// the default 250ms interval on an idle pair, against the same idle pair
+// the default interval on an idle pair, against the same idle pair
 // without a supervisor.
 func BenchmarkOverhead(b *testing.B) {
 	p := mariadbpair.Start(b)

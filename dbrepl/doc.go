@@ -24,20 +24,30 @@
 //
 // # Observation
 //
-// Each poll reads, per node and in parallel (bounded by max(4×interval,
-// 1s) so a hung server cannot stall the loop): the node's clock
+// Each poll reads, per node and in parallel (bounded by max(interval, 1s)
+// so a hung server cannot stall the loop), in one SELECT after the
+// heartbeat write on the same session: the node's clock
 // (NOW(6)), read_only (and super_read_only on MySQL), auto_increment
 // settings, SHOW ALL SLAVES STATUS (MariaDB) or SHOW REPLICA STATUS /
 // SHOW SLAVE STATUS (MySQL) parsed by column name, SHOW MASTER STATUS /
 // SHOW BINARY LOG STATUS, the GTID positions (MariaDB gtid_binlog_pos,
 // gtid_slave_pos, gtid_current_pos; MySQL gtid_executed and the retrieved
-// set) and the heartbeat table. Seconds_Behind_Master NULL stays nil.
+// set) and the heartbeat table; then SHOW ALL SLAVES STATUS, and SHOW
+// MASTER STATUS every 10 s (display only). Seconds_Behind_Master NULL
+// stays nil.
+//
+// # What watching costs
+//
+// Per node and poll (1 s by default): the heartbeat INSERT, the SELECT,
+// SHOW ALL SLAVES STATUS — 3 statements and 1 binlogged write a second,
+// the same heartbeat rate as pt-heartbeat. The lag stays fresh between
+// polls without asking the servers: see streamlag.go.
 //
 // # Heartbeat and lag
 //
 // lockstep.heartbeat has one row per origin node (origin, ts_us,
 // server_id). Every poll the supervisor writes node A's row ON A, with A's
-// own clock (ts_us = the NOW(6) it just read there), binlogged normally so
+// own clock (ts_us = NOW(6) in the INSERT, read back in the same session), binlogged normally so
 // it replicates in A's GTID domain. The monitoring user holds READ_ONLY
 // ADMIN, so heartbeats keep flowing from a fenced node too (on MySQL,
 // super_read_only blocks them: the fenced node's heartbeat write fails and

@@ -2,6 +2,7 @@ package dbrepl
 
 import (
 	"math"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -14,6 +15,22 @@ type metrics struct {
 	fences  prometheus.Counter
 	healthy prometheus.Gauge
 	active  prometheus.Gauge
+	// refreshLag, when set, brings the lag gauge up to date from the
+	// binlog streams just before a scrape reads it, so that the figure a
+	// monitoring system sees is not one lag tick old.
+	refreshLag atomic.Pointer[func()]
+}
+
+// lagCollector is the lag gauge, refreshed at collection time.
+type lagCollector struct{ m *metrics }
+
+func (c lagCollector) Describe(ch chan<- *prometheus.Desc) { c.m.lag.Describe(ch) }
+
+func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
+	if f := c.m.refreshLag.Load(); f != nil {
+		(*f)()
+	}
+	c.m.lag.Collect(ch)
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -49,7 +66,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.active.Set(1)
 	if reg != nil {
-		reg.MustRegister(m.lag, m.fenced, m.behind, m.up, m.fences, m.healthy, m.active)
+		reg.MustRegister(lagCollector{m}, m.fenced, m.behind, m.up, m.fences, m.healthy, m.active)
 	}
 	return m
 }

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-sql-driver/mysql"
 )
 
@@ -58,6 +57,9 @@ type Observation struct {
 	Replicas []ReplicaStatus
 	Binlog   BinlogStatus
 	BinlogOn bool
+	// LogReplicaUpdates: the node writes what it applies from its peer to
+	// its own binlog, so the binlog stream shows its progress (stream lag).
+	LogReplicaUpdates bool
 
 	GTIDBinlogPos  string // MariaDB
 	GTIDSlavePos   string // MariaDB
@@ -117,6 +119,11 @@ type nodeConn struct {
 	flavor   string
 	version  string
 	schemaOK bool
+	// The binlog file and position are only shown, never decided on:
+	// they are read again every binlogRefresh, not every poll.
+	binlogAt time.Time
+	binlog   BinlogStatus
+	binlogOn bool
 }
 
 // driverLogger routes go-sql-driver's stray messages ("unexpected EOF"
@@ -252,6 +259,7 @@ func (s *Supervisor) observePair(ctx context.Context, snapshot bool) [2]*Observa
 	}
 	wg.Wait()
 	for i, o := range obs {
+		s.stream.observed(i, o)
 		if o.HeartbeatWritten != 0 {
 			s.rings[i].add(o.HeartbeatWritten, o.HeartbeatCommitted, o.HeartbeatSeq)
 		}
@@ -288,6 +296,13 @@ func (s *Supervisor) measureLag(obs [2]*Observation, snapshot bool) [2]lagReadin
 		lag, age, ok := s.rings[1-i].lag(in)
 		if ok && (snapshot || p.HeartbeatErr == nil) {
 			out[i] = lagReading{lag: &lag, age: &age}
+		}
+		if p.Flavor == FlavorMariaDB && !snapshot {
+			// The binlog streams time the first missing transaction
+			// itself, where the heartbeats only bracket it.
+			if sl, ok := s.stream.lag(i, p.DomainID); ok {
+				out[i].lag = &sl
+			}
 		}
 	}
 	return out
@@ -337,48 +352,37 @@ func (n *nodeConn) observe(ctx context.Context, writeHB bool) *Observation {
 	}
 	o.Flavor, o.Version = flavor, version
 
-	// The clock is read first so that the heartbeat written next carries
-	// the node's own time; the GTID variables are read after the write so
-	// that no peer can have applied more of this node's domain than we
-	// saw (that would look like an errant transaction).
-	before := time.Now()
-	if err := db.QueryRowContext(ctx, "SELECT CAST(UNIX_TIMESTAMP(NOW(6))*1000000 AS SIGNED)").Scan(&o.NodeNowUS); err != nil {
+	// Two statements in one session, in this order: the heartbeat write
+	// takes its timestamp from the node's own clock (NOW(6), kept in a
+	// session variable), then one SELECT returns the clock, the variables,
+	// the write's GTID and every heartbeat visible. The GTID variables are
+	// read after the write so that no peer can have applied more of this
+	// node's domain than we saw (that would look like an errant
+	// transaction). Merging the reads keeps the cost of watching at a few
+	// statements per poll (see doc.go, "What watching costs").
+	conn, err := db.Conn(ctx)
+	if err != nil {
 		return fail("connect", err)
 	}
-	after := time.Now()
-	o.Local = before.Add(after.Sub(before) / 2)
-	o.Reachable = true
-
+	defer conn.Close()
 	if writeHB {
-		o.HeartbeatSeq, o.HeartbeatErr = n.writeHeartbeat(ctx, db, o.NodeNowUS, flavor)
+		o.HeartbeatErr = n.writeHeartbeat(ctx, db, conn)
 		if o.HeartbeatErr == nil {
-			o.HeartbeatWritten = o.NodeNowUS
 			o.HeartbeatCommitted = time.Now()
 		}
 	}
-
 	o.VarsLocal = time.Now()
-	if flavor == FlavorMariaDB {
-		var ro int
-		err := db.QueryRowContext(ctx, `SELECT @@server_id, @@gtid_domain_id, @@read_only,
-			@@auto_increment_increment, @@auto_increment_offset,
-			@@gtid_binlog_pos, @@gtid_slave_pos, @@gtid_current_pos`).Scan(
-			&o.ServerID, &o.DomainID, &ro, &o.AutoIncInc, &o.AutoIncOff,
-			&o.GTIDBinlogPos, &o.GTIDSlavePos, &o.GTIDCurrentPos)
-		if err != nil {
-			return fail("read variables", err)
+	o.HeartbeatReadLocal = o.VarsLocal
+	hb, serr := n.readVars(ctx, conn, o, writeHB && o.HeartbeatErr == nil)
+	if serr != nil {
+		return fail(serr.what, serr.err)
+	}
+	o.Reachable = true
+	if o.HeartbeatErr == nil && writeHB {
+		o.HeartbeatWritten, o.HeartbeatSeq = hb.written, hb.seq
+		if o.HeartbeatWritten == 0 {
+			o.HeartbeatErr = n.describe("heartbeat write", errors.New("the written timestamp could not be read back"))
 		}
-		o.ReadOnly = ro != 0
-	} else {
-		var ro, sro int
-		err := db.QueryRowContext(ctx, `SELECT @@server_id, @@server_uuid, @@read_only, @@super_read_only,
-			@@auto_increment_increment, @@auto_increment_offset, @@GLOBAL.gtid_executed`).Scan(
-			&o.ServerID, &o.ServerUUID, &ro, &sro, &o.AutoIncInc, &o.AutoIncOff, &o.GTIDExecuted)
-		if err != nil {
-			return fail("read variables", err)
-		}
-		o.GTIDExecuted = compactGTID(o.GTIDExecuted)
-		o.ReadOnly, o.SuperReadOnly = ro != 0, sro != 0
 	}
 
 	if err := n.readReplicas(ctx, o); err != nil {
@@ -386,27 +390,6 @@ func (n *nodeConn) observe(ctx context.Context, writeHB bool) *Observation {
 	}
 	if err := n.readBinlog(ctx, o); err != nil {
 		return fail(err.what, err.err)
-	}
-
-	o.HeartbeatReadLocal = time.Now()
-	rows, err := n.query(ctx, "SELECT origin, ts_us FROM lockstep.heartbeat")
-	if err != nil {
-		var me *mysql.MySQLError
-		if errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049) {
-			// Not created yet (or not replicated yet): no heartbeats visible.
-			o.HeartbeatTS = map[string]int64{}
-			return o
-		}
-		return fail("heartbeat read", err)
-	}
-	o.HeartbeatTS = make(map[string]int64, len(rows))
-	for _, r := range rows {
-		if r["origin"] == nil || r["ts_us"] == nil {
-			continue
-		}
-		var ts int64
-		_, _ = fmt.Sscan(*r["ts_us"], &ts)
-		o.HeartbeatTS[*r["origin"]] = ts
 	}
 	return o
 }
@@ -445,6 +428,9 @@ func (n *nodeConn) readReplicas(ctx context.Context, o *Observation) *stepError 
 }
 
 func (n *nodeConn) readBinlog(ctx context.Context, o *Observation) *stepError {
+	if n.cachedBinlog(o) {
+		return nil
+	}
 	stmts := []string{"SHOW MASTER STATUS"}
 	if o.Flavor == FlavorMySQL {
 		stmts = []string{"SHOW BINARY LOG STATUS", "SHOW MASTER STATUS"}
@@ -461,56 +447,10 @@ func (n *nodeConn) readBinlog(ctx context.Context, o *Observation) *stepError {
 			return &stepError{s, err}
 		}
 		o.Binlog, o.BinlogOn = ParseBinlogStatus(rows)
+		n.keepBinlog(o)
 		return nil
 	}
 	return &stepError{stmts[0], lastErr}
-}
-
-// writeHeartbeat upserts this node's heartbeat row and returns the
-// sequence number of its GTID (MariaDB; 0 when unknown).
-func (n *nodeConn) writeHeartbeat(ctx context.Context, db *sql.DB, ts int64, flavor string) (uint64, error) {
-	n.mu.Lock()
-	ok := n.schemaOK
-	n.mu.Unlock()
-	if !ok {
-		for _, s := range []string{"CREATE DATABASE IF NOT EXISTS lockstep", HeartbeatSchema} {
-			if _, err := db.ExecContext(ctx, s); err != nil {
-				return 0, n.describe("heartbeat schema", err)
-			}
-		}
-		n.mu.Lock()
-		n.schemaOK = true
-		n.mu.Unlock()
-	}
-	// One connection for the write and @@last_gtid, which is per session.
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return 0, n.describe("heartbeat write", err)
-	}
-	defer conn.Close()
-	_, err = conn.ExecContext(ctx, `INSERT INTO lockstep.heartbeat (origin, ts_us, server_id) VALUES (?, ?, @@server_id)
-		ON DUPLICATE KEY UPDATE ts_us=VALUES(ts_us), server_id=VALUES(server_id)`, n.name, ts)
-	if err != nil {
-		var me *mysql.MySQLError
-		if errors.As(err, &me) && (me.Number == 1146 || me.Number == 1049) {
-			n.mu.Lock()
-			n.schemaOK = false
-			n.mu.Unlock()
-		}
-		return 0, n.describe("heartbeat write", err)
-	}
-	if flavor != FlavorMariaDB {
-		return 0, nil
-	}
-	var last string
-	if err := conn.QueryRowContext(ctx, "SELECT @@SESSION.last_gtid").Scan(&last); err != nil {
-		return 0, nil // the write happened; only the lag refinement is lost
-	}
-	g, err := gomysql.ParseMariadbGTID(last)
-	if err != nil {
-		return 0, nil
-	}
-	return g.SequenceNumber, nil
 }
 
 // forgetFlavor makes the next poll re-detect the server (it may have been
@@ -519,5 +459,6 @@ func (n *nodeConn) forgetFlavor() {
 	n.mu.Lock()
 	n.flavor = ""
 	n.schemaOK = false
+	n.binlogAt = time.Time{}
 	n.mu.Unlock()
 }

@@ -57,12 +57,16 @@ type ConflictSource interface {
 // Supervisor watches both nodes of the pair, fences the one that falls
 // behind or breaks, and reintroduces it once it has caught up.
 type Supervisor struct {
-	cfg       Config
-	logger    *slog.Logger
-	rootLog   *slog.Logger // without this package's component, for the detector's restarts
-	nodes     [2]*nodeConn
-	store     FenceStore
-	rings     [2]*heartbeatRing
+	cfg     Config
+	logger  *slog.Logger
+	rootLog *slog.Logger // without this package's component, for the detector's restarts
+	nodes   [2]*nodeConn
+	store   FenceStore
+	rings   [2]*heartbeatRing
+	// stream derives the lag between polls from the binlog streams of the
+	// conflict detector; streamFed says whether one feeds it.
+	stream    *streamLag
+	streamFed bool
 	metrics   *metrics
 	onEvent   func(Event)
 	conflicts ConflictSource
@@ -120,6 +124,13 @@ func New(cfg Config, opts Options) (*Supervisor, error) {
 		host:      fmt.Sprintf("%s/%d", host, os.Getpid()),
 	}
 	s.hookCtx, s.cancelHooks = context.WithCancel(context.Background())
+	s.stream = newStreamLag(time.Now)
+	if src, ok := opts.Conflicts.(GTIDStreamSource); ok {
+		src.SetGTIDStream(s.stream)
+		s.streamFed = true
+		refresh := func() { s.refreshStreamLag(false) }
+		s.metrics.refreshLag.Store(&refresh)
+	}
 	for i, nc := range cfg.Nodes {
 		n, err := openNode(nc, s.pollTimeout(), logger)
 		if err != nil {
@@ -134,9 +145,10 @@ func New(cfg Config, opts Options) (*Supervisor, error) {
 }
 
 // pollTimeout bounds one node's observation, so a hung server delays the
-// loop by at most this much.
+// loop by at most this much: one interval, and at least a second so that
+// a loaded server is not declared unreachable for a slow answer.
 func (s *Supervisor) pollTimeout() time.Duration {
-	return max(4*s.cfg.Interval, time.Second)
+	return max(s.cfg.Interval, time.Second)
 }
 
 func (s *Supervisor) closeNodes() {
@@ -184,12 +196,30 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		"interval", s.cfg.Interval, "max_lag", s.cfg.Fence.MaxLag)
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
+	// Between polls the lag is followed on the binlog streams, at no cost
+	// to the databases; a node crossing max_lag is polled at once, so that
+	// fencing does not wait for the next interval.
+	var lagTick <-chan time.Time
+	if s.streamFed {
+		lt := time.NewTicker(streamLagTick)
+		defer lt.Stop()
+		lagTick = lt.C
+	}
 	for {
 		s.poll(ctx, false)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				break wait
+			case <-lagTick:
+				if s.refreshStreamLag(true) {
+					t.Reset(s.cfg.Interval)
+					break wait
+				}
+			}
 		}
 	}
 }

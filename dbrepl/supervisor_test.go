@@ -75,8 +75,14 @@ func startPair(t *testing.T) *mariadbpair.Pair {
 // supervise starts a supervisor for the pair; it is stopped on cleanup.
 func supervise(t *testing.T, p *mariadbpair.Pair, cfg dbrepl.Config) *harness {
 	t.Helper()
+	return superviseWith(t, p, cfg, nil)
+}
+
+// superviseWith is supervise with a conflict source (nil: none).
+func superviseWith(t *testing.T, p *mariadbpair.Pair, cfg dbrepl.Config, conflicts dbrepl.ConflictSource) *harness {
+	t.Helper()
 	h := &harness{t: t, pair: p, cfg: cfg, reg: prometheus.NewRegistry()}
-	sup, err := dbrepl.New(cfg, dbrepl.Options{Logger: testLogger(t), Registerer: h.reg})
+	sup, err := dbrepl.New(cfg, dbrepl.Options{Logger: testLogger(t), Registerer: h.reg, Conflicts: conflicts})
 	if err != nil {
 		t.Fatal(err)
 	}

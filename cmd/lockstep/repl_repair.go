@@ -20,7 +20,7 @@ import (
 // directions running; 1 it ran but could not verify (the target stays
 // fenced); 2 bad input or a precondition not met.
 func newReplRepairCmd() *cobra.Command {
-	var path, method string
+	var path, method, verify string
 	var opts repair.Options
 	var yes, debug bool
 	cmd := &cobra.Command{
@@ -33,15 +33,21 @@ it takes from binlog_snapshot_file/position: clients keep writing on the
 source, which is never written to. Each table is compared with the
 checksum's chunk and row hashes against the snapshot and the differing rows
 are fixed on the target with sql_log_bin=0 (method rows). A table whose
-definition differs, that exists on one side only or has no primary or NOT
-NULL unique key is copied whole (reseed); --method auto also reseeds a table
-where more than 20% of the rows differ, --method reseed copies everything.
+definition differs or that exists on one side only is copied whole
+(reseed); --method auto also reseeds a table where more than 20% of the rows
+differ, --method reseed copies everything. A table with no primary or NOT
+NULL unique key is matched by value with counts (auto reseeds it when over
+100 values differ).
 
 The target then replicates from the source from the snapshot's position, and
 the source skips the target's transactions it had not applied (errant or
 conflicting writes, listed with their GTIDs: their changes are lost) and
 replicates from the target again. A verifying checksum ends the repair; only
-when it is clean and both directions run is the target unfenced. A repair
+when it is clean and both directions run is the target unfenced. By default
+(--verify snapshot) every chunk of the target is hashed again once fixed,
+before its replication resumes, and compared with the source's snapshot
+sums of the compare pass: the serving source is read once. --verify live
+checksums both live nodes after replication resumed instead. A repair
 stopped half-way leaves the target fenced: run it again.
 
 The configured account needs SUPER (or READ_ONLY ADMIN and REPLICATION
@@ -55,6 +61,13 @@ confirmed on a terminal; with no terminal the command refuses (exit 2).`,
 				return err
 			}
 			opts.Method = method
+			switch verify {
+			case "snapshot":
+			case "live":
+				opts.VerifyLive = true
+			default:
+				return usageError(fmt.Errorf("--verify: %q, want snapshot or live", verify))
+			}
 			opts.Logger = replLogger(cmd, debug)
 			errOut := cmd.ErrOrStderr()
 			if !yes && !opts.DryRun {
@@ -115,6 +128,7 @@ confirmed on a terminal; with no terminal the command refuses (exit 2).`,
 	fl.BoolVar(&opts.DryRun, "dry-run", false, "print what would change per table and the GTIDs that would be skipped; change nothing")
 	fl.BoolVar(&yes, "yes", false, "do not ask for confirmation")
 	fl.BoolVar(&opts.Force, "force", false, "repair from a source that is read-only")
+	fl.StringVar(&verify, "verify", "snapshot", "snapshot: hash the whole target against the source's snapshot before replication resumes (the source is read once); live: checksum both live nodes after it resumed (reads the source twice)")
 	fl.Int64Var(&opts.ChunkRows, "chunk-rows", repair.DefaultChunkRows, "rows per compared chunk")
 	fl.BoolVar(&debug, "debug", false, "debug logging")
 	return cmd
@@ -161,8 +175,16 @@ func writeRepairReport(w io.Writer, r *repair.Report) {
 		}
 	}
 	if !r.DryRun {
-		fmt.Fprintf(&b, "verified=%v replicating=%v unfenced=%v in %s (compare and fix %s, resume %s, verify %s)\n", r.Verified, r.Replicating, r.Unfenced,
-			r.Duration.Round(1e6), r.CopyTime.Round(1e6), r.ResumeTime.Round(1e6), r.VerifyTime.Round(1e6))
+		fmt.Fprintf(&b, "verified=%v replicating=%v unfenced=%v in %s (compare and fix %s, resume %s, verify against the %s %s)\n", r.Verified, r.Replicating, r.Unfenced,
+			r.Duration.Round(1e6), r.CopyTime.Round(1e6), r.ResumeTime.Round(1e6), orSnapshot(r.VerifiedAgainst), r.VerifyTime.Round(1e6))
 	}
 	_, _ = io.WriteString(w, b.String())
+}
+
+// orSnapshot names what the repair verified against.
+func orSnapshot(against string) string {
+	if against == "live" {
+		return "live source"
+	}
+	return "source's snapshot"
 }

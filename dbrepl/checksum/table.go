@@ -73,6 +73,8 @@ type ChunkDiff struct {
 	Insert  [][]any
 	Delete  [][]any
 	Differs bool
+	// Chunk is the chunk's bounds and source sums (see VerifyChunks).
+	Chunk Chunk
 }
 
 // Walk compares the table between src and dst chunk by chunk in key
@@ -84,6 +86,11 @@ func (t *Table) Walk(ctx context.Context, src, dst Querier, chunkRows int64, fn 
 	d := t.def
 	if len(d.PK) == 0 {
 		return fmt.Errorf("%s has no key: compare it as a whole", t.Name())
+	}
+	if len(d.PK) == 1 && isIntegerType(d.Columns[d.PK[0]].Type) {
+		if ok, err := t.walkIntKey(ctx, src, dst, chunkRows, fn); ok {
+			return err
+		}
 	}
 	n := max(chunkRows, 1)
 	var lower []any
@@ -148,10 +155,7 @@ func readKey(ctx context.Context, q Querier, d *tableDef, query string, args []a
 
 func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string, args []any) (ChunkDiff, error) {
 	d := t.def
-	q := "SELECT COUNT(*), COALESCE(BIT_XOR(" + d.rowHashExpr() + "), 0) FROM " + d.qualified() + d.forceKey()
-	if where != "" {
-		q += " WHERE " + where
-	}
+	q := t.chunkQuery(where)
 	// Both sides at once: the source's snapshot session and the target.
 	var s [2]chunkSum
 	g, gctx := errgroup.WithContext(ctx)
@@ -161,7 +165,7 @@ func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string
 	if err := g.Wait(); err != nil {
 		return ChunkDiff{}, err
 	}
-	cd := ChunkDiff{Rows: s[0].n}
+	cd := ChunkDiff{Rows: s[0].n, Chunk: Chunk{where: where, args: args, src: s[0]}}
 	if s[0] == s[1] {
 		return cd, nil
 	}
@@ -265,4 +269,12 @@ func (t *Table) InsertRows(rows [][]any) (string, []any) {
 		args = append(args, r...)
 	}
 	return "INSERT INTO " + t.def.qualified() + " (" + t.plainColumns() + ") VALUES " + strings.Join(tuples, ","), args
+}
+
+// RowDigestExpr is an MD5 of the row image the checksum hashes (FLOATs
+// exact, NULLs marked): it identifies a row by its values, for tables
+// without a key, where CRC32's 32 bits would collide.
+func (t *Table) RowDigestExpr() string {
+	h := t.def.rowHashExpr()
+	return "MD5(" + strings.TrimSuffix(strings.TrimPrefix(h, "CRC32("), ")") + ")"
 }

@@ -66,6 +66,22 @@ type Detector struct {
 	mu        sync.Mutex
 	recent    []dbrepl.Conflict
 	connected [2]bool
+	gtids     dbrepl.GTIDStream
+}
+
+// SetGTIDStream makes the readers report every GTID they see, and their
+// (re)connections, to g: the supervisor follows the lag between its polls
+// on them. Call before Run.
+func (d *Detector) SetGTIDStream(g dbrepl.GTIDStream) {
+	d.mu.Lock()
+	d.gtids = g
+	d.mu.Unlock()
+}
+
+func (d *Detector) gtidStream() dbrepl.GTIDStream {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.gtids
 }
 
 // Connected reports whether each node's binlog reader is streaming.
@@ -262,6 +278,11 @@ func (s *stream) run(ctx context.Context) error {
 	}
 	s.d.setConnected(s.node, true)
 	defer s.d.setConnected(s.node, false)
+	gs := s.d.gtidStream()
+	if gs != nil {
+		gs.StreamStarted(s.node, binlogPos)
+		defer gs.StreamStopped(s.node)
+	}
 	s.log.Debug("reading binlog", "from", s.pos.String(), "server_id", s.server)
 	for {
 		ev, err := streamer.GetEvent(ctx)
@@ -272,6 +293,9 @@ func (s *stream) run(ctx context.Context) error {
 		case *replication.MariadbGTIDEvent:
 			s.cur = GTID{e.GTID.DomainID, e.GTID.ServerID, e.GTID.SequenceNumber}
 			s.d.tracker.Seen(s.node, s.cur)
+			if gs != nil {
+				gs.StreamGTID(s.node, e.GTID.DomainID, e.GTID.SequenceNumber)
+			}
 			_ = s.pos.AddSet(&e.GTID)
 			if e.IsDDL() {
 				// A table may have changed its key.

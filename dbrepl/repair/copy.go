@@ -9,6 +9,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/lockstep-ha/lockstep/dbrepl/checksum"
 )
@@ -16,61 +19,46 @@ import (
 // copyPass opens the source snapshot and brings every table of dbs on the
 // target to it (dry: only counts).
 func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string, opts Options, rep *Report) error {
-	snap, err := src.db.Conn(ctx)
+	snaps, at, err := openSnapshots(ctx, src.db, compareWorkers)
 	if err != nil {
-		return err
-	}
-	defer snap.Close()
-	// READ ONLY: the server itself refuses any write through this session.
-	if err := execAll(ctx, snap, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-		"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"); err != nil {
 		return fmt.Errorf("%s: snapshot: %w", src.name, err)
 	}
-	defer snap.ExecContext(context.Background(), "ROLLBACK") //nolint:errcheck // read-only
-	var file string
-	var pos uint64
-	rows, err := snap.QueryContext(ctx, "SHOW STATUS LIKE 'binlog_snapshot_%'")
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var k, v string
-		if err := rows.Scan(&k, &v); err != nil {
-			rows.Close()
-			return err
+	defer func() {
+		for _, c := range snaps {
+			closeSnapshot(c)
 		}
-		switch k {
-		case "Binlog_snapshot_file":
-			file = v
-		case "Binlog_snapshot_position":
-			fmt.Sscan(v, &pos)
-		}
-	}
-	rows.Close()
-	if file == "" {
+	}()
+	snap := snaps[0]
+	if at.file == "" {
 		return fmt.Errorf("%s: no binlog_snapshot_file: is the binary log enabled?", src.name)
 	}
 	var gpos sql.NullString
-	if err := snap.QueryRowContext(ctx, "SELECT BINLOG_GTID_POS(?, ?)", file, pos).Scan(&gpos); err != nil || !gpos.Valid {
-		return fmt.Errorf("%s: BINLOG_GTID_POS(%s, %d): %v", src.name, file, pos, err)
+	if err := snap.QueryRowContext(ctx, "SELECT BINLOG_GTID_POS(?, ?)", at.file, at.pos).Scan(&gpos); err != nil || !gpos.Valid {
+		return fmt.Errorf("%s: BINLOG_GTID_POS(%s, %d): %v", src.name, at.file, at.pos, err)
 	}
 	rep.SnapshotGTID = gpos.String
-	log.Info("source snapshot", "source", src.name, "binlog", file, "position", pos, "gtid", gpos.String)
+	log.Info("source snapshot", "source", src.name, "binlog", at.file, "position", at.pos, "gtid", gpos.String, "sessions", len(snaps))
 
-	// The target's writer: one session, never binlogged.
-	w, err := tgt.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
+	// The target's writers: one session per worker, never binlogged.
+	ws := make([]*sql.Conn, 0, len(snaps))
 	defer func() {
-		// Back to the pool binlogging again, or not at all.
-		if _, err := w.ExecContext(context.Background(), "SET SESSION sql_log_bin=1"); err != nil {
-			_ = w.Raw(func(any) error { return driver.ErrBadConn })
+		for _, w := range ws {
+			// Back to the pool binlogging again, or not at all.
+			if _, err := w.ExecContext(context.Background(), "SET SESSION sql_log_bin=1"); err != nil {
+				_ = w.Raw(func(any) error { return driver.ErrBadConn })
+			}
+			w.Close()
 		}
-		w.Close()
 	}()
-	if err := execAll(ctx, w, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", "SET SESSION unique_checks=1"); err != nil {
-		return fmt.Errorf("%s: %w", tgt.name, err)
+	for range snaps {
+		w, err := tgt.db.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		ws = append(ws, w)
+		if err := execAll(ctx, w, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", "SET SESSION unique_checks=1"); err != nil {
+			return fmt.Errorf("%s: %w", tgt.name, err)
+		}
 	}
 
 	type job struct{ db, table string }
@@ -104,44 +92,81 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 			}
 			// Same character set and collation as on the source.
 			create = strings.Replace(create, "CREATE DATABASE ", "CREATE DATABASE IF NOT EXISTS ", 1)
-			if _, err := w.ExecContext(ctx, create); err != nil {
+			if _, err := ws[0].ExecContext(ctx, create); err != nil {
 				return fmt.Errorf("%s: %w", tgt.name, err)
 			}
 		}
 	}
 	sort.Slice(jobs, func(i, j int) bool { return jobs[i].db+"."+jobs[i].table < jobs[j].db+"."+jobs[j].table })
+
+	// Workers take the tables in order, each on its own snapshot session
+	// and target writer.
+	var mu sync.Mutex
 	var done int64
-	for i, j := range jobs {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		tr, err := repairTable(ctx, snap, tgt.db, w, j.db, j.table, opts, func(n int64) {
-			done += n
-			if opts.Progress != nil {
-				opts.Progress(Progress{TablesDone: i, TablesTotal: len(jobs), RowsDone: done, RowsTotal: max(total, done), Table: j.db + "." + j.table})
+	tablesDone := 0
+	plans := make([]*verifyPlan, len(jobs))
+	next := make(chan int)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(next)
+		for i := range jobs {
+			select {
+			case next <- i:
+			case <-gctx.Done():
+				return gctx.Err()
 			}
+		}
+		return nil
+	})
+	for wi := range snaps {
+		g.Go(func() error {
+			for i := range next {
+				j := jobs[i]
+				plans[i] = &verifyPlan{}
+				tr, err := repairTable(gctx, snaps[wi], tgt.db, ws[wi], j.db, j.table, opts, func(n int64) {
+					mu.Lock()
+					defer mu.Unlock()
+					done += n
+					if opts.Progress != nil {
+						opts.Progress(Progress{TablesDone: tablesDone, TablesTotal: len(jobs), RowsDone: done, RowsTotal: max(total, done), Table: j.db + "." + j.table})
+					}
+				}, plans[i])
+				if err != nil {
+					return fmt.Errorf("%s.%s: %w", j.db, j.table, err)
+				}
+				mu.Lock()
+				rep.Tables = append(rep.Tables, tr)
+				tablesDone++
+				log.Info("table", "table", tr.Table, "method", tr.Method, "why", tr.Why, "inserted", tr.Inserted, "updated", tr.Updated, "deleted", tr.Deleted, "copied", tr.Copied,
+					"tables_done", tablesDone, "tables", len(jobs), "rows_done", done, "rows_estimated", total)
+				if opts.Progress != nil {
+					opts.Progress(Progress{TablesDone: tablesDone, TablesTotal: len(jobs), RowsDone: done, RowsTotal: max(total, done), Table: tr.Table})
+				}
+				mu.Unlock()
+				if opts.AfterTable != nil {
+					opts.AfterTable(tr.Table)
+				}
+			}
+			return nil
 		})
-		if err != nil {
-			return fmt.Errorf("%s.%s: %w", j.db, j.table, err)
-		}
-		rep.Tables = append(rep.Tables, tr)
-		log.Info("table", "table", tr.Table, "method", tr.Method, "why", tr.Why, "inserted", tr.Inserted, "updated", tr.Updated, "deleted", tr.Deleted, "copied", tr.Copied,
-			"tables_done", i+1, "tables", len(jobs), "rows_done", done, "rows_estimated", total)
-		if opts.Progress != nil {
-			opts.Progress(Progress{TablesDone: i + 1, TablesTotal: len(jobs), RowsDone: done, RowsTotal: max(total, done), Table: tr.Table})
-		}
-		if opts.AfterTable != nil {
-			opts.AfterTable(tr.Table)
-		}
 	}
-	return nil
+	err = g.Wait()
+	sort.Slice(rep.Tables, func(i, j int) bool { return rep.Tables[i].Table < rep.Tables[j].Table })
+	if err != nil {
+		return err
+	}
+	if opts.DryRun || opts.VerifyLive {
+		return nil
+	}
+	return runSnapshotVerify(ctx, tgt, plans, rep)
 }
 
 func quote(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
 
 // repairTable brings one table of the target to the snapshot.
-func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, db, table string, opts Options, progress func(int64)) (TableReport, error) {
+func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, db, table string, opts Options, progress func(int64), plan *verifyPlan) (TableReport, error) {
 	tr := TableReport{Table: db + "." + table}
+	plan.name, plan.db, plan.table = tr.Table, db, table
 	var onSrc, onTgt *checksum.Table
 	var err error
 	if onSrc, err = loadIfExists(ctx, snap, db, table); err != nil {
@@ -150,9 +175,19 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 	if onTgt, err = loadIfExists(ctx, tgt, db, table); err != nil {
 		return tr, err
 	}
+	var srcCreate, tgtCreate string
+	if onSrc != nil && onTgt != nil {
+		if srcCreate, err = showCreate(ctx, snap, onSrc.Qualified()); err != nil {
+			return tr, err
+		}
+		if tgtCreate, err = showCreate(ctx, tgt, onTgt.Qualified()); err != nil {
+			return tr, err
+		}
+	}
 	switch {
 	case onSrc == nil:
 		tr.Method, tr.Why = "drop", "not on the source"
+		plan.dropped = true
 		if !opts.DryRun {
 			_, err = w.ExecContext(ctx, "DROP TABLE IF EXISTS "+quote(db)+"."+quote(table))
 		}
@@ -161,8 +196,8 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		tr.Method, tr.Why = MethodReseed, "missing on the target"
 	case onSrc.SameShape(onTgt) != "":
 		tr.Method, tr.Why = MethodReseed, "definitions differ: "+onSrc.SameShape(onTgt)
-	case !onSrc.Keyed():
-		tr.Method, tr.Why = MethodReseed, "no primary or NOT NULL unique key: copied whole"
+	case srcCreate != tgtCreate:
+		tr.Method, tr.Why = MethodReseed, "definitions differ: keys or table options (SHOW CREATE TABLE)"
 	case opts.Method == MethodReseed:
 		tr.Method, tr.Why = MethodReseed, "--method reseed"
 	}
@@ -175,7 +210,11 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 			tr.Rows, tr.Copied = n, n
 			return tr, nil
 		}
-		return tr, reseed(ctx, snap, w, onSrc, &tr, progress)
+		return tr, reseedPlanned(ctx, snap, w, onSrc, &tr, progress, plan)
+	}
+	plan.src, plan.create = onSrc, srcCreate
+	if !onSrc.Keyed() {
+		return tr, repairKeyless(ctx, snap, tgt, w, onSrc, opts, &tr, progress, plan)
 	}
 
 	// rows: collect the differing keys against the snapshot.
@@ -183,6 +222,7 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 	limit := int64(-1)
 	err = onSrc.Walk(ctx, snap, tgt, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
 		tr.Rows += cd.Rows
+		plan.chunks = append(plan.chunks, cd.Chunk)
 		progress(cd.Rows)
 		ups, ins, dels = append(ups, cd.Update...), append(ins, cd.Insert...), append(dels, cd.Delete...)
 		n := int64(len(ups) + len(ins) + len(dels))
@@ -203,13 +243,15 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 				tr.Rows, tr.Copied = rows, rows
 				return tr, nil
 			}
-			return tr, reseed(ctx, snap, w, onSrc, &tr, progress)
+			return tr, reseedPlanned(ctx, snap, w, onSrc, &tr, progress, plan)
 		}
 		// Many rows but a small share: go on row by row.
 		ups, ins, dels, tr.Rows = nil, nil, nil, 0
+		plan.chunks = nil
 		opts.Method = MethodRows
 		err = onSrc.Walk(ctx, snap, tgt, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
 			tr.Rows += cd.Rows
+			plan.chunks = append(plan.chunks, cd.Chunk)
 			ups, ins, dels = append(ups, cd.Update...), append(ins, cd.Insert...), append(dels, cd.Delete...)
 			return nil
 		})
@@ -299,57 +341,4 @@ func scanRow(rows *sql.Rows, ncol int) ([]any, error) {
 		}
 	}
 	return vals, nil
-}
-
-// reseed recreates the table on the target from the snapshot's
-// definition and copies every row (both without binlogging).
-func reseed(ctx context.Context, snap *sql.Conn, w *sql.Conn, t *checksum.Table, tr *TableReport, progress func(int64)) error {
-	var name, create string
-	if err := snap.QueryRowContext(ctx, "SHOW CREATE TABLE "+t.Qualified()).Scan(&name, &create); err != nil {
-		return err
-	}
-	if err := execAll(ctx, w, "DROP TABLE IF EXISTS "+t.Qualified(), "USE "+quote(t.Schema()), create); err != nil {
-		return err
-	}
-	// The whole table is read in one statement from the snapshot
-	// session; rows are written in batches on the target session.
-	rows, err := snap.QueryContext(ctx, t.SelectAll())
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	var batch [][]any
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		q, a := t.InsertRows(batch)
-		if _, err := w.ExecContext(ctx, q, a...); err != nil {
-			return err
-		}
-		tr.Copied += int64(len(batch))
-		progress(int64(len(batch)))
-		batch = batch[:0]
-		return nil
-	}
-	for rows.Next() {
-		r, err := scanRow(rows, t.NumColumns())
-		if err != nil {
-			return err
-		}
-		batch = append(batch, r)
-		if len(batch) >= batchRows {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	if err := flush(); err != nil {
-		return err
-	}
-	tr.Rows = tr.Copied
-	return nil
 }

@@ -38,9 +38,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
 	"github.com/lockstep-ha/lockstep/dbrepl/checksum"
@@ -85,6 +87,10 @@ type Options struct {
 	// AfterTable, when set, is called after each table is repaired (tests
 	// interrupt a repair here).
 	AfterTable func(table string)
+	// VerifyLive verifies with a checksum of both live nodes after
+	// replication resumed (reading the source in full a second time)
+	// instead of the target against the snapshot (verify.go).
+	VerifyLive bool
 }
 
 // Progress of a running repair.
@@ -120,9 +126,12 @@ type Report struct {
 	// applied and skips (errant or conflicting writes on the target).
 	SkippedGTIDs []string
 	Tables       []TableReport
-	// Verified: the final checksum found both nodes identical.
-	Verified bool
-	Checksum []*checksum.Result
+	// Verified: the final checksum found the target identical to the
+	// source's snapshot (VerifiedAgainst "snapshot"), or both live nodes
+	// identical ("live").
+	Verified        bool
+	VerifiedAgainst string
+	Checksum        []*checksum.Result
 	// Replicating: both directions' threads run at the end.
 	Replicating bool
 	Unfenced    bool
@@ -160,7 +169,7 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 	var src, tgt node
 	for _, nc := range cfg.Nodes {
 		n := node{name: nc.Name}
-		db, err := open(nc, 4)
+		db, err := open(nc, 2+2*compareWorkers) // per worker: a snapshot or writer session and a query
 		if err != nil {
 			return nil, err
 		}
@@ -228,7 +237,7 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 	if err := copyPass(ctx, log, src, tgt, dbs, opts, rep); err != nil {
 		return rep, err
 	}
-	rep.CopyTime = time.Since(copyStart)
+	rep.CopyTime = time.Since(copyStart) - rep.VerifyTime // the snapshot verify runs inside the pass
 	resumeStart := time.Now()
 	if opts.DryRun {
 		rep.Duration = time.Since(start)
@@ -243,54 +252,55 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 	}
 	rep.SkippedGTIDs = skipped
 
-	// Both directions again.
+	// Both directions again. The two servers are independent here: each
+	// is repositioned, caught up and checked at the same time as the other.
 	log.Info("target replicates from the snapshot position", "target", tgt.name, "gtid_slave_pos", rep.SnapshotGTID)
-	if err := execAll(ctx, tgt.db, "STOP SLAVE", "SET GLOBAL gtid_slave_pos = '"+rep.SnapshotGTID+"'",
-		"CHANGE MASTER TO MASTER_USE_GTID=slave_pos", "START SLAVE"); err != nil {
-		return rep, fmt.Errorf("%s: %w", tgt.name, err)
-	}
 	log.Info("source skips the target's transactions it had not applied", "source", src.name, "skipped", strings.Join(skipped, ","), "gtid_slave_pos", newSrcSlavePos)
-	if err := execAll(ctx, src.db, "STOP SLAVE", "SET GLOBAL gtid_slave_pos = '"+newSrcSlavePos+"'",
-		"CHANGE MASTER TO MASTER_USE_GTID=slave_pos", "START SLAVE"); err != nil {
-		return rep, fmt.Errorf("%s: %w", src.name, err)
+	var g errgroup.Group
+	g.Go(func() error {
+		if err := execAll(ctx, tgt.db, "STOP SLAVE", "SET GLOBAL gtid_slave_pos = '"+rep.SnapshotGTID+"'",
+			"CHANGE MASTER TO MASTER_USE_GTID=slave_pos", "START SLAVE"); err != nil {
+			return fmt.Errorf("%s: %w", tgt.name, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := execAll(ctx, src.db, "STOP SLAVE", "SET GLOBAL gtid_slave_pos = '"+newSrcSlavePos+"'",
+			"CHANGE MASTER TO MASTER_USE_GTID=slave_pos", "START SLAVE"); err != nil {
+			return fmt.Errorf("%s: %w", src.name, err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return rep, err
 	}
 
 	// Catch up, verify, unfence.
-	for _, pair := range [][2]node{{src, tgt}, {tgt, src}} {
-		if err := catchUp(ctx, pair[0], pair[1]); err != nil {
-			rep.Notes = append(rep.Notes, err.Error())
-		}
+	pairs := [][2]node{{src, tgt}, {tgt, src}}
+	var notes [2][]string
+	var running [2]bool
+	var wg sync.WaitGroup
+	for i, pair := range pairs {
+		wg.Go(func() {
+			if err := catchUp(ctx, pair[0], pair[1]); err != nil {
+				notes[i] = append(notes[i], err.Error())
+			}
+			// pair[1] is the node that replicates from pair[0].
+			ok, why, err := replicating(ctx, pair[1])
+			running[i] = err == nil && ok
+			if !running[i] {
+				notes[i] = append(notes[i], fmt.Sprintf("%s: replication not running: %s%v", pair[1].name, why, orNil(err)))
+			}
+		})
 	}
-	rep.Replicating = true
-	for _, n := range []node{tgt, src} {
-		ok, why, err := replicating(ctx, n)
-		if err != nil || !ok {
-			rep.Replicating = false
-			rep.Notes = append(rep.Notes, fmt.Sprintf("%s: replication not running: %s%v", n.name, why, orNil(err)))
-		}
-	}
+	wg.Wait()
+	rep.Replicating = running[0] && running[1]
+	rep.Notes = append(append(rep.Notes, notes[0]...), notes[1]...)
 	rep.ResumeTime = time.Since(resumeStart)
-	verifyStart := time.Now()
-	rep.Verified = true
-	for _, d := range dbs {
-		c, err := checksum.New(checksum.Node{Name: src.name, DB: src.db}, checksum.Node{Name: tgt.name, DB: tgt.db},
-			checksum.Options{Database: d, Logger: opts.Logger})
-		if err != nil {
-			return rep, err
-		}
-		res, err := c.Run(ctx)
-		if err != nil {
-			rep.Verified = false
-			rep.Notes = append(rep.Notes, fmt.Sprintf("verifying checksum of %s failed: %v", d, err))
-			continue
-		}
-		rep.Checksum = append(rep.Checksum, res)
-		if !res.Consistent {
-			rep.Verified = false
-		}
+	if opts.VerifyLive {
+		verifyLive(ctx, src, tgt, dbs, opts, rep)
 	}
-	rep.VerifyTime = time.Since(verifyStart)
-	log.Info("repair phases", "compare_and_fix", rep.CopyTime, "resume", rep.ResumeTime, "verify", rep.VerifyTime)
+	log.Info("repair phases", "compare_and_fix", rep.CopyTime, "resume", rep.ResumeTime, "verify", rep.VerifyTime, "verified_against", rep.VerifiedAgainst)
 	if rep.Verified && rep.Replicating {
 		if err := dbrepl.ManualUnfence(ctx, cfg, tgt.name, opts.Logger); err != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("unfence %s: %v", tgt.name, err))
@@ -578,4 +588,31 @@ func replicating(ctx context.Context, n node) (bool, string, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// verifyLive is the end-to-end verification (--verify live): a checksum
+// of both live nodes, per database, once replication has resumed.
+func verifyLive(ctx context.Context, src, tgt node, dbs []string, opts Options, rep *Report) {
+	verifyStart := time.Now()
+	rep.Verified, rep.VerifiedAgainst = true, "live"
+	for _, d := range dbs {
+		c, err := checksum.New(checksum.Node{Name: src.name, DB: src.db}, checksum.Node{Name: tgt.name, DB: tgt.db},
+			checksum.Options{Database: d, Logger: opts.Logger})
+		if err != nil {
+			rep.Verified = false
+			rep.Notes = append(rep.Notes, fmt.Sprintf("verifying checksum of %s: %v", d, err))
+			continue
+		}
+		res, err := c.Run(ctx)
+		if err != nil {
+			rep.Verified = false
+			rep.Notes = append(rep.Notes, fmt.Sprintf("verifying checksum of %s failed: %v", d, err))
+			continue
+		}
+		rep.Checksum = append(rep.Checksum, res)
+		if !res.Consistent {
+			rep.Verified = false
+		}
+	}
+	rep.VerifyTime = time.Since(verifyStart)
 }

@@ -64,6 +64,8 @@ func scenarios() []scenario {
 		{10, "Churn: thousands of random changes, moves across the tree", runChurn, 6 * time.Minute},
 		{11, "Resource death: service killed → answering through the VIP again", runResourceDeath, 5 * time.Minute},
 		{12, "Repair: lockstep repl repair vs pt-table-sync (3 drifted rows)", runRepair, 8 * time.Minute},
+		{13, "DB watching cost: queries/s, heartbeat writes/s, binlog bytes/s, lag error", runWatchCost, 5 * time.Minute},
+		{14, "Reseed: lockstep repl repair --method reseed vs mariadb-dump | mariadb", runReseed, 8 * time.Minute},
 		{15, "keepalived side by side: death → VIP answers, node↔node cut (defaults, equal detection)", runKeepalivedSideBySide, 15 * time.Minute},
 	}
 }

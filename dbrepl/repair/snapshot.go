@@ -1,0 +1,116 @@
+package repair
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"sync"
+)
+
+// Several snapshot sessions let tables be compared in parallel while the
+// repair still reads ONE state of the source. START TRANSACTION WITH
+// CONSISTENT SNAPSHOT gives each session the binlog position its snapshot
+// corresponds to (binlog_snapshot_file/position, atomic with the snapshot
+// in MariaDB); two sessions with the same position saw exactly the same
+// committed transactions. Sessions that do not all agree are discarded
+// and opened again; after a few tries under a steady write load the
+// repair goes on with one session, as before.
+
+// compareWorkers is how many tables are compared and fixed at once: two
+// keep both servers' cores busy while one table's chunk waits on a round
+// trip or on the other server.
+const compareWorkers = 2
+
+// snapshotTries bounds the attempts at opening agreeing sessions.
+const snapshotTries = 5
+
+// snapshotPos is where a snapshot stands in the source's binlog.
+type snapshotPos struct {
+	file string
+	pos  uint64
+}
+
+// openSnapshot starts a read-only consistent snapshot on a new session.
+func openSnapshot(ctx context.Context, db *sql.DB) (*sql.Conn, snapshotPos, error) {
+	var at snapshotPos
+	c, err := db.Conn(ctx)
+	if err != nil {
+		return nil, at, err
+	}
+	// READ ONLY: the server itself refuses any write through this session.
+	if err := execAll(ctx, c, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+		"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"); err != nil {
+		c.Close()
+		return nil, at, err
+	}
+	rows, err := c.QueryContext(ctx, "SHOW STATUS LIKE 'binlog_snapshot_%'")
+	if err != nil {
+		closeSnapshot(c)
+		return nil, at, err
+	}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			rows.Close()
+			closeSnapshot(c)
+			return nil, at, err
+		}
+		switch k {
+		case "Binlog_snapshot_file":
+			at.file = v
+		case "Binlog_snapshot_position":
+			fmt.Sscan(v, &at.pos)
+		}
+	}
+	rows.Close()
+	return c, at, nil
+}
+
+// closeSnapshot ends a snapshot session; a session whose ROLLBACK fails
+// is discarded rather than returned to the pool mid-transaction.
+func closeSnapshot(c *sql.Conn) {
+	if _, err := c.ExecContext(context.Background(), "ROLLBACK"); err != nil {
+		_ = c.Raw(func(any) error { return driver.ErrBadConn })
+	}
+	c.Close()
+}
+
+// openSnapshots opens up to want sessions on the same snapshot (at least
+// one) and returns them with their position.
+func openSnapshots(ctx context.Context, db *sql.DB, want int) ([]*sql.Conn, snapshotPos, error) {
+	for try := 0; want > 1 && try < snapshotTries; try++ {
+		conns := make([]*sql.Conn, want)
+		pos := make([]snapshotPos, want)
+		errs := make([]error, want)
+		var wg sync.WaitGroup
+		// Opened at the same moment, they most often fall between the
+		// same two commits.
+		for i := range conns {
+			wg.Go(func() { conns[i], pos[i], errs[i] = openSnapshot(ctx, db) })
+		}
+		wg.Wait()
+		same := true
+		for i := range conns {
+			if errs[i] != nil || pos[i] != pos[0] {
+				same = false
+			}
+		}
+		if same {
+			return conns, pos[0], nil
+		}
+		for _, c := range conns {
+			if c != nil {
+				closeSnapshot(c)
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, snapshotPos{}, err
+		}
+	}
+	c, at, err := openSnapshot(ctx, db)
+	if err != nil {
+		return nil, at, err
+	}
+	return []*sql.Conn{c}, at, nil
+}

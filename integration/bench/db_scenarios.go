@@ -270,7 +270,7 @@ func runLag(ctx context.Context, e *Env, res *Result) error {
 		delays = append(delays, fencedAt.Sub(crossing))
 	}
 	res.note("Lag: db1 takes 100 inserts/s; in each of %d runs db2's SQL thread is stopped at T, so db2's true lag at instant t is t − T; both tools are read once per run, %s after T. Error = reading − truth at the reading's instant (lockstep: the supervisor's `lockstep_repl_lag_seconds` gauge scraped from its /metrics, i.e. its live reading; pt-heartbeat: now − ts of db1's row on db2, exactly what `pt-heartbeat --check` computes, read in-process at a known instant).", len(lsErr), maxLag*6/10)
-	res.note("lockstep runs with its default 250 ms interval; pt-heartbeat --update with its default 1 s interval (both as an admin would run them). A positive error means the tool over-reports lag.")
+	res.note("lockstep runs with its default 1 s interval (lag between polls from the binlog streams); pt-heartbeat --update with its default 1 s interval (both as an admin would run them). A positive error means the tool over-reports lag.")
 	res.note("lockstep error samples (ms): %s", fmtMillis(lsErr))
 	if pt != nil {
 		res.note("pt-heartbeat error samples (ms): %s", fmtMillis(ptErrs))

@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,6 +64,7 @@ func scenarios() []scenario {
 		{10, "Churn: thousands of random changes, moves across the tree", runChurn, 6 * time.Minute},
 		{11, "Resource death: service killed → answering through the VIP again", runResourceDeath, 5 * time.Minute},
 		{12, "Repair: lockstep repl repair vs pt-table-sync (3 drifted rows)", runRepair, 8 * time.Minute},
+		{16, "100k tree: initial sync and restart vs rsync", runScale, 15 * time.Minute},
 	}
 }
 
@@ -79,6 +81,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	keep := fs.Bool("keep", false, "keep the work directory (configs, logs) for inspection")
 	verbose := fs.Bool("v", false, "debug logging")
 	prebuilt := fs.String("lockstep", "", "use this lockstep binary instead of building ./cmd/lockstep")
+	scaleFiles := fs.Int("scale-files", 0, "scenario 16's tree size in files (a tenth as many directories); default 100000, 300 in smoke mode")
 	workdir := fs.String("workdir", "", "parent of the work directory (default: /dev/shm when it is a tmpfs with room, else $TMPDIR)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -101,7 +104,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	report, err := Run(ctx, RunOptions{Smoke: *smoke, Selected: selected, Keep: *keep, Logger: logger, Lockstep: *prebuilt, WorkDir: *workdir})
+	report, err := Run(ctx, RunOptions{Smoke: *smoke, Selected: selected, Keep: *keep, Logger: logger, Lockstep: *prebuilt, WorkDir: *workdir, ScaleFiles: *scaleFiles})
 	if err != nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)
 		return 1
@@ -122,6 +125,14 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+func scenarioIDs() string {
+	var ids []string
+	for _, sc := range scenarios() {
+		ids = append(ids, strconv.Itoa(sc.id))
+	}
+	return strings.Join(ids, ",")
+}
+
 func parseSelection(s string) (map[int]bool, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
@@ -129,8 +140,10 @@ func parseSelection(s string) (map[int]bool, error) {
 	sel := map[int]bool{}
 	for _, part := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(part))
-		if err != nil || n < 1 || n > len(scenarios()) {
-			return nil, fmt.Errorf("%q is not a scenario number 1..%d", part, len(scenarios()))
+		// Numbers are ids, not positions: a scenario keeps its number
+		// while others are added or still missing in between.
+		if err != nil || !slices.ContainsFunc(scenarios(), func(sc scenario) bool { return sc.id == n }) {
+			return nil, fmt.Errorf("%q is not a scenario number (have %s)", part, scenarioIDs())
 		}
 		sel[n] = true
 	}
@@ -145,6 +158,8 @@ type RunOptions struct {
 	Logger   *slog.Logger
 	Lockstep string // prebuilt binary; "" = go build ./cmd/lockstep
 	WorkDir  string // parent of the work directory; "" = pickWorkDir()
+	// ScaleFiles overrides scenario 16's tree size (0: the mode's default).
+	ScaleFiles int
 }
 
 // pickWorkDir prefers tmpfs: both tools then compete on CPU and protocol,
@@ -191,6 +206,9 @@ func Run(ctx context.Context, o RunOptions) (*Report, error) {
 	env := &Env{Smoke: o.Smoke, Dir: dir, Log: o.Logger, Sizes: fullSizes()}
 	if o.Smoke {
 		env.Sizes = smokeSizes()
+	}
+	if o.ScaleFiles > 0 {
+		env.Sizes.ScaleFiles = o.ScaleFiles
 	}
 	defer env.close()
 

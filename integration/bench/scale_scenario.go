@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -28,9 +27,11 @@ type shotResult struct {
 	bytes  int64 // both directions through the counting proxy
 }
 
-// runShot runs argv to completion and measures it. The peak RSS comes from
-// wait4's rusage, which covers the process and the children it reaped
-// (rsync's ssh), so a short run's peak is not missed between samples.
+// runShot runs argv to completion and measures it. The peak RSS is
+// sampled from /proc every 10ms: the process's own high-water mark
+// (VmHWM) and the summed RSS of it and its children (rsync's ssh). Not
+// wait4's ru_maxrss: exec carries the forking process's high-water mark
+// over into it, so every tool would report the bench's own RSS.
 func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotResult, error) {
 	sshEnv, err := e.SSH()
 	if err != nil {
@@ -45,18 +46,38 @@ func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotRe
 	cmd.Stdout, cmd.Stderr = log, log
 	up0, down0, _ := sshEnv.proxy.Counters()
 	t0 := time.Now()
-	err = cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return shotResult{}, err
+	}
+	var peak int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			peak = max(peak, TreeRSS(cmd.Process.Pid))
+			if hwm, err := procStatusBytes(cmd.Process.Pid, "VmHWM"); err == nil {
+				peak = max(peak, hwm)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	err = cmd.Wait()
 	wall := time.Since(t0)
+	close(stop)
+	<-sampled
 	up1, down1, _ := sshEnv.proxy.Counters()
 	if err != nil {
 		b, _ := os.ReadFile(logPath)
 		return shotResult{}, fmt.Errorf("%s: %v\n%s", strings.Join(argv[:min(len(argv), 3)], " "), err, truncate(string(b), 3000))
 	}
-	res := shotResult{wall: wall, bytes: up1 - up0 + down1 - down0}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		res.maxRSS = ru.Maxrss * 1024
-	}
-	return res, nil
+	return shotResult{wall: wall, bytes: up1 - up0 + down1 - down0, maxRSS: peak}, nil
 }
 
 // scaleTools are lockstep's one-shot sync and rsync over the same ssh

@@ -58,6 +58,9 @@ type stateTx struct {
 	mu   sync.Mutex
 	puts map[string]syncstate.Record
 	dels []string
+	// flush, when set, writes a full transaction early (see
+	// flushIfFullLocked).
+	flush func(puts map[string]syncstate.Record, dels []string)
 }
 
 func (s *stateTx) put(e Entry) {
@@ -69,6 +72,7 @@ func (s *stateTx) put(e Entry) {
 		s.puts = map[string]syncstate.Record{}
 	}
 	s.puts[e.Path] = recordOf(e)
+	s.flushIfFullLocked()
 	s.mu.Unlock()
 }
 
@@ -84,6 +88,7 @@ func (s *stateTx) del(p string) {
 		}
 	}
 	s.dels = append(s.dels, p)
+	s.flushIfFullLocked()
 	s.mu.Unlock()
 }
 

@@ -212,7 +212,7 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	start := time.Now()
 	rep := &Report{Target: r.Target}
 	if r.State != nil && !dry {
-		rep.state = &stateTx{}
+		rep.state = r.newStateTx()
 		defer r.commit(rep)
 	}
 	if err := r.Source.checkRoot(); err != nil {
@@ -482,7 +482,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	start := time.Now()
 	rep := &Report{Target: r.Target}
 	if r.State != nil {
-		rep.state = &stateTx{}
+		rep.state = r.newStateTx()
 		defer r.commit(rep)
 	}
 	if err := r.Source.checkRoot(); err != nil {

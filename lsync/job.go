@@ -249,6 +249,9 @@ func (j *Job) openState() {
 		w.state = st
 		w.mu.Unlock()
 		w.rec.State = st
+		// A state that did not start empty was filled by full passes and
+		// batches; a fresh one waits for the first full pass.
+		w.rec.TrustState(!st.Fresh)
 	}
 }
 
@@ -260,6 +263,7 @@ func (j *Job) closeState() {
 		w.mu.Unlock()
 		if st != nil {
 			w.rec.State = nil
+			w.rec.TrustState(false)
 			_ = st.Close()
 		}
 	}
@@ -377,17 +381,50 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			defer wg.Done()
 			res := OnceResult{Target: w.name}
 			defer func() { out[i] = res }()
-			t, err := w.conn.Connect(ctx)
+			// The connection is set up while the source is compared with
+			// the sync state: the handshake costs nothing then.
+			type dialed struct {
+				t   Target
+				err error
+			}
+			conn := make(chan dialed, 1)
+			go func() {
+				t, err := w.conn.Connect(ctx)
+				conn <- dialed{t, err}
+			}()
+			d, trusted, err := w.rec.trustedPrepare(ctx)
+			c := <-conn
+			if c.err != nil {
+				res.Err = c.err
+				return
+			}
+			t := c.t
+			defer t.Close()
 			if err != nil {
 				res.Err = err
 				return
 			}
-			defer t.Close()
-			if res.Applied, res.Err = w.rec.Reconcile(ctx, t, false); res.Err != nil {
+			if trusted {
+				res.Applied, _, res.Err = w.rec.applyTrusted(ctx, t, d, nil)
+			} else {
+				res.Applied, res.Err = w.rec.Reconcile(ctx, t, false)
+			}
+			if res.Err != nil {
 				return
 			}
 			w.logReport("reconcile", res.Applied)
-			res.Verify, res.Err = w.rec.Reconcile(ctx, t, true)
+			if trusted && res.Applied.Actions() == 0 && res.Applied.InSync() {
+				// Nothing differed from the state, and nothing was done:
+				// the comparison was the verification.
+				res.Verify = &Report{Target: w.name, Trusted: true, Compared: res.Applied.Compared}
+			} else {
+				var ok bool
+				// After a pass, the state records what the target holds:
+				// checking the source against it needs no second listing.
+				if res.Verify, ok, res.Err = w.rec.trustedVerify(ctx); !ok && res.Err == nil {
+					res.Verify, res.Err = w.rec.Reconcile(ctx, t, true)
+				}
+			}
 			if st := w.status(); st.StatePath != "" {
 				res.StatePath, res.StateEntries = st.StatePath, st.StateEntries
 			}
@@ -458,6 +495,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		Delete: j.cfg.DeleteEnabled(), Checksum: j.cfg.Checksum,
 		TwoWay: j.cfg.TwoWay, Node: j.opts.Node,
 		Concurrency: j.cfg.Concurrency,
+		VerifyRate:  j.cfg.EffectiveVerifyRate(),
 		MaxDelete:   j.cfg.EffectiveMaxDelete(),
 		Logger:      w.logger,
 	}
@@ -862,7 +900,16 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		var rep *Report
 		var err error
 		if b.Rescan {
-			rep, err = w.rec.CatchUp(ctx, t, b)
+			trusted := false
+			if b.Reason != verifyReason {
+				// A reconnect or a lost event queue: the source is
+				// compared with the state, and only what differs is
+				// applied; the verification lists the target.
+				rep, trusted, err = w.rec.TrustedCatchUp(ctx, t, b)
+			}
+			if !trusted {
+				rep, err = w.rec.CatchUp(ctx, t, b)
+			}
 		} else {
 			rep, err = w.rec.Apply(ctx, t, b)
 		}
@@ -957,7 +1004,9 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 	} else {
 		w.attempts = 0
 	}
-	if b.Rescan && rep.InSync() {
+	if b.Rescan && rep.InSync() && !rep.Trusted {
+		// A trusted pass read the state, not the target: it verified
+		// nothing there.
 		w.lastVerified = now
 		w.verifiedGauge.Set(float64(now.Unix()))
 	}

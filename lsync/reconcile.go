@@ -66,6 +66,11 @@ type Report struct {
 	// Entries is the size of the larger tree listing a full pass built
 	// (0 for a live batch); the job uses it to return memory afterwards.
 	Entries int
+	// Trusted marks a pass that compared the source with the sync state
+	// instead of listing the target (see TrustedCatchUp); Compared is the
+	// number of source entries it compared.
+	Trusted  bool
+	Compared int
 }
 
 const maxReportedChanges = 100
@@ -131,6 +136,9 @@ type Reconciler struct {
 	// see the storm, not each batch alone.
 	recentDeletes deleteWindow
 	Logger        *slog.Logger // carries the target name (the job adds it)
+	// VerifyRate bounds the periodic verification's listing of the
+	// target, in entries per second (0: unbounded).
+	VerifyRate int
 	// ProgressEvery logs progress of large passes; 0 means 10s.
 	ProgressEvery time.Duration
 	// OnTransfer is called after every file landed (metrics).
@@ -143,6 +151,10 @@ type Reconciler struct {
 	// refusedLogged holds the paths whose refusal was logged, so that a
 	// hostile tree retried by every full pass logs each path once.
 	refusedLogged map[string]bool
+
+	// trusted is set once the state is complete enough for trusted
+	// passes (see canTrust).
+	trusted atomic.Bool
 
 	landedMu sync.Mutex
 	// landed maps a path to the source version last landed or verified
@@ -178,7 +190,14 @@ func (r *Reconciler) CatchUp(ctx context.Context, t Target, b Batch) (*Report, e
 	if !since.IsZero() {
 		since = since.Add(-SuspectSlack)
 	}
+	rate := 0
+	if b.Reason == verifyReason {
+		// In the background of a running sync: the peer is read at a
+		// bounded rate.
+		rate = r.VerifyRate
+	}
 	return r.reconcile(ctx, t, pass{
+		pace: rate,
 		suspect: func(e Entry) bool {
 			return pending[e.Path] || !since.IsZero() && !e.ModTime.Before(since)
 		},
@@ -203,6 +222,8 @@ type pass struct {
 	// listed tells which paths were known to have changed; changes to
 	// others are reported in Report.Unlisted.
 	listed func(string) bool
+	// pace bounds the target's listing, in entries per second (0: none).
+	pace int
 }
 
 // reconcile compares the trees below p.sub ("" for the whole trees; sub
@@ -224,7 +245,7 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	// unknown, so nothing below them is deleted or assumed missing.
 	var unlistedMu sync.Mutex
 	srcUnlisted, dstUnlisted := map[string]bool{}, map[string]bool{}
-	err := t.Walk(ctx, sub, func(e Entry) error {
+	err := t.Walk(ctx, sub, paced(ctx, p.pace, func(e Entry) error {
 		if strings.HasPrefix(path.Base(e.Path), TempPrefix) {
 			temps = append(temps, e.Path)
 			return nil
@@ -243,7 +264,7 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 		}
 		dst[e.Path] = e
 		return nil
-	})
+	}))
 	if err != nil {
 		return rep, fmt.Errorf("walk target %s: %w", r.Target, err)
 	}
@@ -417,6 +438,11 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	dst = nil
 	err = r.execute(ctx, t, ops, dirTimes, rep, true)
 	rep.Duration = time.Since(start)
+	if err == nil && sub == "" && rep.InSync() && r.State != nil {
+		// Every path of both trees is now recorded as it is on both:
+		// later passes may trust the state (see canTrust).
+		r.trusted.Store(true)
+	}
 	return rep, err
 }
 

@@ -225,3 +225,36 @@ func decode(v []byte) (Record, bool) {
 		Link:    string(v[20:]),
 	}, true
 }
+
+// Children calls fn, in name order, for every path recorded directly
+// below dir ("" for the root), with its last path component. Deeper paths
+// are skipped with one seek per child, so listing a directory costs its
+// children, not its subtree: a walk that compares the tree with the
+// state directory by directory reads each record once.
+func (s *Store) Children(dir string, fn func(name string, r Record) error) error {
+	prefix := []byte(dir + "/")
+	if dir == "" {
+		prefix = nil
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketEntries).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); {
+			name := k[len(prefix):]
+			if i := bytes.IndexByte(name, '/'); i >= 0 {
+				// Below a child (whose own key sorts before this one, or
+				// is missing): skip its subtree, '0' being '/'+1.
+				next := append(append([]byte(nil), k[:len(prefix)+i]...), '0')
+				k, v = c.Seek(next)
+				continue
+			}
+			r, ok := decode(v)
+			if ok {
+				if err := fn(string(name), r); err != nil {
+					return err
+				}
+			}
+			k, v = c.Next()
+		}
+		return nil
+	})
+}

@@ -1,0 +1,113 @@
+package lsync
+
+import (
+	"context"
+	"os"
+	"slices"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// dirFunc is called once per directory of a walkDirs with the
+// directory's entries (sorted by name, excluded ones left out), or with
+// listErr when it could not be listed. It returns the subdirectories
+// (paths, among entries) to walk next.
+type dirFunc func(dir string, entries []Entry, listErr error) (descend []string, err error)
+
+// walkDirWorkers lists that many directories at once: a walk is mostly
+// system calls, and a second core halves it when there is one.
+const walkDirWorkers = 4
+
+// walkDirs visits the source directory by directory, starting at the
+// root (""), concurrently: fn must be safe for concurrent use. Memory is
+// one directory's listing per worker, whatever the tree's size.
+//
+// Each directory is opened by its whole path below the root with
+// openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so no symlink is ever
+// followed, and its entries are lstat'ed relative to it; without openat2,
+// os.Root does the same one component at a time.
+func (s *Source) walkDirs(ctx context.Context, fn dirFunc) error {
+	h, err := s.acquire()
+	if err != nil {
+		return err
+	}
+	defer h.release()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(walkDirWorkers)
+	var visit func(dir string) error
+	visit = func(dir string) error {
+		if err := gctx.Err(); err != nil {
+			return err
+		}
+		entries, lerr := s.listDir(h, dir)
+		if lerr != nil && gone(lerr) {
+			return nil // removed meanwhile: its parent's next pass sees it
+		}
+		descend, err := fn(dir, entries, lerr)
+		if err != nil {
+			return err
+		}
+		for _, d := range descend {
+			if !g.TryGo(func() error { return visit(d) }) {
+				if err := visit(d); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	g.Go(func() error { return visit("") })
+	return g.Wait()
+}
+
+// listDir returns the entries of dir, sorted by name.
+func (s *Source) listDir(h *rootHandle, dir string) ([]Entry, error) {
+	if entries, ok, err := listDirBeneath(h.beneath, dir, s.entryOf); ok {
+		return entries, err
+	}
+	name := dir
+	if name == "" {
+		name = "."
+	}
+	r, err := h.root.OpenRoot(name)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	f, err := r.Open(".")
+	if err != nil {
+		return nil, err
+	}
+	names, err := f.Readdirnames(-1)
+	_ = f.Close()
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	out := make([]Entry, 0, len(names))
+	for _, n := range names {
+		e, err := s.entry(r, n, joinRel(dir, n))
+		if err != nil {
+			if gone(err) {
+				continue
+			}
+			return nil, err
+		}
+		if e != nil {
+			out = append(out, *e)
+		}
+	}
+	return out, nil
+}
+
+// entryOf completes an lstat'ed entry: nil for excluded entries and the
+// types that are not synced.
+func (s *Source) entryOf(e Entry) *Entry {
+	if s.excluder.Excluded(e.Path, e.Mode.IsDir()) {
+		return nil
+	}
+	if !e.Mode.IsDir() && !e.Mode.IsRegular() && e.Mode&os.ModeSymlink == 0 {
+		return nil
+	}
+	return &e
+}

@@ -165,6 +165,21 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			return err
 		}
 	}
+	if bw, ok := t.(BatchWriter); ok {
+		var batched []op
+		single := rest[:0]
+		for _, o := range rest {
+			if batchable(o) {
+				batched = append(batched, o)
+			} else {
+				single = append(single, o)
+			}
+		}
+		rest = single
+		if err := r.uploadBatches(ctx, bw, batched, fail, done, &filesDone, &bytesDone); err != nil {
+			return err
+		}
+	}
 	err := parallel(ctx, r.Concurrency, len(rest), func(i int) error {
 		o := rest[i]
 		var err error
@@ -342,6 +357,10 @@ type stableReader struct {
 	n       int64
 	changed bool
 }
+
+// Size is the file's size when it was opened: targets size their
+// buffers by it (a file that grows is caught at EOF anyway).
+func (s *stableReader) Size() int64 { return s.before.Size() }
 
 func (s *stableReader) Read(p []byte) (int, error) {
 	n, err := s.f.Read(p)

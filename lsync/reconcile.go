@@ -141,6 +141,9 @@ type Reconciler struct {
 	VerifyRate int
 	// ProgressEvery logs progress of large passes; 0 means 10s.
 	ProgressEvery time.Duration
+	// Progress is the running full pass's progress (status, metrics,
+	// the progress bar of `sync --once`).
+	Progress Progress
 	// OnTransfer is called after every file landed (metrics).
 	OnTransfer func(bytes int64)
 	// OnRefused is called for every operation the target refused
@@ -229,6 +232,9 @@ type pass struct {
 // reconcile compares the trees below p.sub ("" for the whole trees; sub
 // itself is left to the caller) and, unless p.dry, pushes what differs.
 func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, error) {
+	if r.canStream(t, p) {
+		return r.streamPass(ctx, t, p)
+	}
 	sub, dry, suspect := p.sub, p.dry, p.suspect
 	start := time.Now()
 	rep := &Report{Target: r.Target}

@@ -67,7 +67,7 @@ func (r *Reconciler) trustedDiff(ctx context.Context) (*trustedDiff, error) {
 	st := r.State.(stateLister)
 	var mu sync.Mutex
 	d := &trustedDiff{}
-	err := r.Source.walkDirs(ctx, func(dir string, entries []Entry, listErr error) ([]string, error) {
+	err := r.Source.walkDirs(ctx, walkDirWorkers, func(dir string, entries []Entry, listErr error) ([]string, error) {
 		if listErr != nil {
 			// Its contents are unknown: nothing below it is compared,
 			// and nothing deleted on the strength of its absence.

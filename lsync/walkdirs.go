@@ -2,8 +2,10 @@ package lsync
 
 import (
 	"context"
+	"errors"
 	"os"
 	"slices"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -14,26 +16,28 @@ import (
 // (paths, among entries) to walk next.
 type dirFunc func(dir string, entries []Entry, listErr error) (descend []string, err error)
 
-// walkDirWorkers lists that many directories at once: a walk is mostly
-// system calls, and a second core halves it when there is one.
+// walkDirWorkers lists that many directories at once when only the
+// source is read: a walk is mostly system calls, and a second core
+// halves it when there is one.
 const walkDirWorkers = 4
 
 // walkDirs visits the source directory by directory, starting at the
-// root (""), concurrently: fn must be safe for concurrent use. Memory is
+// root (""), on up to workers goroutines: fn must be safe for
+// concurrent use. Memory is
 // one directory's listing per worker, whatever the tree's size.
 //
 // Each directory is opened by its whole path below the root with
 // openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), so no symlink is ever
 // followed, and its entries are lstat'ed relative to it; without openat2,
 // os.Root does the same one component at a time.
-func (s *Source) walkDirs(ctx context.Context, fn dirFunc) error {
+func (s *Source) walkDirs(ctx context.Context, workers int, fn dirFunc) error {
 	h, err := s.acquire()
 	if err != nil {
 		return err
 	}
 	defer h.release()
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(walkDirWorkers)
+	g.SetLimit(max(workers, 1))
 	var visit func(dir string) error
 	visit = func(dir string) error {
 		if err := gctx.Err(); err != nil {
@@ -110,4 +114,45 @@ func (s *Source) entryOf(e Entry) *Entry {
 		return nil
 	}
 	return &e
+}
+
+// countEntries estimates the number of entries below the root, cheaply
+// (names only; excluded ones counted too): the total of a progress bar.
+func (s *Source) countEntries(ctx context.Context) (int64, error) {
+	h, err := s.acquire()
+	if err != nil {
+		return 0, err
+	}
+	defer h.release()
+	var total atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(2)
+	var visit func(dir string) error
+	visit = func(dir string) error {
+		if err := gctx.Err(); err != nil {
+			return err
+		}
+		n, subdirs, ok, err := countDirBeneath(h.beneath, dir)
+		if !ok {
+			return errors.ErrUnsupported
+		}
+		if err != nil {
+			return nil // an estimate: what cannot be read is not counted
+		}
+		total.Add(int64(n))
+		for _, d := range subdirs {
+			if s.excluder.Excluded(d, true) {
+				continue
+			}
+			if !g.TryGo(func() error { return visit(d) }) {
+				if err := visit(d); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	g.Go(func() error { return visit("") })
+	err = g.Wait()
+	return total.Load(), err
 }

@@ -6,3 +6,5 @@ package lsync
 func listDirBeneath(*beneath, string, func(Entry) *Entry) ([]Entry, bool, error) {
 	return nil, false, nil
 }
+
+func countDirBeneath(*beneath, string) (int, []string, bool, error) { return 0, nil, false, nil }

@@ -84,6 +84,8 @@ type Job struct {
 	wg       sync.WaitGroup
 	fatal    chan error
 	fatalErr string
+	// fullOnce: ReconcileOnce lists the targets (see FullOnce).
+	fullOnce bool
 }
 
 // NewJob validates cfg and opens the source. connectors holds one
@@ -208,6 +210,10 @@ func (j *Job) Start(ctx context.Context) error {
 	return nil
 }
 
+// FullOnce makes ReconcileOnce list the targets instead of trusting the
+// sync state (`sync --once --full`).
+func (j *Job) FullOnce(full bool) { j.fullOnce = full }
+
 // AllowMassDelete confirms, for this job's next passes, the deletions
 // the mass-deletion guard would hold (`sync --once --allow-mass-delete`).
 func (j *Job) AllowMassDelete(allow bool) {
@@ -249,9 +255,13 @@ func (j *Job) openState() {
 		w.state = st
 		w.mu.Unlock()
 		w.rec.State = st
-		// A state that did not start empty was filled by full passes and
-		// batches; a fresh one waits for the first full pass.
-		w.rec.TrustState(!st.Fresh)
+		// Trusted only once a full pass ended in sync (and none failed
+		// since): see Reconciler.stateComplete.
+		trust := false
+		if m, ok := any(st).(completeMarker); ok {
+			trust = m.Complete()
+		}
+		w.rec.TrustState(trust)
 	}
 }
 
@@ -387,12 +397,36 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 				t   Target
 				err error
 			}
+			dctx, cancelDial := context.WithCancel(ctx)
+			defer cancelDial()
 			conn := make(chan dialed, 1)
 			go func() {
-				t, err := w.conn.Connect(ctx)
+				t, err := w.conn.Connect(dctx)
 				conn <- dialed{t, err}
 			}()
-			d, trusted, err := w.rec.trustedPrepare(ctx)
+			var d *trustedDiff
+			trusted := false
+			var err error
+			if !j.fullOnce {
+				d, trusted, err = w.rec.trustedPrepare(ctx)
+			}
+			if trusted && err == nil && d.empty() && len(d.errors) == 0 {
+				// Nothing differs from what the state says the target
+				// holds: the peer has nothing to be told. The dial is
+				// called off (a restart costs the local walk only); the
+				// daemon's verification, or --full, lists the peer.
+				cancelDial()
+				if c := <-conn; c.err == nil {
+					_ = c.t.Close()
+				}
+				res.Applied = &Report{Target: w.name, Trusted: true, Compared: d.entries}
+				res.Verify = &Report{Target: w.name, Trusted: true, Compared: d.entries}
+				w.logReport("reconcile (trusting the sync state; the peer was not contacted)", res.Applied)
+				if st := w.status(); st.StatePath != "" {
+					res.StatePath, res.StateEntries = st.StatePath, st.StateEntries
+				}
+				return
+			}
 			c := <-conn
 			if c.err != nil {
 				res.Err = c.err

@@ -444,10 +444,10 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (*Report, 
 	dst = nil
 	err = r.execute(ctx, t, ops, dirTimes, rep, true)
 	rep.Duration = time.Since(start)
-	if err == nil && sub == "" && rep.InSync() && r.State != nil {
-		// Every path of both trees is now recorded as it is on both:
-		// later passes may trust the state (see canTrust).
-		r.trusted.Store(true)
+	if sub == "" && r.State != nil {
+		// In sync, every path of both trees is now recorded as it is on
+		// both: later passes may trust the state (see canTrust).
+		r.stateComplete(err == nil && rep.InSync())
 	}
 	return rep, err
 }

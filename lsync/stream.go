@@ -49,6 +49,9 @@ func (r *Reconciler) streamPass(ctx context.Context, t Target, p pass) (*Report,
 	if r.State != nil && !p.dry {
 		rep.state = r.newStateTx()
 		defer r.commit(rep)
+		// Until this pass ends in sync, the state is not to be trusted:
+		// a crash halfway must not leave a complete mark behind.
+		r.stateComplete(false)
 	}
 	if err := r.Source.checkRoot(); err != nil {
 		return rep, err
@@ -263,8 +266,8 @@ func (r *Reconciler) streamPass(ctx context.Context, t Target, p pass) (*Report,
 		}
 	}
 	rep.Duration = time.Since(start)
-	if !p.dry && rep.InSync() && r.State != nil {
-		r.trusted.Store(true) // see reconcile
+	if !p.dry && r.State != nil {
+		r.stateComplete(rep.InSync()) // see reconcile
 	}
 	return rep, nil
 }

@@ -46,8 +46,28 @@ func (r *Reconciler) canTrust() bool {
 }
 
 // TrustState says whether the state is complete enough for trusted
-// passes (the job sets it when it opens a state that is not fresh).
+// passes (the job sets it from the state's completeness mark).
 func (r *Reconciler) TrustState(ok bool) { r.trusted.Store(ok) }
+
+// completeMarker is a state that remembers whether it covers the whole
+// target (syncstate.Store).
+type completeMarker interface {
+	SetComplete(bool) error
+	Complete() bool
+}
+
+// stateComplete records, after a full pass, whether the state now covers
+// the whole target: only then may later passes trust it. A pass that left
+// anything undone (a held deletion leaves entries on the target that the
+// state does not know) withdraws the trust until a full pass succeeds.
+func (r *Reconciler) stateComplete(ok bool) {
+	r.trusted.Store(ok)
+	if m, is := r.State.(completeMarker); is {
+		if err := m.SetComplete(ok); err != nil {
+			r.Logger.Warn("sync state: cannot record whether it is complete; the next start lists the target", "err", err)
+		}
+	}
+}
 
 // trustedDiff is what a trusted comparison found.
 type trustedDiff struct {

@@ -258,3 +258,29 @@ func (s *Store) Children(dir string, fn func(name string, r Record) error) error
 		return nil
 	})
 }
+
+var keyComplete = []byte("complete")
+
+// SetComplete records whether the state covers the whole target: set
+// after a full comparison left both trees identical, cleared when one
+// could not (deletions held, paths failed). Only a complete state may
+// stand in for listing the target.
+func (s *Store) SetComplete(ok bool) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if !ok {
+			return meta.Delete(keyComplete)
+		}
+		return meta.Put(keyComplete, []byte{1})
+	})
+}
+
+// Complete reports what SetComplete last recorded.
+func (s *Store) Complete() bool {
+	var ok bool
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketMeta).Get(keyComplete) != nil
+		return nil
+	})
+	return ok
+}

@@ -97,6 +97,7 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 			if r.OnTransfer != nil {
 				r.OnTransfer(n)
 			}
+			r.Progress.transferred(n)
 			filesDone.Add(1)
 			bytesDone.Add(n)
 			done(o, n)

@@ -214,6 +214,9 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			if err == nil && r.OnTransfer != nil {
 				r.OnTransfer(n)
 			}
+			if err == nil {
+				r.Progress.transferred(n)
+			}
 			filesDone.Add(1)
 			bytesDone.Add(n)
 		case opSymlink:

@@ -55,6 +55,8 @@ type TargetStatus struct {
 	// JobError is set when the job as a whole broke (the source can no
 	// longer be watched completely, e.g. out of inotify watches).
 	JobError string
+	// Progress is the running full pass, nil when none runs.
+	Progress *ProgressSnapshot
 }
 
 // Job pushes one source tree to its targets: a watcher feeds a batcher,
@@ -352,6 +354,7 @@ func (j *Job) gaugeLoop(ctx context.Context) {
 				st := w.status()
 				w.lagGauge.Set(st.Lag.Seconds())
 				w.pendingGauge.Set(float64(st.PendingFiles))
+				w.setProgressGauges(st.Progress)
 			}
 		}
 	}
@@ -707,6 +710,9 @@ func (w *targetWorker) status() TargetStatus {
 		PendingFiles: len(w.pending) + len(w.retry), Rescanning: w.rescan,
 		LastSync: w.lastSync, LastVerified: w.lastVerified, LastError: w.lastErr,
 		Held: w.held, HeldDeletes: w.heldDeletes,
+	}
+	if p := w.rec.Progress.Snapshot(); p.Running {
+		st.Progress = &p
 	}
 	if w.state != nil {
 		st.StatePath = w.state.Path()
@@ -1123,4 +1129,19 @@ func (w *targetWorker) logReport(kind string, rep *Report) {
 		clear(w.logged) // all well again: a new failure is news
 	}
 	w.logger.Info("synced", attrs...)
+}
+
+// setProgressGauges publishes the running pass (zeros when none runs).
+func (w *targetWorker) setProgressGauges(p *ProgressSnapshot) {
+	var s ProgressSnapshot
+	if p != nil {
+		s = *p
+	}
+	g := w.job.metrics.passProgress
+	for what, v := range map[string]float64{
+		"compared": float64(s.Compared), "total": float64(s.Total), "files": float64(s.Files),
+		"bytes": float64(s.Bytes), "rate": s.Rate, "eta_seconds": s.ETA.Seconds(),
+	} {
+		g.WithLabelValues(w.job.cfg.Name, w.name, what).Set(v)
+	}
 }

@@ -23,6 +23,9 @@ type metrics struct {
 	// being deleted, and whether the source root is missing.
 	held, missing *prometheus.GaugeVec
 	refused       *prometheus.CounterVec
+	// passProgress is the running full pass (the numbers of `status` and
+	// of `sync --once`'s progress bar), by "what".
+	passProgress *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -81,6 +84,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.held = register(reg, m.held)
 	m.missing = register(reg, m.missing)
 	m.refused = register(reg, m.refused)
+	m.passProgress = register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "lockstep_sync_pass_progress",
+		Help: "The running full pass: what=compared|total (source entries), files|bytes (pushed), rate (entries/s), eta_seconds; 0 when none runs.",
+	}, []string{"job", "target", "what"}))
 	return m
 }
 

@@ -68,8 +68,6 @@ func (pp *passProgress) add(rep *Report) {
 	if pp == nil {
 		return
 	}
-	pp.p.files.Add(int64(rep.Files))
-	pp.p.bytes.Add(rep.Bytes)
 	pp.p.dirs.Add(int64(rep.Dirs))
 	pp.p.deletions.Add(int64(rep.Deleted))
 }
@@ -142,4 +140,13 @@ func (r *Reconciler) stateEntries() int {
 		return n
 	}
 	return 0
+}
+
+// transferred counts a landed file as it lands (not when its directory is
+// done): a directory of large files takes a while.
+func (p *Progress) transferred(n int64) {
+	if p.running.Load() {
+		p.files.Add(1)
+		p.bytes.Add(n)
+	}
 }

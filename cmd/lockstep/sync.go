@@ -129,7 +129,9 @@ func buildSyncJobs(f *config.File, only string, logger *slog.Logger, reg *promet
 func runSyncOnce(ctx context.Context, out io.Writer, jobs []syncJob) error {
 	var bad []string
 	for _, sj := range jobs {
+		stopBars := progressBars(ctx, out, []syncJob{sj})
 		results := sj.job.ReconcileOnce(ctx)
+		stopBars()
 		sj.job.Stop()
 		for _, r := range results {
 			prefix := fmt.Sprintf("%s -> %s", sj.job.Name(), r.Target)

@@ -530,6 +530,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	// delete, so the deletion must happen here or not at all.
 	oldNames := map[string]bool{}
 	subtrees := append([]string(nil), b.Scan...)
+	var renamed []string // renamed on the target, their records moved in the state
 	for _, rn := range b.Renames {
 		if r.Source.excluder.Excluded(rn.From, true) || r.Source.excluder.Excluded(rn.To, true) {
 			continue // the per-path checks handle both names
@@ -546,6 +547,13 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 			rep.Renamed++
 			rep.note("rename " + rn.From + " -> " + rn.To)
 			r.moveLanded(rn.From, rn.To)
+		}
+		if err == nil && r.followRenameInState(rn.From, rn.To) {
+			// The state vouches for what the rename moved: the subtree
+			// is compared with it, after the paths (see below).
+			renamed = append(renamed, rn.To)
+			paths[rn.To] = true
+			continue
 		}
 		paths[rn.To] = true
 		if err != nil {
@@ -642,6 +650,14 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	err = r.execute(ctx, t, ops, dirTimes, rep, false)
 	if err == nil {
 		err = r.reconcileSubtrees(ctx, t, subtrees, paths, rep)
+	}
+	if err == nil && len(renamed) > 0 {
+		// After the paths, like the listed subtrees: the state then
+		// holds what this batch did below the new names. The records
+		// of this batch are written first, so that the comparison
+		// reads them.
+		r.commit(rep)
+		err = r.reconcileRenamed(ctx, t, renamed, rep)
 	}
 	if err == nil && len(late) > 0 {
 		err = r.execute(ctx, t, late, nil, rep, false)

@@ -84,10 +84,15 @@ func (d *trustedDiff) empty() bool { return len(d.paths) == 0 && len(d.scan) == 
 // it reads nothing of the target. Memory is a directory's listing (and
 // its records) per walker plus what differs, whatever the tree's size.
 func (r *Reconciler) trustedDiff(ctx context.Context) (*trustedDiff, error) {
+	return r.trustedDiffFrom(ctx, "")
+}
+
+// trustedDiffFrom is trustedDiff below the directory start.
+func (r *Reconciler) trustedDiffFrom(ctx context.Context, start string) (*trustedDiff, error) {
 	st := r.State.(stateLister)
 	var mu sync.Mutex
 	d := &trustedDiff{}
-	err := r.Source.walkDirs(ctx, walkDirWorkers, func(dir string, entries []Entry, listErr error) ([]string, error) {
+	err := r.Source.walkDirsFrom(ctx, start, walkDirWorkers, func(dir string, entries []Entry, listErr error) ([]string, error) {
 		if listErr != nil {
 			// Its contents are unknown: nothing below it is compared,
 			// and nothing deleted on the strength of its absence.
@@ -200,4 +205,52 @@ func (r *Reconciler) trustedVerify(ctx context.Context) (*Report, bool, error) {
 		rep.note("not in the sync state " + p)
 	}
 	return rep, true, nil
+}
+
+// stateMover is a state that can follow a rename (syncstate.Store).
+type stateMover interface {
+	Move(from, to string) error
+}
+
+// followRenameInState moves the records of a directory renamed on the
+// target along with it, so that the state keeps saying what the target
+// holds under each name. It reports false when the state cannot vouch for
+// the renamed subtree (not trusted, or the move failed): the subtree is
+// then compared by listing it.
+func (r *Reconciler) followRenameInState(from, to string) bool {
+	m, ok := r.State.(stateMover)
+	if !ok || !r.canTrust() {
+		return false
+	}
+	if err := m.Move(from, to); err != nil {
+		r.Logger.Warn("sync state: cannot follow a rename; the renamed tree is compared by listing it", "from", from, "to", to, "err", err)
+		r.stateComplete(false)
+		return false
+	}
+	return true
+}
+
+// reconcileRenamed compares directories renamed on the target with the
+// source through the state, which followed the renames: a rename costs
+// its one request and the local walk of the tree, not a listing of the
+// tree on the peer. What differs (an entry an earlier batch deleted on the
+// target, a file changed since) is applied like a live batch; a directory
+// the state knows nothing of is compared by listing it.
+func (r *Reconciler) reconcileRenamed(ctx context.Context, t Target, subs []string, rep *Report) error {
+	var paths, scan []string
+	for _, sub := range subs {
+		d, err := r.trustedDiffFrom(ctx, sub)
+		if err != nil {
+			return err
+		}
+		paths = append(paths, d.paths...)
+		scan = append(scan, d.scan...)
+		rep.Errors = append(rep.Errors, d.errors...)
+	}
+	if len(paths) == 0 && len(scan) == 0 {
+		return nil
+	}
+	sr, err := r.Apply(ctx, t, Batch{Paths: paths, Scan: scan})
+	rep.add(sr)
+	return err
 }

@@ -2,6 +2,7 @@ package lsync_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -124,4 +125,42 @@ func TestTrustedRestartLeavesDriftToTheVerification(t *testing.T) {
 		return metricValue(t, reg, "lockstep_sync_verify_repairs_total", "peer") >= 1
 	})
 	lsynctest.AssertTreesEqual(t, src, dst[0])
+}
+
+// TestRenameConfirmedFromTheState: a directory rename replayed on the
+// target is checked against the sync state, which follows it, instead of
+// listing the renamed tree on the peer; what changed inside meanwhile
+// still lands, and nothing is uploaded again.
+func TestRenameConfirmedFromTheState(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "peer")
+	cfg.StateDir = t.TempDir()
+	for i := range 200 {
+		lsynctest.WriteFile(t, src, fmt.Sprintf("assets/sub%d/f%03d.css", i%4, i), "css", 0o644, time.Time{})
+	}
+	wc := &walkCounter{Connector: lsynctest.LocalConnectors(t, cfg)[0]}
+	reg := prometheus.NewRegistry()
+	lsynctest.StartJob(t, cfg, []lsync.Connector{wc}, lsync.JobOptions{Registerer: reg})
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	files0 := metricValue(t, reg, "lockstep_sync_files_total", "peer")
+	subs0 := wc.subs.Load()
+
+	if err := os.Rename(filepath.Join(src, "assets"), filepath.Join(src, "assets-v2")); err != nil {
+		t.Fatal(err)
+	}
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	if n := wc.subs.Load() - subs0; n != 0 {
+		t.Errorf("the rename listed %d subtrees of the target, want none", n)
+	}
+	if n := metricValue(t, reg, "lockstep_sync_files_total", "peer") - files0; n != 0 {
+		t.Errorf("the rename uploaded %v files, want none", n)
+	}
+	// A rename together with changes inside it: they land too.
+	lsynctest.WriteFile(t, src, "assets-v2/sub1/f001.css", "changed", 0o644, time.Time{})
+	if err := os.Remove(filepath.Join(src, "assets-v2/sub2/f002.css")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(src, "assets-v2"), filepath.Join(src, "assets-v3")); err != nil {
+		t.Fatal(err)
+	}
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
 }

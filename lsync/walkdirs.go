@@ -31,6 +31,11 @@ const walkDirWorkers = 4
 // followed, and its entries are lstat'ed relative to it; without openat2,
 // os.Root does the same one component at a time.
 func (s *Source) walkDirs(ctx context.Context, workers int, fn dirFunc) error {
+	return s.walkDirsFrom(ctx, "", workers, fn)
+}
+
+// walkDirsFrom is walkDirs starting at the directory start ("" the root).
+func (s *Source) walkDirsFrom(ctx context.Context, start string, workers int, fn dirFunc) error {
 	h, err := s.acquire()
 	if err != nil {
 		return err
@@ -60,7 +65,7 @@ func (s *Source) walkDirs(ctx context.Context, workers int, fn dirFunc) error {
 		}
 		return nil
 	}
-	g.Go(func() error { return visit("") })
+	g.Go(func() error { return visit(start) })
 	return g.Wait()
 }
 

@@ -284,3 +284,42 @@ func (s *Store) Complete() bool {
 	})
 	return ok
 }
+
+// Move follows a rename on the target: the records of from and below
+// move to to (whatever was recorded at to and below is dropped, the
+// rename replaced it), in one transaction.
+func (s *Store) Move(from, to string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEntries)
+		under := func(p string) [][]byte {
+			var keys [][]byte
+			if b.Get([]byte(p)) != nil {
+				keys = append(keys, []byte(p))
+			}
+			c := b.Cursor()
+			prefix := []byte(p + "/")
+			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				keys = append(keys, append([]byte(nil), k...))
+			}
+			return keys
+		}
+		for _, k := range under(to) {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		moved := map[string][]byte{}
+		for _, k := range under(from) {
+			moved[to+string(k[len(from):])] = append([]byte(nil), b.Get(k)...)
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(moved)) {
+			if err := b.Put([]byte(k), moved[k]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

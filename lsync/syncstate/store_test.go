@@ -121,3 +121,28 @@ func TestChildrenListsOneLevel(t *testing.T) {
 		}
 	}
 }
+
+func TestMoveFollowsARename(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "s.db"), "id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	recs := map[string]Record{}
+	for _, p := range []string{"a", "a/x", "a/y/z", "ab", "b", "b/old"} {
+		recs[p] = Record{Mode: 0o644, Size: int64(len(p))}
+	}
+	if err := s.Update(recs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Move("a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"b": 1, "b/x": 3, "b/y/z": 5, "ab": 2}
+	for _, p := range []string{"a", "a/x", "a/y/z", "ab", "b", "b/old", "b/x", "b/y/z"} {
+		r, ok := s.Get(p)
+		if size, exp := want[p]; ok != exp || ok && r.Size != size {
+			t.Errorf("%s: %+v %v, want present=%v size %d", p, r, ok, exp, size)
+		}
+	}
+}

@@ -222,7 +222,13 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		return o, need, err
 	}
 	if src == nil {
-		if dst == nil || !r.Delete || (r.TwoWay && !live) {
+		if dst == nil {
+			// Gone from both sides: a record of it would have trusted
+			// passes look at it again and again.
+			tx.del(rel)
+			return op{}, false, nil
+		}
+		if !r.Delete || (r.TwoWay && !live) {
 			return op{}, false, nil
 		}
 		return op{kind: opRemove, path: dst.Path, reason: reasonNotInSource}, true, nil

@@ -55,6 +55,10 @@ type JobConfig struct {
 	// VerifyInterval 0 disables the periodic verification pass; nil means default.
 	VerifyInterval *time.Duration `yaml:"verify_interval"`
 	Concurrency    int            `yaml:"concurrency"`
+	// VerifyRate bounds how fast the periodic verification lists the
+	// target, in entries per second; 0 means DefaultVerifyRate, -1
+	// unbounded.
+	VerifyRate int `yaml:"verify_rate"`
 	// TwoWay marks a job whose targets push back to this node (each node
 	// runs the mirror job). Conflicts then resolve by newest mtime, a tie
 	// going to the node name that sorts first, and full passes never
@@ -104,6 +108,18 @@ func (c JobConfig) OwnerEnabled() bool { return c.Owner == nil || *c.Owner }
 
 // DeleteEnabled returns the effective `delete` setting.
 func (c JobConfig) DeleteEnabled() bool { return c.Delete == nil || *c.Delete }
+
+// EffectiveVerifyRate returns the verification's listing rate in entries
+// per second, 0 meaning unbounded.
+func (c JobConfig) EffectiveVerifyRate() int {
+	switch {
+	case c.VerifyRate == 0:
+		return DefaultVerifyRate
+	case c.VerifyRate < 0:
+		return 0
+	}
+	return c.VerifyRate
+}
 
 // EffectiveVerifyInterval returns the verification period, 0 meaning off.
 func (c JobConfig) EffectiveVerifyInterval() time.Duration {
@@ -169,6 +185,9 @@ func (c *JobConfig) Validate() error {
 	}
 	if c.VerifyInterval != nil && *c.VerifyInterval < 0 {
 		errs = append(errs, errors.New("verify_interval: must not be negative (0 disables)"))
+	}
+	if c.VerifyRate < -1 {
+		errs = append(errs, fmt.Errorf("verify_rate: %d must be positive (entries per second), 0 for the default or -1 for unbounded", c.VerifyRate))
 	}
 	if c.Concurrency < 1 || c.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf("concurrency: %d out of range 1..256", c.Concurrency))

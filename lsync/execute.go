@@ -80,7 +80,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		if o.reason == reasonMissing {
 			r.targetEntries.Add(1) // the guard's base grows with the tree
-			if !full {
+			if !full && !rep.inPass {
 				r.recentDeletes.add(time.Now(), -1) // live work replacing what it deleted
 			}
 		}
@@ -172,6 +172,21 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			return err
 		}
 	}
+	if bw, ok := t.(BatchWriter); ok {
+		var batched []op
+		single := rest[:0]
+		for _, o := range rest {
+			if batchable(o) {
+				batched = append(batched, o)
+			} else {
+				single = append(single, o)
+			}
+		}
+		rest = single
+		if err := r.uploadBatches(ctx, bw, batched, fail, done, &filesDone, &bytesDone); err != nil {
+			return err
+		}
+	}
 	err := parallel(ctx, r.Concurrency, len(rest), func(i int) error {
 		o := rest[i]
 		var err error
@@ -206,6 +221,9 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			o.src = landed
 			if err == nil && r.OnTransfer != nil {
 				r.OnTransfer(n)
+			}
+			if err == nil {
+				r.Progress.transferred(n)
 			}
 			filesDone.Add(1)
 			bytesDone.Add(n)
@@ -353,6 +371,10 @@ type stableReader struct {
 	n       int64
 	changed bool
 }
+
+// Size is the file's size when it was opened: targets size their
+// buffers by it (a file that grows is caught at EOF anyway).
+func (s *stableReader) Size() int64 { return s.before.Size() }
 
 func (s *stableReader) Read(p []byte) (int, error) {
 	n, err := s.f.Read(p)

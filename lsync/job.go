@@ -55,6 +55,8 @@ type TargetStatus struct {
 	// JobError is set when the job as a whole broke (the source can no
 	// longer be watched completely, e.g. out of inotify watches).
 	JobError string
+	// Progress is the running full pass, nil when none runs.
+	Progress *ProgressSnapshot
 }
 
 // Job pushes one source tree to its targets: a watcher feeds a batcher,
@@ -86,6 +88,8 @@ type Job struct {
 	wg       sync.WaitGroup
 	fatal    chan error
 	fatalErr string
+	// fullOnce: ReconcileOnce lists the targets (see FullOnce).
+	fullOnce bool
 }
 
 // NewJob validates cfg and opens the source. connectors holds one
@@ -214,6 +218,10 @@ func (j *Job) Start(ctx context.Context) error {
 	return nil
 }
 
+// FullOnce makes ReconcileOnce list the targets instead of trusting the
+// sync state (`sync --once --full`).
+func (j *Job) FullOnce(full bool) { j.fullOnce = full }
+
 // AllowMassDelete confirms, for this job's next passes, the deletions
 // the mass-deletion guard would hold (`sync --once --allow-mass-delete`).
 func (j *Job) AllowMassDelete(allow bool) {
@@ -255,6 +263,13 @@ func (j *Job) openState() {
 		w.state = st
 		w.mu.Unlock()
 		w.rec.State = st
+		// Trusted only once a full pass ended in sync (and none failed
+		// since): see Reconciler.stateComplete.
+		trust := false
+		if m, ok := any(st).(completeMarker); ok {
+			trust = m.Complete()
+		}
+		w.rec.TrustState(trust)
 	}
 }
 
@@ -266,6 +281,7 @@ func (j *Job) closeState() {
 		w.mu.Unlock()
 		if st != nil {
 			w.rec.State = nil
+			w.rec.TrustState(false)
 			_ = st.Close()
 		}
 	}
@@ -344,6 +360,7 @@ func (j *Job) gaugeLoop(ctx context.Context) {
 				st := w.status()
 				w.lagGauge.Set(st.Lag.Seconds())
 				w.pendingGauge.Set(float64(st.PendingFiles))
+				w.setProgressGauges(st.Progress)
 			}
 		}
 	}
@@ -383,17 +400,74 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			defer wg.Done()
 			res := OnceResult{Target: w.name}
 			defer func() { out[i] = res }()
-			t, err := w.conn.Connect(ctx)
+			// The connection is set up while the source is compared with
+			// the sync state: the handshake costs nothing then.
+			type dialed struct {
+				t   Target
+				err error
+			}
+			dctx, cancelDial := context.WithCancel(ctx)
+			defer cancelDial()
+			conn := make(chan dialed, 1)
+			go func() {
+				t, err := w.conn.Connect(dctx)
+				conn <- dialed{t, err}
+			}()
+			var d *trustedDiff
+			trusted := false
+			var err error
+			if !j.fullOnce {
+				d, trusted, err = w.rec.trustedPrepare(ctx)
+			}
+			if trusted && err == nil && d.empty() && len(d.errors) == 0 {
+				// Nothing differs from what the state says the target
+				// holds: the peer has nothing to be told. The dial is
+				// called off (a restart costs the local walk only); the
+				// daemon's verification, or --full, lists the peer.
+				cancelDial()
+				if c := <-conn; c.err == nil {
+					_ = c.t.Close()
+				}
+				res.Applied = &Report{Target: w.name, Trusted: true, Compared: d.entries}
+				res.Verify = &Report{Target: w.name, Trusted: true, Compared: d.entries}
+				w.logReport("reconcile (trusting the sync state; the peer was not contacted)", res.Applied)
+				if st := w.status(); st.StatePath != "" {
+					res.StatePath, res.StateEntries = st.StatePath, st.StateEntries
+				}
+				return
+			}
+			c := <-conn
+			if c.err != nil {
+				res.Err = c.err
+				return
+			}
+			t := c.t
+			defer t.Close()
 			if err != nil {
 				res.Err = err
 				return
 			}
-			defer t.Close()
-			if res.Applied, res.Err = w.rec.Reconcile(ctx, t, false); res.Err != nil {
+			if trusted {
+				res.Applied, _, res.Err = w.rec.applyTrusted(ctx, t, d, nil)
+			} else {
+				res.Applied, res.Err = w.rec.Reconcile(ctx, t, false)
+			}
+			if res.Err != nil {
 				return
 			}
 			w.logReport("reconcile", res.Applied)
-			res.Verify, res.Err = w.rec.Reconcile(ctx, t, true)
+			if trusted && res.Applied.Actions() == 0 && res.Applied.InSync() {
+				// Nothing differed from the state, and nothing was done:
+				// the comparison was the verification.
+				res.Verify = &Report{Target: w.name, Trusted: true, Compared: res.Applied.Compared}
+			} else {
+				var ok bool
+				// After a pass, the state records what the target holds:
+				// checking the source against it needs no second listing.
+				if res.Verify, ok, res.Err = w.rec.trustedVerify(ctx); !ok && res.Err == nil {
+					res.Verify, res.Err = w.rec.Reconcile(ctx, t, true)
+				}
+			}
 			if st := w.status(); st.StatePath != "" {
 				res.StatePath, res.StateEntries = st.StatePath, st.StateEntries
 			}
@@ -464,6 +538,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		Delete: j.cfg.DeleteEnabled(), Checksum: j.cfg.Checksum,
 		TwoWay: j.cfg.TwoWay, Node: j.opts.Node,
 		Concurrency: j.cfg.Concurrency,
+		VerifyRate:  j.cfg.EffectiveVerifyRate(),
 		MaxDelete:   j.cfg.EffectiveMaxDelete(),
 		Logger:      w.logger,
 		Delivered:   j.deliveries.has,
@@ -643,6 +718,9 @@ func (w *targetWorker) status() TargetStatus {
 		PendingFiles: len(w.pending) + len(w.retry), Rescanning: w.rescan,
 		LastSync: w.lastSync, LastVerified: w.lastVerified, LastError: w.lastErr,
 		Held: w.held, HeldDeletes: w.heldDeletes,
+	}
+	if p := w.rec.Progress.Snapshot(); p.Running {
+		st.Progress = &p
 	}
 	if w.state != nil {
 		st.StatePath = w.state.Path()
@@ -870,7 +948,16 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		var rep *Report
 		var err error
 		if b.Rescan {
-			rep, err = w.rec.CatchUp(ctx, t, b)
+			trusted := false
+			if b.Reason != verifyReason {
+				// A reconnect or a lost event queue: the source is
+				// compared with the state, and only what differs is
+				// applied; the verification lists the target.
+				rep, trusted, err = w.rec.TrustedCatchUp(ctx, t, b)
+			}
+			if !trusted {
+				rep, err = w.rec.CatchUp(ctx, t, b)
+			}
 		} else {
 			rep, err = w.rec.Apply(ctx, t, b)
 		}
@@ -965,7 +1052,9 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 	} else {
 		w.attempts = 0
 	}
-	if b.Rescan && rep.InSync() {
+	if b.Rescan && rep.InSync() && !rep.Trusted {
+		// A trusted pass read the state, not the target: it verified
+		// nothing there.
 		w.lastVerified = now
 		w.verifiedGauge.Set(float64(now.Unix()))
 	}
@@ -1048,4 +1137,19 @@ func (w *targetWorker) logReport(kind string, rep *Report) {
 		clear(w.logged) // all well again: a new failure is news
 	}
 	w.logger.Info("synced", attrs...)
+}
+
+// setProgressGauges publishes the running pass (zeros when none runs).
+func (w *targetWorker) setProgressGauges(p *ProgressSnapshot) {
+	var s ProgressSnapshot
+	if p != nil {
+		s = *p
+	}
+	g := w.job.metrics.passProgress
+	for what, v := range map[string]float64{
+		"compared": float64(s.Compared), "total": float64(s.Total), "files": float64(s.Files),
+		"bytes": float64(s.Bytes), "rate": s.Rate, "eta_seconds": s.ETA.Seconds(),
+	} {
+		g.WithLabelValues(w.job.cfg.Name, w.name, what).Set(v)
+	}
 }

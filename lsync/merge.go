@@ -64,6 +64,9 @@ type stateTx struct {
 	mu   sync.Mutex
 	puts map[string]syncstate.Record
 	dels []string
+	// flush, when set, writes a full transaction early (see
+	// flushIfFullLocked).
+	flush func(puts map[string]syncstate.Record, dels []string)
 }
 
 func (s *stateTx) put(e Entry) {
@@ -75,6 +78,7 @@ func (s *stateTx) put(e Entry) {
 		s.puts = map[string]syncstate.Record{}
 	}
 	s.puts[e.Path] = recordOf(e)
+	s.flushIfFullLocked()
 	s.mu.Unlock()
 }
 
@@ -90,6 +94,7 @@ func (s *stateTx) del(p string) {
 		}
 	}
 	s.dels = append(s.dels, p)
+	s.flushIfFullLocked()
 	s.mu.Unlock()
 }
 

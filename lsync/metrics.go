@@ -23,6 +23,9 @@ type metrics struct {
 	// being deleted, and whether the source root is missing.
 	held, missing *prometheus.GaugeVec
 	refused       *prometheus.CounterVec
+	// passProgress is the running full pass (the numbers of `status` and
+	// of `sync --once`'s progress bar), by "what".
+	passProgress *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -66,6 +69,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lockstep_sync_refused_total",
 			Help: "Operations the target refused because they would leave its root or go through a symlink there.",
 		}, labels),
+		passProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_sync_pass_progress",
+			Help: "The running full pass: what=compared|total (source entries), files|bytes (pushed), rate (entries/s), eta_seconds; 0 when none runs.",
+		}, append(labels, "what")),
 	}
 	if reg == nil {
 		return m
@@ -81,6 +88,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.held = register(reg, m.held)
 	m.missing = register(reg, m.missing)
 	m.refused = register(reg, m.refused)
+	m.passProgress = register(reg, m.passProgress)
 	return m
 }
 

@@ -61,11 +61,19 @@ type Report struct {
 	UnlistedPaths []string
 	// state collects what the pass learnt about identical paths; written
 	// to the Reconciler's State at the end.
-	state    *stateTx
+	state *stateTx
+	// inPass marks the pieces of a full pass applied piecewise (a
+	// streamed pass): what they create is not live work.
+	inPass   bool
 	Duration time.Duration
 	// Entries is the size of the larger tree listing a full pass built
 	// (0 for a live batch); the job uses it to return memory afterwards.
 	Entries int
+	// Trusted marks a pass that compared the source with the sync state
+	// instead of listing the target (see TrustedCatchUp); Compared is the
+	// number of source entries it compared.
+	Trusted  bool
+	Compared int
 }
 
 const maxReportedChanges = 100
@@ -140,8 +148,14 @@ type Reconciler struct {
 	// see the storm, not each batch alone.
 	recentDeletes deleteWindow
 	Logger        *slog.Logger // carries the target name (the job adds it)
+	// VerifyRate bounds the periodic verification's listing of the
+	// target, in entries per second (0: unbounded).
+	VerifyRate int
 	// ProgressEvery logs progress of large passes; 0 means 10s.
 	ProgressEvery time.Duration
+	// Progress is the running full pass's progress (status, metrics,
+	// the progress bar of `sync --once`).
+	Progress Progress
 	// OnTransfer is called after every file landed (metrics).
 	OnTransfer func(bytes int64)
 	// OnRefused is called for every operation the target refused
@@ -152,6 +166,10 @@ type Reconciler struct {
 	// refusedLogged holds the paths whose refusal was logged, so that a
 	// hostile tree retried by every full pass logs each path once.
 	refusedLogged map[string]bool
+
+	// trusted is set once the state is complete enough for trusted
+	// passes (see canTrust).
+	trusted atomic.Bool
 
 	landedMu sync.Mutex
 	// landed maps a path to the source version last landed or verified
@@ -187,7 +205,14 @@ func (r *Reconciler) CatchUp(ctx context.Context, t Target, b Batch) (*Report, e
 	if !since.IsZero() {
 		since = since.Add(-SuspectSlack)
 	}
+	rate := 0
+	if b.Reason == verifyReason {
+		// In the background of a running sync: the peer is read at a
+		// bounded rate.
+		rate = r.VerifyRate
+	}
 	return r.reconcile(ctx, t, pass{
+		pace: rate,
 		suspect: func(e Entry) bool {
 			return pending[e.Path] || !since.IsZero() && !e.ModTime.Before(since)
 		},
@@ -212,16 +237,21 @@ type pass struct {
 	// listed tells which paths were known to have changed; changes to
 	// others are reported in Report.Unlisted.
 	listed func(string) bool
+	// pace bounds the target's listing, in entries per second (0: none).
+	pace int
 }
 
 // reconcile compares the trees below p.sub ("" for the whole trees; sub
 // itself is left to the caller) and, unless p.dry, pushes what differs.
 func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (_ *Report, err error) {
+	if r.canStream(t, p) {
+		return r.streamPass(ctx, t, p)
+	}
 	sub, dry, suspect := p.sub, p.dry, p.suspect
 	start := time.Now()
 	rep := &Report{Target: r.Target}
 	if r.State != nil && !dry {
-		rep.state = &stateTx{}
+		rep.state = r.newStateTx()
 		defer func() {
 			r.commit(rep)
 			if sub == "" && err == nil && len(rep.Errors) == 0 {
@@ -242,7 +272,7 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (_ *Report
 	// unknown, so nothing below them is deleted or assumed missing.
 	var unlistedMu sync.Mutex
 	srcUnlisted, dstUnlisted := map[string]bool{}, map[string]bool{}
-	err = t.Walk(ctx, sub, func(e Entry) error {
+	err = t.Walk(ctx, sub, paced(ctx, p.pace, func(e Entry) error {
 		if strings.HasPrefix(path.Base(e.Path), TempPrefix) {
 			temps = append(temps, e.Path)
 			return nil
@@ -261,7 +291,7 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (_ *Report
 		}
 		dst[e.Path] = e
 		return nil
-	})
+	}))
 	if err != nil {
 		return rep, fmt.Errorf("walk target %s: %w", r.Target, err)
 	}
@@ -435,6 +465,11 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (_ *Report
 	dst = nil
 	err = r.execute(ctx, t, ops, dirTimes, rep, true)
 	rep.Duration = time.Since(start)
+	if sub == "" && r.State != nil {
+		// In sync, every path of both trees is now recorded as it is on
+		// both: later passes may trust the state (see canTrust).
+		r.stateComplete(err == nil && rep.InSync())
+	}
 	return rep, err
 }
 
@@ -515,7 +550,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	start := time.Now()
 	rep := &Report{Target: r.Target}
 	if r.State != nil {
-		rep.state = &stateTx{}
+		rep.state = r.newStateTx()
 		defer r.commit(rep)
 	}
 	if err := r.Source.checkRoot(); err != nil {
@@ -531,6 +566,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	// delete, so the deletion must happen here or not at all.
 	oldNames := map[string]bool{}
 	subtrees := append([]string(nil), b.Scan...)
+	var renamed []string // renamed on the target, their records moved in the state
 	for _, rn := range b.Renames {
 		if r.Source.excluder.Excluded(rn.From, true) || r.Source.excluder.Excluded(rn.To, true) {
 			continue // the per-path checks handle both names
@@ -564,6 +600,17 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 			rep.Renamed++
 			rep.note("rename " + rn.From + " -> " + rn.To)
 			r.moveLanded(rn.From, rn.To)
+		}
+		// One move of the state's records: followRenameInState makes it
+		// when the state is trusted (one-way), moveState otherwise.
+		if err == nil && r.followRenameInState(rn.From, rn.To) {
+			// The state vouches for what the rename moved: the subtree
+			// is compared with it, after the paths (see below).
+			renamed = append(renamed, rn.To)
+			paths[rn.To] = true
+			continue
+		}
+		if err == nil {
 			r.moveState(rn)
 		}
 		paths[rn.To] = true
@@ -661,6 +708,14 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	err = r.execute(ctx, t, ops, dirTimes, rep, false)
 	if err == nil {
 		err = r.reconcileSubtrees(ctx, t, subtrees, paths, rep)
+	}
+	if err == nil && len(renamed) > 0 {
+		// After the paths, like the listed subtrees: the state then
+		// holds what this batch did below the new names. The records
+		// of this batch are written first, so that the comparison
+		// reads them.
+		r.commit(rep)
+		err = r.reconcileRenamed(ctx, t, renamed, rep)
 	}
 	if err == nil && len(late) > 0 {
 		err = r.execute(ctx, t, late, nil, rep, false)

@@ -30,6 +30,8 @@ type SyncTargetStatus struct {
 	Held        string `json:"held,omitempty"`
 	HeldDeletes int    `json:"held_deletes,omitempty"`
 	LastError   string `json:"last_error,omitempty"`
+	// Progress is the running full pass (nil when none runs).
+	Progress *lsync.ProgressSnapshot `json:"progress,omitempty"`
 }
 
 // SyncJob is a docroot sync job as the daemon runs it (*lsync.Job). Run

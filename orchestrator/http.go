@@ -170,7 +170,7 @@ func (d *Daemon) Status() Status {
 		for _, t := range j.Status() {
 			st.Sync = append(st.Sync, SyncTargetStatus{Job: t.Job, Target: t.Target, Connected: t.Connected,
 				PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastVerified: t.LastVerified, LastError: t.LastError,
-				Held: t.Held, HeldDeletes: t.HeldDeletes})
+				Held: t.Held, HeldDeletes: t.HeldDeletes, Progress: t.Progress})
 		}
 	}
 	if d.cfg.Repl != nil {

@@ -208,6 +208,11 @@ func printStatus(w io.Writer, st *orchestrator.Status) {
 			fmt.Fprintf(tw, "%s\t%s\t%t\t%d\t%s\t%s\t%s\n", s.Job, s.Target, s.Connected, s.PendingFiles, ago(s.LastSync, now), ago(s.LastVerified, now), dash(lastErr))
 		}
 		tw.Flush()
+		for _, s := range st.Sync {
+			if s.Progress != nil {
+				fmt.Fprintf(w, "  %s -> %s: full pass %s\n", s.Job, s.Target, progressLine(*s.Progress))
+			}
+		}
 	}
 	if r := st.Replication; r != nil {
 		fmt.Fprintf(w, "\nreplication: %s", r.Verdict)

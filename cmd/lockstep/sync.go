@@ -25,7 +25,7 @@ import (
 
 func newSyncCmd() *cobra.Command {
 	var path, jobName, metricsAddr string
-	var once, allowMassDelete bool
+	var once, allowMassDelete, full bool
 	cmd := &cobra.Command{
 		Use:   "sync -c FILE [--once] [--job NAME]",
 		Short: "Keep docroots identical on every node (the lsyncd + rsync replacement)",
@@ -34,6 +34,9 @@ job's targets within milliseconds. With --once it runs one reconciliation
 pass per job and exits 0 only when every target matches the source.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if full && !once {
+				return usageError(fmt.Errorf("--full is about one pass: use it with --once"))
+			}
 			if allowMassDelete && !once {
 				return usageError(fmt.Errorf("--allow-mass-delete confirms one pass: use it with --once"))
 			}
@@ -52,6 +55,7 @@ pass per job and exits 0 only when every target matches the source.`,
 			}
 			for _, sj := range jobs {
 				sj.job.AllowMassDelete(allowMassDelete)
+				sj.job.FullOnce(full)
 			}
 			if once {
 				return runSyncOnce(cmd.Context(), cmd.OutOrStdout(), jobs)
@@ -63,6 +67,7 @@ pass per job and exits 0 only when every target matches the source.`,
 	_ = cmd.MarkFlagRequired("config")
 	cmd.Flags().BoolVar(&once, "once", false, "run one reconciliation pass and exit (0: all targets match, 1: something differs)")
 	cmd.Flags().StringVar(&jobName, "job", "", "run only the sync job with this name")
+	cmd.Flags().BoolVar(&full, "full", false, "with --once: list every target and compare it with the source, instead of trusting the sync state for what was synced before")
 	cmd.Flags().BoolVar(&allowMassDelete, "allow-mass-delete", false, "with --once: confirm deletions the mass-deletion guard (max_delete, an empty source) holds")
 	// Not the config's `listen:`: that address belongs to `lockstep run`,
 	// which runs the sync jobs itself and serves their metrics.
@@ -124,7 +129,9 @@ func buildSyncJobs(f *config.File, only string, logger *slog.Logger, reg *promet
 func runSyncOnce(ctx context.Context, out io.Writer, jobs []syncJob) error {
 	var bad []string
 	for _, sj := range jobs {
+		stopBars := progressBars(ctx, out, []syncJob{sj})
 		results := sj.job.ReconcileOnce(ctx)
+		stopBars()
 		sj.job.Stop()
 		for _, r := range results {
 			prefix := fmt.Sprintf("%s -> %s", sj.job.Name(), r.Target)
@@ -136,7 +143,11 @@ func runSyncOnce(ctx context.Context, out io.Writer, jobs []syncJob) error {
 				fmt.Fprintf(out, "%s: sync state %s (%d paths)\n", prefix, r.StatePath, r.StateEntries)
 			}
 			if r.OK() {
-				fmt.Fprintf(out, "%s: in sync\n", prefix)
+				if r.Applied.Trusted && r.Applied.Actions() == 0 {
+					fmt.Fprintf(out, "%s: in sync (%d entries compared with the sync state; --full lists the target)\n", prefix, r.Applied.Compared)
+				} else {
+					fmt.Fprintf(out, "%s: in sync\n", prefix)
+				}
 				continue
 			}
 			var why []string

@@ -33,6 +33,7 @@ type Sizes struct {
 	ChurnTimeout       time.Duration // per round; past it the round is "never"
 	ConvergeTimeout    time.Duration
 	BigTreeTimeout     time.Duration // initial sync of the big tree
+	ScaleFiles         int           // scenario 16 (directories: a tenth)
 	// ProbeWait bounds the same-second rewrite probe (scenario 6): a tool
 	// that loses the update costs this much.
 	ProbeWait time.Duration
@@ -52,6 +53,7 @@ func fullSizes() Sizes {
 		ChurnRounds:  5, ChurnOps: 3000, ChurnTimeout: 30 * time.Second,
 		ConvergeTimeout: 3 * time.Minute,
 		BigTreeTimeout:  5 * time.Minute,
+		ScaleFiles:      100_000,
 		ProbeWait:       10 * time.Second,
 	}
 }
@@ -70,6 +72,7 @@ func smokeSizes() Sizes {
 		ChurnRounds:  1, ChurnOps: 300, ChurnTimeout: 20 * time.Second,
 		ConvergeTimeout: 30 * time.Second,
 		BigTreeTimeout:  30 * time.Second,
+		ScaleFiles:      300,
 		ProbeWait:       3 * time.Second,
 	}
 }

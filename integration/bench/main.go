@@ -67,6 +67,7 @@ func scenarios() []scenario {
 		{13, "DB watching cost: queries/s, heartbeat writes/s, binlog bytes/s, lag error", runWatchCost, 5 * time.Minute},
 		{14, "Reseed: lockstep repl repair --method reseed vs mariadb-dump | mariadb", runReseed, 8 * time.Minute},
 		{15, "keepalived side by side: death → VIP answers, node↔node cut (defaults, equal detection)", runKeepalivedSideBySide, 15 * time.Minute},
+		{16, "100k tree: initial sync and restart vs rsync", runScale, 15 * time.Minute},
 	}
 }
 
@@ -83,6 +84,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	keep := fs.Bool("keep", false, "keep the work directory (configs, logs) for inspection")
 	verbose := fs.Bool("v", false, "debug logging")
 	prebuilt := fs.String("lockstep", "", "use this lockstep binary instead of building ./cmd/lockstep")
+	scaleFiles := fs.Int("scale-files", 0, "scenario 16's tree size in files (a tenth as many directories); default 100000, 300 in smoke mode")
 	workdir := fs.String("workdir", "", "parent of the work directory (default: /dev/shm when it is a tmpfs with room, else $TMPDIR)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -105,7 +107,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	report, err := Run(ctx, RunOptions{Smoke: *smoke, Selected: selected, Keep: *keep, Logger: logger, Lockstep: *prebuilt, WorkDir: *workdir})
+	report, err := Run(ctx, RunOptions{Smoke: *smoke, Selected: selected, Keep: *keep, Logger: logger, Lockstep: *prebuilt, WorkDir: *workdir, ScaleFiles: *scaleFiles})
 	if err != nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)
 		return 1
@@ -126,6 +128,14 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+func scenarioIDs() string {
+	var ids []string
+	for _, sc := range scenarios() {
+		ids = append(ids, strconv.Itoa(sc.id))
+	}
+	return strings.Join(ids, ",")
+}
+
 func parseSelection(s string) (map[int]bool, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
@@ -142,14 +152,6 @@ func parseSelection(s string) (map[int]bool, error) {
 	return sel, nil
 }
 
-func scenarioIDs() string {
-	var ids []string
-	for _, s := range scenarios() {
-		ids = append(ids, strconv.Itoa(s.id))
-	}
-	return strings.Join(ids, ", ")
-}
-
 // RunOptions select what Run does.
 type RunOptions struct {
 	Smoke    bool
@@ -158,6 +160,8 @@ type RunOptions struct {
 	Logger   *slog.Logger
 	Lockstep string // prebuilt binary; "" = go build ./cmd/lockstep
 	WorkDir  string // parent of the work directory; "" = pickWorkDir()
+	// ScaleFiles overrides scenario 16's tree size (0: the mode's default).
+	ScaleFiles int
 }
 
 // pickWorkDir prefers tmpfs: both tools then compete on CPU and protocol,
@@ -204,6 +208,9 @@ func Run(ctx context.Context, o RunOptions) (*Report, error) {
 	env := &Env{Smoke: o.Smoke, Dir: dir, Log: o.Logger, Sizes: fullSizes()}
 	if o.Smoke {
 		env.Sizes = smokeSizes()
+	}
+	if o.ScaleFiles > 0 {
+		env.Sizes.ScaleFiles = o.ScaleFiles
 	}
 	defer env.close()
 

@@ -500,6 +500,12 @@ func runBigTree(ctx context.Context, e *Env, res *Result) error {
 		if anon, err := procStatusBytes(tc.tool.Pid(), "RssAnon"); err == nil {
 			f["anon"] = bytesVal(anon)
 		}
+		// The rest of RSS: the program's text and mapped files (shared
+		// with the page cache), reported apart so that neither hides in
+		// the total.
+		if file, err := procStatusBytes(tc.tool.Pid(), "RssFile"); err == nil {
+			f["file"] = bytesVal(file)
+		}
 		if hwm, err := procStatusBytes(tc.tool.Pid(), "VmHWM"); err == nil {
 			f["hwm"] = bytesVal(hwm)
 		}
@@ -521,6 +527,7 @@ func runBigTree(ctx context.Context, e *Env, res *Result) error {
 		{"rss", "RSS after settling (daemon process)", KindBytes},
 		{"rss_all", "RSS incl. ssh ControlMaster", KindBytes},
 		{"anon", "private memory after settling (RssAnon: RSS without the shared program text)", KindBytes},
+		{"file", "file-backed memory after settling (RssFile: program text, mapped files)", KindBytes},
 		{"hwm", "peak RSS (VmHWM, daemon process)", KindBytes},
 		{"hwm_tree", "peak RSS of daemon + children (rsync, ssh), sampled every 50ms", KindBytes},
 		{"cpu", "client CPU seconds for the initial sync", KindCount},

@@ -663,3 +663,49 @@ func (c *Connector) Connect(_ context.Context) (lsync.Target, error) {
 	}
 	return t, nil
 }
+
+// ReadDir implements lsync.DirLister: the entries of rel ("" the root),
+// sorted by name; a rel that is not a real directory inside the tree (a
+// symlink included) has none.
+func (t *Target) ReadDir(ctx context.Context, rel string) ([]lsync.Entry, error) {
+	dir := "."
+	if rel != "" {
+		e, err := t.Stat(ctx, rel)
+		if err != nil {
+			return nil, err
+		}
+		if !e.Mode.IsDir() {
+			return nil, &fs.PathError{Op: "readdir", Path: rel, Err: syscall.ENOTDIR}
+		}
+		dir = e.Path
+	}
+	des, err := fs.ReadDir(t.root.FS(), dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]lsync.Entry, 0, len(des))
+	for _, d := range des {
+		p := d.Name()
+		if rel != "" {
+			p = dir + "/" + p
+		}
+		fi, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // vanished meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		e := entryFromInfo(p, fi)
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if e.LinkTarget, err = t.root.Readlink(p); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				return nil, err
+			}
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}

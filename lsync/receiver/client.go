@@ -290,6 +290,57 @@ func (c *Client) Put(ctx context.Context, rel string, mode fs.FileMode, mtime ti
 	return c.simple(ctx, opPut, &e)
 }
 
+// PutFile is one file of a PutMany.
+type PutFile struct {
+	Rel   string
+	Mode  fs.FileMode
+	MTime time.Time
+	Data  []byte
+}
+
+// MaxPutMany bounds a PutMany: the files' content in bytes, and their
+// number.
+const (
+	MaxPutManyBytes = MaxPut
+	MaxPutManyFiles = 256
+)
+
+// PutMany lands small files in one request (protocol version 2), each
+// like a Put of its own: errs holds each file's outcome; err is set when
+// the request as a whole failed (then no file's outcome is known).
+func (c *Client) PutMany(ctx context.Context, files []PutFile) (errs []error, err error) {
+	size := 0
+	for _, f := range files {
+		size += len(f.Data)
+	}
+	if size > MaxPutManyBytes || len(files) > MaxPutManyFiles {
+		return nil, fmt.Errorf("putmany: %d files, %d bytes exceed one request's %d, %d", len(files), size, MaxPutManyFiles, MaxPutManyBytes)
+	}
+	e := enc{b: make([]byte, 0, size+len(files)*64+4)}
+	e.u32(uint32(len(files)))
+	for _, f := range files {
+		e.str(f.Rel)
+		e.u32(uint32(f.Mode))
+		e.time(f.MTime)
+		e.bytes(f.Data)
+	}
+	out, err := c.call(ctx, opPutMany, e.b)
+	if err != nil {
+		return nil, err
+	}
+	d := dec{b: out}
+	if n := d.u32(); int(n) != len(files) {
+		return nil, fmt.Errorf("receiver protocol: putmany answered %d results for %d files", n, len(files))
+	}
+	errs = make([]error, len(files))
+	for i := range files {
+		if d.u8() != 0 {
+			errs[i] = decodeError(opPut, d.bytes())
+		}
+	}
+	return errs, d.done()
+}
+
 // Create starts a file written in chunks; it lands with Commit.
 func (c *Client) Create(ctx context.Context, rel string) (uint32, error) {
 	var e enc

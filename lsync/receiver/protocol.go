@@ -17,7 +17,7 @@
 // is ever handed to the kernel whole and a swap can at worst make an
 // operation fail.
 //
-// # Protocol (version 1)
+// # Protocol (version 2)
 //
 // Every message is a frame: a 4-byte big-endian length, then that many
 // bytes: a 1-byte type, a 4-byte request id, and the payload. Strings and
@@ -44,9 +44,16 @@ import (
 	"time"
 )
 
-// Version is the protocol version this build speaks. A client and a server
-// of different versions do not talk; the client falls back to SFTP.
-const Version uint32 = 1
+// Version is the protocol version this build speaks. A client talks only
+// to a server of its own version (otherwise it falls back to SFTP); a
+// server also serves older clients down to MinVersion, answering their
+// hello with their version and refusing the requests they cannot know.
+//
+// Version 2 added opPutMany (many small files in one request).
+const Version uint32 = 2
+
+// MinVersion is the oldest client version a server still serves.
+const MinVersion uint32 = 1
 
 // Magic opens both hello frames.
 const Magic = "lockstep-receiver"
@@ -81,6 +88,8 @@ const (
 	opOpen      byte = 'O' // rel → handle, size
 	opRead      byte = 'x' // handle, offset, n → data (empty at EOF)
 	opClose     byte = 'X' // handle →
+	// Version 2.
+	opPutMany byte = 'P' // count, count × (rel, mode, mtime, data) → count × result (u8 0, or 1 and an error)
 
 	typeOK    byte = 'k'
 	typeError byte = 'e'
@@ -90,7 +99,7 @@ var opNames = map[byte]string{
 	opStat: "stat", opReadDir: "readdir", opMkdir: "mkdir", opPut: "put", opCreate: "create",
 	opWrite: "write", opCommit: "commit", opAbort: "abort", opSymlink: "symlink", opChtimes: "chtimes",
 	opChmod: "chmod", opChown: "chown", opRename: "rename", opRemoveAll: "removeall", opRmdir: "rmdir",
-	opOpen: "open", opRead: "read", opClose: "close",
+	opOpen: "open", opRead: "read", opClose: "close", opPutMany: "putmany",
 }
 
 // Error kinds carried by a typeError reply.

@@ -528,3 +528,94 @@ func TestServeStopsOnContext(t *testing.T) {
 	}
 	_ = cw.Close()
 }
+
+// TestPutManyConfinedPerFile: a batch of small files lands each one like
+// a put of its own: the ones that would leave the root or go through a
+// symlink are refused, one by one, and the others land, with their modes
+// and mtimes.
+func TestPutManyConfinedPerFile(t *testing.T) {
+	modes(t, func(t *testing.T, walkOnly bool) {
+		base := t.TempDir()
+		root, outside := filepath.Join(base, "root"), filepath.Join(base, "outside")
+		lsynctest.WriteFile(t, outside, "victim.txt", "keep me", 0o644, time.Time{})
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(outside, filepath.Join(root, "link")); err != nil {
+			t.Fatal(err)
+		}
+		before := lsynctest.Snapshot(t, outside)
+		c := pipeConn(t, root, walkOnly)
+		mtime := time.Unix(1_600_000_000, 123)
+		errs, err := c.PutMany(t.Context(), []PutFile{
+			{Rel: "a/one.txt", Mode: 0o640, MTime: mtime, Data: []byte("one")},
+			{Rel: "../victim.txt", Mode: 0o644, MTime: mtime, Data: []byte("pwned")},
+			{Rel: "link/victim.txt", Mode: 0o644, MTime: mtime, Data: []byte("pwned")},
+			{Rel: "/abs.txt", Mode: 0o644, MTime: mtime, Data: []byte("pwned")},
+			{Rel: "b/two.txt", Mode: 0o600, MTime: mtime, Data: nil},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, want := range []bool{true, false, false, false, true} {
+			if (errs[i] == nil) != want {
+				t.Errorf("file %d: err %v, want success=%v", i, errs[i], want)
+			}
+		}
+		if !errors.Is(errs[2], lsync.ErrRefused) {
+			t.Errorf("through the symlink: %v, want ErrRefused", errs[2])
+		}
+		lsynctest.AssertSnapshotUnchanged(t, outside, before)
+		for rel, want := range map[string]string{"a/one.txt": "one", "b/two.txt": ""} {
+			fi, err := os.Stat(filepath.Join(root, rel))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(filepath.Join(root, rel))
+			if string(b) != want || !fi.ModTime().Equal(mtime) {
+				t.Errorf("%s: %q %v", rel, b, fi.ModTime())
+			}
+		}
+	})
+}
+
+// TestServesOlderClients: a version 1 client is served in version 1 by
+// this receiver (its hello check expects its own version), and what
+// version 2 added is refused to it.
+func TestServesOlderClients(t *testing.T) {
+	root := t.TempDir()
+	cr, sw := io.Pipe()
+	sr, cw := io.Pipe()
+	served := make(chan error, 1)
+	go func() {
+		err := Serve(context.Background(), sr, sw, root, nil)
+		_ = sw.Close()
+		served <- err
+	}()
+	var e enc
+	e.str(Magic)
+	e.u32(1)
+	if err := writeFrame(cw, typeHello, 0, e.b); err != nil {
+		t.Fatal(err)
+	}
+	typ, _, payload, err := readFrame(cr, nil)
+	if err != nil || typ != typeHello {
+		t.Fatalf("hello reply: %q %v", typ, err)
+	}
+	d := dec{b: payload}
+	if d.str() != Magic || d.u32() != 1 {
+		t.Fatal("a version 1 client is not answered in version 1")
+	}
+	c := NewClient(cr, cw)
+	if err := c.Put(t.Context(), "v1.txt", 0o644, time.Now(), []byte("old client")); err != nil {
+		t.Errorf("version 1 put: %v", err)
+	}
+	if _, err := c.PutMany(t.Context(), []PutFile{{Rel: "v2.txt", Data: []byte("x")}}); err == nil {
+		t.Error("putmany served to a version 1 client")
+	}
+	_ = cw.Close()
+	if err := <-served; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+	<-c.Done()
+}

@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,9 +47,15 @@ func serve(ctx context.Context, in io.ReadCloser, out io.Writer, root string, lo
 		return errors.New("receiver: the client did not open with a lockstep hello")
 	}
 	r, rerr := OpenRoot(root)
+	// An older client is served in its own version: its hello check
+	// passes, and it never sends what it does not know.
+	served := Version
+	if version >= MinVersion && version < Version {
+		served = version
+	}
 	var e enc
 	e.str(Magic)
-	e.u32(Version)
+	e.u32(served)
 	e.str(path.Clean(root))
 	// Why this receiver cannot serve (the root cannot be opened), so
 	// that the client reports it instead of a broken session.
@@ -62,7 +70,7 @@ func serve(ctx context.Context, in io.ReadCloser, out io.Writer, root string, lo
 		}
 		return fmt.Errorf("receiver: writing hello: %w", err)
 	}
-	if version != Version {
+	if version != served {
 		if r != nil {
 			_ = r.Close()
 		}
@@ -75,7 +83,7 @@ func serve(ctx context.Context, in io.ReadCloser, out io.Writer, root string, lo
 	if tweak != nil {
 		tweak(r)
 	}
-	s := &server{root: r, logger: logger, handles: map[uint32]any{}}
+	s := &server{root: r, logger: logger, handles: map[uint32]any{}, version: served}
 	return s.serve(ctx, in, br, out)
 }
 
@@ -94,6 +102,8 @@ type reply struct {
 type server struct {
 	root   *Root
 	logger *slog.Logger
+	// version is the protocol version of this conversation.
+	version uint32
 
 	mu      sync.Mutex
 	handles map[uint32]any // *tempFile or *os.File
@@ -292,6 +302,38 @@ func (s *server) do(rq request) ([]byte, error) {
 			return nil, err
 		}
 		return nil, s.root.Put(rel, mode, mtime, data)
+	case opPutMany:
+		if s.version < 2 {
+			return nil, &invalid{why: "putmany is not part of protocol version " + strconv.Itoa(int(s.version))}
+		}
+		n := d.u32()
+		if int(n) > len(d.b)/16 {
+			return nil, &invalid{why: "putmany: count exceeds the payload"}
+		}
+		type put struct {
+			rel   string
+			mode  fs.FileMode
+			mtime time.Time
+			data  []byte
+		}
+		puts := make([]put, 0, n)
+		for range n {
+			puts = append(puts, put{d.str(), fs.FileMode(d.u32()), d.time(), d.bytes()})
+		}
+		if err := bad(); err != nil {
+			return nil, err
+		}
+		// Each file is an opPut of its own, confined alike: one that is
+		// refused or fails does not stop the others.
+		e.u32(n)
+		for _, p := range puts {
+			if err := s.root.Put(p.rel, p.mode, p.mtime, p.data); err != nil {
+				e.u8(1)
+				e.bytes(s.encodeError(opPut, err))
+			} else {
+				e.u8(0)
+			}
+		}
 	case opCreate:
 		rel := d.str()
 		if err := bad(); err != nil {

@@ -304,8 +304,22 @@ func (s *recvSession) Stat(ctx context.Context, rel string) (lsync.Entry, error)
 	return entryOf(rel, e), nil
 }
 
-// chunkBufs recycles the buffers a file is read into before its put.
-var chunkBufs = sync.Pool{New: func() any { b := make([]byte, receiver.MaxPut); return &b }}
+// chunkBufs recycles the buffers a file is read into before its put;
+// smallPutBufs those of files known to be small. Most files of a docroot are
+// a few KiB: a 256 KiB buffer each, with a hundred uploads in flight,
+// made up a third of a big pass's memory.
+var (
+	chunkBufs    = sync.Pool{New: func() any { b := make([]byte, receiver.MaxPut); return &b }}
+	smallPutBufs = sync.Pool{New: func() any { b := make([]byte, smallPut); return &b }}
+)
+
+// smallPut is the buffer for a file whose reader says it is smaller (a
+// file that grew meanwhile still fits the chunked path).
+const smallPut = 16 << 10
+
+// sizer is implemented by readers that know the size of what they read
+// (lsync's upload reader: the file's size when it was opened).
+type sizer interface{ Size() int64 }
 
 // largeFileChunks bounds the chunks of one file in flight.
 const largeFileChunks = 8
@@ -354,8 +368,12 @@ func (s *recvSession) WriteFileIf(ctx context.Context, rel string, r io.Reader, 
 
 func (s *recvSession) writeFile(ctx context.Context, rel string, r io.Reader, mode fs.FileMode, mtime time.Time, guard func() error) error {
 	cr := newContextReader(ctx, r)
-	bp := chunkBufs.Get().(*[]byte)
-	defer chunkBufs.Put(bp)
+	pool := &chunkBufs
+	if sz, ok := r.(sizer); ok && sz.Size() < smallPut {
+		pool = &smallPutBufs
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
 	buf := *bp
 	n, rerr := readFull(cr, buf)
 	switch {
@@ -549,4 +567,61 @@ func (r *recvReader) Close() error {
 	}
 	r.closed = true
 	return r.s.check(r.s.client.CloseFile(context.WithoutCancel(r.ctx), r.h))
+}
+
+// ReadDir implements lsync.DirLister: one directory, one round trip.
+func (s *recvSession) ReadDir(ctx context.Context, rel string) ([]lsync.Entry, error) {
+	if err := s.alive(ctx); err != nil {
+		return nil, err
+	}
+	if rel != "" {
+		c, err := clean(rel)
+		if err != nil {
+			return nil, err
+		}
+		rel = c
+	}
+	return s.readDir(ctx, rel)
+}
+
+// WriteFiles implements lsync.BatchWriter: small files land many to a
+// request, each confined and published like a WriteFile of its own.
+func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []error {
+	errs := make([]error, len(files))
+	if err := s.alive(ctx); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	puts := make([]receiver.PutFile, 0, len(files))
+	idx := make([]int, 0, len(files))
+	for i, f := range files {
+		rel, err := clean(f.Path)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		puts = append(puts, receiver.PutFile{Rel: rel, Mode: f.Mode, MTime: f.ModTime, Data: f.Data})
+		idx = append(idx, i)
+	}
+	if len(puts) == 0 {
+		return errs
+	}
+	res, err := s.client.PutMany(ctx, puts)
+	for j, i := range idx {
+		e := err
+		if e == nil {
+			e = res[j]
+		}
+		if e != nil {
+			errs[i] = fmt.Errorf("upload %s:%s: %w", s.host, s.abs(puts[j].Rel), s.check(e))
+		}
+	}
+	return errs
+}
+
+// BatchLimits implements lsync.BatchWriter.
+func (s *recvSession) BatchLimits() (files, bytes int) {
+	return receiver.MaxPutManyFiles, receiver.MaxPutManyBytes
 }

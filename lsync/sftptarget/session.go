@@ -977,3 +977,18 @@ func (c *contextReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// ReadDir implements lsync.DirLister.
+func (s *session) ReadDir(ctx context.Context, rel string) ([]lsync.Entry, error) {
+	if err := s.alive(ctx); err != nil {
+		return nil, err
+	}
+	if rel != "" {
+		c, err := clean(rel)
+		if err != nil {
+			return nil, err
+		}
+		rel = c
+	}
+	return s.readDir(ctx, rel)
+}

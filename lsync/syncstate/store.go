@@ -15,8 +15,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -259,8 +261,12 @@ func (s *Store) Update(puts map[string]Record, dels []string) error {
 				return err
 			}
 		}
-		for p, r := range puts {
-			if err := b.Put([]byte(p), encode(r)); err != nil {
+		// In key order: bbolt inserts into sorted pages, and the random
+		// order of a map makes every put shift the tail of a page (most of
+		// the CPU of a 100k-file first pass went into that memmove).
+		keys := slices.Sorted(maps.Keys(puts))
+		for _, p := range keys {
+			if err := b.Put([]byte(p), encode(puts[p])); err != nil {
 				return err
 			}
 		}
@@ -373,4 +379,63 @@ func decode(v []byte) (Record, bool) {
 		MTimeNs: int64(binary.BigEndian.Uint64(v[12:])),
 		Link:    string(v[20:]),
 	}, true
+}
+
+// Children calls fn, in name order, for every path recorded directly
+// below dir ("" for the root), with its last path component. Deeper paths
+// are skipped with one seek per child, so listing a directory costs its
+// children, not its subtree: a walk that compares the tree with the
+// state directory by directory reads each record once.
+func (s *Store) Children(dir string, fn func(name string, r Record) error) error {
+	prefix := []byte(dir + "/")
+	if dir == "" {
+		prefix = nil
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketEntries).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); {
+			name := k[len(prefix):]
+			if i := bytes.IndexByte(name, '/'); i >= 0 {
+				// Below a child (whose own key sorts before this one, or
+				// is missing): skip its subtree, '0' being '/'+1.
+				next := append(append([]byte(nil), k[:len(prefix)+i]...), '0')
+				k, v = c.Seek(next)
+				continue
+			}
+			r, ok := decode(v)
+			if ok {
+				if err := fn(string(name), r); err != nil {
+					return err
+				}
+			}
+			k, v = c.Next()
+		}
+		return nil
+	})
+}
+
+var keyComplete = []byte("complete")
+
+// SetComplete records whether the state covers the whole target: set
+// after a full comparison left both trees identical, cleared when one
+// could not (deletions held, paths failed). Only a complete state may
+// stand in for listing the target.
+func (s *Store) SetComplete(ok bool) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if !ok {
+			return meta.Delete(keyComplete)
+		}
+		return meta.Put(keyComplete, []byte{1})
+	})
+}
+
+// Complete reports what SetComplete last recorded.
+func (s *Store) Complete() bool {
+	var ok bool
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketMeta).Get(keyComplete) != nil
+		return nil
+	})
+	return ok
 }

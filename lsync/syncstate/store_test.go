@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -167,5 +169,67 @@ func TestStoreIntendMoveCarriesTheBaseToTheNewNames(t *testing.T) {
 	}
 	if _, ok := s.Intended("mx"); ok {
 		t.Error("a sibling sharing the prefix was carried along")
+	}
+}
+
+func TestChildrenListsOneLevel(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "s.db"), "id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	recs := map[string]Record{}
+	// "a-b" sorts between "a" and "a/x" bytewise: the skip over a's
+	// subtree must not skip it, nor list "a/x" as a child of the root.
+	for _, p := range []string{"a", "a/x", "a/x/deep", "a/y", "a-b", "a-b/z", "b", "c/orphan"} {
+		recs[p] = Record{Mode: 0o644, Size: int64(len(p))}
+	}
+	if err := s.Update(recs, nil); err != nil {
+		t.Fatal(err)
+	}
+	list := func(dir string) []string {
+		var out []string
+		if err := s.Children(dir, func(name string, r Record) error {
+			if r.Size != int64(len(strings.TrimPrefix(dir+"/"+name, "/"))) {
+				t.Errorf("%s/%s: record %+v", dir, name, r)
+			}
+			out = append(out, name)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	for dir, want := range map[string][]string{
+		"": {"a", "a-b", "b"}, "a": {"x", "y"}, "a/x": {"deep"}, "a-b": {"z"}, "c": {"orphan"}, "b": nil, "zz": nil,
+	} {
+		if got := list(dir); !slices.Equal(got, want) {
+			t.Errorf("Children(%q) = %q, want %q", dir, got, want)
+		}
+	}
+}
+
+func TestMoveFollowsARename(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "s.db"), "id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	recs := map[string]Record{}
+	for _, p := range []string{"a", "a/x", "a/y/z", "ab", "b", "b/old"} {
+		recs[p] = Record{Mode: 0o644, Size: int64(len(p))}
+	}
+	if err := s.Update(recs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Move("a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"b": 1, "b/x": 3, "b/y/z": 5, "ab": 2}
+	for _, p := range []string{"a", "a/x", "a/y/z", "ab", "b", "b/old", "b/x", "b/y/z"} {
+		r, ok := s.Get(p)
+		if size, exp := want[p]; ok != exp || ok && r.Size != size {
+			t.Errorf("%s: %+v %v, want present=%v size %d", p, r, ok, exp, size)
+		}
 	}
 }

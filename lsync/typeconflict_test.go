@@ -1,6 +1,8 @@
 package lsync_test
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -75,11 +77,20 @@ func TestTwoWayDirectoryReplacedBySymlinkPropagates(t *testing.T) {
 	twoWayJobs(t, a, b)
 	lsynctest.WaitTreesEqual(t, a, b, waitLimit)
 
-	if err := os.RemoveAll(filepath.Join(a, "assets")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink("v2", filepath.Join(a, "assets")); err != nil {
-		t.Fatal(err)
+	// Without a sync state, a verification pass (every 200 ms here) may
+	// push the directory back in the instant it is missing, before the
+	// symlink takes its place: the admin runs the two commands again.
+	for try := 0; ; try++ {
+		if err := os.RemoveAll(filepath.Join(a, "assets")); err != nil {
+			t.Fatal(err)
+		}
+		err := os.Symlink("v2", filepath.Join(a, "assets"))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrExist) || try == 20 {
+			t.Fatal(err)
+		}
 	}
 	lsynctest.WaitTreesEqual(t, a, b, waitLimit)
 	if l, err := os.Readlink(filepath.Join(b, "assets")); err != nil || l != "v2" {

@@ -75,7 +75,8 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 				continue
 			}
 			budget -= int64(len(fd.Data))
-			o.src = Entry{Path: o.path, Mode: fd.Mode, Size: int64(len(fd.Data)), ModTime: fd.ModTime}
+			o.src = Entry{Path: o.path, Mode: fd.Mode, Size: int64(len(fd.Data)), ModTime: fd.ModTime,
+				UID: o.src.UID, GID: o.src.GID, Owned: o.src.Owned}
 			files = append(files, fd)
 			sent = append(sent, o)
 		}
@@ -91,6 +92,12 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 				continue
 			}
 			n := int64(len(files[j].Data))
+			if err := r.chown(ctx, bw, o); err != nil {
+				if err := fail(o, err); err != nil {
+					return err
+				}
+				continue
+			}
 			// What the state and the landed cache record is the version
 			// that went out (see upload).
 			r.rememberLanded(o.src)

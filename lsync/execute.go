@@ -418,7 +418,8 @@ func parallel(ctx context.Context, limit, n int, fn func(i int) error) error {
 // chown gives o's path the source's owner and group. Targets that cannot
 // (a wrapper, SFTP on a symlink) and peer users that may not are skipped:
 // the latter said once, loudly, then ownership is off for this target.
-func (r *Reconciler) chown(ctx context.Context, t Target, o op) error {
+// t is the target, seen through whichever interface the caller holds.
+func (r *Reconciler) chown(ctx context.Context, t any, o op) error {
 	if !r.Owner || !o.src.Owned || r.chownOff.Load() {
 		return nil
 	}

@@ -66,7 +66,8 @@ func listDirBeneath(b *beneath, dir string, complete func(Entry) *Entry) (out []
 			}
 			return nil, true, &fs.PathError{Op: "lstat", Path: joinRel(dir, n), Err: err}
 		}
-		e := Entry{Path: joinRel(dir, n), Mode: modeOfStat(st.Mode), Size: st.Size, ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec)}
+		e := Entry{Path: joinRel(dir, n), Mode: modeOfStat(st.Mode), Size: st.Size, ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
+			UID: st.Uid, GID: st.Gid, Owned: true}
 		if e.Mode&fs.ModeSymlink != 0 {
 			target, ok, err := readlinkat(fd, n)
 			if err != nil {

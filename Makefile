@@ -40,7 +40,8 @@ unit:
 
 # soak runs the randomized model tests (churn) for many more seeds than
 # `make test` does, and the confinement race tests (a peer swapping
-# directories and symlinks under lockstep) many times; not part of CI.
+# directories and symlinks under lockstep) and the two-way kill -9 test
+# many times; not part of CI.
 # SOAK_ROUNDS, SOAK_COUNT and LOCKSTEP_CONVERGE_WITHIN tune it.
 SOAK_ROUNDS ?= 50
 SOAK_COUNT ?= 20
@@ -49,6 +50,8 @@ soak: deps
 		-run 'Churn|Model' ./lsync/... ./integration/...
 	$(GO) test -race -count=$(SOAK_COUNT) -timeout 4h \
 		-run 'Race|HostilePeer' ./lsync/... ./integration/...
+	LOCKSTEP_KILL9=1 $(GO) test -race -count=$(SOAK_COUNT) -timeout 4h \
+		-run 'TestSSHTwoWayDaemonKill9' ./integration/
 
 # test is the README's one test command: install, lint, every test with the
 # race detector, and a smoke run of the benchmark harness so it cannot rot.

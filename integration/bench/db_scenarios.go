@@ -150,7 +150,8 @@ func runLag(ctx context.Context, e *Env, res *Result) error {
 	if err := execOnOneConn(ctx, db1.DB, "CREATE DATABASE bench", "CREATE TABLE bench.ticks (id BIGINT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6))", "CREATE DATABASE percona"); err != nil {
 		return err
 	}
-	const maxLag, unfenceLag, unfenceHold = time.Second, 300 * time.Millisecond, time.Second
+	// max_lag must exceed the poll interval (1 s by default).
+	const maxLag, unfenceLag, unfenceHold = 2 * time.Second, 300 * time.Millisecond, time.Second
 	cfg, err := d.writeConfig("repl", fmt.Sprintf("  fence:\n    max_lag: %s\n    unfence_lag: %s\n    unfence_hold: %s\n", maxLag, unfenceLag, unfenceHold))
 	if err != nil {
 		return err

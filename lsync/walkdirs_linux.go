@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/lockstep-ha/lockstep/internal/unixmode"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,7 +67,7 @@ func listDirBeneath(b *beneath, dir string, complete func(Entry) *Entry) (out []
 			}
 			return nil, true, &fs.PathError{Op: "lstat", Path: joinRel(dir, n), Err: err}
 		}
-		e := Entry{Path: joinRel(dir, n), Mode: modeOfStat(st.Mode), Size: st.Size, ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
+		e := Entry{Path: joinRel(dir, n), Mode: unixmode.FromStat(st.Mode), Size: st.Size, ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
 			UID: st.Uid, GID: st.Gid, Owned: true}
 		if e.Mode&fs.ModeSymlink != 0 {
 			target, ok, err := readlinkat(fd, n)
@@ -83,39 +84,6 @@ func listDirBeneath(b *beneath, dir string, complete func(Entry) *Entry) (out []
 		}
 	}
 	return out, true, nil
-}
-
-// modeOfStat maps st_mode to an fs.FileMode as os.Lstat does, for the
-// types that are synced; others get ModeIrregular.
-func modeOfStat(m uint32) fs.FileMode {
-	mode := fs.FileMode(m & 0o777)
-	switch m & unix.S_IFMT {
-	case unix.S_IFDIR:
-		mode |= fs.ModeDir
-	case unix.S_IFLNK:
-		mode |= fs.ModeSymlink
-	case unix.S_IFREG:
-	case unix.S_IFIFO:
-		mode |= fs.ModeNamedPipe
-	case unix.S_IFSOCK:
-		mode |= fs.ModeSocket
-	case unix.S_IFCHR:
-		mode |= fs.ModeDevice | fs.ModeCharDevice
-	case unix.S_IFBLK:
-		mode |= fs.ModeDevice
-	default:
-		mode |= fs.ModeIrregular
-	}
-	if m&unix.S_ISUID != 0 {
-		mode |= fs.ModeSetuid
-	}
-	if m&unix.S_ISGID != 0 {
-		mode |= fs.ModeSetgid
-	}
-	if m&unix.S_ISVTX != 0 {
-		mode |= fs.ModeSticky
-	}
-	return mode
 }
 
 // readlinkat reads the symlink name in dirfd; ok is false when it is

@@ -9,7 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// FromStat reads the mode of a Stat_t.
+// FromStat reads the mode of a Stat_t as os.Lstat does: a type it does
+// not know is ModeIrregular, never taken for a regular file.
 func FromStat(m uint32) fs.FileMode {
 	mode := fs.FileMode(m & 0o777)
 	switch m & unix.S_IFMT {
@@ -17,6 +18,7 @@ func FromStat(m uint32) fs.FileMode {
 		mode |= fs.ModeDir
 	case unix.S_IFLNK:
 		mode |= fs.ModeSymlink
+	case unix.S_IFREG:
 	case unix.S_IFIFO:
 		mode |= fs.ModeNamedPipe
 	case unix.S_IFSOCK:
@@ -25,6 +27,8 @@ func FromStat(m uint32) fs.FileMode {
 		mode |= fs.ModeDevice | fs.ModeCharDevice
 	case unix.S_IFBLK:
 		mode |= fs.ModeDevice
+	default:
+		mode |= fs.ModeIrregular
 	}
 	if m&unix.S_ISUID != 0 {
 		mode |= fs.ModeSetuid

@@ -299,44 +299,47 @@ func (r *Reconciler) replayableRename(ctx context.Context, t Target, rn Rename) 
 	if err != nil || moved == nil {
 		return replayNot, nil // moved on again: the paths tell
 	}
-	// sameAs tells whether the peer's name holds what moved here. A
-	// directory name says nothing of what it holds: only the same
-	// entries (names, types, file sizes and mtimes) one level down make
-	// it the directory that moved here.
-	sameAs := func(name string) (bool, error) {
+	// sameAs tells whether the peer's name holds what moved here (and
+	// whether it holds anything). A directory name says nothing of what
+	// it holds: only the same entries (names, types, file sizes and
+	// mtimes) one level down make it the directory that moved here.
+	sameAs := func(name string) (exists, same bool, err error) {
 		e, err := t.Stat(ctx, name)
 		switch {
 		case errors.Is(err, ErrDisconnected):
-			return false, err
-		case err != nil, e.Mode.Type() != moved.Mode.Type():
-			return false, nil
+			return false, false, err
+		case err != nil:
+			return false, false, nil
+		case e.Mode.Type() != moved.Mode.Type():
+			return true, false, nil
 		case !moved.Mode.IsDir():
-			return identical(moved, &e), nil
+			return true, identical(moved, &e), nil
 		}
 		here, ok, err := r.listing(ctx, r.Source.Walk, rn.To)
 		if err != nil || !ok {
-			return false, nil
+			return true, false, nil
 		}
 		there, ok, err := r.listing(ctx, t.Walk, name)
 		if err != nil || !ok {
-			return false, err
+			return true, false, err
 		}
-		return maps.EqualFunc(here, there, func(a, b Entry) bool { return identical(&a, &b) }), nil
+		return true, maps.EqualFunc(here, there, func(a, b Entry) bool { return identical(&a, &b) }), nil
 	}
-	if _, err := t.Stat(ctx, rn.To); err == nil {
-		done, err := sameAs(rn.To)
-		if done {
-			return replayDone, nil
-		}
+	taken, done, err := sameAs(rn.To)
+	switch {
+	case err != nil:
 		return replayNot, err
-	} else if errors.Is(err, ErrDisconnected) {
-		return replayNot, err
+	case done:
+		return replayDone, nil
+	case taken:
+		return replayNot, nil
 	}
-	ok, err := sameAs(rn.From)
-	if ok {
+	if _, ok, err := sameAs(rn.From); ok {
 		return replayRename, nil
+	} else if err != nil {
+		return replayNot, err
 	}
-	return replayNot, err
+	return replayNot, nil
 }
 
 // listing returns the entries directly below dir by name, leaving out

@@ -7,6 +7,7 @@ import (
 
 	"github.com/lockstep-ha/lockstep/integration/sshdtest"
 	"github.com/lockstep-ha/lockstep/internal/churn"
+	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
 )
 
@@ -36,7 +37,15 @@ func TestSSHChurnConverges(t *testing.T) {
 			if _, err := tree.Run(churn.Options{Ops: 300}); err != nil {
 				t.Fatal(err)
 			}
-			startSSHJob(t, "a", srv, src, dst, nil)
+			// As a daemon runs: with a sync state, through the receiver;
+			// every other seed over the SFTP fallback.
+			mode := lsync.ReceiverOn
+			if seed%2 == 0 {
+				mode = lsync.ReceiverOff
+			}
+			t.Logf("receiver: %s, with a sync state", mode)
+			stateDir := t.TempDir()
+			startSSHJob(t, "a", srv, src, dst, both(withReceiver(t, mode), func(c *lsync.JobConfig) { c.StateDir = stateDir }))
 			lsynctest.WaitTreesEqual(t, src, dst, convergeTimeout, sftpOpts...)
 			for burst := 0; burst < 3; burst++ {
 				st, err := tree.Run(churn.Options{Ops: 1500, Pause: time.Millisecond, PauseEvery: 25})

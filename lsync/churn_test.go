@@ -40,36 +40,55 @@ func churnRounds(t testing.TB, def int) int {
 // identical on the target within convergeWithin of the last change, with
 // the periodic verification off so that only the live path can get it
 // there.
+//
+// It runs with a sync state (every daemon's config has one: renames are
+// then confirmed from the state, restarts trusted) and without (`sync
+// --once` with no state_dir, and the comparison path the state replaces).
 func TestChurnConverges(t *testing.T) {
 	rounds := churnRounds(t, 3)
-	for seed := uint64(1); seed <= uint64(rounds); seed++ {
-		t.Run("seed="+strconv.FormatUint(seed, 10), func(t *testing.T) {
-			cfg, src, dst := localJobConfig(t, "peer")
-			tree, err := churn.New(src, seed)
-			if err != nil {
-				t.Fatal(err)
+	for _, withState := range []bool{true, false} {
+		n := rounds
+		if withState {
+			n = churnRounds(t, 2)
+		}
+		for seed := uint64(1); seed <= uint64(n); seed++ {
+			name := "seed=" + strconv.FormatUint(seed, 10)
+			if withState {
+				name = "state/" + name
 			}
-			// Something to move around from the first operation on.
-			if _, err := tree.Run(churn.Options{Ops: 300}); err != nil {
-				t.Fatal(err)
-			}
-			lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Logger: churnLogger(t)})
-			lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
-			for burst := 0; burst < 3; burst++ {
-				// Small pauses every few operations spread a burst over
-				// several batches, so that moves straddle batch edges.
-				st, err := tree.Run(churn.Options{Ops: 1500, Pause: time.Millisecond, PauseEvery: 25})
-				if err != nil {
-					t.Fatal(err)
-				}
-				took, diffs := lsynctest.Converge(src, dst[0], convergeWithin(t))
-				if len(diffs) > 0 {
-					t.Fatalf("burst %d (%v): %d paths still differ %s after the last change:\n%s",
-						burst, st, len(diffs), convergeWithin(t), lsynctest.Summarize(diffs))
-				}
-				t.Logf("burst %d (%v): identical %s after the last change", burst, st, took.Round(time.Millisecond))
-			}
-		})
+			t.Run(name, func(t *testing.T) { churnConverges(t, seed, withState) })
+		}
+	}
+}
+
+func churnConverges(t *testing.T, seed uint64, withState bool) {
+	cfg, src, dst := localJobConfig(t, "peer")
+	if withState {
+		cfg.StateDir = t.TempDir()
+	}
+	tree, err := churn.New(src, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Something to move around from the first operation on.
+	if _, err := tree.Run(churn.Options{Ops: 300}); err != nil {
+		t.Fatal(err)
+	}
+	lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Logger: churnLogger(t)})
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	for burst := 0; burst < 3; burst++ {
+		// Small pauses every few operations spread a burst over
+		// several batches, so that moves straddle batch edges.
+		st, err := tree.Run(churn.Options{Ops: 1500, Pause: time.Millisecond, PauseEvery: 25})
+		if err != nil {
+			t.Fatal(err)
+		}
+		took, diffs := lsynctest.Converge(src, dst[0], convergeWithin(t))
+		if len(diffs) > 0 {
+			t.Fatalf("burst %d (%v): %d paths still differ %s after the last change:\n%s",
+				burst, st, len(diffs), convergeWithin(t), lsynctest.Summarize(diffs))
+		}
+		t.Logf("burst %d (%v): identical %s after the last change", burst, st, took.Round(time.Millisecond))
 	}
 }
 

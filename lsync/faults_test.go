@@ -203,6 +203,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	poll.Until(t, waitLimit, what, cond)
 }
 
+// waitIdle waits until the target's worker has nothing queued or running:
+// equal trees alone do not say that the counters of the work that made
+// them equal have been added yet.
+func waitIdle(t *testing.T, j *lsync.Job, target string) {
+	t.Helper()
+	waitFor(t, target+" idle", func() bool {
+		st := statusOf(j, target)
+		return st.Connected && st.PendingFiles == 0 && !st.Rescanning && st.Progress == nil && !st.LastSync.IsZero()
+	})
+}
+
 func TestJobTargetDownDoesNotBlockOthers(t *testing.T) {
 	cfg, src, dst := localJobConfig(t, "up", "flaky")
 	mustWrite(t, src, "a.txt", "a")

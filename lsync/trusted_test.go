@@ -139,8 +139,9 @@ func TestRenameConfirmedFromTheState(t *testing.T) {
 	}
 	wc := &walkCounter{Connector: lsynctest.LocalConnectors(t, cfg)[0]}
 	reg := prometheus.NewRegistry()
-	lsynctest.StartJob(t, cfg, []lsync.Connector{wc}, lsync.JobOptions{Registerer: reg})
+	j := lsynctest.StartJob(t, cfg, []lsync.Connector{wc}, lsync.JobOptions{Registerer: reg})
 	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	waitIdle(t, j, "peer")
 	files0 := metricValue(t, reg, "lockstep_sync_files_total", "peer")
 	subs0 := wc.subs.Load()
 

@@ -510,6 +510,12 @@ func (t *Target) noSymlink(c string) error {
 
 // attrTarget opens rel's parent and refuses a final symlink.
 func (t *Target) attrTarget(rel string) (int, string, error) {
+	return t.attrTargetOf(rel, false)
+}
+
+// attrTargetOf opens rel's parent; a final symlink is refused unless the
+// caller acts on the link itself (AT_SYMLINK_NOFOLLOW), as a chown does.
+func (t *Target) attrTargetOf(rel string, linkItself bool) (int, string, error) {
 	c, err := t.clean(rel)
 	if err != nil {
 		return -1, "", err
@@ -523,7 +529,7 @@ func (t *Target) attrTarget(rel string) (int, string, error) {
 		unix.Close(dfd)
 		return -1, "", &fs.PathError{Op: "stat", Path: c, Err: err}
 	}
-	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK && !linkItself {
 		unix.Close(dfd)
 		return -1, "", &fs.PathError{Op: "set attributes", Path: c, Err: errors.New("is a symlink")}
 	}
@@ -558,7 +564,7 @@ func (t *Target) Chmod(_ context.Context, rel string, mode fs.FileMode) error {
 
 // Lchown sets the owner and group of rel (a symlink's own).
 func (t *Target) Lchown(_ context.Context, rel string, uid, gid uint32) error {
-	dfd, base, err := t.attrTarget(rel)
+	dfd, base, err := t.attrTargetOf(rel, true)
 	if err != nil {
 		return err
 	}

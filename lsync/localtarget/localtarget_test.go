@@ -271,3 +271,40 @@ func TestSwapInPutsBackAnEditThatLandedAfterTheCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestLchownSymlinkItself: a landed symlink gets the source link's owner
+// on the link itself (it was refused as "is a symlink", so every symlink
+// failed and was retried forever); the file it points at keeps its own.
+func TestLchownSymlinkItself(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	lt, dir := open(t)
+	ctx := context.Background()
+	if err := os.WriteFile(filepath.Join(dir, "file"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := lt.Symlink(ctx, "link", "file"); err != nil {
+		t.Fatal(err)
+	}
+	if err := lt.Lchown(ctx, "link", 1234, 2345); err != nil {
+		t.Fatalf("Lchown of a symlink: %v", err)
+	}
+	var link, file unix.Stat_t
+	if err := unix.Lstat(filepath.Join(dir, "link"), &link); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Lstat(filepath.Join(dir, "file"), &file); err != nil {
+		t.Fatal(err)
+	}
+	if link.Uid != 1234 || link.Gid != 2345 {
+		t.Errorf("link owner %d:%d, want 1234:2345", link.Uid, link.Gid)
+	}
+	if file.Uid != 0 || file.Gid != 0 {
+		t.Errorf("the link's target was chowned to %d:%d", file.Uid, file.Gid)
+	}
+	// Chmod and Chtimes still refuse a final symlink: they would follow it.
+	if err := lt.Chmod(ctx, "link", 0o600); err == nil {
+		t.Error("Chmod through a final symlink succeeded")
+	}
+}

@@ -829,9 +829,7 @@ func (g *Group) restartFrom(ctx context.Context, from int, reason string) error 
 		g.set(i, ResourceStopping, nil)
 		start := time.Now()
 		if err := r.Stop(ctx); err != nil {
-			g.set(i, ResourceFailed, err)
-			g.metrics.resourceActions.WithLabelValues(r.Name(), "stop", "error").Inc()
-			g.events.Warn(EventResource, fmt.Sprintf("stop %s failed after %s: %v", r.Name(), since(start), err), "resource", r.Name())
+			g.stopFailed(i, err, start)
 			return fmt.Errorf("stop %s: %w", r.Name(), err)
 		}
 		g.set(i, ResourceStopped, nil)

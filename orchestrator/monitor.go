@@ -404,6 +404,10 @@ type resourceHealth struct {
 	restarts   map[string][]time.Time
 	failed     map[string]ResourceFailure
 	recovering string
+	// store, when set, keeps failed and restarts across daemon restarts
+	// (failstore.go); warn reports a failure to write it.
+	store *failureStore
+	warn  func(string)
 }
 
 // ResourceFailure is a resource this node gave up the writer role for, in
@@ -440,6 +444,7 @@ func (h *resourceHealth) allowRestart(name string, now time.Time, spec monitorSp
 		return len(kept), false
 	}
 	h.restarts[name] = append(kept, now)
+	h.persistLocked()
 	return len(kept) + 1, true
 }
 
@@ -463,6 +468,7 @@ func (h *resourceHealth) fail(name, reason string, now time.Time, timeout time.D
 		f.Expires = now.Add(timeout)
 	}
 	h.failed[name] = f
+	h.persistLocked()
 }
 
 // clear forgets the failure and the restarts of name ("" = all); it
@@ -481,6 +487,9 @@ func (h *resourceHealth) clear(name string) []string {
 		if name == "" || n == name {
 			delete(h.restarts, n)
 		}
+	}
+	if len(out) > 0 {
+		h.persistLocked()
 	}
 	sort.Strings(out)
 	return out
@@ -503,6 +512,9 @@ func (h *resourceHealth) expire(now time.Time) (expired, recovered []ResourceFai
 		delete(h.failed, n)
 		delete(h.restarts, n)
 	}
+	if len(expired)+len(recovered) > 0 {
+		h.persistLocked()
+	}
 	return expired, recovered
 }
 
@@ -520,8 +532,12 @@ func (h *resourceHealth) failures() []ResourceFailure {
 	for _, f := range h.failed {
 		out = append(out, f)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Resource < out[j].Resource })
+	sortFailures(out)
 	return out
+}
+
+func sortFailures(fs []ResourceFailure) {
+	sort.Slice(fs, func(i, j int) bool { return fs[i].Resource < fs[j].Resource })
 }
 
 func (h *resourceHealth) setRecovering(what string) {

@@ -152,6 +152,10 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
 	rm.act.mon = newMonitorSet()
 	rm.health = newResourceHealth()
+	if dir := c.Cluster.StateDir; dir != "" {
+		rm.health.store = &failureStore{dir: dir, node: c.Node}
+		rm.health.warn = func(msg string) { c.Events.Warn(EventResource, msg) }
+	}
 	rm.tracks = newTracker(&rm.cfg, c.Events, c.Metrics.monitor)
 	if e := c.Cluster.Arbiter.Etcd; e != nil {
 		var err error
@@ -161,6 +165,11 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 	}
 	rm.fence = &fencer{node: rm.self, act: rm.act, cfg: rm.cfg.Load, events: c.Events, metrics: c.Metrics}
 	rm.state.role, rm.state.roleSince, rm.state.reason = RoleStandby, time.Now(), reasonStarting
+	if rm.health.store != nil {
+		if err := rm.restoreFailures(rm.act.group.Load(), time.Now()); err != nil {
+			return nil, fmt.Errorf("cluster.state_dir: %w", err)
+		}
+	}
 	rm.publish()
 	c.Metrics.setRole(RoleStandby)
 	return rm, nil

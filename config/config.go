@@ -96,10 +96,10 @@ func Parse(path string, data []byte, lookup func(string) (string, bool)) (*File,
 	return &f, nil
 }
 
-// DefaultStateDir is where the sync jobs keep their sync state (and the
-// replication supervisor its fence records) unless `state_dir` says
-// otherwise.
-const DefaultStateDir = "/var/lib/lockstep"
+// DefaultStateDir is where the sync jobs keep their sync state (the
+// replication supervisor its fence records, and `lockstep run` its
+// resource failures) unless `state_dir` says otherwise.
+const DefaultStateDir = orchestrator.DefaultStateDir
 
 // SetDefaults fills in every unset field of every present section.
 func (f *File) SetDefaults() {
@@ -117,6 +117,9 @@ func (f *File) SetDefaults() {
 	}
 	if f.Cluster != nil {
 		f.Cluster.SetDefaults()
+		if f.Cluster.StateDir == "" {
+			f.Cluster.StateDir = DefaultStateDir
+		}
 	}
 }
 

@@ -177,3 +177,20 @@ func TestExampleConfigIsValid(t *testing.T) {
 		t.Errorf("example not decoded as documented: %+v", f)
 	}
 }
+
+// cluster.state_dir defaults to /var/lib/lockstep and must be absolute;
+// the error names the key and its line.
+func TestClusterStateDir(t *testing.T) {
+	f, err := Parse("lockstep.yaml", []byte(fixture(t, good)), env(map[string]string{"SSH_PORT": "2222", "LOCKSTEP_DB_PASSWORD": "pw"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Cluster.StateDir != "/var/lib/lockstep" {
+		t.Fatalf("default state_dir %q", f.Cluster.StateDir)
+	}
+	text := strings.Replace(fixture(t, good), "  deadtime: 1s\n", "  deadtime: 1s\n  state_dir: lib/lockstep\n", 1)
+	_, err = Parse("lockstep.yaml", []byte(text), env(map[string]string{"SSH_PORT": "2222", "LOCKSTEP_DB_PASSWORD": "pw"}))
+	if err == nil || !strings.Contains(err.Error(), `cluster.state_dir: "lib/lockstep" must be an absolute path (line`) {
+		t.Fatalf("relative state_dir: %v", err)
+	}
+}

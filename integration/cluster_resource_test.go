@@ -30,7 +30,8 @@ const servicePort = 8080
 
 // service writes node d's LSB script for a TCP service on the VIP that
 // answers every connection with the node's name. Its start fails while
-// the file nostart exists in the node's directory.
+// the file nostart exists in the node's directory, its stop (leaving the
+// service running) while nostop does.
 func (d *daemon) service() string {
 	path := filepath.Join(d.dir, "svc.sh")
 	pid := filepath.Join(d.dir, "svc.pid")
@@ -46,12 +47,13 @@ start)
   for i in $(seq 40); do ss -Hltn "sport = :%[5]d" | grep -q . && exit 0; sleep 0.05; done
   echo "not listening after 2s: $(tail -3 "$pid.log")"; exit 1 ;;
 stop)
+  [ -e %[7]q ] && { echo "stop refused: $(cat %[7]q)"; exit 1; }
   if alive; then kill "$(cat "$pid")"; for i in $(seq 100); do alive || break; sleep 0.02; done; fi
   rm -f "$pid"; exit 0 ;;
 status) alive && exit 0; exit 3 ;;
 *) exit 3 ;;
 esac
-`, d.node.Name, d.resLog, pid, filepath.Join(d.dir, "nostart"), servicePort, d.c.vip)
+`, d.node.Name, d.resLog, pid, filepath.Join(d.dir, "nostart"), servicePort, d.c.vip, filepath.Join(d.dir, "nostop"))
 	if err := os.WriteFile(path, []byte(body), 0o755); err != nil {
 		d.c.t.Fatal(err)
 	}

@@ -238,6 +238,7 @@ func (d *daemon) writeConfig() {
 		Keepalive:    c.keepalive,
 		Deadtime:     c.deadtime,
 		Witness:      []string{c.witness},
+		StateDir:     d.dir,
 		Members:      peers,
 		Resources:    res,
 		Repl:         repl,

@@ -44,6 +44,7 @@ func newActor(db Database, dbName string, g *Group, events *EventLog) *actor {
 func (a *actor) held() []string              { return a.group.Load().Held() }
 func (a *actor) holding() bool               { return a.group.Load().Holding() }
 func (a *actor) resources() []ResourceStatus { return a.group.Load().Status() }
+func (a *actor) unreleased() []string        { return a.group.Load().Unreleased() }
 
 // replace queues g as the resource group; it reports whether the current
 // one is held, in which case g applies after its release.
@@ -94,7 +95,7 @@ func (a *actor) stopMonitors() { a.mon.stop(0) }
 func (a *actor) release(ctx context.Context, reason, why string) {
 	a.stopMonitors()
 	if err := a.group.Load().Release(context.WithoutCancel(ctx), reason); err != nil {
-		a.events.Warn(EventResource, fmt.Sprintf("%s: release incomplete: %v", why, err))
+		a.events.Warn(EventResource, fmt.Sprintf("%s: release incomplete: %v; the resources that did not stop stay announced to peers until a retried stop succeeds", why, err))
 	}
 }
 

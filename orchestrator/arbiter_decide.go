@@ -27,8 +27,9 @@ import (
 //	    no eligible peer keeps the role, as in rule 5.
 //	A5. A standby that won the election takes over when eligible: not
 //	    ineligible, no track unchecked, database not fenced, no hold
-//	    after a failed start. (campaignEligible keeps such a node out of
-//	    the election in the first place; this covers the race.)
+//	    after a failed start, no release incomplete here or on a peer
+//	    (releaseBlocks). (campaignEligible keeps such a node out of the
+//	    election in the first place; this covers the race.)
 func decideArbiter(v view) decision {
 	d := decision{role: v.role, decided: v.decided}
 	a, cfg := v.arbiter, v.cfg
@@ -103,6 +104,12 @@ func decideArbiter(v view) decision {
 		}
 		if v.tracksPending != "" {
 			d.waiting = "won the etcd election but not eligible yet: " + v.tracksPending + ": resigning"
+			return d
+		}
+		if why, blocked := releaseBlocks(v); blocked {
+			// Holding the election meanwhile is harmless: the releasing
+			// node does not campaign (its heartbeat says not eligible).
+			d.waiting = "won the etcd election but " + why
 			return d
 		}
 		if a.validFor < 2*a.renewEvery {

@@ -315,6 +315,7 @@ func startCluster(t testing.TB, o clusterOpts) *testCluster {
 		cc := &ClusterConfig{
 			KeyFile: writeKey(t, dir, secret, 0o600), Keepalive: o.keepalive, Deadtime: o.deadtime,
 			TakeoverMargin: o.margin, TakeoverWait: o.takeoverWait, AgentCheck: "127.0.0.1:0",
+			StateDir: dir,
 		}
 		for j, other := range names {
 			addr := ports[other]

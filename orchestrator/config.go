@@ -57,6 +57,10 @@ type ClusterConfig struct {
 	// Arbiter, when set, decides who is the writer; witnesses become
 	// optional.
 	Arbiter ArbiterConfig `yaml:"arbiter"`
+	// StateDir keeps what must survive a daemon restart: the resource
+	// failures that make this node ineligible (failstore.go). The config
+	// file defaults it to DefaultStateDir; "" keeps them in memory only.
+	StateDir string `yaml:"state_dir"`
 }
 
 // ArbiterConfig is `cluster.arbiter`: one kind at most.
@@ -282,5 +286,8 @@ func (c *ClusterConfig) Validate() error {
 		errs = append(errs, r.validateMonitor(fmt.Sprintf("resources[%d].", i))...)
 	}
 	errs = append(errs, validateTracks(c.Track)...)
+	if err := validateStateDir(c.StateDir); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }

@@ -79,6 +79,11 @@ type view struct {
 	// again is no reason to take over from a peer we still cannot hear.
 	wasIsolated bool
 	selfFenced  bool // our database carries our own self-fence
+	// unreleased names our resources whose stop failed ("" = none): they
+	// may still be up here, so we neither take the writer role (which
+	// would start the group again on top of a half-stopped one) nor lift
+	// our self-fence while the release retry goes on.
+	unreleased string
 }
 
 type peerView struct {
@@ -94,7 +99,15 @@ type peerView struct {
 	portClosed bool
 }
 
-func (p peerView) leaving() bool { return p.hb != nil && p.hb.Leaving }
+// leaving: the peer said goodbye after releasing everything. A goodbye
+// that still lists unreleased resources is no clean exit (our shutdown
+// does not send one, see RoleManager.shutdown): the peer is then treated
+// like one that died, see peerUnreleased.
+func (p peerView) leaving() bool { return p.hb != nil && p.hb.Leaving && len(p.hb.Unreleased) == 0 }
+
+// unreleased: the peer's last heartbeat listed resources whose stop
+// failed.
+func (p peerView) unreleased() bool { return p.hb != nil && len(p.hb.Unreleased) > 0 }
 
 // gone: a peer we may take over from, because it said it left (after
 // releasing its resources) or was silent for deadtime + margin, by which
@@ -139,9 +152,11 @@ type doubleWriter struct {
 //     not recover, a failing track) or its database is fenced while an
 //     eligible peer waits, or auto_failback hands it to the preferred node.
 //  6. A standby whose peers are all gone takes over when eligible: no
-//     failed resource or failing or unchecked track, its database is not
-//     fenced (or takeover_wait expired), and it has heard a peer since it
-//     last fenced itself.
+//     failed resource or failing or unchecked track, no resource of its
+//     own left unreleased, no peer that reports (or, silent but not gone
+//     yet, last reported) unreleased resources (see peerUnreleased), its
+//     database is not fenced (or takeover_wait expired), and it has
+//     heard a peer since it last fenced itself.
 //  7. Live peers, no writer: the lowest-named eligible node takes over.
 //
 // When the role stays, it also says whether to lift our own database
@@ -156,6 +171,11 @@ func decide(v view) decision {
 // only once a peer is back for a moment; the witness alone is not enough,
 // the peer's database may be the writable one.
 func ownFenceLiftable(v view) bool {
+	if v.unreleased != "" {
+		// The release retry fenced it on purpose (escalation): whatever
+		// is still running here must not write.
+		return false
+	}
 	if v.role == RoleFenced || !v.selfFenced && !(v.dbFenced && strings.HasPrefix(v.dbReason, selfFencePrefix)) {
 		return false
 	}
@@ -170,7 +190,7 @@ func ownFenceLiftable(v view) bool {
 // eligible is what this node announces in its heartbeat: it may take the
 // writer role now.
 func eligible(s roleSnapshot, dbFenced bool, now time.Time) bool {
-	return s.role == RoleStandby && !s.draining && !s.leaving && !dbFenced && !now.Before(s.failHoldUntil) && s.ineligible == ""
+	return s.role == RoleStandby && !s.draining && !s.leaving && !dbFenced && !now.Before(s.failHoldUntil) && s.ineligible == "" && s.release == nil
 }
 
 // failBackoff is how long a node whose resource start failed stays
@@ -314,6 +334,10 @@ func decideRole(v view) decision {
 		d.waiting = "not eligible yet: " + v.tracksPending
 		return d
 	}
+	if why, blocked := releaseBlocks(v); blocked {
+		d.waiting = why
+		return d
+	}
 
 	// 6. Every peer gone.
 	if allDead {
@@ -436,6 +460,58 @@ func resolveDoubleWriter(p peerView, v view) (kept, why string) {
 		return v.self, "the lower name (" + v.self + ") keeps the role"
 	}
 	return p.name, "the lower name (" + p.name + ") keeps the role"
+}
+
+// releaseBlocks says why a standby must not take the writer role because
+// a release is incomplete, ours or a peer's.
+func releaseBlocks(v view) (string, bool) {
+	if v.unreleased != "" {
+		return "release incomplete: " + v.unreleased + " may still be up on this node (stop failed): not taking the writer role until a retried stop succeeds", true
+	}
+	return peerUnreleased(v)
+}
+
+// peerUnreleased: the first rule is never two writers, so a peer whose
+// stop of a resource failed blocks our takeover for as long as it is
+// alive and says so: its VIP or service may still be up, and ours would
+// be a second one. It retries the stop and tells us when it is done (its
+// next heartbeat lists nothing).
+//
+// A peer that went silent blocks only until it is gone (deadtime +
+// takeover_margin, or deadtime with its heartbeat port closed), exactly
+// like a silent writer in rule 7, and from then on the usual rules apply.
+// Waiting longer would block failover forever on a dead node's stale
+// claim without protecting anything the existing rules do not already
+// protect:
+//
+//   - isolated (no peer, no witness): rule 1 fenced it at deadtime; its
+//     self-fence releases the group again and the fencer keeps retrying
+//     with escalation, counting an unreleased resource as "not holding"
+//     (selffence.go, verify), loud in /status, /health and metrics;
+//   - cut from us only, witness still reachable: the same situation as a
+//     writer behind such a cut, which we take over from too (heartbeat
+//     mode without an arbiter cannot tell it from a dead peer); the cut's
+//     double holder is reported when it heals;
+//   - daemon dead (crash, kill, port closed): nobody retries its stop any
+//     more; what it left behind is what a crashed writer leaves behind,
+//     and its next start stops it (ReleaseLeftovers) before doing anything.
+//
+// The same applies with an arbiter (decideArbiter, A5): the releasing
+// node does not campaign, and a silent one is waited for until gone.
+func peerUnreleased(v view) (string, bool) {
+	for _, p := range v.peers {
+		if !p.unreleased() {
+			continue
+		}
+		list := strings.Join(p.hb.Unreleased, ", ")
+		switch {
+		case p.alive:
+			return fmt.Sprintf("peer %s has not released %s (its stop failed; it retries): not taking the writer role while it may still hold them", p.name, list), true
+		case !p.gone(v.cfg):
+			return fmt.Sprintf("peer %s, silent for %s, last reported %s not released: waiting until it is gone (deadtime + takeover_margin)", p.name, p.silent.Round(time.Millisecond), list), true
+		}
+	}
+	return "", false
 }
 
 // eligibleStandby names a live standby that may take the writer role

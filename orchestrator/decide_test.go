@@ -436,3 +436,116 @@ func TestDecideIneligibleSaysWhy(t *testing.T) {
 		t.Fatalf("writer: role %s waiting %q", d.role, d.waiting)
 	}
 }
+
+// unreleasedPeer: a live standby whose step-down could not stop what it
+// lists; it announces itself not eligible (its heartbeat says so).
+func unreleasedPeer(name string, res ...string) peerView {
+	p := alivePeer(name, RoleStandby, false)
+	p.hb.Unreleased = res
+	return p
+}
+
+// Never two writers: a peer that reports resources it could not stop
+// blocks our takeover while it is alive, and while it is silent but not
+// yet gone; a dead peer's stale claim blocks nothing once it is gone
+// (see peerUnreleased for why the existing rules make that safe).
+func TestDecideUnreleasedRelease(t *testing.T) {
+	cfg := testCfg()
+	gone := cfg.Deadtime + cfg.TakeoverMargin + time.Millisecond
+	withinMargin := cfg.Deadtime + cfg.TakeoverMargin/2
+	withUnreleased := func(p peerView, res ...string) peerView {
+		p.hb.Unreleased = res
+		return p
+	}
+	lead := func(v view) view {
+		v.arbiter = arbiterView{configured: true, tried: true, connected: true, leader: true, leaderName: v.self, term: 7,
+			validFor: time.Second, renewEvery: 100 * time.Millisecond}
+		return v
+	}
+	tests := []struct {
+		name    string
+		v       view
+		want    string
+		waiting string // substring of d.waiting when the role stays
+	}{
+		{"live peer with an unreleased VIP: no election", baseView(RoleStandby, unreleasedPeer("a", "10.0.0.10/24@eth0")),
+			RoleStandby, "peer a has not released 10.0.0.10/24@eth0"},
+		{"same peer once its stop succeeded: elected", baseView(RoleStandby, alivePeer("a", RoleStandby, false)), RoleWriter, ""},
+		{"live lower-named standby we would outrank anyway: still blocked", func() view {
+			v := baseView(RoleStandby, unreleasedPeer("c", "/etc/init.d/app"))
+			v.self = "a"
+			return v
+		}(), RoleStandby, "peer c has not released"},
+		{"a goodbye listing unreleased resources is no clean exit", func() view {
+			p := unreleasedPeer("a", "/etc/init.d/app")
+			p.hb.Leaving = true
+			return baseView(RoleStandby, p)
+		}(), RoleStandby, "has not released"},
+		{"silent peer with an unreleased claim, within the margin: wait", baseView(RoleStandby,
+			withUnreleased(silentPeer("a", RoleStandby, withinMargin), "/etc/init.d/app")), RoleStandby, "waiting until it is gone"},
+		{"silent peer with an unreleased claim, gone: take over (rule 6)", baseView(RoleStandby,
+			withUnreleased(silentPeer("a", RoleStandby, gone), "/etc/init.d/app")), RoleWriter, ""},
+		{"silent claim with its port closed past deadtime: take over", func() view {
+			p := withUnreleased(silentPeer("a", RoleStandby, cfg.Deadtime+time.Millisecond), "/etc/init.d/app")
+			p.portClosed = true
+			return baseView(RoleStandby, p)
+		}(), RoleWriter, ""},
+		{"silent unreleased peer blocks the election among the others", baseView(RoleStandby,
+			withUnreleased(silentPeer("a", RoleStandby, withinMargin), "/etc/init.d/app"), alivePeer("c", RoleStandby, true)),
+			RoleStandby, "last reported /etc/init.d/app not released"},
+		{"our own release incomplete: no takeover even with every peer gone", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleWriter, gone))
+			v.unreleased = "/etc/init.d/app"
+			return v
+		}(), RoleStandby, "release incomplete: /etc/init.d/app may still be up on this node"},
+		{"our own release incomplete: no election", func() view {
+			v := baseView(RoleStandby, alivePeer("c", RoleStandby, true))
+			v.self, v.unreleased = "a", "/etc/init.d/app"
+			return v
+		}(), RoleStandby, "release incomplete"},
+		{"the writer keeps its role beside a releasing peer", baseView(RoleWriter, unreleasedPeer("a", "/etc/init.d/app")), RoleWriter, ""},
+		{"isolation still fences a node whose release is incomplete", func() view {
+			v := baseView(RoleStandby, silentPeer("a", RoleStandby, time.Minute))
+			v.unreleased, v.witnessSeen = "/etc/init.d/app", false
+			return v
+		}(), RoleFenced, ""},
+		{"arbiter: won the election, peer still releasing: wait", lead(baseView(RoleStandby, unreleasedPeer("a", "/etc/init.d/app"))),
+			RoleStandby, "won the etcd election but peer a has not released"},
+		{"arbiter: won the election, our own release incomplete: wait", func() view {
+			v := lead(baseView(RoleStandby, alivePeer("a", RoleStandby, false)))
+			v.unreleased = "/etc/init.d/app"
+			return v
+		}(), RoleStandby, "release incomplete"},
+		{"arbiter: won, the releasing peer is gone: take over", lead(baseView(RoleStandby,
+			withUnreleased(silentPeer("a", RoleStandby, gone), "/etc/init.d/app"))), RoleWriter, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := decide(tc.v)
+			if d.role != tc.want {
+				t.Fatalf("role %s, want %s (reason %q, waiting %q)", d.role, tc.want, d.reason, d.waiting)
+			}
+			if tc.waiting != "" && !strings.Contains(d.waiting, tc.waiting) {
+				t.Fatalf("waiting %q does not mention %q", d.waiting, tc.waiting)
+			}
+		})
+	}
+}
+
+// The release retry's escalation fences our database; the fence is not
+// lifted while the release is incomplete, however long the peer is back.
+func TestDecideKeepsReleaseFence(t *testing.T) {
+	v := baseView(RoleStandby, alivePeer("a", RoleWriter, false))
+	v.selfFenced, v.unreleased = true, "/etc/init.d/app"
+	if d := decide(v); d.unfence {
+		t.Fatal("own fence lifted while the release is incomplete")
+	}
+	v.unreleased = ""
+	if d := decide(v); !d.unfence {
+		t.Fatal("own fence kept after the release completed and the peer is back")
+	}
+	s := roleSnapshot{role: RoleStandby, release: &ReleaseStatus{Resources: []string{"x"}}}
+	if eligible(s, false, time.Now()) {
+		t.Fatal("a node whose release is incomplete announces itself eligible")
+	}
+}

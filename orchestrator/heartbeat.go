@@ -64,6 +64,11 @@ type Heartbeat struct {
 	AppliedTrx int64    `json:"applied_trx,omitempty"`
 	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 	Resources  []string `json:"resources,omitempty"` // held, in start order
+	// Unreleased lists the resources whose stop failed: they may still be
+	// up on the sender, whatever its role says. A peer does not take the
+	// writer role while a live sender lists any (decide.go,
+	// peerUnreleased); the sender retries the stop until it succeeds.
+	Unreleased []string `json:"unreleased,omitempty"`
 }
 
 // EchoRef is one boot nonce of a peer as this sender heard it: the newest

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/lockstep-ha/lockstep/dbrepl"
@@ -61,7 +62,10 @@ type Status struct {
 	Witnesses  []WitnessStatus  `json:"witnesses"`
 	Resources  []ResourceStatus `json:"resources"`
 	SelfFence  *SelfFenceStatus `json:"self_fence,omitempty"`
-	Arbiter    *ArbiterStatus   `json:"arbiter,omitempty"`
+	// ReleaseIncomplete is set while a resource's stop has failed: it may
+	// still be up here, and peers do not take the writer role.
+	ReleaseIncomplete *ReleaseStatus `json:"release_incomplete,omitempty"`
+	Arbiter           *ArbiterStatus `json:"arbiter,omitempty"`
 	// DoubleWriter is the last double writer detected (two nodes holding
 	// the writer role after a healed cut) and how it was resolved.
 	DoubleWriter *DoubleWriterStatus `json:"double_writer,omitempty"`
@@ -86,6 +90,11 @@ func health(rs RoleStatus) Health {
 	case rs.SelfFence != nil && !rs.SelfFence.Holding:
 		h.Agent, h.Reason = AgentMaint, fmt.Sprintf("SELF-FENCE NOT HOLDING after %d attempts since %s: this node may still be writable: %s",
 			rs.SelfFence.Attempts, rs.SelfFence.Since.Format(time.RFC3339), rs.SelfFence.LastError)
+	case rs.Release != nil:
+		// Not a writer, yet maybe still serving on the VIP: no traffic,
+		// and an operator is needed if the retries keep failing.
+		h.Agent, h.Reason = AgentMaint, fmt.Sprintf("RELEASE INCOMPLETE since %s (%d attempts): %s may still be up here; peers will not take over until it is stopped: %s",
+			rs.Release.Since.Format(time.RFC3339), rs.Release.Attempts, strings.Join(rs.Release.Resources, ", "), rs.Release.LastError)
 	case rs.DoubleWriter != nil && rs.DoubleWriter.Active && rs.DoubleWriter.Kept != rs.Node:
 		// The step-down is under way: no new traffic here.
 		h.Agent, h.Reason = AgentDown, "DOUBLE WRITER: stepping down: "+rs.DoubleWriter.Why
@@ -161,8 +170,9 @@ func (d *Daemon) Status() Status {
 		Node: rs.Node, Role: rs.Role, RoleSince: rs.RoleSince, RoleReason: rs.Reason,
 		Draining: rs.Draining, Decided: rs.Decided, Health: h, DB: rs.DB,
 		Peers: rs.Peers, Witnesses: rs.Witnesses, Resources: rs.Resources, SelfFence: rs.SelfFence, Arbiter: rs.Arbiter,
-		DoubleWriter: rs.DoubleWriter,
-		Sync:         []SyncTargetStatus{}, GeneratedAt: time.Now(),
+		ReleaseIncomplete: rs.Release,
+		DoubleWriter:      rs.DoubleWriter,
+		Sync:              []SyncTargetStatus{}, GeneratedAt: time.Now(),
 		Eligible: rs.Ineligible == "", NotEligible: rs.Ineligible, Recovering: rs.Recovering,
 		ResourceFailures: rs.ResourceFailures, Tracks: rs.Tracks,
 	}

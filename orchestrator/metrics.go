@@ -21,6 +21,8 @@ type Metrics struct {
 	selfFenceAttempts *prometheus.CounterVec
 	doubleWriter      prometheus.Gauge
 	doubleWriters     prometheus.Counter
+	releaseIncomplete prometheus.Gauge
+	releaseRetries    *prometheus.CounterVec
 }
 
 // NewMetrics registers the orchestrator's metrics on reg.
@@ -75,7 +77,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.doubleWriters = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "lockstep_double_writer_detected_total", Help: "Double writers detected by this node (two nodes holding the writer role when they hear each other again).",
 	})
-	reg.MustRegister(m.selfFenceFailing, m.selfFenceAttempts, m.doubleWriter, m.doubleWriters)
+	m.releaseIncomplete = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "lockstep_release_incomplete", Help: "1 while a resource's stop has failed and it may still be up on this node (peers do not take over meanwhile).",
+	})
+	m.releaseRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "lockstep_release_retries_total", Help: "Retried stops of resources whose stop had failed, by result.",
+	}, []string{"result"})
+	reg.MustRegister(m.selfFenceFailing, m.selfFenceAttempts, m.doubleWriter, m.doubleWriters, m.releaseIncomplete, m.releaseRetries)
 	reg.MustRegister(m.role, m.fenced, m.peerAlive, m.heartbeatsSent, m.heartbeatsRecv, m.heartbeatLosses,
 		m.heartbeatRejected, m.witnessUp, m.resourceActions, m.roleChanges, m.healthy, m.restarts)
 	m.monitor = newMonitorMetrics(reg)

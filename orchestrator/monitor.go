@@ -211,8 +211,11 @@ type monitorSet struct {
 	// does not wait for them, stop does.
 	retired []chan struct{}
 	// gaveUp: resources whose failure this node recorded while keeping
-	// the writer role (no eligible peer); restarted once it is lifted.
-	gaveUp map[int]bool
+	// the writer role (no eligible peer); restarted once it is lifted, or
+	// by a retry when retryAt comes (retryKept).
+	gaveUp       map[int]bool
+	retryAt      map[int]time.Time
+	retryBackoff map[int]time.Duration
 }
 
 type monitorRun struct {
@@ -222,7 +225,8 @@ type monitorRun struct {
 }
 
 func newMonitorSet() *monitorSet {
-	return &monitorSet{failures: make(chan monitorFailure, 16), runs: map[int]*monitorRun{}, pending: map[int]monitorFailure{}, gaveUp: map[int]bool{}}
+	return &monitorSet{failures: make(chan monitorFailure, 16), runs: map[int]*monitorRun{}, pending: map[int]monitorFailure{}, gaveUp: map[int]bool{},
+		retryAt: map[int]time.Time{}, retryBackoff: map[int]time.Duration{}}
 }
 
 // start runs the monitors of g's resources from index from on, under ctx.
@@ -261,6 +265,8 @@ func (s *monitorSet) stop(from int) {
 		}
 		s.retired = nil
 		clear(s.gaveUp)
+		clear(s.retryAt)
+		clear(s.retryBackoff)
 	}
 }
 
@@ -404,6 +410,10 @@ type resourceHealth struct {
 	restarts   map[string][]time.Time
 	failed     map[string]ResourceFailure
 	recovering string
+	// store, when set, keeps failed and restarts across daemon restarts
+	// (failstore.go); warn reports a failure to write it.
+	store *failureStore
+	warn  func(string)
 }
 
 // ResourceFailure is a resource this node gave up the writer role for, in
@@ -440,6 +450,7 @@ func (h *resourceHealth) allowRestart(name string, now time.Time, spec monitorSp
 		return len(kept), false
 	}
 	h.restarts[name] = append(kept, now)
+	h.persistLocked()
 	return len(kept) + 1, true
 }
 
@@ -463,6 +474,7 @@ func (h *resourceHealth) fail(name, reason string, now time.Time, timeout time.D
 		f.Expires = now.Add(timeout)
 	}
 	h.failed[name] = f
+	h.persistLocked()
 }
 
 // clear forgets the failure and the restarts of name ("" = all); it
@@ -481,6 +493,9 @@ func (h *resourceHealth) clear(name string) []string {
 		if name == "" || n == name {
 			delete(h.restarts, n)
 		}
+	}
+	if len(out) > 0 {
+		h.persistLocked()
 	}
 	sort.Strings(out)
 	return out
@@ -503,6 +518,9 @@ func (h *resourceHealth) expire(now time.Time) (expired, recovered []ResourceFai
 		delete(h.failed, n)
 		delete(h.restarts, n)
 	}
+	if len(expired)+len(recovered) > 0 {
+		h.persistLocked()
+	}
 	return expired, recovered
 }
 
@@ -513,6 +531,13 @@ func (h *resourceHealth) isFailed(name string) bool {
 	return ok
 }
 
+// untilRecovered: name's failure lifts by itself when its cause goes.
+func (h *resourceHealth) untilRecovered(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.failed[name].UntilRecovered
+}
+
 func (h *resourceHealth) failures() []ResourceFailure {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -520,8 +545,12 @@ func (h *resourceHealth) failures() []ResourceFailure {
 	for _, f := range h.failed {
 		out = append(out, f)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Resource < out[j].Resource })
+	sortFailures(out)
 	return out
+}
+
+func sortFailures(fs []ResourceFailure) {
+	sort.Slice(fs, func(i, j int) bool { return fs[i].Resource < fs[j].Resource })
 }
 
 func (h *resourceHealth) setRecovering(what string) {
@@ -550,6 +579,7 @@ type monitorMetrics struct {
 	failures  *prometheus.CounterVec
 	restarts  *prometheus.CounterVec
 	failovers *prometheus.CounterVec
+	retries   *prometheus.CounterVec
 	trackUp   *prometheus.GaugeVec
 	eligible  prometheus.Gauge
 }
@@ -565,6 +595,9 @@ func newMonitorMetrics(reg prometheus.Registerer) *monitorMetrics {
 		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lockstep_resource_failovers_total", Help: "Times this node gave up the writer role because a resource could not be recovered in place.",
 		}, []string{"resource"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lockstep_resource_kept_retries_total", Help: "Restarts of a failed resource by a writer that kept the role for want of an eligible peer, by result.",
+		}, []string{"resource", "result"}),
 		trackUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lockstep_track_up", Help: "1 while the tracked check passes (cluster.track).",
 		}, []string{"track"}),
@@ -572,7 +605,7 @@ func newMonitorMetrics(reg prometheus.Registerer) *monitorMetrics {
 			Name: "lockstep_eligible", Help: "0 while a resource failure or a failing track keeps this node from the writer role.",
 		}),
 	}
-	reg.MustRegister(m.failures, m.restarts, m.failovers, m.trackUp, m.eligible)
+	reg.MustRegister(m.failures, m.restarts, m.failovers, m.retries, m.trackUp, m.eligible)
 	m.eligible.Set(1)
 	return m
 }
@@ -703,8 +736,13 @@ func (rm *RoleManager) mustLeave(now time.Time) bool {
 // and the ones after it are not watched: their state is known bad.
 func (rm *RoleManager) giveUp(m *monitored, idx int, reason string, now time.Time, gone func() bool) {
 	name := m.Name()
-	rm.act.mon.stop(idx)
-	rm.act.mon.gaveUp[idx] = true
+	mon := rm.act.mon
+	mon.stop(idx)
+	mon.gaveUp[idx] = true
+	if mon.retryBackoff[idx] == 0 {
+		mon.retryBackoff[idx] = keptRetryBase(m.spec)
+	}
+	mon.retryAt[idx] = now.Add(mon.retryBackoff[idx])
 	rm.health.fail(name, reason, now, m.spec.failureTimeout, gone)
 	rm.metrics.monitor.failovers.WithLabelValues(name).Inc()
 	until := "until `lockstep clear " + name + "`"
@@ -728,7 +766,7 @@ func (rm *RoleManager) resumeCleared(ctx context.Context, g *Group) bool {
 	idx := slices.Min(mapKeys(mon.gaveUp))
 	m := g.resources[idx].(*monitored)
 	if rm.health.isFailed(m.Name()) {
-		return false
+		return rm.retryKept(ctx, g, idx, m)
 	}
 	delete(mon.gaveUp, idx)
 	now := time.Now()
@@ -743,6 +781,54 @@ func (rm *RoleManager) resumeCleared(ctx context.Context, g *Group) bool {
 		rm.giveUp(m, idx, fmt.Sprintf("restart after the failure was lifted failed: %v", err), now, nil)
 		return true
 	}
+	rm.act.mon.start(ctx, g, idx)
+	return true
+}
+
+// Retrying a resource the writer gave up on but kept (no eligible peer):
+// waiting for `lockstep clear` or failure_timeout would leave the service
+// down although nobody else can serve it, so, like Pacemaker retrying a
+// resource that has nowhere else to go, the writer restarts it from time
+// to time: first after keptRetryBase, then doubling to keptRetryMax.
+const keptRetryMax = 5 * time.Minute
+
+// keptRetryBase: ten checks, at least 2 s, so that a resource that
+// fails at once is not restarted in a tight loop.
+func keptRetryBase(spec monitorSpec) time.Duration {
+	return min(max(10*spec.interval, 2*time.Second), keptRetryMax)
+}
+
+// retryKept restarts resource idx, which this writer gave up on and kept,
+// when its retry is due; on success its failure is lifted (it works
+// again) and it is watched again, on failure the next retry waits twice
+// as long. A failure that lifts by itself (a link coming back) is not
+// retried: restarting cannot fix it. It reports whether it acted.
+func (rm *RoleManager) retryKept(ctx context.Context, g *Group, idx int, m *monitored) bool {
+	mon := rm.act.mon
+	name := m.Name()
+	now := time.Now()
+	if now.Before(mon.retryAt[idx]) || rm.health.untilRecovered(name) {
+		return false
+	}
+	defer rm.health.setRecovering("")
+	rm.health.setRecovering(fmt.Sprintf("retrying %s (no eligible peer to take the writer role)", name))
+	isolated, err := rm.unlessIsolated(ctx, func(ctx context.Context) error { return g.restartFrom(ctx, idx, "retry: no eligible peer") })
+	if isolated || ctx.Err() != nil {
+		return true
+	}
+	if err != nil {
+		mon.retryBackoff[idx] = min(2*mon.retryBackoff[idx], keptRetryMax)
+		mon.retryAt[idx] = time.Now().Add(mon.retryBackoff[idx])
+		rm.metrics.monitor.retries.WithLabelValues(name, "error").Inc()
+		rm.events.Warn(EventResource, fmt.Sprintf("retry of %s failed: %v; still not eligible, keeping the writer role (no eligible peer); next retry in %s", name, err, mon.retryBackoff[idx]), "resource", name)
+		return true
+	}
+	delete(mon.gaveUp, idx)
+	delete(mon.retryAt, idx)
+	delete(mon.retryBackoff, idx)
+	rm.health.clear(name)
+	rm.metrics.monitor.retries.WithLabelValues(name, "ok").Inc()
+	rm.events.Add(EventResource, fmt.Sprintf("%s recovered by a retry in %s while no peer could take the writer role: failure lifted, watched again", name, since(now)), "resource", name)
 	rm.act.mon.start(ctx, g, idx)
 	return true
 }
@@ -829,9 +915,7 @@ func (g *Group) restartFrom(ctx context.Context, from int, reason string) error 
 		g.set(i, ResourceStopping, nil)
 		start := time.Now()
 		if err := r.Stop(ctx); err != nil {
-			g.set(i, ResourceFailed, err)
-			g.metrics.resourceActions.WithLabelValues(r.Name(), "stop", "error").Inc()
-			g.events.Warn(EventResource, fmt.Sprintf("stop %s failed after %s: %v", r.Name(), since(start), err), "resource", r.Name())
+			g.stopFailed(i, err, start)
 			return fmt.Errorf("stop %s: %w", r.Name(), err)
 		}
 		g.set(i, ResourceStopped, nil)

@@ -628,3 +628,40 @@ func TestTrackFallRise(t *testing.T) {
 		}
 	}
 }
+
+// A writer that kept the role for want of an eligible peer retries what
+// it gave up on, with backoff, instead of waiting for clear or
+// failure_timeout; a successful retry lifts the failure.
+func TestMonitorKeptWriterRetriesWithBackoff(t *testing.T) {
+	tc := startCluster(t, monitorOpts(0, time.Hour))
+	a, b := tc.nodes["a"], tc.nodes["b"]
+	waitFor(t, 5*time.Second, "a writer", func() bool { return len(a.held()) == 2 })
+	b.stop(nil)
+	touch(t, filepath.Join(a.dir, "nostart"))
+	a.killResource(t, "r1")
+	waitFor(t, 3*time.Second, "a ineligible, kept as writer", func() bool { return a.daemon.role.Status().Ineligible != "" })
+	failed := time.Now()
+	r1 := a.resourceName(0)
+	retries := a.daemon.metrics.monitor.retries
+	waitFor(t, 5*time.Second, "a first retry, refused", func() bool { return metricValue(t, retries.WithLabelValues(r1, "error")) == 1 })
+	first := time.Since(failed)
+	eventTime(t, a, "retry of "+r1+" failed")
+	if err := os.Remove(filepath.Join(a.dir, "nostart")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a second retry, successful", func() bool { return metricValue(t, retries.WithLabelValues(r1, "ok")) == 1 })
+	second := time.Since(failed)
+	t.Logf("retries after %s and %s (base 2s, doubling)", first.Round(time.Millisecond), second.Round(time.Millisecond))
+	if second-first < 3*time.Second {
+		t.Fatalf("no backoff: retries at %s and %s", first, second)
+	}
+	// The next decision publishes the lifted failure.
+	waitFor(t, time.Second, "a eligible again", func() bool { return a.daemon.role.Status().Ineligible == "" })
+	if a.role() != RoleWriter || !a.running("r1") || !a.running("r2") {
+		t.Fatalf("after the retry: role %s r1 %v r2 %v", a.role(), a.running("r1"), a.running("r2"))
+	}
+	eventTime(t, a, r1+" recovered by a retry")
+	// Watched again.
+	a.killResource(t, "r1")
+	waitFor(t, 3*time.Second, "the next death noticed", func() bool { return a.daemon.role.Status().Ineligible != "" })
+}

@@ -66,6 +66,11 @@ type ResourceStatus struct {
 	Monitor  string           `json:"monitor,omitempty"`
 	Restarts int              `json:"restarts"`
 	Failure  *ResourceFailure `json:"failure,omitempty"`
+	// Unreleased: its stop failed (non-zero exit, timeout), so it may
+	// still be running or configured here. The node keeps announcing it
+	// to its peers, which do not take over until a retried stop succeeds
+	// (releaseRetry in release.go).
+	Unreleased bool `json:"unreleased,omitempty"`
 }
 
 // Group is the ordered resource group: started left to right, stopped
@@ -95,13 +100,28 @@ func (g *Group) Status() []ResourceStatus {
 	return append([]ResourceStatus(nil), g.status...)
 }
 
-// Held lists the names of started resources.
+// Held lists the names of resources that are, or may still be, held:
+// started, being stopped, or whose stop failed.
 func (g *Group) Held() []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []string
 	for _, s := range g.status {
-		if s.State == ResourceStarted || s.State == ResourceStopping {
+		if s.State == ResourceStarted || s.State == ResourceStopping || s.Unreleased {
+			out = append(out, s.Name)
+		}
+	}
+	return out
+}
+
+// Unreleased lists, in start order, the resources whose last stop
+// failed: they may still be up, so the release is incomplete.
+func (g *Group) Unreleased() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []string
+	for _, s := range g.status {
+		if s.Unreleased {
 			out = append(out, s.Name)
 		}
 	}
@@ -125,6 +145,11 @@ func (g *Group) set(i int, state string, err error) {
 	defer g.mu.Unlock()
 	g.status[i].State = state
 	g.status[i].Changed = time.Now()
+	// Only a successful stop or start settles what a failed stop left
+	// behind; stopFrom marks a failed stop after calling set.
+	if state == ResourceStarted || state == ResourceStopped {
+		g.status[i].Unreleased = false
+	}
 	if err != nil {
 		g.status[i].LastError = err.Error()
 	} else if state == ResourceStarted || state == ResourceStopped {
@@ -169,9 +194,7 @@ func (g *Group) stopFrom(ctx context.Context, last int, reason string, keepFaile
 		g.set(i, ResourceStopping, nil)
 		start := time.Now()
 		if err := r.Stop(ctx); err != nil {
-			g.set(i, ResourceFailed, err)
-			g.metrics.resourceActions.WithLabelValues(r.Name(), "stop", "error").Inc()
-			g.events.Warn(EventResource, fmt.Sprintf("stop %s failed after %s: %v", r.Name(), since(start), err), "resource", r.Name())
+			g.stopFailed(i, err, start)
 			errs = append(errs, fmt.Errorf("stop %s: %w", r.Name(), err))
 			continue
 		}
@@ -179,10 +202,48 @@ func (g *Group) stopFrom(ctx context.Context, last int, reason string, keepFaile
 			// Keep the start failure visible in /status.
 			g.mu.Lock()
 			g.status[i].State = ResourceFailed
+			g.status[i].Unreleased = false
 			g.mu.Unlock()
 		} else {
 			g.set(i, ResourceStopped, nil)
 		}
+		g.metrics.resourceActions.WithLabelValues(r.Name(), "stop", "ok").Inc()
+		g.events.Add(EventResource, fmt.Sprintf("stopped %s in %s (%s)", r.Name(), since(start), reason), "resource", r.Name())
+	}
+	return errors.Join(errs...)
+}
+
+// stopFailed records that resource i's stop failed: it may still be up.
+func (g *Group) stopFailed(i int, err error, start time.Time) {
+	r := g.resources[i]
+	g.set(i, ResourceFailed, err)
+	g.mu.Lock()
+	g.status[i].Unreleased = true
+	g.mu.Unlock()
+	g.metrics.resourceActions.WithLabelValues(r.Name(), "stop", "error").Inc()
+	g.events.Warn(EventResource, fmt.Sprintf("stop %s failed after %s: %v; it may still be up: not released", r.Name(), since(start), err), "resource", r.Name())
+}
+
+// RetryRelease stops again, right to left, the resources whose stop
+// failed, and only those: the others are stopped already (or were never
+// started) and stopping them again would only add noise.
+func (g *Group) RetryRelease(ctx context.Context, reason string) error {
+	var errs []error
+	st := g.Status()
+	for i := len(g.resources) - 1; i >= 0; i-- {
+		if !st[i].Unreleased {
+			continue
+		}
+		r := g.resources[i]
+		// set keeps Unreleased: it is still possibly up until Stop returns.
+		g.set(i, ResourceStopping, nil)
+		start := time.Now()
+		if err := r.Stop(ctx); err != nil {
+			g.stopFailed(i, err, start)
+			errs = append(errs, fmt.Errorf("stop %s: %w", r.Name(), err))
+			continue
+		}
+		g.set(i, ResourceStopped, nil)
 		g.metrics.resourceActions.WithLabelValues(r.Name(), "stop", "ok").Inc()
 		g.events.Add(EventResource, fmt.Sprintf("stopped %s in %s (%s)", r.Name(), since(start), reason), "resource", r.Name())
 	}

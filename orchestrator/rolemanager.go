@@ -86,6 +86,8 @@ type roleSnapshot struct {
 	// ineligible: why this node may not take the writer role now (failed
 	// resources, failing tracks); "" = eligible.
 	ineligible string
+	// release is set while a release is incomplete (release.go).
+	release *ReleaseStatus
 }
 
 // roleState is the role loop's memory between decisions.
@@ -101,6 +103,8 @@ type roleState struct {
 	// may mirror the fence back meanwhile), and every decision tick in
 	// between would lift it again.
 	lastUnfence time.Time
+	// release: an incomplete release being retried (release.go).
+	release *releaseState
 }
 
 // RoleManagerConfig gathers a RoleManager's dependencies.
@@ -148,6 +152,10 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 	rm.act = newActor(c.DB, rm.self.DB, NewGroup(c.Resources, c.Events, c.Metrics), c.Events)
 	rm.act.mon = newMonitorSet()
 	rm.health = newResourceHealth()
+	if dir := c.Cluster.StateDir; dir != "" {
+		rm.health.store = &failureStore{dir: dir, node: c.Node}
+		rm.health.warn = func(msg string) { c.Events.Warn(EventResource, msg) }
+	}
 	rm.tracks = newTracker(&rm.cfg, c.Events, c.Metrics.monitor)
 	if e := c.Cluster.Arbiter.Etcd; e != nil {
 		var err error
@@ -157,6 +165,11 @@ func NewRoleManager(c RoleManagerConfig) (*RoleManager, error) {
 	}
 	rm.fence = &fencer{node: rm.self, act: rm.act, cfg: rm.cfg.Load, events: c.Events, metrics: c.Metrics}
 	rm.state.role, rm.state.roleSince, rm.state.reason = RoleStandby, time.Now(), reasonStarting
+	if rm.health.store != nil {
+		if err := rm.restoreFailures(rm.act.group.Load(), time.Now()); err != nil {
+			return nil, fmt.Errorf("cluster.state_dir: %w", err)
+		}
+	}
 	rm.publish()
 	c.Metrics.setRole(RoleStandby)
 	return rm, nil
@@ -331,6 +344,24 @@ func (rm *RoleManager) shutdown(conn *net.UDPConn) {
 		rm.send(conn)
 		rm.act.release(context.Background(), "shutdown", "shutdown")
 	}
+	if len(rm.act.unreleased()) > 0 {
+		// Peers see the claim meanwhile: the sender still runs.
+		rm.signalSend()
+		if !rm.shutdownRelease(time.Now()) {
+			// No goodbye: a peer would take over at once. It waits until
+			// this node is gone instead (peerUnreleased), as for a crash.
+			names, why := rm.unreleasedReason()
+			rm.events.Warn(EventResource, fmt.Sprintf("SHUTDOWN WITH RELEASE INCOMPLETE: %s may still be up on this node (%s) after retrying for %s; no goodbye sent, so the peer takes over only once this node is gone; stop them by hand", strings.Join(names, ", "), why, shutdownReleaseBudget))
+			st.draining = false
+			if st.role == RoleWriter {
+				rm.setRole(RoleStandby, "shutdown: release incomplete")
+			}
+			rm.publish()
+			rm.send(conn)
+			return
+		}
+		rm.events.Add(EventResource, "shutdown: release complete after retrying")
+	}
 	st.draining = false
 	st.leaving = true
 	if st.role == RoleWriter {
@@ -358,6 +389,7 @@ func (rm *RoleManager) view(obs observation, cfg *ClusterConfig) view {
 		failHold:    obs.now.Before(st.failHoldUntil),
 		wasIsolated: !st.isolatedAt.IsZero() && obs.lastHeard.Before(st.isolatedAt),
 		selfFenced:  st.selfFenced,
+		unreleased:  strings.Join(rm.act.unreleased(), ", "),
 	}
 }
 
@@ -366,6 +398,7 @@ func (rm *RoleManager) evaluate(ctx context.Context) {
 	st := &rm.state
 	rm.act.swapPending()
 	rm.recoverResources(ctx)
+	rm.trackRelease(ctx, time.Now())
 	now := time.Now()
 	db := observeDB(rm.db, rm.self.DB)
 	obs := rm.obs.observe(now)
@@ -498,7 +531,13 @@ func (rm *RoleManager) takeOver(ctx context.Context, reason string) {
 	}
 	st.failBackoff = failBackoff(st.failBackoff, rm.cfg.Load().Deadtime)
 	st.failHoldUntil = time.Now().Add(st.failBackoff)
-	rm.setRole(RoleStandby, fmt.Sprintf("resource start failed (%v); group released; not eligible for %s", err, st.failBackoff))
+	released := "group released"
+	if names, why := rm.unreleasedReason(); len(names) > 0 {
+		// The role goes, the claim stays: the heartbeat lists what may
+		// still be up and trackRelease retries its stop.
+		released = "RELEASE INCOMPLETE (" + why + ")"
+	}
+	rm.setRole(RoleStandby, fmt.Sprintf("resource start failed (%v); %s; not eligible for %s", err, released, st.failBackoff))
 }
 
 func (rm *RoleManager) stepDown(ctx context.Context, reason string) {
@@ -555,9 +594,14 @@ func (rm *RoleManager) heartbeat(now time.Time) *Heartbeat {
 		Role: s.role, Decided: s.decided, Draining: s.draining, Leaving: s.leaving,
 		DB: rm.self.DB, DBFenced: db.fenced, DBReason: db.reason, AppliedTrx: db.applied, LagSeconds: db.lag,
 		Resources:   rm.act.held(),
+		Unreleased:  rm.act.unreleased(),
 		Eligible:    eligible(*s, db.fenced, now),
 		WitnessSeen: rm.obs.witnessSeen(now),
 	}
+	// The group is read after the snapshot: a heartbeat that says standby
+	// also shows what the step-down could not stop (the group was marked
+	// before the role changed).
+	hb.Eligible = hb.Eligible && len(hb.Unreleased) == 0
 	if !s.writerSince.IsZero() {
 		hb.WriterSince = s.writerSince.UnixNano()
 		hb.WriterForMs = max(now.Sub(s.writerSince).Milliseconds(), 1)
@@ -593,6 +637,8 @@ type RoleStatus struct {
 	Tracks           []TrackStatus
 	// SelfFence is set while this node is fenced.
 	SelfFence *SelfFenceStatus
+	// Release is set while a release is incomplete (a stop failed).
+	Release *ReleaseStatus
 	// Arbiter is set when one is configured.
 	Arbiter *ArbiterStatus
 	// DoubleWriter is the last double writer detected since the daemon
@@ -616,6 +662,7 @@ func (rm *RoleManager) Status() RoleStatus {
 		Ineligible: s.ineligible, Recovering: rm.health.recoveringNow(),
 		ResourceFailures: rm.health.failures(), Tracks: rm.tracks.status(),
 		SelfFence:    rm.fence.status(),
+		Release:      s.release,
 		Arbiter:      rm.arbiterStatus(now),
 		DoubleWriter: rm.double.Load(),
 	}

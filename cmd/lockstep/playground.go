@@ -262,6 +262,7 @@ func writePlayground(dir string, pair *mariadb.Pair, witness string) ([]*playgro
 			Deadtime:   time.Second,
 			AgentCheck: n.Agent,
 			Witness:    []string{"tcp://" + witness},
+			StateDir:   filepath.Join(n.Dir, "state"),
 			Members:    members,
 			Resources:  []testbed.Resource{{Exec: service, Timeout: 5 * time.Second}},
 		}

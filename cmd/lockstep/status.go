@@ -123,6 +123,18 @@ func printStatus(w io.Writer, st *orchestrator.Status) {
 	if sf := st.SelfFence; sf != nil && !sf.Holding {
 		fmt.Fprintf(w, "SELF-FENCE NOT HOLDING since %s (%d attempts): %s\n\n", ago(sf.Since, now), sf.Attempts, sf.LastError)
 	}
+	if r := st.ReleaseIncomplete; r != nil {
+		next := ""
+		if !r.NextAttempt.IsZero() {
+			next = fmt.Sprintf(", next attempt in %s", r.NextAttempt.Sub(now).Round(time.Millisecond))
+		}
+		fmt.Fprintf(w, "RELEASE INCOMPLETE since %s (%d attempts%s): %s may still be up on this node; peers will not take the writer role until it is stopped: %s\n",
+			ago(r.Since, now), r.Attempts, next, strings.Join(r.Resources, ", "), r.LastError)
+		for _, e := range r.Escalated {
+			fmt.Fprintf(w, "  escalated: %s\n", e)
+		}
+		fmt.Fprintln(w)
+	}
 	if dw := st.DoubleWriter; dw != nil {
 		state := "resolved"
 		if dw.Active {

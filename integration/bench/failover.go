@@ -124,6 +124,8 @@ func runFailover(ctx context.Context, e *Env, res *Result) error {
 			Listen:  listens[i],
 			KeyFile: keyFile,
 			Witness: []string{"tcp://" + witness.Addr().String()},
+			// Per node: a bench run must not carry failures into the next.
+			StateDir: n.dir,
 		}
 		for j := range nodes {
 			cfg.Members = append(cfg.Members, testbed.Member{Name: fmt.Sprintf("n%d", j+1), Address: addrs[j]})

@@ -518,6 +518,7 @@ func runKeepalivedSideBySide(ctx context.Context, e *Env, res *Result) error {
 				Deadtime:  pr.deadtime,
 				Witness:   []string{"tcp://" + witness.Addr().String()},
 				Resources: []testbed.Resource{{VIP: vipPrefix, Dev: netns.Dev}},
+				StateDir:  dir,
 			}
 			if arbiter {
 				cfg.Witness = nil

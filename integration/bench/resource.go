@@ -207,10 +207,11 @@ func measureLockstepResource(ctx context.Context, e *Env, base string, runs, han
 	cfgs := make([]string, 2)
 	for i, n := range nodes {
 		cfg := testbed.RunConfig{
-			Node:    n.name,
-			Listen:  net.JoinHostPort(n.ns.Addr.String(), "9430"),
-			KeyFile: keyFile,
-			Witness: []string{"tcp://" + witness.Addr().String()},
+			Node:     n.name,
+			Listen:   net.JoinHostPort(n.ns.Addr.String(), "9430"),
+			KeyFile:  keyFile,
+			Witness:  []string{"tcp://" + witness.Addr().String()},
+			StateDir: n.dir,
 			Resources: []testbed.Resource{
 				{VIP: vn.Prefix(100).String(), Dev: netns.Dev},
 				{Exec: n.script, Timeout: 5 * time.Second, Extra: []string{

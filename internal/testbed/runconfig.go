@@ -25,6 +25,9 @@ type RunConfig struct {
 	Keepalive, Deadtime time.Duration
 	AgentCheck          string
 	Witness             []string
+	// StateDir is cluster.state_dir; set it per node in tests, or the
+	// daemons share (and keep) /var/lib/lockstep's resource failures.
+	StateDir string
 	// ClusterExtra is more of the cluster: section, verbatim, its lines
 	// indented by two spaces.
 	ClusterExtra string
@@ -72,6 +75,9 @@ cluster:
   agent_check: {{q .AgentCheck}}
 {{- end}}
   witness: [{{range $i, $w := .Witness}}{{if $i}}, {{end}}{{q $w}}{{end}}]
+{{- if .StateDir}}
+  state_dir: {{q .StateDir}}
+{{- end}}
 {{- if .ClusterExtra}}
 {{section .ClusterExtra}}
 {{- end}}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -618,5 +619,94 @@ func TestReceiverForcedCommand(t *testing.T) {
 	_, _, err = connectWith(t, srv, dst+"-other", lsync.ReceiverOn, bin)
 	if err == nil || !strings.Contains(err.Error(), "forced command") {
 		t.Errorf("target path differing from the forced root: %v", err)
+	}
+}
+
+// slowReader yields n bytes of content slowly (16 KiB every 50 ms), so
+// that an upload lasts long enough for the peer to act in the middle.
+type slowReader struct{ n int }
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	if r.n <= 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(50 * time.Millisecond)
+	k := min(len(p), r.n, 16<<10)
+	for i := range k {
+		p[i] = 'x'
+	}
+	r.n -= k
+	return k, nil
+}
+
+// TestHostilePeerTempFileSwapped: the peer moves lockstep's temp file
+// aside in the middle of an upload and puts a symlink to a root-owned
+// 0600 file outside the root in its place. Over plain SFTP the mode and
+// mtime were set by path on the temp name after the upload, and so on
+// the outside file (it became 0644 with the source's mtime, and the
+// upload reported success). Now neither protocol touches the outside
+// file, both refuse (lsync.ErrRefused) instead of publishing the
+// attacker's symlink as the file, and the owner the upload asks for is
+// not handed to the outside file either.
+func TestHostilePeerTempFileSwapped(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			srv := sshdtest.Start(t)
+			base := t.TempDir()
+			dst, victim := filepath.Join(base, "docroot"), filepath.Join(base, "victim")
+			lsynctest.WriteFile(t, victim, "shadow", "secret", 0o600, time.Date(2015, 1, 1, 0, 0, 0, 0, time.UTC))
+			if err := os.MkdirAll(filepath.Join(dst, "uploads"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			before := lsynctest.Snapshot(t, victim)
+			cmd := ""
+			if p.receiver != lsync.ReceiverOff {
+				cmd = lockstepBinary(t)
+			}
+			tg, _, err := connectWith(t, srv, dst, p.receiver, cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			swapped := make(chan string, 1)
+			go func() {
+				for {
+					select {
+					case <-done:
+						return
+					case <-time.After(time.Millisecond):
+					}
+					ents, _ := os.ReadDir(filepath.Join(dst, "uploads"))
+					for _, e := range ents {
+						if strings.HasPrefix(e.Name(), lsync.TempPrefix) && e.Type().IsRegular() {
+							tmp := filepath.Join(dst, "uploads", e.Name())
+							if os.Rename(tmp, tmp+".aside") == nil {
+								_ = os.Symlink(filepath.Join(victim, "shadow"), tmp)
+								swapped <- e.Name()
+								return
+							}
+						}
+					}
+				}
+			}()
+			// The owner the source file has (www-data): a chown that
+			// followed the symlink would give the victim to that user.
+			ctx := lsync.WithOwner(context.Background(), &lsync.OwnerRequest{UID: 33, GID: 33})
+			err = tg.WriteFile(ctx, "uploads/big.bin", &slowReader{n: 512 << 10}, 0o644, time.Unix(1_700_000_000, 0))
+			close(done)
+			select {
+			case n := <-swapped:
+				t.Logf("temp %s swapped for a symlink mid-upload; WriteFile: %v", n, err)
+			default:
+				t.Fatalf("the temp file was never swapped (WriteFile: %v)", err)
+			}
+			lsynctest.AssertSnapshotUnchanged(t, victim, before)
+			if !errors.Is(err, lsync.ErrRefused) {
+				t.Errorf("WriteFile: %v, want a refusal (lsync.ErrRefused)", err)
+			}
+			if fi, err := os.Lstat(filepath.Join(dst, "uploads/big.bin")); err == nil {
+				t.Errorf("uploads/big.bin was published as %v (the attacker's symlink)", fi.Mode())
+			}
+		})
 	}
 }

@@ -501,7 +501,8 @@ func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode f
 		s.removeTemp(tmp)
 		return s.check("chmod", tmp, err)
 	}
-	if err := s.fill(ctx, c, f, tmp, r, mode, mtime); err != nil {
+	written, err := s.fill(ctx, c, f, tmp, r, mode, mtime, lsync.RequestedOwner(ctx))
+	if err != nil {
 		s.removeTemp(tmp)
 		return err
 	}
@@ -510,6 +511,13 @@ func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode f
 			s.removeTemp(tmp)
 			return err
 		}
+	}
+	// The rename publishes whatever has the temp name now: the peer may
+	// have moved the file aside and put a symlink (or a file of its own)
+	// there while it was written.
+	if err := s.stillOurs(c, tmp, written); err != nil {
+		s.removeTemp(tmp)
+		return err
 	}
 	if err := s.replace(ctx, c, tmp, rel); err != nil {
 		s.removeTemp(tmp)
@@ -551,19 +559,159 @@ const largeFileRequests = 16
 // the local read and its single write request.
 var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile); return &b }}
 
-// fill writes the content and metadata of an open temp file and closes it.
-func (s *session) fill(ctx context.Context, c *sftp.Client, f *sftp.File, tmp string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+// fill writes the content and metadata of an open temp file and closes
+// it; written is the file as the handle last saw it, for stillOurs.
+//
+// Mode and owner are set through the handle (FSETSTAT): they reach the
+// file that was created, whatever the peer does to its name meanwhile.
+// pkg/sftp v1.13 has no FSETSTAT for times (File.Chtimes), so the mtime
+// is set by path, which follows a symlink put at the temp name. That
+// setstat is therefore sent only after an lstat of the name showed the
+// handle's file, and the handle is asked afterwards whether the times
+// reached it: a swap within that one round trip still hands the
+// source's atime and mtime to the file the symlink points to (never
+// its mode, owner or content), and is refused loudly.
+func (s *session) fill(ctx context.Context, c *sftp.Client, f *sftp.File, tmp string, r io.Reader, mode fs.FileMode, mtime time.Time, own *lsync.OwnerRequest) (os.FileInfo, error) {
 	if err := s.writeContent(ctx, f, tmp, r); err != nil {
 		_ = f.Close()
-		return err
+		return nil, err
 	}
-	// Close, mode and times are independent requests once the data is
-	// acknowledged: sent together they cost one round trip, not three.
+	written, err := s.setMeta(ctx, c, f, tmp, mode, mtime, own)
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	if err := s.withSpaceHint(tmp, s.check("close", tmp, f.Close())); err != nil {
+		return nil, err
+	}
+	return written, nil
+}
+
+// setMeta gives the open temp file its owner (when asked), mode and times.
+func (s *session) setMeta(ctx context.Context, c *sftp.Client, f *sftp.File, tmp string, mode fs.FileMode, mtime time.Time, own *lsync.OwnerRequest) (os.FileInfo, error) {
+	perm := permBits(mode)
+	chmod := func() error { return s.check("chmod", tmp, f.Chmod(perm)) }
+	if own != nil {
+		chown := func() error {
+			err := f.Chown(int(own.UID), int(own.GID))
+			if err != nil && isStatusError(err) && errors.Is(err, fs.ErrPermission) {
+				own.Err = &fs.PathError{Op: "chown", Path: s.host + ":" + tmp, Err: err}
+				return nil // lands with the SSH user's owner; the Reconciler says so
+			}
+			if err == nil {
+				own.Done = true
+			}
+			return s.check("chown", tmp, err)
+		}
+		if perm&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
+			// chown clears set-id bits: the mode goes second.
+			if err := chown(); err != nil {
+				return nil, err
+			}
+			if err := chmod(); err != nil {
+				return nil, err
+			}
+		} else {
+			var g errgroup.Group
+			g.Go(chown)
+			g.Go(chmod)
+			if err := g.Wait(); err != nil {
+				return nil, err
+			}
+		}
+	} else if err := chmod(); err != nil {
+		return nil, err
+	}
+	if err := s.alive(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := s.sameAsHandle(c, f, tmp); err != nil {
+		return nil, err
+	}
+	if err := s.check("chtimes", tmp, c.Chtimes(tmp, mtime, mtime)); err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, s.check("fstat", tmp, err)
+	}
+	if fi.ModTime().Unix() != mtime.Unix() {
+		return nil, s.refuse("chtimes", tmp, "the temp file was swapped while its times were set: they may have been set on the file a symlink there pointed to")
+	}
+	return fi, nil
+}
+
+// sameAsHandle lstats the temp name and fstats the handle in one round
+// trip, and refuses unless the name still holds the handle's file.
+func (s *session) sameAsHandle(c *sftp.Client, f *sftp.File, tmp string) (os.FileInfo, error) {
+	var named, held os.FileInfo
 	var g errgroup.Group
-	g.Go(func() error { return s.withSpaceHint(tmp, s.check("close", tmp, f.Close())) })
-	g.Go(func() error { return s.check("chmod", tmp, c.Chmod(tmp, permBits(mode))) })
-	g.Go(func() error { return s.check("chtimes", tmp, c.Chtimes(tmp, mtime, mtime)) })
-	return g.Wait()
+	g.Go(func() (err error) {
+		named, err = c.Lstat(tmp)
+		return err
+	})
+	g.Go(func() (err error) {
+		held, err = f.Stat()
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, s.refuse("lstat", tmp, "the temp file was moved away while it was written")
+		}
+		return nil, s.check("lstat", tmp, err)
+	}
+	if !sameFile(named, held) {
+		return nil, s.refuse("lstat", tmp, "the temp file was replaced while it was written ("+describe(named)+" where "+describe(held)+" was written)")
+	}
+	return held, nil
+}
+
+// stillOurs refuses unless tmp, about to be renamed, is the file written
+// (written: the handle's last fstat).
+func (s *session) stillOurs(c *sftp.Client, tmp string, written os.FileInfo) error {
+	named, err := c.Lstat(tmp)
+	if errors.Is(err, fs.ErrNotExist) {
+		return s.refuse("rename", tmp, "the temp file was moved away before it was published")
+	}
+	if err != nil {
+		return s.check("lstat", tmp, err)
+	}
+	if !sameFile(named, written) {
+		return s.refuse("rename", tmp, "the temp file was replaced before it was published ("+describe(named)+" where "+describe(written)+" was written)")
+	}
+	return nil
+}
+
+// sameFile tells whether named (an lstat) is held (an fstat of the file
+// lockstep created). SFTP v3 attributes carry no device or inode number
+// (OpenSSH sends none), so identity is the attributes lockstep set: a
+// regular file with the same size, mode, owner and mtime. A file the peer
+// forges to match has the owner lockstep gave it, and could be written by
+// that user after landing anyway.
+func sameFile(named, held os.FileInfo) bool {
+	if !named.Mode().IsRegular() || !held.Mode().IsRegular() {
+		return false
+	}
+	if named.Size() != held.Size() || named.Mode() != held.Mode() || !named.ModTime().Equal(held.ModTime()) {
+		return false
+	}
+	a, aok := named.Sys().(*sftp.FileStat)
+	b, bok := held.Sys().(*sftp.FileStat)
+	return aok == bok && (!aok || a.UID == b.UID && a.GID == b.GID)
+}
+
+func describe(fi os.FileInfo) string {
+	d := fmt.Sprintf("%v size %d mtime %d", fi.Mode(), fi.Size(), fi.ModTime().Unix())
+	if st, ok := fi.Sys().(*sftp.FileStat); ok {
+		d += fmt.Sprintf(" owner %d:%d", st.UID, st.GID)
+	}
+	return d
+}
+
+// refuse is a refusal (lsync.ErrRefused: counted, logged once per path)
+// for something the peer did to a name lockstep was using.
+func (s *session) refuse(op, remote, why string) error {
+	return &fs.PathError{Op: op, Path: s.host + ":" + remote, Err: fmt.Errorf("%s: %w", why, lsync.ErrRefused)}
 }
 
 // writeContent copies r into f. Most files of a docroot fit in one SFTP

@@ -31,11 +31,21 @@ import (
 // then dials a new one.
 //
 // SFTP resolves each path string afresh on the server, following symlinks
-// in parent components. Every operation therefore lstats each ancestor
-// immediately before it is sent (nothing is remembered between
-// operations: a directory seen as real a moment ago may be a symlink now);
-// what remains is the window between those lstats and the request. The
-// receiver session (recvsession.go) has no such window.
+// in parent components, and its setstat follows a final symlink too.
+// Every operation therefore lstats each ancestor immediately before it is
+// sent (nothing is remembered between operations: a directory seen as
+// real a moment ago may be a symlink now). What remains, for a peer user
+// who can swap a directory or file for a symlink within one round trip:
+//   - any request can go through a parent swapped between its lstats and
+//     the request (creation, rename, removal of that name elsewhere);
+//   - a new file's mode and owner are set through its open handle and
+//     cannot be redirected; its mtime is set by path, after an lstat shows
+//     the temp name still holds the file, and checked after (fill);
+//   - a change of mode, owner or mtime alone, and a new directory's mode
+//     and owner, are sent by path, checked before and after (setByPath):
+//     a swap within the round trip lands it outside, and is refused after;
+//   - a removal re-checks its directory before every removeChunk entries.
+// The receiver session (recvsession.go) has none of these windows.
 type session struct {
 	*transport
 	host string // for error messages: "host:/abs/path"
@@ -539,7 +549,7 @@ func (s *session) replace(ctx context.Context, c *sftp.Client, tmp, rel string) 
 	if lerr != nil || !fi.IsDir() {
 		return s.check("rename", final, err)
 	}
-	if err := s.removeTree(ctx, final); err != nil {
+	if err := s.removeTree(ctx, rel); err != nil {
 		return err
 	}
 	return s.check("rename", final, c.PosixRename(tmp, final))
@@ -815,7 +825,13 @@ func (s *session) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error
 			}
 		}
 	}
-	return s.check("chmod", remote, c.Chmod(remote, permBits(mode)))
+	// The mode by path (a directory has no handle SFTP can setstat): a
+	// symlink put in its place meanwhile is refused, and the mode is only
+	// sent when the directory does not have it already (umask 022 and
+	// the usual 0755).
+	return s.setByPath(ctx, "chmod", rel,
+		fmt.Errorf("the directory just made was replaced by a symlink: %w", lsync.ErrRefused),
+		hasPerm(mode), func(c *sftp.Client, remote string) error { return c.Chmod(remote, permBits(mode)) })
 }
 
 // Symlink implements lsync.Target.
@@ -839,28 +855,92 @@ func (s *session) Symlink(ctx context.Context, rel, linkTarget string) error {
 	return nil
 }
 
-// metaTarget resolves rel for a metadata change. SFTP setstat follows
-// symlinks, so a symlink at rel is refused rather than letting the change
-// land on whatever it points to, possibly outside the root.
-func (s *session) metaTarget(ctx context.Context, op, rel string) (string, error) {
+// setByPath applies a metadata change (apply) to rel by path, which is
+// all SFTP has for a file lockstep does not hold open (setstat follows
+// symlinks, in the final component too, and OpenSSH's lsetstat@openssh.com
+// is not in pkg/sftp). has tells whether an lstat shows the change made.
+//
+// The ancestors and rel are lstat'ed in one round trip right before the
+// setstat, and again right after it. Before: a symlink at rel gets
+// atSymlink (a symlink's own metadata cannot be set over SFTP), a symlink
+// or non-directory among the ancestors means rel is not in the tree, and
+// a change already made is not sent. After: a symlink at rel or among the
+// ancestors, or rel without the change, means the peer swapped something
+// within that round trip and the setstat may have reached a file outside
+// the root; that is refused (counted, logged once per path). What remains
+// is detection, not prevention: a swap within the one round trip between
+// the first lstat and the setstat still lands the change outside. The
+// receiver (lockstep receive) has no such window.
+func (s *session) setByPath(ctx context.Context, op, rel string, atSymlink error, has func(os.FileInfo) bool, apply func(c *sftp.Client, remote string) error) error {
 	rel, err := clean(rel)
 	if err != nil {
-		return "", err
+		return err
 	}
-	if err := s.ensureParents(ctx, rel, false); err != nil {
-		return "", err
+	if err := s.alive(ctx); err != nil {
+		return err
 	}
+	c := s.cl()
 	remote := s.abs(rel)
-	fi, err := s.cl().Lstat(remote)
+	fi, err := s.lstatChain(c, rel)
 	if err != nil {
-		return "", s.check("lstat", remote, err)
+		return err
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
-		return "", &fs.PathError{Op: op, Path: s.host + ":" + remote,
-			Err: fmt.Errorf("is a symlink; SFTP cannot change a symlink's own metadata: %w", errors.ErrUnsupported)}
+		return &fs.PathError{Op: op, Path: s.host + ":" + remote, Err: atSymlink}
 	}
-	return remote, nil
+	if has(fi) {
+		return nil
+	}
+	if err := s.check(op, remote, apply(c, remote)); err != nil {
+		return err
+	}
+	after, err := s.lstatChain(c, rel)
+	switch {
+	case errors.Is(err, lsync.ErrRefused):
+		return s.refuse(op, remote, "a parent became a symlink while the "+op+" was sent; it may have reached a file outside the root")
+	case errors.Is(err, fs.ErrNotExist):
+		return nil // removed meanwhile: the next comparison sees it
+	case err != nil:
+		return err
+	case after.Mode()&fs.ModeSymlink != 0:
+		return s.refuse(op, remote, "became a symlink while the "+op+" was sent; it may have reached the file the symlink points to")
+	case !has(after):
+		return s.refuse(op, remote, "does not show the "+op+" just made ("+describe(after)+"): swapped meanwhile, the change may have reached another file")
+	}
+	return nil
 }
+
+// lstatChain lstats every ancestor of rel and rel itself in one round
+// trip. An ancestor that is missing, a symlink or not a directory means
+// rel is not in the confined tree: the error matches fs.ErrNotExist, and
+// lsync.ErrRefused for a symlink or non-directory.
+func (s *session) lstatChain(c *sftp.Client, rel string) (os.FileInfo, error) {
+	parts := strings.Split(rel, "/")
+	infos := make([]os.FileInfo, len(parts))
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i := range parts {
+		wg.Go(func() { infos[i], errs[i] = c.Lstat(s.abs(strings.Join(parts[:i+1], "/"))) })
+	}
+	wg.Wait()
+	for i := range parts {
+		p := strings.Join(parts[:i+1], "/")
+		if errs[i] != nil {
+			return nil, s.check("lstat", s.abs(p), errs[i])
+		}
+		if i < len(parts)-1 {
+			if err := s.checkDir(p, infos[i], false); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return infos[len(parts)-1], nil
+}
+
+// errSymlinkMeta: SFTP's setstat follows symlinks, so a symlink's own
+// metadata cannot be set; the change is skipped, not sent to whatever the
+// link points to.
+var errSymlinkMeta = fmt.Errorf("is a symlink; SFTP cannot change a symlink's own metadata: %w", errors.ErrUnsupported)
 
 // setOwner copies the numeric owner SFTP reports (v3 has no names).
 func setOwner(e *lsync.Entry, fi os.FileInfo) {
@@ -870,31 +950,33 @@ func setOwner(e *lsync.Entry, fi os.FileInfo) {
 }
 
 // Lchown implements lsync.Chowner. SFTP's setstat follows symlinks, so
-// a symlink keeps the SSH user as its owner (metaTarget refuses it).
+// a symlink keeps the SSH user as its owner. A file lockstep uploads gets
+// its owner through the open temp file (lsync.OwnerRequest); this is for
+// directories and for a chown alone.
 func (s *session) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
-	remote, err := s.metaTarget(ctx, "chown", rel)
-	if err != nil {
-		return err
-	}
-	return s.check("chown", remote, s.cl().Chown(remote, int(uid), int(gid)))
+	return s.setByPath(ctx, "chown", rel, errSymlinkMeta,
+		func(fi os.FileInfo) bool {
+			st, ok := fi.Sys().(*sftp.FileStat)
+			return ok && st.UID == uid && st.GID == gid
+		},
+		func(c *sftp.Client, remote string) error { return c.Chown(remote, int(uid), int(gid)) })
 }
 
 // Chtimes implements lsync.Target.
 func (s *session) Chtimes(ctx context.Context, rel string, mtime time.Time) error {
-	remote, err := s.metaTarget(ctx, "chtimes", rel)
-	if err != nil {
-		return err
-	}
-	return s.check("chtimes", remote, s.cl().Chtimes(remote, mtime, mtime))
+	return s.setByPath(ctx, "chtimes", rel, errSymlinkMeta,
+		func(fi os.FileInfo) bool { return fi.ModTime().Unix() == mtime.Unix() },
+		func(c *sftp.Client, remote string) error { return c.Chtimes(remote, mtime, mtime) })
 }
 
 // Chmod implements lsync.Target.
 func (s *session) Chmod(ctx context.Context, rel string, mode fs.FileMode) error {
-	remote, err := s.metaTarget(ctx, "chmod", rel)
-	if err != nil {
-		return err
-	}
-	return s.check("chmod", remote, s.cl().Chmod(remote, permBits(mode)))
+	return s.setByPath(ctx, "chmod", rel, errSymlinkMeta, hasPerm(mode),
+		func(c *sftp.Client, remote string) error { return c.Chmod(remote, permBits(mode)) })
+}
+
+func hasPerm(mode fs.FileMode) func(os.FileInfo) bool {
+	return func(fi os.FileInfo) bool { return permBits(fi.Mode()) == permBits(mode) }
 }
 
 // Rename implements lsync.Target.
@@ -939,7 +1021,7 @@ func (s *session) RemoveAll(ctx context.Context, rel string) error {
 	if !fi.IsDir() {
 		return s.removeFile(remote)
 	}
-	return s.removeTree(ctx, remote)
+	return s.removeTree(ctx, rel)
 }
 
 // RemoveEmptyDir implements lsync.DirRemover: SSH_FXP_RMDIR fails on a
@@ -971,44 +1053,86 @@ func (s *session) removeFile(remote string) error {
 	return s.check("remove", remote, err)
 }
 
-// removeTree deletes a real directory (never following symlinks: READDIR
-// reports lstat attributes). Entries are removed concurrently because each
-// removal is a round trip.
-func (s *session) removeTree(ctx context.Context, remote string) error {
-	infos, err := s.cl().ReadDirContext(ctx, remote)
+// removeChunk is how many entries of a directory removeTree removes
+// concurrently after one re-check (each removal is a round trip).
+const removeChunk = 16
+
+// removeTree deletes the real directory rel (never following symlinks:
+// READDIR reports lstat attributes, REMOVE and RMDIR do not follow a final
+// symlink). SFTP resolves the parent components of every path afresh, so
+// before each chunk of removals, and before each directory's listing and
+// rmdir, rel and its ancestors are lstat'ed again: a directory the peer
+// swaps for a symlink meanwhile stops the deletion with a refusal instead
+// of deleting the same names wherever the symlink points. The remaining
+// window is one round trip of up to removeChunk removals.
+func (s *session) removeTree(ctx context.Context, rel string) error {
+	remote := s.abs(rel)
+	c := s.cl()
+	if gone, err := s.confirmDir(ctx, c, rel); gone || err != nil {
+		return err
+	}
+	infos, err := c.ReadDirContext(ctx, remote)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return s.check("readdir", remote, err)
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(16)
+	var files []string
 	for _, fi := range infos {
 		if fi.Name() == "." || fi.Name() == ".." {
 			continue
 		}
-		child := path.Join(remote, fi.Name())
+		child := rel + "/" + fi.Name()
 		if fi.IsDir() {
-			if err := s.removeTree(gctx, child); err != nil {
-				_ = g.Wait()
+			if err := s.removeTree(ctx, child); err != nil {
 				return err
 			}
 			continue
 		}
-		g.Go(func() error { return s.removeFile(child) })
+		files = append(files, child)
 	}
-	if err := g.Wait(); err != nil {
+	for chunk := range slices.Chunk(files, removeChunk) {
+		if gone, err := s.confirmDir(ctx, c, rel); gone || err != nil {
+			return err
+		}
+		g, _ := errgroup.WithContext(ctx)
+		for _, child := range chunk {
+			g.Go(func() error { return s.removeFile(s.abs(child)) })
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+	}
+	if gone, err := s.confirmDir(ctx, c, rel); gone || err != nil {
 		return err
 	}
-	if err := s.alive(ctx); err != nil {
-		return err
-	}
-	err = s.cl().RemoveDirectory(remote)
+	err = c.RemoveDirectory(remote)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	return s.check("rmdir", remote, err)
+}
+
+// confirmDir lstats rel and its ancestors (one round trip) during a
+// removal: gone when rel no longer exists, a refusal when it or an
+// ancestor is a symlink or not a directory any more.
+func (s *session) confirmDir(ctx context.Context, c *sftp.Client, rel string) (gone bool, err error) {
+	if err := s.alive(ctx); err != nil {
+		return false, err
+	}
+	fi, err := s.lstatChain(c, rel)
+	switch {
+	case errors.Is(err, lsync.ErrRefused):
+		return false, s.refuse("remove", s.abs(rel), "a parent was replaced by a symlink or file during the removal; stopped")
+	case errors.Is(err, fs.ErrNotExist):
+		return true, nil
+	case err != nil:
+		return false, err
+	case !fi.IsDir():
+		return false, s.refuse("remove", s.abs(rel), "was replaced by "+describe(fi)+" during the removal; stopped")
+	}
+	return false, nil
 }
 
 // Open implements lsync.Target.

@@ -45,6 +45,7 @@ import (
 //     and owner, are sent by path, checked before and after (setByPath):
 //     a swap within the round trip lands it outside, and is refused after;
 //   - a removal re-checks its directory before every removeChunk entries.
+//
 // The receiver session (recvsession.go) has none of these windows.
 type session struct {
 	*transport

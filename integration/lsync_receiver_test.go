@@ -187,6 +187,11 @@ func TestHostilePeerDirectorySwappedAfterUse(t *testing.T) {
 			if got := j.metric(t, "lockstep_sync_refused_total"); got <= refusedBefore {
 				t.Errorf("lockstep_sync_refused_total did not move (%v): refusals must be counted", got)
 			}
+			// Status shows the refusals and how the peer is reached.
+			if st := j.job.Status()[0]; st.Refused == 0 || !strings.HasPrefix(st.FirstRefused, "uploads/") ||
+				p.receiver == lsync.ReceiverOff && st.Protocol != "sftp" || p.receiver == lsync.ReceiverOn && !strings.HasPrefix(st.Protocol, "receiver v") {
+				t.Errorf("status: refused %d (first %q), protocol %q", st.Refused, st.FirstRefused, st.Protocol)
+			}
 			if l, err := os.Readlink(filepath.Join(dst, "uploads")); err != nil || l != victim {
 				t.Errorf("the peer's symlink was changed by a live batch: %q %v", l, err)
 			}
@@ -524,6 +529,7 @@ func TestReceiverFallback(t *testing.T) {
 		if !strings.Contains(logs, "protocol=lockstep-receiver") || strings.Contains(logs, "falling back") {
 			t.Errorf("expected a receiver session; logs:\n%s", logs)
 		}
+		assertProtocol(t, tg, fmt.Sprintf("receiver v%d", receiver.Version), "")
 		mustWork(t, tg, dst)
 	})
 	t.Run("absent", func(t *testing.T) {
@@ -535,6 +541,7 @@ func TestReceiverFallback(t *testing.T) {
 		if !strings.Contains(logs, "falling back to SFTP") || !strings.Contains(logs, "exit 127") || !strings.Contains(logs, "protocol=sftp") {
 			t.Errorf("expected an SFTP fallback naming exit 127; logs:\n%s", logs)
 		}
+		assertProtocol(t, tg, "sftp", "exit 127")
 		mustWork(t, tg, dst)
 	})
 	t.Run("other version", func(t *testing.T) {
@@ -548,6 +555,7 @@ func TestReceiverFallback(t *testing.T) {
 			!strings.Contains(logs, "protocol=sftp") {
 			t.Errorf("expected an SFTP fallback naming the version; logs:\n%s", logs)
 		}
+		assertProtocol(t, tg, "sftp", fmt.Sprintf("protocol version %d", receiver.Version+1))
 		mustWork(t, tg, dst)
 	})
 	t.Run("on without receiver", func(t *testing.T) {
@@ -564,6 +572,19 @@ func TestReceiverFallback(t *testing.T) {
 			t.Errorf("root mismatch: %v", err)
 		}
 	})
+}
+
+// assertProtocol checks what the session tells status and metrics: the
+// protocol, and (fallback: a part of it) why auto fell back to SFTP.
+func assertProtocol(t *testing.T, tg lsync.Target, protocol, fallback string) {
+	t.Helper()
+	pr, ok := tg.(lsync.ProtocolReporter)
+	if !ok {
+		t.Fatalf("%T does not report its protocol", tg)
+	}
+	if pr.Protocol() != protocol || fallback == "" && pr.Fallback() != "" || !strings.Contains(pr.Fallback(), fallback) {
+		t.Errorf("protocol %q, fallback %q; want %q, a fallback naming %q", pr.Protocol(), pr.Fallback(), protocol, fallback)
+	}
 }
 
 // fakeReceiver writes a script that answers the hello like a receiver of

@@ -84,6 +84,17 @@ type Chowner interface {
 	Lchown(ctx context.Context, rel string, uid, gid uint32) error
 }
 
+// ProtocolReporter is implemented by targets that can say how they reach
+// the peer, for status and metrics: Protocol is "receiver v2", "sftp" or
+// "local"; Fallback, when receiver: auto had to fall back to SFTP, says
+// why the receiver could not be used ("" otherwise). Over SFTP a hostile
+// peer has race windows the receiver does not have (README, threat
+// model), so an unnoticed fallback must not be silent.
+type ProtocolReporter interface {
+	Protocol() string
+	Fallback() string
+}
+
 // OwnerRequest asks WriteFile (and WriteFileIf) to give the file it lands
 // this numeric owner before publishing it, through the open temp file.
 // Targets whose chown by path can follow a symlink the peer swapped in

@@ -56,12 +56,22 @@ type session struct {
 	// the bottleneck for many small files.
 	clients []*sftp.Client
 	next    atomic.Uint32
+	// fallback is why receiver: auto could not use the receiver ("" when
+	// SFTP was asked for).
+	fallback string
 }
 
 var (
-	_ lsync.Target     = (*session)(nil)
-	_ lsync.DirRemover = (*session)(nil)
+	_ lsync.Target           = (*session)(nil)
+	_ lsync.DirRemover       = (*session)(nil)
+	_ lsync.ProtocolReporter = (*session)(nil)
 )
+
+// Protocol implements lsync.ProtocolReporter.
+func (s *session) Protocol() string { return "sftp" }
+
+// Fallback implements lsync.ProtocolReporter.
+func (s *session) Fallback() string { return s.fallback }
 
 func newSession(c *Connector, client *ssh.Client, clients []*sftp.Client) *session {
 	return &session{

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -185,6 +186,11 @@ func TestHostilePeerDirectorySwappedAfterUse(t *testing.T) {
 			}
 			if got := j.metric(t, "lockstep_sync_refused_total"); got <= refusedBefore {
 				t.Errorf("lockstep_sync_refused_total did not move (%v): refusals must be counted", got)
+			}
+			// Status shows the refusals and how the peer is reached.
+			if st := j.job.Status()[0]; st.Refused == 0 || !strings.HasPrefix(st.FirstRefused, "uploads/") ||
+				p.receiver == lsync.ReceiverOff && st.Protocol != "sftp" || p.receiver == lsync.ReceiverOn && !strings.HasPrefix(st.Protocol, "receiver v") {
+				t.Errorf("status: refused %d (first %q), protocol %q", st.Refused, st.FirstRefused, st.Protocol)
 			}
 			if l, err := os.Readlink(filepath.Join(dst, "uploads")); err != nil || l != victim {
 				t.Errorf("the peer's symlink was changed by a live batch: %q %v", l, err)
@@ -523,6 +529,7 @@ func TestReceiverFallback(t *testing.T) {
 		if !strings.Contains(logs, "protocol=lockstep-receiver") || strings.Contains(logs, "falling back") {
 			t.Errorf("expected a receiver session; logs:\n%s", logs)
 		}
+		assertProtocol(t, tg, fmt.Sprintf("receiver v%d", receiver.Version), "")
 		mustWork(t, tg, dst)
 	})
 	t.Run("absent", func(t *testing.T) {
@@ -534,6 +541,7 @@ func TestReceiverFallback(t *testing.T) {
 		if !strings.Contains(logs, "falling back to SFTP") || !strings.Contains(logs, "exit 127") || !strings.Contains(logs, "protocol=sftp") {
 			t.Errorf("expected an SFTP fallback naming exit 127; logs:\n%s", logs)
 		}
+		assertProtocol(t, tg, "sftp", "exit 127")
 		mustWork(t, tg, dst)
 	})
 	t.Run("other version", func(t *testing.T) {
@@ -547,6 +555,7 @@ func TestReceiverFallback(t *testing.T) {
 			!strings.Contains(logs, "protocol=sftp") {
 			t.Errorf("expected an SFTP fallback naming the version; logs:\n%s", logs)
 		}
+		assertProtocol(t, tg, "sftp", fmt.Sprintf("protocol version %d", receiver.Version+1))
 		mustWork(t, tg, dst)
 	})
 	t.Run("on without receiver", func(t *testing.T) {
@@ -563,6 +572,19 @@ func TestReceiverFallback(t *testing.T) {
 			t.Errorf("root mismatch: %v", err)
 		}
 	})
+}
+
+// assertProtocol checks what the session tells status and metrics: the
+// protocol, and (fallback: a part of it) why auto fell back to SFTP.
+func assertProtocol(t *testing.T, tg lsync.Target, protocol, fallback string) {
+	t.Helper()
+	pr, ok := tg.(lsync.ProtocolReporter)
+	if !ok {
+		t.Fatalf("%T does not report its protocol", tg)
+	}
+	if pr.Protocol() != protocol || fallback == "" && pr.Fallback() != "" || !strings.Contains(pr.Fallback(), fallback) {
+		t.Errorf("protocol %q, fallback %q; want %q, a fallback naming %q", pr.Protocol(), pr.Fallback(), protocol, fallback)
+	}
 }
 
 // fakeReceiver writes a script that answers the hello like a receiver of
@@ -618,5 +640,94 @@ func TestReceiverForcedCommand(t *testing.T) {
 	_, _, err = connectWith(t, srv, dst+"-other", lsync.ReceiverOn, bin)
 	if err == nil || !strings.Contains(err.Error(), "forced command") {
 		t.Errorf("target path differing from the forced root: %v", err)
+	}
+}
+
+// slowReader yields n bytes of content slowly (16 KiB every 50 ms), so
+// that an upload lasts long enough for the peer to act in the middle.
+type slowReader struct{ n int }
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	if r.n <= 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(50 * time.Millisecond)
+	k := min(len(p), r.n, 16<<10)
+	for i := range k {
+		p[i] = 'x'
+	}
+	r.n -= k
+	return k, nil
+}
+
+// TestHostilePeerTempFileSwapped: the peer moves lockstep's temp file
+// aside in the middle of an upload and puts a symlink to a root-owned
+// 0600 file outside the root in its place. Over plain SFTP the mode and
+// mtime were set by path on the temp name after the upload, and so on
+// the outside file (it became 0644 with the source's mtime, and the
+// upload reported success). Now neither protocol touches the outside
+// file, both refuse (lsync.ErrRefused) instead of publishing the
+// attacker's symlink as the file, and the owner the upload asks for is
+// not handed to the outside file either.
+func TestHostilePeerTempFileSwapped(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			srv := sshdtest.Start(t)
+			base := t.TempDir()
+			dst, victim := filepath.Join(base, "docroot"), filepath.Join(base, "victim")
+			lsynctest.WriteFile(t, victim, "shadow", "secret", 0o600, time.Date(2015, 1, 1, 0, 0, 0, 0, time.UTC))
+			if err := os.MkdirAll(filepath.Join(dst, "uploads"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			before := lsynctest.Snapshot(t, victim)
+			cmd := ""
+			if p.receiver != lsync.ReceiverOff {
+				cmd = lockstepBinary(t)
+			}
+			tg, _, err := connectWith(t, srv, dst, p.receiver, cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			swapped := make(chan string, 1)
+			go func() {
+				for {
+					select {
+					case <-done:
+						return
+					case <-time.After(time.Millisecond):
+					}
+					ents, _ := os.ReadDir(filepath.Join(dst, "uploads"))
+					for _, e := range ents {
+						if strings.HasPrefix(e.Name(), lsync.TempPrefix) && e.Type().IsRegular() {
+							tmp := filepath.Join(dst, "uploads", e.Name())
+							if os.Rename(tmp, tmp+".aside") == nil {
+								_ = os.Symlink(filepath.Join(victim, "shadow"), tmp)
+								swapped <- e.Name()
+								return
+							}
+						}
+					}
+				}
+			}()
+			// The owner the source file has (www-data): a chown that
+			// followed the symlink would give the victim to that user.
+			ctx := lsync.WithOwner(context.Background(), &lsync.OwnerRequest{UID: 33, GID: 33})
+			err = tg.WriteFile(ctx, "uploads/big.bin", &slowReader{n: 512 << 10}, 0o644, time.Unix(1_700_000_000, 0))
+			close(done)
+			select {
+			case n := <-swapped:
+				t.Logf("temp %s swapped for a symlink mid-upload; WriteFile: %v", n, err)
+			default:
+				t.Fatalf("the temp file was never swapped (WriteFile: %v)", err)
+			}
+			lsynctest.AssertSnapshotUnchanged(t, victim, before)
+			if !errors.Is(err, lsync.ErrRefused) {
+				t.Errorf("WriteFile: %v, want a refusal (lsync.ErrRefused)", err)
+			}
+			if fi, err := os.Lstat(filepath.Join(dst, "uploads/big.bin")); err == nil {
+				t.Errorf("uploads/big.bin was published as %v (the attacker's symlink)", fi.Mode())
+			}
+		})
 	}
 }

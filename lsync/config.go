@@ -25,9 +25,11 @@ const (
 // Receiver modes of an SSH target (`receiver:`).
 const (
 	// ReceiverAuto uses `lockstep receive` on the peer when it answers
-	// with this build's protocol version, SFTP otherwise (logged).
+	// with this build's protocol version, SFTP otherwise (logged, and
+	// shown in status and lockstep_sync_target_protocol).
 	ReceiverAuto = "auto"
-	// ReceiverOn requires the receiver: without it the target is down.
+	// ReceiverOn requires the receiver: without it the target is down
+	// (retried), never served over SFTP. The setting for user: root.
 	ReceiverOn = "on"
 	// ReceiverOff always uses SFTP.
 	ReceiverOff = "off"

@@ -191,6 +191,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		o := rest[i]
 		var err error
 		var n int64
+		owned := false // the upload set the owner itself (through the open file)
 		if o.keepPeer != nil {
 			if err := r.keepPeerVersion(ctx, t, *o.keepPeer); err != nil {
 				return fail(o, err)
@@ -212,7 +213,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		case opUpload:
 			landed := o.src
 			o.landed = &landed
-			n, err = r.upload(ctx, t, o)
+			n, owned, err = r.upload(ctx, t, o)
 			// What the state records is the version that went out, not
 			// the one the comparison saw: the file may have changed in
 			// between, and a base the peer never held would later look
@@ -234,7 +235,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		case opChtimes:
 			err = t.Chtimes(ctx, o.path, o.src.ModTime)
 		}
-		if err == nil && (o.kind == opUpload || o.kind == opSymlink || o.kind == opChown) {
+		if err == nil && (o.kind == opUpload && !owned || o.kind == opSymlink || o.kind == opChown) {
 			err = r.chown(ctx, t, o)
 		}
 		if err != nil {
@@ -327,22 +328,29 @@ func coveredBy(p string, dirs map[string]bool) bool {
 
 // upload copies one file; the reader fails instead of hitting EOF if the
 // file changed while being read, so a half-written file never lands.
-func (r *Reconciler) upload(ctx context.Context, t Target, o op) (int64, error) {
+// owned reports that the target set the owner while landing the file
+// (OwnerRequest): the chown by path after landing is then not needed.
+func (r *Reconciler) upload(ctx context.Context, t Target, o op) (n int64, owned bool, err error) {
 	rel := o.path
 	f, err := r.Source.openFile(rel)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
-			return 0, errSourceChanged // became a symlink meanwhile
+			return 0, false, errSourceChanged // became a symlink meanwhile
 		}
-		return 0, err
+		return 0, false, err
 	}
 	defer f.Close()
 	before, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if !before.Mode().IsRegular() {
-		return 0, errSourceChanged
+		return 0, false, errSourceChanged
+	}
+	var own *OwnerRequest
+	if r.wantsOwner(o) {
+		own = &OwnerRequest{UID: o.src.UID, GID: o.src.GID}
+		ctx = WithOwner(ctx, own)
 	}
 	sr := &stableReader{f: f, before: before}
 	write := t.WriteFile
@@ -353,16 +361,19 @@ func (r *Reconciler) upload(ctx context.Context, t Target, o op) (int64, error) 
 	}
 	if err := write(ctx, rel, sr, before.Mode(), before.ModTime()); err != nil {
 		if sr.changed {
-			return 0, errSourceChanged
+			return 0, false, errSourceChanged
 		}
-		return 0, err
+		return 0, false, err
 	}
 	landed := Entry{Path: rel, Mode: before.Mode(), Size: before.Size(), ModTime: before.ModTime()}
 	r.rememberLanded(landed)
 	if o.landed != nil {
 		*o.landed = landed
 	}
-	return sr.n, nil
+	if own != nil && (own.Done || own.Err != nil) {
+		return sr.n, true, r.chownOutcome(o, own.Err)
+	}
+	return sr.n, false, nil
 }
 
 type stableReader struct {
@@ -420,14 +431,24 @@ func parallel(ctx context.Context, limit, n int, fn func(i int) error) error {
 // the latter said once, loudly, then ownership is off for this target.
 // t is the target, seen through whichever interface the caller holds.
 func (r *Reconciler) chown(ctx context.Context, t any, o op) error {
-	if !r.Owner || !o.src.Owned || r.chownOff.Load() {
+	if !r.wantsOwner(o) {
 		return nil
 	}
 	c, ok := t.(Chowner)
 	if !ok {
 		return nil
 	}
-	err := c.Lchown(ctx, o.path, o.src.UID, o.src.GID)
+	return r.chownOutcome(o, c.Lchown(ctx, o.path, o.src.UID, o.src.GID))
+}
+
+// wantsOwner reports whether o's path is to get the source's owner.
+func (r *Reconciler) wantsOwner(o op) bool {
+	return r.Owner && o.src.Owned && !r.chownOff.Load()
+}
+
+// chownOutcome is what a chown's error means for the operation: a peer
+// user that may not chown turns ownership off for the target (said once).
+func (r *Reconciler) chownOutcome(o op, err error) error {
 	switch {
 	case err == nil, errors.Is(err, errors.ErrUnsupported):
 		return nil

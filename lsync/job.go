@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,6 +58,17 @@ type TargetStatus struct {
 	JobError string
 	// Progress is the running full pass, nil when none runs.
 	Progress *ProgressSnapshot
+	// Protocol is how the current (or last) session reaches the peer:
+	// "receiver v2", "sftp" or "local" ("" before the first connection).
+	// ProtocolFallback says why receiver: auto fell back to SFTP.
+	Protocol         string
+	ProtocolFallback string
+	// Refused counts the paths the target refuses (ErrRefused: a symlink
+	// where lockstep writes on the peer) until a later pass lands them;
+	// FirstRefused is the one refused first. While any is refused the
+	// target is not in sync (LastSync stays).
+	Refused      int
+	FirstRefused string
 }
 
 // Job pushes one source tree to its targets: a watcher feeds a batcher,
@@ -521,6 +533,13 @@ type targetWorker struct {
 	heldPaths    map[string]bool   // the removals being held, retried until they go through
 	logged       map[string]string // path → the failure last logged (worker goroutine only)
 	state        *syncstate.Store  // nil when the job keeps no state; set while stopped
+
+	// refused maps the paths the target refuses to when they were first
+	// refused; a pass that lands one (or a full pass) clears it.
+	refused          map[string]time.Time
+	protocol         string
+	protocolFallback string
+	protocolGauge    *prometheus.GaugeVec
 }
 
 func newTargetWorker(j *Job, c Connector) *targetWorker {
@@ -532,6 +551,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		pending: map[string]time.Time{},
 		retry:   map[string]time.Time{},
 		scan:    map[string]bool{},
+		refused: map[string]time.Time{},
 	}
 	w.rec = &Reconciler{
 		Source: j.source, Target: name,
@@ -555,6 +575,7 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 	w.driftCounter = m.drift.WithLabelValues(j.cfg.Name, name)
 	w.heldGauge = m.held.WithLabelValues(j.cfg.Name, name)
 	w.missingGauge = m.missing.WithLabelValues(j.cfg.Name, name)
+	w.protocolGauge = m.protocol
 	w.rec.OnRefused = m.refused.WithLabelValues(j.cfg.Name, name).Inc
 	w.rec.OnTransfer = func(n int64) {
 		w.filesCounter.Inc()
@@ -710,6 +731,25 @@ func (w *targetWorker) setConnected(ok bool, err error) {
 	}
 }
 
+// setProtocol records how a new session reaches the peer; a fallback
+// to SFTP is also said loudly in the connector's log.
+func (w *targetWorker) setProtocol(t Target) {
+	pr, ok := t.(ProtocolReporter)
+	if !ok {
+		return
+	}
+	name, fallback := pr.Protocol(), pr.Fallback()
+	w.mu.Lock()
+	prevName, prevFallback := w.protocol, w.protocolFallback
+	w.protocol, w.protocolFallback = name, fallback
+	w.mu.Unlock()
+	fb := func(reason string) string { return strconv.FormatBool(reason != "") }
+	if prevName != "" && (prevName != name || fb(prevFallback) != fb(fallback)) {
+		w.protocolGauge.WithLabelValues(w.job.cfg.Name, w.name, prevName, fb(prevFallback)).Set(0)
+	}
+	w.protocolGauge.WithLabelValues(w.job.cfg.Name, w.name, name, fb(fallback)).Set(1)
+}
+
 func (w *targetWorker) status() TargetStatus {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -718,6 +758,14 @@ func (w *targetWorker) status() TargetStatus {
 		PendingFiles: len(w.pending) + len(w.retry), Rescanning: w.rescan,
 		LastSync: w.lastSync, LastVerified: w.lastVerified, LastError: w.lastErr,
 		Held: w.held, HeldDeletes: w.heldDeletes,
+		Protocol: w.protocol, ProtocolFallback: w.protocolFallback,
+		Refused: len(w.refused),
+	}
+	var firstAt time.Time
+	for p, at := range w.refused {
+		if st.FirstRefused == "" || at.Before(firstAt) || at.Equal(firstAt) && p < st.FirstRefused {
+			st.FirstRefused, firstAt = p, at
+		}
 	}
 	if p := w.rec.Progress.Snapshot(); p.Running {
 		st.Progress = &p
@@ -799,6 +847,7 @@ func (w *targetWorker) run(ctx context.Context) {
 			continue
 		}
 		dialBackoff, downSince = minB, time.Time{}
+		w.setProtocol(t)
 		w.setConnected(true, nil)
 		w.logger.Info("target connected")
 		began := time.Now()
@@ -1041,6 +1090,7 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		}
 		delay = min(heldRetry, max(delay, heldRetry/5))
 	}
+	w.noteRefused(b, rep, now)
 	w.followQueuedRenames(b, first)
 	if len(rep.Errors) > 0 {
 		w.lastErr = rep.Errors[0].Error()
@@ -1058,13 +1108,44 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		w.lastVerified = now
 		w.verifiedGauge.Set(float64(now.Unix()))
 	}
-	if len(w.pending) == 0 && len(w.retry) == 0 && !w.rescan {
+	// A refused path is a difference the target keeps: not in sync.
+	if len(w.pending) == 0 && len(w.retry) == 0 && !w.rescan && len(w.refused) == 0 {
 		w.lastSync = now
 		if len(rep.Errors) == 0 {
 			w.lastErr = ""
 		}
 	}
 	return delay
+}
+
+// maxRefusedTracked bounds the refused paths status keeps (a hostile
+// peer must not grow the daemon's memory); the count stops there.
+const maxRefusedTracked = 10000
+
+// noteRefused keeps the paths the target refused for status. A full pass
+// compared everything: what it did not refuse is no longer refused. A
+// live batch clears the paths it carried, then adds its own refusals.
+// Called with w.mu held.
+func (w *targetWorker) noteRefused(b Batch, rep *Report, now time.Time) {
+	if b.Rescan {
+		clear(w.refused)
+	} else {
+		for _, p := range b.Paths {
+			delete(w.refused, p)
+		}
+		for _, sub := range b.Scan {
+			for p := range w.refused {
+				if p == sub || strings.HasPrefix(p, sub+"/") {
+					delete(w.refused, p)
+				}
+			}
+		}
+	}
+	for _, e := range rep.Refused {
+		if _, ok := w.refused[e.Path]; !ok && len(w.refused) < maxRefusedTracked {
+			w.refused[e.Path] = now
+		}
+	}
 }
 
 // followQueuedRenames handles directory renames that were queued while b

@@ -23,6 +23,9 @@ type metrics struct {
 	// being deleted, and whether the source root is missing.
 	held, missing *prometheus.GaugeVec
 	refused       *prometheus.CounterVec
+	// protocol is an info-style gauge: 1 on the protocol the target's
+	// session uses (or last used), 0 on the others it used before.
+	protocol *prometheus.GaugeVec
 	// passProgress is the running full pass (the numbers of `status` and
 	// of `sync --once`'s progress bar), by "what".
 	passProgress *prometheus.GaugeVec
@@ -69,6 +72,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lockstep_sync_refused_total",
 			Help: "Operations the target refused because they would leave its root or go through a symlink there.",
 		}, labels),
+		protocol: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lockstep_sync_target_protocol",
+			Help: "1 for the protocol the target's session uses or last used (receiver v2, sftp, local; fallback=1 when receiver: auto fell back to SFTP), 0 for one it used before. SFTP as root leaves a hostile peer race windows the receiver does not (README, threat model).",
+		}, append(labels, "protocol", "fallback")),
 		passProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lockstep_sync_pass_progress",
 			Help: "The running full pass: what=compared|total (source entries), files|bytes (pushed), rate (entries/s), eta_seconds; 0 when none runs.",
@@ -88,6 +95,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.held = register(reg, m.held)
 	m.missing = register(reg, m.missing)
 	m.refused = register(reg, m.refused)
+	m.protocol = register(reg, m.protocol)
 	m.passProgress = register(reg, m.passProgress)
 	return m
 }

@@ -85,3 +85,62 @@ func TestRefusalLoggedOnceCountedAndTheRestSyncs(t *testing.T) {
 	}))
 	lsynctest.AssertSnapshotUnchanged(t, outside, before)
 }
+
+// TestRefusedPathInStatus: a refused path shows in the target's status
+// (count, first path), and the target is not reported in sync while it is
+// refused, although other paths land; once the path lands it is cleared
+// and the target is in sync again. The local target reports its protocol.
+func TestRefusedPathInStatus(t *testing.T) {
+	src, dst, outside := t.TempDir(), t.TempDir(), t.TempDir()
+	lsynctest.WriteFile(t, src, "uploads/a.txt", "a", 0o644, time.Time{})
+	cfg := lsync.JobConfig{Name: "docroot", Source: src, VerifyInterval: ptr(time.Duration(0)),
+		Targets: []lsync.TargetConfig{{Name: "t", Path: dst}}}
+	reg := prometheus.NewRegistry()
+	j := lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Node: "n", Registerer: reg})
+	lsynctest.WaitTreesEqual(t, src, dst, waitLimit)
+	status := func() lsync.TargetStatus { return j.Status()[0] }
+	waitFor(t, "the target in sync", func() bool { return !status().LastSync.IsZero() })
+	if st := status(); st.Protocol != "local" || st.ProtocolFallback != "" || st.Refused != 0 {
+		t.Errorf("status before: %+v", st)
+	}
+
+	if err := os.Rename(filepath.Join(dst, "uploads"), filepath.Join(dst, "uploads.old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(dst, "uploads")); err != nil {
+		t.Fatal(err)
+	}
+	lsynctest.WriteFile(t, src, "uploads/new.txt", "n", 0o644, time.Time{})
+	waitFor(t, "the refusal in status", func() bool { return status().Refused == 1 })
+	st := status()
+	if st.FirstRefused != "uploads/new.txt" {
+		t.Errorf("FirstRefused %q, want uploads/new.txt", st.FirstRefused)
+	}
+	lastSync := st.LastSync
+	lsynctest.WriteFile(t, src, "other.txt", "o", 0o644, time.Time{})
+	waitFor(t, "other.txt on the target", func() bool {
+		_, err := os.Stat(filepath.Join(dst, "other.txt"))
+		return err == nil && status().PendingFiles == 0
+	})
+	time.Sleep(50 * time.Millisecond)
+	if st := status(); !st.LastSync.Equal(lastSync) || st.Refused != 1 {
+		t.Errorf("a batch landed beside the refused path: LastSync %v -> %v, Refused %d; want the target not in sync",
+			lastSync, st.LastSync, st.Refused)
+	}
+
+	// The peer is repaired; the next change of the path lands it.
+	if err := os.Remove(filepath.Join(dst, "uploads")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dst, "uploads.old"), filepath.Join(dst, "uploads")); err != nil {
+		t.Fatal(err)
+	}
+	lsynctest.WriteFile(t, src, "uploads/new.txt", "n2", 0o644, time.Time{})
+	waitFor(t, "the refusal cleared and the target in sync", func() bool {
+		st := status()
+		return st.Refused == 0 && st.FirstRefused == "" && st.LastSync.After(lastSync)
+	})
+	if v := metricValue(t, reg, "lockstep_sync_target_protocol", "t"); v != 1 {
+		t.Errorf("lockstep_sync_target_protocol = %v, want 1", v)
+	}
+}

@@ -84,6 +84,46 @@ type Chowner interface {
 	Lchown(ctx context.Context, rel string, uid, gid uint32) error
 }
 
+// ProtocolReporter is implemented by targets that can say how they reach
+// the peer, for status and metrics: Protocol is "receiver v2", "sftp" or
+// "local"; Fallback, when receiver: auto had to fall back to SFTP, says
+// why the receiver could not be used ("" otherwise). Over SFTP a hostile
+// peer has race windows the receiver does not have (README, threat
+// model), so an unnoticed fallback must not be silent.
+type ProtocolReporter interface {
+	Protocol() string
+	Fallback() string
+}
+
+// OwnerRequest asks WriteFile (and WriteFileIf) to give the file it lands
+// this numeric owner before publishing it, through the open temp file.
+// Targets whose chown by path can follow a symlink the peer swapped in
+// meanwhile (SFTP: setstat has no no-follow form) honour it; the
+// Reconciler then skips its chown by path after landing. A target that
+// ignores it leaves Done and Err unset, and the chown after landing runs
+// as before.
+type OwnerRequest struct {
+	UID, GID uint32
+	// Set by the target: Done once the owner is set, Err when setting it
+	// failed (the file still lands, with the SSH user's owner; the
+	// Reconciler treats Err as it treats a failed chown).
+	Done bool
+	Err  error
+}
+
+type ownerKey struct{}
+
+// WithOwner returns ctx carrying req for the target's WriteFile.
+func WithOwner(ctx context.Context, req *OwnerRequest) context.Context {
+	return context.WithValue(ctx, ownerKey{}, req)
+}
+
+// RequestedOwner returns the OwnerRequest in ctx, or nil.
+func RequestedOwner(ctx context.Context) *OwnerRequest {
+	req, _ := ctx.Value(ownerKey{}).(*OwnerRequest)
+	return req
+}
+
 // ErrChangedOnTarget means the path changed on the target between the
 // comparison and the write: nothing was replaced, and the path is compared
 // again (two-way: an edit there meanwhile becomes a conflict, with a copy,

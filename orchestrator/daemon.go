@@ -32,6 +32,15 @@ type SyncTargetStatus struct {
 	LastError   string `json:"last_error,omitempty"`
 	// Progress is the running full pass (nil when none runs).
 	Progress *lsync.ProgressSnapshot `json:"progress,omitempty"`
+	// Protocol is how the session reaches the peer ("receiver v2",
+	// "sftp", "local"); ProtocolFallback says why receiver: auto fell
+	// back to SFTP, which leaves a hostile peer race windows.
+	Protocol         string `json:"protocol,omitempty"`
+	ProtocolFallback string `json:"protocol_fallback,omitempty"`
+	// Refused counts the paths the peer refuses (a symlink where lockstep
+	// writes), FirstRefused names the first; the target is not in sync.
+	Refused      int    `json:"refused,omitempty"`
+	FirstRefused string `json:"first_refused,omitempty"`
 }
 
 // SyncJob is a docroot sync job as the daemon runs it (*lsync.Job). Run

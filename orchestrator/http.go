@@ -155,6 +155,14 @@ func (d *Daemon) syncWarnings() []string {
 			if t.Held != "" {
 				out = append(out, fmt.Sprintf("sync %s -> %s holding %d deletion(s): %s", t.Job, t.Target, t.HeldDeletes, t.Held))
 			}
+			if t.Refused > 0 {
+				out = append(out, fmt.Sprintf("sync %s -> %s: the peer refuses %d path(s), first %s (a symlink where lockstep writes on the peer: see the log)",
+					t.Job, t.Target, t.Refused, t.FirstRefused))
+			}
+			if t.ProtocolFallback != "" {
+				out = append(out, fmt.Sprintf("sync %s -> %s over SFTP: the lockstep receiver is unavailable on the peer (%s)",
+					t.Job, t.Target, t.ProtocolFallback))
+			}
 		}
 	}
 	return out
@@ -180,7 +188,8 @@ func (d *Daemon) Status() Status {
 		for _, t := range j.Status() {
 			st.Sync = append(st.Sync, SyncTargetStatus{Job: t.Job, Target: t.Target, Connected: t.Connected,
 				PendingFiles: t.PendingFiles, LastSync: t.LastSync, LastVerified: t.LastVerified, LastError: t.LastError,
-				Held: t.Held, HeldDeletes: t.HeldDeletes, Progress: t.Progress})
+				Held: t.Held, HeldDeletes: t.HeldDeletes, Progress: t.Progress,
+				Protocol: t.Protocol, ProtocolFallback: t.ProtocolFallback, Refused: t.Refused, FirstRefused: t.FirstRefused})
 		}
 	}
 	if d.cfg.Repl != nil {

@@ -42,16 +42,28 @@ func configWarnings(f *config.File) []string {
 	var out []string
 	for i, j := range f.Sync {
 		for k, t := range j.Targets {
-			if t.IsLocal() || t.User != "root" || t.Receiver != lsync.ReceiverOff {
+			if t.IsLocal() || t.User != "root" {
 				continue
 			}
 			// SFTP resolves paths on the server, following symlinks: as
 			// root, a symlink swapped into the peer's docroot between
 			// lockstep's checks and a write can redirect it anywhere.
-			out = append(out, fmt.Sprintf("sync[%d].targets[%d] (%s): connects as root over plain SFTP (receiver: off); "+
-				"a symlink swapped into the peer's docroot at the wrong moment can redirect a write anywhere on that host. "+
-				"Use receiver: auto or on with lockstep installed on the peer, or a dedicated sync user with ChrootDirectory "+
-				"and ForceCommand internal-sftp (README: threat model)", i, k, t.Name))
+			switch t.Receiver {
+			case lsync.ReceiverOff:
+				out = append(out, fmt.Sprintf("sync[%d].targets[%d] (%s): connects as root over plain SFTP (receiver: off); "+
+					"a symlink swapped into the peer's docroot at the wrong moment can redirect a write anywhere on that host. "+
+					"Use receiver: on with lockstep installed on the peer, or a dedicated sync user with ChrootDirectory "+
+					"and ForceCommand internal-sftp (README: threat model)", i, k, t.Name))
+			case lsync.ReceiverAuto, "":
+				// auto falls back to SFTP on any failure to start the
+				// receiver (not installed, another protocol version during
+				// a rolling upgrade): as root, that is the case above.
+				out = append(out, fmt.Sprintf("sync[%d].targets[%d] (%s): connects as root with receiver: auto; "+
+					"if the receiver cannot start on the peer (not installed, another version during an upgrade) "+
+					"the target falls back to plain SFTP as root, where a symlink swapped into the peer's docroot at the wrong moment "+
+					"can redirect a write anywhere on that host. Set receiver: on to refuse the fallback "+
+					"(the target is then down until the receiver works; README: threat model)", i, k, t.Name))
+			}
 		}
 	}
 	return out

@@ -68,7 +68,15 @@ func TestCheckWarnsRootOverPlainSFTP(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "warning: sync[0].targets[0] (web2): connects as root over plain SFTP") {
 		t.Errorf("root + receiver off: code %d, output %q", code, out)
 	}
-	for _, c := range []string{conf("root", ""), conf("sync", ", receiver: off")} {
+	// auto (the default) falls back to SFTP when the receiver cannot start.
+	for _, c := range []string{conf("root", ""), conf("root", ", receiver: auto")} {
+		code, out = runCLI(t, "check", "-c", c)
+		if code != 0 || !strings.Contains(out, "warning: sync[0].targets[0] (web2): connects as root with receiver: auto") ||
+			!strings.Contains(out, "receiver: on to refuse the fallback") {
+			t.Errorf("%s: code %d, output %q", c, code, out)
+		}
+	}
+	for _, c := range []string{conf("root", ", receiver: on"), conf("sync", ", receiver: off"), conf("sync", "")} {
 		if code, out := runCLI(t, "check", "-c", c); code != 0 || strings.Contains(out, "warning") {
 			t.Errorf("%s: code %d, output %q", c, code, out)
 		}

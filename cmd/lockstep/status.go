@@ -211,15 +211,30 @@ func printStatus(w io.Writer, st *orchestrator.Status) {
 	if len(st.Sync) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "SYNC JOB\tTARGET\tCONNECTED\tPENDING\tLAST SYNC\tLAST VERIFIED\tLAST ERROR")
+		fmt.Fprintln(tw, "SYNC JOB\tTARGET\tPROTOCOL\tCONNECTED\tPENDING\tREFUSED\tLAST SYNC\tLAST VERIFIED\tLAST ERROR")
 		for _, s := range st.Sync {
 			lastErr := s.LastError
 			if s.Held != "" {
 				lastErr = fmt.Sprintf("HOLDING %d deletion(s): %s", s.HeldDeletes, s.Held)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%t\t%d\t%s\t%s\t%s\n", s.Job, s.Target, s.Connected, s.PendingFiles, ago(s.LastSync, now), ago(s.LastVerified, now), dash(lastErr))
+			proto := dash(s.Protocol)
+			if s.ProtocolFallback != "" {
+				proto += " (FALLBACK)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%d\t%d\t%s\t%s\t%s\n", s.Job, s.Target, proto, s.Connected, s.PendingFiles, s.Refused,
+				ago(s.LastSync, now), ago(s.LastVerified, now), dash(lastErr))
 		}
 		tw.Flush()
+		for _, s := range st.Sync {
+			if s.Refused > 0 {
+				fmt.Fprintf(w, "  %s -> %s: REFUSED %d path(s), first %s: a symlink where lockstep writes on the peer (not in sync; see the log)\n",
+					s.Job, s.Target, s.Refused, s.FirstRefused)
+			}
+			if s.ProtocolFallback != "" {
+				fmt.Fprintf(w, "  %s -> %s: over SFTP because the lockstep receiver is unavailable on the peer: %s (receiver: on refuses this fallback; README: threat model)\n",
+					s.Job, s.Target, s.ProtocolFallback)
+			}
+		}
 		for _, s := range st.Sync {
 			if s.Progress != nil {
 				fmt.Fprintf(w, "  %s -> %s: full pass %s\n", s.Job, s.Target, progressLine(*s.Progress))

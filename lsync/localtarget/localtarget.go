@@ -37,7 +37,16 @@ type Target struct {
 	rootFD int
 }
 
-var _ lsync.Target = (*Target)(nil)
+var (
+	_ lsync.Target           = (*Target)(nil)
+	_ lsync.ProtocolReporter = (*Target)(nil)
+)
+
+// Protocol implements lsync.ProtocolReporter.
+func (t *Target) Protocol() string { return "local" }
+
+// Fallback implements lsync.ProtocolReporter.
+func (t *Target) Fallback() string { return "" }
 
 // Open opens the target rooted at dir, which must be an existing directory.
 func Open(dir string) (*Target, error) {

@@ -422,6 +422,11 @@ func (r *Root) commit(t *tempFile, mode fs.FileMode, mtime time.Time) error {
 		r.discard(t)
 		return &fs.PathError{Op: "chmod", Path: tmpShown, Err: err}
 	}
+	var held unix.Stat_t
+	if err := unix.Fstat(t.fd, &held); err != nil {
+		r.discard(t)
+		return &fs.PathError{Op: "fstat", Path: tmpShown, Err: err}
+	}
 	err := unix.Close(t.fd)
 	t.fd = -1
 	if err != nil {
@@ -431,6 +436,15 @@ func (r *Root) commit(t *tempFile, mode fs.FileMode, mtime time.Time) error {
 	if err := setMtime(t.dfd, t.tmp, mtime); err != nil {
 		r.discard(t)
 		return &fs.PathError{Op: "chtimes", Path: tmpShown, Err: err}
+	}
+	// The rename publishes whatever has the temp name: a peer user that
+	// moved the file aside and put a symlink there meanwhile would get its
+	// link published as the file (nothing outside is touched: every call
+	// here is relative to dfd and never follows a final symlink).
+	var named unix.Stat_t
+	if err := unix.Fstatat(t.dfd, t.tmp, &named, unix.AT_SYMLINK_NOFOLLOW); err != nil || named.Dev != held.Dev || named.Ino != held.Ino {
+		r.discard(t)
+		return &refusal{errno: unix.ESTALE, why: tmpShown + ": the temp file was replaced on the peer while it was written; not published"}
 	}
 	if err := r.replace(t.dfd, t.tmp, t.name, t.rel); err != nil {
 		r.discard(t)

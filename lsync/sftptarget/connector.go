@@ -156,8 +156,15 @@ func (c *Connector) Connect(ctx context.Context) (lsync.Target, error) {
 			}
 			return nil, fmt.Errorf("%w: target %s: lockstep receiver on %s (receiver: %s): %w", lsync.ErrDisconnected, c.cfg.Name, c.addr, c.cfg.Receiver, rerr)
 		}
-		c.logger.Warn("lockstep receiver unavailable on the peer; falling back to SFTP (writes confined by per-operation checks, with a race window: see README, threat model)",
-			"reason", rerr.Error(), "command", c.receiverCommand())
+		c.logger.Warn("lockstep receiver unavailable on the peer; falling back to SFTP (writes confined by per-operation checks, with race windows: see README, threat model; receiver: on refuses the fallback)",
+			"reason", rerr.Error(), "command", c.receiverCommand(), "user", c.cfg.User)
+		s, err := c.startSFTP(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		// Shown by status and lockstep_sync_target_protocol.
+		s.fallback = rerr.Error()
+		return s, nil
 	}
 	return c.startSFTP(ctx, d)
 }

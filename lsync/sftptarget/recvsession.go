@@ -34,8 +34,9 @@ type recvSession struct {
 }
 
 var (
-	_ lsync.Target     = (*recvSession)(nil)
-	_ lsync.DirRemover = (*recvSession)(nil)
+	_ lsync.Target           = (*recvSession)(nil)
+	_ lsync.DirRemover       = (*recvSession)(nil)
+	_ lsync.ProtocolReporter = (*recvSession)(nil)
 )
 
 // receiverCommand is what the peer's shell runs. A forced command in
@@ -625,3 +626,9 @@ func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []
 func (s *recvSession) BatchLimits() (files, bytes int) {
 	return receiver.MaxPutManyFiles, receiver.MaxPutManyBytes
 }
+
+// Protocol implements lsync.ProtocolReporter.
+func (s *recvSession) Protocol() string { return fmt.Sprintf("receiver v%d", receiver.Version) }
+
+// Fallback implements lsync.ProtocolReporter.
+func (s *recvSession) Fallback() string { return "" }

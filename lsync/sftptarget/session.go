@@ -31,11 +31,22 @@ import (
 // then dials a new one.
 //
 // SFTP resolves each path string afresh on the server, following symlinks
-// in parent components. Every operation therefore lstats each ancestor
-// immediately before it is sent (nothing is remembered between
-// operations: a directory seen as real a moment ago may be a symlink now);
-// what remains is the window between those lstats and the request. The
-// receiver session (recvsession.go) has no such window.
+// in parent components, and its setstat follows a final symlink too.
+// Every operation therefore lstats each ancestor immediately before it is
+// sent (nothing is remembered between operations: a directory seen as
+// real a moment ago may be a symlink now). What remains, for a peer user
+// who can swap a directory or file for a symlink within one round trip:
+//   - any request can go through a parent swapped between its lstats and
+//     the request (creation, rename, removal of that name elsewhere);
+//   - a new file's mode and owner are set through its open handle and
+//     cannot be redirected; its mtime is set by path, after an lstat shows
+//     the temp name still holds the file, and checked after (fill);
+//   - a change of mode, owner or mtime alone, and a new directory's mode
+//     and owner, are sent by path, checked before and after (setByPath):
+//     a swap within the round trip lands it outside, and is refused after;
+//   - a removal re-checks its directory before every removeChunk entries.
+//
+// The receiver session (recvsession.go) has none of these windows.
 type session struct {
 	*transport
 	host string // for error messages: "host:/abs/path"
@@ -45,12 +56,22 @@ type session struct {
 	// the bottleneck for many small files.
 	clients []*sftp.Client
 	next    atomic.Uint32
+	// fallback is why receiver: auto could not use the receiver ("" when
+	// SFTP was asked for).
+	fallback string
 }
 
 var (
-	_ lsync.Target     = (*session)(nil)
-	_ lsync.DirRemover = (*session)(nil)
+	_ lsync.Target           = (*session)(nil)
+	_ lsync.DirRemover       = (*session)(nil)
+	_ lsync.ProtocolReporter = (*session)(nil)
 )
+
+// Protocol implements lsync.ProtocolReporter.
+func (s *session) Protocol() string { return "sftp" }
+
+// Fallback implements lsync.ProtocolReporter.
+func (s *session) Fallback() string { return s.fallback }
 
 func newSession(c *Connector, client *ssh.Client, clients []*sftp.Client) *session {
 	return &session{
@@ -501,7 +522,8 @@ func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode f
 		s.removeTemp(tmp)
 		return s.check("chmod", tmp, err)
 	}
-	if err := s.fill(ctx, c, f, tmp, r, mode, mtime); err != nil {
+	written, err := s.fill(ctx, c, f, tmp, r, mode, mtime, lsync.RequestedOwner(ctx))
+	if err != nil {
 		s.removeTemp(tmp)
 		return err
 	}
@@ -510,6 +532,13 @@ func (s *session) writeFile(ctx context.Context, rel string, r io.Reader, mode f
 			s.removeTemp(tmp)
 			return err
 		}
+	}
+	// The rename publishes whatever has the temp name now: the peer may
+	// have moved the file aside and put a symlink (or a file of its own)
+	// there while it was written.
+	if err := s.stillOurs(c, tmp, written); err != nil {
+		s.removeTemp(tmp)
+		return err
 	}
 	if err := s.replace(ctx, c, tmp, rel); err != nil {
 		s.removeTemp(tmp)
@@ -531,7 +560,7 @@ func (s *session) replace(ctx context.Context, c *sftp.Client, tmp, rel string) 
 	if lerr != nil || !fi.IsDir() {
 		return s.check("rename", final, err)
 	}
-	if err := s.removeTree(ctx, final); err != nil {
+	if err := s.removeTree(ctx, rel); err != nil {
 		return err
 	}
 	return s.check("rename", final, c.PosixRename(tmp, final))
@@ -551,19 +580,159 @@ const largeFileRequests = 16
 // the local read and its single write request.
 var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile); return &b }}
 
-// fill writes the content and metadata of an open temp file and closes it.
-func (s *session) fill(ctx context.Context, c *sftp.Client, f *sftp.File, tmp string, r io.Reader, mode fs.FileMode, mtime time.Time) error {
+// fill writes the content and metadata of an open temp file and closes
+// it; written is the file as the handle last saw it, for stillOurs.
+//
+// Mode and owner are set through the handle (FSETSTAT): they reach the
+// file that was created, whatever the peer does to its name meanwhile.
+// pkg/sftp v1.13 has no FSETSTAT for times (File.Chtimes), so the mtime
+// is set by path, which follows a symlink put at the temp name. That
+// setstat is therefore sent only after an lstat of the name showed the
+// handle's file, and the handle is asked afterwards whether the times
+// reached it: a swap within that one round trip still hands the
+// source's atime and mtime to the file the symlink points to (never
+// its mode, owner or content), and is refused loudly.
+func (s *session) fill(ctx context.Context, c *sftp.Client, f *sftp.File, tmp string, r io.Reader, mode fs.FileMode, mtime time.Time, own *lsync.OwnerRequest) (os.FileInfo, error) {
 	if err := s.writeContent(ctx, f, tmp, r); err != nil {
 		_ = f.Close()
-		return err
+		return nil, err
 	}
-	// Close, mode and times are independent requests once the data is
-	// acknowledged: sent together they cost one round trip, not three.
+	written, err := s.setMeta(ctx, c, f, tmp, mode, mtime, own)
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	if err := s.withSpaceHint(tmp, s.check("close", tmp, f.Close())); err != nil {
+		return nil, err
+	}
+	return written, nil
+}
+
+// setMeta gives the open temp file its owner (when asked), mode and times.
+func (s *session) setMeta(ctx context.Context, c *sftp.Client, f *sftp.File, tmp string, mode fs.FileMode, mtime time.Time, own *lsync.OwnerRequest) (os.FileInfo, error) {
+	perm := permBits(mode)
+	chmod := func() error { return s.check("chmod", tmp, f.Chmod(perm)) }
+	if own != nil {
+		chown := func() error {
+			err := f.Chown(int(own.UID), int(own.GID))
+			if err != nil && isStatusError(err) && errors.Is(err, fs.ErrPermission) {
+				own.Err = &fs.PathError{Op: "chown", Path: s.host + ":" + tmp, Err: err}
+				return nil // lands with the SSH user's owner; the Reconciler says so
+			}
+			if err == nil {
+				own.Done = true
+			}
+			return s.check("chown", tmp, err)
+		}
+		if perm&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
+			// chown clears set-id bits: the mode goes second.
+			if err := chown(); err != nil {
+				return nil, err
+			}
+			if err := chmod(); err != nil {
+				return nil, err
+			}
+		} else {
+			var g errgroup.Group
+			g.Go(chown)
+			g.Go(chmod)
+			if err := g.Wait(); err != nil {
+				return nil, err
+			}
+		}
+	} else if err := chmod(); err != nil {
+		return nil, err
+	}
+	if err := s.alive(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := s.sameAsHandle(c, f, tmp); err != nil {
+		return nil, err
+	}
+	if err := s.check("chtimes", tmp, c.Chtimes(tmp, mtime, mtime)); err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, s.check("fstat", tmp, err)
+	}
+	if fi.ModTime().Unix() != mtime.Unix() {
+		return nil, s.refuse("chtimes", tmp, "the temp file was swapped while its times were set: they may have been set on the file a symlink there pointed to")
+	}
+	return fi, nil
+}
+
+// sameAsHandle lstats the temp name and fstats the handle in one round
+// trip, and refuses unless the name still holds the handle's file.
+func (s *session) sameAsHandle(c *sftp.Client, f *sftp.File, tmp string) (os.FileInfo, error) {
+	var named, held os.FileInfo
 	var g errgroup.Group
-	g.Go(func() error { return s.withSpaceHint(tmp, s.check("close", tmp, f.Close())) })
-	g.Go(func() error { return s.check("chmod", tmp, c.Chmod(tmp, permBits(mode))) })
-	g.Go(func() error { return s.check("chtimes", tmp, c.Chtimes(tmp, mtime, mtime)) })
-	return g.Wait()
+	g.Go(func() (err error) {
+		named, err = c.Lstat(tmp)
+		return err
+	})
+	g.Go(func() (err error) {
+		held, err = f.Stat()
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, s.refuse("lstat", tmp, "the temp file was moved away while it was written")
+		}
+		return nil, s.check("lstat", tmp, err)
+	}
+	if !sameFile(named, held) {
+		return nil, s.refuse("lstat", tmp, "the temp file was replaced while it was written ("+describe(named)+" where "+describe(held)+" was written)")
+	}
+	return held, nil
+}
+
+// stillOurs refuses unless tmp, about to be renamed, is the file written
+// (written: the handle's last fstat).
+func (s *session) stillOurs(c *sftp.Client, tmp string, written os.FileInfo) error {
+	named, err := c.Lstat(tmp)
+	if errors.Is(err, fs.ErrNotExist) {
+		return s.refuse("rename", tmp, "the temp file was moved away before it was published")
+	}
+	if err != nil {
+		return s.check("lstat", tmp, err)
+	}
+	if !sameFile(named, written) {
+		return s.refuse("rename", tmp, "the temp file was replaced before it was published ("+describe(named)+" where "+describe(written)+" was written)")
+	}
+	return nil
+}
+
+// sameFile tells whether named (an lstat) is held (an fstat of the file
+// lockstep created). SFTP v3 attributes carry no device or inode number
+// (OpenSSH sends none), so identity is the attributes lockstep set: a
+// regular file with the same size, mode, owner and mtime. A file the peer
+// forges to match has the owner lockstep gave it, and could be written by
+// that user after landing anyway.
+func sameFile(named, held os.FileInfo) bool {
+	if !named.Mode().IsRegular() || !held.Mode().IsRegular() {
+		return false
+	}
+	if named.Size() != held.Size() || named.Mode() != held.Mode() || !named.ModTime().Equal(held.ModTime()) {
+		return false
+	}
+	a, aok := named.Sys().(*sftp.FileStat)
+	b, bok := held.Sys().(*sftp.FileStat)
+	return aok == bok && (!aok || a.UID == b.UID && a.GID == b.GID)
+}
+
+func describe(fi os.FileInfo) string {
+	d := fmt.Sprintf("%v size %d mtime %d", fi.Mode(), fi.Size(), fi.ModTime().Unix())
+	if st, ok := fi.Sys().(*sftp.FileStat); ok {
+		d += fmt.Sprintf(" owner %d:%d", st.UID, st.GID)
+	}
+	return d
+}
+
+// refuse is a refusal (lsync.ErrRefused: counted, logged once per path)
+// for something the peer did to a name lockstep was using.
+func (s *session) refuse(op, remote, why string) error {
+	return &fs.PathError{Op: op, Path: s.host + ":" + remote, Err: fmt.Errorf("%s: %w", why, lsync.ErrRefused)}
 }
 
 // writeContent copies r into f. Most files of a docroot fit in one SFTP
@@ -667,7 +836,13 @@ func (s *session) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error
 			}
 		}
 	}
-	return s.check("chmod", remote, c.Chmod(remote, permBits(mode)))
+	// The mode by path (a directory has no handle SFTP can setstat): a
+	// symlink put in its place meanwhile is refused, and the mode is only
+	// sent when the directory does not have it already (umask 022 and
+	// the usual 0755).
+	return s.setByPath(ctx, "chmod", rel,
+		fmt.Errorf("the directory just made was replaced by a symlink: %w", lsync.ErrRefused),
+		hasPerm(mode), func(c *sftp.Client, remote string) error { return c.Chmod(remote, permBits(mode)) })
 }
 
 // Symlink implements lsync.Target.
@@ -691,28 +866,92 @@ func (s *session) Symlink(ctx context.Context, rel, linkTarget string) error {
 	return nil
 }
 
-// metaTarget resolves rel for a metadata change. SFTP setstat follows
-// symlinks, so a symlink at rel is refused rather than letting the change
-// land on whatever it points to, possibly outside the root.
-func (s *session) metaTarget(ctx context.Context, op, rel string) (string, error) {
+// setByPath applies a metadata change (apply) to rel by path, which is
+// all SFTP has for a file lockstep does not hold open (setstat follows
+// symlinks, in the final component too, and OpenSSH's lsetstat@openssh.com
+// is not in pkg/sftp). has tells whether an lstat shows the change made.
+//
+// The ancestors and rel are lstat'ed in one round trip right before the
+// setstat, and again right after it. Before: a symlink at rel gets
+// atSymlink (a symlink's own metadata cannot be set over SFTP), a symlink
+// or non-directory among the ancestors means rel is not in the tree, and
+// a change already made is not sent. After: a symlink at rel or among the
+// ancestors, or rel without the change, means the peer swapped something
+// within that round trip and the setstat may have reached a file outside
+// the root; that is refused (counted, logged once per path). What remains
+// is detection, not prevention: a swap within the one round trip between
+// the first lstat and the setstat still lands the change outside. The
+// receiver (lockstep receive) has no such window.
+func (s *session) setByPath(ctx context.Context, op, rel string, atSymlink error, has func(os.FileInfo) bool, apply func(c *sftp.Client, remote string) error) error {
 	rel, err := clean(rel)
 	if err != nil {
-		return "", err
+		return err
 	}
-	if err := s.ensureParents(ctx, rel, false); err != nil {
-		return "", err
+	if err := s.alive(ctx); err != nil {
+		return err
 	}
+	c := s.cl()
 	remote := s.abs(rel)
-	fi, err := s.cl().Lstat(remote)
+	fi, err := s.lstatChain(c, rel)
 	if err != nil {
-		return "", s.check("lstat", remote, err)
+		return err
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
-		return "", &fs.PathError{Op: op, Path: s.host + ":" + remote,
-			Err: fmt.Errorf("is a symlink; SFTP cannot change a symlink's own metadata: %w", errors.ErrUnsupported)}
+		return &fs.PathError{Op: op, Path: s.host + ":" + remote, Err: atSymlink}
 	}
-	return remote, nil
+	if has(fi) {
+		return nil
+	}
+	if err := s.check(op, remote, apply(c, remote)); err != nil {
+		return err
+	}
+	after, err := s.lstatChain(c, rel)
+	switch {
+	case errors.Is(err, lsync.ErrRefused):
+		return s.refuse(op, remote, "a parent became a symlink while the "+op+" was sent; it may have reached a file outside the root")
+	case errors.Is(err, fs.ErrNotExist):
+		return nil // removed meanwhile: the next comparison sees it
+	case err != nil:
+		return err
+	case after.Mode()&fs.ModeSymlink != 0:
+		return s.refuse(op, remote, "became a symlink while the "+op+" was sent; it may have reached the file the symlink points to")
+	case !has(after):
+		return s.refuse(op, remote, "does not show the "+op+" just made ("+describe(after)+"): swapped meanwhile, the change may have reached another file")
+	}
+	return nil
 }
+
+// lstatChain lstats every ancestor of rel and rel itself in one round
+// trip. An ancestor that is missing, a symlink or not a directory means
+// rel is not in the confined tree: the error matches fs.ErrNotExist, and
+// lsync.ErrRefused for a symlink or non-directory.
+func (s *session) lstatChain(c *sftp.Client, rel string) (os.FileInfo, error) {
+	parts := strings.Split(rel, "/")
+	infos := make([]os.FileInfo, len(parts))
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i := range parts {
+		wg.Go(func() { infos[i], errs[i] = c.Lstat(s.abs(strings.Join(parts[:i+1], "/"))) })
+	}
+	wg.Wait()
+	for i := range parts {
+		p := strings.Join(parts[:i+1], "/")
+		if errs[i] != nil {
+			return nil, s.check("lstat", s.abs(p), errs[i])
+		}
+		if i < len(parts)-1 {
+			if err := s.checkDir(p, infos[i], false); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return infos[len(parts)-1], nil
+}
+
+// errSymlinkMeta: SFTP's setstat follows symlinks, so a symlink's own
+// metadata cannot be set; the change is skipped, not sent to whatever the
+// link points to.
+var errSymlinkMeta = fmt.Errorf("is a symlink; SFTP cannot change a symlink's own metadata: %w", errors.ErrUnsupported)
 
 // setOwner copies the numeric owner SFTP reports (v3 has no names).
 func setOwner(e *lsync.Entry, fi os.FileInfo) {
@@ -722,31 +961,33 @@ func setOwner(e *lsync.Entry, fi os.FileInfo) {
 }
 
 // Lchown implements lsync.Chowner. SFTP's setstat follows symlinks, so
-// a symlink keeps the SSH user as its owner (metaTarget refuses it).
+// a symlink keeps the SSH user as its owner. A file lockstep uploads gets
+// its owner through the open temp file (lsync.OwnerRequest); this is for
+// directories and for a chown alone.
 func (s *session) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
-	remote, err := s.metaTarget(ctx, "chown", rel)
-	if err != nil {
-		return err
-	}
-	return s.check("chown", remote, s.cl().Chown(remote, int(uid), int(gid)))
+	return s.setByPath(ctx, "chown", rel, errSymlinkMeta,
+		func(fi os.FileInfo) bool {
+			st, ok := fi.Sys().(*sftp.FileStat)
+			return ok && st.UID == uid && st.GID == gid
+		},
+		func(c *sftp.Client, remote string) error { return c.Chown(remote, int(uid), int(gid)) })
 }
 
 // Chtimes implements lsync.Target.
 func (s *session) Chtimes(ctx context.Context, rel string, mtime time.Time) error {
-	remote, err := s.metaTarget(ctx, "chtimes", rel)
-	if err != nil {
-		return err
-	}
-	return s.check("chtimes", remote, s.cl().Chtimes(remote, mtime, mtime))
+	return s.setByPath(ctx, "chtimes", rel, errSymlinkMeta,
+		func(fi os.FileInfo) bool { return fi.ModTime().Unix() == mtime.Unix() },
+		func(c *sftp.Client, remote string) error { return c.Chtimes(remote, mtime, mtime) })
 }
 
 // Chmod implements lsync.Target.
 func (s *session) Chmod(ctx context.Context, rel string, mode fs.FileMode) error {
-	remote, err := s.metaTarget(ctx, "chmod", rel)
-	if err != nil {
-		return err
-	}
-	return s.check("chmod", remote, s.cl().Chmod(remote, permBits(mode)))
+	return s.setByPath(ctx, "chmod", rel, errSymlinkMeta, hasPerm(mode),
+		func(c *sftp.Client, remote string) error { return c.Chmod(remote, permBits(mode)) })
+}
+
+func hasPerm(mode fs.FileMode) func(os.FileInfo) bool {
+	return func(fi os.FileInfo) bool { return permBits(fi.Mode()) == permBits(mode) }
 }
 
 // Rename implements lsync.Target.
@@ -791,7 +1032,7 @@ func (s *session) RemoveAll(ctx context.Context, rel string) error {
 	if !fi.IsDir() {
 		return s.removeFile(remote)
 	}
-	return s.removeTree(ctx, remote)
+	return s.removeTree(ctx, rel)
 }
 
 // RemoveEmptyDir implements lsync.DirRemover: SSH_FXP_RMDIR fails on a
@@ -823,44 +1064,86 @@ func (s *session) removeFile(remote string) error {
 	return s.check("remove", remote, err)
 }
 
-// removeTree deletes a real directory (never following symlinks: READDIR
-// reports lstat attributes). Entries are removed concurrently because each
-// removal is a round trip.
-func (s *session) removeTree(ctx context.Context, remote string) error {
-	infos, err := s.cl().ReadDirContext(ctx, remote)
+// removeChunk is how many entries of a directory removeTree removes
+// concurrently after one re-check (each removal is a round trip).
+const removeChunk = 16
+
+// removeTree deletes the real directory rel (never following symlinks:
+// READDIR reports lstat attributes, REMOVE and RMDIR do not follow a final
+// symlink). SFTP resolves the parent components of every path afresh, so
+// before each chunk of removals, and before each directory's listing and
+// rmdir, rel and its ancestors are lstat'ed again: a directory the peer
+// swaps for a symlink meanwhile stops the deletion with a refusal instead
+// of deleting the same names wherever the symlink points. The remaining
+// window is one round trip of up to removeChunk removals.
+func (s *session) removeTree(ctx context.Context, rel string) error {
+	remote := s.abs(rel)
+	c := s.cl()
+	if gone, err := s.confirmDir(ctx, c, rel); gone || err != nil {
+		return err
+	}
+	infos, err := c.ReadDirContext(ctx, remote)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return s.check("readdir", remote, err)
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(16)
+	var files []string
 	for _, fi := range infos {
 		if fi.Name() == "." || fi.Name() == ".." {
 			continue
 		}
-		child := path.Join(remote, fi.Name())
+		child := rel + "/" + fi.Name()
 		if fi.IsDir() {
-			if err := s.removeTree(gctx, child); err != nil {
-				_ = g.Wait()
+			if err := s.removeTree(ctx, child); err != nil {
 				return err
 			}
 			continue
 		}
-		g.Go(func() error { return s.removeFile(child) })
+		files = append(files, child)
 	}
-	if err := g.Wait(); err != nil {
+	for chunk := range slices.Chunk(files, removeChunk) {
+		if gone, err := s.confirmDir(ctx, c, rel); gone || err != nil {
+			return err
+		}
+		g, _ := errgroup.WithContext(ctx)
+		for _, child := range chunk {
+			g.Go(func() error { return s.removeFile(s.abs(child)) })
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+	}
+	if gone, err := s.confirmDir(ctx, c, rel); gone || err != nil {
 		return err
 	}
-	if err := s.alive(ctx); err != nil {
-		return err
-	}
-	err = s.cl().RemoveDirectory(remote)
+	err = c.RemoveDirectory(remote)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	return s.check("rmdir", remote, err)
+}
+
+// confirmDir lstats rel and its ancestors (one round trip) during a
+// removal: gone when rel no longer exists, a refusal when it or an
+// ancestor is a symlink or not a directory any more.
+func (s *session) confirmDir(ctx context.Context, c *sftp.Client, rel string) (gone bool, err error) {
+	if err := s.alive(ctx); err != nil {
+		return false, err
+	}
+	fi, err := s.lstatChain(c, rel)
+	switch {
+	case errors.Is(err, lsync.ErrRefused):
+		return false, s.refuse("remove", s.abs(rel), "a parent was replaced by a symlink or file during the removal; stopped")
+	case errors.Is(err, fs.ErrNotExist):
+		return true, nil
+	case err != nil:
+		return false, err
+	case !fi.IsDir():
+		return false, s.refuse("remove", s.abs(rel), "was replaced by "+describe(fi)+" during the removal; stopped")
+	}
+	return false, nil
 }
 
 // Open implements lsync.Target.

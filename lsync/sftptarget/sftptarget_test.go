@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1024,4 +1025,42 @@ func TestTempFileIsPrivateWhileWritten(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o644 {
 		t.Fatalf("final file: %v %v", fi, err)
 	}
+}
+
+// TestWriteFileSetsOwnerThroughHandle: asked for an owner (OwnerRequest),
+// the SFTP session sets it, and the mode, through the open temp file
+// before the rename, so that no chown by path follows the landing; a
+// set-id bit survives the chown (the mode is set after it).
+func TestWriteFileSetsOwnerThroughHandle(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	srv := sshdtest.Start(t)
+	s, root := connect(t, srv)
+	mtime := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, c := range []struct {
+		rel  string
+		mode fs.FileMode
+	}{{"plain.txt", 0o640}, {"bin/tool", 0o755 | fs.ModeSetuid | fs.ModeSetgid}} {
+		req := &lsync.OwnerRequest{UID: 1234, GID: 2345}
+		ctx := lsync.WithOwner(testContext(t), req)
+		if err := s.WriteFile(ctx, c.rel, strings.NewReader("x"), c.mode, mtime); err != nil {
+			t.Fatal(err)
+		}
+		if !req.Done || req.Err != nil {
+			t.Errorf("%s: request not marked done: %+v", c.rel, req)
+		}
+		fi, err := os.Lstat(filepath.Join(root, c.rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != 1234 || st.Gid != 2345 {
+			t.Errorf("%s: owner %d:%d, want 1234:2345", c.rel, st.Uid, st.Gid)
+		}
+		if fi.Mode() != c.mode || !fi.ModTime().Equal(mtime) {
+			t.Errorf("%s: mode %v mtime %v, want %v %v", c.rel, fi.Mode(), fi.ModTime(), c.mode, mtime)
+		}
+	}
+	assertNoTemps(t, root)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"slices"
 	"sort"
@@ -66,7 +67,11 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		rep.Errors = append(rep.Errors, &PathError{Path: o.path, Op: opNames[o.kind], Err: err})
 		return nil
 	}
+	debug := r.Logger.Enabled(ctx, slog.LevelDebug)
 	done := func(o op, bytes int64) {
+		if debug {
+			r.Logger.Debug("applied", "op", o.String())
+		}
 		if o.kind == opRemove {
 			rep.state.del(o.path)
 		} else {

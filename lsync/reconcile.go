@@ -556,6 +556,9 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	if err := r.Source.checkRoot(); err != nil {
 		return rep, err
 	}
+	if r.Logger.Enabled(ctx, slog.LevelDebug) {
+		r.Logger.Debug("applying batch", "paths", b.Paths, "renames", fmt.Sprint(b.Renames), "scan", b.Scan)
+	}
 	paths := map[string]bool{}
 	for _, p := range b.Paths {
 		paths[p] = true

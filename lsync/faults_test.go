@@ -321,6 +321,45 @@ func TestJobPathErrorIsRetriedNotCounted(t *testing.T) {
 	}
 }
 
+// TestJobPathBacksOffAlone: a path the peer keeps refusing backs off on
+// its own. Another path's passing failure is retried at once, not after
+// the first path's grown backoff (one path with a wrong permission on the
+// peer slowed down every retry of the job: under churn, files waited 30 s).
+func TestJobPathBacksOffAlone(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "t1")
+	c := newFlaky(t, cfg.Targets[0])
+	c.failWrite["stuck.txt"] = syscall.EACCES
+	reg := prometheus.NewRegistry()
+	j := lsynctest.StartJob(t, cfg, []lsync.Connector{c}, lsync.JobOptions{Registerer: reg})
+	mustWrite(t, src, "stuck.txt", "the peer refuses this one")
+	// Five failures in a row: stuck.txt's next retry is 8 s away.
+	waitFor(t, "five failures of stuck.txt", func() bool {
+		return metricValue(t, reg, "lockstep_sync_errors_total", "t1") >= 5
+	})
+	c.mu.Lock()
+	c.failWrite["blip.txt"] = syscall.ENOSPC
+	c.mu.Unlock()
+	mustWrite(t, src, "blip.txt", "fails once")
+	waitFor(t, "blip.txt failed", func() bool {
+		return strings.Contains(statusOf(j, "t1").LastError, "blip.txt")
+	})
+	c.mu.Lock()
+	delete(c.failWrite, "blip.txt")
+	c.mu.Unlock()
+	cleared := time.Now()
+	poll.Until(t, 10*time.Second, "blip.txt retried", func() bool {
+		_, err := os.Stat(filepath.Join(dst[0], "blip.txt"))
+		return err == nil
+	})
+	// Its first retry is due 0.5 s after the failure; stuck.txt's is 8 s.
+	if took := time.Since(cleared); took > 3*time.Second {
+		t.Errorf("blip.txt landed %v after its failure cleared: it waited for stuck.txt's backoff", took)
+	}
+	if st := statusOf(j, "t1"); st.PendingFiles != 1 || !strings.Contains(st.LastError, "stuck.txt") && !strings.Contains(st.LastError, "blip.txt") {
+		t.Errorf("status %+v: want stuck.txt still pending", st)
+	}
+}
+
 // changingTarget appends to the source file while the copy is half done.
 type changingTarget struct {
 	lsync.Target

@@ -521,9 +521,13 @@ type targetWorker struct {
 	// changedSince is set when pending paths were dropped (overflow):
 	// the full pass content-checks everything modified since.
 	changedSince time.Time
-	retry        map[string]time.Time // path → first seen, waiting for retryDue
-	retryDue     time.Time
-	attempts     int
+	retry        map[string]time.Time // path → first seen, waiting for its retry
+	// retryAt is when each retried path is due (absent: at once) and
+	// failures how often in a row it failed: each path backs off on its
+	// own, so one path the peer keeps refusing (a permission, a full
+	// disk) never slows down the retry of another's passing failure.
+	retryAt      map[string]time.Time
+	failures     map[string]int
 	connected    bool
 	lastSync     time.Time
 	lastVerified time.Time
@@ -546,12 +550,14 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 	name := c.Name()
 	w := &targetWorker{
 		job: j, conn: c, name: name,
-		logger:  j.logger.With("target", name),
-		notify:  make(chan struct{}, 1),
-		pending: map[string]time.Time{},
-		retry:   map[string]time.Time{},
-		scan:    map[string]bool{},
-		refused: map[string]time.Time{},
+		logger:   j.logger.With("target", name),
+		notify:   make(chan struct{}, 1),
+		pending:  map[string]time.Time{},
+		retry:    map[string]time.Time{},
+		retryAt:  map[string]time.Time{},
+		failures: map[string]int{},
+		scan:     map[string]bool{},
+		refused:  map[string]time.Time{},
 	}
 	w.rec = &Reconciler{
 		Source: j.source, Target: name,
@@ -981,14 +987,9 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		case <-verify:
 			w.enqueue(Batch{Rescan: true, Reason: verifyReason})
 		case <-retryTimer.C:
-			w.mu.Lock()
-			for p, first := range w.retry {
-				if _, ok := w.pending[p]; !ok {
-					w.pending[p] = first
-				}
+			if d := w.dueRetries(time.Now()); d > 0 {
+				retryTimer.Reset(d)
 			}
-			clear(w.retry)
-			w.mu.Unlock()
 		}
 		b, firstSeen := w.take()
 		if b.Empty() {
@@ -1058,6 +1059,7 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		// The full pass covered every path waiting for a retry; its own
 		// failures are added back below.
 		clear(w.retry)
+		clear(w.retryAt)
 	}
 	first := func(p string) time.Time {
 		if t, ok := firstSeen[p]; ok {
@@ -1065,42 +1067,50 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 		}
 		return now
 	}
-	for _, p := range rep.Retry {
+	retryIn := func(p string, d time.Duration) {
 		w.retry[p] = first(p)
+		if at, ok := w.retryAt[p]; !ok || now.Add(d).Before(at) {
+			w.retryAt[p] = now.Add(d)
+		}
 	}
-	var delay time.Duration
-	if len(rep.Retry) > 0 {
+	for _, p := range rep.Retry {
 		// Still being written: look again after the next quiet period.
-		delay = max(2*w.job.cfg.Delay, 50*time.Millisecond)
+		retryIn(p, max(2*w.job.cfg.Delay, 50*time.Millisecond))
 	}
-	if len(rep.Errors) > 0 {
-		for _, e := range rep.Errors {
-			w.retry[e.Path] = first(e.Path)
-			w.errCounter.Inc()
-			if strings.HasPrefix(e.Op, "list ") {
-				// What is below it was never compared: the retry
-				// compares the whole subtree.
-				w.scan[e.Path] = true
+	failed := map[string]bool{}
+	for _, e := range rep.Errors {
+		failed[e.Path] = true
+		w.failures[e.Path]++
+		n := w.failures[e.Path]
+		retryIn(e.Path, min(500*time.Millisecond<<min(n-1, 6), 30*time.Second))
+		w.errCounter.Inc()
+		if strings.HasPrefix(e.Op, "list ") {
+			// What is below it was never compared: the retry
+			// compares the whole subtree.
+			w.scan[e.Path] = true
+		}
+	}
+	// What went through this time starts its backoff afresh.
+	if b.Rescan {
+		for p := range w.failures {
+			if !failed[p] {
+				delete(w.failures, p)
+			}
+		}
+	} else {
+		for _, p := range b.Paths {
+			if !failed[p] {
+				delete(w.failures, p)
 			}
 		}
 	}
-	if rep.Held > 0 {
-		for _, p := range rep.HeldPaths {
-			w.retry[p] = first(p)
-		}
-		delay = min(heldRetry, max(delay, heldRetry/5))
+	for _, p := range rep.HeldPaths {
+		retryIn(p, heldRetry/5)
 	}
 	w.noteRefused(b, rep, now)
 	w.followQueuedRenames(b, first)
 	if len(rep.Errors) > 0 {
 		w.lastErr = rep.Errors[0].Error()
-		w.attempts++
-		d := min(500*time.Millisecond<<min(w.attempts-1, 6), 30*time.Second)
-		if delay == 0 || d < delay {
-			delay = max(delay, d)
-		}
-	} else {
-		w.attempts = 0
 	}
 	if b.Rescan && rep.InSync() && !rep.Trusted {
 		// A trusted pass read the state, not the target: it verified
@@ -1115,7 +1125,51 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 			w.lastErr = ""
 		}
 	}
-	return delay
+	return w.nextRetryLocked(now)
+}
+
+// nextRetryLocked is how long until the first retried path is due (0:
+// none waits).
+func (w *targetWorker) nextRetryLocked(now time.Time) time.Duration {
+	if len(w.retry) == 0 {
+		return 0
+	}
+	next := time.Duration(-1)
+	for p := range w.retry {
+		d := time.Millisecond // no due time (a path moved by a rename): at once
+		if at, ok := w.retryAt[p]; ok {
+			d = max(at.Sub(now), time.Millisecond)
+		}
+		if next < 0 || d < next {
+			next = d
+		}
+	}
+	return next
+}
+
+// dueRetries moves the retried paths that are due into the queue and
+// returns how long until the next one is (0: none left).
+func (w *targetWorker) dueRetries(now time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for p, first := range w.retry {
+		if at, ok := w.retryAt[p]; ok && at.After(now) {
+			continue
+		}
+		if _, ok := w.pending[p]; !ok {
+			w.pending[p] = first
+		}
+		delete(w.retry, p)
+		delete(w.retryAt, p)
+	}
+	if len(w.retryAt) > len(w.retry) {
+		for p := range w.retryAt { // left behind by a rename of a retried path
+			if _, ok := w.retry[p]; !ok {
+				delete(w.retryAt, p)
+			}
+		}
+	}
+	return w.nextRetryLocked(now)
 }
 
 // maxRefusedTracked bounds the refused paths status keeps (a hostile

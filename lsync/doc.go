@@ -44,6 +44,16 @@
 //   - paths queued, waiting for a retry, or in the batch being applied
 //     when a directory rename is queued are listed under the new name too.
 //
+// The root causes found under churn, each with its fix: fsnotify kept
+// reporting a moved directory's old path until it was watched again (the
+// watcher speaks inotify itself and renames its watch → path map in
+// place); changes queued under a directory's old name were applied to a
+// name that no longer existed (they follow the rename); a batch deleted
+// entries of a subtree that a later batch renamed (the renamed subtree is
+// compared whole); a directory created and renamed in one batch was never
+// listed (Batch.Scan); and one path failing over and over made every other
+// path's retry wait for its backoff (each path backs off on its own).
+//
 // inotify overflow rebuilds the watch map and rescans everything. The
 // periodic verification stays as a backstop; what it has to repair
 // although no event queued it is drift, logged as an error and counted in

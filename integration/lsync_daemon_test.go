@@ -55,7 +55,11 @@ sync:
 func startSyncDaemon(t *testing.T, bin, cfg string) *syncDaemon {
 	t.Helper()
 	d := &syncDaemon{t: t, bin: bin, cfg: cfg, log: filepath.Join(t.TempDir(), "sync.log")}
-	cmd := exec.Command(bin, "sync", "-c", cfg)
+	args := []string{"sync", "-c", cfg}
+	if os.Getenv("LSYNC_DEBUG") != "" {
+		args = append(args, "--debug")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	proc, err := testbed.Start("lockstep sync", d.log, cmd)
 	if err != nil {

@@ -25,7 +25,7 @@ import (
 
 func newSyncCmd() *cobra.Command {
 	var path, jobName, metricsAddr string
-	var once, allowMassDelete, full bool
+	var once, allowMassDelete, full, debug bool
 	cmd := &cobra.Command{
 		Use:   "sync -c FILE [--once] [--job NAME]",
 		Short: "Keep docroots identical on every node (the lsyncd + rsync replacement)",
@@ -44,7 +44,11 @@ pass per job and exits 0 only when every target matches the source.`,
 			if err != nil {
 				return err
 			}
-			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+			level := slog.LevelInfo
+			if debug {
+				level = slog.LevelDebug // each batch and each operation
+			}
+			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			reg := prometheus.NewRegistry()
 			// The daemon's own memory and CPU, next to the sync metrics,
 			// as `lockstep run` serves them.
@@ -65,6 +69,7 @@ pass per job and exits 0 only when every target matches the source.`,
 	}
 	addConfigFlag(cmd, &path)
 	_ = cmd.MarkFlagRequired("config")
+	cmd.Flags().BoolVar(&debug, "debug", false, "debug logging (each batch and each operation on the targets)")
 	cmd.Flags().BoolVar(&once, "once", false, "run one reconciliation pass and exit (0: all targets match, 1: something differs)")
 	cmd.Flags().StringVar(&jobName, "job", "", "run only the sync job with this name")
 	cmd.Flags().BoolVar(&full, "full", false, "with --once: list every target and compare it with the source, instead of trusting the sync state for what was synced before")

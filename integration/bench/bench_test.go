@@ -202,7 +202,7 @@ func TestCountingProxyCountsBothWaysAndCutsConnectionsOnStop(t *testing.T) {
 
 func TestLsyncdConfigVariants(t *testing.T) {
 	peer := SSHPeer{Host: "127.0.0.1", Port: 2222, User: "root", Identity: "/k/id", KnownHosts: "/k/kh"}
-	tuned := LsyncdConfig("/src", "/dst", peer, true, "/l/log", "/l/status", "/l/cm")
+	tuned := LsyncdConfig("/src", "/dst", peer, LsyncdVariant{Tuned: true}, "/l/log", "/l/status", "/l/cm")
 	for _, want := range []string{"default.rsyncssh", "delay = 0,", `ControlMaster = "auto"`, `ControlPath = "/l/cm"`,
 		"port = 2222", `identityFile = "/k/id"`, `UserKnownHostsFile = "/k/kh"`, `StrictHostKeyChecking = "yes"`,
 		"nodaemon = true", `host = "root@127.0.0.1"`, `targetdir = "/dst"`} {
@@ -210,7 +210,7 @@ func TestLsyncdConfigVariants(t *testing.T) {
 			t.Errorf("tuned config lacks %q:\n%s", want, tuned)
 		}
 	}
-	def := LsyncdConfig("/src", "/dst", peer, false, "/l/log", "/l/status", "/l/cm")
+	def := LsyncdConfig("/src", "/dst", peer, LsyncdVariant{}, "/l/log", "/l/status", "/l/cm")
 	for _, unwanted := range []string{"delay", "ControlMaster", "ControlPath", "ControlPersist"} {
 		if strings.Contains(def, unwanted) {
 			t.Errorf("defaults config sets %q:\n%s", unwanted, def)
@@ -218,6 +218,16 @@ func TestLsyncdConfigVariants(t *testing.T) {
 	}
 	if !strings.Contains(def, `UserKnownHostsFile = "/k/kh"`) {
 		t.Errorf("defaults config must still verify the host key:\n%s", def)
+	}
+	rs := LsyncdConfig("/src", "/dst", peer, LsyncdVariant{Tuned: true, Rsync: true}, "/l/log", "/l/status", "/l/cm")
+	for _, want := range []string{"default.rsync,", "delay = 0,", `target = "root@127.0.0.1:/dst"`,
+		`rsh = "/usr/bin/ssh -p 2222 -i /k/id -o UserKnownHostsFile=/k/kh -o StrictHostKeyChecking=yes -o BatchMode=yes -o ControlMaster=auto -o ControlPath=/l/cm -o ControlPersist=600"`} {
+		if !strings.Contains(rs, want) {
+			t.Errorf("default.rsync config lacks %q:\n%s", want, rs)
+		}
+	}
+	if strings.Contains(rs, "rsyncssh") || strings.Contains(rs, "targetdir") {
+		t.Errorf("default.rsync config has rsyncssh keys:\n%s", rs)
 	}
 	if got := luaString(`a"b\c`); got != `"a\"b\\c"` {
 		t.Errorf("luaString = %s", got)
@@ -447,5 +457,34 @@ func TestTreeRSSCountsChildren(t *testing.T) {
 	}
 	if tree := TreeRSS(os.Getpid()); child == 0 || tree < self+child/2 {
 		t.Errorf("tree RSS %d, want about own %d + child %d", tree, self, child)
+	}
+}
+
+func TestFirstDiffPath(t *testing.T) {
+	for msg, want := range map[string]string{
+		"target not identical after 30s: 1 paths still differ, first: d4727/f8866.txt: differs": "d4727/f8866.txt",
+		"target not identical after 30s: 2035 differences, first: d1072: extra on target\nmore": "d1072",
+		"lsyncd died": "",
+	} {
+		if got := firstDiffPath(msg); got != want {
+			t.Errorf("firstDiffPath(%q) = %q, want %q", msg, got, want)
+		}
+	}
+}
+
+func TestLsyncdLogMentionsQuotesActionAndChildComplaint(t *testing.T) {
+	dir := t.TempDir()
+	out := "16:00:29 Normal: Calling rsync with filter-list of new/modified files/dirs\n/d4727/f8866.txt\n/d4727/\n" +
+		"16:00:30 Normal: Moving d4727/m8356/f9344.txt -> d4727/f8866.txt\n" +
+		"mv: cannot stat '/t/d4727/m8356/f9344.txt': No such file or directory\n" +
+		"16:00:30 Normal: Finished Move /s//d4727/m8356/f9344.txt: 0\n"
+	if err := os.WriteFile(filepath.Join(dir, "lsyncd.out"), []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := (&Lsyncd{Dir: dir}).LogMentions("d4727/f8866.txt", 6)
+	want := []string{"16:00:30 Normal: Moving d4727/m8356/f9344.txt -> d4727/f8866.txt",
+		"mv: cannot stat '/t/d4727/m8356/f9344.txt': No such file or directory"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("LogMentions = %q, want %q", got, want)
 	}
 }

@@ -23,6 +23,11 @@ func runChurn(ctx context.Context, e *Env, res *Result) error {
 	if err != nil {
 		return err
 	}
+	// Both of lsyncd's ssh layers: rsyncssh replays moves with a remote
+	// `mv`, rsync sends the current state of what moved.
+	if tools, err = e.withLsyncdRsync(base, tools); err != nil {
+		return err
+	}
 	sz := e.Sizes
 	const seed = 1
 	prepare := func(src string) error {
@@ -65,6 +70,16 @@ func runChurn(ctx context.Context, e *Env, res *Result) error {
 				}
 				f[key] = missing("never: " + firstLine(err.Error()))
 				lines = append(lines, fmt.Sprintf("round %d never identical (%s)", r, firstLine(err.Error())))
+				// What the tool itself logged about the path that is
+				// wrong: the evidence for why, in the report.
+				if lm, ok := tc.tool.(interface{ LogMentions(string, int) []string }); ok {
+					if p := firstDiffPath(err.Error()); p != "" {
+						if ls := lm.LogMentions(p, 6); len(ls) > 0 {
+							res.Details = append(res.Details, fmt.Sprintf("%s, round %d: its log on %s (source and target differ there)\n%s",
+								tc.tool.Name(), r, p, strings.Join(ls, "\n")))
+						}
+					}
+				}
 				// The next round starts from whatever the tool made of
 				// this one; a tool that never converges keeps failing.
 			}
@@ -79,4 +94,15 @@ func runChurn(ctx context.Context, e *Env, res *Result) error {
 	}
 	emitRows(res, tools, figs, metrics)
 	return err
+}
+
+// firstDiffPath picks the path out of a TreeWaiter timeout ("..., first:
+// PATH: state").
+func firstDiffPath(msg string) string {
+	_, rest, ok := strings.Cut(firstLine(msg), "first: ")
+	if !ok {
+		return ""
+	}
+	p, _, _ := strings.Cut(rest, ": ")
+	return p
 }

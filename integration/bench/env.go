@@ -169,3 +169,22 @@ func (e *Env) syncTools(dir string, withDefaults bool) ([]SyncTool, error) {
 	}
 	return tools, nil
 }
+
+// withLsyncdRsync adds lsyncd's other ssh layer, default.rsync, tuned
+// like the default.rsyncssh anchor, where the choice of layer decides
+// whether lsyncd keeps up at all (see Lsyncd). Nothing is added when
+// lsyncd is not installed.
+func (e *Env) withLsyncdRsync(dir string, tools []SyncTool) ([]SyncTool, error) {
+	if len(tools) < 2 {
+		return tools, nil
+	}
+	s, err := e.SSH()
+	if err != nil {
+		return nil, err
+	}
+	d := filepath.Join(dir, "tool-lsyncd-rsync")
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return nil, err
+	}
+	return append(tools, &Lsyncd{Dir: d, Peer: s.peer, Tuned: true, Rsync: true}), nil
+}

@@ -61,7 +61,7 @@ func scenarios() []scenario {
 		{7, "Replication lag measurement and fencing", runLag, 5 * time.Minute},
 		{8, "Checksum: lockstep repl checksum vs pt-table-checksum", runChecksum, 6 * time.Minute},
 		{9, "Failover: writer daemon killed → VIP answering on the survivor", runFailover, 5 * time.Minute},
-		{10, "Churn: thousands of random changes, moves across the tree", runChurn, 6 * time.Minute},
+		{10, "Churn: thousands of random changes, moves across the tree", runChurn, 9 * time.Minute}, // three tools: lockstep and both lsyncd layers
 		{11, "Resource death: service killed → answering through the VIP again", runResourceDeath, 5 * time.Minute},
 		{12, "Repair: lockstep repl repair vs pt-table-sync (3 drifted rows)", runRepair, 8 * time.Minute},
 		{13, "DB watching cost: queries/s, heartbeat writes/s, binlog bytes/s, lag error", runWatchCost, 5 * time.Minute},

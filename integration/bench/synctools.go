@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -129,52 +130,120 @@ func (l *LockstepSync) Stop() error {
 	return l.proc.Stop(10 * time.Second)
 }
 
-// Lsyncd runs lsyncd's default.rsyncssh, either tuned (delay = 0 and an
-// ssh ControlMaster: its fastest honest setting) or with its defaults
-// (15 s delay, a new ssh connection per rsync).
+// Lsyncd runs lsyncd 2.2 the way an admin who wants the fastest honest
+// mirror over ssh would: tuned (see LsyncdConfig) or with its defaults
+// (15 s delay, a new ssh connection per rsync), and with either of the two
+// layers that push over ssh:
+//
+//   - default.rsyncssh (Rsync false): rsync for creates and changes, and a
+//     remote `mv` (one ssh session each) for every move, `xargs rm` for
+//     deletes. It moves a renamed tree instead of sending it again: the
+//     layer to pick for docroots with big renames (scenario 5), and the
+//     one issue 18 compared with.
+//   - default.rsync (Rsync true), rsync's rsh being the same ssh: a move is
+//     a delete and a create, so a renamed tree is sent again, but every
+//     action is one rsync of the current state of the paths concerned.
+//     lsyncd's author points to it when rsyncssh's moves go wrong
+//     (lsyncd/lsyncd#371: "If you use default.rsync instead of
+//     default.rsyncssh moved files will always be recreated."). Under
+//     churn rsyncssh can replay a move onto content the rsync before it
+//     had already made current and leave a stale file behind for good (see
+//     REPORT-churn.md), so scenario 10 runs both.
 type Lsyncd struct {
 	Dir   string
 	Peer  SSHPeer
 	Tuned bool
+	Rsync bool // default.rsync instead of default.rsyncssh
 
 	proc        *Proc
 	controlPath string
 }
 
 func (l *Lsyncd) Name() string {
-	if l.Tuned {
+	switch {
+	case l.Rsync && l.Tuned:
+		return "lsyncd default.rsync (delay=0, ControlMaster)"
+	case l.Rsync:
+		return "lsyncd default.rsync (defaults)"
+	case l.Tuned:
 		return "lsyncd (delay=0, ControlMaster)"
 	}
 	return "lsyncd (defaults)"
 }
 
-// LsyncdConfig renders the Lua config. Both variants carry what is needed
-// to connect at all (port, key, known_hosts, archive mode so modes and
-// symlinks match); only the tuned one changes the delay and adds the
-// ControlMaster.
-func LsyncdConfig(source, target string, peer SSHPeer, tuned bool, logFile, statusFile, controlPath string) string {
+// LsyncdVariant selects what LsyncdConfig renders.
+type LsyncdVariant struct {
+	Tuned bool // delay = 0 and an ssh ControlMaster
+	Rsync bool // default.rsync with rsync's rsh instead of default.rsyncssh
+}
+
+// LsyncdConfig renders the Lua config. Every variant carries what is
+// needed to connect at all and to mirror faithfully; only the tuned ones
+// change the delay and add the ControlMaster. Setting by setting:
+//
+//   - nodaemon: the harness supervises lsyncd (and kills its process group
+//     on Stop), as systemd would; logfile and statusFile are where lsyncd
+//     says what it did and what is queued (`-log all` on the command line
+//     for a diagnosis: every event, every delay, every spawned command).
+//   - insist: keep running and retry when the peer is unreachable at
+//     start-up, as a daemon must (scenario 6 stops the peer).
+//   - maxProcesses stays 1, the default: default.rsyncssh refuses anything
+//     else (its moves must run in order), and for default.rsync a second
+//     rsync of the same burst would only contend for the same 2 cores.
+//   - delay = 0 (tuned): act on each event at once. The 15 s default exists
+//     to batch changes into fewer rsync runs; events that arrive while an
+//     rsync runs are still batched into the next one.
+//   - rsync archive (permissions, times, symlinks, devices; the bench
+//     compares modes and symlink targets), compress off: on loopback
+//     compression only costs CPU. Delta transfer stays rsync's default.
+//     delete stays lsyncd's default (true): the peer is a mirror.
+//   - ssh: the port, key and known_hosts of the peer, StrictHostKeyChecking
+//     (no trust on first use) and BatchMode (never prompt, fail instead).
+//   - ControlMaster=auto, ControlPath, ControlPersist=600 (tuned): the
+//     first ssh becomes a master connection kept for 10 minutes, every
+//     later rsync, `mv` and `rm` is a session on it instead of a TCP and
+//     SSH handshake each. The master outlives lsyncd; Stop ends it.
+func LsyncdConfig(source, target string, peer SSHPeer, v LsyncdVariant, logFile, statusFile, controlPath string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "settings {\n  nodaemon = true,\n  logfile = %s,\n  statusFile = %s,\n  insist = true,\n}\n\n",
 		luaString(logFile), luaString(statusFile))
-	fmt.Fprintf(&b, "sync {\n  default.rsyncssh,\n  source = %s,\n  host = %s,\n  targetdir = %s,\n",
-		luaString(source), luaString(peer.User+"@"+peer.Host), luaString(target))
-	if tuned {
-		b.WriteString("  delay = 0,\n")
-	}
-	b.WriteString("  rsync = {\n    archive = true,\n    compress = false,\n  },\n")
-	fmt.Fprintf(&b, "  ssh = {\n    port = %d,\n    identityFile = %s,\n    options = {\n", peer.Port, luaString(peer.Identity))
 	opts := [][2]string{
 		{"UserKnownHostsFile", peer.KnownHosts},
 		{"StrictHostKeyChecking", "yes"},
 		{"BatchMode", "yes"},
 	}
-	if tuned {
+	if v.Tuned {
 		opts = append(opts,
 			[2]string{"ControlMaster", "auto"},
 			[2]string{"ControlPath", controlPath},
 			[2]string{"ControlPersist", "600"},
 		)
 	}
+	if v.Rsync {
+		fmt.Fprintf(&b, "sync {\n  default.rsync,\n  source = %s,\n  target = %s,\n",
+			luaString(source), luaString(peer.User+"@"+peer.Host+":"+target))
+	} else {
+		fmt.Fprintf(&b, "sync {\n  default.rsyncssh,\n  source = %s,\n  host = %s,\n  targetdir = %s,\n",
+			luaString(source), luaString(peer.User+"@"+peer.Host), luaString(target))
+	}
+	if v.Tuned {
+		b.WriteString("  delay = 0,\n")
+	}
+	b.WriteString("  rsync = {\n    archive = true,\n    compress = false,\n")
+	if v.Rsync {
+		// default.rsync has no ssh table: the same ssh command line goes
+		// to rsync as its remote shell (rsync splits it on spaces; the
+		// harness's paths have none).
+		rsh := []string{"/usr/bin/ssh", "-p", strconv.Itoa(peer.Port), "-i", peer.Identity}
+		for _, o := range opts {
+			rsh = append(rsh, "-o", o[0]+"="+o[1])
+		}
+		fmt.Fprintf(&b, "    rsh = %s,\n", luaString(strings.Join(rsh, " ")))
+		b.WriteString("  },\n}\n")
+		return b.String()
+	}
+	b.WriteString("  },\n")
+	fmt.Fprintf(&b, "  ssh = {\n    port = %d,\n    identityFile = %s,\n    options = {\n", peer.Port, luaString(peer.Identity))
 	for _, o := range opts {
 		fmt.Fprintf(&b, "      %s = %s,\n", o[0], luaString(o[1]))
 	}
@@ -209,7 +278,7 @@ func (l *Lsyncd) Start(ctx context.Context, source, target string) error {
 	// A unix socket path must stay under 108 bytes: keep it short.
 	l.controlPath = filepath.Join(l.Dir, "cm")
 	cfgPath := filepath.Join(l.Dir, "lsyncd.lua")
-	cfg := LsyncdConfig(source, target, l.Peer, l.Tuned,
+	cfg := LsyncdConfig(source, target, l.Peer, LsyncdVariant{Tuned: l.Tuned, Rsync: l.Rsync},
 		filepath.Join(l.Dir, "lsyncd.log"), filepath.Join(l.Dir, "lsyncd.status"), l.controlPath)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
@@ -233,6 +302,37 @@ func (l *Lsyncd) LogTail() string {
 		s = s[len(s)-1500:]
 	}
 	return strings.TrimSpace(s + "\n" + l.proc.LogTail(500))
+}
+
+// LogMentions returns the last max lines of lsyncd's output that name
+// rel: its own log lines (moves, deletes, errors) and what its children
+// said on stderr (`mv: cannot stat ...`), not the path lists it hands
+// rsync. That is what lsyncd did about a path that ended up wrong.
+func (l *Lsyncd) LogMentions(rel string, max int) []string {
+	b, err := os.ReadFile(filepath.Join(l.Dir, "lsyncd.out"))
+	if err != nil || rel == "" {
+		return nil
+	}
+	// lsyncd's own lines start with the time; a child's complaint (mv's
+	// "cannot stat" of the move's origin) follows the line of its action.
+	own := regexp.MustCompile(`^\d\d:\d\d:\d\d `)
+	var out []string
+	lines := strings.Split(string(b), "\n")
+	for i, line := range lines {
+		if !strings.Contains(line, rel) || strings.HasPrefix(line, "/") {
+			continue
+		}
+		out = append(out, strings.TrimSpace(line))
+		if own.MatchString(line) && i+1 < len(lines) {
+			if next := lines[i+1]; next != "" && !own.MatchString(next) && !strings.HasPrefix(next, "/") {
+				out = append(out, strings.TrimSpace(next))
+			}
+		}
+	}
+	if len(out) > max {
+		out = out[len(out)-max:]
+	}
+	return out
 }
 
 func (l *Lsyncd) ExtraRSS() int64 {

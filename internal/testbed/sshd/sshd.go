@@ -114,7 +114,14 @@ func New(dir string) (*Server, error) {
 	return nil, lastErr
 }
 
+// home is the HOME of the sessions sshd starts: an empty directory, so
+// the login shell reads no rc files (see writeFiles).
+func (s *Server) home() string { return filepath.Join(s.Dir, "home") }
+
 func (s *Server) writeFiles() error {
+	if err := os.MkdirAll(s.home(), 0o700); err != nil {
+		return err
+	}
 	line := knownhosts.Line([]string{knownhosts.Normalize(s.Addr())}, s.hostKey)
 	if err := os.WriteFile(s.KnownHostsFile, []byte(line+"\n"), 0o644); err != nil {
 		return err
@@ -129,6 +136,17 @@ func (s *Server) writeFiles() error {
 	if s.User == "root" {
 		cfg.WriteString("PermitRootLogin prohibit-password\n")
 	}
+	// Every exec request (rsync's server, lsyncd's `ssh mv` and `xargs rm`,
+	// `lockstep receive`) runs through the user's login shell, and bash
+	// sources ~/.bashrc when sshd starts it. The harness runs as whoever
+	// runs it, so that would be the developer's own dotfiles: on the shared
+	// machine root's ~/.bashrc runs `pyenv init` (a `pyenv rehash` under a
+	// lock it waits up to 60 s for), 2-3 s per remote command under load —
+	// a cost per session, which taxes a tool that runs one command per
+	// change (lsyncd) far more than one that keeps a session open. A
+	// peer's shell start-up is not what a benchmark or a test measures:
+	// sessions get an empty home of their own.
+	fmt.Fprintf(&cfg, "SetEnv HOME=%q\n", s.home())
 	cfg.WriteString(`UsePAM no
 StrictModes no
 PasswordAuthentication no

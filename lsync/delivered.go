@@ -2,6 +2,7 @@ package lsync
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"strings"
 	"sync"
@@ -98,11 +99,23 @@ func (d *deliveries) has(rel string) bool {
 // batcher.
 type deliverySink struct {
 	sink
-	d *deliveries
+	d      *deliveries
+	logger *slog.Logger
 }
 
 func (s deliverySink) event(ctx context.Context, ev Event) {
-	s.d.note(ev)
+	if s.logger != nil && s.logger.Enabled(ctx, slog.LevelDebug) {
+		had := s.d.has(ev.Path)
+		s.d.note(ev)
+		switch has := s.d.has(ev.Path); {
+		case ev.Delivered:
+			s.logger.Debug("delivered by the peer", "path", ev.Path)
+		case had && !has:
+			s.logger.Debug("delivery tag cleared by a local change", "path", ev.Path, "op", ev.Op)
+		}
+	} else {
+		s.d.note(ev)
+	}
 	s.sink.event(ctx, ev)
 }
 

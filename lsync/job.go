@@ -204,7 +204,7 @@ func (j *Job) Start(ctx context.Context) error {
 		defer j.wg.Done()
 		var out sink = batcher
 		if j.cfg.TwoWay {
-			out = deliverySink{sink: batcher, d: &j.deliveries}
+			out = deliverySink{sink: batcher, d: &j.deliveries, logger: j.logger}
 		}
 		if err := w.Run(ctx, out); err != nil {
 			j.logger.Error("watcher failed; the tree is no longer fully watched", "err", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"log/slog"
 	"maps"
 	"path"
 	"strconv"
@@ -168,6 +169,9 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 		// The peer's delivery, untouched here: not a new version of
 		// ours. If the peer has moved on since, its job brings that here.
 		here = false
+	}
+	if !known && r.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		r.Logger.Debug("two-way merge without a base", "path", rel, "here", src != nil, "peer", dst != nil, "push", here && !there)
 	}
 	switch {
 	case here && !there:

@@ -48,7 +48,7 @@ SOAK_COUNT ?= 20
 soak: deps
 	LOCKSTEP_SOAK_ROUNDS=$(SOAK_ROUNDS) $(GO) test -race -count=1 -timeout 4h \
 		-run 'Churn|Model' ./lsync/... ./integration/...
-	$(GO) test -race -count=$(SOAK_COUNT) -timeout 4h \
+	LOCKSTEP_TWOWAY_RACE=1 $(GO) test -race -count=$(SOAK_COUNT) -timeout 4h \
 		-run 'Race|HostilePeer' ./lsync/... ./integration/...
 	LOCKSTEP_KILL9=1 $(GO) test -race -count=$(SOAK_COUNT) -timeout 4h \
 		-run 'TestSSHTwoWayDaemonKill9' ./integration/

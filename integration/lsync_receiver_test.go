@@ -731,3 +731,144 @@ func TestHostilePeerTempFileSwapped(t *testing.T) {
 		})
 	}
 }
+
+// TestHostilePeerSwapRaceTwoWay: the issue's "same in two-way mode". Two
+// nodes sync each other through the receiver; on node b an attacker
+// exchanges b's uploads/ and a symlink to a victim directory outside both
+// docroots, continuously, while both nodes write a burst: a under
+// uploads/ (pushed by a into b's swapping uploads/), b elsewhere (b's own
+// writes through uploads/ would follow the attacker's symlink: that is
+// the web application, not lockstep). For b's job the swaps are changes
+// of its own source: uploads/ turning into a symlink and back must be
+// neither pushed into a as the loss of a's files nor read through (the
+// victim holds files named like a's). Afterwards the victim is unchanged
+// and, once the attacker stops, both nodes converge on every file either
+// wrote, with its content.
+func TestHostilePeerSwapRaceTwoWay(t *testing.T) {
+	start := time.Now()
+	srv := sshdtest.Start(t)
+	base := t.TempDir()
+	a, b, victim := filepath.Join(base, "a"), filepath.Join(base, "b"), filepath.Join(base, "victim")
+	old := time.Date(2015, 1, 2, 3, 4, 5, 0, time.UTC)
+	// The victim has the names the burst is about to use.
+	for _, f := range []string{"f000.php", "f001.php", "f007.php", "seed.txt", "sub/c.txt"} {
+		lsynctest.WriteFile(t, victim, f, "victim "+f, 0o600, old)
+	}
+	if err := os.Symlink("/etc/passwd", filepath.Join(victim, "link")); err != nil {
+		t.Fatal(err)
+	}
+	before := lsynctest.Snapshot(t, victim)
+
+	model := map[string]string{} // every file either node wrote → content
+	put := func(root, rel, content string, mode fs.FileMode) {
+		write(t, root, rel, content, mode)
+		model[rel] = content
+	}
+	put(a, "index.html", "home", 0o644)
+	put(a, "uploads/seed.txt", "seed", 0o644)
+	put(b, "pages/seed.html", "b's seed", 0o644)
+
+	twoWay := func(c *lsync.JobConfig) { c.TwoWay = true }
+	recv := withReceiver(t, lsync.ReceiverOn)
+	ja := startSSHJob(t, "web1", srv, a, b, both(recv, twoWay))
+	jb := startSSHJob(t, "web2", srv, b, a, both(recv, twoWay))
+	lsynctest.WaitTreesEqual(t, a, b, convergeTimeout, sftpOpts...)
+	time.Sleep(500 * time.Millisecond) // both have recorded the seed in their state
+
+	sw := startSwapper(t, filepath.Join(b, "uploads"), victim)
+	// 80 files a side: enough for several batches on each node during
+	// the race, few enough for make test (the swapper takes a core).
+	const n = 80
+	for i := range n {
+		put(a, fmt.Sprintf("uploads/f%03d.php", i), fmt.Sprintf("<?php echo %d; // a", i), 0o644)
+		put(b, fmt.Sprintf("pages/p%03d.html", i), fmt.Sprintf("b's page %d", i), 0o644)
+		if i%7 == 3 { // a mode change of a file b already holds
+			if err := os.Chmod(filepath.Join(a, fmt.Sprintf("uploads/f%03d.php", i-1)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i%11 == 5 {
+			rel := fmt.Sprintf("uploads/f%03d.php", i-2)
+			if err := os.Remove(filepath.Join(a, rel)); err != nil {
+				t.Fatal(err)
+			}
+			delete(model, rel)
+		}
+		if i%50 == 0 {
+			put(a, fmt.Sprintf("uploads/d%d/inner.txt", i), "nested", 0o644)
+		}
+		if i%10 == 0 {
+			time.Sleep(20 * time.Millisecond) // several batches, not one
+		}
+	}
+	// Keep racing until both jobs have pushed what they could.
+	put(a, "done-a", "a", 0o644)
+	put(b, "done-b", "b", 0o644)
+	poll.Until(t, convergeTimeout, "the markers across", func() bool {
+		_, ea := os.Stat(filepath.Join(b, "done-a"))
+		_, eb := os.Stat(filepath.Join(a, "done-b"))
+		return ea == nil && eb == nil
+	})
+	time.Sleep(500 * time.Millisecond)
+	sw.halt()
+	if sw.err != nil {
+		t.Fatalf("swapper: %v", sw.err)
+	}
+	refusedA, refusedB := ja.metric(t, "lockstep_sync_refused_total"), jb.metric(t, "lockstep_sync_refused_total")
+	t.Logf("%d swaps; operations refused: %v by a's job (writing into b), %v by b's job; race over after %v",
+		sw.swaps.Load(), refusedA, refusedB, time.Since(start).Round(time.Millisecond))
+	if sw.swaps.Load() < 100 {
+		t.Errorf("only %d swaps: the race did not run", sw.swaps.Load())
+	}
+	if refusedA+refusedB == 0 {
+		t.Errorf("no operation refused in %d swaps: refusals must be counted", sw.swaps.Load())
+	}
+	lsynctest.AssertSnapshotUnchanged(t, victim, before)
+
+	// Still open (issue 13): after the race the nodes do not always end
+	// equal (one run in five so far: b's uploads/ left a symlink, the real
+	// directory not back under its name) and a file or two may be lost.
+	// make test checks confinement only; make soak
+	// (LOCKSTEP_TWOWAY_RACE=1) also checks the outcome.
+	if os.Getenv("LOCKSTEP_TWOWAY_RACE") == "" {
+		return
+	}
+	// The attacker stopped (uploads/ is b's real directory again): full
+	// passes on both nodes converge, and nothing either node wrote is
+	// lost, moved or replaced by the victim's content.
+	for _, j := range []*sshJob{ja, jb} {
+		reconcileOnce(t, j)
+	}
+	lsynctest.WaitTreesEqual(t, a, b, convergeTimeout, sftpOpts...)
+	// A file or two of a's burst (so far always one with a name the
+	// victim has too) is still deleted on both nodes about one run in
+	// two; before absenceIsNoDeletion it was 3 to 29 every run.
+	report := t.Errorf
+	for _, root := range []string{a, b} {
+		got := treeContents(t, root)
+		for p, want := range model {
+			if g, ok := got[p]; !ok || g != want {
+				report("%s: %s is %q (present %v), want %q", filepath.Base(root), p, g, ok, want)
+			}
+		}
+	}
+	lsynctest.AssertSnapshotUnchanged(t, victim, before)
+	t.Logf("converged after %v", time.Since(start).Round(time.Millisecond))
+}
+
+// reconcileOnce runs a full pass; a session that could not be opened
+// (the new SSH connection, on a loaded machine) is tried again: the test
+// is about what a pass does, not about connecting.
+func reconcileOnce(t *testing.T, j *sshJob) {
+	t.Helper()
+	for try := 1; ; try++ {
+		res := j.job.ReconcileOnce(context.Background())
+		if len(res) == 1 && res[0].Err == nil {
+			return
+		}
+		if try == 3 || len(res) != 1 || !errors.Is(res[0].Err, lsync.ErrDisconnected) {
+			t.Fatalf("ReconcileOnce: %+v", res)
+		}
+		t.Logf("ReconcileOnce, try %d: %v", try, res[0].Err)
+	}
+}

@@ -157,6 +157,18 @@ func (r *Reconciler) peerWins(src, dst Entry) bool {
 	return r.Target < r.Node
 }
 
+// absenceIsNoDeletion: in two-way mode, rel missing from the source is
+// not always a deletion to push (Source.notDeleted: an ancestor is a
+// symlink out of the root, or rel is back). The ancestor itself, a
+// directory on the peer and a symlink here, is a type conflict, kept and
+// reported. Without this a peer user exchanging uploads/ with a link to
+// /tmp (renameat2, in a loop) made this node delete the files under the
+// other node's real uploads/, and that node then deleted them here too
+// (TestHostilePeerSwapRaceTwoWay).
+func (r *Reconciler) absenceIsNoDeletion(rel string) bool {
+	return r.TwoWay && r.Source != nil && r.Source.notDeleted(rel)
+}
+
 // plan decides what rel needs. src or dst nil means absent on that side.
 // suspect marks a path known to have changed since it was last landed (a
 // live event, or a pending path carried across a disconnect): its content
@@ -200,7 +212,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		return op{}, false, errConflict
 	case vPush:
 		if src == nil {
-			if !r.Delete {
+			if !r.Delete || r.absenceIsNoDeletion(rel) {
 				return op{}, false, nil
 			}
 			return op{kind: opRemove, path: rel, reason: reasonNotInSource, merged: true}, true, nil
@@ -228,7 +240,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 			tx.del(rel)
 			return op{}, false, nil
 		}
-		if !r.Delete || (r.TwoWay && !live) {
+		if !r.Delete || (r.TwoWay && !live) || r.absenceIsNoDeletion(rel) {
 			return op{}, false, nil
 		}
 		return op{kind: opRemove, path: dst.Path, reason: reasonNotInSource}, true, nil

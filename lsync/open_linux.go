@@ -82,6 +82,41 @@ func (b *beneath) realDir(dir string) (real, ok bool) {
 	}
 }
 
+// look resolves dir through real directories only and looks name up in
+// that very directory, so that "absent" is one observation of one
+// directory (a directory swapped for a symlink between two checks cannot
+// pass for a real directory missing the file). ok is false when openat2
+// is not available.
+func (b *beneath) look(dir, name string) (res lookup, ok bool) {
+	if b == nil || b.unavailable.Load() {
+		return 0, false
+	}
+	how := unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	for {
+		fd, err := unix.Openat2(b.fd, dir, &how)
+		switch {
+		case err == nil:
+			defer unix.Close(fd)
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
+				return lookAbsent, true
+			}
+			return lookPresent, true // or unreadable: not known absent
+		case errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN):
+			continue
+		case errors.Is(err, unix.ENOENT):
+			return lookNoDir, true
+		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM):
+			return 0, false
+		default:
+			return lookNotReal, true // ELOOP, ENOTDIR, EXDEV
+		}
+	}
+}
+
 // works tells a seccomp filter that answers EPERM to openat2 from a real
 // permission error on one file: opening the root itself must succeed.
 func (b *beneath) works(dir string) bool {

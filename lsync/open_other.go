@@ -13,4 +13,6 @@ func (b *beneath) openFile(string, string) (*os.File, bool, error) { return nil,
 
 func (b *beneath) realDir(string) (bool, bool) { return false, false }
 
+func (b *beneath) look(string, string) (lookup, bool) { return 0, false }
+
 func (b *beneath) close() error { return nil }

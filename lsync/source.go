@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -200,6 +201,79 @@ func realDir(root *os.Root, dir string) bool {
 		}
 	}
 	return true
+}
+
+// lookup is what one resolution of dir, then name in it, found.
+type lookup int
+
+const (
+	lookPresent lookup = iota // name is in dir, dir a real directory
+	lookAbsent                // dir is a real directory without name
+	lookNoDir                 // dir does not exist
+	lookNotReal               // a symlink or non-directory on the way to dir
+)
+
+// notDeleted reports, for a path the source was found not to have, that
+// this is no evidence of a deletion. Two-way mode asks before deleting
+// the path on the peer:
+//
+//   - An ancestor is a symlink out of the root (absolute, or climbing
+//     above it with ".."): what was below the directory the link now
+//     stands for is not in this tree at all, so its absence says nothing
+//     (a peer user exchanging uploads/ with a link to /tmp and back, or an
+//     admin linking uploads/ to a mount, deleted nothing). A link to
+//     elsewhere inside the root (assets -> v2) is the tree's own content
+//     and keeps propagating the deletions that came with it.
+//   - The path is there now: the absence was a moment of such a swap.
+//
+// The directory and the name are looked up in one resolution (beneath.look)
+// so that a swap between two checks cannot make a hidden file look deleted.
+func (s *Source) notDeleted(rel string) bool {
+	h, err := s.acquire()
+	if err != nil {
+		return false
+	}
+	defer h.release()
+	dir := path.Dir(rel)
+	if dir == "." {
+		return false
+	}
+	res, ok := h.beneath.look(dir, path.Base(rel))
+	if !ok { // no openat2: each ancestor, then the name, by path
+		switch {
+		case !realDir(h.root, dir):
+			res = lookNotReal
+		case func() bool { _, err := h.root.Lstat(rel); return err == nil }():
+			res = lookPresent
+		default:
+			res = lookAbsent
+		}
+	}
+	switch res {
+	case lookPresent:
+		return true
+	case lookAbsent, lookNoDir:
+		return false // gone from a real directory, or with its directory
+	}
+	// A symlink or a file on the way: it hides rel unless it is a link
+	// to elsewhere in the tree. None there now (swapped back meanwhile):
+	// not known deleted either.
+	inRootLink := false
+	for p := dir; p != "."; p = path.Dir(p) {
+		fi, err := h.root.Lstat(p)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			continue
+		}
+		target, err := h.root.Readlink(p)
+		if err != nil || path.IsAbs(target) {
+			return true
+		}
+		if j := path.Join(path.Dir(p), target); j == ".." || strings.HasPrefix(j, "../") {
+			return true
+		}
+		inRootLink = true
+	}
+	return !inRootLink
 }
 
 // Empty reports whether the root holds no entry at all (excluded ones

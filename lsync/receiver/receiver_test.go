@@ -619,3 +619,58 @@ func TestServesOlderClients(t *testing.T) {
 	}
 	<-c.Done()
 }
+
+// TestHardLinkMetadataRefused: the peer's web user hard-links a file
+// outside the root (same filesystem) into the docroot. A chmod or chown
+// of that name would change the outside file (the mode and owner belong
+// to the inode): both are refused, counted like a symlink on the way
+// (lsync.ErrRefused), and the outside file keeps its mode, owner and
+// times. Landing the source's file (temp file renamed over the name)
+// replaces the name only and is how the name gets the source's mode.
+func TestHardLinkMetadataRefused(t *testing.T) {
+	modes(t, func(t *testing.T, walkOnly bool) {
+		base := t.TempDir()
+		root, outside := filepath.Join(base, "root"), filepath.Join(base, "outside")
+		old := time.Date(2015, 1, 2, 3, 4, 5, 0, time.UTC)
+		lsynctest.WriteFile(t, outside, "secret", "outside content", 0o600, old)
+		if err := os.Chown(filepath.Join(outside, "secret"), 1234, 1234); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(root, "uploads"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Link(filepath.Join(outside, "secret"), filepath.Join(root, "uploads/x.php")); err != nil {
+			t.Fatal(err)
+		}
+		before := lsynctest.Snapshot(t, outside)
+		c := pipeConn(t, root, walkOnly)
+		ctx := context.Background()
+		if err := c.Chmod(ctx, "uploads/x.php", 0o644); !errors.Is(err, lsync.ErrRefused) || !errors.Is(err, unix.EMLINK) {
+			t.Errorf("chmod of a hard-linked file: %v, want a refusal (EMLINK)", err)
+		}
+		if err := c.Lchown(ctx, "uploads/x.php", 33, 33); !errors.Is(err, lsync.ErrRefused) || !errors.Is(err, unix.EMLINK) {
+			t.Errorf("chown of a hard-linked file: %v, want a refusal (EMLINK)", err)
+		}
+		lsynctest.AssertSnapshotUnchanged(t, outside, before)
+
+		// The repair: the source's file lands over the name.
+		if err := c.Put(ctx, "uploads/x.php", 0o644, old, []byte("outside content")); err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(root, "uploads/x.php"), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode&0o7777 != 0o644 || st.Nlink != 1 {
+			t.Errorf("uploads/x.php after landing: mode %o, %d links; want 0644, 1", st.Mode&0o7777, st.Nlink)
+		}
+		// A name of its own again: metadata changes apply.
+		if err := c.Chmod(ctx, "uploads/x.php", 0o640); err != nil {
+			t.Errorf("chmod after landing: %v", err)
+		}
+		if err := c.Lchown(ctx, "uploads/x.php", 33, 33); err != nil {
+			t.Errorf("chown after landing: %v", err)
+		}
+		lsynctest.AssertSnapshotUnchanged(t, outside, before)
+	})
+}

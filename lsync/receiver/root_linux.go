@@ -581,6 +581,9 @@ func (r *Root) chmodAt(dfd int, name, rel string, mode fs.FileMode) error {
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		return &refusal{errno: unix.ELOOP, why: fmt.Sprintf("%s is a symlink; refusing to change the mode of what it points to", r.show(rel))}
 	}
+	if err := r.sharedInode(&st, rel, "mode"); err != nil {
+		return err
+	}
 	// fchmodat2(AT_EMPTY_PATH) (Linux 6.6) changes the pinned inode
 	// itself; older kernels reach it through its /proc/self/fd magic
 	// link, which names that inode, not a path.
@@ -594,14 +597,46 @@ func (r *Root) chmodAt(dfd int, name, rel string, mode fs.FileMode) error {
 	return nil
 }
 
-// Chown sets rel's owner and group (a symlink's own).
+// sharedInode refuses a metadata change on a non-directory with more
+// than one name. A mode or owner belongs to the inode, not to the name:
+// a hard link the peer's web user made to a file of its own elsewhere on
+// the filesystem (fs.protected_hardlinks allows that; with it off, to any
+// file) would hand that file to the source's owner or mode. Directories
+// cannot be hard-linked (their st_nlink counts subdirectories).
+func (r *Root) sharedInode(st *unix.Stat_t, rel, what string) error {
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR || st.Nlink <= 1 {
+		return nil
+	}
+	return &refusal{errno: unix.EMLINK, why: fmt.Sprintf("%s has %d hard links; refusing to change the %s of an inode shared with names the sync does not own", r.show(rel), st.Nlink, what)}
+}
+
+// Chown sets rel's owner and group (a symlink's own). Like chmodAt it
+// pins the inode first (O_PATH|O_NOFOLLOW), so that the link count it
+// checks is that of the inode it changes.
 func (r *Root) Chown(rel string, uid, gid int) error {
 	dfd, name, err := r.parent(rel, false, true)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(dfd)
-	if err := unix.Fchownat(dfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	var fd int
+	err = retryEINTR(func() (err error) {
+		fd, err = unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return &fs.PathError{Op: "chown", Path: r.show(rel), Err: err}
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return &fs.PathError{Op: "chown", Path: r.show(rel), Err: err}
+	}
+	if err := r.sharedInode(&st, rel, "owner"); err != nil {
+		return err
+	}
+	// AT_EMPTY_PATH acts on the pinned inode itself, a symlink's own.
+	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return &fs.PathError{Op: "chown", Path: r.show(rel), Err: err}
 	}
 	return nil

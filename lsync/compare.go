@@ -403,7 +403,7 @@ func (r *Reconciler) refused(o op, err error) {
 	r.refusedLogged[o.path] = true
 	r.refusedMu.Unlock()
 	if first {
-		r.Logger.Warn("target refused the operation: it would leave the target root or go through a symlink there; the rest keeps syncing, this path waits for the next full pass",
+		r.Logger.Warn("target refused the operation: it would leave the target root or go through a symlink there; the rest keeps syncing, this path is retried (from 2 s, backing off to 5 min)",
 			"path", o.path, "op", opNames[o.kind], "err", err)
 	}
 }

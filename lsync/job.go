@@ -885,6 +885,10 @@ func (w *targetWorker) run(ctx context.Context) {
 const (
 	sourceMissingRetry = 2 * time.Second
 	heldRetry          = 5 * time.Second
+	// refusedRetry and refusedRetryMax pace the retries of a path the
+	// target refused.
+	refusedRetry    = 2 * time.Second
+	refusedRetryMax = 5 * time.Minute
 )
 
 // hold records (why != "") or clears the reason deletions are held, and
@@ -1089,6 +1093,16 @@ func (w *targetWorker) afterReport(b Batch, rep *Report, firstSeen map[string]ti
 			// compares the whole subtree.
 			w.scan[e.Path] = true
 		}
+	}
+	for _, e := range rep.Refused {
+		// The peer refused it (a symlink where a directory should be, a
+		// hard link out of the root): look again, slowly. The peer may be
+		// put right, and the next full pass may be far away (never, with
+		// verify_interval: 0).
+		failed[e.Path] = true
+		w.failures[e.Path]++
+		n := w.failures[e.Path]
+		retryIn(e.Path, min(refusedRetry<<min(n-1, 8), refusedRetryMax))
 	}
 	// What went through this time starts its backoff afresh.
 	if b.Rescan {

@@ -68,8 +68,9 @@ func TestRefusalLoggedOnceCountedAndTheRestSyncs(t *testing.T) {
 		})
 	}
 	lsynctest.AssertSnapshotUnchanged(t, outside, before)
-	if n := strings.Count(logs.String(), "target refused the operation"); n != 1 {
-		t.Errorf("refusal logged %d times, want once:\n%s", n, logs.String())
+	// Once per path (the directory's own mtime may be refused too, once).
+	if n := strings.Count(logs.String(), "path=uploads/new.txt"); n != 1 {
+		t.Errorf("refusal of uploads/new.txt logged %d times, want once:\n%s", n, logs.String())
 	}
 	if !strings.Contains(logs.String(), "path=uploads/new.txt") {
 		t.Errorf("the refusal does not name the path:\n%s", logs.String())
@@ -120,7 +121,8 @@ func TestRefusedPathInStatus(t *testing.T) {
 	lsynctest.WriteFile(t, src, "other.txt", "o", 0o644, time.Time{})
 	waitFor(t, "other.txt on the target", func() bool {
 		_, err := os.Stat(filepath.Join(dst, "other.txt"))
-		return err == nil && status().PendingFiles == 0
+		// The refused path waits for its retry: still pending.
+		return err == nil && status().PendingFiles == 1
 	})
 	time.Sleep(50 * time.Millisecond)
 	if st := status(); !st.LastSync.Equal(lastSync) || st.Refused != 1 {
@@ -142,5 +144,38 @@ func TestRefusedPathInStatus(t *testing.T) {
 	})
 	if v := metricValue(t, reg, "lockstep_sync_target_protocol", "t"); v != 1 {
 		t.Errorf("lockstep_sync_target_protocol = %v, want 1", v)
+	}
+}
+
+// TestRefusedPathRetried: a refused path is looked at again on its own
+// (2 s, then backing off): once the peer is put right it lands without a
+// new change in the source and without a full pass (verification off).
+func TestRefusedPathRetried(t *testing.T) {
+	src, dst, outside := t.TempDir(), t.TempDir(), t.TempDir()
+	lsynctest.WriteFile(t, src, "uploads/a.txt", "a", 0o644, time.Time{})
+	cfg := lsync.JobConfig{Name: "docroot", Source: src, VerifyInterval: ptr(time.Duration(0)),
+		Targets: []lsync.TargetConfig{{Name: "t", Path: dst}}}
+	j := lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Node: "n"})
+	lsynctest.WaitTreesEqual(t, src, dst, waitLimit)
+	if err := os.Rename(filepath.Join(dst, "uploads"), filepath.Join(dst, "uploads.old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(dst, "uploads")); err != nil {
+		t.Fatal(err)
+	}
+	lsynctest.WriteFile(t, src, "uploads/new.txt", "n", 0o644, time.Time{})
+	waitFor(t, "the refusal in status", func() bool { return j.Status()[0].Refused == 1 })
+	if err := os.Remove(filepath.Join(dst, "uploads")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dst, "uploads.old"), filepath.Join(dst, "uploads")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the refused path landed by its retry", func() bool {
+		b, err := os.ReadFile(filepath.Join(dst, "uploads/new.txt"))
+		return err == nil && string(b) == "n" && j.Status()[0].Refused == 0
+	})
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Errorf("something was written outside the target: %v", entries)
 	}
 }

@@ -165,7 +165,7 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 		return e == nil || !matches(*e, base)
 	}
 	here, there := changed(src), changed(dst)
-	if !known && here && src != nil && r.Delivered != nil && r.Delivered(rel) {
+	if !known && here && src != nil && r.delivered(rel, *src) {
 		// The peer's delivery, untouched here: not a new version of
 		// ours. If the peer has moved on since, its job brings that here.
 		here = false
@@ -192,6 +192,16 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 		return vWin
 	}
 	return vLose
+}
+
+// delivered reports that src, at rel, is a version the peer delivered
+// here and that nothing here changed since: the watcher's tag, or the
+// receiver's mark on the file.
+func (r *Reconciler) delivered(rel string, src Entry) bool {
+	if r.Delivered != nil && r.Delivered(rel) {
+		return true
+	}
+	return r.Source != nil && r.Source.markedDelivered(rel, src)
 }
 
 // baseOf is what both sides last held at rel, dst being the peer's

@@ -367,10 +367,13 @@ func (t *Target) writeFile(ctx context.Context, rel string, r io.Reader, mode fs
 			_ = unix.Unlinkat(dfd, tmp, 0)
 		}
 	}()
-	if _, err = io.Copy(f, ctxReader{ctx, r}); err != nil {
+	n, err := io.Copy(f, ctxReader{ctx, r})
+	if err != nil {
 		f.Close()
 		return err
 	}
+	// A two-way node reads it to tell this delivery from its own files.
+	lsync.MarkDelivered(int(f.Fd()), c, n, mtime)
 	if err = f.Chmod(mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)); err != nil {
 		f.Close()
 		return err

@@ -50,7 +50,7 @@ soak: deps
 		-run 'Churn|Model' ./lsync/... ./integration/...
 	LOCKSTEP_TWOWAY_RACE=1 $(GO) test -race -count=$(SOAK_COUNT) -timeout 4h \
 		-run 'Race|HostilePeer' ./lsync/... ./integration/...
-	LOCKSTEP_KILL9=1 $(GO) test -race -count=$(SOAK_COUNT) -timeout 4h \
+	$(GO) test -race -count=$(SOAK_COUNT) -timeout 4h \
 		-run 'TestSSHTwoWayDaemonKill9' ./integration/
 
 # test is the README's one test command: install, lint, every test with the

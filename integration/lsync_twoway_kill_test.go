@@ -53,14 +53,14 @@ sync:
 // deleted coming back, nothing doubled (no conflict copies: no path was
 // edited on both sides) and no temp file left behind.
 //
-// It runs under `make soak` (LOCKSTEP_KILL9=1), not in `make test`: it
-// passes alone, but on a loaded machine a file created in a directory
-// that is then renamed and the file deleted, around a kill, still comes
-// back about one run in five (issue 14 stays open for it).
+// It runs once in `make test` and many times under `make soak`. It used
+// to bring a file back about one run in five under load: a file the peer
+// delivered into a directory it had just created was found by that
+// directory's scan, not by a rename event, so it was not known as the
+// peer's and was pushed back after the peer had moved it (fixed by the
+// receiver's delivery mark, lsync.DeliveredXattr; 16 of 16 runs passed
+// with -race at load 10-15 after the fix).
 func TestSSHTwoWayDaemonKill9(t *testing.T) {
-	if os.Getenv("LOCKSTEP_KILL9") == "" {
-		t.Skip("soak only (make soak): set LOCKSTEP_KILL9=1")
-	}
 	bin := lockstepBinary(t)
 	srv := sshdtest.Start(t)
 	a, b := t.TempDir(), t.TempDir()

@@ -649,6 +649,7 @@ func (r *Reconciler) apply(ctx context.Context, t Target, b Batch, tx *stateTx) 
 	for _, sub := range b.Scan {
 		paths[sub] = true
 	}
+
 	list := make([]string, 0, len(paths))
 	for p := range paths {
 		list = append(list, p)
@@ -730,6 +731,7 @@ func (r *Reconciler) apply(ctx context.Context, t Target, b Batch, tx *stateTx) 
 	if err == nil {
 		err = r.reconcileSubtrees(ctx, t, subtrees, paths, rep)
 	}
+
 	if err == nil && len(renamed) > 0 {
 		// After the paths, like the listed subtrees: the state then
 		// holds what this batch did below the new names. The records
@@ -761,10 +763,10 @@ func (r *Reconciler) guardBatch(ctx context.Context, t Target, ops []op, rep *Re
 	if r.AllowMassDelete {
 		return ops, nil
 	}
-	var removals []string
+	var removals []op
 	for _, o := range ops {
 		if o.kind == opRemove && o.reason == reasonNotInSource {
-			removals = append(removals, o.path)
+			removals = append(removals, o)
 		}
 	}
 	if len(removals) == 0 {
@@ -785,28 +787,48 @@ func (r *Reconciler) guardBatch(ctx context.Context, t Target, ops []op, rep *Re
 	enough := massDeleteFloorLive + 1 + r.MaxDelete.Count + r.MaxDelete.Percent*max(total, 1)/100
 	// A batch lists a deleted directory and what was in it: count each
 	// entry once, through its topmost removal.
-	sort.Strings(removals)
+	sort.Slice(removals, func(i, j int) bool { return removals[i].path < removals[j].path })
 	n := recent
 	var top string
-	for _, p := range removals {
-		if top != "" && strings.HasPrefix(p, top+"/") {
+	var dirs []string
+	for _, o := range removals {
+		if top != "" && strings.HasPrefix(o.path, top+"/") {
 			continue
 		}
-		top = p
+		top = o.path
 		n++
-		err := t.Walk(ctx, p, func(Entry) error {
-			if n++; n > enough {
-				return errEnough
+		if !o.leaf {
+			dirs = append(dirs, o.path)
+		}
+	}
+	// What a removed directory holds on the target is listed; a file or
+	// symlink holds nothing (under churn, most removals: a listing each,
+	// one after the other, cost a round trip per deleted file). The
+	// directories are listed side by side, since a listing is mostly
+	// round trips, and only as far as the limit.
+	var counted atomic.Int64
+	counted.Store(int64(n))
+	if n <= enough {
+		err := parallel(ctx, min(r.Concurrency, 8), len(dirs), func(i int) error {
+			err := t.Walk(ctx, dirs[i], func(Entry) error {
+				if counted.Add(1) > int64(enough) {
+					return errEnough
+				}
+				return nil
+			})
+			if errors.Is(err, ErrDisconnected) || errors.Is(err, errEnough) {
+				return err
 			}
 			return nil
 		})
 		if errors.Is(err, ErrDisconnected) {
 			return ops, err
 		}
-		if n > enough {
-			break
+		if err != nil && !errors.Is(err, errEnough) {
+			return ops, err
 		}
 	}
+	n = int(counted.Load())
 	if hold := deletionHold(r.MaxDelete, n, total, empty, massDeleteFloorLive); hold != "" {
 		if recent > 0 {
 			hold += fmt.Sprintf(" (%d of them applied in the last %s)", recent, liveDeleteWindow)

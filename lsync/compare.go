@@ -62,6 +62,9 @@ type op struct {
 	expect *Entry
 	// landed receives the version an upload actually sent.
 	landed *Entry
+	// leaf: a removal of what the target holds as a non-directory; it
+	// takes nothing else with it (the guard counts it without a listing).
+	leaf bool
 }
 
 func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }
@@ -215,7 +218,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 			if !r.Delete || r.absenceIsNoDeletion(rel) {
 				return op{}, false, nil
 			}
-			return op{kind: opRemove, path: rel, reason: reasonNotInSource, merged: true}, true, nil
+			return op{kind: opRemove, path: rel, reason: reasonNotInSource, merged: true, leaf: dst != nil && !dst.Mode.IsDir()}, true, nil
 		}
 		o, need, err := r.compare(ctx, t, src, dst, suspect, true)
 		if err == nil && !need && identical(src, dst) {
@@ -243,7 +246,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		if !r.Delete || (r.TwoWay && !live) || r.absenceIsNoDeletion(rel) {
 			return op{}, false, nil
 		}
-		return op{kind: opRemove, path: dst.Path, reason: reasonNotInSource}, true, nil
+		return op{kind: opRemove, path: dst.Path, reason: reasonNotInSource, leaf: !dst.Mode.IsDir()}, true, nil
 	}
 	o, need, err := r.compare(ctx, t, src, dst, suspect, false)
 	if err == nil && !need && identical(src, dst) {

@@ -20,6 +20,8 @@ import (
 type StateStore interface {
 	Get(path string) (syncstate.Record, bool)
 	Update(puts map[string]syncstate.Record, dels []string) error
+	// Write is Update after the renames, in one transaction.
+	Write(renames []syncstate.Rename, puts map[string]syncstate.Record, dels []string) error
 	Move(from, to string) error
 	Intend(recs map[string]syncstate.Record) error
 	Intended(path string) (syncstate.Record, bool)
@@ -60,14 +62,32 @@ func identical(a, b *Entry) bool {
 // stateTx collects what a pass or batch learnt, to be written in one
 // transaction at its end: the state may lag behind the trees after a
 // crash (the next comparison finds them identical and records it), never
-// run ahead of them.
+// run ahead of them. A batch's sub-passes (the subtrees it compares
+// whole) share its stateTx, so that a batch costs one write to disk, not
+// one per subtree.
 type stateTx struct {
-	mu   sync.Mutex
-	puts map[string]syncstate.Record
-	dels []string
+	mu sync.Mutex
+	// renames are directory renames replayed on the target whose
+	// records follow them (one-way, trusted state: see
+	// followRenameInState). Written before puts and dels, which were
+	// learnt after them.
+	renames []syncstate.Rename
+	puts    map[string]syncstate.Record
+	dels    []string
 	// flush, when set, writes a full transaction early (see
 	// flushIfFullLocked).
-	flush func(puts map[string]syncstate.Record, dels []string)
+	flush func(renames []syncstate.Rename, puts map[string]syncstate.Record, dels []string) error
+	// failed is set once a write of this stateTx failed: what it held
+	// is not in the state.
+	failed bool
+}
+
+// rename records that the records under from follow a rename the target
+// made.
+func (s *stateTx) rename(from, to string) {
+	s.mu.Lock()
+	s.renames = append(s.renames, syncstate.Rename{From: from, To: to})
+	s.mu.Unlock()
 }
 
 func (s *stateTx) put(e Entry) {
@@ -99,19 +119,23 @@ func (s *stateTx) del(p string) {
 	s.mu.Unlock()
 }
 
-// commit writes what rep learnt to the state.
-func (r *Reconciler) commit(rep *Report) {
+// commit writes what rep learnt to the state. It reports false when a
+// write of rep's stateTx failed, now or earlier: the state then lacks
+// some of it (renames included).
+func (r *Reconciler) commit(rep *Report) bool {
 	if r.State == nil || rep.state == nil {
-		return
+		return true
 	}
 	tx := rep.state
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	if err := r.State.Update(tx.puts, tx.dels); err != nil {
+	if err := r.State.Write(tx.renames, tx.puts, tx.dels); err != nil {
 		// Not fatal: a state that lags only costs a comparison.
 		r.Logger.Warn("sync state not updated; the next pass compares what it would have skipped", "err", err)
+		tx.failed = true
 	}
-	tx.puts, tx.dels = nil, nil
+	tx.renames, tx.puts, tx.dels = nil, nil, nil
+	return !tx.failed
 }
 
 // intend records, before ops run, the versions they will land on a

@@ -239,6 +239,10 @@ type pass struct {
 	listed func(string) bool
 	// pace bounds the target's listing, in entries per second (0: none).
 	pace int
+	// state, when set, collects what the pass learns for its caller (a
+	// batch comparing subtrees), which writes it; otherwise the pass
+	// writes its own at its end.
+	state *stateTx
 }
 
 // reconcile compares the trees below p.sub ("" for the whole trees; sub
@@ -250,7 +254,9 @@ func (r *Reconciler) reconcile(ctx context.Context, t Target, p pass) (_ *Report
 	sub, dry, suspect := p.sub, p.dry, p.suspect
 	start := time.Now()
 	rep := &Report{Target: r.Target}
-	if r.State != nil && !dry {
+	if r.State != nil && !dry && p.state != nil {
+		rep.state = p.state
+	} else if r.State != nil && !dry {
 		rep.state = r.newStateTx()
 		defer func() {
 			r.commit(rep)
@@ -547,9 +553,17 @@ func (rep *Report) count(o op, size int64) {
 // Apply brings the paths of a live batch in line, after replaying its
 // directory renames.
 func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, error) {
+	return r.apply(ctx, t, b, nil)
+}
+
+// apply is Apply; with tx set, what the batch learns goes to tx, for the
+// caller to write (a batch applying what its renamed subtrees need).
+func (r *Reconciler) apply(ctx context.Context, t Target, b Batch, tx *stateTx) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Target: r.Target}
-	if r.State != nil {
+	if r.State != nil && tx != nil {
+		rep.state = tx
+	} else if r.State != nil {
 		rep.state = r.newStateTx()
 		defer r.commit(rep)
 	}
@@ -580,7 +594,9 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 		}
 		switch how {
 		case replayRename:
-			if r.State != nil {
+			// Intents are the two-way merge's crash-recovery hint (see
+			// intend): one-way, nothing reads them.
+			if r.TwoWay && r.State != nil {
 				if ierr := r.State.IntendMove(rn.From, rn.To); ierr != nil {
 					r.Logger.Warn("sync state: rename intent not recorded; a crash during it leaves the new names without a base", "err", ierr)
 				}
@@ -604,9 +620,11 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 			rep.note("rename " + rn.From + " -> " + rn.To)
 			r.moveLanded(rn.From, rn.To)
 		}
-		// One move of the state's records: followRenameInState makes it
-		// when the state is trusted (one-way), moveState otherwise.
-		if err == nil && r.followRenameInState(rn.From, rn.To) {
+		// One move of the state's records: when the state is trusted
+		// (one-way), it is written with the batch's records, after the
+		// renames it follows (see followRenameInState); moveState
+		// otherwise.
+		if err == nil && r.followRenameInState(rep.state, rn.From, rn.To) {
 			// The state vouches for what the rename moved: the subtree
 			// is compared with it, after the paths (see below).
 			renamed = append(renamed, rn.To)
@@ -631,6 +649,7 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	for _, sub := range b.Scan {
 		paths[sub] = true
 	}
+
 	list := make([]string, 0, len(paths))
 	for p := range paths {
 		list = append(list, p)
@@ -712,13 +731,20 @@ func (r *Reconciler) Apply(ctx context.Context, t Target, b Batch) (*Report, err
 	if err == nil {
 		err = r.reconcileSubtrees(ctx, t, subtrees, paths, rep)
 	}
+
 	if err == nil && len(renamed) > 0 {
 		// After the paths, like the listed subtrees: the state then
 		// holds what this batch did below the new names. The records
-		// of this batch are written first, so that the comparison
-		// reads them.
-		r.commit(rep)
-		err = r.reconcileRenamed(ctx, t, renamed, rep)
+		// of this batch (the renames first) are written first, so that
+		// the comparison reads them.
+		if r.commit(rep) {
+			err = r.reconcileRenamed(ctx, t, renamed, rep)
+		} else {
+			// The state did not follow the renames: it cannot vouch
+			// for the new subtrees, which are listed instead.
+			r.stateComplete(false)
+			err = r.reconcileSubtrees(ctx, t, renamed, paths, rep)
+		}
 	}
 	if err == nil && len(late) > 0 {
 		err = r.execute(ctx, t, late, nil, rep, false)
@@ -737,10 +763,10 @@ func (r *Reconciler) guardBatch(ctx context.Context, t Target, ops []op, rep *Re
 	if r.AllowMassDelete {
 		return ops, nil
 	}
-	var removals []string
+	var removals []op
 	for _, o := range ops {
 		if o.kind == opRemove && o.reason == reasonNotInSource {
-			removals = append(removals, o.path)
+			removals = append(removals, o)
 		}
 	}
 	if len(removals) == 0 {
@@ -761,28 +787,48 @@ func (r *Reconciler) guardBatch(ctx context.Context, t Target, ops []op, rep *Re
 	enough := massDeleteFloorLive + 1 + r.MaxDelete.Count + r.MaxDelete.Percent*max(total, 1)/100
 	// A batch lists a deleted directory and what was in it: count each
 	// entry once, through its topmost removal.
-	sort.Strings(removals)
+	sort.Slice(removals, func(i, j int) bool { return removals[i].path < removals[j].path })
 	n := recent
 	var top string
-	for _, p := range removals {
-		if top != "" && strings.HasPrefix(p, top+"/") {
+	var dirs []string
+	for _, o := range removals {
+		if top != "" && strings.HasPrefix(o.path, top+"/") {
 			continue
 		}
-		top = p
+		top = o.path
 		n++
-		err := t.Walk(ctx, p, func(Entry) error {
-			if n++; n > enough {
-				return errEnough
+		if !o.leaf {
+			dirs = append(dirs, o.path)
+		}
+	}
+	// What a removed directory holds on the target is listed; a file or
+	// symlink holds nothing (under churn, most removals: a listing each,
+	// one after the other, cost a round trip per deleted file). The
+	// directories are listed side by side, since a listing is mostly
+	// round trips, and only as far as the limit.
+	var counted atomic.Int64
+	counted.Store(int64(n))
+	if n <= enough {
+		err := parallel(ctx, min(r.Concurrency, 8), len(dirs), func(i int) error {
+			err := t.Walk(ctx, dirs[i], func(Entry) error {
+				if counted.Add(1) > int64(enough) {
+					return errEnough
+				}
+				return nil
+			})
+			if errors.Is(err, ErrDisconnected) || errors.Is(err, errEnough) {
+				return err
 			}
 			return nil
 		})
 		if errors.Is(err, ErrDisconnected) {
 			return ops, err
 		}
-		if n > enough {
-			break
+		if err != nil && !errors.Is(err, errEnough) {
+			return ops, err
 		}
 	}
+	n = int(counted.Load())
 	if hold := deletionHold(r.MaxDelete, n, total, empty, massDeleteFloorLive); hold != "" {
 		if recent > 0 {
 			hold += fmt.Sprintf(" (%d of them applied in the last %s)", recent, liveDeleteWindow)
@@ -813,7 +859,7 @@ func (r *Reconciler) reconcileSubtrees(ctx context.Context, t Target, subs []str
 	// mostly round trips (a listing per target directory).
 	var mu sync.Mutex
 	return parallel(ctx, min(r.Concurrency, 8), len(outer), func(i int) error {
-		sr, err := r.reconcile(ctx, t, pass{sub: outer[i], suspect: func(e Entry) bool { return changed[e.Path] }})
+		sr, err := r.reconcile(ctx, t, pass{sub: outer[i], suspect: func(e Entry) bool { return changed[e.Path] }, state: rep.state})
 		mu.Lock()
 		rep.add(sr)
 		mu.Unlock()

@@ -14,10 +14,12 @@ const stateFlushEvery = 4096
 // early write keeps the state's promise: it may lag the trees, never run
 // ahead of them.
 func (r *Reconciler) newStateTx() *stateTx {
-	return &stateTx{flush: func(puts map[string]syncstate.Record, dels []string) {
-		if err := r.State.Update(puts, dels); err != nil {
+	return &stateTx{flush: func(renames []syncstate.Rename, puts map[string]syncstate.Record, dels []string) error {
+		err := r.State.Write(renames, puts, dels)
+		if err != nil {
 			r.Logger.Warn("sync state not updated; the next pass compares what it would have skipped", "err", err)
 		}
+		return err
 	}}
 }
 
@@ -28,6 +30,8 @@ func (s *stateTx) flushIfFullLocked() {
 	if s.flush == nil || len(s.puts)+len(s.dels) < stateFlushEvery {
 		return
 	}
-	s.flush(s.puts, s.dels)
-	s.puts, s.dels = nil, nil
+	if s.flush(s.renames, s.puts, s.dels) != nil {
+		s.failed = true
+	}
+	s.renames, s.puts, s.dels = nil, nil, nil
 }

@@ -207,26 +207,17 @@ func (r *Reconciler) trustedVerify(ctx context.Context) (*Report, bool, error) {
 	return rep, true, nil
 }
 
-// stateMover is a state that can follow a rename (syncstate.Store).
-type stateMover interface {
-	Move(from, to string) error
-}
-
-// followRenameInState moves the records of a directory renamed on the
-// target along with it, so that the state keeps saying what the target
-// holds under each name. It reports false when the state cannot vouch for
-// the renamed subtree (not trusted, or the move failed): the subtree is
-// then compared by listing it.
-func (r *Reconciler) followRenameInState(from, to string) bool {
-	m, ok := r.State.(stateMover)
-	if !ok || !r.canTrust() {
+// followRenameInState has the records of a directory renamed on the
+// target follow it, so that the state keeps saying what the target holds
+// under each name: the move is added to tx, and written with the batch's
+// records (renames first), in the batch's one transaction. It reports
+// false when the state cannot vouch for the renamed subtree (not
+// trusted): the subtree is then compared by listing it.
+func (r *Reconciler) followRenameInState(tx *stateTx, from, to string) bool {
+	if tx == nil || !r.canTrust() {
 		return false
 	}
-	if err := m.Move(from, to); err != nil {
-		r.Logger.Warn("sync state: cannot follow a rename; the renamed tree is compared by listing it", "from", from, "to", to, "err", err)
-		r.stateComplete(false)
-		return false
-	}
+	tx.rename(from, to)
 	return true
 }
 
@@ -250,7 +241,8 @@ func (r *Reconciler) reconcileRenamed(ctx context.Context, t Target, subs []stri
 	if len(paths) == 0 && len(scan) == 0 {
 		return nil
 	}
-	sr, err := r.Apply(ctx, t, Batch{Paths: paths, Scan: scan})
+	// In rep's transaction: written with the rest of the batch.
+	sr, err := r.apply(ctx, t, Batch{Paths: paths, Scan: scan}, rep.state)
 	rep.add(sr)
 	return err
 }

@@ -240,10 +240,28 @@ func (s *Store) ForgetIntents() error {
 // running. One that never landed is harmless: a peer holding exactly the
 // intended version shares it with this side.)
 func (s *Store) Update(puts map[string]Record, dels []string) error {
-	if len(puts) == 0 && len(dels) == 0 {
+	return s.Write(nil, puts, dels)
+}
+
+// A Rename is a directory rename both sides made (see Move).
+type Rename struct{ From, To string }
+
+// Write applies, in one transaction (one sync to disk, whatever it
+// holds), the renames in their order (as Move does), then removes dels
+// and records puts (as Update does): what a batch that replayed renames
+// and then landed paths below the new names learnt, in the order it
+// learnt it.
+func (s *Store) Write(renames []Rename, puts map[string]Record, dels []string) error {
+	if len(renames) == 0 && len(puts) == 0 && len(dels) == 0 {
 		return nil
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEntries)
+		for _, rn := range renames {
+			if err := move(b, rn.From, rn.To); err != nil {
+				return err
+			}
+		}
 		in := tx.Bucket(bucketIntents)
 		for p := range puts {
 			if err := in.Delete([]byte(p)); err != nil {
@@ -255,7 +273,6 @@ func (s *Store) Update(puts map[string]Record, dels []string) error {
 				return err
 			}
 		}
-		b := tx.Bucket(bucketEntries)
 		for _, d := range dels {
 			if err := deleteTree(b, d); err != nil {
 				return err
@@ -281,36 +298,41 @@ func (s *Store) Move(from, to string) error {
 	if from == to || from == "" || to == "" {
 		return nil
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketEntries)
-		under := func(p string) (keys, vals [][]byte) {
-			if v := b.Get([]byte(p)); v != nil {
-				keys, vals = append(keys, []byte(p)), append(vals, append([]byte(nil), v...))
-			}
-			prefix := []byte(p + "/")
-			c := b.Cursor()
-			for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-				keys, vals = append(keys, append([]byte(nil), k...)), append(vals, append([]byte(nil), v...))
-			}
-			return keys, vals
-		}
-		old, _ := under(to)
-		for _, k := range old {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-		}
-		keys, vals := under(from)
-		for i, k := range keys {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-			if err := b.Put([]byte(to+strings.TrimPrefix(string(k), from)), vals[i]); err != nil {
-				return err
-			}
-		}
+	return s.Write([]Rename{{From: from, To: to}}, nil, nil)
+}
+
+// move is Move within a transaction.
+func move(b *bolt.Bucket, from, to string) error {
+	if from == to || from == "" || to == "" {
 		return nil
-	})
+	}
+	under := func(p string) (keys, vals [][]byte) {
+		if v := b.Get([]byte(p)); v != nil {
+			keys, vals = append(keys, []byte(p)), append(vals, append([]byte(nil), v...))
+		}
+		prefix := []byte(p + "/")
+		c := b.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			keys, vals = append(keys, append([]byte(nil), k...)), append(vals, append([]byte(nil), v...))
+		}
+		return keys, vals
+	}
+	old, _ := under(to)
+	for _, k := range old {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	keys, vals := under(from)
+	for i, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+		if err := b.Put([]byte(to+strings.TrimPrefix(string(k), from)), vals[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // deleteTree deletes key p and every key below it.

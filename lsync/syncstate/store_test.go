@@ -233,3 +233,35 @@ func TestMoveFollowsARename(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteAppliesRenamesThenDeletionsThenPuts: a batch's one
+// transaction replays its renames in order before what it learnt below
+// the new names, so that a put under a new name survives the rename and
+// a record the rename carried can be removed.
+func TestWriteAppliesRenamesThenDeletionsThenPuts(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "s.db"), "id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	recs := map[string]Record{}
+	for _, p := range []string{"a", "a/x", "a/gone", "c", "c/y"} {
+		recs[p] = Record{Mode: 0o644, Size: int64(len(p))}
+	}
+	if err := s.Update(recs, nil); err != nil {
+		t.Fatal(err)
+	}
+	// a → b, then b → d (a chain), c/y → b/y; then b... is d now.
+	err = s.Write([]Rename{{From: "a", To: "b"}, {From: "b", To: "d"}, {From: "c/y", To: "d/y"}},
+		map[string]Record{"d/new": {Mode: 0o644, Size: 99}}, []string{"d/gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"d": 1, "d/x": 3, "d/y": 3, "d/new": 99, "c": 1}
+	for _, p := range []string{"a", "a/x", "b", "b/x", "c", "c/y", "d", "d/x", "d/y", "d/gone", "d/new", "a/gone"} {
+		r, ok := s.Get(p)
+		if size, exp := want[p]; ok != exp || ok && r.Size != size {
+			t.Errorf("%s: %+v %v, want present=%v size %d", p, r, ok, exp, size)
+		}
+	}
+}

@@ -53,8 +53,7 @@ func TestSSHSyncKeepsOwnership(t *testing.T) {
 		src, dst := t.TempDir(), t.TempDir()
 		write(t, src, "a.txt", "a", 0o644)
 		mustOK(t, os.Lchown(filepath.Join(src, "a.txt"), uid, gid))
-		off := false
-		startSSHJob(t, "web1", srv, src, dst, func(c *lsync.JobConfig) { c.Owner = &off })
+		startSSHJob(t, "web1", srv, src, dst, func(c *lsync.JobConfig) { c.Owner = "false" })
 		lsynctest.WaitTreesEqual(t, src, dst, convergeTimeout, sftpOpts...)
 		waitOwner(t, filepath.Join(dst, "a.txt"), 0, 0)
 	})

@@ -79,7 +79,7 @@ func TestOwnerByName(t *testing.T) {
 	}
 	peer := names{users: map[uint32]string{4301: "web"}, groups: map[uint32]string{4302: "web"}}
 	for _, tc := range []struct {
-		mode            lsync.OwnerMode
+		mode             lsync.OwnerMode
 		web, ghost, bare [2]uint32
 	}{
 		{lsync.OwnerNames, [2]uint32{4301, 4302}, [2]uint32{4244, 4245}, [2]uint32{4246, 4247}},

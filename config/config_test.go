@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lockstep-ha/lockstep/lsync"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -119,6 +121,10 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 			[]string{"sync[0].targets[0].receiver_command", "shell metacharacters"}},
 		{"receiver typo", "        path: /var/www/html\n", "        path: /var/www/html\n        reciever: on\n",
 			[]string{"sync[0].targets[0].reciever: unknown key"}},
+		{"owner mode", "    delete: false\n", "    delete: false\n    owner: name\n",
+			[]string{"sync[0].owner", `"name": want names`, "numeric or false", "(line 9)"}},
+		{"owner shape", "    delete: false\n", "    delete: false\n    owner: [names]\n",
+			[]string{"sync[0].owner", "expected a single value"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -137,6 +143,36 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOwnerModes: owner takes names (the default), numeric or false;
+// true, the setting from before names were mapped, means names, and the
+// other YAML spellings of a boolean keep their meaning.
+func TestOwnerModes(t *testing.T) {
+	base := fixture(t, good)
+	e := env(map[string]string{"SSH_PORT": "22", "LOCKSTEP_DB_PASSWORD": "pw"})
+	for _, c := range []struct {
+		line string
+		want lsync.OwnerMode
+	}{
+		{"", lsync.OwnerNames},
+		{"    owner: names\n", lsync.OwnerNames},
+		{"    owner: true\n", lsync.OwnerNames},
+		{"    owner: yes\n", lsync.OwnerNames},
+		{"    owner: numeric\n", lsync.OwnerNumeric},
+		{"    owner: false\n", lsync.OwnerOff},
+		{"    owner: off\n", lsync.OwnerOff},
+		{"    owner: \"false\"\n", lsync.OwnerOff},
+	} {
+		text := strings.Replace(base, "    delete: false\n", "    delete: false\n"+c.line, 1)
+		f, err := Parse("lockstep.yaml", []byte(text), e)
+		if err != nil {
+			t.Fatalf("%q: %v", c.line, err)
+		}
+		if got := f.Sync[0].EffectiveOwner(); got != c.want {
+			t.Errorf("%q: owner mode %q, want %q", c.line, got, c.want)
+		}
 	}
 }
 

@@ -712,7 +712,7 @@ func TestHostilePeerTempFileSwapped(t *testing.T) {
 			}()
 			// The owner the source file has (www-data): a chown that
 			// followed the symlink would give the victim to that user.
-			ctx := lsync.WithOwner(context.Background(), &lsync.OwnerRequest{UID: 33, GID: 33})
+			ctx := lsync.WithOwner(context.Background(), &lsync.OwnerRequest{Owner: lsync.Owner{UID: 33, GID: 33}})
 			err = tg.WriteFile(ctx, "uploads/big.bin", &slowReader{n: 512 << 10}, 0o644, time.Unix(1_700_000_000, 0))
 			close(done)
 			select {

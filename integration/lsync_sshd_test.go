@@ -73,6 +73,12 @@ type sshJob struct {
 // the test.
 func startSSHJob(t *testing.T, node string, srv *sshdtest.Server, src, dst string, mutate func(*lsync.JobConfig)) *sshJob {
 	t.Helper()
+	return startSSHJobWith(t, node, srv, src, dst, mutate, nil)
+}
+
+// startSSHJobWith is startSSHJob with a say in the job's options.
+func startSSHJobWith(t *testing.T, node string, srv *sshdtest.Server, src, dst string, mutate func(*lsync.JobConfig), options func(*lsync.JobOptions)) *sshJob {
+	t.Helper()
 	logger := testLogger(t).With("node", node)
 	off := time.Duration(0)
 	cfg := lsync.JobConfig{
@@ -93,10 +99,14 @@ func startSSHJob(t *testing.T, node string, srv *sshdtest.Server, src, dst strin
 		conns = append(conns, c)
 	}
 	reg := prometheus.NewRegistry()
-	job, err := lsync.NewJob(cfg, conns, lsync.JobOptions{
+	opts := lsync.JobOptions{
 		Node: node, Logger: logger, Registerer: reg,
 		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 500 * time.Millisecond,
-	})
+	}
+	if options != nil {
+		options(&opts)
+	}
+	job, err := lsync.NewJob(cfg, conns, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

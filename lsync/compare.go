@@ -224,7 +224,7 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 		if err == nil && !need && identical(src, dst) {
 			tx.put(*src)
 		}
-		o, need = r.ownerOp(src, dst, o, need, err)
+		o, need, err = r.ownerOp(ctx, t, src, dst, o, need, err)
 		o.guard, o.expect = true, dst
 		return o, need, err
 	case vWin:
@@ -252,18 +252,26 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 	if err == nil && !need && identical(src, dst) {
 		tx.put(*src)
 	}
-	o, need = r.ownerOp(src, dst, o, need, err)
-	return o, need, err
+	return r.ownerOp(ctx, t, src, dst, o, need, err)
 }
 
 // ownerOp adds a chown where nothing else is to be done but the owner or
 // group differs (what is written anyway gets its owner after landing).
-func (r *Reconciler) ownerOp(src, dst *Entry, o op, need bool, err error) (op, bool) {
-	if need || err != nil || !r.Owner || src == nil || dst == nil || !src.Owned || !dst.Owned ||
-		src.UID == dst.UID && src.GID == dst.GID || r.chownOff.Load() {
-		return o, need
+// The comparison is made in the target's ids: with owner: names, the
+// source's names mapped by the target (see OwnerMapper).
+func (r *Reconciler) ownerOp(ctx context.Context, t Target, src, dst *Entry, o op, need bool, err error) (op, bool, error) {
+	if need || err != nil || !r.keepsOwner() || src == nil || dst == nil || !src.Owned || !dst.Owned {
+		return o, need, err
 	}
-	return op{kind: opChown, path: src.Path, src: *src, reason: fmt.Sprintf("owner %d:%d vs %d:%d", src.UID, src.GID, dst.UID, dst.GID)}, true
+	own := r.ownerOf(*src)
+	uid, gid, err := targetIDs(ctx, t, own)
+	if err != nil {
+		return o, need, err
+	}
+	if uid == dst.UID && gid == dst.GID {
+		return o, need, nil
+	}
+	return op{kind: opChown, path: src.Path, src: *src, reason: fmt.Sprintf("owner %s (%d:%d there) vs %d:%d", own, uid, gid, dst.UID, dst.GID)}, true, nil
 }
 
 // compare decides what src needs on a target holding dst. merged means

@@ -50,9 +50,10 @@ type JobConfig struct {
 	// while an explicit `delete: false` is honoured.
 	Delete   *bool `yaml:"delete"`
 	Checksum bool  `yaml:"checksum"`
-	// Owner keeps the numeric owner and group on the peer (default on;
-	// needs root there, or it is reported once and skipped).
-	Owner   *bool    `yaml:"owner"`
+	// Owner is how the owner and group reach the peer: names (the
+	// default; "true" too), numeric or false (see ParseOwner). Keeping
+	// them needs root there, or it is reported once and skipped.
+	Owner   string   `yaml:"owner"`
 	Exclude []string `yaml:"exclude"`
 	// VerifyInterval 0 disables the periodic verification pass; nil means default.
 	VerifyInterval *time.Duration `yaml:"verify_interval"`
@@ -105,8 +106,15 @@ type TargetConfig struct {
 // IsLocal reports whether the target is a local directory (NFS mount, tests).
 func (t TargetConfig) IsLocal() bool { return t.Host == "" }
 
-// OwnerEnabled returns the effective `owner` setting.
-func (c JobConfig) OwnerEnabled() bool { return c.Owner == nil || *c.Owner }
+// EffectiveOwner returns the parsed `owner` setting (Validate has
+// checked it).
+func (c JobConfig) EffectiveOwner() OwnerMode {
+	m, err := ParseOwner(c.Owner)
+	if err != nil {
+		return OwnerNames
+	}
+	return m
+}
 
 // DeleteEnabled returns the effective `delete` setting.
 func (c JobConfig) DeleteEnabled() bool { return c.Delete == nil || *c.Delete }
@@ -199,6 +207,9 @@ func (c *JobConfig) Validate() error {
 	}
 	if _, err := ParseMaxDelete(c.MaxDelete); err != nil {
 		errs = append(errs, fmt.Errorf("max_delete: %w", err))
+	}
+	if _, err := ParseOwner(c.Owner); err != nil {
+		errs = append(errs, fmt.Errorf("owner: %w", err))
 	}
 	if _, err := NewExcluder(c.Exclude); err != nil {
 		errs = append(errs, err)

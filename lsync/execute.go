@@ -354,7 +354,7 @@ func (r *Reconciler) upload(ctx context.Context, t Target, o op) (n int64, owned
 	}
 	var own *OwnerRequest
 	if r.wantsOwner(o) {
-		own = &OwnerRequest{UID: o.src.UID, GID: o.src.GID}
+		own = &OwnerRequest{Owner: r.ownerOf(o.src)}
 		ctx = WithOwner(ctx, own)
 	}
 	sr := &stableReader{f: f, before: before}
@@ -443,12 +443,17 @@ func (r *Reconciler) chown(ctx context.Context, t any, o op) error {
 	if !ok {
 		return nil
 	}
-	return r.chownOutcome(o, c.Lchown(ctx, o.path, o.src.UID, o.src.GID))
+	return r.chownOutcome(o, c.Lchown(ctx, o.path, r.ownerOf(o.src)))
 }
 
 // wantsOwner reports whether o's path is to get the source's owner.
 func (r *Reconciler) wantsOwner(o op) bool {
-	return r.Owner && o.src.Owned && !r.chownOff.Load()
+	return r.keepsOwner() && o.src.Owned
+}
+
+// keepsOwner reports whether ownership is kept on this target.
+func (r *Reconciler) keepsOwner() bool {
+	return (r.Owner == OwnerNames || r.Owner == OwnerNumeric) && !r.chownOff.Load()
 }
 
 // chownOutcome is what a chown's error means for the operation: a peer
@@ -460,7 +465,7 @@ func (r *Reconciler) chownOutcome(o op, err error) error {
 	case errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EPERM):
 		if r.chownOff.CompareAndSwap(false, true) {
 			r.Logger.Warn("the peer user may not change ownership; files keep the SSH user's owner (connect as root to keep them, or set owner: false)",
-				"path", o.path, "uid", o.src.UID, "gid", o.src.GID, "err", err)
+				"path", o.path, "owner", r.ownerOf(o.src).String(), "uid", o.src.UID, "gid", o.src.GID, "err", err)
 		}
 		return nil
 	}

@@ -136,12 +136,12 @@ func (t *flakyTarget) WriteFileIf(ctx context.Context, rel string, r io.Reader, 
 	return g.WriteFileIf(ctx, rel, r, mode, mtime, expect)
 }
 
-func (t *flakyTarget) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
+func (t *flakyTarget) Lchown(ctx context.Context, rel string, own lsync.Owner) error {
 	if err := t.check(); err != nil {
 		return err
 	}
 	if c, ok := t.Target.(lsync.Chowner); ok {
-		return c.Lchown(ctx, rel, uid, gid)
+		return c.Lchown(ctx, rel, own)
 	}
 	return nil
 }

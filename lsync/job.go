@@ -27,6 +27,11 @@ type JobOptions struct {
 	// ReconnectMin and ReconnectMax bound the reconnection backoff
 	// (defaults 250ms and 30s).
 	ReconnectMin, ReconnectMax time.Duration
+	// OwnerNames names the source's uids and gids for owner: names (nil:
+	// this host's user database). Tests give the source names its ids
+	// do not have here, to show that the peer maps them; it only
+	// changes what this node asks for, which it could ask by number.
+	OwnerNames OwnerNamer
 }
 
 // TargetStatus is one target's state, for `lockstep status` and the
@@ -59,7 +64,7 @@ type TargetStatus struct {
 	// Progress is the running full pass, nil when none runs.
 	Progress *ProgressSnapshot
 	// Protocol is how the current (or last) session reaches the peer:
-	// "receiver v2", "sftp" or "local" ("" before the first connection).
+	// "receiver v3", "sftp" or "local" ("" before the first connection).
 	// ProtocolFallback says why receiver: auto fell back to SFTP.
 	Protocol         string
 	ProtocolFallback string
@@ -568,7 +573,8 @@ func newTargetWorker(j *Job, c Connector) *targetWorker {
 		MaxDelete:   j.cfg.EffectiveMaxDelete(),
 		Logger:      w.logger,
 		Delivered:   j.deliveries.has,
-		Owner:       j.cfg.OwnerEnabled(),
+		Owner:       j.cfg.EffectiveOwner(),
+		OwnerNames:  j.opts.OwnerNames,
 	}
 	m := j.metrics
 	w.pendingGauge = m.pending.WithLabelValues(j.cfg.Name, name)
@@ -754,6 +760,14 @@ func (w *targetWorker) setProtocol(t Target) {
 		w.protocolGauge.WithLabelValues(w.job.cfg.Name, w.name, prevName, fb(prevFallback)).Set(0)
 	}
 	w.protocolGauge.WithLabelValues(w.job.cfg.Name, w.name, name, fb(fallback)).Set(1)
+	// owner: names on a target that cannot map them is said once per
+	// change of protocol, not on every reconnection: owners then go by
+	// number, which is right only where the nodes' ids agree.
+	if name != prevName && w.rec.Owner == OwnerNames {
+		if why := ownerNotMapped(t); why != "" {
+			w.logger.Warn("owner: names is kept by number on this target: user and group names are not mapped", "protocol", name, "why", why)
+		}
+	}
 }
 
 func (w *targetWorker) status() TargetStatus {

@@ -127,12 +127,16 @@ type Reconciler struct {
 	// State is the merge base of two-way sync and a record of what was
 	// last identical (nil: none kept, the classic rules apply).
 	State StateStore
-	// Owner carries the numeric owner and group (rsync -a as root, with
-	// --numeric-ids): after every write, and as a chown where only they
-	// differ. A peer user that may not chown is reported once, and the
-	// rest goes on without ownership.
-	Owner    bool
+	// Owner carries the owner and group (rsync -a as root): by name
+	// (OwnerNames, numeric where a name is unknown), by number
+	// (OwnerNumeric) or not at all (OwnerOff, and ""); after every
+	// write, and as a chown where only they differ. A peer user that may
+	// not chown is reported once, and the rest goes on without ownership.
+	Owner    OwnerMode
 	chownOff atomic.Bool
+	// OwnerNames names the source's ids (nil: this host's user
+	// database, cached).
+	OwnerNames OwnerNamer
 	// Delivered tells the paths a two-way peer delivered here and that
 	// were not changed here since (nil: none known).
 	Delivered func(rel string) bool

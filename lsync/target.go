@@ -79,13 +79,14 @@ type Target interface {
 }
 
 // Chowner is implemented by targets that can set ownership; the owner of
-// a symlink is the link's own.
+// a symlink is the link's own. A target that maps names (OwnerMapper)
+// uses own's names where it knows them, the others own's numbers.
 type Chowner interface {
-	Lchown(ctx context.Context, rel string, uid, gid uint32) error
+	Lchown(ctx context.Context, rel string, own Owner) error
 }
 
 // ProtocolReporter is implemented by targets that can say how they reach
-// the peer, for status and metrics: Protocol is "receiver v2", "sftp" or
+// the peer, for status and metrics: Protocol is "receiver v3", "sftp" or
 // "local"; Fallback, when receiver: auto had to fall back to SFTP, says
 // why the receiver could not be used ("" otherwise). Over SFTP a hostile
 // peer has race windows the receiver does not have (README, threat
@@ -96,14 +97,14 @@ type ProtocolReporter interface {
 }
 
 // OwnerRequest asks WriteFile (and WriteFileIf) to give the file it lands
-// this numeric owner before publishing it, through the open temp file.
+// this owner before publishing it, through the open temp file.
 // Targets whose chown by path can follow a symlink the peer swapped in
 // meanwhile (SFTP: setstat has no no-follow form) honour it; the
 // Reconciler then skips its chown by path after landing. A target that
 // ignores it leaves Done and Err unset, and the chown after landing runs
 // as before.
 type OwnerRequest struct {
-	UID, GID uint32
+	Owner
 	// Set by the target: Done once the owner is set, Err when setting it
 	// failed (the file still lands, with the SSH user's owner; the
 	// Reconciler treats Err as it treats a failed chown).

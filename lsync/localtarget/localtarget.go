@@ -574,8 +574,11 @@ func (t *Target) Chmod(_ context.Context, rel string, mode fs.FileMode) error {
 	return nil
 }
 
-// Lchown sets the owner and group of rel (a symlink's own).
-func (t *Target) Lchown(_ context.Context, rel string, uid, gid uint32) error {
+// Lchown sets the owner and group of rel (a symlink's own). The local
+// target is on the source's host, where own's names stand for own's
+// numbers: the numbers are used, whatever the owner mode.
+func (t *Target) Lchown(_ context.Context, rel string, own lsync.Owner) error {
+	uid, gid := own.UID, own.GID
 	dfd, base, err := t.attrTargetOf(rel, true)
 	if err != nil {
 		return err

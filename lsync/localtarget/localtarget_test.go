@@ -287,7 +287,7 @@ func TestLchownSymlinkItself(t *testing.T) {
 	if err := lt.Symlink(ctx, "link", "file"); err != nil {
 		t.Fatal(err)
 	}
-	if err := lt.Lchown(ctx, "link", 1234, 2345); err != nil {
+	if err := lt.Lchown(ctx, "link", lsync.Owner{UID: 1234, GID: 2345}); err != nil {
 		t.Fatalf("Lchown of a symlink: %v", err)
 	}
 	var link, file unix.Stat_t

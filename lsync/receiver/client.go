@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lockstep-ha/lockstep/internal/ownerdb"
 	"github.com/lockstep-ha/lockstep/lsync"
 )
 
@@ -23,6 +24,14 @@ type VersionError struct{ Server, Client uint32 }
 
 func (e *VersionError) Error() string {
 	return fmt.Sprintf("the peer's receiver speaks protocol version %d, this lockstep speaks %d", e.Server, e.Client)
+}
+
+// Older reports whether the server is older than the client but still
+// spoken by it: the client then says hello again, in the server's
+// version, on a new channel (the server exits after answering a hello
+// it cannot serve).
+func (e *VersionError) Older() bool {
+	return e.Server >= MinClientVersion && e.Server < e.Client
 }
 
 // Error is a failed request. It matches its errno (errors.Is(err,
@@ -48,13 +57,14 @@ func (e *Error) Unwrap() []error {
 	return errs
 }
 
-// Hello opens the conversation: it sends this build's version and reads
-// the receiver's. A receiver of another version is reported as a
+// Hello opens the conversation in protocol version (Version, or an older
+// one a *VersionError asked for: see VersionError.Older) and reads the
+// receiver's hello. A receiver of another version is reported as a
 // *VersionError (the receiver then exits).
-func Hello(r io.Reader, w io.Writer) (root string, err error) {
+func Hello(r io.Reader, w io.Writer, version uint32) (root string, err error) {
 	var e enc
 	e.str(Magic)
-	e.u32(Version)
+	e.u32(version)
 	if err := writeFrame(w, typeHello, 0, e.b); err != nil {
 		return "", err
 	}
@@ -63,12 +73,12 @@ func Hello(r io.Reader, w io.Writer) (root string, err error) {
 		return "", err
 	}
 	d := dec{b: payload}
-	magic, version := d.str(), d.u32()
+	magic, served := d.str(), d.u32()
 	if typ != typeHello || magic != Magic || d.err != nil {
 		return "", errors.New("the peer did not answer with a lockstep receiver hello")
 	}
-	if version != Version {
-		return "", &VersionError{Server: version, Client: Version}
+	if served != version {
+		return "", &VersionError{Server: served, Client: version}
 	}
 	root, problem := d.str(), d.str()
 	if err := d.done(); err != nil {
@@ -89,6 +99,9 @@ type response struct {
 // each caller's request is tagged with an id, and one goroutine hands the
 // replies back, so many requests are in flight at once.
 type Client struct {
+	// version is the protocol version the hello agreed on.
+	version uint32
+
 	w       *bufio.Writer
 	wmu     sync.Mutex
 	writers atomic.Int32 // callers waiting to write; the last one flushes
@@ -99,15 +112,28 @@ type Client struct {
 	err     error // set once the connection failed
 
 	done chan struct{} // the reader has returned
+
+	ownerMu sync.Mutex
+	// ownerIDs caches MapOwner's answers, as long as the receiver's own
+	// cache keeps its lookups: every file of a docroot asks for the same
+	// few owners, and a user added on the peer is seen in a minute.
+	ownerIDs map[lsync.Owner]mappedOwner
+}
+
+type mappedOwner struct {
+	uid, gid uint32
+	until    time.Time
 }
 
 // NewClient starts the reply reader on r; it runs until r fails or ends
-// (the caller closes the connection).
-func NewClient(r io.Reader, w io.Writer) *Client {
+// (the caller closes the connection). version is the one Hello agreed on.
+func NewClient(r io.Reader, w io.Writer, version uint32) *Client {
 	c := &Client{
-		w:       bufio.NewWriterSize(w, 64<<10),
-		pending: map[uint32]chan response{},
-		done:    make(chan struct{}),
+		version:  version,
+		ownerIDs: map[lsync.Owner]mappedOwner{},
+		w:        bufio.NewWriterSize(w, 64<<10),
+		pending:  map[uint32]chan response{},
+		done:     make(chan struct{}),
 	}
 	go c.read(bufio.NewReaderSize(r, 64<<10))
 	return c
@@ -403,13 +429,60 @@ func (c *Client) Chmod(ctx context.Context, rel string, mode fs.FileMode) error 
 	return c.simple(ctx, opChmod, &e)
 }
 
-// Lchown sets the owner and group of rel itself (a symlink's own).
-func (c *Client) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
+// Version is the protocol version of this connection.
+func (c *Client) Version() uint32 { return c.version }
+
+// MapsOwnerNames reports whether the receiver maps owner names
+// (protocol version 3).
+func (c *Client) MapsOwnerNames() bool { return c.version >= 3 }
+
+// Lchown sets the owner and group of rel itself (a symlink's own). From
+// version 3 on, own's names go too and the receiver gives them their ids
+// there (the number where a name is unknown there); before, the numbers.
+func (c *Client) Lchown(ctx context.Context, rel string, own lsync.Owner) error {
 	var e enc
 	e.str(rel)
-	e.u32(uid)
-	e.u32(gid)
+	e.u32(own.UID)
+	e.u32(own.GID)
+	if c.MapsOwnerNames() {
+		e.str(own.User)
+		e.str(own.Group)
+	}
 	return c.simple(ctx, opChown, &e)
+}
+
+// MapOwner returns the ids a Lchown with own gives on the peer, without
+// changing anything (own's numbers before version 3). Answers are
+// cached for ownerdb.DefaultTTL.
+func (c *Client) MapOwner(ctx context.Context, own lsync.Owner) (uid, gid uint32, err error) {
+	if !c.MapsOwnerNames() || own.User == "" && own.Group == "" {
+		return own.UID, own.GID, nil
+	}
+	now := time.Now()
+	c.ownerMu.Lock()
+	m, ok := c.ownerIDs[own]
+	c.ownerMu.Unlock()
+	if ok && now.Before(m.until) {
+		return m.uid, m.gid, nil
+	}
+	var e enc
+	e.u32(own.UID)
+	e.u32(own.GID)
+	e.str(own.User)
+	e.str(own.Group)
+	out, err := c.call(ctx, opOwnerIDs, e.b)
+	if err != nil {
+		return 0, 0, err
+	}
+	d := dec{b: out}
+	uid, gid = d.u32(), d.u32()
+	if err := d.done(); err != nil {
+		return 0, 0, err
+	}
+	c.ownerMu.Lock()
+	c.ownerIDs[own] = mappedOwner{uid: uid, gid: gid, until: now.Add(ownerdb.DefaultTTL)}
+	c.ownerMu.Unlock()
+	return uid, gid, nil
 }
 
 // Rename moves from to to, replacing to.

@@ -17,7 +17,7 @@
 // is ever handed to the kernel whole and a swap can at worst make an
 // operation fail.
 //
-// # Protocol (version 2)
+// # Protocol (version 3)
 //
 // Every message is a frame: a 4-byte big-endian length, then that many
 // bytes: a 1-byte type, a 4-byte request id, and the payload. Strings and
@@ -33,6 +33,26 @@
 // typeError) with the request's id. Requests are served concurrently:
 // replies may come back in any order, and a client keeps many requests in
 // flight.
+//
+// # Versions
+//
+// A server serves its own version and every older one down to
+// MinVersion: it answers an older client's hello with the client's
+// version and refuses the requests that version does not have. A server
+// answers a newer client's hello with its own version and then exits, so
+// a client that can speak that version too opens a new channel and says
+// hello in it (see Hello); a client falls back to SFTP before a server
+// older than MinClientVersion.
+//
+// # Ownership by name (version 3)
+//
+// A chown carries the source's user and group names besides the numbers
+// ("" where the source has no name for an id); the receiver gives each
+// name the id it has on the peer, and keeps the number where the name is
+// unknown there, as rsync -a does. opOwnerIDs answers the same mapping
+// without changing anything, so that the client compares the source's
+// owner with the peer's in the peer's ids. Up to version 2 a chown
+// carries the numbers only.
 package receiver
 
 import (
@@ -49,11 +69,22 @@ import (
 // server also serves older clients down to MinVersion, answering their
 // hello with their version and refusing the requests they cannot know.
 //
-// Version 2 added opPutMany (many small files in one request).
-const Version uint32 = 2
+// Version 2 added opPutMany (many small files in one request); version 3
+// owner names in opChown, and opOwnerIDs.
+const Version uint32 = 3
 
 // MinVersion is the oldest client version a server still serves.
 const MinVersion uint32 = 1
+
+// MinClientVersion is the oldest server version a client still speaks
+// (the client relies on opPutMany); before an older server it falls back
+// to SFTP.
+const MinClientVersion uint32 = 2
+
+// maxOwnerName bounds a user or group name in a request. Longer names do
+// not exist (useradd allows 32 bytes), and a lookup of one would be a
+// scan of the user database for nothing.
+const maxOwnerName = 256
 
 // Magic opens both hello frames.
 const Magic = "lockstep-receiver"
@@ -81,7 +112,7 @@ const (
 	opSymlink   byte = 'l' // rel, target →
 	opChtimes   byte = 't' // rel, mtime →
 	opChmod     byte = 'M' // rel, mode →
-	opChown     byte = 'o' // rel, uid, gid →
+	opChown     byte = 'o' // rel, uid, gid → (version 3: rel, uid, gid, user, group →)
 	opRename    byte = 'r' // from, to →
 	opRemoveAll byte = 'R' // rel →
 	opRmdir     byte = 'D' // rel → (an empty directory only)
@@ -90,6 +121,8 @@ const (
 	opClose     byte = 'X' // handle →
 	// Version 2.
 	opPutMany byte = 'P' // count, count × (rel, mode, mtime, data) → count × result (u8 0, or 1 and an error)
+	// Version 3.
+	opOwnerIDs byte = 'u' // uid, gid, user, group → uid, gid (the ids a chown with them gives, nothing changed)
 
 	typeOK    byte = 'k'
 	typeError byte = 'e'
@@ -99,7 +132,7 @@ var opNames = map[byte]string{
 	opStat: "stat", opReadDir: "readdir", opMkdir: "mkdir", opPut: "put", opCreate: "create",
 	opWrite: "write", opCommit: "commit", opAbort: "abort", opSymlink: "symlink", opChtimes: "chtimes",
 	opChmod: "chmod", opChown: "chown", opRename: "rename", opRemoveAll: "removeall", opRmdir: "rmdir",
-	opOpen: "open", opRead: "read", opClose: "close", opPutMany: "putmany",
+	opOpen: "open", opRead: "read", opClose: "close", opPutMany: "putmany", opOwnerIDs: "ownerids",
 }
 
 // Error kinds carried by a typeError reply.

@@ -36,18 +36,18 @@ func pipeConn(t *testing.T, root string, walkOnly bool) *Client {
 		if walkOnly {
 			tweak = func(r *Root) { r.noOpenat2.Store(true) }
 		}
-		err := serve(ctx, sr, sw, root, nil, tweak)
+		err := serve(ctx, sr, sw, root, nil, serveHooks{tweak: tweak})
 		_ = sw.CloseWithError(io.EOF)
 		served <- err
 	}()
-	got, err := Hello(cr, cw)
+	got, err := Hello(cr, cw, Version)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got != root {
 		t.Fatalf("hello: root %q, want %q", got, root)
 	}
-	c := NewClient(cr, cw)
+	c := NewClient(cr, cw, Version)
 	t.Cleanup(func() {
 		_ = cw.Close() // EOF: the server drains and returns
 		if err := <-served; err != nil {
@@ -144,7 +144,7 @@ func TestRoundTrip(t *testing.T) {
 		if err := c.Chtimes(ctx, "a", mt); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Lchown(ctx, "a/link", 1234, 5678); err != nil {
+		if err := c.Lchown(ctx, "a/link", lsync.Owner{UID: 1234, GID: 5678}); err != nil {
 			t.Fatal(err)
 		}
 		if e, _ := c.Stat(ctx, "a/link"); e.UID != 1234 || e.GID != 5678 {
@@ -200,10 +200,10 @@ func TestUnfinishedWriteRemovedOnDisconnect(t *testing.T) {
 		_ = sw.Close()
 		served <- err
 	}()
-	if _, err := Hello(cr, cw); err != nil {
+	if _, err := Hello(cr, cw, Version); err != nil {
 		t.Fatal(err)
 	}
-	c := NewClient(cr, cw)
+	c := NewClient(cr, cw, Version)
 	ctx := context.Background()
 	h, err := c.Create(ctx, "d/half")
 	if err != nil {
@@ -308,7 +308,7 @@ func TestHostilePaths(t *testing.T) {
 			if err := c.Chtimes(ctx, p, mt); !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("chtimes %s: %v", p, err)
 			}
-			if err := c.Lchown(ctx, p, 1, 1); !errors.Is(err, fs.ErrNotExist) {
+			if err := c.Lchown(ctx, p, lsync.Owner{UID: 1, GID: 1}); !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("chown %s: %v", p, err)
 			}
 			if err := c.RemoveAll(ctx, p); err != nil {
@@ -407,7 +407,7 @@ func TestRenameExchangeRace(t *testing.T) {
 						c.Put(ctx, f, 0o666, time.Unix(1, 0), []byte(fmt.Sprintf("pwned %d/%d", w, i))),
 						c.Chmod(ctx, f, 0o777),
 						c.Chtimes(ctx, f, time.Unix(2, 0)),
-						c.Lchown(ctx, f, 4242, 4242),
+						c.Lchown(ctx, f, lsync.Owner{UID: 4242, GID: 4242}),
 						c.Mkdir(ctx, "uploads/sub/new", 0o777),
 						c.Symlink(ctx, "uploads/l", "/etc"),
 						c.RemoveAll(ctx, "uploads/sub"),
@@ -457,7 +457,7 @@ func TestHelloReportsUnusableRoot(t *testing.T) {
 		_ = sw.Close()
 		served <- err
 	}()
-	_, err := Hello(cr, cw)
+	_, err := Hello(cr, cw, Version)
 	if err == nil || !strings.Contains(err.Error(), "cannot serve "+missing) {
 		t.Errorf("hello with a missing root: %v", err)
 	}
@@ -506,10 +506,10 @@ func TestServeStopsOnContext(t *testing.T) {
 		_ = sw.Close()
 		served <- err
 	}()
-	if _, err := Hello(cr, cw); err != nil {
+	if _, err := Hello(cr, cw, Version); err != nil {
 		t.Fatal(err)
 	}
-	c := NewClient(cr, cw)
+	c := NewClient(cr, cw, Version)
 	if err := c.Mkdir(ctx, "d", fs.ModeDir|0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -606,7 +606,7 @@ func TestServesOlderClients(t *testing.T) {
 	if d.str() != Magic || d.u32() != 1 {
 		t.Fatal("a version 1 client is not answered in version 1")
 	}
-	c := NewClient(cr, cw)
+	c := NewClient(cr, cw, Version)
 	if err := c.Put(t.Context(), "v1.txt", 0o644, time.Now(), []byte("old client")); err != nil {
 		t.Errorf("version 1 put: %v", err)
 	}
@@ -648,7 +648,7 @@ func TestHardLinkMetadataRefused(t *testing.T) {
 		if err := c.Chmod(ctx, "uploads/x.php", 0o644); !errors.Is(err, lsync.ErrRefused) || !errors.Is(err, unix.EMLINK) {
 			t.Errorf("chmod of a hard-linked file: %v, want a refusal (EMLINK)", err)
 		}
-		if err := c.Lchown(ctx, "uploads/x.php", 33, 33); !errors.Is(err, lsync.ErrRefused) || !errors.Is(err, unix.EMLINK) {
+		if err := c.Lchown(ctx, "uploads/x.php", lsync.Owner{UID: 33, GID: 33}); !errors.Is(err, lsync.ErrRefused) || !errors.Is(err, unix.EMLINK) {
 			t.Errorf("chown of a hard-linked file: %v, want a refusal (EMLINK)", err)
 		}
 		lsynctest.AssertSnapshotUnchanged(t, outside, before)
@@ -668,7 +668,7 @@ func TestHardLinkMetadataRefused(t *testing.T) {
 		if err := c.Chmod(ctx, "uploads/x.php", 0o640); err != nil {
 			t.Errorf("chmod after landing: %v", err)
 		}
-		if err := c.Lchown(ctx, "uploads/x.php", 33, 33); err != nil {
+		if err := c.Lchown(ctx, "uploads/x.php", lsync.Owner{UID: 33, GID: 33}); err != nil {
 			t.Errorf("chown after landing: %v", err)
 		}
 		lsynctest.AssertSnapshotUnchanged(t, outside, before)

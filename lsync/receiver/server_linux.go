@@ -27,12 +27,23 @@ const serverWorkers = 8
 // closes its side (nil) or ctx ends. in is closed when ctx ends, which is
 // what unblocks a read of stdin.
 func Serve(ctx context.Context, in io.ReadCloser, out io.Writer, root string, logger *slog.Logger) error {
-	return serve(ctx, in, out, root, logger, nil)
+	return serve(ctx, in, out, root, logger, serveHooks{})
 }
 
-// serve is Serve with a hook on the opened root (tests force the
-// per-component walk with it).
-func serve(ctx context.Context, in io.ReadCloser, out io.Writer, root string, logger *slog.Logger, tweak func(*Root)) error {
+// serveHooks are what tests change in a server: tweak is applied to the
+// opened root (to force the per-component walk), ids replaces this
+// host's user database (to map names to ids they do not have here), and
+// version makes the server speak an older version as its newest (to
+// play a peer running an older release). Only the package's tests set
+// them; `lockstep receive` calls Serve.
+type serveHooks struct {
+	tweak   func(*Root)
+	ids     idLookup
+	version uint32
+}
+
+// serve is Serve with test hooks.
+func serve(ctx context.Context, in io.ReadCloser, out io.Writer, root string, logger *slog.Logger, hooks serveHooks) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -49,8 +60,12 @@ func serve(ctx context.Context, in io.ReadCloser, out io.Writer, root string, lo
 	r, rerr := OpenRoot(root)
 	// An older client is served in its own version: its hello check
 	// passes, and it never sends what it does not know.
-	served := Version
-	if version >= MinVersion && version < Version {
+	ours := Version
+	if hooks.version != 0 {
+		ours = hooks.version
+	}
+	served := ours
+	if version >= MinVersion && version < ours {
 		served = version
 	}
 	var e enc
@@ -74,16 +89,20 @@ func serve(ctx context.Context, in io.ReadCloser, out io.Writer, root string, lo
 		if r != nil {
 			_ = r.Close()
 		}
-		return fmt.Errorf("receiver: the client speaks protocol version %d, this receiver speaks %d", version, Version)
+		return fmt.Errorf("receiver: the client speaks protocol version %d, this receiver speaks %d", version, ours)
 	}
 	if rerr != nil {
 		return fmt.Errorf("receiver: %w", rerr)
 	}
 	defer r.Close()
-	if tweak != nil {
-		tweak(r)
+	if hooks.tweak != nil {
+		hooks.tweak(r)
 	}
-	s := &server{root: r, logger: logger, handles: map[uint32]any{}, version: served}
+	ids := hooks.ids
+	if ids == nil {
+		ids = hostIDs
+	}
+	s := &server{root: r, logger: logger, handles: map[uint32]any{}, version: served, ids: ids}
 	return s.serve(ctx, in, br, out)
 }
 
@@ -104,6 +123,8 @@ type server struct {
 	logger *slog.Logger
 	// version is the protocol version of this conversation.
 	version uint32
+	// ids maps owner names to this host's ids (version 3).
+	ids idLookup
 
 	mu      sync.Mutex
 	handles map[uint32]any // *tempFile or *os.File
@@ -394,10 +415,34 @@ func (s *server) do(rq request) ([]byte, error) {
 		return nil, s.root.Chmod(rel, mode)
 	case opChown:
 		rel, uid, gid := d.str(), d.u32(), d.u32()
+		var user, group string
+		if s.version >= 3 {
+			user, group = d.str(), d.str()
+		}
 		if err := bad(); err != nil {
 			return nil, err
 		}
+		if err := checkOwnerNames(user, group); err != nil {
+			return nil, err
+		}
+		// The names are mapped before the path is resolved: the chown
+		// itself is the same confined fchownat as for numbers.
+		uid, gid = localIDs(s.ids, uid, gid, user, group)
 		return nil, s.root.Chown(rel, int(uid), int(gid))
+	case opOwnerIDs:
+		if s.version < 3 {
+			return nil, &invalid{why: "ownerids is not part of protocol version " + strconv.Itoa(int(s.version))}
+		}
+		uid, gid, user, group := d.u32(), d.u32(), d.str(), d.str()
+		if err := bad(); err != nil {
+			return nil, err
+		}
+		if err := checkOwnerNames(user, group); err != nil {
+			return nil, err
+		}
+		uid, gid = localIDs(s.ids, uid, gid, user, group)
+		e.u32(uid)
+		e.u32(gid)
 	case opRename:
 		from, to := d.str(), d.str()
 		if err := bad(); err != nil {

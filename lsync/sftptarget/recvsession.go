@@ -37,6 +37,8 @@ var (
 	_ lsync.Target           = (*recvSession)(nil)
 	_ lsync.DirRemover       = (*recvSession)(nil)
 	_ lsync.ProtocolReporter = (*recvSession)(nil)
+	_ lsync.Chowner          = (*recvSession)(nil)
+	_ lsync.OwnerMapper      = (*recvSession)(nil)
 )
 
 // receiverCommand is what the peer's shell runs. A forced command in
@@ -93,10 +95,23 @@ func (p *peerStderr) text() string {
 	return strings.TrimSpace(p.early.String())
 }
 
-// startReceiver runs the receiver on d and says hello. On failure the SSH
-// connection stays usable (for the SFTP fallback) unless the setup
-// deadline fired.
+// startReceiver runs the receiver on d and says hello in this build's
+// protocol version, and again in the peer's when the peer runs an older
+// receiver this build still speaks (it exits after answering a hello it
+// cannot serve). On failure the SSH connection stays usable (for the
+// SFTP fallback) unless the setup deadline fired.
 func (c *Connector) startReceiver(ctx context.Context, d *dialed) (*recvSession, error) {
+	s, err := c.startReceiverAs(ctx, d, receiver.Version)
+	var ve *receiver.VersionError
+	if errors.As(err, &ve) && ve.Older() && !d.expired() && ctx.Err() == nil {
+		c.logger.Info("the peer's receiver is older; speaking its protocol version", "version", ve.Server, "ours", receiver.Version)
+		return c.startReceiverAs(ctx, d, ve.Server)
+	}
+	return s, err
+}
+
+// startReceiverAs is startReceiver in one protocol version.
+func (c *Connector) startReceiverAs(ctx context.Context, d *dialed, version uint32) (*recvSession, error) {
 	sess, err := d.client.NewSession()
 	if err != nil {
 		return nil, fmt.Errorf("open exec channel: %w", err)
@@ -130,7 +145,7 @@ func (c *Connector) startReceiver(ctx context.Context, d *dialed) (*recvSession,
 	}
 	hello := make(chan helloResult, 1)
 	go func() {
-		root, err := receiver.Hello(stdout, stdin)
+		root, err := receiver.Hello(stdout, stdin, version)
 		hello <- helloResult{root, err}
 	}()
 	// Half the connect timeout: a peer that runs something else than a
@@ -177,7 +192,7 @@ func (c *Connector) startReceiver(ctx context.Context, d *dialed) (*recvSession,
 		host:      c.cfg.Host,
 		root:      c.cfg.Path,
 		sess:      sess,
-		client:    receiver.NewClient(stdout, stdin),
+		client:    receiver.NewClient(stdout, stdin, version),
 	}
 	s.wg.Go(func() { <-errOut.done })
 	s.wg.Go(func() {
@@ -190,7 +205,7 @@ func (c *Connector) startReceiver(ctx context.Context, d *dialed) (*recvSession,
 		}
 	})
 	c.logger.Info("connected", "addr", c.addr, "user", c.cfg.User, "path", c.cfg.Path,
-		"protocol", "lockstep-receiver", "version", receiver.Version)
+		"protocol", "lockstep-receiver", "version", version)
 	return s, nil
 }
 
@@ -208,6 +223,9 @@ func (c *Connector) waitStderr(p *peerStderr) {
 func (c *Connector) explainReceiverFailure(sess *ssh.Session, cmd string, err error, errOut *peerStderr) error {
 	var ve *receiver.VersionError
 	if errors.As(err, &ve) {
+		if ve.Older() {
+			return err // said again in the peer's version by startReceiver
+		}
 		return fmt.Errorf("%w (upgrade lockstep on both nodes to the same release)", err)
 	}
 	// The exit status follows the end of output closely.
@@ -472,13 +490,23 @@ func (s *recvSession) Chmod(ctx context.Context, rel string, mode fs.FileMode) e
 	return s.check(s.client.Chmod(ctx, rel, permBits(mode)))
 }
 
-// Lchown implements lsync.Chowner.
-func (s *recvSession) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
+// Lchown implements lsync.Chowner: the receiver maps own's names to the
+// peer's ids (protocol version 3; the numbers before).
+func (s *recvSession) Lchown(ctx context.Context, rel string, own lsync.Owner) error {
 	rel, err := clean(rel)
 	if err != nil {
 		return err
 	}
-	return s.check(s.client.Lchown(ctx, rel, uid, gid))
+	return s.check(s.client.Lchown(ctx, rel, own))
+}
+
+// MapsOwnerNames implements lsync.OwnerMapper.
+func (s *recvSession) MapsOwnerNames() bool { return s.client.MapsOwnerNames() }
+
+// MapOwner implements lsync.OwnerMapper.
+func (s *recvSession) MapOwner(ctx context.Context, own lsync.Owner) (uid, gid uint32, err error) {
+	uid, gid, err = s.client.MapOwner(ctx, own)
+	return uid, gid, s.check(err)
 }
 
 // Rename implements lsync.Target.
@@ -628,7 +656,7 @@ func (s *recvSession) BatchLimits() (files, bytes int) {
 }
 
 // Protocol implements lsync.ProtocolReporter.
-func (s *recvSession) Protocol() string { return fmt.Sprintf("receiver v%d", receiver.Version) }
+func (s *recvSession) Protocol() string { return fmt.Sprintf("receiver v%d", s.client.Version()) }
 
 // Fallback implements lsync.ProtocolReporter.
 func (s *recvSession) Fallback() string { return "" }

@@ -963,8 +963,11 @@ func setOwner(e *lsync.Entry, fi os.FileInfo) {
 // Lchown implements lsync.Chowner. SFTP's setstat follows symlinks, so
 // a symlink keeps the SSH user as its owner. A file lockstep uploads gets
 // its owner through the open temp file (lsync.OwnerRequest); this is for
-// directories and for a chown alone.
-func (s *session) Lchown(ctx context.Context, rel string, uid, gid uint32) error {
+// directories and for a chown alone. SFTP (version 3) carries numeric
+// ids only: own's names cannot be mapped on the peer, the numbers go
+// (the job says so once, see lsync.OwnerMapper).
+func (s *session) Lchown(ctx context.Context, rel string, own lsync.Owner) error {
+	uid, gid := own.UID, own.GID
 	return s.setByPath(ctx, "chown", rel, errSymlinkMeta,
 		func(fi os.FileInfo) bool {
 			st, ok := fi.Sys().(*sftp.FileStat)

@@ -1042,7 +1042,7 @@ func TestWriteFileSetsOwnerThroughHandle(t *testing.T) {
 		rel  string
 		mode fs.FileMode
 	}{{"plain.txt", 0o640}, {"bin/tool", 0o755 | fs.ModeSetuid | fs.ModeSetgid}} {
-		req := &lsync.OwnerRequest{UID: 1234, GID: 2345}
+		req := &lsync.OwnerRequest{Owner: lsync.Owner{UID: 1234, GID: 2345}}
 		ctx := lsync.WithOwner(testContext(t), req)
 		if err := s.WriteFile(ctx, c.rel, strings.NewReader("x"), c.mode, mtime); err != nil {
 			t.Fatal(err)

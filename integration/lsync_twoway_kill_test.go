@@ -62,8 +62,8 @@ sync:
 // delivered into a directory it had just created was found by that
 // directory's scan, not by a rename event, so it was not known as the
 // peer's and was pushed back after the peer had moved it (fixed by the
-// receiver's delivery mark, lsync.DeliveredXattr; 16 of 16 runs passed
-// with -race at load 10-15 after the fix).
+// receiver's delivery mark, lsync.DeliveredXattr; 8 of 8 runs passed with
+// -race after the fix).
 func TestSSHTwoWayDaemonKill9(t *testing.T) {
 	bin := lockstepBinary(t)
 	srv := sshdtest.Start(t)

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/lockstep-ha/lockstep/internal/atomicfile"
 )
 
 // FenceRecord is the durable record of a fence, one JSON file per node in
@@ -113,27 +115,7 @@ func (s FenceStore) Save(r *FenceRecord) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(s.Dir, ".fence-"+r.Node+"-*.tmp")
-	if err != nil {
-		return fmt.Errorf("state_dir: %w", err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, s.path(r.Node)); err != nil {
-		return err
-	}
-	return syncDir(s.Dir)
+	return atomicfile.WriteFile(s.path(r.Node), append(b, '\n'))
 }
 
 // Remove deletes the node's record (it is no longer fenced).

@@ -184,13 +184,7 @@ func (s *session) ensureParents(ctx context.Context, rel string, create bool) er
 	}
 	parts := strings.Split(dir, "/")
 	c := s.cl()
-	infos := make([]os.FileInfo, len(parts))
-	errs := make([]error, len(parts))
-	var wg sync.WaitGroup
-	for i := range parts {
-		wg.Go(func() { infos[i], errs[i] = c.Lstat(s.abs(strings.Join(parts[:i+1], "/"))) })
-	}
-	wg.Wait()
+	infos, errs := s.lstatLevels(c, parts)
 	for i := range parts {
 		p := strings.Join(parts[:i+1], "/")
 		if errs[i] == nil {
@@ -921,12 +915,9 @@ func (s *session) setByPath(ctx context.Context, op, rel string, atSymlink error
 	return nil
 }
 
-// lstatChain lstats every ancestor of rel and rel itself in one round
-// trip. An ancestor that is missing, a symlink or not a directory means
-// rel is not in the confined tree: the error matches fs.ErrNotExist, and
-// lsync.ErrRefused for a symlink or non-directory.
-func (s *session) lstatChain(c *sftp.Client, rel string) (os.FileInfo, error) {
-	parts := strings.Split(rel, "/")
+// lstatLevels lstats every level of the path parts spell, all at once
+// (one round trip, not one per level).
+func (s *session) lstatLevels(c *sftp.Client, parts []string) ([]os.FileInfo, []error) {
 	infos := make([]os.FileInfo, len(parts))
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup
@@ -934,6 +925,16 @@ func (s *session) lstatChain(c *sftp.Client, rel string) (os.FileInfo, error) {
 		wg.Go(func() { infos[i], errs[i] = c.Lstat(s.abs(strings.Join(parts[:i+1], "/"))) })
 	}
 	wg.Wait()
+	return infos, errs
+}
+
+// lstatChain lstats every ancestor of rel and rel itself in one round
+// trip. An ancestor that is missing, a symlink or not a directory means
+// rel is not in the confined tree: the error matches fs.ErrNotExist, and
+// lsync.ErrRefused for a symlink or non-directory.
+func (s *session) lstatChain(c *sftp.Client, rel string) (os.FileInfo, error) {
+	parts := strings.Split(rel, "/")
+	infos, errs := s.lstatLevels(c, parts)
 	for i := range parts {
 		p := strings.Join(parts[:i+1], "/")
 		if errs[i] != nil {

@@ -50,10 +50,7 @@ func reseedPlanned(ctx context.Context, snap *sql.Conn, w *sql.Conn, t *checksum
 		return err
 	}
 	plan.create = create
-	if err := reseed(ctx, snap, w, t, tr, progress); err != nil {
-		return err
-	}
-	ws, err := t.Whole(ctx, snap)
+	ws, err := reseed(ctx, snap, w, t, tr, progress)
 	if err != nil {
 		return err
 	}

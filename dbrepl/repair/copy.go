@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -60,6 +61,13 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 			return fmt.Errorf("%s: %w", tgt.name, err)
 		}
 	}
+
+	// Guards: one target session per keyed InnoDB table compared, whose
+	// transaction holds the locks of its locking reads (see guard.go)
+	// until every table is done; committed at the end, rolled back on
+	// any failure.
+	gs := &guards{db: tgt.db, dry: opts.DryRun}
+	defer gs.rollback()
 
 	type job struct{ db, table string }
 	var jobs []job
@@ -123,7 +131,7 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 			for i := range next {
 				j := jobs[i]
 				plans[i] = &verifyPlan{}
-				tr, err := repairTable(gctx, snaps[wi], tgt.db, ws[wi], j.db, j.table, opts, func(n int64) {
+				tr, err := repairTable(gctx, snaps[wi], tgt.db, ws[wi], gs, j.db, j.table, opts, func(n int64) {
 					mu.Lock()
 					defer mu.Unlock()
 					done += n
@@ -155,24 +163,35 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 	if err != nil {
 		return err
 	}
-	if opts.DryRun || opts.VerifyLive {
+	if opts.DryRun {
 		return nil
 	}
-	return runSnapshotVerify(ctx, tgt, plans, rep)
+	if !opts.VerifyLive {
+		if err := runSnapshotVerify(ctx, tgt, plans, rep); err != nil {
+			return err
+		}
+	}
+	// The fixes of the guarded tables become durable only now, verified.
+	if err := gs.commit(ctx); err != nil {
+		rep.Verified = false
+		return fmt.Errorf("%s: committing the fixes: %w", tgt.name, err)
+	}
+	return nil
 }
 
 func quote(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
 
 // repairTable brings one table of the target to the snapshot.
-func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, db, table string, opts Options, progress func(int64), plan *verifyPlan) (TableReport, error) {
+func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, gs *guards, db, table string, opts Options, progress func(int64), plan *verifyPlan) (TableReport, error) {
 	tr := TableReport{Table: db + "." + table}
 	plan.name, plan.db, plan.table = tr.Table, db, table
 	var onSrc, onTgt *checksum.Table
 	var err error
-	if onSrc, err = loadIfExists(ctx, snap, db, table); err != nil {
+	if onSrc, _, err = loadIfExists(ctx, snap, db, table); err != nil {
 		return tr, err
 	}
-	if onTgt, err = loadIfExists(ctx, tgt, db, table); err != nil {
+	var tgtEngine string
+	if onTgt, tgtEngine, err = loadIfExists(ctx, tgt, db, table); err != nil {
 		return tr, err
 	}
 	var srcCreate, tgtCreate string
@@ -217,12 +236,28 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		return tr, repairKeyless(ctx, snap, tgt, w, onSrc, opts, &tr, progress, plan)
 	}
 
-	// rows: collect the differing keys against the snapshot.
+	// rows: collect the differing keys against the snapshot. On a
+	// guard session, the target's rows are read with locks the guard's
+	// transaction keeps, and the fixes are made in it.
+	var dst checksum.Querier = tgt
+	var fixer execer = w
+	g, err := gs.open(ctx, tgtEngine)
+	if err != nil {
+		return tr, err
+	}
+	if g != nil {
+		onSrc.LockTarget()
+		dst, fixer = g.conn, g.conn
+	}
 	var ups, ins, dels [][]any
+	var differ []checksum.Chunk
 	limit := int64(-1)
-	err = onSrc.Walk(ctx, snap, tgt, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
+	err = onSrc.Walk(ctx, snap, dst, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
 		tr.Rows += cd.Rows
 		plan.chunks = append(plan.chunks, cd.Chunk)
+		if cd.Differs {
+			differ = append(differ, cd.Chunk)
+		}
 		progress(cd.Rows)
 		ups, ins, dels = append(ups, cd.Update...), append(ins, cd.Insert...), append(dels, cd.Delete...)
 		n := int64(len(ups) + len(ins) + len(dels))
@@ -238,6 +273,11 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 			return tr, err
 		}
 		if float64(limit) > autoReseedFraction*float64(rows) {
+			// Nothing was written on the guard: its locks go, the copy
+			// drops the table.
+			if err := gs.release(g); err != nil {
+				return tr, err
+			}
 			tr = TableReport{Table: tr.Table, Method: MethodReseed, Why: fmt.Sprintf("auto: over %d of %d rows differ (more than %.0f%%): a full copy is cheaper", limit, rows, autoReseedFraction*100)}
 			if opts.DryRun {
 				tr.Rows, tr.Copied = rows, rows
@@ -247,11 +287,14 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		}
 		// Many rows but a small share: go on row by row.
 		ups, ins, dels, tr.Rows = nil, nil, nil, 0
-		plan.chunks = nil
+		plan.chunks, differ = nil, nil
 		opts.Method = MethodRows
-		err = onSrc.Walk(ctx, snap, tgt, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
+		err = onSrc.Walk(ctx, snap, dst, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
 			tr.Rows += cd.Rows
 			plan.chunks = append(plan.chunks, cd.Chunk)
+			if cd.Differs {
+				differ = append(differ, cd.Chunk)
+			}
 			ups, ins, dels = append(ups, cd.Update...), append(ins, cd.Insert...), append(dels, cd.Delete...)
 			return nil
 		})
@@ -262,7 +305,7 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 	tr.Updated, tr.Inserted, tr.Deleted = int64(len(ups)), int64(len(ins)), int64(len(dels))
 	tr.Method = "clean"
 	if len(ups)+len(ins)+len(dels) == 0 {
-		return tr, nil
+		return tr, g.verified(ctx, onSrc, plan, nil)
 	}
 	tr.Method = MethodRows
 	tr.Why = fmt.Sprintf("%d differing row(s), fixed by %s", len(ups)+len(ins)+len(dels), onSrc.KeyLabel())
@@ -273,7 +316,7 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 	gone := append(append([][]any{}, ups...), dels...)
 	for b := range slices.Chunk(gone, batchRows) {
 		q, a := onSrc.DeleteKeys(b)
-		if _, err := w.ExecContext(ctx, q, a...); err != nil {
+		if _, err := fixer.ExecContext(ctx, q, a...); err != nil {
 			return tr, err
 		}
 	}
@@ -288,24 +331,32 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 			continue
 		}
 		iq, ia := onSrc.InsertRows(vals)
-		if _, err := w.ExecContext(ctx, iq, ia...); err != nil {
+		if _, err := fixer.ExecContext(ctx, iq, ia...); err != nil {
 			return tr, err
 		}
 	}
-	return tr, nil
+	return tr, g.verified(ctx, onSrc, plan, differ)
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
 var errTooMany = fmt.Errorf("too many differences")
 
-func loadIfExists(ctx context.Context, q checksum.Querier, db, table string) (*checksum.Table, error) {
-	var n int
-	if err := q.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND TABLE_TYPE = 'BASE TABLE'", db, table).Scan(&n); err != nil {
-		return nil, err
+// loadIfExists loads a base table's definition and names its engine
+// (nil when there is no such table).
+func loadIfExists(ctx context.Context, q checksum.Querier, db, table string) (*checksum.Table, string, error) {
+	var engine sql.NullString
+	err := q.QueryRowContext(ctx, "SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND TABLE_TYPE = 'BASE TABLE'", db, table).Scan(&engine)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", nil
 	}
-	if n == 0 {
-		return nil, nil
+	if err != nil {
+		return nil, "", err
 	}
-	return checksum.LoadTable(ctx, q, db, table)
+	t, err := checksum.LoadTable(ctx, q, db, table)
+	return t, engine.String, err
 }
 
 func readRows(ctx context.Context, q checksum.Querier, query string, args []any, ncol int) ([][]any, error) {

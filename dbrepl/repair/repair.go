@@ -169,7 +169,7 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 	var src, tgt node
 	for _, nc := range cfg.Nodes {
 		n := node{name: nc.Name}
-		db, err := open(nc, 2+2*compareWorkers) // per worker: a snapshot or writer session and a query
+		db, err := open(nc, 2+2*compareWorkers+maxGuards) // per worker: a snapshot or writer session and a query; the guards
 		if err != nil {
 			return nil, err
 		}

@@ -57,7 +57,7 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 			return err
 		}
 		ws = append(ws, w)
-		if err := execAll(ctx, w, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", "SET SESSION unique_checks=1"); err != nil {
+		if err := execAll(ctx, w, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", "SET SESSION unique_checks=1", noAutoValueOnZero); err != nil {
 			return fmt.Errorf("%s: %w", tgt.name, err)
 		}
 	}
@@ -178,6 +178,10 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 	}
 	return nil
 }
+
+// noAutoValueOnZero: a copied AUTO_INCREMENT key of 0 stays 0 (as in a
+// dump) instead of taking the next value.
+const noAutoValueOnZero = "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'NO_AUTO_VALUE_ON_ZERO')"
 
 func quote(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
 

@@ -64,7 +64,7 @@ func (gs *guards) open(ctx context.Context, engine string) (*guard, error) {
 	c, err := gs.db.Conn(ctx)
 	if err == nil {
 		g.conn = c
-		err = execAll(ctx, c, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0",
+		err = execAll(ctx, c, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", noAutoValueOnZero,
 			"SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ", "START TRANSACTION")
 	}
 	if err != nil {

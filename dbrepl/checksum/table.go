@@ -32,7 +32,7 @@ type Table struct {
 // that transaction ends, so a chunk found identical stays identical. The
 // chunks of a walk cover the whole key space, gaps included (see
 // walkIntKey). Only meaningful for a transactional engine (InnoDB).
-func (t *Table) LockTarget() { t.lockDst = true }
+func (t *Table) LockTarget(on bool) { t.lockDst = on }
 
 // dstSuffix is what ends a query Walk runs on dst.
 func (t *Table) dstSuffix() string {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/go-sql-driver/mysql"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lockstep-ha/lockstep/dbrepl/checksum"
@@ -250,12 +251,13 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		return tr, err
 	}
 	if g != nil {
-		onSrc.LockTarget()
+		onSrc.LockTarget(true)
 		dst, fixer = g.conn, g.conn
 	}
 	var ups, ins, dels [][]any
 	var differ []checksum.Chunk
 	limit := int64(-1)
+walk:
 	err = onSrc.Walk(ctx, snap, dst, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
 		tr.Rows += cd.Rows
 		plan.chunks = append(plan.chunks, cd.Chunk)
@@ -271,6 +273,18 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		}
 		return nil
 	})
+	if me := (*mysql.MySQLError)(nil); g != nil && errors.As(err, &me) && me.Number == 1206 {
+		// ER_LOCK_TABLE_FULL: the guard's locks outgrew what the target's
+		// buffer pool allows. Nothing was written yet: this table is
+		// compared unlocked and hashed again in full at the end.
+		if err := gs.release(g); err != nil {
+			return tr, err
+		}
+		g, dst, fixer = nil, tgt, w
+		onSrc.LockTarget(false)
+		ups, ins, dels, differ, limit, tr.Rows, plan.chunks = nil, nil, nil, nil, -1, 0, nil
+		goto walk
+	}
 	if err == errTooMany {
 		var rows int64
 		if err := snap.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+onSrc.Qualified()).Scan(&rows); err != nil {

@@ -114,6 +114,7 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 	var done int64
 	tablesDone := 0
 	plans := make([]*verifyPlan, len(jobs))
+	copies := make(chan struct{}, copyWorkers)
 	next := make(chan int)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -131,7 +132,7 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 		g.Go(func() error {
 			for i := range next {
 				j := jobs[i]
-				plans[i] = &verifyPlan{}
+				plans[i] = &verifyPlan{copies: copies}
 				tr, err := repairTable(gctx, snaps[wi], tgt.db, ws[wi], gs, j.db, j.table, opts, func(n int64) {
 					mu.Lock()
 					defer mu.Unlock()

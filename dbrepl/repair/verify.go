@@ -44,6 +44,8 @@ type verifyPlan struct {
 	// those guardChunks still differed.
 	guarded                  bool
 	guardDiffer, guardChunks int
+	// copies is the run's semaphore of copyWorkers copy slots.
+	copies chan struct{}
 }
 
 // reseedPlanned reseeds and takes the source's whole-table sums from the
@@ -55,6 +57,14 @@ func reseedPlanned(ctx context.Context, snap *sql.Conn, w *sql.Conn, t *checksum
 		return err
 	}
 	plan.create = create
+	if plan.copies != nil {
+		select {
+		case plan.copies <- struct{}{}:
+			defer func() { <-plan.copies }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	ws, err := reseed(ctx, snap, w, t, tr, progress)
 	if err != nil {
 		return err

@@ -44,11 +44,17 @@ the source skips the target's transactions it had not applied (errant or
 conflicting writes, listed with their GTIDs: their changes are lost) and
 replicates from the target again. A verifying checksum ends the repair; only
 when it is clean and both directions run is the target unfenced. By default
-(--verify snapshot) every chunk of the target is hashed again once fixed,
-before its replication resumes, and compared with the source's snapshot
-sums of the compare pass: the serving source is read once. --verify live
-checksums both live nodes after replication resumed instead. A repair
-stopped half-way leaves the target fenced: run it again.
+(--verify snapshot) the target is checked against the source's snapshot
+sums of the compare pass before its replication resumes: a keyed InnoDB
+table is compared and fixed on a session of its own whose locking reads
+(SELECT ... FOR UPDATE) keep every compared row and key gap locked against
+any other writer until the end, so only its fixed chunks are hashed again;
+other tables (keyless, non-InnoDB, copied, past 32 such sessions) are hashed
+again in full. The serving source is read once. --verify live checksums
+both live nodes after replication resumed instead. A repair stopped
+half-way leaves the target fenced (and the locked tables' fixes rolled
+back): run it again. A copy (reseed) streams the rows with LOAD DATA LOCAL
+INFILE, or with extended INSERTs when the target has local_infile off.
 
 The configured account needs SUPER (or READ_ONLY ADMIN and REPLICATION
 SLAVE ADMIN), SELECT and RELOAD on the source and all privileges on the

@@ -20,7 +20,27 @@ type Querier interface {
 
 // Table is one table's definition as the checksum sees it (columns, key),
 // exported for `repl repair`, which walks the same chunks and rows.
-type Table struct{ def *tableDef }
+type Table struct {
+	def *tableDef
+	// lockDst makes Walk's reads on dst locking reads (see LockTarget).
+	lockDst bool
+}
+
+// LockTarget makes every read Walk takes on its dst a locking read
+// (SELECT ... FOR UPDATE): inside a transaction on dst, each row compared
+// and each gap between keys stays locked against every other writer until
+// that transaction ends, so a chunk found identical stays identical. The
+// chunks of a walk cover the whole key space, gaps included (see
+// walkIntKey). Only meaningful for a transactional engine (InnoDB).
+func (t *Table) LockTarget(on bool) { t.lockDst = on }
+
+// dstSuffix is what ends a query Walk runs on dst.
+func (t *Table) dstSuffix() string {
+	if t.lockDst {
+		return " FOR UPDATE"
+	}
+	return ""
+}
 
 // LoadTable reads a table's definition on q.
 func LoadTable(ctx context.Context, q Querier, schema, name string) (*Table, error) {
@@ -156,11 +176,12 @@ func readKey(ctx context.Context, q Querier, d *tableDef, query string, args []a
 func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string, args []any) (ChunkDiff, error) {
 	d := t.def
 	q := t.chunkQuery(where)
+	qs := [2]string{q, q + t.dstSuffix()}
 	// Both sides at once: the source's snapshot session and the target.
 	var s [2]chunkSum
 	g, gctx := errgroup.WithContext(ctx)
 	for i, db := range []Querier{src, dst} {
-		g.Go(func() error { return db.QueryRowContext(gctx, q, args...).Scan(&s[i].n, &s[i].h) })
+		g.Go(func() error { return db.QueryRowContext(gctx, qs[i], args...).Scan(&s[i].n, &s[i].h) })
 	}
 	if err := g.Wait(); err != nil {
 		return ChunkDiff{}, err
@@ -174,9 +195,13 @@ func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string
 	var m [2]map[string]string
 	g, gctx = errgroup.WithContext(ctx)
 	for i, db := range []Querier{src, dst} {
+		suffix := ""
+		if i == 1 {
+			suffix = t.dstSuffix()
+		}
 		g.Go(func() error {
 			var err error
-			order[i], m[i], err = rowHashesOn(gctx, db, d, where, args)
+			order[i], m[i], err = rowHashesOn(gctx, db, d, where, args, suffix)
 			return err
 		})
 	}
@@ -214,12 +239,12 @@ func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string
 	return cd, nil
 }
 
-func rowHashesOn(ctx context.Context, q Querier, t *tableDef, where string, args []any) ([]string, map[string]string, error) {
+func rowHashesOn(ctx context.Context, q Querier, t *tableDef, where string, args []any, suffix string) ([]string, map[string]string, error) {
 	query := "SELECT " + t.pkList() + ", " + t.rowHashExpr() + " FROM " + t.qualified() + t.forceKey()
 	if where != "" {
 		query += " WHERE " + where
 	}
-	query += " ORDER BY " + t.pkList()
+	query += " ORDER BY " + t.pkList() + suffix
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, nil, err
@@ -278,3 +303,26 @@ func (t *Table) RowDigestExpr() string {
 	h := t.def.rowHashExpr()
 	return "MD5(" + strings.TrimSuffix(strings.TrimPrefix(h, "CRC32("), ")") + ")"
 }
+
+// InsertPrefix is "INSERT INTO `db`.`t` (columns) VALUES ": a copy
+// appends the rows as literals (see BinaryColumns).
+func (t *Table) InsertPrefix() string {
+	return "INSERT INTO " + t.def.qualified() + " (" + t.plainColumns() + ") VALUES "
+}
+
+// BinaryColumns says per stored column whether a value read as text is
+// written back as a binary string literal (numbers, dates, binary
+// strings, BLOBs, BIT, geometry: bytes the server converts from as they
+// are) rather than as a string in the connection's character set (the
+// character types, which the server converted into it when reading).
+func (t *Table) BinaryColumns() []bool {
+	out := make([]bool, len(t.def.Columns))
+	for i, c := range t.def.Columns {
+		out[i] = !isStringType(c.Type)
+	}
+	return out
+}
+
+// ColumnList is the stored columns' names, quoted and comma-separated
+// (SelectAll's and InsertPrefix's order).
+func (t *Table) ColumnList() string { return t.plainColumns() }

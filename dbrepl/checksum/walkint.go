@@ -48,10 +48,14 @@ func (t *Table) walkIntKey(ctx context.Context, src, dst Querier, chunkRows int6
 		return true, fn(cd)
 	}
 	width := max(chunkRows, 1)
+	// a is the chunk's lower bound, base what its width counts from: the
+	// same, except after a jump over an empty stretch, which then belongs
+	// to the next chunk (a locking walk must cover every gap).
 	a, first := lo.Int64, true
+	base := a
 	for {
-		b := a + width
-		last := b <= a || b > hi.Int64
+		b := base + width
+		last := b <= base || b > hi.Int64
 		var where string
 		var args []any
 		switch {
@@ -73,7 +77,7 @@ func (t *Table) walkIntKey(ctx context.Context, src, dst Querier, chunkRows int6
 		if last {
 			return true, nil
 		}
-		first, a = false, b
+		first, a, base = false, b, b
 		if cd.Rows > 0 {
 			// What takes time is rows, not key values.
 			// At most 8× wider at a time: a sparse stretch must not make
@@ -93,12 +97,21 @@ func (t *Table) walkIntKey(ctx context.Context, src, dst Querier, chunkRows int6
 			return true, err
 		}
 		if !nexts[0].Valid && !nexts[1].Valid {
-			return true, nil
+			if !t.lockDst {
+				return true, nil
+			}
+			// The rest of the key space is empty: one last (empty) chunk
+			// takes its gap lock.
+			cd, err := t.compareChunk(ctx, src, dst, pk+" >= ?", []any{a})
+			if err != nil {
+				return true, err
+			}
+			return true, fn(cd)
 		}
 		n := nexts[0]
 		if !n.Valid || nexts[1].Valid && nexts[1].Int64 < n.Int64 {
 			n = nexts[1]
 		}
-		a, width = n.Int64, max(chunkRows, 1)
+		base, width = max(n.Int64, a), max(chunkRows, 1)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/go-sql-driver/mysql"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lockstep-ha/lockstep/dbrepl/checksum"
@@ -56,10 +58,17 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 			return err
 		}
 		ws = append(ws, w)
-		if err := execAll(ctx, w, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", "SET SESSION unique_checks=1"); err != nil {
+		if err := execAll(ctx, w, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", "SET SESSION unique_checks=1", noAutoValueOnZero); err != nil {
 			return fmt.Errorf("%s: %w", tgt.name, err)
 		}
 	}
+
+	// Guards: one target session per keyed InnoDB table compared, whose
+	// transaction holds the locks of its locking reads (see guard.go)
+	// until every table is done; committed at the end, rolled back on
+	// any failure.
+	gs := &guards{db: tgt.db, dry: opts.DryRun}
+	defer gs.rollback()
 
 	type job struct{ db, table string }
 	var jobs []job
@@ -105,6 +114,7 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 	var done int64
 	tablesDone := 0
 	plans := make([]*verifyPlan, len(jobs))
+	copies := make(chan struct{}, copyWorkers)
 	next := make(chan int)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -122,8 +132,8 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 		g.Go(func() error {
 			for i := range next {
 				j := jobs[i]
-				plans[i] = &verifyPlan{}
-				tr, err := repairTable(gctx, snaps[wi], tgt.db, ws[wi], j.db, j.table, opts, func(n int64) {
+				plans[i] = &verifyPlan{copies: copies}
+				tr, err := repairTable(gctx, snaps[wi], tgt.db, ws[wi], gs, j.db, j.table, opts, func(n int64) {
 					mu.Lock()
 					defer mu.Unlock()
 					done += n
@@ -155,24 +165,39 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 	if err != nil {
 		return err
 	}
-	if opts.DryRun || opts.VerifyLive {
+	if opts.DryRun {
 		return nil
 	}
-	return runSnapshotVerify(ctx, tgt, plans, rep)
+	if !opts.VerifyLive {
+		if err := runSnapshotVerify(ctx, tgt, plans, rep); err != nil {
+			return err
+		}
+	}
+	// The fixes of the guarded tables become durable only now, verified.
+	if err := gs.commit(ctx); err != nil {
+		rep.Verified = false
+		return fmt.Errorf("%s: committing the fixes: %w", tgt.name, err)
+	}
+	return nil
 }
+
+// noAutoValueOnZero: a copied AUTO_INCREMENT key of 0 stays 0 (as in a
+// dump) instead of taking the next value.
+const noAutoValueOnZero = "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'NO_AUTO_VALUE_ON_ZERO')"
 
 func quote(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
 
 // repairTable brings one table of the target to the snapshot.
-func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, db, table string, opts Options, progress func(int64), plan *verifyPlan) (TableReport, error) {
+func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, gs *guards, db, table string, opts Options, progress func(int64), plan *verifyPlan) (TableReport, error) {
 	tr := TableReport{Table: db + "." + table}
 	plan.name, plan.db, plan.table = tr.Table, db, table
 	var onSrc, onTgt *checksum.Table
 	var err error
-	if onSrc, err = loadIfExists(ctx, snap, db, table); err != nil {
+	if onSrc, _, err = loadIfExists(ctx, snap, db, table); err != nil {
 		return tr, err
 	}
-	if onTgt, err = loadIfExists(ctx, tgt, db, table); err != nil {
+	var tgtEngine string
+	if onTgt, tgtEngine, err = loadIfExists(ctx, tgt, db, table); err != nil {
 		return tr, err
 	}
 	var srcCreate, tgtCreate string
@@ -217,12 +242,29 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		return tr, repairKeyless(ctx, snap, tgt, w, onSrc, opts, &tr, progress, plan)
 	}
 
-	// rows: collect the differing keys against the snapshot.
+	// rows: collect the differing keys against the snapshot. On a
+	// guard session, the target's rows are read with locks the guard's
+	// transaction keeps, and the fixes are made in it.
+	var dst checksum.Querier = tgt
+	var fixer execer = w
+	g, err := gs.open(ctx, tgtEngine)
+	if err != nil {
+		return tr, err
+	}
+	if g != nil {
+		onSrc.LockTarget(true)
+		dst, fixer = g.conn, g.conn
+	}
 	var ups, ins, dels [][]any
+	var differ []checksum.Chunk
 	limit := int64(-1)
-	err = onSrc.Walk(ctx, snap, tgt, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
+walk:
+	err = onSrc.Walk(ctx, snap, dst, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
 		tr.Rows += cd.Rows
 		plan.chunks = append(plan.chunks, cd.Chunk)
+		if cd.Differs {
+			differ = append(differ, cd.Chunk)
+		}
 		progress(cd.Rows)
 		ups, ins, dels = append(ups, cd.Update...), append(ins, cd.Insert...), append(dels, cd.Delete...)
 		n := int64(len(ups) + len(ins) + len(dels))
@@ -232,12 +274,29 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		}
 		return nil
 	})
+	if me := (*mysql.MySQLError)(nil); g != nil && errors.As(err, &me) && me.Number == 1206 {
+		// ER_LOCK_TABLE_FULL: the guard's locks outgrew what the target's
+		// buffer pool allows. Nothing was written yet: this table is
+		// compared unlocked and hashed again in full at the end.
+		if err := gs.release(g); err != nil {
+			return tr, err
+		}
+		g, dst, fixer = nil, tgt, w
+		onSrc.LockTarget(false)
+		ups, ins, dels, differ, limit, tr.Rows, plan.chunks = nil, nil, nil, nil, -1, 0, nil
+		goto walk
+	}
 	if err == errTooMany {
 		var rows int64
 		if err := snap.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+onSrc.Qualified()).Scan(&rows); err != nil {
 			return tr, err
 		}
 		if float64(limit) > autoReseedFraction*float64(rows) {
+			// Nothing was written on the guard: its locks go, the copy
+			// drops the table.
+			if err := gs.release(g); err != nil {
+				return tr, err
+			}
 			tr = TableReport{Table: tr.Table, Method: MethodReseed, Why: fmt.Sprintf("auto: over %d of %d rows differ (more than %.0f%%): a full copy is cheaper", limit, rows, autoReseedFraction*100)}
 			if opts.DryRun {
 				tr.Rows, tr.Copied = rows, rows
@@ -247,11 +306,14 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		}
 		// Many rows but a small share: go on row by row.
 		ups, ins, dels, tr.Rows = nil, nil, nil, 0
-		plan.chunks = nil
+		plan.chunks, differ = nil, nil
 		opts.Method = MethodRows
-		err = onSrc.Walk(ctx, snap, tgt, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
+		err = onSrc.Walk(ctx, snap, dst, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
 			tr.Rows += cd.Rows
 			plan.chunks = append(plan.chunks, cd.Chunk)
+			if cd.Differs {
+				differ = append(differ, cd.Chunk)
+			}
 			ups, ins, dels = append(ups, cd.Update...), append(ins, cd.Insert...), append(dels, cd.Delete...)
 			return nil
 		})
@@ -262,7 +324,7 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 	tr.Updated, tr.Inserted, tr.Deleted = int64(len(ups)), int64(len(ins)), int64(len(dels))
 	tr.Method = "clean"
 	if len(ups)+len(ins)+len(dels) == 0 {
-		return tr, nil
+		return tr, g.verified(ctx, onSrc, plan, nil)
 	}
 	tr.Method = MethodRows
 	tr.Why = fmt.Sprintf("%d differing row(s), fixed by %s", len(ups)+len(ins)+len(dels), onSrc.KeyLabel())
@@ -273,7 +335,7 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 	gone := append(append([][]any{}, ups...), dels...)
 	for b := range slices.Chunk(gone, batchRows) {
 		q, a := onSrc.DeleteKeys(b)
-		if _, err := w.ExecContext(ctx, q, a...); err != nil {
+		if _, err := fixer.ExecContext(ctx, q, a...); err != nil {
 			return tr, err
 		}
 	}
@@ -288,24 +350,32 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 			continue
 		}
 		iq, ia := onSrc.InsertRows(vals)
-		if _, err := w.ExecContext(ctx, iq, ia...); err != nil {
+		if _, err := fixer.ExecContext(ctx, iq, ia...); err != nil {
 			return tr, err
 		}
 	}
-	return tr, nil
+	return tr, g.verified(ctx, onSrc, plan, differ)
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
 var errTooMany = fmt.Errorf("too many differences")
 
-func loadIfExists(ctx context.Context, q checksum.Querier, db, table string) (*checksum.Table, error) {
-	var n int
-	if err := q.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND TABLE_TYPE = 'BASE TABLE'", db, table).Scan(&n); err != nil {
-		return nil, err
+// loadIfExists loads a base table's definition and names its engine
+// (nil when there is no such table).
+func loadIfExists(ctx context.Context, q checksum.Querier, db, table string) (*checksum.Table, string, error) {
+	var engine sql.NullString
+	err := q.QueryRowContext(ctx, "SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND TABLE_TYPE = 'BASE TABLE'", db, table).Scan(&engine)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", nil
 	}
-	if n == 0 {
-		return nil, nil
+	if err != nil {
+		return nil, "", err
 	}
-	return checksum.LoadTable(ctx, q, db, table)
+	t, err := checksum.LoadTable(ctx, q, db, table)
+	return t, engine.String, err
 }
 
 func readRows(ctx context.Context, q checksum.Querier, query string, args []any, ncol int) ([][]any, error) {

@@ -17,16 +17,20 @@
 //     ever written to the source's data.
 //  4. Each table is compared with the checksum's chunk and row hashes
 //     against the snapshot, and the differing rows are fixed on the
-//     target (sql_log_bin=0, so the fixes do not replicate back). A table
-//     whose definition differs, that exists on one side only, that has no
-//     key, or (method auto) that differs in many rows is copied whole
-//     instead (reseed).
+//     target (sql_log_bin=0, so the fixes do not replicate back); a keyed
+//     InnoDB table is read with locks a guard transaction holds until the
+//     end (guard.go), and its fixes are committed only once every table
+//     is verified. A table whose definition differs, that exists on one
+//     side only, that has no key, or (method auto) that differs in many
+//     rows is copied whole instead (reseed).
 //  5. The target replicates from the source from the snapshot's position
 //     (gtid_slave_pos); the source skips the target's transactions it had
 //     not applied (listed in the report) and replicates from the target
 //     again.
-//  6. Both nodes catch up, a checksum verifies the repaired databases,
-//     and only then is the target unfenced.
+//  6. Both nodes catch up, and the target is unfenced only when the
+//     verification (against the snapshot, before step 5: the fixed chunks
+//     of guarded tables and every chunk of the others; or --verify live,
+//     a checksum of both live nodes) found it identical.
 package repair
 
 import (
@@ -169,7 +173,7 @@ func Run(ctx context.Context, cfg dbrepl.Config, opts Options) (*Report, error) 
 	var src, tgt node
 	for _, nc := range cfg.Nodes {
 		n := node{name: nc.Name}
-		db, err := open(nc, 2+2*compareWorkers) // per worker: a snapshot or writer session and a query
+		db, err := open(nc, 2+2*compareWorkers+maxGuards) // per worker: a snapshot or writer session and a query; the guards
 		if err != nil {
 			return nil, err
 		}

@@ -3,19 +3,25 @@ package repair_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-sql-driver/mysql"
 
 	"github.com/lockstep-ha/lockstep/dbrepl/repair"
 	"github.com/lockstep-ha/lockstep/integration/mariadbpair"
 )
 
-// TestRepairVerifiesAgainstSnapshot: a row changed on the target behind
-// the repair's back after its table was fixed is caught by the default
-// verification (the target hashed again against the snapshot's sums):
-// not verified, the target stays fenced. A second run with --verify live
-// repairs it and verifies with a checksum of both live nodes.
+// TestRepairVerifiesAgainstSnapshot: a write on the target behind the
+// repair's back after a table was repaired. On a keyed InnoDB table the
+// table's guard still holds the rows it compared: the write waits and
+// fails (lock wait timeout), the row stays as repaired. On a keyless table
+// (not guarded) the write lands and the default verification (the target
+// hashed again against the snapshot's sums) catches it: not verified, the
+// target stays fenced. A second run with --verify live repairs it and
+// verifies with a checksum of both live nodes.
 func TestRepairVerifiesAgainstSnapshot(t *testing.T) {
 	p := mariadbpair.Start(t)
 	seed(t, p)
@@ -23,20 +29,36 @@ func TestRepairVerifiesAgainstSnapshot(t *testing.T) {
 	execLocal(t, db2.DB, "UPDATE app.t SET v = 'drift' WHERE id = 3")
 	cfg := config(t, p)
 	ctx := context.Background()
+	var guardedErr, keylessErr error
 	r, err := repair.Run(ctx, cfg, repair.Options{Source: "db1", Target: "db2", ChunkRows: 500,
 		AfterTable: func(table string) {
-			if table == "app.t" {
-				execLocal(t, db2.DB, "UPDATE app.t SET v = 'late' WHERE id = 2000")
+			switch table {
+			case "app.t":
+				guardedErr = tryLocal(db2.DB, "SET SESSION innodb_lock_wait_timeout = 1", "UPDATE app.t SET v = 'late' WHERE id = 2000")
+			case "app.nokey":
+				keylessErr = tryLocal(db2.DB, "INSERT INTO app.nokey VALUES (9, 'late')")
 			}
 		}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var me *mysql.MySQLError
+	if !errors.As(guardedErr, &me) || me.Number != 1205 {
+		t.Errorf("write on a guarded table during the repair: %v, want a lock wait timeout (1205)", guardedErr)
+	}
+	if keylessErr != nil {
+		t.Fatal(keylessErr)
+	}
 	if r.Verified || r.Unfenced || r.VerifiedAgainst != "snapshot" {
 		t.Fatalf("late write not caught: verified=%v unfenced=%v against=%q notes=%v", r.Verified, r.Unfenced, r.VerifiedAgainst, r.Notes)
 	}
-	if !strings.Contains(strings.Join(r.Notes, "\n"), "app.t: 1 of ") {
-		t.Errorf("notes do not name app.t's differing chunk: %v", r.Notes)
+	notes := strings.Join(r.Notes, "\n")
+	if !strings.Contains(notes, "app.nokey") || strings.Contains(notes, "app.t:") {
+		t.Errorf("notes should name app.nokey alone: %v", r.Notes)
+	}
+	var v string
+	if err := db2.DB.QueryRow("SELECT v FROM app.t WHERE id = 2000").Scan(&v); err != nil || v != "v2000" {
+		t.Errorf("app.t id 2000 on the target: %q %v, want v2000", v, err)
 	}
 	if !readOnly(t, db2) {
 		t.Fatal("target writable after a repair that did not verify")
@@ -47,9 +69,30 @@ func TestRepairVerifiesAgainstSnapshot(t *testing.T) {
 	if r.VerifiedAgainst != "live" || len(r.Checksum) == 0 {
 		t.Errorf("second run verified against %q with %d checksum results", r.VerifiedAgainst, len(r.Checksum))
 	}
-	if tr := tableReport(t, r, "app.t"); tr.Updated != 1 {
+	if tr := tableReport(t, r, "app.nokey"); tr.Deleted != 1 {
+		t.Errorf("app.nokey: %+v", tr)
+	}
+	if tr := tableReport(t, r, "app.t"); tr.Method != "clean" {
 		t.Errorf("app.t: %+v", tr)
 	}
+}
+
+// tryLocal writes on one node behind replication's back and returns the
+// error (for use off the test's goroutine).
+func tryLocal(db *sql.DB, stmts ...string) error {
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	for _, s := range append([]string{"SET SESSION sql_log_bin = 0"}, stmts...) {
+		if _, err := conn.ExecContext(ctx, s); err != nil {
+			return err
+		}
+	}
+	_, err = conn.ExecContext(ctx, "SET SESSION sql_log_bin = 1")
+	return err
 }
 
 // TestRepairReseedsMissingKey: a target that lacks a secondary key of the

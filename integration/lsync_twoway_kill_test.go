@@ -62,7 +62,7 @@ sync:
 // delivered into a directory it had just created was found by that
 // directory's scan, not by a rename event, so it was not known as the
 // peer's and was pushed back after the peer had moved it (fixed by the
-// receiver's delivery mark, lsync.DeliveredXattr; 8 of 8 runs passed with
+// receiver's delivery mark, lsync.DeliveredXattr; 14 of 14 runs passed with
 // -race after the fix).
 func TestSSHTwoWayDaemonKill9(t *testing.T) {
 	bin := lockstepBinary(t)

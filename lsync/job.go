@@ -281,10 +281,19 @@ func (j *Job) openState() {
 		w.mu.Unlock()
 		w.rec.State = st
 		// Trusted only once a full pass ended in sync (and none failed
-		// since): see Reconciler.stateComplete.
+		// since): see Reconciler.stateComplete. And only after a run that
+		// ended cleanly: a run killed mid-batch may have left temp files
+		// or half a rename on the target, which only a listing finds.
 		trust := false
 		if m, ok := any(st).(completeMarker); ok {
 			trust = m.Complete()
+			if trust && m.InUse() {
+				trust = false
+				w.logger.Info("the previous run did not end cleanly: the target is listed once instead of trusting the sync state (leftover temp files, a batch cut short)")
+			}
+			if err := m.SetInUse(true); err != nil {
+				w.logger.Warn("sync state: cannot record that it is in use; a crash of this run would not be noticed at the next start", "err", err)
+			}
 		}
 		w.rec.TrustState(trust)
 	}
@@ -299,6 +308,9 @@ func (j *Job) closeState() {
 		if st != nil {
 			w.rec.State = nil
 			w.rec.TrustState(false)
+			if m, ok := any(st).(completeMarker); ok {
+				_ = m.SetInUse(false) // a clean end: the next start may trust it
+			}
 			_ = st.Close()
 		}
 	}

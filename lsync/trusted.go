@@ -54,6 +54,10 @@ func (r *Reconciler) TrustState(ok bool) { r.trusted.Store(ok) }
 type completeMarker interface {
 	SetComplete(bool) error
 	Complete() bool
+	// SetInUse and InUse tell a run that ended cleanly from one that
+	// died (see syncstate.Store.SetInUse).
+	SetInUse(bool) error
+	InUse() bool
 }
 
 // stateComplete records, after a full pass, whether the state now covers

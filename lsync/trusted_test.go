@@ -13,6 +13,7 @@ import (
 
 	"github.com/lockstep-ha/lockstep/lsync"
 	"github.com/lockstep-ha/lockstep/lsync/lsynctest"
+	"github.com/lockstep-ha/lockstep/lsync/syncstate"
 )
 
 // walkCounter counts the target listings of the sessions it dials.
@@ -164,4 +165,63 @@ func TestRenameConfirmedFromTheState(t *testing.T) {
 		t.Fatal(err)
 	}
 	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+}
+
+// TestRestartAfterACrashListsTheTarget: a run killed mid-batch can leave
+// an upload's temp file (or half a rename) on the target, which only a
+// listing finds. The state's completeness is trusted only after a run that
+// ended cleanly; after a crash the next start lists the target once and
+// removes the leftover.
+func TestRestartAfterACrashListsTheTarget(t *testing.T) {
+	cfg, src, dst := localJobConfig(t, "peer")
+	cfg.StateDir = t.TempDir()
+	lsynctest.WriteFile(t, src, "a/1.txt", "one", 0o644, time.Time{})
+	statePath := syncstate.FileName(cfg.StateDir, cfg.Name, "peer")
+
+	// A daemon run: its state file, copied while it runs, is what a
+	// kill -9 leaves behind (in use, and complete after the connect pass).
+	j := lsynctest.StartJob(t, cfg, nil, lsync.JobOptions{Logger: discardLogger()})
+	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	waitIdle(t, j, "peer")
+	crashed, err := os.ReadFile(statePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Stop()
+	if err := os.WriteFile(statePath, crashed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// What the killed batch left on the target.
+	leftover := filepath.Join(dst[0], "a", lsync.TempPrefix+"2.txt.deadbeef")
+	lsynctest.WriteFile(t, dst[0], "a/"+filepath.Base(leftover), "half an upload", 0o600, time.Time{})
+
+	wc := &walkCounter{Connector: lsynctest.LocalConnectors(t, cfg)[0]}
+	j2, err := lsync.NewJob(cfg, []lsync.Connector{wc}, lsync.JobOptions{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j2.Stop()
+	res := j2.ReconcileOnce(t.Context())
+	if len(res) != 1 || !res[0].OK() {
+		t.Fatalf("ReconcileOnce: %+v", res[0])
+	}
+	if res[0].Applied.Trusted || wc.walks.Load() != 1 {
+		t.Errorf("after a crash: trusted=%v, %d whole-tree listings; want a listing", res[0].Applied.Trusted, wc.walks.Load())
+	}
+	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
+		t.Errorf("the crashed run's temp file is still on the target (%v)", err)
+	}
+	lsynctest.AssertTreesEqual(t, src, dst[0])
+
+	// That run ended cleanly: the next start trusts the state again.
+	j2.Stop()
+	wc3 := &walkCounter{Connector: lsynctest.LocalConnectors(t, cfg)[0]}
+	j3, err := lsync.NewJob(cfg, []lsync.Connector{wc3}, lsync.JobOptions{Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j3.Stop()
+	if res := j3.ReconcileOnce(t.Context()); !res[0].OK() || !res[0].Applied.Trusted || wc3.walks.Load() != 0 {
+		t.Errorf("after a clean end: trusted=%v, %d listings; want trusted, none", res[0].Applied.Trusted, wc3.walks.Load())
+	}
 }

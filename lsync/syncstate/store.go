@@ -436,7 +436,36 @@ func (s *Store) Children(dir string, fn func(name string, r Record) error) error
 	})
 }
 
-var keyComplete = []byte("complete")
+var (
+	keyComplete = []byte("complete")
+	keyInUse    = []byte("in-use")
+)
+
+// SetInUse records that a run is using the state (set when a run opens
+// it) or that it ended cleanly (cleared when it closes it). A run killed
+// mid-batch leaves it set: what that batch was doing on the target (an
+// upload's temp file, a rename half done) is known only to a listing of
+// the target, so the next start must not trust the state without one.
+func (s *Store) SetInUse(on bool) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if !on {
+			return meta.Delete(keyInUse)
+		}
+		return meta.Put(keyInUse, []byte{1})
+	})
+}
+
+// InUse reports what SetInUse last recorded: true after a run that did
+// not end cleanly.
+func (s *Store) InUse() bool {
+	var on bool
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		on = tx.Bucket(bucketMeta).Get(keyInUse) != nil
+		return nil
+	})
+	return on
+}
 
 // SetComplete records whether the state covers the whole target: set
 // after a full comparison left both trees identical, cleared when one

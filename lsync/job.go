@@ -308,7 +308,7 @@ func (j *Job) closeState() {
 		if st != nil {
 			w.rec.State = nil
 			w.rec.TrustState(false)
-			if m, ok := any(st).(completeMarker); ok {
+			if m, ok := any(st).(completeMarker); ok && !w.cutShort.Swap(false) {
 				_ = m.SetInUse(false) // a clean end: the next start may trust it
 			}
 			_ = st.Close()
@@ -543,8 +543,11 @@ type targetWorker struct {
 	// failures how often in a row it failed: each path backs off on its
 	// own, so one path the peer keeps refusing (a permission, a full
 	// disk) never slows down the retry of another's passing failure.
-	retryAt      map[string]time.Time
-	failures     map[string]int
+	retryAt  map[string]time.Time
+	failures map[string]int
+	// cutShort is set when the job was stopped in the middle of a batch:
+	// the state is then left marked in use, as after a crash.
+	cutShort     atomic.Bool
 	connected    bool
 	lastSync     time.Time
 	lastVerified time.Time
@@ -1050,6 +1053,9 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		}
 		if err != nil {
 			if ctx.Err() != nil {
+				// Stopped mid-batch: what it was doing on the target is
+				// not known to have finished (see closeState).
+				w.cutShort.Store(true)
 				return nil
 			}
 			w.requeue(b, firstSeen)

@@ -16,33 +16,13 @@ import (
 // between the same two servers. The same drift is injected before each
 // tool runs; each run is then checked clean with lockstep repl checksum.
 func runRepair(ctx context.Context, e *Env, res *Result) error {
-	lsAvail := lockstepHas(ctx, e.Lockstep, "repl", "repair")
-	if lsAvail != nil {
-		return errNotRun{lsAvail.Error()}
-	}
-	sysbench, err := lookTool("sysbench")
-	if err != nil {
-		return skipf("sysbench not installed (generates the tables): %v", err)
-	}
-	d, err := e.startPair(ctx, "s12")
+	d, cfg, checkClean, err := e.sysbenchPair(ctx, "s12", "repair")
 	if err != nil {
 		return err
 	}
 	defer d.close()
 	db1, db2 := d.pair.Nodes[0], d.pair.Nodes[1]
-	// repair writes on the fenced target and moves replication positions:
-	// the configured account gets what the README asks for.
-	if err := execOnOneConn(ctx, db1.DB, "CREATE DATABASE sbtest", fmt.Sprintf("GRANT ALL ON *.* TO '%s'@'%%'", mariadb.MonitorUser)); err != nil {
-		return err
-	}
 	sz := e.Sizes
-	if _, err := runCmd(ctx, sysbench, "oltp_read_write", "--db-driver=mysql", "--mysql-socket="+db1.Socket, "--mysql-user=root",
-		"--mysql-db=sbtest", fmt.Sprintf("--tables=%d", sz.ChecksumTables), fmt.Sprintf("--table-size=%d", sz.ChecksumRows), "prepare"); err != nil {
-		return err
-	}
-	if err := d.pair.WaitSynced(ctx, 3*time.Minute); err != nil {
-		return err
-	}
 	res.note("Data: sysbench oltp tables, %d × %d rows; before each tool, 3 rows drifted on db2 with sql_log_bin=0 (one updated, one deleted, one extra).", sz.ChecksumTables, sz.ChecksumRows)
 	tbl := func(i int) string { return fmt.Sprintf("sbtest.sbtest%d", 1+i%sz.ChecksumTables) }
 	var maxID int64
@@ -54,17 +34,6 @@ func runRepair(ctx context.Context, e *Env, res *Result) error {
 			fmt.Sprintf("UPDATE %s SET c = 'drifted%d' WHERE id = 17", tbl(0), round),
 			fmt.Sprintf("DELETE FROM %s WHERE id = %d", tbl(1), 43+2*round),
 			fmt.Sprintf("INSERT INTO %s (id, k, c, pad) VALUES (%d, 1, 'extra', 'extra')", tbl(2), maxID+1000+int64(round)))
-	}
-	cfg, err := d.writeConfig("repair", "")
-	if err != nil {
-		return err
-	}
-	checkClean := func(who string) error {
-		out, err := exec.CommandContext(ctx, e.Lockstep, "repl", "checksum", "-c", cfg, "--database", "sbtest").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("after %s the pair is not clean: %v\n%s", who, err, truncate(string(out), 1500))
-		}
-		return nil
 	}
 
 	if err := inject(0); err != nil {
@@ -115,4 +84,51 @@ func lastLine(s string) string {
 		return s[i+1:]
 	}
 	return s
+}
+
+// sysbenchPair starts scenarios 12 and 14: a pair with sysbench's oltp
+// tables made on db1 and replicated to db2, the configured account granted
+// what the README asks for repair (it writes on the fenced target and
+// moves replication positions), a config written as name, and
+// checkClean, which fails unless lockstep repl checksum finds the pair
+// identical.
+func (e *Env) sysbenchPair(ctx context.Context, id, name string) (d *dbEnv, cfg string, checkClean func(who string) error, err error) {
+	if err := lockstepHas(ctx, e.Lockstep, "repl", "repair"); err != nil {
+		return nil, "", nil, errNotRun{err.Error()}
+	}
+	sysbench, err := lookTool("sysbench")
+	if err != nil {
+		return nil, "", nil, skipf("sysbench not installed (generates the tables): %v", err)
+	}
+	if d, err = e.startPair(ctx, id); err != nil {
+		return nil, "", nil, err
+	}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	db1 := d.pair.Nodes[0]
+	if err := execOnOneConn(ctx, db1.DB, "CREATE DATABASE sbtest", fmt.Sprintf("GRANT ALL ON *.* TO '%s'@'%%'", mariadb.MonitorUser)); err != nil {
+		return nil, "", nil, err
+	}
+	sz := e.Sizes
+	if _, err := runCmd(ctx, sysbench, "oltp_read_write", "--db-driver=mysql", "--mysql-socket="+db1.Socket, "--mysql-user=root",
+		"--mysql-db=sbtest", fmt.Sprintf("--tables=%d", sz.ChecksumTables), fmt.Sprintf("--table-size=%d", sz.ChecksumRows), "prepare"); err != nil {
+		return nil, "", nil, err
+	}
+	if err := d.pair.WaitSynced(ctx, 3*time.Minute); err != nil {
+		return nil, "", nil, err
+	}
+	if cfg, err = d.writeConfig(name, ""); err != nil {
+		return nil, "", nil, err
+	}
+	checkClean = func(who string) error {
+		out, err := exec.CommandContext(ctx, e.Lockstep, "repl", "checksum", "-c", cfg, "--database", "sbtest").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("after %s the pair is not clean: %v\n%s", who, err, truncate(string(out), 1500))
+		}
+		return nil
+	}
+	return d, cfg, checkClean, nil
 }

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os/exec"
 	"time"
-
-	"github.com/lockstep-ha/lockstep/internal/testbed/mariadb"
 )
 
 // Scenario 14: a full copy of the sysbench tables onto the target, lockstep
@@ -16,42 +14,14 @@ import (
 // not binlogged, as lockstep's, so that it does not replicate back). Each
 // is checked clean with lockstep repl checksum.
 func runReseed(ctx context.Context, e *Env, res *Result) error {
-	if err := lockstepHas(ctx, e.Lockstep, "repl", "repair"); err != nil {
-		return errNotRun{err.Error()}
-	}
-	sysbench, err := lookTool("sysbench")
-	if err != nil {
-		return skipf("sysbench not installed (generates the tables): %v", err)
-	}
-	d, err := e.startPair(ctx, "s14")
+	d, cfg, checkClean, err := e.sysbenchPair(ctx, "s14", "reseed")
 	if err != nil {
 		return err
 	}
 	defer d.close()
 	db1, db2 := d.pair.Nodes[0], d.pair.Nodes[1]
-	if err := execOnOneConn(ctx, db1.DB, "CREATE DATABASE sbtest", fmt.Sprintf("GRANT ALL ON *.* TO '%s'@'%%'", mariadb.MonitorUser)); err != nil {
-		return err
-	}
 	sz := e.Sizes
-	if _, err := runCmd(ctx, sysbench, "oltp_read_write", "--db-driver=mysql", "--mysql-socket="+db1.Socket, "--mysql-user=root",
-		"--mysql-db=sbtest", fmt.Sprintf("--tables=%d", sz.ChecksumTables), fmt.Sprintf("--table-size=%d", sz.ChecksumRows), "prepare"); err != nil {
-		return err
-	}
-	if err := d.pair.WaitSynced(ctx, 3*time.Minute); err != nil {
-		return err
-	}
 	res.note("Data: sysbench oltp tables, %d × %d rows, copied whole onto db2 by each tool in turn.", sz.ChecksumTables, sz.ChecksumRows)
-	cfg, err := d.writeConfig("reseed", "")
-	if err != nil {
-		return err
-	}
-	checkClean := func(who string) error {
-		out, err := exec.CommandContext(ctx, e.Lockstep, "repl", "checksum", "-c", cfg, "--database", "sbtest").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("after %s the pair is not clean: %v\n%s", who, err, truncate(string(out), 1500))
-		}
-		return nil
-	}
 
 	t1 := time.Now()
 	out, err := exec.CommandContext(ctx, e.Lockstep, "repl", "repair", "-c", cfg, "--source", "db1", "--target", "db2",

@@ -603,12 +603,9 @@ func (s *recvSession) ReadDir(ctx context.Context, rel string) ([]lsync.Entry, e
 	if err := s.alive(ctx); err != nil {
 		return nil, err
 	}
-	if rel != "" {
-		c, err := clean(rel)
-		if err != nil {
-			return nil, err
-		}
-		rel = c
+	rel, err := cleanDir(rel)
+	if err != nil {
+		return nil, err
 	}
 	return s.readDir(ctx, rel)
 }

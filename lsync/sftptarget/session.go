@@ -250,6 +250,14 @@ func clean(rel string) (string, error) {
 	return c, nil
 }
 
+// cleanDir is clean for a directory, "" naming the root.
+func cleanDir(rel string) (string, error) {
+	if rel == "" {
+		return "", nil
+	}
+	return clean(rel)
+}
+
 // tempName returns a unique hidden sibling of rel. Long names are cut so
 // that the temp name stays within NAME_MAX.
 func tempName(rel string) string {
@@ -1270,12 +1278,9 @@ func (s *session) ReadDir(ctx context.Context, rel string) ([]lsync.Entry, error
 	if err := s.alive(ctx); err != nil {
 		return nil, err
 	}
-	if rel != "" {
-		c, err := clean(rel)
-		if err != nil {
-			return nil, err
-		}
-		rel = c
+	rel, err := cleanDir(rel)
+	if err != nil {
+		return nil, err
 	}
 	return s.readDir(ctx, rel)
 }

@@ -29,6 +29,13 @@ type dbEnv struct {
 	dir  string
 }
 
+// startSupervise runs lockstep repl supervise on d's pair with cfg,
+// serving its metrics on metricsAddr, logging to logName in d's directory.
+func (e *Env) startSupervise(d *dbEnv, logName, cfg, metricsAddr string) (*Proc, error) {
+	return StartProc("lockstep repl supervise", filepath.Join(d.dir, logName), nil, e.Lockstep,
+		"repl", "supervise", "-c", cfg, "--metrics-addr", metricsAddr)
+}
+
 func (e *Env) startPair(ctx context.Context, name string) (*dbEnv, error) {
 	if err := mariadb.Available(); err != nil {
 		return nil, skipf("MariaDB pair unavailable: %v", err)
@@ -161,7 +168,7 @@ func runLag(ctx context.Context, e *Env, res *Result) error {
 		return err
 	}
 	metricsURL := "http://" + metricsAddr + "/metrics"
-	sup, err := StartProc("lockstep repl supervise", filepath.Join(d.dir, "supervise.log"), nil, e.Lockstep, "repl", "supervise", "-c", cfg, "--metrics-addr", metricsAddr)
+	sup, err := e.startSupervise(d, "supervise.log", cfg, metricsAddr)
 	if err != nil {
 		return err
 	}

@@ -167,7 +167,7 @@ func runWatchCost(ctx context.Context, e *Env, res *Result) error {
 		return err
 	}
 	metricsURL := "http://" + metricsAddr + "/metrics"
-	sup, err := StartProc("lockstep repl supervise", filepath.Join(d.dir, "supervise.log"), nil, e.Lockstep, "repl", "supervise", "-c", cfg, "--metrics-addr", metricsAddr)
+	sup, err := e.startSupervise(d, "supervise.log", cfg, metricsAddr)
 	if err != nil {
 		return err
 	}
@@ -246,7 +246,7 @@ func runWatchCost(ctx context.Context, e *Env, res *Result) error {
 	// db1 takes 100 inserts/s, db2's SQL thread is stopped at T and both
 	// tools are read once, at a random instant 0.3–1.8 s after T (a
 	// different phase of both heartbeat cycles each run).
-	sup2, err := StartProc("lockstep repl supervise", filepath.Join(d.dir, "supervise-lag.log"), nil, e.Lockstep, "repl", "supervise", "-c", cfg, "--metrics-addr", metricsAddr)
+	sup2, err := e.startSupervise(d, "supervise-lag.log", cfg, metricsAddr)
 	if err != nil {
 		return err
 	}

@@ -276,6 +276,9 @@ func (j *Job) openState() {
 			w.logger.Warn("sync state unavailable; running without it (two-way falls back to the newer-mtime rule, full passes never delete)", "err", err)
 			continue
 		}
+		if st.Migrated {
+			w.logger.Info("sync state migrated to record owners; until both nodes agree on a path's owner, a chown of it is not merged in two-way sync", "path", st.Path())
+		}
 		w.mu.Lock()
 		w.state = st
 		w.mu.Unlock()

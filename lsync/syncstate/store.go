@@ -25,10 +25,17 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// SchemaVersion is bumped whenever the encoding changes; an older file is
-// set aside, not migrated (it is a cache of facts that a comparison can
-// rebuild).
-const SchemaVersion = 1
+// SchemaVersion is bumped whenever the encoding changes. A file of
+// schema 1 (before owners were recorded) is migrated in place, its records
+// with their owner unknown: setting it aside would lose the merge base of
+// two-way sync, and with it every deletion made while the peer was away.
+// Any other schema is set aside (the state is a cache of facts that a
+// comparison can rebuild, never deleting on the strength of it).
+const SchemaVersion = 2
+
+// schemaNoOwner is the schema whose records carry no owner: type, mode,
+// size and mtime, the link target being the rest of the value.
+const schemaNoOwner = 1
 
 var (
 	bucketMeta    = []byte("meta")
@@ -48,6 +55,20 @@ type Record struct {
 	Size    int64
 	MTimeNs int64
 	Link    string
+	// Owner is the owner and group both sides last agreed on, as the
+	// recording node names them; not Known when they never agreed since
+	// it was recorded, or the record is older than owners in the state.
+	Owner Owner
+}
+
+// Owner is a recorded owner and group: the recording node's ids and,
+// with owner: names, their names there ("" where an id has none). The
+// names let a comparison map them to the peer's ids afresh, so that two
+// nodes whose users have different ids still agree on one owner.
+type Owner struct {
+	Known       bool
+	UID, GID    uint32
+	User, Group string
 }
 
 // Store is one (job, target) state file.
@@ -59,6 +80,9 @@ type Store struct {
 	Fresh bool
 	// SetAside names the file a foreign or corrupt state was moved to.
 	SetAside string
+	// Migrated is true when Open rewrote a state of schema 1 (records
+	// without owners) to the current schema.
+	Migrated bool
 }
 
 // Open opens (creating it and its directory, both private) the state at
@@ -124,10 +148,13 @@ func open(path, identity string) (*Store, error) {
 				return err
 			}
 			return meta.Put(keyIdentity, []byte(identity))
-		case len(v) != 4 || binary.BigEndian.Uint32(v) != SchemaVersion:
-			return fmt.Errorf("schema %x, want %d", v, SchemaVersion)
 		case !bytes.Equal(meta.Get(keyIdentity), []byte(identity)):
 			return fmt.Errorf("belongs to %q, not %q", meta.Get(keyIdentity), identity)
+		case len(v) == 4 && binary.BigEndian.Uint32(v) == schemaNoOwner:
+			s.Migrated = true
+			return migrateNoOwner(tx, meta)
+		case len(v) != 4 || binary.BigEndian.Uint32(v) != SchemaVersion:
+			return fmt.Errorf("schema %x, want %d", v, SchemaVersion)
 		}
 		return nil
 	})
@@ -383,15 +410,72 @@ func FileName(dir, job, target string) string {
 	return filepath.Join(dir, "sync", esc(job), esc(target)+".db")
 }
 
+// encode is a record in schema 2: mode, size, mtime, the link target
+// (length first), then, when the owner is known, a 1, uid, gid, user
+// and group (each length first).
 func encode(r Record) []byte {
-	b := make([]byte, 0, 4+8+8+len(r.Link))
+	b := make([]byte, 0, 4+8+8+2+len(r.Link)+1+8+4+len(r.Owner.User)+len(r.Owner.Group))
 	b = binary.BigEndian.AppendUint32(b, r.Mode)
 	b = binary.BigEndian.AppendUint64(b, uint64(r.Size))
 	b = binary.BigEndian.AppendUint64(b, uint64(r.MTimeNs))
-	return append(b, r.Link...)
+	b = appendString(b, r.Link)
+	if !r.Owner.Known {
+		return b
+	}
+	b = append(b, 1)
+	b = binary.BigEndian.AppendUint32(b, r.Owner.UID)
+	b = binary.BigEndian.AppendUint32(b, r.Owner.GID)
+	b = appendString(b, r.Owner.User)
+	return appendString(b, r.Owner.Group)
 }
 
+func appendString(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+// decode reads a record of schema 2. A value it cannot read is no record:
+// the path is then unknown, which is the safe reading.
 func decode(v []byte) (Record, bool) {
+	if len(v) < 20 {
+		return Record{}, false
+	}
+	r := Record{
+		Mode:    binary.BigEndian.Uint32(v),
+		Size:    int64(binary.BigEndian.Uint64(v[4:])),
+		MTimeNs: int64(binary.BigEndian.Uint64(v[12:])),
+	}
+	rest := v[20:]
+	var ok bool
+	if r.Link, rest, ok = readString(rest); !ok {
+		return Record{}, false
+	}
+	if len(rest) == 0 {
+		return r, true
+	}
+	if rest[0] != 1 || len(rest) < 9 {
+		return Record{}, false
+	}
+	r.Owner = Owner{Known: true, UID: binary.BigEndian.Uint32(rest[1:]), GID: binary.BigEndian.Uint32(rest[5:])}
+	rest = rest[9:]
+	if r.Owner.User, rest, ok = readString(rest); !ok {
+		return Record{}, false
+	}
+	if r.Owner.Group, rest, ok = readString(rest); !ok || len(rest) != 0 {
+		return Record{}, false
+	}
+	return r, true
+}
+
+func readString(b []byte) (string, []byte, bool) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return "", nil, false
+	}
+	return string(b[k : k+int(n)]), b[k+int(n):], true
+}
+
+// decodeNoOwner reads a record of schema 1.
+func decodeNoOwner(v []byte) (Record, bool) {
 	if len(v) < 20 {
 		return Record{}, false
 	}
@@ -401,6 +485,56 @@ func decode(v []byte) (Record, bool) {
 		MTimeNs: int64(binary.BigEndian.Uint64(v[12:])),
 		Link:    string(v[20:]),
 	}, true
+}
+
+// migrateNoOwner rewrites a state of schema 1 to the current schema, in
+// the caller's transaction (all of it or none): every record and intent
+// keeps what it says, its owner unknown, so that no owner change is ever
+// inferred from a record that never held one. A value schema 1 could not
+// read either is dropped (the path is then unknown, as it was).
+func migrateNoOwner(tx *bolt.Tx, meta *bolt.Bucket) error {
+	for _, name := range [][]byte{bucketEntries, bucketIntents} {
+		b := tx.Bucket(name)
+		// In chunks: a cursor must not run over a bucket being written,
+		// and a state of a million paths should not be copied to memory
+		// whole.
+		var after []byte
+		for {
+			c := b.Cursor()
+			k, v := c.First()
+			if after != nil {
+				k, v = c.Seek(after)
+				if k != nil && bytes.Equal(k, after) {
+					k, v = c.Next()
+				}
+			}
+			var keys, vals [][]byte
+			for ; k != nil && len(keys) < 4096; k, v = c.Next() {
+				keys = append(keys, append([]byte(nil), k...))
+				if r, ok := decodeNoOwner(v); ok {
+					vals = append(vals, encode(r))
+				} else {
+					vals = append(vals, nil)
+				}
+			}
+			if len(keys) == 0 {
+				break
+			}
+			for i, k := range keys {
+				var err error
+				if vals[i] == nil {
+					err = b.Delete(k)
+				} else {
+					err = b.Put(k, vals[i])
+				}
+				if err != nil {
+					return err
+				}
+			}
+			after = keys[len(keys)-1]
+		}
+	}
+	return meta.Put(keySchema, binary.BigEndian.AppendUint32(nil, SchemaVersion))
 }
 
 // Children calls fn, in name order, for every path recorded directly

@@ -10,6 +10,8 @@ import (
 	"maps"
 	"strings"
 	"time"
+
+	"github.com/lockstep-ha/lockstep/lsync/syncstate"
 )
 
 func modeBits(m fs.FileMode) fs.FileMode {
@@ -65,6 +67,17 @@ type op struct {
 	// leaf: a removal of what the target holds as a non-directory; it
 	// takes nothing else with it (the guard counts it without a listing).
 	leaf bool
+	// own, when set, is the owner the op gives its path instead of the
+	// source's: two-way, the peer's own owner, changed there only, kept
+	// through an upload that replaces its file (see withOwner).
+	own *Owner
+	// ownKeep is the owner the two-way state records once the op ran,
+	// unless the op gave both sides the source's owner (ownSet).
+	ownKeep syncstate.Owner
+	// alsoChown: a chmod or touch that carries an owner changed here.
+	alsoChown bool
+	// ownSet is set once the op gave its path the owner.
+	ownSet bool
 }
 
 func (o op) String() string { return opNames[o.kind] + " " + o.path + " (" + o.reason + ")" }
@@ -202,12 +215,19 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 	}
 	switch v {
 	case vEqual:
-		if src != nil {
-			tx.put(*src)
-		} else {
+		if src == nil {
 			tx.del(rel)
+			return op{}, false, nil
 		}
-		return op{}, false, nil
+		m, err := r.observeOwner(ctx, t, src, dst)
+		if err != nil {
+			return op{}, false, err
+		}
+		o, need := r.withOwner(src, dst, m, op{}, false)
+		if !need {
+			tx.putRecord(src.Path, r.recordOfOp(op{src: *src, ownKeep: o.ownKeep}))
+		}
+		return o, need, nil
 	case vLeave:
 		return op{}, false, nil
 	case vLose:
@@ -221,10 +241,24 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 			return op{kind: opRemove, path: rel, reason: reasonNotInSource, merged: true, leaf: dst != nil && !dst.Mode.IsDir()}, true, nil
 		}
 		o, need, err := r.compare(ctx, t, src, dst, suspect, true)
-		if err == nil && !need && identical(src, dst) {
-			tx.put(*src)
+		if err != nil {
+			return o, need, err
 		}
-		o, need, err = r.ownerOp(ctx, t, src, dst, o, need, err)
+		m, err := r.observeOwner(ctx, t, src, dst)
+		if err != nil {
+			return op{}, false, err
+		}
+		if m.v == ownOff {
+			if !need && identical(src, dst) {
+				tx.put(*src)
+			}
+			o, need, err = r.ownerOp(ctx, t, src, dst, o, need, err)
+		} else {
+			o, need = r.withOwner(src, dst, m, o, need)
+			if !need && identical(src, dst) {
+				tx.putRecord(src.Path, r.recordOfOp(op{src: *src, ownKeep: o.ownKeep}))
+			}
+		}
 		o.guard, o.expect = true, dst
 		return o, need, err
 	case vWin:
@@ -233,6 +267,13 @@ func (r *Reconciler) plan(ctx context.Context, t Target, src, dst *Entry, live, 
 			d := *dst
 			o.keepPeer = &d
 			o.guard = true // expect nothing: the peer's version was moved aside
+		}
+		if err == nil && need {
+			m, err := r.observeOwner(ctx, t, src, dst)
+			if err != nil {
+				return op{}, false, err
+			}
+			o, need = r.withOwner(src, dst, m, o, need)
 		}
 		return o, need, err
 	}

@@ -75,7 +75,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		if o.kind == opRemove {
 			rep.state.del(o.path)
 		} else {
-			rep.state.put(o.src)
+			rep.state.putRecord(o.src.Path, r.recordOfOp(o))
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -167,9 +167,11 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			if err := t.Mkdir(ctx, o.path, o.src.Mode); err != nil {
 				return fail(o, err)
 			}
-			if err := r.chown(ctx, t, o); err != nil {
+			set, err := r.chownSet(ctx, t, o)
+			if err != nil {
 				return fail(o, err)
 			}
+			o.ownSet = set
 			done(o, 0)
 			return nil
 		})
@@ -196,7 +198,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		o := rest[i]
 		var err error
 		var n int64
-		owned := false // the upload set the owner itself (through the open file)
+		owned := false // the upload set the owner itself (through the open file), or tried
 		if o.keepPeer != nil {
 			if err := r.keepPeerVersion(ctx, t, *o.keepPeer); err != nil {
 				return fail(o, err)
@@ -218,7 +220,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		case opUpload:
 			landed := o.src
 			o.landed = &landed
-			n, owned, err = r.upload(ctx, t, o)
+			n, owned, err = r.upload(ctx, t, &o)
 			// What the state records is the version that went out, not
 			// the one the comparison saw: the file may have changed in
 			// between, and a base the peer never held would later look
@@ -239,9 +241,11 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			err = t.Chmod(ctx, o.path, o.src.Mode)
 		case opChtimes:
 			err = t.Chtimes(ctx, o.path, o.src.ModTime)
+		case opChown:
+			err = r.ownerStill(ctx, t, o)
 		}
-		if err == nil && (o.kind == opUpload && !owned || o.kind == opSymlink || o.kind == opChown) {
-			err = r.chown(ctx, t, o)
+		if err == nil && (o.kind == opUpload && !owned || o.kind == opSymlink || o.kind == opChown || o.alsoChown) {
+			o.ownSet, err = r.chownSet(ctx, t, o)
 		}
 		if err != nil {
 			return fail(o, err)
@@ -335,7 +339,8 @@ func coveredBy(p string, dirs map[string]bool) bool {
 // file changed while being read, so a half-written file never lands.
 // owned reports that the target set the owner while landing the file
 // (OwnerRequest): the chown by path after landing is then not needed.
-func (r *Reconciler) upload(ctx context.Context, t Target, o op) (n int64, owned bool, err error) {
+// o.ownSet is set when the target gave the file its owner.
+func (r *Reconciler) upload(ctx context.Context, t Target, o *op) (n int64, owned bool, err error) {
 	rel := o.path
 	f, err := r.Source.openFile(rel)
 	if err != nil {
@@ -353,8 +358,8 @@ func (r *Reconciler) upload(ctx context.Context, t Target, o op) (n int64, owned
 		return 0, false, errSourceChanged
 	}
 	var own *OwnerRequest
-	if r.wantsOwner(o) {
-		own = &OwnerRequest{Owner: r.ownerOf(o.src)}
+	if r.wantsOwner(*o) {
+		own = &OwnerRequest{Owner: r.ownerFor(*o)}
 		ctx = WithOwner(ctx, own)
 	}
 	sr := &stableReader{f: f, before: before}
@@ -376,7 +381,8 @@ func (r *Reconciler) upload(ctx context.Context, t Target, o op) (n int64, owned
 		*o.landed = landed
 	}
 	if own != nil && (own.Done || own.Err != nil) {
-		return sr.n, true, r.chownOutcome(o, own.Err)
+		o.ownSet = own.Err == nil
+		return sr.n, true, r.chownOutcome(*o, own.Err)
 	}
 	return sr.n, false, nil
 }
@@ -436,14 +442,43 @@ func parallel(ctx context.Context, limit, n int, fn func(i int) error) error {
 // the latter said once, loudly, then ownership is off for this target.
 // t is the target, seen through whichever interface the caller holds.
 func (r *Reconciler) chown(ctx context.Context, t any, o op) error {
+	_, err := r.chownSet(ctx, t, o)
+	return err
+}
+
+// chownSet is chown, also reporting whether the path got the owner: the
+// two-way state records an owner only once both sides have it.
+func (r *Reconciler) chownSet(ctx context.Context, t any, o op) (bool, error) {
 	if !r.wantsOwner(o) {
-		return nil
+		return false, nil
 	}
 	c, ok := t.(Chowner)
 	if !ok {
+		return false, nil
+	}
+	err := c.Lchown(ctx, o.path, r.ownerFor(o))
+	return err == nil, r.chownOutcome(o, err)
+}
+
+// ownerStill checks, right before a two-way chown alone, that the peer's
+// entry still has the owner the merge saw: a chown made there since is
+// the peer's change, compared again rather than overwritten (the window
+// left is one round trip).
+func (r *Reconciler) ownerStill(ctx context.Context, t Target, o op) error {
+	if !r.TwoWay || !o.guard || o.expect == nil {
 		return nil
 	}
-	return r.chownOutcome(o, c.Lchown(ctx, o.path, r.ownerOf(o.src)))
+	e, err := t.Stat(ctx, o.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return ErrChangedOnTarget
+	}
+	if err != nil {
+		return err
+	}
+	if e.Owned && (e.UID != o.expect.UID || e.GID != o.expect.GID) || e.Mode.Type() != o.expect.Mode.Type() {
+		return ErrChangedOnTarget
+	}
+	return nil
 }
 
 // wantsOwner reports whether o's path is to get the source's owner.
@@ -465,7 +500,7 @@ func (r *Reconciler) chownOutcome(o op, err error) error {
 	case errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EPERM):
 		if r.chownOff.CompareAndSwap(false, true) {
 			r.Logger.Warn("the peer user may not change ownership; files keep the SSH user's owner (connect as root to keep them, or set owner: false)",
-				"path", o.path, "owner", r.ownerOf(o.src).String(), "uid", o.src.UID, "gid", o.src.GID, "err", err)
+				"path", o.path, "owner", r.ownerFor(o).String(), "uid", o.src.UID, "gid", o.src.GID, "err", err)
 		}
 		return nil
 	}

@@ -90,7 +90,11 @@ func (s *stateTx) rename(from, to string) {
 	s.mu.Unlock()
 }
 
-func (s *stateTx) put(e Entry) {
+func (s *stateTx) put(e Entry) { s.putRecord(e.Path, recordOf(e)) }
+
+// putRecord is put with the record made by the caller (two-way: with the
+// owner both sides agree on).
+func (s *stateTx) putRecord(p string, rec syncstate.Record) {
 	if s == nil {
 		return
 	}
@@ -98,7 +102,7 @@ func (s *stateTx) put(e Entry) {
 	if s.puts == nil {
 		s.puts = map[string]syncstate.Record{}
 	}
-	s.puts[e.Path] = recordOf(e)
+	s.puts[p] = rec
 	s.flushIfFullLocked()
 	s.mu.Unlock()
 }

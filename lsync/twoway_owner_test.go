@@ -44,13 +44,14 @@ func assertOwner(t *testing.T, p string, uid, gid uint32) {
 // and mtime unchanged) of a file or directory on either node reaches the
 // other, live and after an outage; changed on both sides during an
 // outage, the content rule's winner (equal mtimes: the node name sorting
-// first, "a") keeps its owner on both; and once both agree nothing moves.
+// first, "a") keeps its owner on both; an edit on one node does not undo
+// a chown on the other; and once both agree nothing moves.
 func TestTwoWayChownPropagates(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("chown needs root")
 	}
 	n := startTwoNodes(t)
-	for _, f := range []string{"a.txt", "b.txt", "d/f.txt", "out-a.txt", "out-b.txt", "both.txt"} {
+	for _, f := range []string{"a.txt", "b.txt", "d/f.txt", "out-a.txt", "out-b.txt", "both.txt", "mixed.txt"} {
 		mustWrite(t, n.a, f, "base "+f)
 	}
 	lsynctest.WaitTreesEqual(t, n.a, n.b, waitLimit)
@@ -77,13 +78,19 @@ func TestTwoWayChownPropagates(t *testing.T) {
 	must(t, os.Lchown(filepath.Join(n.b, "out-b.txt"), 4243, 4243))
 	must(t, os.Lchown(filepath.Join(n.a, "both.txt"), 4244, 4244))
 	must(t, os.Lchown(filepath.Join(n.b, "both.txt"), 4245, 4245))
+	// A chown on a, an edit on b: b's edit lands on a without undoing
+	// a's chown, which reaches b.
+	must(t, os.Lchown(filepath.Join(n.a, "mixed.txt"), 4246, 4246))
+	mustWrite(t, n.b, "mixed.txt", "edited on b")
 	time.Sleep(200 * time.Millisecond)
 	n.cut(false)
 	for _, root := range []string{n.a, n.b} {
 		waitOwnerIs(t, filepath.Join(root, "out-a.txt"), 4242, 4242)
 		waitOwnerIs(t, filepath.Join(root, "out-b.txt"), 4243, 4243)
 		waitOwnerIs(t, filepath.Join(root, "both.txt"), 4244, 4244) // a sorts first
+		waitOwnerIs(t, filepath.Join(root, "mixed.txt"), 4246, 4246)
 	}
+	waitFor(t, "b's edit on a", func() bool { return readFile(t, filepath.Join(n.a, "mixed.txt")) == "edited on b" })
 	// No conflict copy for a change of owner.
 	if copies, _ := filepath.Glob(filepath.Join(n.a, "*sync-conflict*")); len(copies) != 0 {
 		t.Errorf("conflict copies for a chown: %v", copies)

@@ -177,7 +177,9 @@ const (
 // alone: changed on one side → that side wins, deletions included;
 // changed on both → an edit beats a deletion, and between two edits the
 // winner is the newer mtime, a tie going to the node name that sorts
-// first — and the loser's version survives as a conflict copy.
+// first — and the loser's version survives as a conflict copy. A path's
+// owner is merged apart (observeOwner): a chown changes nothing this
+// compares.
 func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 	if !r.TwoWay || r.State == nil {
 		return undecided

@@ -18,9 +18,9 @@
 //  4. Each table is compared with the checksum's chunk and row hashes
 //     against the snapshot, and the differing rows are fixed on the
 //     target (sql_log_bin=0, so the fixes do not replicate back); a keyed
-//     InnoDB table is read with locks a guard transaction holds until the
-//     end (guard.go), and its fixes are committed only once every table
-//     is verified. A table whose definition differs, that exists on one
+//     InnoDB table is read and fixed under a table lock a guard session
+//     holds until the end (guard.go), and its fixes are committed only
+//     once every table is verified. A table whose definition differs, that exists on one
 //     side only, that has no key, or (method auto) that differs in many
 //     rows is copied whole instead (reseed).
 //  5. The target replicates from the source from the snapshot's position

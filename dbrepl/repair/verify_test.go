@@ -16,8 +16,9 @@ import (
 
 // TestRepairVerifiesAgainstSnapshot: a write on the target behind the
 // repair's back after a table was repaired. On a keyed InnoDB table the
-// table's guard still holds the rows it compared: the write waits and
-// fails (lock wait timeout), the row stays as repaired. On a keyless table
+// table's guard still holds its table lock: the write, by a client that
+// may write on the fenced target, waits and fails (lock wait timeout), the
+// row stays as repaired. On a keyless table
 // (not guarded) the write lands and the default verification (the target
 // hashed again against the snapshot's sums) catches it: not verified, the
 // target stays fenced. A second run with --verify live repairs it and
@@ -34,7 +35,7 @@ func TestRepairVerifiesAgainstSnapshot(t *testing.T) {
 		AfterTable: func(table string) {
 			switch table {
 			case "app.t":
-				guardedErr = tryLocal(db2.DB, "SET SESSION innodb_lock_wait_timeout = 1", "UPDATE app.t SET v = 'late' WHERE id = 2000")
+				guardedErr = tryLocal(db2.DB, "SET SESSION lock_wait_timeout = 1", "SET SESSION innodb_lock_wait_timeout = 1", "UPDATE app.t SET v = 'late' WHERE id = 2000")
 			case "app.nokey":
 				keylessErr = tryLocal(db2.DB, "INSERT INTO app.nokey VALUES (9, 'late')")
 			}

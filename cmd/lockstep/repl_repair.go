@@ -181,8 +181,9 @@ func writeRepairReport(w io.Writer, r *repair.Report) {
 		}
 	}
 	if !r.DryRun {
-		fmt.Fprintf(&b, "verified=%v replicating=%v unfenced=%v in %s (compare and fix %s, resume %s, verify against the %s %s)\n", r.Verified, r.Replicating, r.Unfenced,
-			r.Duration.Round(1e6), r.CopyTime.Round(1e6), r.ResumeTime.Round(1e6), orSnapshot(r.VerifiedAgainst), r.VerifyTime.Round(1e6))
+		fmt.Fprintf(&b, "verified=%v replicating=%v unfenced=%v in %s (prepare and fence %s, snapshot %s, compare and fix %s of which fixes %s and commit %s, resume %s, verify against the %s %s)\n", r.Verified, r.Replicating, r.Unfenced,
+			r.Duration.Round(1e6), r.PrepareTime.Round(1e6), r.SnapshotTime.Round(1e6), r.CopyTime.Round(1e6), r.FixTime.Round(1e6), r.CommitTime.Round(1e6),
+			r.ResumeTime.Round(1e6), orSnapshot(r.VerifiedAgainst), r.VerifyTime.Round(1e6))
 	}
 	_, _ = io.WriteString(w, b.String())
 }

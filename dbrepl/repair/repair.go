@@ -602,7 +602,10 @@ func replicating(ctx context.Context, n node) (bool, string, error) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return false, fmt.Sprintf("IO %s, SQL %s %s %s", io, sqlT, st["Last_SQL_Error"], st["Last_IO_Error"]), ctx.Err()
 		}
-		time.Sleep(50 * time.Millisecond)
+		// The receiver connects within tens of milliseconds: a short
+		// poll (SHOW SLAVE STATUS is cheap) does not add most of a 50 ms
+		// step to every repair.
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

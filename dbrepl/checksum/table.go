@@ -22,6 +22,27 @@ type Querier interface {
 // exported for `repl repair`, which walks the same chunks and rows.
 type Table struct {
 	def *tableDef
+	// lockDst makes Walk's reads on dst locking reads (see LockTarget).
+	lockDst bool
+}
+
+// LockTarget makes every read Walk takes on its dst a locking read
+// (SELECT ... FOR UPDATE): inside a transaction on dst, each row compared
+// and each gap between keys stays locked against every other writer until
+// that transaction ends, so a chunk found identical stays identical. The
+// chunks of a walk cover the whole key space, gaps included (see
+// walkIntKey). Only meaningful for a transactional engine (InnoDB).
+// `repl repair` locks this way only the tables it cannot hold under LOCK
+// TABLES (foreign keys, triggers): a locking read costs the target about a
+// quarter more CPU than a plain one.
+func (t *Table) LockTarget(on bool) { t.lockDst = on }
+
+// dstSuffix is what ends a query Walk runs on dst.
+func (t *Table) dstSuffix() string {
+	if t.lockDst {
+		return " FOR UPDATE"
+	}
+	return ""
 }
 
 // LoadTable reads a table's definition on q.
@@ -158,11 +179,12 @@ func readKey(ctx context.Context, q Querier, d *tableDef, query string, args []a
 func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string, args []any) (ChunkDiff, error) {
 	d := t.def
 	q := t.chunkQuery(where)
+	qs := [2]string{q, q + t.dstSuffix()}
 	// Both sides at once: the source's snapshot session and the target.
 	var s [2]chunkSum
 	g, gctx := errgroup.WithContext(ctx)
 	for i, db := range []Querier{src, dst} {
-		g.Go(func() error { return db.QueryRowContext(gctx, q, args...).Scan(&s[i].n, &s[i].h) })
+		g.Go(func() error { return db.QueryRowContext(gctx, qs[i], args...).Scan(&s[i].n, &s[i].h) })
 	}
 	if err := g.Wait(); err != nil {
 		return ChunkDiff{}, err
@@ -176,9 +198,13 @@ func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string
 	var m [2]map[string]string
 	g, gctx = errgroup.WithContext(ctx)
 	for i, db := range []Querier{src, dst} {
+		suffix := ""
+		if i == 1 {
+			suffix = t.dstSuffix()
+		}
 		g.Go(func() error {
 			var err error
-			order[i], m[i], err = rowHashesOn(gctx, db, d, where, args)
+			order[i], m[i], err = rowHashesOn(gctx, db, d, where, args, suffix)
 			return err
 		})
 	}
@@ -216,12 +242,12 @@ func (t *Table) compareChunk(ctx context.Context, src, dst Querier, where string
 	return cd, nil
 }
 
-func rowHashesOn(ctx context.Context, q Querier, t *tableDef, where string, args []any) ([]string, map[string]string, error) {
+func rowHashesOn(ctx context.Context, q Querier, t *tableDef, where string, args []any, suffix string) ([]string, map[string]string, error) {
 	query := "SELECT " + t.pkList() + ", " + t.rowHashExpr() + " FROM " + t.qualified() + t.forceKey()
 	if where != "" {
 		query += " WHERE " + where
 	}
-	query += " ORDER BY " + t.pkList()
+	query += " ORDER BY " + t.pkList() + suffix
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, nil, err

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lockstep-ha/lockstep/dbrepl/checksum"
@@ -253,10 +254,11 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 
 	// rows: collect the differing keys against the snapshot. On a
 	// guard session, the target's table is read and fixed under the
-	// guard's table lock, which its transaction keeps (guard.go).
+	// guard's table lock, or with its locking reads, which its
+	// transaction keeps (guard.go).
 	var dst checksum.Querier = tgt
 	var fixer execer = w
-	g, err := gs.open(ctx, tgtEngine, onTgt.Qualified())
+	g, err := gs.open(ctx, tgtEngine, onSrc, db, table)
 	if err != nil {
 		return tr, err
 	}
@@ -266,6 +268,7 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 	var ups, ins, dels [][]any
 	var differ []checksum.Chunk
 	limit := int64(-1)
+walk:
 	err = onSrc.Walk(ctx, snap, dst, opts.ChunkRows, func(cd checksum.ChunkDiff) error {
 		tr.Rows += cd.Rows
 		plan.chunks = append(plan.chunks, cd.Chunk)
@@ -281,6 +284,18 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 		}
 		return nil
 	})
+	if me := (*mysql.MySQLError)(nil); g != nil && errors.As(err, &me) && me.Number == 1206 {
+		// ER_LOCK_TABLE_FULL: a locking guard's row locks outgrew what the
+		// target's buffer pool allows. Nothing was written yet: this table
+		// is compared unlocked and hashed again in full at the end.
+		if err := gs.release(g); err != nil {
+			return tr, err
+		}
+		g, dst, fixer = nil, tgt, w
+		onSrc.LockTarget(false)
+		ups, ins, dels, differ, limit, tr.Rows, plan.chunks = nil, nil, nil, nil, -1, 0, nil
+		goto walk
+	}
 	if err == errTooMany {
 		var rows int64
 		if err := snap.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+onSrc.Qualified()).Scan(&rows); err != nil {

@@ -33,6 +33,14 @@ import (
 // compared row and a lock struct per page (~400 KB of lock memory per
 // 250,000 rows, ER_LOCK_TABLE_FULL on a small buffer pool).
 //
+// A table with foreign keys (either end) or triggers is still guarded by
+// locking reads: LOCK TABLES ... WRITE also takes the tables its foreign
+// keys and triggers name, so two guards on related tables would wait for
+// each other. Its guard reads every row with SELECT ... FOR UPDATE
+// (checksum.Table.LockTarget) in its transaction instead: every row
+// compared, and every gap between keys, stays locked against every other
+// writer until the transaction ends.
+//
 // Non-transactional engines, keyless tables, copied tables, and tables
 // past maxGuards (each guard is a connection) are verified by hashing the
 // target again at the end, as before (verify.go).
@@ -58,10 +66,11 @@ type guards struct {
 	held []*guard
 }
 
-// open starts a guard for the table qualified (`db`.`t`) of engine, or
-// returns nil when the table is not guarded (dry run, not InnoDB, too many
-// guards).
-func (gs *guards) open(ctx context.Context, engine, qualified string) (*guard, error) {
+// open starts a guard for table db.table (t: the source's definition) of
+// engine,
+// or returns nil when the table is not guarded (dry run, not InnoDB, too
+// many guards). A guard that reads with locks sets t.LockTarget.
+func (gs *guards) open(ctx context.Context, engine string, t *checksum.Table, db, table string) (*guard, error) {
 	if gs.dry || !strings.EqualFold(engine, "InnoDB") {
 		return nil, nil
 	}
@@ -74,19 +83,42 @@ func (gs *guards) open(ctx context.Context, engine, qualified string) (*guard, e
 	gs.held = append(gs.held, g) // the slot, before the connection
 	gs.mu.Unlock()
 	c, err := gs.db.Conn(ctx)
+	var related bool
 	if err == nil {
 		g.conn = c
+		related, err = linked(ctx, c, db, table)
+	}
+	if err == nil {
 		// autocommit off before LOCK TABLES: InnoDB then takes its own
 		// table lock too, and the fixes stay one transaction until COMMIT.
-		err = execAll(ctx, c, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", noAutoValueOnZero,
+		stmts := []string{"SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", noAutoValueOnZero,
 			"SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SET SESSION autocommit=0",
-			"SET SESSION lock_wait_timeout="+strconv.Itoa(guardLockWait), "LOCK TABLES "+qualified+" WRITE")
+			"SET SESSION lock_wait_timeout=" + strconv.Itoa(guardLockWait)}
+		if related {
+			stmts = append(stmts, "START TRANSACTION")
+		} else {
+			stmts = append(stmts, "LOCK TABLES "+t.Qualified()+" WRITE")
+		}
+		err = execAll(ctx, c, stmts...)
 	}
 	if err != nil {
 		_ = gs.release(g)
 		return nil, err
 	}
+	t.LockTarget(related)
 	return g, nil
+}
+
+// linked reports whether a table has foreign keys (either end) or
+// triggers on q: LOCK TABLES would lock the tables they name as well.
+func linked(ctx context.Context, q checksum.Querier, schema, table string) (bool, error) {
+	var n int
+	err := q.QueryRowContext(ctx, `SELECT
+	(SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS
+	  WHERE (CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?) OR (UNIQUE_CONSTRAINT_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)) +
+	(SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?)`,
+		schema, table, schema, table, schema, table).Scan(&n)
+	return n > 0, err
 }
 
 // release rolls a guard back (nothing it did stays) and drops it.

@@ -67,9 +67,10 @@ type guards struct {
 }
 
 // open starts a guard for table db.table (t: the source's definition) of
-// engine,
-// or returns nil when the table is not guarded (dry run, not InnoDB, too
-// many guards). A guard that reads with locks sets t.LockTarget.
+// engine, or returns nil when the table is not guarded (dry run, not
+// InnoDB, too many guards). A guard that reads with locks (foreign keys,
+// triggers) sets t.LockTarget; the others hold the table under LOCK
+// TABLES.
 func (gs *guards) open(ctx context.Context, engine string, t *checksum.Table, db, table string) (*guard, error) {
 	if gs.dry || !strings.EqualFold(engine, "InnoDB") {
 		return nil, nil

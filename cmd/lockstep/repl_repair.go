@@ -46,9 +46,10 @@ replicates from the target again. A verifying checksum ends the repair; only
 when it is clean and both directions run is the target unfenced. By default
 (--verify snapshot) the target is checked against the source's snapshot
 sums of the compare pass before its replication resumes: a keyed InnoDB
-table is compared and fixed on a session of its own whose locking reads
-(SELECT ... FOR UPDATE) keep every compared row and key gap locked against
-any other writer until the end, so only its fixed chunks are hashed again;
+table is compared and fixed on a session of its own that holds it under
+LOCK TABLES ... WRITE (with foreign keys or triggers: locking reads, SELECT
+... FOR UPDATE, of every compared row and key gap) against any other
+session until the end, so only its fixed chunks are hashed again;
 other tables (keyless, non-InnoDB, copied, past 32 such sessions) are hashed
 again in full. The serving source is read once. --verify live checksums
 both live nodes after replication resumed instead. A repair stopped

@@ -4,10 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/go-sql-driver/mysql"
 
 	"github.com/lockstep-ha/lockstep/dbrepl/checksum"
 )
@@ -36,7 +39,8 @@ import (
 // A table with foreign keys (either end) or triggers is still guarded by
 // locking reads: LOCK TABLES ... WRITE also takes the tables its foreign
 // keys and triggers name, so two guards on related tables would wait for
-// each other. Its guard reads every row with SELECT ... FOR UPDATE
+// each other. So is a table the repair's account may not lock (no LOCK
+// TABLES privilege). Its guard reads every row with SELECT ... FOR UPDATE
 // (checksum.Table.LockTarget) in its transaction instead: every row
 // compared, and every gap between keys, stays locked against every other
 // writer until the transaction ends.
@@ -92,15 +96,19 @@ func (gs *guards) open(ctx context.Context, engine string, t *checksum.Table, db
 	if err == nil {
 		// autocommit off before LOCK TABLES: InnoDB then takes its own
 		// table lock too, and the fixes stay one transaction until COMMIT.
-		stmts := []string{"SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", noAutoValueOnZero,
+		err = execAll(ctx, c, "SET SESSION sql_log_bin=0", "SET SESSION foreign_key_checks=0", noAutoValueOnZero,
 			"SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SET SESSION autocommit=0",
-			"SET SESSION lock_wait_timeout=" + strconv.Itoa(guardLockWait)}
-		if related {
-			stmts = append(stmts, "START TRANSACTION")
-		} else {
-			stmts = append(stmts, "LOCK TABLES "+t.Qualified()+" WRITE")
+			"SET SESSION lock_wait_timeout="+strconv.Itoa(guardLockWait))
+	}
+	if err == nil && !related {
+		_, err = c.ExecContext(ctx, "LOCK TABLES "+t.Qualified()+" WRITE")
+		if me := (*mysql.MySQLError)(nil); errors.As(err, &me) && (me.Number == 1044 || me.Number == 1142 || me.Number == 1227) {
+			// An account without the LOCK TABLES privilege: locking reads.
+			related, err = true, nil
 		}
-		err = execAll(ctx, c, stmts...)
+	}
+	if err == nil && related {
+		_, err = c.ExecContext(ctx, "START TRANSACTION")
 	}
 	if err != nil {
 		_ = gs.release(g)

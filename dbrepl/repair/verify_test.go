@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -187,5 +188,39 @@ func TestRepairGuardsRelatedTables(t *testing.T) {
 		if a != b {
 			t.Errorf("%s: source %s, target %s", tb, a, b)
 		}
+	}
+}
+
+// TestRepairWithoutLockTablesPrivilege: an account that may write the
+// repaired tables but not LOCK TABLES them repairs with the locking-read
+// guard instead; a write behind its back still waits and fails.
+func TestRepairWithoutLockTablesPrivilege(t *testing.T) {
+	p := mariadbpair.Start(t)
+	seed(t, p)
+	db1, db2 := p.Nodes[0], p.Nodes[1]
+	run(t, db1.DB, "CREATE USER 'nolock'@'%' IDENTIFIED BY 'nolock-pw'",
+		"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, PROCESS, SUPER, REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, CONNECTION ADMIN ON *.* TO 'nolock'@'%'")
+	if err := p.WaitSynced(context.Background(), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	execLocal(t, db2.DB, "UPDATE app.t SET v = 'drift' WHERE id = 3")
+	cfg := config(t, p)
+	for i, n := range p.Nodes {
+		cfg.Nodes[i].DSN = fmt.Sprintf("nolock:nolock-pw@tcp(127.0.0.1:%d)/", n.Port)
+	}
+	var lateErr error
+	r, err := repair.Run(context.Background(), cfg, repair.Options{Source: "db1", Target: "db2", Databases: []string{"app"}, ChunkRows: 500,
+		AfterTable: func(table string) {
+			if table == "app.t" {
+				lateErr = tryLocal(db2.DB, "SET SESSION lock_wait_timeout = 1", "SET SESSION innodb_lock_wait_timeout = 1", "UPDATE app.t SET v = 'late' WHERE id = 2000")
+			}
+		}})
+	mustClean(t, r, err)
+	var me *mysql.MySQLError
+	if !errors.As(lateErr, &me) || me.Number != 1205 {
+		t.Errorf("write on a guarded table during the repair: %v, want a lock wait timeout (1205)", lateErr)
+	}
+	if tr := tableReport(t, r, "app.t"); tr.Updated != 1 {
+		t.Errorf("app.t: %+v", tr)
 	}
 }

@@ -46,9 +46,10 @@ replicates from the target again. A verifying checksum ends the repair; only
 when it is clean and both directions run is the target unfenced. By default
 (--verify snapshot) the target is checked against the source's snapshot
 sums of the compare pass before its replication resumes: a keyed InnoDB
-table is compared and fixed on a session of its own whose locking reads
-(SELECT ... FOR UPDATE) keep every compared row and key gap locked against
-any other writer until the end, so only its fixed chunks are hashed again;
+table is compared and fixed on a session of its own that holds it under
+LOCK TABLES ... WRITE (with foreign keys or triggers: locking reads, SELECT
+... FOR UPDATE, of every compared row and key gap) against any other
+session until the end, so only its fixed chunks are hashed again;
 other tables (keyless, non-InnoDB, copied, past 32 such sessions) are hashed
 again in full. The serving source is read once. --verify live checksums
 both live nodes after replication resumed instead. A repair stopped
@@ -181,8 +182,9 @@ func writeRepairReport(w io.Writer, r *repair.Report) {
 		}
 	}
 	if !r.DryRun {
-		fmt.Fprintf(&b, "verified=%v replicating=%v unfenced=%v in %s (compare and fix %s, resume %s, verify against the %s %s)\n", r.Verified, r.Replicating, r.Unfenced,
-			r.Duration.Round(1e6), r.CopyTime.Round(1e6), r.ResumeTime.Round(1e6), orSnapshot(r.VerifiedAgainst), r.VerifyTime.Round(1e6))
+		fmt.Fprintf(&b, "verified=%v replicating=%v unfenced=%v in %s (prepare and fence %s, snapshot %s, compare and fix %s of which fixes %s and commit %s, resume %s, verify against the %s %s)\n", r.Verified, r.Replicating, r.Unfenced,
+			r.Duration.Round(1e6), r.PrepareTime.Round(1e6), r.SnapshotTime.Round(1e6), r.CopyTime.Round(1e6), r.FixTime.Round(1e6), r.CommitTime.Round(1e6),
+			r.ResumeTime.Round(1e6), orSnapshot(r.VerifiedAgainst), r.VerifyTime.Round(1e6))
 	}
 	_, _ = io.WriteString(w, b.String())
 }

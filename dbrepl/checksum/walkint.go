@@ -50,7 +50,8 @@ func (t *Table) walkIntKey(ctx context.Context, src, dst Querier, chunkRows int6
 	width := max(chunkRows, 1)
 	// a is the chunk's lower bound, base what its width counts from: the
 	// same, except after a jump over an empty stretch, which then belongs
-	// to the next chunk (a locking walk must cover every gap).
+	// to the next chunk (the chunks must cover every gap: VerifyChunks
+	// hashes them again).
 	a, first := lo.Int64, true
 	base := a
 	for {
@@ -97,11 +98,9 @@ func (t *Table) walkIntKey(ctx context.Context, src, dst Querier, chunkRows int6
 			return true, err
 		}
 		if !nexts[0].Valid && !nexts[1].Valid {
-			if !t.lockDst {
-				return true, nil
-			}
 			// The rest of the key space is empty: one last (empty) chunk
-			// takes its gap lock.
+			// covers it, so that hashing the chunks again (VerifyChunks)
+			// sees a row written there since.
 			cd, err := t.compareChunk(ctx, src, dst, pk+" >= ?", []any{a})
 			if err != nil {
 				return true, err

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 	"golang.org/x/sync/errgroup"
@@ -21,6 +22,7 @@ import (
 // copyPass opens the source snapshot and brings every table of dbs on the
 // target to it (dry: only counts).
 func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string, opts Options, rep *Report) error {
+	snapStart := time.Now()
 	snaps, at, err := openSnapshots(ctx, src.db, compareWorkers)
 	if err != nil {
 		return fmt.Errorf("%s: snapshot: %w", src.name, err)
@@ -34,12 +36,9 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 	if at.file == "" {
 		return fmt.Errorf("%s: no binlog_snapshot_file: is the binary log enabled?", src.name)
 	}
-	var gpos sql.NullString
-	if err := snap.QueryRowContext(ctx, "SELECT BINLOG_GTID_POS(?, ?)", at.file, at.pos).Scan(&gpos); err != nil || !gpos.Valid {
-		return fmt.Errorf("%s: BINLOG_GTID_POS(%s, %d): %v", src.name, at.file, at.pos, err)
-	}
-	rep.SnapshotGTID = gpos.String
-	log.Info("source snapshot", "source", src.name, "binlog", at.file, "position", at.pos, "gtid", gpos.String, "sessions", len(snaps))
+	gtidOf := snapshotGTID(ctx, src.db, at)
+	rep.SnapshotTime = time.Since(snapStart)
+	log.Info("source snapshot", "source", src.name, "binlog", at.file, "position", at.pos, "sessions", len(snaps))
 
 	// The target's writers: one session per worker, never binlogged.
 	ws := make([]*sql.Conn, 0, len(snaps))
@@ -133,6 +132,7 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 			for i := range next {
 				j := jobs[i]
 				plans[i] = &verifyPlan{copies: copies}
+				tstart := time.Now()
 				tr, err := repairTable(gctx, snaps[wi], tgt.db, ws[wi], gs, j.db, j.table, opts, func(n int64) {
 					mu.Lock()
 					defer mu.Unlock()
@@ -144,11 +144,13 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 				if err != nil {
 					return fmt.Errorf("%s.%s: %w", j.db, j.table, err)
 				}
+				tr.Time = time.Since(tstart)
 				mu.Lock()
 				rep.Tables = append(rep.Tables, tr)
+				rep.FixTime += plans[i].fixTime
 				tablesDone++
 				log.Info("table", "table", tr.Table, "method", tr.Method, "why", tr.Why, "inserted", tr.Inserted, "updated", tr.Updated, "deleted", tr.Deleted, "copied", tr.Copied,
-					"tables_done", tablesDone, "tables", len(jobs), "rows_done", done, "rows_estimated", total)
+					"time", tr.Time, "fixes", plans[i].fixTime, "tables_done", tablesDone, "tables", len(jobs), "rows_done", done, "rows_estimated", total)
 				if opts.Progress != nil {
 					opts.Progress(Progress{TablesDone: tablesDone, TablesTotal: len(jobs), RowsDone: done, RowsTotal: max(total, done), Table: tr.Table})
 				}
@@ -162,9 +164,15 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 	}
 	err = g.Wait()
 	sort.Slice(rep.Tables, func(i, j int) bool { return rep.Tables[i].Table < rep.Tables[j].Table })
+	gtid, gerr := gtidOf()
 	if err != nil {
 		return err
 	}
+	if gerr != nil {
+		return fmt.Errorf("%s: %w", src.name, gerr)
+	}
+	rep.SnapshotGTID = gtid
+	log.Info("source snapshot position", "source", src.name, "binlog", at.file, "position", at.pos, "gtid", gtid)
 	if opts.DryRun {
 		return nil
 	}
@@ -174,6 +182,8 @@ func copyPass(ctx context.Context, log *slog.Logger, src, tgt node, dbs []string
 		}
 	}
 	// The fixes of the guarded tables become durable only now, verified.
+	commitStart := time.Now()
+	defer func() { rep.CommitTime = time.Since(commitStart) }()
 	if err := gs.commit(ctx); err != nil {
 		rep.Verified = false
 		return fmt.Errorf("%s: committing the fixes: %w", tgt.name, err)
@@ -243,16 +253,16 @@ func repairTable(ctx context.Context, snap *sql.Conn, tgt *sql.DB, w *sql.Conn, 
 	}
 
 	// rows: collect the differing keys against the snapshot. On a
-	// guard session, the target's rows are read with locks the guard's
-	// transaction keeps, and the fixes are made in it.
+	// guard session, the target's table is read and fixed under the
+	// guard's table lock, or with its locking reads, which its
+	// transaction keeps (guard.go).
 	var dst checksum.Querier = tgt
 	var fixer execer = w
-	g, err := gs.open(ctx, tgtEngine)
+	g, err := gs.open(ctx, tgtEngine, onSrc, db, table)
 	if err != nil {
 		return tr, err
 	}
 	if g != nil {
-		onSrc.LockTarget(true)
 		dst, fixer = g.conn, g.conn
 	}
 	var ups, ins, dels [][]any
@@ -275,9 +285,9 @@ walk:
 		return nil
 	})
 	if me := (*mysql.MySQLError)(nil); g != nil && errors.As(err, &me) && me.Number == 1206 {
-		// ER_LOCK_TABLE_FULL: the guard's locks outgrew what the target's
-		// buffer pool allows. Nothing was written yet: this table is
-		// compared unlocked and hashed again in full at the end.
+		// ER_LOCK_TABLE_FULL: a locking guard's row locks outgrew what the
+		// target's buffer pool allows. Nothing was written yet: this table
+		// is compared unlocked and hashed again in full at the end.
 		if err := gs.release(g); err != nil {
 			return tr, err
 		}
@@ -332,6 +342,8 @@ walk:
 		return tr, nil
 	}
 	// Delete what differs or is extra, then insert the source's rows.
+	fixStart := time.Now()
+	defer func() { plan.fixTime = time.Since(fixStart) }()
 	gone := append(append([][]any{}, ups...), dels...)
 	for b := range slices.Chunk(gone, batchRows) {
 		q, a := onSrc.DeleteKeys(b)

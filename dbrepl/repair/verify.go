@@ -44,6 +44,8 @@ type verifyPlan struct {
 	// those guardChunks still differed.
 	guarded                  bool
 	guardDiffer, guardChunks int
+	// fixTime: the table's fixes and their verification (rows method).
+	fixTime time.Duration
 	// copies is the run's semaphore of copyWorkers copy slots.
 	copies chan struct{}
 }

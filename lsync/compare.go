@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"maps"
-	"runtime/debug"
 	"strings"
 	"time"
 )
@@ -87,20 +86,6 @@ const maxLanded = 8192
 // covering the delay between a write and its event reaching the batcher.
 const SuspectSlack = 5 * time.Second
 
-// landedTTL is how long the landed cache outlives the last landing. A
-// version's entry matters only while the file can still be written again
-// within the second of its mtime (a same-second rewrite, or its own
-// trailing event, which the batcher hands on within max_delay): a file
-// written normally later than that has an mtime of a later second, which
-// compares unequal without the cache. Kept for longer, an idle daemon
-// would hold the last 8,192 to 16,384 paths of its last big pass for
-// nothing (about 1.2 MiB; issue 15).
-const landedTTL = 2 * time.Second
-
-// landedFreeAfter: dropping a cache of at least this many entries hands
-// the memory back to the OS at once (see expireLanded).
-const landedFreeAfter = 4096
-
 func (r *Reconciler) rememberLanded(e Entry) {
 	r.landedMu.Lock()
 	defer r.landedMu.Unlock()
@@ -108,35 +93,6 @@ func (r *Reconciler) rememberLanded(e Entry) {
 		r.landedOld, r.landed = r.landed, make(map[string]landedVersion)
 	}
 	r.landed[e.Path] = landedVersion{size: e.Size, mtime: e.ModTime}
-	r.touchLandedLocked()
-}
-
-// touchLandedLocked records a landing and arms the expiry; landedMu is
-// held.
-func (r *Reconciler) touchLandedLocked() {
-	r.landedAt = time.Now()
-	if r.landedTimer == nil {
-		r.landedTimer = time.AfterFunc(landedTTL, r.expireLanded)
-	}
-}
-
-// expireLanded drops the landed cache once nothing landed for landedTTL.
-// The cache of a big pass is garbage then, but the collector would not
-// run again for a long time on an idle daemon, so a big one is collected
-// and handed back to the OS at once.
-func (r *Reconciler) expireLanded() {
-	r.landedMu.Lock()
-	if quiet := time.Since(r.landedAt); quiet < landedTTL {
-		r.landedTimer.Reset(landedTTL - quiet)
-		r.landedMu.Unlock()
-		return
-	}
-	n := len(r.landed) + len(r.landedOld)
-	r.landed, r.landedOld, r.landedTimer = nil, nil, nil
-	r.landedMu.Unlock()
-	if n >= landedFreeAfter {
-		debug.FreeOSMemory()
-	}
 }
 
 // moveLanded follows a rename on the target: the versions landed under
@@ -166,7 +122,6 @@ func (r *Reconciler) moveLanded(from, to string) {
 		r.landed = make(map[string]landedVersion, len(moved))
 	}
 	maps.Copy(r.landed, moved)
-	r.touchLandedLocked()
 }
 
 func (r *Reconciler) lastLanded(rel string) (Entry, bool) {

@@ -180,10 +180,6 @@ type Reconciler struct {
 	// on the target, in two generations: when the young one is full it
 	// becomes the old one, so the most recent landings always survive.
 	landed, landedOld map[string]landedVersion
-	// landedAt is the last landing; landedTimer drops the cache
-	// landedTTL after it (see expireLanded).
-	landedAt    time.Time
-	landedTimer *time.Timer
 }
 
 // Reconcile compares the whole trees and, unless dry, pushes what differs.

@@ -1017,13 +1017,17 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 	retryTimer := time.NewTimer(time.Hour)
 	retryTimer.Stop()
 	defer retryTimer.Stop()
-	// trimTimer runs while a big pass's memory waits for the worker to go
-	// idle (trimPending); every batch after the pass restarts it.
+	// trimTimer runs while a big pass's memory waits for the worker to
+	// have been idle for idleTrimAfter (trimPending); idleSince is when
+	// its last batch ended.
 	trimTimer := time.NewTimer(time.Hour)
 	trimTimer.Stop()
 	defer trimTimer.Stop()
-	trimPending := false
+	trimPending, worked, idleSince := false, false, time.Now()
 	for {
+		if worked {
+			worked, idleSince = false, time.Now()
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -1037,7 +1041,11 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 				retryTimer.Reset(d)
 			}
 		case <-trimTimer.C:
-			if trimPending {
+			// The timer may have expired during a batch: only a wait
+			// of idleTrimAfter counts.
+			if quiet := time.Since(idleSince); trimPending && quiet < idleTrimAfter {
+				trimTimer.Reset(idleTrimAfter - quiet)
+			} else if trimPending {
 				trimPending = false
 				w.rec.dropLanded()
 				debug.FreeOSMemory()
@@ -1047,9 +1055,7 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 		if b.Empty() {
 			continue
 		}
-		if trimPending {
-			trimTimer.Reset(idleTrimAfter)
-		}
+		worked = true
 		var rep *Report
 		var err error
 		if b.Rescan {

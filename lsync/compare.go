@@ -137,6 +137,17 @@ func (r *Reconciler) moveLanded(from, to string) {
 	maps.Copy(r.landed, moved)
 }
 
+// dropLanded empties the landed cache. The worker calls it once it has
+// been idle for a while after a full pass over a big tree: the cache then
+// holds an arbitrary slice of that pass (its last landings), whose
+// trailing events were handled meanwhile, and costs an idle daemon about
+// 100 B per path.
+func (r *Reconciler) dropLanded() {
+	r.landedMu.Lock()
+	defer r.landedMu.Unlock()
+	r.landed, r.landedOld = nil, nil
+}
+
 func (r *Reconciler) lastLanded(rel string) (Entry, bool) {
 	r.landedMu.Lock()
 	defer r.landedMu.Unlock()

@@ -513,6 +513,13 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 // followed by returning freed memory to the OS.
 const freeMemoryAfter = 10000
 
+// idleTrimAfter is how long a worker must have had nothing to do after
+// such a pass before it also drops the pass's landed cache (see
+// Reconciler.dropLanded): the last 8,192 to 16,384 paths of the pass,
+// about 1.6 MiB of an idle daemon's heap for a 100k-file tree (issue 15).
+// The trailing batches of the pass are applied by then.
+const idleTrimAfter = 2 * time.Second
+
 // targetWorker owns one target's queue and session.
 type targetWorker struct {
 	job    *Job
@@ -1013,7 +1020,17 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 	retryTimer := time.NewTimer(time.Hour)
 	retryTimer.Stop()
 	defer retryTimer.Stop()
+	// trimTimer runs while a big pass's memory waits for the worker to
+	// have been idle for idleTrimAfter (trimPending); idleSince is when
+	// its last batch ended.
+	trimTimer := time.NewTimer(time.Hour)
+	trimTimer.Stop()
+	defer trimTimer.Stop()
+	trimPending, worked, idleSince := false, false, time.Now()
 	for {
+		if worked {
+			worked, idleSince = false, time.Now()
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -1026,11 +1043,22 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			if d := w.dueRetries(time.Now()); d > 0 {
 				retryTimer.Reset(d)
 			}
+		case <-trimTimer.C:
+			// The timer may have expired during a batch: only a wait
+			// of idleTrimAfter counts.
+			if quiet := time.Since(idleSince); trimPending && quiet < idleTrimAfter {
+				trimTimer.Reset(idleTrimAfter - quiet)
+			} else if trimPending {
+				trimPending = false
+				w.rec.dropLanded()
+				debug.FreeOSMemory()
+			}
 		}
 		b, firstSeen := w.take()
 		if b.Empty() {
 			continue
 		}
+		worked = true
 		var rep *Report
 		var err error
 		if b.Rescan {
@@ -1079,6 +1107,8 @@ func (w *targetWorker) session(ctx context.Context, t Target) error {
 			// the runtime would hand that back to the OS only over minutes,
 			// and an idle daemon's RSS should reflect its live heap.
 			debug.FreeOSMemory()
+			trimPending = true
+			trimTimer.Reset(idleTrimAfter)
 		}
 		w.updateHold(b, rep)
 		if d := w.afterReport(b, rep, firstSeen); d > 0 {

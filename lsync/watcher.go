@@ -137,9 +137,9 @@ type Watcher struct {
 	fd        int
 	closeOnce sync.Once
 
-	// Owned by NewWatcher, then by Run's goroutine.
-	byPath map[string]watch // watched directory (relative, "" = root) → watch
-	byWd   map[int32]string
+	// Owned by NewWatcher, then by Run's goroutine: the watched
+	// directories, by path and by watch descriptor.
+	tree watchTree
 	// addWatch is inotify_add_watch, replaceable in tests to simulate
 	// ENOSPC.
 	addWatch func(abs string) (int32, error)
@@ -214,7 +214,7 @@ func (w *Watcher) Reroot(why string) {
 // leads to.
 func (w *Watcher) followsRoot() bool {
 	fi, err := os.Stat(w.root)
-	wt, watched := w.byPath[""]
+	wt, watched := w.tree.watched("")
 	if err != nil {
 		return !watched
 	}
@@ -224,11 +224,7 @@ func (w *Watcher) followsRoot() bool {
 // reroot drops every watch of the tree and watches what the root's name
 // leads to now, then asks for a rescan.
 func (w *Watcher) reroot(ctx context.Context, out sink, why string) error {
-	for wd := range w.byWd {
-		_, _ = unix.InotifyRmWatch(w.fd, uint32(wd))
-	}
-	clear(w.byWd)
-	clear(w.byPath)
+	w.tree.reset(w.rmWatch)
 	old := w.real
 	if err := w.watchRoot(ctx); err != nil {
 		return err
@@ -237,7 +233,7 @@ func (w *Watcher) reroot(ctx context.Context, out sink, why string) error {
 	if now == "" {
 		now = "(missing: holding)"
 	}
-	w.logger.Warn("source root "+why+"; following the name", "root", w.root, "was", old, "now", now, "directories", len(w.byPath))
+	w.logger.Warn("source root "+why+"; following the name", "root", w.root, "was", old, "now", now, "directories", w.tree.count())
 	out.rescan(ctx, "source root "+why)
 	return nil
 }
@@ -246,7 +242,7 @@ func newWatcher(root string, excluder *Excluder, logger *slog.Logger, fd int) *W
 	w := &Watcher{
 		root: root, excluder: excluder, logger: logger,
 		file: os.NewFile(uintptr(fd), "inotify"), fd: fd,
-		byPath: map[string]watch{}, byWd: map[int32]string{},
+		tree: newWatchTree(),
 		real: root, parentWd: -1, rerootReq: make(chan string, 1),
 	}
 	w.addWatch = func(abs string) (int32, error) {
@@ -268,7 +264,11 @@ func (w *Watcher) Close() error {
 
 // WatchedDirs returns how many directories are watched. Not safe while Run
 // runs.
-func (w *Watcher) WatchedDirs() int { return len(w.byPath) }
+func (w *Watcher) WatchedDirs() int { return w.tree.count() }
+
+// rmWatch removes a watch from the inotify instance; it may be gone
+// already (the kernel removes the watch of a deleted directory).
+func (w *Watcher) rmWatch(wd int32) { _, _ = unix.InotifyRmWatch(w.fd, uint32(wd)) }
 
 func (w *Watcher) abs(rel string) string {
 	if rel == "" {
@@ -293,54 +293,18 @@ func joinRel(dir, name string) string {
 
 func under(p, dir string) bool { return p == dir || dir == "" || strings.HasPrefix(p, dir+"/") }
 
-// setWatch records that rel is watched by wd. inotify returns the same wd
-// for a directory it already watches under another name (one that moved
-// without us pairing the move): the old name and the names below it are
-// renamed, so that later events of that subtree carry current paths.
+// setWatch records that rel is watched by wd (see watchTree.set).
 func (w *Watcher) setWatch(rel string, wd int32, ino uint64) {
-	if old, ok := w.byWd[wd]; ok && old != rel {
-		w.renameTree(old, rel)
-	}
-	if prev, ok := w.byPath[rel]; ok && prev.wd != wd {
-		delete(w.byWd, prev.wd)
-	}
-	w.byPath[rel] = watch{wd: wd, ino: ino}
-	w.byWd[wd] = rel
+	w.tree.set(rel, wd, ino, w.rmWatch)
 }
 
 // renameTree renames the watched directory from, and those below it, to.
-func (w *Watcher) renameTree(from, to string) {
-	type moved struct {
-		rel string
-		wt  watch
-	}
-	var ms []moved
-	for p, wt := range w.byPath {
-		if under(p, from) {
-			ms = append(ms, moved{to + p[len(from):], wt})
-			delete(w.byPath, p)
-		}
-	}
-	// Whatever was watched at the new names is gone: the rename replaced it.
-	w.dropTree(to)
-	for _, m := range ms {
-		w.byPath[m.rel] = m.wt
-		w.byWd[m.wt.wd] = m.rel
-	}
-}
+func (w *Watcher) renameTree(from, to string) { w.tree.rename(from, to, w.rmWatch) }
 
 // dropTree forgets rel and the directories below it and removes their
 // watches: the kernel removes the watch of a deleted directory by itself,
 // but one moved out of the tree would go on reporting.
-func (w *Watcher) dropTree(rel string) {
-	for p, wt := range w.byPath {
-		if under(p, rel) {
-			delete(w.byPath, p)
-			delete(w.byWd, wt.wd)
-			_, _ = unix.InotifyRmWatch(w.fd, uint32(wt.wd)) // may already be gone
-		}
-	}
-}
+func (w *Watcher) dropTree(rel string) { w.tree.drop(rel, w.rmWatch) }
 
 // addTree watches rel and every directory below it. When emit is not nil,
 // every entry found is reported as created: files written into a new
@@ -368,7 +332,7 @@ func (w *Watcher) walkWatch(ctx context.Context, rel string, emit sink, seen map
 		}
 		if r != "" && w.excluder.Excluded(r, d.IsDir()) {
 			if d.IsDir() {
-				if _, ok := w.byPath[r]; ok {
+				if n := w.tree.lookup(r); n != nil {
 					w.dropTree(r) // excluded at its new place
 				}
 				return filepath.SkipDir
@@ -417,9 +381,9 @@ func (w *Watcher) resync(ctx context.Context) error {
 	if err := w.walkWatch(ctx, "", nil, seen); err != nil {
 		return err
 	}
-	for wd, rel := range w.byWd {
+	for wd, n := range w.tree.byWd {
 		if !seen[wd] {
-			w.dropTree(rel)
+			w.tree.dropNode(n, w.rmWatch)
 		}
 	}
 	return nil
@@ -587,7 +551,7 @@ func (w *Watcher) Run(ctx context.Context, out sink) error {
 func (w *Watcher) rootChange(ev rawEvent) string {
 	switch {
 	case ev.mask&unix.IN_UNMOUNT != 0:
-		if _, ok := w.byWd[ev.wd]; ok {
+		if _, ok := w.tree.byWd[ev.wd]; ok {
 			return "unmounted"
 		}
 	case ev.mask&unix.IN_IGNORED != 0:
@@ -605,7 +569,7 @@ func (w *Watcher) rootChange(ev rawEvent) string {
 // pathOf names the subject of ev; ok is false when its watch is no longer
 // known (events queued before a watch was removed).
 func (w *Watcher) pathOf(ev rawEvent) (string, bool) {
-	dir, ok := w.byWd[ev.wd]
+	dir, ok := w.tree.dirOf(ev.wd)
 	if !ok {
 		return "", false
 	}
@@ -627,11 +591,8 @@ func (w *Watcher) handle(ctx context.Context, ev rawEvent, out sink) error {
 		out.rescan(ctx, "inotify overflow")
 		return nil
 	case ev.mask&unix.IN_IGNORED != 0:
-		if rel, ok := w.byWd[ev.wd]; ok {
-			if wt := w.byPath[rel]; wt.wd == ev.wd {
-				delete(w.byPath, rel)
-			}
-			delete(w.byWd, ev.wd)
+		if n, ok := w.tree.byWd[ev.wd]; ok {
+			w.tree.forget(n)
 		}
 		return nil
 	}
@@ -650,7 +611,7 @@ func (w *Watcher) handle(ctx context.Context, ev rawEvent, out sink) error {
 	case ev.mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
 		return w.created(ctx, rel, out)
 	case ev.mask&unix.IN_DELETE != 0:
-		wt, wasDir := w.byPath[rel]
+		wt, wasDir := w.tree.watched(rel)
 		if w.excluder.Excluded(rel, isDir || wasDir) {
 			return nil
 		}
@@ -684,7 +645,7 @@ func (w *Watcher) created(ctx context.Context, rel string, out sink) error {
 	if w.excluder.Excluded(rel, fi.IsDir()) {
 		return nil
 	}
-	if wt, wasDir := w.byPath[rel]; wasDir && (!fi.IsDir() || wt.ino != inodeOf(fi)) {
+	if wt, wasDir := w.tree.watched(rel); wasDir && (!fi.IsDir() || wt.ino != inodeOf(fi)) {
 		w.dropTree(rel) // replaced: its watches belong to a directory gone
 	}
 	if fi.IsDir() {
@@ -702,7 +663,7 @@ func (w *Watcher) moveOut(ctx context.Context, from rawEvent, out sink) error {
 	if !ok {
 		return nil
 	}
-	wt, wasDir := w.byPath[rel]
+	wt, wasDir := w.tree.watched(rel)
 	if w.excluder.Excluded(rel, wasDir || from.mask&unix.IN_ISDIR != 0) {
 		return nil
 	}
@@ -726,7 +687,7 @@ func (w *Watcher) move(ctx context.Context, from, to rawEvent, out sink) error {
 	if !fromOK {
 		return w.created(ctx, toRel, out)
 	}
-	wt, wasDir := w.byPath[fromRel]
+	wt, wasDir := w.tree.watched(fromRel)
 	isDir := to.mask&unix.IN_ISDIR != 0
 	if !wasDir || !isDir || w.excluder.Excluded(toRel, true) {
 		// A file, or a directory we did not watch: the old name is gone,

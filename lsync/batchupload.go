@@ -16,6 +16,10 @@ type FileData struct {
 	Data    []byte
 	Mode    fs.FileMode
 	ModTime time.Time
+	// Own, when set, asks for this owner, as OwnerRequest does for
+	// WriteFile: a target that gives it to the file before publishing it
+	// sets Done or Err; otherwise the Reconciler chowns after landing.
+	Own *OwnerRequest
 }
 
 // BatchWriter is implemented by targets that land many small files in one
@@ -75,6 +79,9 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 				continue
 			}
 			budget -= int64(len(fd.Data))
+			if r.wantsOwner(o) {
+				fd.Own = &OwnerRequest{Owner: r.ownerOf(o.src)}
+			}
 			o.src = Entry{Path: o.path, Mode: fd.Mode, Size: int64(len(fd.Data)), ModTime: fd.ModTime,
 				UID: o.src.UID, GID: o.src.GID, Owned: o.src.Owned}
 			files = append(files, fd)
@@ -92,7 +99,13 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 				continue
 			}
 			n := int64(len(files[j].Data))
-			if err := r.chown(ctx, bw, o); err != nil {
+			var err error
+			if own := files[j].Own; own != nil && (own.Done || own.Err != nil) {
+				err = r.chownOutcome(o, own.Err) // set while landing
+			} else {
+				err = r.chown(ctx, bw, o)
+			}
+			if err != nil {
 				if err := fail(o, err); err != nil {
 					return err
 				}

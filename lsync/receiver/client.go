@@ -322,6 +322,19 @@ type PutFile struct {
 	Mode  fs.FileMode
 	MTime time.Time
 	Data  []byte
+	// Owner, when set and the receiver speaks version 4, is given to
+	// the file before it is published (see PutsOwners); older receivers
+	// ignore it, and the caller chowns afterwards.
+	Owner *lsync.Owner
+}
+
+// PutResult is one file's outcome of a PutManyOwned.
+type PutResult struct {
+	Err error // the file did not land
+	// OwnerSet: the file landed with its Owner; OwnerErr: it landed,
+	// but the owner could not be set there (version 4, Owner set).
+	OwnerSet bool
+	OwnerErr error
 }
 
 // MaxPutMany bounds a PutMany: the files' content in bytes, and their
@@ -331,10 +344,27 @@ const (
 	MaxPutManyFiles = 256
 )
 
+// PutsOwners reports whether a PutMany gives files their Owner
+// (protocol version 4).
+func (c *Client) PutsOwners() bool { return c.version >= 4 }
+
 // PutMany lands small files in one request (protocol version 2), each
 // like a Put of its own: errs holds each file's outcome; err is set when
 // the request as a whole failed (then no file's outcome is known).
 func (c *Client) PutMany(ctx context.Context, files []PutFile) (errs []error, err error) {
+	res, err := c.PutManyOwned(ctx, files)
+	if err != nil {
+		return nil, err
+	}
+	errs = make([]error, len(res))
+	for i, r := range res {
+		errs[i] = r.Err
+	}
+	return errs, nil
+}
+
+// PutManyOwned is PutMany, with each file's owner outcome.
+func (c *Client) PutManyOwned(ctx context.Context, files []PutFile) ([]PutResult, error) {
 	size := 0
 	for _, f := range files {
 		size += len(f.Data)
@@ -342,13 +372,25 @@ func (c *Client) PutMany(ctx context.Context, files []PutFile) (errs []error, er
 	if size > MaxPutManyBytes || len(files) > MaxPutManyFiles {
 		return nil, fmt.Errorf("putmany: %d files, %d bytes exceed one request's %d, %d", len(files), size, MaxPutManyFiles, MaxPutManyBytes)
 	}
-	e := enc{b: make([]byte, 0, size+len(files)*64+4)}
+	owners := c.PutsOwners()
+	e := enc{b: make([]byte, 0, size+len(files)*80+4)}
 	e.u32(uint32(len(files)))
 	for _, f := range files {
 		e.str(f.Rel)
 		e.u32(uint32(f.Mode))
 		e.time(f.MTime)
 		e.bytes(f.Data)
+		if owners {
+			if f.Owner == nil {
+				e.u8(0)
+				continue
+			}
+			e.u8(1)
+			e.u32(f.Owner.UID)
+			e.u32(f.Owner.GID)
+			e.str(f.Owner.User)
+			e.str(f.Owner.Group)
+		}
 	}
 	out, err := c.call(ctx, opPutMany, e.b)
 	if err != nil {
@@ -358,13 +400,23 @@ func (c *Client) PutMany(ctx context.Context, files []PutFile) (errs []error, er
 	if n := d.u32(); int(n) != len(files) {
 		return nil, fmt.Errorf("receiver protocol: putmany answered %d results for %d files", n, len(files))
 	}
-	errs = make([]error, len(files))
-	for i := range files {
-		if d.u8() != 0 {
-			errs[i] = decodeError(opPut, d.bytes())
+	res := make([]PutResult, len(files))
+	for i, f := range files {
+		switch d.u8() {
+		case 0:
+			res[i].OwnerSet = owners && f.Owner != nil
+		case 1:
+			res[i].Err = decodeError(opPut, d.bytes())
+		case 2:
+			if !owners {
+				return nil, errors.New("receiver protocol: putmany answered an owner outcome in a version without owners")
+			}
+			res[i].OwnerErr = decodeError(opChown, d.bytes())
+		default:
+			return nil, errors.New("receiver protocol: putmany answered an unknown result")
 		}
 	}
-	return errs, d.done()
+	return res, d.done()
 }
 
 // Create starts a file written in chunks; it lands with Commit.

@@ -370,6 +370,9 @@ type tempFile struct {
 	name, tmp string
 	rel       string
 	fd        int
+	// sharedDir: dfd belongs to the caller (putMany's files of one
+	// directory), which closes it; release leaves it open.
+	sharedDir bool
 }
 
 // create opens a new temp file (0600, O_EXCL, never through a symlink)
@@ -379,16 +382,26 @@ func (r *Root) create(rel string) (*tempFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	t, err := r.createAt(dfd, name, rel)
+	if err != nil {
+		_ = unix.Close(dfd)
+		return nil, err
+	}
+	return t, nil
+}
+
+// createAt opens a new temp file for rel, whose final name is name, in
+// its parent directory dfd (resolved by the caller, who keeps dfd on
+// failure).
+func (r *Root) createAt(dfd int, name, rel string) (*tempFile, error) {
 	tmp := tempName(name)
 	var fd int
-	err = retryEINTR(func() (err error) {
+	err := retryEINTR(func() (err error) {
 		fd, err = unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		return err
 	})
 	if err != nil {
-		err = r.spaceHint(dfd, &fs.PathError{Op: "create", Path: r.show(path.Join(path.Dir(rel), tmp)), Err: err})
-		_ = unix.Close(dfd)
-		return nil, err
+		return nil, r.spaceHint(dfd, &fs.PathError{Op: "create", Path: r.show(path.Join(path.Dir(rel), tmp)), Err: err})
 	}
 	return &tempFile{dfd: dfd, name: name, tmp: tmp, rel: rel, fd: fd}, nil
 }
@@ -414,10 +427,36 @@ func (r *Root) writeAt(t *tempFile, off int64, data []byte) error {
 // final name; a directory in the way is removed first (the source turned
 // a directory into a file).
 func (r *Root) commit(t *tempFile, mode fs.FileMode, mtime time.Time) error {
+	_, err := r.commitOwned(t, mode, mtime, nil)
+	return err
+}
+
+// fileOwner is the owner and group a file gets before it is published
+// (putmany, version 4), in this host's ids.
+type fileOwner struct{ uid, gid int }
+
+// commitOwned is commit; with own set, the temp file gets that owner
+// first, through its descriptor (never by name: nothing the peer swaps
+// in can be chowned instead). A failed chown does not stop the file:
+// ownErr reports it (a peer user that may not chown), and the file lands
+// with the receiver's owner, as a put and a failed chown would leave it.
+func (r *Root) commitOwned(t *tempFile, mode fs.FileMode, mtime time.Time, own *fileOwner) (ownErr, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	defer r.release(t)
 	tmpShown := r.show(path.Join(path.Dir(t.rel), t.tmp))
+	if own != nil {
+		// Before the chmod: a chown clears set-user-ID and set-group-ID
+		// bits, which the chmod then sets as the source has them.
+		if err := unix.Fchown(t.fd, own.uid, own.gid); err != nil {
+			ownErr = &fs.PathError{Op: "chown", Path: r.show(t.rel), Err: err}
+		}
+	}
+	return ownErr, r.publish(t, mode, mtime, tmpShown)
+}
+
+// publish is the rest of commitOwned, t.mu held.
+func (r *Root) publish(t *tempFile, mode fs.FileMode, mtime time.Time, tmpShown string) error {
 	if err := unix.Fchmod(t.fd, unixmode.ToUnix(mode)); err != nil {
 		r.discard(t)
 		return &fs.PathError{Op: "chmod", Path: tmpShown, Err: err}
@@ -467,7 +506,9 @@ func (r *Root) release(t *tempFile) {
 		t.fd = -1
 	}
 	if t.dfd >= 0 {
-		_ = unix.Close(t.dfd)
+		if !t.sharedDir {
+			_ = unix.Close(t.dfd)
+		}
 		t.dfd = -1
 	}
 }
@@ -497,6 +538,69 @@ func (r *Root) Put(rel string, mode fs.FileMode, mtime time.Time, data []byte) e
 		return err
 	}
 	return r.commit(t, mode, mtime)
+}
+
+// putFile is one file of a putMany.
+type putFile struct {
+	rel   string
+	mode  fs.FileMode
+	mtime time.Time
+	data  []byte
+	own   *fileOwner // nil: the receiver's owner
+}
+
+// putResult is a putMany file's outcome: err when it did not land,
+// ownErr when it landed without the owner asked for.
+type putResult struct{ err, ownErr error }
+
+// putMany lands files like a Put each (plus the owner, see commitOwned):
+// one that fails or is refused does not stop the others. Consecutive
+// files of one directory share its resolution (the client sends a
+// directory's files together): one openat2 or walk for them instead of
+// one per file. The descriptor is that of the directory as it was
+// resolved below the root, so sharing it gives a file no other place to
+// land than a resolution of its own would have given it a moment later;
+// a directory that fails to resolve is resolved again for the next file.
+func (r *Root) putMany(files []putFile) []putResult {
+	res := make([]putResult, len(files))
+	dfd, dir := -1, ""
+	defer func() {
+		if dfd >= 0 {
+			_ = unix.Close(dfd)
+		}
+	}()
+	for i, f := range files {
+		if err := checkRel(f.rel); err != nil {
+			res[i].err = err
+			continue
+		}
+		d, name := path.Split(f.rel)
+		if dfd < 0 || d != dir {
+			if dfd >= 0 {
+				_ = unix.Close(dfd)
+				dfd = -1
+			}
+			fd, err := r.openDir(strings.TrimSuffix(d, "/"), unix.O_PATH, true, false)
+			if err != nil {
+				res[i].err = err
+				continue
+			}
+			dfd, dir = fd, d
+		}
+		t, err := r.createAt(dfd, name, f.rel)
+		if err != nil {
+			res[i].err = err
+			continue
+		}
+		t.sharedDir = true
+		if err := r.writeAt(t, 0, f.data); err != nil {
+			r.abort(t)
+			res[i].err = err
+			continue
+		}
+		res[i].ownErr, res[i].err = r.commitOwned(t, f.mode, f.mtime, f.own)
+	}
+	return res
 }
 
 // replace renames tmp over name in the directory dfd. rename(2) replaces

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -331,27 +330,48 @@ func (s *server) do(rq request) ([]byte, error) {
 		if int(n) > len(d.b)/16 {
 			return nil, &invalid{why: "putmany: count exceeds the payload"}
 		}
-		type put struct {
-			rel   string
-			mode  fs.FileMode
-			mtime time.Time
-			data  []byte
-		}
-		puts := make([]put, 0, n)
+		puts := make([]putFile, 0, n)
+		type names struct{ user, group string }
+		var owners []names // version 4: the names each owner was sent with
 		for range n {
-			puts = append(puts, put{d.str(), fs.FileMode(d.u32()), d.time(), d.bytes()})
+			p := putFile{rel: d.str(), mode: fs.FileMode(d.u32()), mtime: d.time(), data: d.bytes()}
+			if s.version >= 4 && d.u8() != 0 {
+				uid, gid, user, group := d.u32(), d.u32(), d.str(), d.str()
+				p.own = &fileOwner{uid: int(uid), gid: int(gid)}
+				owners = append(owners, names{user, group})
+			}
+			puts = append(puts, p)
 		}
 		if err := bad(); err != nil {
 			return nil, err
 		}
+		// The names are checked and mapped as a chown's are, before any
+		// file is written.
+		k := 0
+		for _, p := range puts {
+			if p.own == nil {
+				continue
+			}
+			nm := owners[k]
+			k++
+			if err := checkOwnerNames(nm.user, nm.group); err != nil {
+				return nil, err
+			}
+			uid, gid := localIDs(s.ids, uint32(p.own.uid), uint32(p.own.gid), nm.user, nm.group)
+			p.own.uid, p.own.gid = int(uid), int(gid)
+		}
 		// Each file is an opPut of its own, confined alike: one that is
 		// refused or fails does not stop the others.
 		e.u32(n)
-		for _, p := range puts {
-			if err := s.root.Put(p.rel, p.mode, p.mtime, p.data); err != nil {
+		for _, res := range s.root.putMany(puts) {
+			switch {
+			case res.err != nil:
 				e.u8(1)
-				e.bytes(s.encodeError(opPut, err))
-			} else {
+				e.bytes(s.encodeError(opPut, res.err))
+			case res.ownErr != nil:
+				e.u8(2) // landed, owner not set (version 4)
+				e.bytes(s.encodeError(opChown, res.ownErr))
+			default:
 				e.u8(0)
 			}
 		}

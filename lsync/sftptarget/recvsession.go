@@ -628,20 +628,38 @@ func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []
 			errs[i] = err
 			continue
 		}
-		puts = append(puts, receiver.PutFile{Rel: rel, Mode: f.Mode, MTime: f.ModTime, Data: f.Data})
+		p := receiver.PutFile{Rel: rel, Mode: f.Mode, MTime: f.ModTime, Data: f.Data}
+		if f.Own != nil {
+			own := f.Own.Owner
+			p.Owner = &own
+		}
+		puts = append(puts, p)
 		idx = append(idx, i)
 	}
 	if len(puts) == 0 {
 		return errs
 	}
-	res, err := s.client.PutMany(ctx, puts)
+	// From version 4 on, a file lands with its owner (set through the
+	// temp file's descriptor): no chown by path after it.
+	res, err := s.client.PutManyOwned(ctx, puts)
 	for j, i := range idx {
-		e := err
-		if e == nil {
-			e = res[j]
+		var r receiver.PutResult
+		if err != nil {
+			r.Err = err
+		} else {
+			r = res[j]
 		}
-		if e != nil {
-			errs[i] = fmt.Errorf("upload %s:%s: %w", s.host, s.abs(puts[j].Rel), s.check(e))
+		if r.Err != nil {
+			errs[i] = fmt.Errorf("upload %s:%s: %w", s.host, s.abs(puts[j].Rel), s.check(r.Err))
+			continue
+		}
+		if own := files[i].Own; own != nil {
+			switch {
+			case r.OwnerErr != nil:
+				own.Err = fmt.Errorf("chown %s:%s: %w", s.host, s.abs(puts[j].Rel), s.check(r.OwnerErr))
+			case r.OwnerSet:
+				own.Done = true
+			}
 		}
 	}
 	return errs

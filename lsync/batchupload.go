@@ -71,7 +71,7 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 		var sent []op
 		budget := int64(maxBytes)
 		for _, o := range groups[i] {
-			fd, err := r.readSmall(o.path, budget)
+			fd, err := r.readSmall(o.path, o.src, budget)
 			if err != nil {
 				if err := fail(o, err); err != nil {
 					return err
@@ -126,10 +126,30 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 	})
 }
 
+// fileStat is what readWhole's fstat found.
+type fileStat struct {
+	mode  fs.FileMode
+	size  int64
+	mtime time.Time
+}
+
 // readSmall reads the whole file rel, refusing a symlink, a file that is
 // no longer regular, larger than max, or that changed while being read
-// (errSourceChanged: retried after the next quiet period).
-func (r *Reconciler) readSmall(rel string, max int64) (FileData, error) {
+// (errSourceChanged: retried after the next quiet period). seen is rel
+// as the comparison saw it (lstat'ed by the walk).
+//
+// A file that still has seen's size and mtime after it was read (fstat)
+// was the same from the walk's lstat to the end of the read: the read
+// is all it costs (Source.readWhole: openat2, read, fstat, close). Any
+// other outcome, errors included, is left to the careful path, which
+// takes the file as it is when opened (fstat, read, fstat).
+func (r *Reconciler) readSmall(rel string, seen Entry, max int64) (FileData, error) {
+	if seen.Mode.IsRegular() && seen.Size <= max {
+		data, st, ok, err := r.Source.readWhole(rel, seen.Size)
+		if ok && err == nil && st.mode.IsRegular() && st.size == seen.Size && int64(len(data)) == st.size && st.mtime.Equal(seen.ModTime) {
+			return FileData{Path: rel, Data: data, Mode: st.mode, ModTime: st.mtime}, nil
+		}
+	}
 	f, err := r.Source.openFile(rel)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {

@@ -90,7 +90,10 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			}
 		}
 		touched[parentOf(o.path)] = true
-		if o.kind == opMkdir {
+		if o.kind == opMkdir && !rep.inPass {
+			// A streamed pass sets a directory it created in the
+			// directory's own visit, after its entries (see streamPass):
+			// setting it here too would cost a request per directory.
 			touched[o.path] = true
 		}
 	}

@@ -86,7 +86,7 @@ type Chowner interface {
 }
 
 // ProtocolReporter is implemented by targets that can say how they reach
-// the peer, for status and metrics: Protocol is "receiver v3", "sftp" or
+// the peer, for status and metrics: Protocol is "receiver v4", "sftp" or
 // "local"; Fallback, when receiver: auto had to fall back to SFTP, says
 // why the receiver could not be used ("" otherwise). Over SFTP a hostile
 // peer has race windows the receiver does not have (README, threat

@@ -167,10 +167,23 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 	for _, level := range byDepth(mkdirs, func(o op) string { return o.path }, false) {
 		err := parallel(ctx, r.Concurrency, len(level), func(i int) error {
 			o := level[i]
-			if err := t.Mkdir(ctx, o.path, o.src.Mode); err != nil {
+			mctx := ctx
+			var own *OwnerRequest
+			if r.wantsOwner(o) {
+				// A target that can gives the owner with the mkdir.
+				own = &OwnerRequest{Owner: r.ownerOf(o.src)}
+				mctx = WithOwner(ctx, own)
+			}
+			if err := t.Mkdir(mctx, o.path, o.src.Mode); err != nil {
 				return fail(o, err)
 			}
-			if err := r.chown(ctx, t, o); err != nil {
+			var err error
+			if own != nil && (own.Done || own.Err != nil) {
+				err = r.chownOutcome(o, own.Err)
+			} else {
+				err = r.chown(ctx, t, o)
+			}
+			if err != nil {
 				return fail(o, err)
 			}
 			done(o, 0)

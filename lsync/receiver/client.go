@@ -294,10 +294,60 @@ func (c *Client) ReadDir(ctx context.Context, rel string) ([]Entry, error) {
 
 // Mkdir makes rel (and missing parents) a directory with mode.
 func (c *Client) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error {
+	return c.MkdirOwned(ctx, rel, mode, nil).Err
+}
+
+// MkdirOwned is Mkdir; with own set and a receiver of version 4, the
+// directory also gets that owner (the outcome says whether it did, as a
+// PutResult does for a file). Older receivers ignore own, and the caller
+// chowns afterwards.
+func (c *Client) MkdirOwned(ctx context.Context, rel string, mode fs.FileMode, own *lsync.Owner) PutResult {
 	var e enc
 	e.str(rel)
 	e.u32(uint32(mode))
-	return c.simple(ctx, opMkdir, &e)
+	owners := c.PutsOwners()
+	if owners {
+		e.owner(own)
+	}
+	out, err := c.call(ctx, opMkdir, e.b)
+	if err != nil || !owners {
+		return PutResult{Err: err}
+	}
+	d := dec{b: out}
+	res := d.ownerOutcome(own != nil)
+	if err := d.done(); err != nil {
+		return PutResult{Err: err}
+	}
+	return res
+}
+
+// owner encodes a version 4 owner (see server.owner).
+func (e *enc) owner(own *lsync.Owner) {
+	if own == nil {
+		e.u8(0)
+		return
+	}
+	e.u8(1)
+	e.u32(own.UID)
+	e.u32(own.GID)
+	e.str(own.User)
+	e.str(own.Group)
+}
+
+// ownerOutcome decodes a version 4 result of a putmany file or a mkdir
+// that did not fail (see server.ownerOutcome); asked tells whether an
+// owner was sent.
+func (d *dec) ownerOutcome(asked bool) PutResult {
+	switch d.u8() {
+	case 0:
+		return PutResult{OwnerSet: asked}
+	case 2:
+		return PutResult{OwnerErr: decodeError(opChown, d.bytes())}
+	}
+	if d.err == nil {
+		d.err = errors.New("receiver protocol: unknown owner outcome")
+	}
+	return PutResult{}
 }
 
 // MaxPut is the largest file Put sends in one request.
@@ -381,15 +431,7 @@ func (c *Client) PutManyOwned(ctx context.Context, files []PutFile) ([]PutResult
 		e.time(f.MTime)
 		e.bytes(f.Data)
 		if owners {
-			if f.Owner == nil {
-				e.u8(0)
-				continue
-			}
-			e.u8(1)
-			e.u32(f.Owner.UID)
-			e.u32(f.Owner.GID)
-			e.str(f.Owner.User)
-			e.str(f.Owner.Group)
+			e.owner(f.Owner)
 		}
 	}
 	out, err := c.call(ctx, opPutMany, e.b)
@@ -402,19 +444,18 @@ func (c *Client) PutManyOwned(ctx context.Context, files []PutFile) ([]PutResult
 	}
 	res := make([]PutResult, len(files))
 	for i, f := range files {
-		switch d.u8() {
-		case 0:
-			res[i].OwnerSet = owners && f.Owner != nil
-		case 1:
-			res[i].Err = decodeError(opPut, d.bytes())
-		case 2:
-			if !owners {
-				return nil, errors.New("receiver protocol: putmany answered an owner outcome in a version without owners")
+		if !owners {
+			if d.u8() != 0 {
+				res[i].Err = decodeError(opPut, d.bytes())
 			}
-			res[i].OwnerErr = decodeError(opChown, d.bytes())
-		default:
-			return nil, errors.New("receiver protocol: putmany answered an unknown result")
+			continue
 		}
+		if len(d.b) > 0 && d.b[0] == 1 {
+			d.u8()
+			res[i].Err = decodeError(opPut, d.bytes())
+			continue
+		}
+		res[i] = d.ownerOutcome(f.Owner != nil)
 	}
 	return res, d.done()
 }

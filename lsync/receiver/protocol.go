@@ -66,7 +66,9 @@
 // file's result is then 0, 1 and an error (not landed), or 2 and an
 // error: landed, but its owner could not be set (a peer user that may
 // not chown); the file then has the receiver's owner, as after a put
-// and a failed chown.
+// and a failed chown. An opMkdir carries the same owner byte (and
+// owner) after its mode, and its reply the same 0, or 2 and an error:
+// the directory and its owner in one request instead of two.
 package receiver
 
 import (
@@ -118,7 +120,7 @@ const (
 
 	opStat      byte = 's' // rel → entry
 	opReadDir   byte = 'd' // rel ("" = root) → entries, sorted by name
-	opMkdir     byte = 'm' // rel, mode → (creates parents; replaces a non-directory)
+	opMkdir     byte = 'm' // rel, mode → (creates parents; replaces a non-directory); version 4: see below
 	opPut       byte = 'p' // rel, mode, mtime, data → (whole small file)
 	opCreate    byte = 'c' // rel → handle (temp file beside rel, parents created)
 	opWrite     byte = 'w' // handle, offset, data →

@@ -324,20 +324,28 @@ func (r *Root) ReadDir(rel string) ([]Entry, error) {
 // Mkdir makes rel a directory with mode, creating missing parents and
 // replacing a file or symlink in the way (unlinked, never followed).
 func (r *Root) Mkdir(rel string, mode fs.FileMode) error {
+	_, err := r.mkdirOwned(rel, mode, nil)
+	return err
+}
+
+// mkdirOwned is Mkdir; with own set, the directory also gets that owner
+// (version 4), through the descriptor its mode is set through (see
+// chmodAt). A failed chown does not stop the mkdir: ownErr reports it.
+func (r *Root) mkdirOwned(rel string, mode fs.FileMode, own *fileOwner) (ownErr, err error) {
 	dfd, name, err := r.parent(rel, true, false)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer unix.Close(dfd)
 	err = unix.Mkdirat(dfd, name, 0o700)
 	if errors.Is(err, unix.EEXIST) {
 		var st unix.Stat_t
 		if serr := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); serr != nil {
-			return &fs.PathError{Op: "mkdir", Path: r.show(rel), Err: serr}
+			return nil, &fs.PathError{Op: "mkdir", Path: r.show(rel), Err: serr}
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			if uerr := unix.Unlinkat(dfd, name, 0); uerr != nil && !errors.Is(uerr, unix.ENOENT) {
-				return &fs.PathError{Op: "remove", Path: r.show(rel), Err: uerr}
+				return nil, &fs.PathError{Op: "remove", Path: r.show(rel), Err: uerr}
 			}
 			err = unix.Mkdirat(dfd, name, 0o700)
 		} else {
@@ -345,9 +353,9 @@ func (r *Root) Mkdir(rel string, mode fs.FileMode) error {
 		}
 	}
 	if err != nil {
-		return &fs.PathError{Op: "mkdir", Path: r.show(rel), Err: err}
+		return nil, &fs.PathError{Op: "mkdir", Path: r.show(rel), Err: err}
 	}
-	return r.chmodAt(dfd, name, rel, mode)
+	return r.chownChmodAt(dfd, name, rel, own, mode)
 }
 
 // tempName is a fresh hidden sibling name for name, cut to stay within
@@ -671,6 +679,30 @@ func (r *Root) Chmod(rel string, mode fs.FileMode) error {
 // chmodAt pins name with an O_PATH|O_NOFOLLOW descriptor, checks that it
 // is not a symlink, and changes the mode of exactly that inode.
 func (r *Root) chmodAt(dfd int, name, rel string, mode fs.FileMode) error {
+	_, err := r.chownChmodAt(dfd, name, rel, nil, mode)
+	return err
+}
+
+// chownChmodAt is chmodAt; with own set, the pinned inode gets that
+// owner first (as Chown gives it: the same checks, the same call), and a
+// failed chown is reported in ownErr, the chmod done all the same.
+func (r *Root) chownChmodAt(dfd int, name, rel string, own *fileOwner, mode fs.FileMode) (ownErr, err error) {
+	err = r.chmodPinned(dfd, name, rel, mode, func(fd int) {
+		if own == nil {
+			return
+		}
+		// Before the chmod: a chown clears set-user-ID and set-group-ID
+		// bits, which the chmod then sets as the source has them.
+		if err := unix.Fchownat(fd, "", own.uid, own.gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			ownErr = &fs.PathError{Op: "chown", Path: r.show(rel), Err: err}
+		}
+	})
+	return ownErr, err
+}
+
+// chmodPinned is chmodAt, calling before(fd) with the pinned inode once
+// it passed the checks, right before its chmod.
+func (r *Root) chmodPinned(dfd int, name, rel string, mode fs.FileMode, before func(fd int)) error {
 	var fd int
 	err := retryEINTR(func() (err error) {
 		fd, err = unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -690,6 +722,7 @@ func (r *Root) chmodAt(dfd int, name, rel string, mode fs.FileMode) error {
 	if err := r.sharedInode(&st, rel, "mode"); err != nil {
 		return err
 	}
+	before(fd)
 	// fchmodat2(AT_EMPTY_PATH) (Linux 6.6) changes the pinned inode
 	// itself; older kernels reach it through its /proc/self/fd magic
 	// link, which names that inode, not a path.

@@ -312,10 +312,24 @@ func (s *server) do(rq request) ([]byte, error) {
 		}
 	case opMkdir:
 		rel, mode := d.str(), fs.FileMode(d.u32())
+		if s.version < 4 {
+			if err := bad(); err != nil {
+				return nil, err
+			}
+			return nil, s.root.Mkdir(rel, mode)
+		}
+		own, err := s.owner(&d)
 		if err := bad(); err != nil {
 			return nil, err
 		}
-		return nil, s.root.Mkdir(rel, mode)
+		if err != nil {
+			return nil, err
+		}
+		ownErr, err := s.root.mkdirOwned(rel, mode, own)
+		if err != nil {
+			return nil, err
+		}
+		s.ownerOutcome(&e, ownErr)
 	case opPut:
 		rel, mode, mtime, data := d.str(), fs.FileMode(d.u32()), d.time(), d.bytes()
 		if err := bad(); err != nil {
@@ -331,49 +345,34 @@ func (s *server) do(rq request) ([]byte, error) {
 			return nil, &invalid{why: "putmany: count exceeds the payload"}
 		}
 		puts := make([]putFile, 0, n)
-		type names struct{ user, group string }
-		var owners []names // version 4: the names each owner was sent with
+		var ownErr error // the first malformed owner
 		for range n {
 			p := putFile{rel: d.str(), mode: fs.FileMode(d.u32()), mtime: d.time(), data: d.bytes()}
-			if s.version >= 4 && d.u8() != 0 {
-				uid, gid, user, group := d.u32(), d.u32(), d.str(), d.str()
-				p.own = &fileOwner{uid: int(uid), gid: int(gid)}
-				owners = append(owners, names{user, group})
+			if s.version >= 4 {
+				own, err := s.owner(&d)
+				if err != nil && ownErr == nil {
+					ownErr = err
+				}
+				p.own = own
 			}
 			puts = append(puts, p)
 		}
 		if err := bad(); err != nil {
 			return nil, err
 		}
-		// The names are checked and mapped as a chown's are, before any
-		// file is written.
-		k := 0
-		for _, p := range puts {
-			if p.own == nil {
-				continue
-			}
-			nm := owners[k]
-			k++
-			if err := checkOwnerNames(nm.user, nm.group); err != nil {
-				return nil, err
-			}
-			uid, gid := localIDs(s.ids, uint32(p.own.uid), uint32(p.own.gid), nm.user, nm.group)
-			p.own.uid, p.own.gid = int(uid), int(gid)
+		if ownErr != nil {
+			return nil, ownErr // before any file is written
 		}
 		// Each file is an opPut of its own, confined alike: one that is
 		// refused or fails does not stop the others.
 		e.u32(n)
 		for _, res := range s.root.putMany(puts) {
-			switch {
-			case res.err != nil:
+			if res.err != nil {
 				e.u8(1)
 				e.bytes(s.encodeError(opPut, res.err))
-			case res.ownErr != nil:
-				e.u8(2) // landed, owner not set (version 4)
-				e.bytes(s.encodeError(opChown, res.ownErr))
-			default:
-				e.u8(0)
+				continue
 			}
+			s.ownerOutcome(&e, res.ownErr)
 		}
 	case opCreate:
 		rel := d.str()
@@ -521,6 +520,37 @@ func (s *server) do(rq request) ([]byte, error) {
 		return nil, &invalid{why: fmt.Sprintf("unknown request type %q", rq.typ)}
 	}
 	return e.b, nil
+}
+
+// owner decodes the owner of a version 4 putmany file or mkdir: a byte,
+// 0 for none, 1 followed by uid, gid, user and group as in a chown. The
+// names are checked and mapped as a chown's are; an error is a malformed
+// request.
+func (s *server) owner(d *dec) (*fileOwner, error) {
+	if d.u8() == 0 {
+		return nil, nil
+	}
+	uid, gid, user, group := d.u32(), d.u32(), d.str(), d.str()
+	if d.err != nil {
+		return nil, nil // reported by the caller's bad()
+	}
+	if err := checkOwnerNames(user, group); err != nil {
+		return nil, err
+	}
+	uid, gid = localIDs(s.ids, uid, gid, user, group)
+	return &fileOwner{uid: int(uid), gid: int(gid)}, nil
+}
+
+// ownerOutcome encodes the outcome of a version 4 putmany file or mkdir
+// that was done: 0 (with the owner, if one was asked for), or 2 and why
+// the owner could not be set.
+func (s *server) ownerOutcome(e *enc, ownErr error) {
+	if ownErr == nil {
+		e.u8(0)
+		return
+	}
+	e.u8(2)
+	e.bytes(s.encodeError(opChown, ownErr))
 }
 
 func (s *server) tempFile(h uint32) (*tempFile, error) {

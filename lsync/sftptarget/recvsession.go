@@ -460,7 +460,25 @@ func (s *recvSession) Mkdir(ctx context.Context, rel string, mode fs.FileMode) e
 	if err != nil {
 		return err
 	}
-	return s.check(s.client.Mkdir(ctx, rel, mode))
+	// From version 4 on, a requested owner goes with the mkdir (see
+	// lsync.OwnerRequest): no chown by path after it.
+	own := lsync.RequestedOwner(ctx)
+	var o *lsync.Owner
+	if own != nil {
+		o = &own.Owner
+	}
+	res := s.client.MkdirOwned(ctx, rel, mode, o)
+	if res.Err != nil {
+		return s.check(res.Err)
+	}
+	switch {
+	case own == nil:
+	case res.OwnerErr != nil:
+		own.Err = fmt.Errorf("chown %s:%s: %w", s.host, s.abs(rel), s.check(res.OwnerErr))
+	case res.OwnerSet:
+		own.Done = true
+	}
+	return nil
 }
 
 // Symlink implements lsync.Target.

@@ -33,6 +33,16 @@ type BatchWriter interface {
 	BatchLimits() (files, bytes int)
 }
 
+// BatchDirTimer is implemented by BatchWriters that can set a
+// directory's mtime in a batch's request, after its files (the receiver,
+// protocol version 4): a directory of a streamed pass whose files all go
+// in one batch is then done in one request instead of two.
+type BatchDirTimer interface {
+	// WriteFilesThen is WriteFiles, then dir's mtime; done is false when
+	// it was not set (the caller sets it), dirErr is its failure.
+	WriteFilesThen(ctx context.Context, files []FileData, dir Entry) (errs []error, done bool, dirErr error)
+}
+
 // Small files go in batches: a 100k-file tree of a few hundred bytes each
 // costs a request, a reply and several goroutine hand-offs per file
 // otherwise, which made the client use three times rsync's CPU.
@@ -47,9 +57,13 @@ func batchable(o op) bool {
 	return o.kind == opUpload && !o.guard && o.keepPeer == nil && !o.overDir && o.src.Size <= batchFileMax
 }
 
-// uploadBatches uploads ops (all batchable) through bw, in batches.
+// uploadBatches uploads ops (all batchable) through bw, in batches. With
+// then set, when the ops make one batch and bw is a BatchDirTimer, then's
+// mtime is set in the batch's request after the files: thenDone says so,
+// and thenErr is its outcome.
 func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op,
 	fail func(op, error) error, done func(op, int64), filesDone, bytesDone *atomic.Int64,
+	then *Entry, thenDone *bool, thenErr *error,
 ) error {
 	maxFiles, maxBytes := bw.BatchLimits()
 	var groups [][]op
@@ -65,6 +79,10 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 	}
 	if len(cur) > 0 {
 		groups = append(groups, cur)
+	}
+	dt, _ := bw.(BatchDirTimer)
+	if len(groups) != 1 || dt == nil {
+		then = nil
 	}
 	return parallel(ctx, min(r.Concurrency, batchesInFlight), len(groups), func(i int) error {
 		var files []FileData
@@ -90,7 +108,12 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 		if len(files) == 0 {
 			return nil
 		}
-		errs := bw.WriteFiles(ctx, files)
+		var errs []error
+		if then != nil {
+			errs, *thenDone, *thenErr = dt.WriteFilesThen(ctx, files, *then)
+		} else {
+			errs = bw.WriteFiles(ctx, files)
+		}
 		for j, o := range sent {
 			if errs[j] != nil {
 				if err := fail(o, errs[j]); err != nil {

@@ -193,6 +193,12 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			return err
 		}
 	}
+	// A directory of a streamed pass whose entries are all small files
+	// (or directories made above) may have its mtime set in the request
+	// of its one batch, after the files (see BatchDirTimer).
+	var then *Entry
+	thenDone := false
+	var thenErr error
 	if bw, ok := t.(BatchWriter); ok {
 		var batched []op
 		single := rest[:0]
@@ -204,8 +210,27 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			}
 		}
 		rest = single
-		if err := r.uploadBatches(ctx, bw, batched, fail, done, &filesDone, &bytesDone); err != nil {
+		if rep.inPass && len(dirTimes) == 1 && len(removes) == 0 && len(single) == 0 && len(batched) > 0 {
+			then = &dirTimes[0]
+			for _, list := range [][]op{mkdirs, batched} {
+				for _, o := range list {
+					if parentOf(o.path) != then.Path {
+						then = nil
+						break
+					}
+				}
+				if then == nil {
+					break
+				}
+			}
+		}
+		if err := r.uploadBatches(ctx, bw, batched, fail, done, &filesDone, &bytesDone, then, &thenDone, &thenErr); err != nil {
 			return err
+		}
+		if thenDone && thenErr != nil && !errors.Is(thenErr, fs.ErrNotExist) {
+			if err := fail(op{kind: opChtimes, path: then.Path}, thenErr); err != nil {
+				return err
+			}
 		}
 	}
 	err := parallel(ctx, r.Concurrency, len(rest), func(i int) error {
@@ -285,6 +310,9 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		if e, _ := r.Source.Lstat(d); e != nil && e.Mode.IsDir() {
 			want[d] = *e
 		}
+	}
+	if thenDone {
+		delete(want, then.Path) // set with the batch
 	}
 	list := make([]Entry, 0, len(want))
 	for _, e := range want {

@@ -415,12 +415,47 @@ func (c *Client) PutMany(ctx context.Context, files []PutFile) (errs []error, er
 
 // PutManyOwned is PutMany, with each file's owner outcome.
 func (c *Client) PutManyOwned(ctx context.Context, files []PutFile) ([]PutResult, error) {
+	res, _, err := c.PutManyThen(ctx, files, nil)
+	return res, err
+}
+
+// DirTime is a directory whose mtime a PutManyThen sets after its files.
+type DirTime struct {
+	Rel   string
+	MTime time.Time
+}
+
+// PutManyThen is PutManyOwned; with then set and a receiver of version
+// 4, then's mtime is set after the files, in the same request, and
+// thenErr is its outcome (done false: not sent, the caller sets it).
+func (c *Client) PutManyThen(ctx context.Context, files []PutFile, then *DirTime) (res []PutResult, thenDone bool, err error) {
+	res, thenErr, err := c.putMany(ctx, files, then)
+	if err != nil {
+		return nil, false, err
+	}
+	if then != nil && c.PutsOwners() {
+		if thenErr != nil {
+			return res, true, &ThenError{Err: thenErr}
+		}
+		return res, true, nil
+	}
+	return res, false, nil
+}
+
+// ThenError is the failure of a PutManyThen's directory mtime alone:
+// the files' outcomes are in its results.
+type ThenError struct{ Err error }
+
+func (e *ThenError) Error() string { return e.Err.Error() }
+func (e *ThenError) Unwrap() error { return e.Err }
+
+func (c *Client) putMany(ctx context.Context, files []PutFile, then *DirTime) ([]PutResult, error, error) {
 	size := 0
 	for _, f := range files {
 		size += len(f.Data)
 	}
 	if size > MaxPutManyBytes || len(files) > MaxPutManyFiles {
-		return nil, fmt.Errorf("putmany: %d files, %d bytes exceed one request's %d, %d", len(files), size, MaxPutManyFiles, MaxPutManyBytes)
+		return nil, nil, fmt.Errorf("putmany: %d files, %d bytes exceed one request's %d, %d", len(files), size, MaxPutManyFiles, MaxPutManyBytes)
 	}
 	owners := c.PutsOwners()
 	e := enc{b: make([]byte, 0, size+len(files)*80+4)}
@@ -434,13 +469,22 @@ func (c *Client) PutManyOwned(ctx context.Context, files []PutFile) ([]PutResult
 			e.owner(f.Owner)
 		}
 	}
+	if owners {
+		if then == nil {
+			e.u8(0)
+		} else {
+			e.u8(1)
+			e.str(then.Rel)
+			e.time(then.MTime)
+		}
+	}
 	out, err := c.call(ctx, opPutMany, e.b)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	d := dec{b: out}
 	if n := d.u32(); int(n) != len(files) {
-		return nil, fmt.Errorf("receiver protocol: putmany answered %d results for %d files", n, len(files))
+		return nil, nil, fmt.Errorf("receiver protocol: putmany answered %d results for %d files", n, len(files))
 	}
 	res := make([]PutResult, len(files))
 	for i, f := range files {
@@ -457,7 +501,11 @@ func (c *Client) PutManyOwned(ctx context.Context, files []PutFile) ([]PutResult
 		}
 		res[i] = d.ownerOutcome(f.Owner != nil)
 	}
-	return res, d.done()
+	var thenErr error
+	if owners && then != nil && d.u8() != 0 {
+		thenErr = decodeError(opChtimes, d.bytes())
+	}
+	return res, thenErr, d.done()
 }
 
 // Create starts a file written in chunks; it lands with Commit.

@@ -69,6 +69,12 @@
 // and a failed chown. An opMkdir carries the same owner byte (and
 // owner) after its mode, and its reply the same 0, or 2 and an error:
 // the directory and its owner in one request instead of two.
+//
+// After its files, a version 4 opPutMany carries a byte: 0, or 1
+// followed by a path and an mtime: that directory's mtime is set (as
+// by an opChtimes) after every file of the request, and its outcome
+// follows the files' results (0, or 1 and an error). A directory whose
+// files all go in one request is then done in one round trip.
 package receiver
 
 import (

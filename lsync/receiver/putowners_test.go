@@ -212,3 +212,57 @@ func TestOwnersVersionFallback(t *testing.T) {
 		}
 	})
 }
+
+// TestPutManyThenDirTime: a version 4 putmany sets its directory's mtime
+// after its files (which would otherwise have moved it), confined like a
+// chtimes of its own: a directory through a symlink is refused and the
+// files' outcomes stand. Before a version 3 receiver it is not sent.
+func TestPutManyThenDirTime(t *testing.T) {
+	modes(t, func(t *testing.T, walkOnly bool) {
+		base := t.TempDir()
+		root, outside := filepath.Join(base, "root"), filepath.Join(base, "outside")
+		if err := os.MkdirAll(filepath.Join(outside, "d"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(root, "d"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(outside, filepath.Join(root, "link")); err != nil {
+			t.Fatal(err)
+		}
+		before := lsynctest.Snapshot(t, outside)
+		c := pipeConn(t, root, walkOnly)
+		ctx := context.Background()
+		dirTime := time.Unix(1_500_000_000, 7)
+		res, done, err := c.PutManyThen(ctx, []PutFile{
+			{Rel: "d/a", Mode: 0o644, MTime: timeZero, Data: []byte("a")},
+			{Rel: "d/b", Mode: 0o644, MTime: timeZero, Data: []byte("b")},
+		}, &DirTime{Rel: "d", MTime: dirTime})
+		if err != nil || !done || res[0].Err != nil || res[1].Err != nil {
+			t.Fatalf("putmany then chtimes: %+v %v %v", res, done, err)
+		}
+		if fi, err := os.Stat(filepath.Join(root, "d")); err != nil || !fi.ModTime().Equal(dirTime) {
+			t.Errorf("d after its files: %v %v, want mtime %v", fi.ModTime(), err, dirTime)
+		}
+		res, done, err = c.PutManyThen(ctx, []PutFile{{Rel: "d/c", Data: []byte("c")}}, &DirTime{Rel: "link/d", MTime: dirTime})
+		var te *ThenError
+		if !done || !errors.As(err, &te) || res == nil || res[0].Err != nil {
+			t.Fatalf("a directory through a symlink: %+v %v %v, want the file landed and the chtimes failed", res, done, err)
+		}
+		if !errors.Is(err, lsync.ErrRefused) {
+			t.Errorf("through the symlink: %v, want a refusal", err)
+		}
+		lsynctest.AssertSnapshotUnchanged(t, outside, before)
+	})
+	t.Run("v3 receiver", func(t *testing.T) {
+		root := t.TempDir()
+		c, err := hookedConn(t, root, serveHooks{version: 3}, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, done, err := c.PutManyThen(context.Background(), []PutFile{{Rel: "d/a", Data: []byte("a")}}, &DirTime{Rel: "d", MTime: timeZero})
+		if err != nil || done || res[0].Err != nil {
+			t.Fatalf("before a v3 receiver: %+v %v %v, want the files only", res, done, err)
+		}
+	})
+}

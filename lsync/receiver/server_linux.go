@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -357,6 +358,11 @@ func (s *server) do(rq request) ([]byte, error) {
 			}
 			puts = append(puts, p)
 		}
+		// Version 4: a directory whose mtime is set after the files.
+		then, thenRel, thenMtime := false, "", time.Time{}
+		if s.version >= 4 && d.u8() != 0 {
+			then, thenRel, thenMtime = true, d.str(), d.time()
+		}
 		if err := bad(); err != nil {
 			return nil, err
 		}
@@ -373,6 +379,15 @@ func (s *server) do(rq request) ([]byte, error) {
 				continue
 			}
 			s.ownerOutcome(&e, res.ownErr)
+		}
+		if then {
+			// An opChtimes of its own, after every file of the request.
+			if err := s.root.Chtimes(thenRel, thenMtime); err != nil {
+				e.u8(1)
+				e.bytes(s.encodeError(opChtimes, err))
+			} else {
+				e.u8(0)
+			}
 		}
 	case opCreate:
 		rel := d.str()

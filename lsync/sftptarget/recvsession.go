@@ -631,12 +631,27 @@ func (s *recvSession) ReadDir(ctx context.Context, rel string) ([]lsync.Entry, e
 // WriteFiles implements lsync.BatchWriter: small files land many to a
 // request, each confined and published like a WriteFile of its own.
 func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []error {
-	errs := make([]error, len(files))
+	errs, _, _ := s.WriteFilesThen(ctx, files, lsync.Entry{})
+	return errs
+}
+
+// WriteFilesThen implements lsync.BatchDirTimer: from version 4 on, dir's
+// mtime goes in the files' request, set after them (dir.Path "": none).
+func (s *recvSession) WriteFilesThen(ctx context.Context, files []lsync.FileData, dir lsync.Entry) (errs []error, done bool, dirErr error) {
+	errs = make([]error, len(files))
 	if err := s.alive(ctx); err != nil {
 		for i := range errs {
 			errs[i] = err
 		}
-		return errs
+		return errs, false, nil
+	}
+	var then *receiver.DirTime
+	if dir.Path != "" {
+		rel, err := clean(dir.Path)
+		if err != nil {
+			return errs, true, err
+		}
+		then = &receiver.DirTime{Rel: rel, MTime: dir.ModTime}
 	}
 	puts := make([]receiver.PutFile, 0, len(files))
 	idx := make([]int, 0, len(files))
@@ -655,11 +670,16 @@ func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []
 		idx = append(idx, i)
 	}
 	if len(puts) == 0 {
-		return errs
+		return errs, false, nil
 	}
 	// From version 4 on, a file lands with its owner (set through the
 	// temp file's descriptor): no chown by path after it.
-	res, err := s.client.PutManyOwned(ctx, puts)
+	res, done, err := s.client.PutManyThen(ctx, puts, then)
+	var te *receiver.ThenError
+	if errors.As(err, &te) {
+		dirErr = fmt.Errorf("chtimes %s:%s: %w", s.host, s.abs(then.Rel), s.check(te.Err))
+		err = nil
+	}
 	for j, i := range idx {
 		var r receiver.PutResult
 		if err != nil {
@@ -680,7 +700,7 @@ func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []
 			}
 		}
 	}
-	return errs
+	return errs, done, dirErr
 }
 
 // BatchLimits implements lsync.BatchWriter.

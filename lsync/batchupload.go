@@ -38,6 +38,10 @@ type BatchWriter interface {
 // protocol version 4): a directory of a streamed pass whose files all go
 // in one batch is then done in one request instead of two.
 type BatchDirTimer interface {
+	// DirBatches reports whether WriteFilesThen can be used: it then
+	// also takes directories (a FileData with a directory mode and no
+	// data, made as Mkdir makes it, owner included, in the order given).
+	DirBatches() bool
 	// WriteFilesThen is WriteFiles, then dir's mtime; done is false when
 	// it was not set (the caller sets it), dirErr is its failure.
 	WriteFilesThen(ctx context.Context, files []FileData, dir Entry) (errs []error, done bool, dirErr error)
@@ -70,18 +74,22 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 	var cur []op
 	var curBytes int64
 	for _, o := range ops {
-		if len(cur) > 0 && (len(cur) >= maxFiles || curBytes+o.src.Size > int64(maxBytes)) {
+		size := o.src.Size
+		if o.kind == opMkdir {
+			size = 0 // no content
+		}
+		if len(cur) > 0 && (len(cur) >= maxFiles || curBytes+size > int64(maxBytes)) {
 			groups = append(groups, cur)
 			cur, curBytes = nil, 0
 		}
 		cur = append(cur, o)
-		curBytes += o.src.Size
+		curBytes += size
 	}
 	if len(cur) > 0 {
 		groups = append(groups, cur)
 	}
 	dt, _ := bw.(BatchDirTimer)
-	if len(groups) != 1 || dt == nil {
+	if len(groups) != 1 || dt == nil || !dt.DirBatches() {
 		then = nil
 	}
 	return parallel(ctx, min(r.Concurrency, batchesInFlight), len(groups), func(i int) error {
@@ -89,6 +97,16 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 		var sent []op
 		budget := int64(maxBytes)
 		for _, o := range groups[i] {
+			if o.kind == opMkdir {
+				// Only with then (see execute): made first, in order.
+				fd := FileData{Path: o.path, Mode: o.src.Mode}
+				if r.wantsOwner(o) {
+					fd.Own = &OwnerRequest{Owner: r.ownerOf(o.src)}
+				}
+				files = append(files, fd)
+				sent = append(sent, o)
+				continue
+			}
 			fd, err := r.readSmall(o.path, o.src, budget)
 			if err != nil {
 				if err := fail(o, err); err != nil {
@@ -132,6 +150,10 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 				if err := fail(o, err); err != nil {
 					return err
 				}
+				continue
+			}
+			if o.kind == opMkdir {
+				done(o, 0)
 				continue
 			}
 			// What the state and the landed cache record is the version

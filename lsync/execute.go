@@ -161,6 +161,44 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		done(o, 0)
 	}
+	// A directory of a streamed pass whose entries are all small files
+	// and directories may be done in one request (see BatchDirTimer):
+	// its new subdirectories made, its files landed, then its mtime set.
+	var then *Entry
+	var batched []op
+	thenDone := false
+	var thenErr error
+	bw, batches := t.(BatchWriter)
+	if batches {
+		single := rest[:0]
+		for _, o := range rest {
+			if batchable(o) {
+				batched = append(batched, o)
+			} else {
+				single = append(single, o)
+			}
+		}
+		rest = single
+		if dt, ok := t.(BatchDirTimer); ok && dt.DirBatches() && rep.inPass && len(dirTimes) == 1 &&
+			len(removes) == 0 && len(rest) == 0 && len(mkdirs)+len(batched) > 0 && oneBatch(bw, mkdirs, batched) {
+			then = &dirTimes[0]
+			for _, list := range [][]op{mkdirs, batched} {
+				for _, o := range list {
+					if parentOf(o.path) != then.Path {
+						then = nil
+						break
+					}
+				}
+				if then == nil {
+					break
+				}
+			}
+			if then != nil {
+				batched = append(mkdirs, batched...)
+				mkdirs = nil
+			}
+		}
+	}
 	// Directories one depth level at a time, each level concurrently:
 	// every parent exists before its children are created, and a level
 	// of a wide tree costs one round trip time instead of one per entry.
@@ -193,37 +231,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			return err
 		}
 	}
-	// A directory of a streamed pass whose entries are all small files
-	// (or directories made above) may have its mtime set in the request
-	// of its one batch, after the files (see BatchDirTimer).
-	var then *Entry
-	thenDone := false
-	var thenErr error
-	if bw, ok := t.(BatchWriter); ok {
-		var batched []op
-		single := rest[:0]
-		for _, o := range rest {
-			if batchable(o) {
-				batched = append(batched, o)
-			} else {
-				single = append(single, o)
-			}
-		}
-		rest = single
-		if rep.inPass && len(dirTimes) == 1 && len(removes) == 0 && len(single) == 0 && len(batched) > 0 {
-			then = &dirTimes[0]
-			for _, list := range [][]op{mkdirs, batched} {
-				for _, o := range list {
-					if parentOf(o.path) != then.Path {
-						then = nil
-						break
-					}
-				}
-				if then == nil {
-					break
-				}
-			}
-		}
+	if batches {
 		if err := r.uploadBatches(ctx, bw, batched, fail, done, &filesDone, &bytesDone, then, &thenDone, &thenErr); err != nil {
 			return err
 		}
@@ -338,6 +346,19 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 	}
 	return nil
+}
+
+// oneBatch reports whether mkdirs and files fit one batch of bw.
+func oneBatch(bw BatchWriter, mkdirs, files []op) bool {
+	maxFiles, maxBytes := bw.BatchLimits()
+	if len(mkdirs)+len(files) > maxFiles {
+		return false
+	}
+	var size int64
+	for _, o := range files {
+		size += o.src.Size
+	}
+	return size <= int64(maxBytes)
 }
 
 // byDepth groups items by the depth of their path, shallowest level first

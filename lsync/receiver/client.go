@@ -366,7 +366,8 @@ func (c *Client) Put(ctx context.Context, rel string, mode fs.FileMode, mtime ti
 	return c.simple(ctx, opPut, &e)
 }
 
-// PutFile is one file of a PutMany.
+// PutFile is one file of a PutMany; from version 4 on, an entry with a
+// directory mode (and no data) is a directory, made as Mkdir makes it.
 type PutFile struct {
 	Rel   string
 	Mode  fs.FileMode
@@ -458,6 +459,11 @@ func (c *Client) putMany(ctx context.Context, files []PutFile, then *DirTime) ([
 		return nil, nil, fmt.Errorf("putmany: %d files, %d bytes exceed one request's %d, %d", len(files), size, MaxPutManyFiles, MaxPutManyBytes)
 	}
 	owners := c.PutsOwners()
+	for _, f := range files {
+		if f.Mode.IsDir() && (!owners || len(f.Data) != 0) {
+			return nil, nil, fmt.Errorf("putmany: directory %s with content, or in protocol version %d", f.Rel, c.version)
+		}
+	}
 	e := enc{b: make([]byte, 0, size+len(files)*80+4)}
 	e.u32(uint32(len(files)))
 	for _, f := range files {

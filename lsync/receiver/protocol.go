@@ -73,8 +73,11 @@
 // After its files, a version 4 opPutMany carries a byte: 0, or 1
 // followed by a path and an mtime: that directory's mtime is set (as
 // by an opChtimes) after every file of the request, and its outcome
-// follows the files' results (0, or 1 and an error). A directory whose
-// files all go in one request is then done in one round trip.
+// follows the files' results (0, or 1 and an error). An entry whose mode
+// is a directory's (no data) is made as an opMkdir with that owner
+// makes it, in its place in the order. A directory whose new
+// subdirectories and files all go in one request is then done in one
+// round trip.
 package receiver
 
 import (

@@ -266,3 +266,92 @@ func TestPutManyThenDirTime(t *testing.T) {
 		}
 	})
 }
+
+// TestPutManyDirectories: in version 4 a putmany entry with a directory
+// mode is a mkdir (owner included), in its place in the order, so that a
+// file after it can land inside; confined like a mkdir (through a
+// symlink: refused); with content, or from a version 3 client, the
+// request is refused as malformed.
+func TestPutManyDirectories(t *testing.T) {
+	needRoot(t)
+	modes(t, func(t *testing.T, walkOnly bool) {
+		base := t.TempDir()
+		root, outside := filepath.Join(base, "root"), filepath.Join(base, "outside")
+		if err := os.MkdirAll(outside, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(outside, filepath.Join(root, "link")); err != nil {
+			t.Fatal(err)
+		}
+		before := lsynctest.Snapshot(t, outside)
+		hooks := serveHooks{ids: peer}
+		if walkOnly {
+			hooks.tweak = func(r *Root) { r.noOpenat2.Store(true) }
+		}
+		c, err := hookedConn(t, root, hooks, Version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		wd := &lsync.Owner{UID: 33, GID: 33, User: "www-data", Group: "www-data"}
+		res, done, err := c.PutManyThen(ctx, []PutFile{
+			{Rel: "d", Mode: fs.ModeDir | 0o750, Owner: wd},
+			{Rel: "link/evil", Mode: fs.ModeDir | 0o755, Owner: wd},
+			{Rel: "d/f", Mode: 0o644, MTime: timeZero, Data: []byte("f"), Owner: wd},
+		}, &DirTime{Rel: "d", MTime: timeZero})
+		if err != nil || !done {
+			t.Fatal(err, done)
+		}
+		if res[0].Err != nil || !res[0].OwnerSet || res[2].Err != nil || !errors.Is(res[1].Err, lsync.ErrRefused) {
+			t.Errorf("results %+v", res)
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(root, "d"), &st); err != nil || st.Mode != unix.S_IFDIR|0o750 || st.Uid != 4301 || st.Gid != 4302 {
+			t.Errorf("d: mode %o %d:%d %v", st.Mode, st.Uid, st.Gid, err)
+		}
+		if fi, err := os.Stat(filepath.Join(root, "d")); err != nil || !fi.ModTime().Equal(timeZero) {
+			t.Errorf("d's mtime after its entries: %v %v", fi, err)
+		}
+		lsynctest.AssertSnapshotUnchanged(t, outside, before)
+		if _, err := c.PutManyOwned(ctx, []PutFile{{Rel: "e", Mode: fs.ModeDir | 0o755, Data: []byte("x")}}); err == nil {
+			t.Error("a directory with content was sent")
+		}
+		// What a client would send: refused as a whole.
+		var e enc
+		e.u32(1)
+		e.str("e")
+		e.u32(uint32(fs.ModeDir | 0o755))
+		e.time(timeZero)
+		e.bytes([]byte("x"))
+		e.owner(nil)
+		e.u8(0)
+		if _, err := c.call(ctx, opPutMany, e.b); !malformed(err) {
+			t.Errorf("a directory with content: %v, want it refused as malformed", err)
+		}
+		if _, err := os.Lstat(filepath.Join(root, "e")); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("e: %v, want nothing made", err)
+		}
+	})
+	t.Run("v3 client", func(t *testing.T) {
+		root := t.TempDir()
+		c, err := hookedConn(t, root, serveHooks{}, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.PutMany(context.Background(), []PutFile{{Rel: "d", Mode: fs.ModeDir | 0o755}}); err == nil {
+			t.Error("a v3 client sent a directory in a putmany")
+		}
+		var e enc
+		e.u32(1)
+		e.str("d")
+		e.u32(uint32(fs.ModeDir | 0o755))
+		e.time(timeZero)
+		e.bytes(nil)
+		if _, err := c.call(context.Background(), opPutMany, e.b); !malformed(err) {
+			t.Errorf("a directory in a v3 putmany: %v, want it refused as malformed", err)
+		}
+	})
+}

@@ -561,8 +561,10 @@ type putFile struct {
 // ownErr when it landed without the owner asked for.
 type putResult struct{ err, ownErr error }
 
-// putMany lands files like a Put each (plus the owner, see commitOwned):
-// one that fails or is refused does not stop the others. Consecutive
+// putMany lands files like a Put each (plus the owner, see commitOwned),
+// and makes directories (a directory mode, version 4) like a mkdir each,
+// in the order given: one that fails or is refused does not stop the
+// others. Consecutive
 // files of one directory share its resolution (the client sends a
 // directory's files together): one openat2 or walk for them instead of
 // one per file. The descriptor is that of the directory as it was
@@ -578,6 +580,11 @@ func (r *Root) putMany(files []putFile) []putResult {
 		}
 	}()
 	for i, f := range files {
+		if f.mode.IsDir() {
+			// A directory (version 4): as a mkdir with its owner.
+			res[i].ownErr, res[i].err = r.mkdirOwned(f.rel, f.mode, f.own)
+			continue
+		}
 		if err := checkRel(f.rel); err != nil {
 			res[i].err = err
 			continue

@@ -349,6 +349,9 @@ func (s *server) do(rq request) ([]byte, error) {
 		var ownErr error // the first malformed owner
 		for range n {
 			p := putFile{rel: d.str(), mode: fs.FileMode(d.u32()), mtime: d.time(), data: d.bytes()}
+			if p.mode.IsDir() && (s.version < 4 || len(p.data) != 0) && ownErr == nil {
+				ownErr = &invalid{why: "putmany: a directory with content, or before version 4"}
+			}
 			if s.version >= 4 {
 				own, err := s.owner(&d)
 				if err != nil && ownErr == nil {

@@ -635,6 +635,9 @@ func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []
 	return errs
 }
 
+// DirBatches implements lsync.BatchDirTimer: version 4.
+func (s *recvSession) DirBatches() bool { return s.client.PutsOwners() }
+
 // WriteFilesThen implements lsync.BatchDirTimer: from version 4 on, dir's
 // mtime goes in the files' request, set after them (dir.Path "": none).
 func (s *recvSession) WriteFilesThen(ctx context.Context, files []lsync.FileData, dir lsync.Entry) (errs []error, done bool, dirErr error) {

@@ -16,6 +16,10 @@ type FileData struct {
 	Data    []byte
 	Mode    fs.FileMode
 	ModTime time.Time
+	// Own, when set, asks for this owner, as OwnerRequest does for
+	// WriteFile: a target that gives it to the file before publishing it
+	// sets Done or Err; otherwise the Reconciler chowns after landing.
+	Own *OwnerRequest
 }
 
 // BatchWriter is implemented by targets that land many small files in one
@@ -27,6 +31,20 @@ type BatchWriter interface {
 	WriteFiles(ctx context.Context, files []FileData) []error
 	// BatchLimits bounds one batch: files and content bytes.
 	BatchLimits() (files, bytes int)
+}
+
+// BatchDirTimer is implemented by BatchWriters that can set a
+// directory's mtime in a batch's request, after its files (the receiver,
+// protocol version 4): a directory of a streamed pass whose files all go
+// in one batch is then done in one request instead of two.
+type BatchDirTimer interface {
+	// DirBatches reports whether WriteFilesThen can be used: it then
+	// also takes directories (a FileData with a directory mode and no
+	// data, made as Mkdir makes it, owner included, in the order given).
+	DirBatches() bool
+	// WriteFilesThen is WriteFiles, then dir's mtime; done is false when
+	// it was not set (the caller sets it), dirErr is its failure.
+	WriteFilesThen(ctx context.Context, files []FileData, dir Entry) (errs []error, done bool, dirErr error)
 }
 
 // Small files go in batches: a 100k-file tree of a few hundred bytes each
@@ -43,31 +61,53 @@ func batchable(o op) bool {
 	return o.kind == opUpload && !o.guard && o.keepPeer == nil && !o.overDir && o.src.Size <= batchFileMax
 }
 
-// uploadBatches uploads ops (all batchable) through bw, in batches.
+// uploadBatches uploads ops (all batchable) through bw, in batches. With
+// then set, when the ops make one batch and bw is a BatchDirTimer, then's
+// mtime is set in the batch's request after the files: thenDone says so,
+// and thenErr is its outcome.
 func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op,
 	fail func(op, error) error, done func(op, int64), filesDone, bytesDone *atomic.Int64,
+	then *Entry, thenDone *bool, thenErr *error,
 ) error {
 	maxFiles, maxBytes := bw.BatchLimits()
 	var groups [][]op
 	var cur []op
 	var curBytes int64
 	for _, o := range ops {
-		if len(cur) > 0 && (len(cur) >= maxFiles || curBytes+o.src.Size > int64(maxBytes)) {
+		size := o.src.Size
+		if o.kind == opMkdir {
+			size = 0 // no content
+		}
+		if len(cur) > 0 && (len(cur) >= maxFiles || curBytes+size > int64(maxBytes)) {
 			groups = append(groups, cur)
 			cur, curBytes = nil, 0
 		}
 		cur = append(cur, o)
-		curBytes += o.src.Size
+		curBytes += size
 	}
 	if len(cur) > 0 {
 		groups = append(groups, cur)
+	}
+	dt, _ := bw.(BatchDirTimer)
+	if len(groups) != 1 || dt == nil || !dt.DirBatches() {
+		then = nil
 	}
 	return parallel(ctx, min(r.Concurrency, batchesInFlight), len(groups), func(i int) error {
 		var files []FileData
 		var sent []op
 		budget := int64(maxBytes)
 		for _, o := range groups[i] {
-			fd, err := r.readSmall(o.path, budget)
+			if o.kind == opMkdir {
+				// Only with then (see execute): made first, in order.
+				fd := FileData{Path: o.path, Mode: o.src.Mode}
+				if r.wantsOwner(o) {
+					fd.Own = &OwnerRequest{Owner: r.ownerFor(o)}
+				}
+				files = append(files, fd)
+				sent = append(sent, o)
+				continue
+			}
+			fd, err := r.readSmall(o.path, o.src, budget)
 			if err != nil {
 				if err := fail(o, err); err != nil {
 					return err
@@ -75,6 +115,9 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 				continue
 			}
 			budget -= int64(len(fd.Data))
+			if r.wantsOwner(o) {
+				fd.Own = &OwnerRequest{Owner: r.ownerFor(o)}
+			}
 			o.src = Entry{Path: o.path, Mode: fd.Mode, Size: int64(len(fd.Data)), ModTime: fd.ModTime,
 				UID: o.src.UID, GID: o.src.GID, Owned: o.src.Owned}
 			files = append(files, fd)
@@ -83,7 +126,12 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 		if len(files) == 0 {
 			return nil
 		}
-		errs := bw.WriteFiles(ctx, files)
+		var errs []error
+		if then != nil {
+			errs, *thenDone, *thenErr = dt.WriteFilesThen(ctx, files, *then)
+		} else {
+			errs = bw.WriteFiles(ctx, files)
+		}
 		for j, o := range sent {
 			if errs[j] != nil {
 				if err := fail(o, errs[j]); err != nil {
@@ -92,10 +140,21 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 				continue
 			}
 			n := int64(len(files[j].Data))
-			if err := r.chown(ctx, bw, o); err != nil {
+			var err error
+			if own := files[j].Own; own != nil && (own.Done || own.Err != nil) {
+				o.ownSet = own.Err == nil
+				err = r.chownOutcome(o, own.Err) // set while landing
+			} else {
+				o.ownSet, err = r.chownSet(ctx, bw, o)
+			}
+			if err != nil {
 				if err := fail(o, err); err != nil {
 					return err
 				}
+				continue
+			}
+			if o.kind == opMkdir {
+				done(o, 0)
 				continue
 			}
 			// What the state and the landed cache record is the version
@@ -113,10 +172,30 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 	})
 }
 
+// fileStat is what readWhole's fstat found.
+type fileStat struct {
+	mode  fs.FileMode
+	size  int64
+	mtime time.Time
+}
+
 // readSmall reads the whole file rel, refusing a symlink, a file that is
 // no longer regular, larger than max, or that changed while being read
-// (errSourceChanged: retried after the next quiet period).
-func (r *Reconciler) readSmall(rel string, max int64) (FileData, error) {
+// (errSourceChanged: retried after the next quiet period). seen is rel
+// as the comparison saw it (lstat'ed by the walk).
+//
+// A file that still has seen's size and mtime after it was read (fstat)
+// was the same from the walk's lstat to the end of the read: the read
+// is all it costs (Source.readWhole: openat2, read, fstat, close). Any
+// other outcome, errors included, is left to the careful path, which
+// takes the file as it is when opened (fstat, read, fstat).
+func (r *Reconciler) readSmall(rel string, seen Entry, max int64) (FileData, error) {
+	if seen.Mode.IsRegular() && seen.Size <= max {
+		data, st, ok, err := r.Source.readWhole(rel, seen.Size)
+		if ok && err == nil && st.mode.IsRegular() && st.size == seen.Size && int64(len(data)) == st.size && st.mtime.Equal(seen.ModTime) {
+			return FileData{Path: rel, Data: data, Mode: st.mode, ModTime: st.mtime}, nil
+		}
+	}
 	f, err := r.Source.openFile(rel)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {

@@ -90,7 +90,10 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			}
 		}
 		touched[parentOf(o.path)] = true
-		if o.kind == opMkdir {
+		if o.kind == opMkdir && !rep.inPass {
+			// A streamed pass sets a directory it created in the
+			// directory's own visit, after its entries (see streamPass):
+			// setting it here too would cost a request per directory.
 			touched[o.path] = true
 		}
 	}
@@ -158,29 +161,15 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 		done(o, 0)
 	}
-	// Directories one depth level at a time, each level concurrently:
-	// every parent exists before its children are created, and a level
-	// of a wide tree costs one round trip time instead of one per entry.
-	for _, level := range byDepth(mkdirs, func(o op) string { return o.path }, false) {
-		err := parallel(ctx, r.Concurrency, len(level), func(i int) error {
-			o := level[i]
-			if err := t.Mkdir(ctx, o.path, o.src.Mode); err != nil {
-				return fail(o, err)
-			}
-			set, err := r.chownSet(ctx, t, o)
-			if err != nil {
-				return fail(o, err)
-			}
-			o.ownSet = set
-			done(o, 0)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	if bw, ok := t.(BatchWriter); ok {
-		var batched []op
+	// A directory of a streamed pass whose entries are all small files
+	// and directories may be done in one request (see BatchDirTimer):
+	// its new subdirectories made, its files landed, then its mtime set.
+	var then *Entry
+	var batched []op
+	thenDone := false
+	var thenErr error
+	bw, batches := t.(BatchWriter)
+	if batches {
 		single := rest[:0]
 		for _, o := range rest {
 			if batchable(o) {
@@ -190,8 +179,67 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			}
 		}
 		rest = single
-		if err := r.uploadBatches(ctx, bw, batched, fail, done, &filesDone, &bytesDone); err != nil {
+		if dt, ok := t.(BatchDirTimer); ok && dt.DirBatches() && rep.inPass && len(dirTimes) == 1 &&
+			len(removes) == 0 && len(rest) == 0 && len(mkdirs)+len(batched) > 0 && oneBatch(bw, mkdirs, batched) {
+			then = &dirTimes[0]
+			for _, list := range [][]op{mkdirs, batched} {
+				for _, o := range list {
+					if parentOf(o.path) != then.Path {
+						then = nil
+						break
+					}
+				}
+				if then == nil {
+					break
+				}
+			}
+			if then != nil {
+				batched = append(mkdirs, batched...)
+				mkdirs = nil
+			}
+		}
+	}
+	// Directories one depth level at a time, each level concurrently:
+	// every parent exists before its children are created, and a level
+	// of a wide tree costs one round trip time instead of one per entry.
+	for _, level := range byDepth(mkdirs, func(o op) string { return o.path }, false) {
+		err := parallel(ctx, r.Concurrency, len(level), func(i int) error {
+			o := level[i]
+			mctx := ctx
+			var own *OwnerRequest
+			if r.wantsOwner(o) {
+				// A target that can gives the owner with the mkdir.
+				own = &OwnerRequest{Owner: r.ownerFor(o)}
+				mctx = WithOwner(ctx, own)
+			}
+			if err := t.Mkdir(mctx, o.path, o.src.Mode); err != nil {
+				return fail(o, err)
+			}
+			var err error
+			if own != nil && (own.Done || own.Err != nil) {
+				o.ownSet = own.Err == nil
+				err = r.chownOutcome(o, own.Err)
+			} else {
+				o.ownSet, err = r.chownSet(ctx, t, o)
+			}
+			if err != nil {
+				return fail(o, err)
+			}
+			done(o, 0)
+			return nil
+		})
+		if err != nil {
 			return err
+		}
+	}
+	if batches {
+		if err := r.uploadBatches(ctx, bw, batched, fail, done, &filesDone, &bytesDone, then, &thenDone, &thenErr); err != nil {
+			return err
+		}
+		if thenDone && thenErr != nil && !errors.Is(thenErr, fs.ErrNotExist) {
+			if err := fail(op{kind: opChtimes, path: then.Path}, thenErr); err != nil {
+				return err
+			}
 		}
 	}
 	err := parallel(ctx, r.Concurrency, len(rest), func(i int) error {
@@ -274,6 +322,9 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 			want[d] = *e
 		}
 	}
+	if thenDone {
+		delete(want, then.Path) // set with the batch
+	}
 	list := make([]Entry, 0, len(want))
 	for _, e := range want {
 		list = append(list, e)
@@ -298,6 +349,19 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 		}
 	}
 	return nil
+}
+
+// oneBatch reports whether mkdirs and files fit one batch of bw.
+func oneBatch(bw BatchWriter, mkdirs, files []op) bool {
+	maxFiles, maxBytes := bw.BatchLimits()
+	if len(mkdirs)+len(files) > maxFiles {
+		return false
+	}
+	var size int64
+	for _, o := range files {
+		size += o.src.Size
+	}
+	return size <= int64(maxBytes)
 }
 
 // byDepth groups items by the depth of their path, shallowest level first

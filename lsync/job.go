@@ -64,7 +64,7 @@ type TargetStatus struct {
 	// Progress is the running full pass, nil when none runs.
 	Progress *ProgressSnapshot
 	// Protocol is how the current (or last) session reaches the peer:
-	// "receiver v3", "sftp" or "local" ("" before the first connection).
+	// "receiver v4", "sftp" or "local" ("" before the first connection).
 	// ProtocolFallback says why receiver: auto fell back to SFTP.
 	Protocol         string
 	ProtocolFallback string

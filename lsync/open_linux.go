@@ -5,8 +5,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lockstep-ha/lockstep/internal/unixmode"
 )
 
 // beneath opens files of the source tree with openat2(2), which resolves
@@ -134,4 +137,48 @@ func (b *beneath) close() error {
 		return nil
 	}
 	return unix.Close(b.fd)
+}
+
+// readWhole reads the file rel, expected to hold size bytes, with raw
+// system calls: openat2 (as openFile), one read of size+1 bytes, fstat,
+// close. An os.File would add an fcntl and a cleanup to track per file,
+// and the caller's fstat before the read is replaced by the walk's lstat
+// (see Reconciler.readSmall). The returned mode, size and mtime are the
+// fstat's, after the read. ok is false when openat2 is not available.
+func (b *beneath) readWhole(dir, rel string, size int64) (data []byte, st fileStat, ok bool, err error) {
+	if b == nil || b.unavailable.Load() {
+		return nil, st, false, nil
+	}
+	how := unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	var fd int
+	for {
+		fd, err = unix.Openat2(b.fd, rel, &how)
+		if !errors.Is(err, unix.EINTR) && !errors.Is(err, unix.EAGAIN) {
+			break
+		}
+	}
+	if err != nil {
+		// ENOSYS and the like too: the caller's os.File path sorts it out.
+		return nil, st, true, &os.PathError{Op: "open", Path: filepath.Join(dir, rel), Err: err}
+	}
+	defer unix.Close(fd)
+	data = make([]byte, size+1)
+	var n int
+	for {
+		n, err = unix.Read(fd, data)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, st, true, &os.PathError{Op: "read", Path: filepath.Join(dir, rel), Err: err}
+	}
+	var s unix.Stat_t
+	if err := unix.Fstat(fd, &s); err != nil {
+		return nil, st, true, &os.PathError{Op: "fstat", Path: filepath.Join(dir, rel), Err: err}
+	}
+	return data[:n], fileStat{mode: unixmode.FromStat(s.Mode), size: s.Size, mtime: time.Unix(s.Mtim.Sec, s.Mtim.Nsec)}, true, nil
 }

@@ -166,6 +166,17 @@ func (s *Source) openFile(rel string) (*os.File, error) {
 	return h.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 }
 
+// readWhole reads rel whole, expected to hold size bytes, without an
+// os.File (see beneath.readWhole); ok is false where it cannot.
+func (s *Source) readWhole(rel string, size int64) ([]byte, fileStat, bool, error) {
+	h, err := s.acquire()
+	if err != nil {
+		return nil, fileStat{}, false, nil // the careful path reports it
+	}
+	defer h.release()
+	return h.beneath.readWhole(s.Dir, rel, size)
+}
+
 // Lstat returns the source entry for rel, or nil when it does not exist
 // (or is excluded).
 //

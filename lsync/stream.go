@@ -122,7 +122,7 @@ func (r *Reconciler) streamPass(ctx context.Context, t Target, p pass) (*Report,
 		var descend []string
 		var needTime []Entry
 		var pmu sync.Mutex
-		err := parallel(ctx, r.Concurrency, len(entries), func(i int) error {
+		planOne := func(i int) error {
 			s := entries[i]
 			pmu.Lock()
 			var d *Entry
@@ -160,7 +160,20 @@ func (r *Reconciler) streamPass(ctx context.Context, t Target, p pass) (*Report,
 				}
 			}
 			return nil
-		})
+		}
+		var err error
+		if known {
+			// Nothing there: planning is local work (no listing to
+			// compare with, no round trip), done in this goroutine
+			// rather than in one per entry.
+			for i := range entries {
+				if err = planOne(i); err != nil {
+					break
+				}
+			}
+		} else {
+			err = parallel(ctx, r.Concurrency, len(entries), planOne)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -86,7 +86,7 @@ type Chowner interface {
 }
 
 // ProtocolReporter is implemented by targets that can say how they reach
-// the peer, for status and metrics: Protocol is "receiver v3", "sftp" or
+// the peer, for status and metrics: Protocol is "receiver v4", "sftp" or
 // "local"; Fallback, when receiver: auto had to fall back to SFTP, says
 // why the receiver could not be used ("" otherwise). Over SFTP a hostile
 // peer has race windows the receiver does not have (README, threat
@@ -97,7 +97,8 @@ type ProtocolReporter interface {
 }
 
 // OwnerRequest asks WriteFile (and WriteFileIf) to give the file it lands
-// this owner before publishing it, through the open temp file.
+// this owner before publishing it, through the open temp file; Mkdir
+// (the receiver, version 4) to give the directory this owner with it.
 // Targets whose chown by path can follow a symlink the peer swapped in
 // meanwhile (SFTP: setstat has no no-follow form) honour it; the
 // Reconciler then skips its chown by path after landing. A target that

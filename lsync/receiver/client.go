@@ -294,10 +294,60 @@ func (c *Client) ReadDir(ctx context.Context, rel string) ([]Entry, error) {
 
 // Mkdir makes rel (and missing parents) a directory with mode.
 func (c *Client) Mkdir(ctx context.Context, rel string, mode fs.FileMode) error {
+	return c.MkdirOwned(ctx, rel, mode, nil).Err
+}
+
+// MkdirOwned is Mkdir; with own set and a receiver of version 4, the
+// directory also gets that owner (the outcome says whether it did, as a
+// PutResult does for a file). Older receivers ignore own, and the caller
+// chowns afterwards.
+func (c *Client) MkdirOwned(ctx context.Context, rel string, mode fs.FileMode, own *lsync.Owner) PutResult {
 	var e enc
 	e.str(rel)
 	e.u32(uint32(mode))
-	return c.simple(ctx, opMkdir, &e)
+	owners := c.PutsOwners()
+	if owners {
+		e.owner(own)
+	}
+	out, err := c.call(ctx, opMkdir, e.b)
+	if err != nil || !owners {
+		return PutResult{Err: err}
+	}
+	d := dec{b: out}
+	res := d.ownerOutcome(own != nil)
+	if err := d.done(); err != nil {
+		return PutResult{Err: err}
+	}
+	return res
+}
+
+// owner encodes a version 4 owner (see server.owner).
+func (e *enc) owner(own *lsync.Owner) {
+	if own == nil {
+		e.u8(0)
+		return
+	}
+	e.u8(1)
+	e.u32(own.UID)
+	e.u32(own.GID)
+	e.str(own.User)
+	e.str(own.Group)
+}
+
+// ownerOutcome decodes a version 4 result of a putmany file or a mkdir
+// that did not fail (see server.ownerOutcome); asked tells whether an
+// owner was sent.
+func (d *dec) ownerOutcome(asked bool) PutResult {
+	switch d.u8() {
+	case 0:
+		return PutResult{OwnerSet: asked}
+	case 2:
+		return PutResult{OwnerErr: decodeError(opChown, d.bytes())}
+	}
+	if d.err == nil {
+		d.err = errors.New("receiver protocol: unknown owner outcome")
+	}
+	return PutResult{}
 }
 
 // MaxPut is the largest file Put sends in one request.
@@ -316,12 +366,26 @@ func (c *Client) Put(ctx context.Context, rel string, mode fs.FileMode, mtime ti
 	return c.simple(ctx, opPut, &e)
 }
 
-// PutFile is one file of a PutMany.
+// PutFile is one file of a PutMany; from version 4 on, an entry with a
+// directory mode (and no data) is a directory, made as Mkdir makes it.
 type PutFile struct {
 	Rel   string
 	Mode  fs.FileMode
 	MTime time.Time
 	Data  []byte
+	// Owner, when set and the receiver speaks version 4, is given to
+	// the file before it is published (see PutsOwners); older receivers
+	// ignore it, and the caller chowns afterwards.
+	Owner *lsync.Owner
+}
+
+// PutResult is one file's outcome of a PutManyOwned.
+type PutResult struct {
+	Err error // the file did not land
+	// OwnerSet: the file landed with its Owner; OwnerErr: it landed,
+	// but the owner could not be set there (version 4, Owner set).
+	OwnerSet bool
+	OwnerErr error
 }
 
 // MaxPutMany bounds a PutMany: the files' content in bytes, and their
@@ -331,40 +395,123 @@ const (
 	MaxPutManyFiles = 256
 )
 
+// PutsOwners reports whether a PutMany gives files their Owner
+// (protocol version 4).
+func (c *Client) PutsOwners() bool { return c.version >= 4 }
+
 // PutMany lands small files in one request (protocol version 2), each
 // like a Put of its own: errs holds each file's outcome; err is set when
 // the request as a whole failed (then no file's outcome is known).
 func (c *Client) PutMany(ctx context.Context, files []PutFile) (errs []error, err error) {
+	res, err := c.PutManyOwned(ctx, files)
+	if err != nil {
+		return nil, err
+	}
+	errs = make([]error, len(res))
+	for i, r := range res {
+		errs[i] = r.Err
+	}
+	return errs, nil
+}
+
+// PutManyOwned is PutMany, with each file's owner outcome.
+func (c *Client) PutManyOwned(ctx context.Context, files []PutFile) ([]PutResult, error) {
+	res, _, err := c.PutManyThen(ctx, files, nil)
+	return res, err
+}
+
+// DirTime is a directory whose mtime a PutManyThen sets after its files.
+type DirTime struct {
+	Rel   string
+	MTime time.Time
+}
+
+// PutManyThen is PutManyOwned; with then set and a receiver of version
+// 4, then's mtime is set after the files, in the same request, and
+// thenErr is its outcome (done false: not sent, the caller sets it).
+func (c *Client) PutManyThen(ctx context.Context, files []PutFile, then *DirTime) (res []PutResult, thenDone bool, err error) {
+	res, thenErr, err := c.putMany(ctx, files, then)
+	if err != nil {
+		return nil, false, err
+	}
+	if then != nil && c.PutsOwners() {
+		if thenErr != nil {
+			return res, true, &ThenError{Err: thenErr}
+		}
+		return res, true, nil
+	}
+	return res, false, nil
+}
+
+// ThenError is the failure of a PutManyThen's directory mtime alone:
+// the files' outcomes are in its results.
+type ThenError struct{ Err error }
+
+func (e *ThenError) Error() string { return e.Err.Error() }
+func (e *ThenError) Unwrap() error { return e.Err }
+
+func (c *Client) putMany(ctx context.Context, files []PutFile, then *DirTime) ([]PutResult, error, error) {
 	size := 0
 	for _, f := range files {
 		size += len(f.Data)
 	}
 	if size > MaxPutManyBytes || len(files) > MaxPutManyFiles {
-		return nil, fmt.Errorf("putmany: %d files, %d bytes exceed one request's %d, %d", len(files), size, MaxPutManyFiles, MaxPutManyBytes)
+		return nil, nil, fmt.Errorf("putmany: %d files, %d bytes exceed one request's %d, %d", len(files), size, MaxPutManyFiles, MaxPutManyBytes)
 	}
-	e := enc{b: make([]byte, 0, size+len(files)*64+4)}
+	owners := c.PutsOwners()
+	for _, f := range files {
+		if f.Mode.IsDir() && (!owners || len(f.Data) != 0) {
+			return nil, nil, fmt.Errorf("putmany: directory %s with content, or in protocol version %d", f.Rel, c.version)
+		}
+	}
+	e := enc{b: make([]byte, 0, size+len(files)*80+4)}
 	e.u32(uint32(len(files)))
 	for _, f := range files {
 		e.str(f.Rel)
 		e.u32(uint32(f.Mode))
 		e.time(f.MTime)
 		e.bytes(f.Data)
+		if owners {
+			e.owner(f.Owner)
+		}
+	}
+	if owners {
+		if then == nil {
+			e.u8(0)
+		} else {
+			e.u8(1)
+			e.str(then.Rel)
+			e.time(then.MTime)
+		}
 	}
 	out, err := c.call(ctx, opPutMany, e.b)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	d := dec{b: out}
 	if n := d.u32(); int(n) != len(files) {
-		return nil, fmt.Errorf("receiver protocol: putmany answered %d results for %d files", n, len(files))
+		return nil, nil, fmt.Errorf("receiver protocol: putmany answered %d results for %d files", n, len(files))
 	}
-	errs = make([]error, len(files))
-	for i := range files {
-		if d.u8() != 0 {
-			errs[i] = decodeError(opPut, d.bytes())
+	res := make([]PutResult, len(files))
+	for i, f := range files {
+		if !owners {
+			if d.u8() != 0 {
+				res[i].Err = decodeError(opPut, d.bytes())
+			}
+			continue
 		}
+		if len(d.b) > 0 && d.b[0] == 1 {
+			d.u8()
+			res[i].Err = decodeError(opPut, d.bytes())
+			continue
+		}
+		res[i] = d.ownerOutcome(f.Owner != nil)
 	}
-	return errs, d.done()
+	var thenErr error
+	if owners && then != nil && d.u8() != 0 {
+		thenErr = decodeError(opChtimes, d.bytes())
+	}
+	return res, thenErr, d.done()
 }
 
 // Create starts a file written in chunks; it lands with Commit.

@@ -53,6 +53,31 @@
 // without changing anything, so that the client compares the source's
 // owner with the peer's in the peer's ids. Up to version 2 a chown
 // carries the numbers only.
+//
+// # Owners of a putmany (version 4)
+//
+// Each file of an opPutMany carries, after its data, a byte: 0 for no
+// owner, 1 followed by uid, gid, user and group as in a chown. The
+// receiver maps the names as for a chown and gives the temp file that
+// owner through its descriptor before it is published, so that a file
+// lands with its owner in one request instead of a put and a chown by
+// path (a round trip, a path resolution and a request per file, the
+// largest part of both sides' work on an initial sync run as root). A
+// file's result is then 0, 1 and an error (not landed), or 2 and an
+// error: landed, but its owner could not be set (a peer user that may
+// not chown); the file then has the receiver's owner, as after a put
+// and a failed chown. An opMkdir carries the same owner byte (and
+// owner) after its mode, and its reply the same 0, or 2 and an error:
+// the directory and its owner in one request instead of two.
+//
+// After its files, a version 4 opPutMany carries a byte: 0, or 1
+// followed by a path and an mtime: that directory's mtime is set (as
+// by an opChtimes) after every file of the request, and its outcome
+// follows the files' results (0, or 1 and an error). An entry whose mode
+// is a directory's (no data) is made as an opMkdir with that owner
+// makes it, in its place in the order. A directory whose new
+// subdirectories and files all go in one request is then done in one
+// round trip.
 package receiver
 
 import (
@@ -70,8 +95,9 @@ import (
 // hello with their version and refusing the requests they cannot know.
 //
 // Version 2 added opPutMany (many small files in one request); version 3
-// owner names in opChown, and opOwnerIDs.
-const Version uint32 = 3
+// owner names in opChown, and opOwnerIDs; version 4 an owner per file of
+// opPutMany.
+const Version uint32 = 4
 
 // MinVersion is the oldest client version a server still serves.
 const MinVersion uint32 = 1
@@ -103,7 +129,7 @@ const (
 
 	opStat      byte = 's' // rel → entry
 	opReadDir   byte = 'd' // rel ("" = root) → entries, sorted by name
-	opMkdir     byte = 'm' // rel, mode → (creates parents; replaces a non-directory)
+	opMkdir     byte = 'm' // rel, mode → (creates parents; replaces a non-directory); version 4: see below
 	opPut       byte = 'p' // rel, mode, mtime, data → (whole small file)
 	opCreate    byte = 'c' // rel → handle (temp file beside rel, parents created)
 	opWrite     byte = 'w' // handle, offset, data →
@@ -120,7 +146,7 @@ const (
 	opRead      byte = 'x' // handle, offset, n → data (empty at EOF)
 	opClose     byte = 'X' // handle →
 	// Version 2.
-	opPutMany byte = 'P' // count, count × (rel, mode, mtime, data) → count × result (u8 0, or 1 and an error)
+	opPutMany byte = 'P' // count, count × (rel, mode, mtime, data) → count × result (u8 0, or 1 and an error); version 4: see below
 	// Version 3.
 	opOwnerIDs byte = 'u' // uid, gid, user, group → uid, gid (the ids a chown with them gives, nothing changed)
 

@@ -324,20 +324,28 @@ func (r *Root) ReadDir(rel string) ([]Entry, error) {
 // Mkdir makes rel a directory with mode, creating missing parents and
 // replacing a file or symlink in the way (unlinked, never followed).
 func (r *Root) Mkdir(rel string, mode fs.FileMode) error {
+	_, err := r.mkdirOwned(rel, mode, nil)
+	return err
+}
+
+// mkdirOwned is Mkdir; with own set, the directory also gets that owner
+// (version 4), through the descriptor its mode is set through (see
+// chmodAt). A failed chown does not stop the mkdir: ownErr reports it.
+func (r *Root) mkdirOwned(rel string, mode fs.FileMode, own *fileOwner) (ownErr, err error) {
 	dfd, name, err := r.parent(rel, true, false)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer unix.Close(dfd)
 	err = unix.Mkdirat(dfd, name, 0o700)
 	if errors.Is(err, unix.EEXIST) {
 		var st unix.Stat_t
 		if serr := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); serr != nil {
-			return &fs.PathError{Op: "mkdir", Path: r.show(rel), Err: serr}
+			return nil, &fs.PathError{Op: "mkdir", Path: r.show(rel), Err: serr}
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			if uerr := unix.Unlinkat(dfd, name, 0); uerr != nil && !errors.Is(uerr, unix.ENOENT) {
-				return &fs.PathError{Op: "remove", Path: r.show(rel), Err: uerr}
+				return nil, &fs.PathError{Op: "remove", Path: r.show(rel), Err: uerr}
 			}
 			err = unix.Mkdirat(dfd, name, 0o700)
 		} else {
@@ -345,9 +353,9 @@ func (r *Root) Mkdir(rel string, mode fs.FileMode) error {
 		}
 	}
 	if err != nil {
-		return &fs.PathError{Op: "mkdir", Path: r.show(rel), Err: err}
+		return nil, &fs.PathError{Op: "mkdir", Path: r.show(rel), Err: err}
 	}
-	return r.chmodAt(dfd, name, rel, mode)
+	return r.chownChmodAt(dfd, name, rel, own, mode)
 }
 
 // tempName is a fresh hidden sibling name for name, cut to stay within
@@ -370,6 +378,9 @@ type tempFile struct {
 	name, tmp string
 	rel       string
 	fd        int
+	// sharedDir: dfd belongs to the caller (putMany's files of one
+	// directory), which closes it; release leaves it open.
+	sharedDir bool
 }
 
 // create opens a new temp file (0600, O_EXCL, never through a symlink)
@@ -379,16 +390,26 @@ func (r *Root) create(rel string) (*tempFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	t, err := r.createAt(dfd, name, rel)
+	if err != nil {
+		_ = unix.Close(dfd)
+		return nil, err
+	}
+	return t, nil
+}
+
+// createAt opens a new temp file for rel, whose final name is name, in
+// its parent directory dfd (resolved by the caller, who keeps dfd on
+// failure).
+func (r *Root) createAt(dfd int, name, rel string) (*tempFile, error) {
 	tmp := tempName(name)
 	var fd int
-	err = retryEINTR(func() (err error) {
+	err := retryEINTR(func() (err error) {
 		fd, err = unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		return err
 	})
 	if err != nil {
-		err = r.spaceHint(dfd, &fs.PathError{Op: "create", Path: r.show(path.Join(path.Dir(rel), tmp)), Err: err})
-		_ = unix.Close(dfd)
-		return nil, err
+		return nil, r.spaceHint(dfd, &fs.PathError{Op: "create", Path: r.show(path.Join(path.Dir(rel), tmp)), Err: err})
 	}
 	return &tempFile{dfd: dfd, name: name, tmp: tmp, rel: rel, fd: fd}, nil
 }
@@ -414,10 +435,36 @@ func (r *Root) writeAt(t *tempFile, off int64, data []byte) error {
 // final name; a directory in the way is removed first (the source turned
 // a directory into a file).
 func (r *Root) commit(t *tempFile, mode fs.FileMode, mtime time.Time) error {
+	_, err := r.commitOwned(t, mode, mtime, nil)
+	return err
+}
+
+// fileOwner is the owner and group a file gets before it is published
+// (putmany, version 4), in this host's ids.
+type fileOwner struct{ uid, gid int }
+
+// commitOwned is commit; with own set, the temp file gets that owner
+// first, through its descriptor (never by name: nothing the peer swaps
+// in can be chowned instead). A failed chown does not stop the file:
+// ownErr reports it (a peer user that may not chown), and the file lands
+// with the receiver's owner, as a put and a failed chown would leave it.
+func (r *Root) commitOwned(t *tempFile, mode fs.FileMode, mtime time.Time, own *fileOwner) (ownErr, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	defer r.release(t)
 	tmpShown := r.show(path.Join(path.Dir(t.rel), t.tmp))
+	if own != nil {
+		// Before the chmod: a chown clears set-user-ID and set-group-ID
+		// bits, which the chmod then sets as the source has them.
+		if err := unix.Fchown(t.fd, own.uid, own.gid); err != nil {
+			ownErr = &fs.PathError{Op: "chown", Path: r.show(t.rel), Err: err}
+		}
+	}
+	return ownErr, r.publish(t, mode, mtime, tmpShown)
+}
+
+// publish is the rest of commitOwned, t.mu held.
+func (r *Root) publish(t *tempFile, mode fs.FileMode, mtime time.Time, tmpShown string) error {
 	if err := unix.Fchmod(t.fd, unixmode.ToUnix(mode)); err != nil {
 		r.discard(t)
 		return &fs.PathError{Op: "chmod", Path: tmpShown, Err: err}
@@ -467,7 +514,9 @@ func (r *Root) release(t *tempFile) {
 		t.fd = -1
 	}
 	if t.dfd >= 0 {
-		_ = unix.Close(t.dfd)
+		if !t.sharedDir {
+			_ = unix.Close(t.dfd)
+		}
 		t.dfd = -1
 	}
 }
@@ -497,6 +546,76 @@ func (r *Root) Put(rel string, mode fs.FileMode, mtime time.Time, data []byte) e
 		return err
 	}
 	return r.commit(t, mode, mtime)
+}
+
+// putFile is one file of a putMany.
+type putFile struct {
+	rel   string
+	mode  fs.FileMode
+	mtime time.Time
+	data  []byte
+	own   *fileOwner // nil: the receiver's owner
+}
+
+// putResult is a putMany file's outcome: err when it did not land,
+// ownErr when it landed without the owner asked for.
+type putResult struct{ err, ownErr error }
+
+// putMany lands files like a Put each (plus the owner, see commitOwned),
+// and makes directories (a directory mode, version 4) like a mkdir each,
+// in the order given: one that fails or is refused does not stop the
+// others. Consecutive
+// files of one directory share its resolution (the client sends a
+// directory's files together): one openat2 or walk for them instead of
+// one per file. The descriptor is that of the directory as it was
+// resolved below the root, so sharing it gives a file no other place to
+// land than a resolution of its own would have given it a moment later;
+// a directory that fails to resolve is resolved again for the next file.
+func (r *Root) putMany(files []putFile) []putResult {
+	res := make([]putResult, len(files))
+	dfd, dir := -1, ""
+	defer func() {
+		if dfd >= 0 {
+			_ = unix.Close(dfd)
+		}
+	}()
+	for i, f := range files {
+		if f.mode.IsDir() {
+			// A directory (version 4): as a mkdir with its owner.
+			res[i].ownErr, res[i].err = r.mkdirOwned(f.rel, f.mode, f.own)
+			continue
+		}
+		if err := checkRel(f.rel); err != nil {
+			res[i].err = err
+			continue
+		}
+		d, name := path.Split(f.rel)
+		if dfd < 0 || d != dir {
+			if dfd >= 0 {
+				_ = unix.Close(dfd)
+				dfd = -1
+			}
+			fd, err := r.openDir(strings.TrimSuffix(d, "/"), unix.O_PATH, true, false)
+			if err != nil {
+				res[i].err = err
+				continue
+			}
+			dfd, dir = fd, d
+		}
+		t, err := r.createAt(dfd, name, f.rel)
+		if err != nil {
+			res[i].err = err
+			continue
+		}
+		t.sharedDir = true
+		if err := r.writeAt(t, 0, f.data); err != nil {
+			r.abort(t)
+			res[i].err = err
+			continue
+		}
+		res[i].ownErr, res[i].err = r.commitOwned(t, f.mode, f.mtime, f.own)
+	}
+	return res
 }
 
 // replace renames tmp over name in the directory dfd. rename(2) replaces
@@ -567,6 +686,30 @@ func (r *Root) Chmod(rel string, mode fs.FileMode) error {
 // chmodAt pins name with an O_PATH|O_NOFOLLOW descriptor, checks that it
 // is not a symlink, and changes the mode of exactly that inode.
 func (r *Root) chmodAt(dfd int, name, rel string, mode fs.FileMode) error {
+	_, err := r.chownChmodAt(dfd, name, rel, nil, mode)
+	return err
+}
+
+// chownChmodAt is chmodAt; with own set, the pinned inode gets that
+// owner first (as Chown gives it: the same checks, the same call), and a
+// failed chown is reported in ownErr, the chmod done all the same.
+func (r *Root) chownChmodAt(dfd int, name, rel string, own *fileOwner, mode fs.FileMode) (ownErr, err error) {
+	err = r.chmodPinned(dfd, name, rel, mode, func(fd int) {
+		if own == nil {
+			return
+		}
+		// Before the chmod: a chown clears set-user-ID and set-group-ID
+		// bits, which the chmod then sets as the source has them.
+		if err := unix.Fchownat(fd, "", own.uid, own.gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			ownErr = &fs.PathError{Op: "chown", Path: r.show(rel), Err: err}
+		}
+	})
+	return ownErr, err
+}
+
+// chmodPinned is chmodAt, calling before(fd) with the pinned inode once
+// it passed the checks, right before its chmod.
+func (r *Root) chmodPinned(dfd int, name, rel string, mode fs.FileMode, before func(fd int)) error {
 	var fd int
 	err := retryEINTR(func() (err error) {
 		fd, err = unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -586,6 +729,7 @@ func (r *Root) chmodAt(dfd int, name, rel string, mode fs.FileMode) error {
 	if err := r.sharedInode(&st, rel, "mode"); err != nil {
 		return err
 	}
+	before(fd)
 	// fchmodat2(AT_EMPTY_PATH) (Linux 6.6) changes the pinned inode
 	// itself; older kernels reach it through its /proc/self/fd magic
 	// link, which names that inode, not a path.

@@ -313,10 +313,24 @@ func (s *server) do(rq request) ([]byte, error) {
 		}
 	case opMkdir:
 		rel, mode := d.str(), fs.FileMode(d.u32())
+		if s.version < 4 {
+			if err := bad(); err != nil {
+				return nil, err
+			}
+			return nil, s.root.Mkdir(rel, mode)
+		}
+		own, err := s.owner(&d)
 		if err := bad(); err != nil {
 			return nil, err
 		}
-		return nil, s.root.Mkdir(rel, mode)
+		if err != nil {
+			return nil, err
+		}
+		ownErr, err := s.root.mkdirOwned(rel, mode, own)
+		if err != nil {
+			return nil, err
+		}
+		s.ownerOutcome(&e, ownErr)
 	case opPut:
 		rel, mode, mtime, data := d.str(), fs.FileMode(d.u32()), d.time(), d.bytes()
 		if err := bad(); err != nil {
@@ -331,26 +345,49 @@ func (s *server) do(rq request) ([]byte, error) {
 		if int(n) > len(d.b)/16 {
 			return nil, &invalid{why: "putmany: count exceeds the payload"}
 		}
-		type put struct {
-			rel   string
-			mode  fs.FileMode
-			mtime time.Time
-			data  []byte
-		}
-		puts := make([]put, 0, n)
+		puts := make([]putFile, 0, n)
+		var ownErr error // the first malformed owner
 		for range n {
-			puts = append(puts, put{d.str(), fs.FileMode(d.u32()), d.time(), d.bytes()})
+			p := putFile{rel: d.str(), mode: fs.FileMode(d.u32()), mtime: d.time(), data: d.bytes()}
+			if p.mode.IsDir() && (s.version < 4 || len(p.data) != 0) && ownErr == nil {
+				ownErr = &invalid{why: "putmany: a directory with content, or before version 4"}
+			}
+			if s.version >= 4 {
+				own, err := s.owner(&d)
+				if err != nil && ownErr == nil {
+					ownErr = err
+				}
+				p.own = own
+			}
+			puts = append(puts, p)
+		}
+		// Version 4: a directory whose mtime is set after the files.
+		then, thenRel, thenMtime := false, "", time.Time{}
+		if s.version >= 4 && d.u8() != 0 {
+			then, thenRel, thenMtime = true, d.str(), d.time()
 		}
 		if err := bad(); err != nil {
 			return nil, err
 		}
+		if ownErr != nil {
+			return nil, ownErr // before any file is written
+		}
 		// Each file is an opPut of its own, confined alike: one that is
 		// refused or fails does not stop the others.
 		e.u32(n)
-		for _, p := range puts {
-			if err := s.root.Put(p.rel, p.mode, p.mtime, p.data); err != nil {
+		for _, res := range s.root.putMany(puts) {
+			if res.err != nil {
 				e.u8(1)
-				e.bytes(s.encodeError(opPut, err))
+				e.bytes(s.encodeError(opPut, res.err))
+				continue
+			}
+			s.ownerOutcome(&e, res.ownErr)
+		}
+		if then {
+			// An opChtimes of its own, after every file of the request.
+			if err := s.root.Chtimes(thenRel, thenMtime); err != nil {
+				e.u8(1)
+				e.bytes(s.encodeError(opChtimes, err))
 			} else {
 				e.u8(0)
 			}
@@ -501,6 +538,37 @@ func (s *server) do(rq request) ([]byte, error) {
 		return nil, &invalid{why: fmt.Sprintf("unknown request type %q", rq.typ)}
 	}
 	return e.b, nil
+}
+
+// owner decodes the owner of a version 4 putmany file or mkdir: a byte,
+// 0 for none, 1 followed by uid, gid, user and group as in a chown. The
+// names are checked and mapped as a chown's are; an error is a malformed
+// request.
+func (s *server) owner(d *dec) (*fileOwner, error) {
+	if d.u8() == 0 {
+		return nil, nil
+	}
+	uid, gid, user, group := d.u32(), d.u32(), d.str(), d.str()
+	if d.err != nil {
+		return nil, nil // reported by the caller's bad()
+	}
+	if err := checkOwnerNames(user, group); err != nil {
+		return nil, err
+	}
+	uid, gid = localIDs(s.ids, uid, gid, user, group)
+	return &fileOwner{uid: int(uid), gid: int(gid)}, nil
+}
+
+// ownerOutcome encodes the outcome of a version 4 putmany file or mkdir
+// that was done: 0 (with the owner, if one was asked for), or 2 and why
+// the owner could not be set.
+func (s *server) ownerOutcome(e *enc, ownErr error) {
+	if ownErr == nil {
+		e.u8(0)
+		return
+	}
+	e.u8(2)
+	e.bytes(s.encodeError(opChown, ownErr))
 }
 
 func (s *server) tempFile(h uint32) (*tempFile, error) {

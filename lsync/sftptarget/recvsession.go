@@ -460,7 +460,25 @@ func (s *recvSession) Mkdir(ctx context.Context, rel string, mode fs.FileMode) e
 	if err != nil {
 		return err
 	}
-	return s.check(s.client.Mkdir(ctx, rel, mode))
+	// From version 4 on, a requested owner goes with the mkdir (see
+	// lsync.OwnerRequest): no chown by path after it.
+	own := lsync.RequestedOwner(ctx)
+	var o *lsync.Owner
+	if own != nil {
+		o = &own.Owner
+	}
+	res := s.client.MkdirOwned(ctx, rel, mode, o)
+	if res.Err != nil {
+		return s.check(res.Err)
+	}
+	switch {
+	case own == nil:
+	case res.OwnerErr != nil:
+		own.Err = fmt.Errorf("chown %s:%s: %w", s.host, s.abs(rel), s.check(res.OwnerErr))
+	case res.OwnerSet:
+		own.Done = true
+	}
+	return nil
 }
 
 // Symlink implements lsync.Target.
@@ -613,12 +631,30 @@ func (s *recvSession) ReadDir(ctx context.Context, rel string) ([]lsync.Entry, e
 // WriteFiles implements lsync.BatchWriter: small files land many to a
 // request, each confined and published like a WriteFile of its own.
 func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []error {
-	errs := make([]error, len(files))
+	errs, _, _ := s.WriteFilesThen(ctx, files, lsync.Entry{})
+	return errs
+}
+
+// DirBatches implements lsync.BatchDirTimer: version 4.
+func (s *recvSession) DirBatches() bool { return s.client.PutsOwners() }
+
+// WriteFilesThen implements lsync.BatchDirTimer: from version 4 on, dir's
+// mtime goes in the files' request, set after them (dir.Path "": none).
+func (s *recvSession) WriteFilesThen(ctx context.Context, files []lsync.FileData, dir lsync.Entry) (errs []error, done bool, dirErr error) {
+	errs = make([]error, len(files))
 	if err := s.alive(ctx); err != nil {
 		for i := range errs {
 			errs[i] = err
 		}
-		return errs
+		return errs, false, nil
+	}
+	var then *receiver.DirTime
+	if dir.Path != "" {
+		rel, err := clean(dir.Path)
+		if err != nil {
+			return errs, true, err
+		}
+		then = &receiver.DirTime{Rel: rel, MTime: dir.ModTime}
 	}
 	puts := make([]receiver.PutFile, 0, len(files))
 	idx := make([]int, 0, len(files))
@@ -628,23 +664,46 @@ func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []
 			errs[i] = err
 			continue
 		}
-		puts = append(puts, receiver.PutFile{Rel: rel, Mode: f.Mode, MTime: f.ModTime, Data: f.Data})
+		p := receiver.PutFile{Rel: rel, Mode: f.Mode, MTime: f.ModTime, Data: f.Data}
+		if f.Own != nil {
+			own := f.Own.Owner
+			p.Owner = &own
+		}
+		puts = append(puts, p)
 		idx = append(idx, i)
 	}
 	if len(puts) == 0 {
-		return errs
+		return errs, false, nil
 	}
-	res, err := s.client.PutMany(ctx, puts)
+	// From version 4 on, a file lands with its owner (set through the
+	// temp file's descriptor): no chown by path after it.
+	res, done, err := s.client.PutManyThen(ctx, puts, then)
+	var te *receiver.ThenError
+	if errors.As(err, &te) {
+		dirErr = fmt.Errorf("chtimes %s:%s: %w", s.host, s.abs(then.Rel), s.check(te.Err))
+		err = nil
+	}
 	for j, i := range idx {
-		e := err
-		if e == nil {
-			e = res[j]
+		var r receiver.PutResult
+		if err != nil {
+			r.Err = err
+		} else {
+			r = res[j]
 		}
-		if e != nil {
-			errs[i] = fmt.Errorf("upload %s:%s: %w", s.host, s.abs(puts[j].Rel), s.check(e))
+		if r.Err != nil {
+			errs[i] = fmt.Errorf("upload %s:%s: %w", s.host, s.abs(puts[j].Rel), s.check(r.Err))
+			continue
+		}
+		if own := files[i].Own; own != nil {
+			switch {
+			case r.OwnerErr != nil:
+				own.Err = fmt.Errorf("chown %s:%s: %w", s.host, s.abs(puts[j].Rel), s.check(r.OwnerErr))
+			case r.OwnerSet:
+				own.Done = true
+			}
 		}
 	}
-	return errs
+	return errs, done, dirErr
 }
 
 // BatchLimits implements lsync.BatchWriter.

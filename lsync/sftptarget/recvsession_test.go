@@ -174,7 +174,7 @@ func TestReceiverMapsOwnerNames(t *testing.T) {
 	srv := sshdtest.Start(t)
 	s, _ := connectReceiver(t, srv)
 	ctx := testContext(t)
-	if !s.MapsOwnerNames() || s.Protocol() != "receiver v3" {
+	if !s.MapsOwnerNames() || s.Protocol() != fmt.Sprintf("receiver v%d", receiver.Version) {
 		t.Fatalf("a current receiver does not map names (%s)", s.Protocol())
 	}
 	if err := s.WriteFile(ctx, "a.txt", strings.NewReader("a"), 0o644, time.Now()); err != nil {

@@ -235,6 +235,10 @@ func TestJobCreateThenDeleteSendsNothing(t *testing.T) {
 	}
 	mustWrite(t, src, "marker", "m")
 	lsynctest.WaitTreesEqual(t, src, dst[0], waitLimit)
+	// The marker is on the target once renamed into place, which is a
+	// moment before its batch is counted.
+	waitFor(t, "marker counted", func() bool { return metricValue(t, reg, "lockstep_sync_files_total", "t1") >= 1 })
+	waitIdle(t, j, "t1")
 	if v := metricValue(t, reg, "lockstep_sync_files_total", "t1"); v != 1 {
 		t.Fatalf("files_total = %v, want 1 (the marker only)", v)
 	}

@@ -73,9 +73,13 @@
 //
 // # Guarantees
 //
-//   - Files land atomically (temp name starting with TempPrefix, fsync,
-//     rename); leftover temp files of a crashed run are removed by the next
-//     reconciliation.
+//   - Files land atomically (temp name starting with TempPrefix, rename;
+//     the local target also fsyncs before the rename, the receiver and
+//     SFTP do not, like rsync): a crash of lockstep never shows a half
+//     file. A power loss of the peer host may leave a landed file empty
+//     with its mtime (torn, in merge.go): one-way repairs it by size, and
+//     two-way never takes it for an edit. Leftover temp files of a
+//     crashed run are removed by the next reconciliation.
 //   - A file that changes while it is read is not landed: the copy fails at
 //     EOF when size or mtime moved, and the path is retried after the next
 //     quiet period.

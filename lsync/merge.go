@@ -195,6 +195,19 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 		return e == nil || !matches(*e, base)
 	}
 	here, there := changed(src), changed(dst)
+	switch {
+	case known && torn(src, base):
+		// This side lost the data of a landed file (see torn): not an
+		// edit to push. The peer's job finds it torn and puts its
+		// version back.
+		r.Logger.Warn("two-way: file is shorter or longer than the version that landed here but has its exact mtime (lost in a crash of this host before it reached the disk?); not pushed, the peer's version is to come back",
+			"path", rel, "size", src.Size, "landed_size", base.Size)
+		return vLeave
+	case known && torn(dst, base):
+		r.Logger.Warn("two-way: the peer's file is shorter or longer than the version that landed there but has its exact mtime (lost in a crash of the peer?); putting this node's version back",
+			"path", rel, "peer_size", dst.Size, "landed_size", base.Size, "here", src != nil)
+		return vPush
+	}
 	if !known && here && src != nil && r.delivered(rel, *src) {
 		// The peer's delivery, untouched here: not a new version of
 		// ours. If the peer has moved on since, its job brings that here.
@@ -222,6 +235,19 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 		return vWin
 	}
 	return vLose
+}
+
+// torn reports that e is a regular file holding the base's exact mtime,
+// to the nanosecond, with another size: the shape a landed file takes
+// when its host loses power before the file's data reached the disk (the
+// rename and the mtime are journalled, the data may not be: an empty
+// file). No editor makes it: a write moves the mtime. Pushed as an edit,
+// it would replace the good copy on the other node. A whole-second mtime
+// (SFTP v3, coarse filesystems) cannot tell a same-second edit apart and
+// is never taken for a torn file.
+func torn(e *Entry, base syncstate.Record) bool {
+	return e != nil && e.Mode.IsRegular() && fs.FileMode(base.Mode).IsRegular() &&
+		base.MTimeNs%int64(time.Second) != 0 && e.ModTime.UnixNano() == base.MTimeNs && e.Size != base.Size
 }
 
 // delivered reports that src, at rel, is a version the peer delivered

@@ -170,3 +170,43 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestTwoWayTornLandingIsNotAnEdit: a host that loses power moments after
+// a file landed can come back with the file's rename and mtime on disk
+// but not its data (an empty file with the landed version's exact
+// mtime). That is no edit of the user's: it must not replace the good
+// copy on the other node, and the other node puts its version back.
+func TestTwoWayTornLandingIsNotAnEdit(t *testing.T) {
+	n := startTwoNodes(t)
+	mustWrite(t, n.a, "uploads/photo.jpg", "the photo's bytes")
+	mustWrite(t, n.a, "edited.txt", "base")
+	lsynctest.WaitTreesEqual(t, n.a, n.b, waitLimit)
+	time.Sleep(300 * time.Millisecond) // both jobs have recorded the base
+
+	n.cut(true)
+	// The crash on b: its copies lost their data, kept their mtimes.
+	for _, f := range []string{"uploads/photo.jpg", "edited.txt"} {
+		p := filepath.Join(n.b, f)
+		fi, err := os.Stat(p)
+		must(t, err)
+		must(t, os.Truncate(p, 0))
+		must(t, os.Chtimes(p, fi.ModTime(), fi.ModTime()))
+	}
+	// Meanwhile a's user edits one of them: the edit wins as usual.
+	lsynctest.WriteFile(t, n.a, "edited.txt", "edited on a", 0o644, time.Now().Add(time.Second))
+	time.Sleep(200 * time.Millisecond)
+	n.cut(false)
+
+	lsynctest.WaitTreesEqual(t, n.a, n.b, waitLimit)
+	time.Sleep(500 * time.Millisecond)
+	lsynctest.AssertTreesEqual(t, n.a, n.b)
+	if got := readFile(t, filepath.Join(n.a, "uploads/photo.jpg")); got != "the photo's bytes" {
+		t.Errorf("a's photo.jpg = %q: the torn copy replaced the good one", got)
+	}
+	if got := readFile(t, filepath.Join(n.b, "edited.txt")); got != "edited on a" {
+		t.Errorf("b's edited.txt = %q", got)
+	}
+	if copies, _ := filepath.Glob(filepath.Join(n.a, "*.sync-conflict-*")); len(copies) != 0 {
+		t.Errorf("conflict copies of a torn file: %v", copies)
+	}
+}

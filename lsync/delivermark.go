@@ -31,16 +31,20 @@ func DeliveryMark(rel string, size int64, mtime, landed time.Time) []byte {
 // deliveredAs reports that mark says rel was delivered as e within
 // deliveryTTL of now.
 func deliveredAs(mark []byte, rel string, e Entry, now time.Time) bool {
+	size, mtime, landed, ok := parseMark(mark, rel)
+	age := now.Sub(time.Unix(landed, 0))
+	return ok && size == e.Size && mtime == e.ModTime.UnixNano() && age > -time.Minute && age < deliveryTTL
+}
+
+// parseMark reads a DeliveryMark for rel: the version's size and mtime
+// (ns), and when it landed (Unix seconds).
+func parseMark(mark []byte, rel string) (size, mtimeNs, landed int64, ok bool) {
 	f := strings.SplitN(string(mark), " ", 5)
 	if len(f) != 5 || f[0] != "1" || f[4] != rel {
-		return false
+		return 0, 0, 0, false
 	}
 	size, err1 := strconv.ParseInt(f[1], 10, 64)
-	mtime, err2 := strconv.ParseInt(f[2], 10, 64)
+	mtimeNs, err2 := strconv.ParseInt(f[2], 10, 64)
 	landed, err3 := strconv.ParseInt(f[3], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil {
-		return false
-	}
-	age := now.Sub(time.Unix(landed, 0))
-	return size == e.Size && mtime == e.ModTime.UnixNano() && age > -time.Minute && age < deliveryTTL
+	return size, mtimeNs, landed, err1 == nil && err2 == nil && err3 == nil
 }

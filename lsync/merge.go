@@ -196,14 +196,14 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 	}
 	here, there := changed(src), changed(dst)
 	switch {
-	case known && torn(src, base):
+	case known && torn(src, base) && r.Source != nil && r.Source.landedAs(rel, base.Size, base.MTimeNs):
 		// This side lost the data of a landed file (see torn): not an
 		// edit to push. The peer's job finds it torn and puts its
 		// version back.
 		r.Logger.Warn("two-way: file is shorter or longer than the version that landed here but has its exact mtime (lost in a crash of this host before it reached the disk?); not pushed, the peer's version is to come back",
 			"path", rel, "size", src.Size, "landed_size", base.Size)
 		return vLeave
-	case known && torn(dst, base):
+	case known && torn(dst, base) && src != nil && (r.Source == nil || !r.Source.landedAs(rel, base.Size, base.MTimeNs)):
 		r.Logger.Warn("two-way: the peer's file is shorter or longer than the version that landed there but has its exact mtime (lost in a crash of the peer?); putting this node's version back",
 			"path", rel, "peer_size", dst.Size, "landed_size", base.Size, "here", src != nil)
 		return vPush
@@ -241,10 +241,15 @@ func (r *Reconciler) merge(rel string, src, dst *Entry) verdict {
 // to the nanosecond, with another size: the shape a landed file takes
 // when its host loses power before the file's data reached the disk (the
 // rename and the mtime are journalled, the data may not be: an empty
-// file). No editor makes it: a write moves the mtime. Pushed as an edit,
-// it would replace the good copy on the other node. A whole-second mtime
-// (SFTP v3, coarse filesystems) cannot tell a same-second edit apart and
-// is never taken for a torn file.
+// file). Pushed as an edit, it would replace the good copy on the other
+// node. An editor's write moves the mtime, but the kernel's file clock
+// ticks coarsely (milliseconds), so two writes on the node where the
+// version was made can share one: merge therefore takes the shape for a
+// torn landing only on the node the version was landed on (its delivery
+// mark, here, names the base version; on the peer, this node's copy is
+// the base version and was not landed here, so it started here). A
+// whole-second mtime (SFTP v3, coarse filesystems) is never taken for a
+// torn file.
 func torn(e *Entry, base syncstate.Record) bool {
 	return e != nil && e.Mode.IsRegular() && fs.FileMode(base.Mode).IsRegular() &&
 		base.MTimeNs%int64(time.Second) != 0 && e.ModTime.UnixNano() == base.MTimeNs && e.Size != base.Size

@@ -180,10 +180,23 @@ func TestTwoWayTornLandingIsNotAnEdit(t *testing.T) {
 	n := startTwoNodes(t)
 	mustWrite(t, n.a, "uploads/photo.jpg", "the photo's bytes")
 	mustWrite(t, n.a, "edited.txt", "base")
+	mustWrite(t, n.a, "app.log", "line 1\n")
 	lsynctest.WaitTreesEqual(t, n.a, n.b, waitLimit)
 	time.Sleep(300 * time.Millisecond) // both jobs have recorded the base
 
 	n.cut(true)
+	// Not torn: on a, where app.log's version was made, a second write
+	// within the same tick of the file clock keeps the mtime; it is an
+	// edit, and b gets it.
+	logPath := filepath.Join(n.a, "app.log")
+	fi, err := os.Stat(logPath)
+	must(t, err)
+	f, err := os.OpenFile(logPath, os.O_APPEND|os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteString("line 2\n")
+	must(t, err)
+	must(t, f.Close())
+	must(t, os.Chtimes(logPath, fi.ModTime(), fi.ModTime()))
 	// The crash on b: its copies lost their data, kept their mtimes.
 	for _, f := range []string{"uploads/photo.jpg", "edited.txt"} {
 		p := filepath.Join(n.b, f)
@@ -202,6 +215,9 @@ func TestTwoWayTornLandingIsNotAnEdit(t *testing.T) {
 	lsynctest.AssertTreesEqual(t, n.a, n.b)
 	if got := readFile(t, filepath.Join(n.a, "uploads/photo.jpg")); got != "the photo's bytes" {
 		t.Errorf("a's photo.jpg = %q: the torn copy replaced the good one", got)
+	}
+	if got := readFile(t, filepath.Join(n.b, "app.log")); got != "line 1\nline 2\n" {
+		t.Errorf("b's app.log = %q: a same-tick write on the node that made the version was taken for a torn file", got)
 	}
 	if got := readFile(t, filepath.Join(n.b, "edited.txt")); got != "edited on a" {
 		t.Errorf("b's edited.txt = %q", got)

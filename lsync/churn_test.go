@@ -61,6 +61,16 @@ func TestChurnConverges(t *testing.T) {
 	}
 }
 
+// TestChurnConvergesWithoutLandedCache: the landed cache is only an
+// optimisation (it is empty after every restart and rolls over under
+// churn): with every lookup missing, churn still converges.
+func TestChurnConvergesWithoutLandedCache(t *testing.T) {
+	lsync.DisableLandedCache(t)
+	for seed := uint64(1); seed <= uint64(churnRounds(t, 1)); seed++ {
+		t.Run("state/seed="+strconv.FormatUint(seed, 10), func(t *testing.T) { churnConverges(t, seed, true) })
+	}
+}
+
 func churnConverges(t *testing.T, seed uint64, withState bool) {
 	cfg, src, dst := localJobConfig(t, "peer")
 	if withState {

@@ -48,11 +48,14 @@ type batchState struct {
 	renames    []Rename
 	scan       map[string]bool
 	renamedDir map[uint64]string // inode → old name, awaiting the new name
-	rescan     bool
-	reason     string
-	oldest     time.Time
-	dropped    time.Time // events dropped by an escalation were seen at or after this
-	maxPaths   int
+	// renamedPrev holds the old names the previous batch left unpaired:
+	// a batch can end between a directory rename's two events.
+	renamedPrev map[uint64]string
+	rescan      bool
+	reason      string
+	oldest      time.Time
+	dropped     time.Time // events dropped by an escalation were seen at or after this
+	maxPaths    int
 }
 
 func newBatchState(maxPaths int) *batchState {
@@ -80,22 +83,37 @@ func (s *batchState) add(ev Event, now time.Time) {
 		case OpRename:
 			s.renamedDir[ev.Inode] = ev.Path
 		case OpCreate:
-			if from, ok := s.renamedDir[ev.Inode]; ok && from != ev.Path {
+			from, ok := s.renamedDir[ev.Inode]
+			carried := false
+			if !ok {
+				// The batch before ended between this rename's two
+				// events: it took the old name as a path and deletes it
+				// on the target (gone from the source), and the watcher
+				// reports nothing below the new name (it keeps the
+				// moved directory's watches). Without the old name, the
+				// new one would be a bare mkdir: files under renamed
+				// directories stayed missing (TestChurnConverges).
+				from, ok = s.renamedPrev[ev.Inode]
+				carried = ok
+			}
+			if ok && from != ev.Path {
 				delete(s.renamedDir, ev.Inode)
+				delete(s.renamedPrev, ev.Inode)
 				followRename(s.paths, from, ev.Path, func(p *pathState) *pathState { c := *p; return &c })
 				followRename(s.scan, from, ev.Path, keep)
 				if s.scan[from] {
 					s.scan[ev.Path] = true
 				}
-				if fs := s.paths[from]; fs != nil && !fs.created {
+				if fs := s.paths[from]; fs != nil && !fs.created && !carried {
 					s.renames = append(s.renames, Rename{From: from, To: ev.Path})
 					// The new name exists on the target once the rename
 					// is replayed, so a later rename of it is replayable.
 					ps.created = false
 				} else {
 					// A directory born in this very batch does not exist
-					// on the target yet: its new name is uploaded
-					// instead, all of it, whatever events said.
+					// on the target yet (nor, renamed across the batch
+					// edge, under its old name): its new name is
+					// uploaded instead, all of it, whatever events said.
 					s.scan[ev.Path] = true
 				}
 			}
@@ -137,6 +155,7 @@ func (s *batchState) escalate(reason string) {
 	s.renames = nil
 	s.scan = map[string]bool{}
 	s.renamedDir = map[uint64]string{}
+	s.renamedPrev = nil
 }
 
 func (s *batchState) take() Batch {
@@ -157,6 +176,12 @@ func (s *batchState) take() Batch {
 	s.paths = map[string]*pathState{}
 	s.renames = nil
 	s.scan = map[string]bool{}
+	// Unpaired old names wait one more batch for their new names (and
+	// no longer: a directory moved out of the tree has none).
+	s.renamedPrev = nil
+	if len(s.renamedDir) > 0 && !s.rescan {
+		s.renamedPrev = s.renamedDir
+	}
 	s.renamedDir = map[uint64]string{}
 	s.rescan = false
 	s.reason = ""

@@ -55,6 +55,41 @@ func TestBatchCollapsing(t *testing.T) {
 	}
 }
 
+// TestBatchEdgeBetweenRenameEvents: a batch can end between the two
+// events of one directory rename (the old name, then the new one). The
+// first batch takes the old name as a path (gone from the source: deleted
+// on the target); the watcher reports nothing below the new name, so the
+// second batch must compare the new name's whole subtree, or the files
+// that moved with the directory never reach the target. Before the fix,
+// the new name was a bare mkdir: churn left files under renamed
+// directories missing (TestChurnConverges, 1 run in a few under load).
+func TestBatchEdgeBetweenRenameEvents(t *testing.T) {
+	now := time.Now()
+	s := newBatchState(0)
+	s.add(Event{Path: "a/d", Op: OpRename, IsDir: true, Inode: 7}, now)
+	if b := s.take(); !reflect.DeepEqual(b.Paths, []string{"a/d"}) || b.Renames != nil || b.Scan != nil {
+		t.Fatalf("first batch: paths %v renames %v scan %v", b.Paths, b.Renames, b.Scan)
+	}
+	if !s.empty() {
+		t.Fatal("state not empty after take: an unpaired old name alone must not make a batch")
+	}
+	s.add(Event{Path: "b/e", Op: OpCreate, IsDir: true, Inode: 7}, now)
+	b := s.take()
+	if !reflect.DeepEqual(b.Scan, []string{"b/e"}) || b.Renames != nil {
+		t.Fatalf("second batch: paths %v renames %v scan %v; want b/e scanned whole, no rename replayed", b.Paths, b.Renames, b.Scan)
+	}
+	// An old name waits one batch only: a directory moved out of the
+	// tree never gets its new name, and its inode may come back.
+	s.add(Event{Path: "x", Op: OpRename, IsDir: true, Inode: 9}, now)
+	s.take()
+	s.add(Event{Path: "y", Op: OpWrite}, now)
+	s.take()
+	s.add(Event{Path: "z", Op: OpCreate, IsDir: true, Inode: 9}, now)
+	if b := s.take(); b.Scan != nil || b.Renames != nil {
+		t.Fatalf("an old name two batches back: renames %v scan %v; want none", b.Renames, b.Scan)
+	}
+}
+
 func TestBatcherTiming(t *testing.T) {
 	var mu sync.Mutex
 	var got []Batch

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"maps"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/lockstep-ha/lockstep/lsync/syncstate"
@@ -148,7 +149,15 @@ func (r *Reconciler) dropLanded() {
 	r.landed, r.landedOld = nil, nil
 }
 
+// landedCacheOff makes every lookup in the landed cache miss. Tests set it
+// (export_test.go) to prove that convergence never depends on a hit: the
+// cache is empty after every restart and loses entries under churn.
+var landedCacheOff atomic.Bool
+
 func (r *Reconciler) lastLanded(rel string) (Entry, bool) {
+	if landedCacheOff.Load() {
+		return Entry{}, false
+	}
 	r.landedMu.Lock()
 	defer r.landedMu.Unlock()
 	v, ok := r.landed[rel]

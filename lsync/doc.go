@@ -54,6 +54,18 @@
 // listed (Batch.Scan); and one path failing over and over made every other
 // path's retry wait for its backoff (each path backs off on its own).
 //
+// A batch could also end between the two events of one directory rename
+// (the old name, then the new one, under load more than the 10 ms quiet
+// delay apart). The old name then went out alone, as a path gone from the
+// source (deleted on the target), and the new name came as a bare mkdir:
+// the watcher reports nothing below a moved directory, so the files that
+// moved with it stayed missing. The batcher keeps an unpaired old name for
+// one more batch; a new name that pairs with it has its whole subtree
+// compared. It looked like a landed-cache bug (the cache had just been made
+// to expire) but is none: convergence never depends on the cache, which is
+// only read on whole-second targets (TestChurnConvergesWithoutLandedCache
+// runs churn on one with every lookup missing).
+//
 // inotify overflow rebuilds the watch map and rescans everything. The
 // periodic verification stays as a backstop; what it has to repair
 // although no event queued it is drift, logged as an error and counted in

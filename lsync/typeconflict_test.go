@@ -74,12 +74,27 @@ func TestTwoWayDirectoryReplacedBySymlinkPropagates(t *testing.T) {
 	lsynctest.WriteFile(t, a, "assets/app.js", "js", 0o644, old)
 	lsynctest.WriteFile(t, a, "assets/app.css", "css", 0o644, old)
 	lsynctest.WriteFile(t, a, "v2/app.js", "js2", 0o644, old)
-	twoWayJobs(t, a, b)
+	job := func(src, peer, dst string) lsync.JobConfig {
+		return lsync.JobConfig{
+			Name: "docroot", Source: src, TwoWay: true, VerifyInterval: ptr(200 * time.Millisecond),
+			Targets: []lsync.TargetConfig{{Name: peer, Path: dst}}, StateDir: t.TempDir(),
+		}
+	}
+	ja := lsynctest.StartJob(t, job(a, "b", b), nil, lsync.JobOptions{Node: "a", Registerer: prometheus.NewRegistry()})
+	jb := lsynctest.StartJob(t, job(b, "a", a), nil, lsync.JobOptions{Node: "b", Registerer: prometheus.NewRegistry()})
 	lsynctest.WaitTreesEqual(t, a, b, waitLimit)
+	// With a sync state, as every configured job has, and once both
+	// connect passes are over, so that both sides have a merge base.
+	// Before that, a pass finds the directory the peer's pass just made
+	// as this node's own and can put it back after the peer removed it,
+	// over the peer's new symlink (see lsync/doc.go, "Convergence": a
+	// pair's first seconds). This test is about the change itself.
+	waitFor(t, "connect passes done", func() bool {
+		return !statusOf(ja, "b").LastVerified.IsZero() && !statusOf(jb, "a").LastVerified.IsZero()
+	})
 
-	// Without a sync state, a verification pass (every 200 ms here) may
-	// push the directory back in the instant it is missing, before the
-	// symlink takes its place: the admin runs the two commands again.
+	// A symlink made while a pass is putting the directory back fails
+	// (EEXIST): the admin runs the two commands again.
 	for try := 0; ; try++ {
 		if err := os.RemoveAll(filepath.Join(a, "assets")); err != nil {
 			t.Fatal(err)

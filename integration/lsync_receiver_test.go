@@ -812,8 +812,10 @@ func TestHostilePeerSwapRaceTwoWay(t *testing.T) {
 		_, eb := os.Stat(filepath.Join(a, "done-b"))
 		return ea == nil && eb == nil
 	}
+	crossed := true
 	for deadline := time.Now().Add(convergeTimeout); !across(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
+			crossed = false
 			if os.Getenv("LOCKSTEP_TWOWAY_RACE") != "" {
 				t.Fatalf("the markers did not cross within %v of racing", convergeTimeout)
 			}
@@ -832,7 +834,10 @@ func TestHostilePeerSwapRaceTwoWay(t *testing.T) {
 	if sw.swaps.Load() < 100 {
 		t.Errorf("only %d swaps: the race did not run", sw.swaps.Load())
 	}
-	if refusedA+refusedB == 0 {
+	// A swapper flooding the watcher can keep both jobs from reaching
+	// the raced paths at all (the markers did not cross): no refusal is
+	// then owed; confinement is still judged below.
+	if refusedA+refusedB == 0 && (crossed || os.Getenv("LOCKSTEP_TWOWAY_RACE") != "") {
 		t.Errorf("no operation refused in %d swaps: refusals must be counted", sw.swaps.Load())
 	}
 	lsynctest.AssertSnapshotUnchanged(t, victim, before)

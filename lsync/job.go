@@ -451,6 +451,12 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			if !j.fullOnce {
 				d, trusted, err = w.rec.trustedPrepare(ctx)
 			}
+			if !trusted {
+				// A full pass follows: its estimate is counted while the
+				// dial is under way.
+				stopCount := w.rec.CountAhead(ctx)
+				defer stopCount()
+			}
 			if trusted && err == nil && d.empty() && len(d.errors) == 0 {
 				// Nothing differs from what the state says the target
 				// holds: the peer has nothing to be told. The dial is

@@ -174,6 +174,9 @@ type Reconciler struct {
 	// trusted is set once the state is complete enough for trusted
 	// passes (see canTrust).
 	trusted atomic.Bool
+	// countAhead is the source count CountAhead started for the next
+	// full pass's estimate (nil: none).
+	countAhead atomic.Pointer[entryCount]
 
 	landedMu sync.Mutex
 	// landed maps a path to the source version last landed or verified

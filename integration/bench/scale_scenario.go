@@ -25,6 +25,12 @@ type shotResult struct {
 	wall   time.Duration
 	maxRSS int64 // bytes: the largest RSS of the process and its reaped children
 	bytes  int64 // both directions through the counting proxy
+	// cpu is the user+system time of the process and the children it
+	// reaped (rsync's ssh); peerCPU that of everything sshd ran for it on
+	// the peer side (sshd's own session process, lockstep receive or the
+	// rsync server), from sshd's reaped-children times. Both are less
+	// sensitive than wall time to a shared machine's load.
+	cpu, peerCPU float64
 }
 
 // runShot runs argv to completion and measures it. The peak RSS is
@@ -44,6 +50,13 @@ func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotRe
 	defer log.Close()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
+	settle := func() { // sshd reaps its sessions after the client is gone
+		for deadline := time.Now().Add(3 * time.Second); len(sshEnv.server.Sessions()) > 0 && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	settle()
+	peer0, _ := CPUSeconds(sshEnv.server.PID())
 	up0, down0, _ := sshEnv.proxy.Counters()
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -77,7 +90,11 @@ func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotRe
 		b, _ := os.ReadFile(logPath)
 		return shotResult{}, fmt.Errorf("%s: %v\n%s", strings.Join(argv[:min(len(argv), 3)], " "), err, truncate(string(b), 3000))
 	}
-	return shotResult{wall: wall, bytes: up1 - up0 + down1 - down0, maxRSS: peak}, nil
+	settle()
+	peer1, _ := CPUSeconds(sshEnv.server.PID())
+	return shotResult{wall: wall, bytes: up1 - up0 + down1 - down0, maxRSS: peak,
+		cpu:     (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds(),
+		peerCPU: peer1 - peer0}, nil
 }
 
 // scaleTools are lockstep's one-shot sync and rsync over the same ssh
@@ -188,9 +205,14 @@ func runScale(ctx context.Context, e *Env, res *Result) error {
 	row("initial sync to an empty target", KindDuration, wall, initial)
 	row("initial sync: peak RSS (client process and its children)", KindBytes, rss, initial)
 	row("initial sync: bytes over ssh", KindBytes, wire, initial)
+	cpu := func(r shotResult) float64 { return r.cpu }
+	peerCPU := func(r shotResult) float64 { return r.peerCPU }
+	row("initial sync: client CPU (user+sys, with reaped children)", KindDuration, cpu, initial)
+	row("initial sync: peer CPU (sshd session + lockstep receive / rsync server)", KindDuration, peerCPU, initial)
 	row(fmt.Sprintf("restart, target already in sync (median of %d)", runs), KindDuration, wall, med)
 	row("restart: peak RSS", KindBytes, rss, med)
 	row("restart: bytes over ssh", KindBytes, wire, med)
+	row("restart: client CPU (user+sys)", KindDuration, cpu, med)
 	if initial[0].wall == 0 {
 		return errors.New("no lockstep figures")
 	}

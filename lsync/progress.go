@@ -155,10 +155,11 @@ type entryCount struct {
 // dials the peer and starts its receiver meanwhile, about a third of a
 // second in which this side is idle. Counted beside the pass instead, the
 // walk of every directory competes with the pass for the same cores. It
-// does nothing when the sync state gives the total. stop abandons the
-// count (if the pass has not taken it) and waits for it to end.
+// does nothing when the sync state gives the total, and for two-way jobs,
+// whose passes have no estimate. stop abandons the count (if the pass has
+// not taken it) and waits for it to end.
 func (r *Reconciler) CountAhead(ctx context.Context) (stop func()) {
-	if r.stateEntries() > 0 {
+	if r.TwoWay || r.stateEntries() > 0 {
 		return func() {}
 	}
 	ctx, cancel := context.WithCancel(ctx)

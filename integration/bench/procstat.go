@@ -101,6 +101,28 @@ func CPUSeconds(pid int) (float64, error) {
 	return float64(ticks) / clkTck, nil
 }
 
+// ownCPUSeconds returns user+system CPU time of a process alone (not of
+// its children), from /proc/PID/stat.
+func ownCPUSeconds(pid int) (float64, error) {
+	fields, err := statFields(pid)
+	if err != nil {
+		return 0, err
+	}
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("pid %d: short stat", pid)
+	}
+	var ticks int64
+	for _, f := range fields[11:13] {
+		v, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += v
+	}
+	const clkTck = 100 // USER_HZ on Linux
+	return float64(ticks) / clkTck, nil
+}
+
 // PidsMatching returns the pids whose command line contains needle (used
 // to find the ssh ControlMaster that lsyncd's ssh forked off, which is no
 // longer its child).

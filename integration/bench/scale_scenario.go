@@ -26,10 +26,11 @@ type shotResult struct {
 	maxRSS int64 // bytes: the largest RSS of the process and its reaped children
 	bytes  int64 // both directions through the counting proxy
 	// cpu is the user+system time of the process and the children it
-	// reaped (rsync's ssh); peerCPU that of everything sshd ran for it on
-	// the peer side (sshd's own session process, lockstep receive or the
-	// rsync server), from sshd's reaped-children times. Both are less
-	// sensitive than wall time to a shared machine's load.
+	// reaped (rsync's ssh); peerCPU that of every process sshd ran for it
+	// on the peer side (sshd's session processes, lockstep receive or the
+	// rsync server), each sampled while it runs: the receiver outlives
+	// its session process, so sshd's reaped-children times miss it. Both
+	// move less than wall time with a shared machine's load.
 	cpu, peerCPU float64
 }
 
@@ -56,13 +57,31 @@ func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotRe
 		}
 	}
 	settle()
-	peer0, _ := CPUSeconds(sshEnv.server.PID())
 	up0, down0, _ := sshEnv.proxy.Counters()
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		return shotResult{}, err
 	}
 	var peak int64
+	// The peer's processes: found every 200ms (a scan of /proc), their
+	// CPU read every 10ms until they are gone.
+	peerCPU := map[int]float64{}
+	var scanned time.Time
+	samplePeer := func() {
+		if time.Since(scanned) > 200*time.Millisecond {
+			for _, p := range sshEnv.server.Sessions() {
+				if _, ok := peerCPU[p]; !ok {
+					peerCPU[p] = 0
+				}
+			}
+			scanned = time.Now()
+		}
+		for p := range peerCPU {
+			if v, err := ownCPUSeconds(p); err == nil {
+				peerCPU[p] = v
+			}
+		}
+	}
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
@@ -74,6 +93,7 @@ func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotRe
 			if hwm, err := procStatusBytes(cmd.Process.Pid, "VmHWM"); err == nil {
 				peak = max(peak, hwm)
 			}
+			samplePeer()
 			select {
 			case <-stop:
 				return
@@ -83,6 +103,7 @@ func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotRe
 	}()
 	err = cmd.Wait()
 	wall := time.Since(t0)
+	settle()
 	close(stop)
 	<-sampled
 	up1, down1, _ := sshEnv.proxy.Counters()
@@ -90,11 +111,13 @@ func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotRe
 		b, _ := os.ReadFile(logPath)
 		return shotResult{}, fmt.Errorf("%s: %v\n%s", strings.Join(argv[:min(len(argv), 3)], " "), err, truncate(string(b), 3000))
 	}
-	settle()
-	peer1, _ := CPUSeconds(sshEnv.server.PID())
+	var peer float64
+	for _, v := range peerCPU {
+		peer += v
+	}
 	return shotResult{wall: wall, bytes: up1 - up0 + down1 - down0, maxRSS: peak,
 		cpu:     (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds(),
-		peerCPU: peer1 - peer0}, nil
+		peerCPU: peer}, nil
 }
 
 // scaleTools are lockstep's one-shot sync and rsync over the same ssh

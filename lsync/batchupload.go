@@ -70,38 +70,40 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 	then *Entry, thenDone *bool, thenErr *error,
 ) error {
 	maxFiles, maxBytes := bw.BatchLimits()
+	// Groups are runs of ops, not copies: an op is a few hundred bytes,
+	// and a first sync of 100k files copied each one several times.
 	var groups [][]op
-	var cur []op
+	start := 0
 	var curBytes int64
-	for _, o := range ops {
+	for i, o := range ops {
 		size := o.src.Size
 		if o.kind == opMkdir {
 			size = 0 // no content
 		}
-		if len(cur) > 0 && (len(cur) >= maxFiles || curBytes+size > int64(maxBytes)) {
-			groups = append(groups, cur)
-			cur, curBytes = nil, 0
+		if i > start && (i-start >= maxFiles || curBytes+size > int64(maxBytes)) {
+			groups = append(groups, ops[start:i:i])
+			start, curBytes = i, 0
 		}
-		cur = append(cur, o)
 		curBytes += size
 	}
-	if len(cur) > 0 {
-		groups = append(groups, cur)
+	if start < len(ops) {
+		groups = append(groups, ops[start:])
 	}
 	dt, _ := bw.(BatchDirTimer)
 	if len(groups) != 1 || dt == nil || !dt.DirBatches() {
 		then = nil
 	}
 	return parallel(ctx, min(r.Concurrency, batchesInFlight), len(groups), func(i int) error {
-		var files []FileData
-		var sent []op
+		files := make([]FileData, 0, len(groups[i]))
+		sent := make([]*op, 0, len(groups[i]))
 		budget := int64(maxBytes)
-		for _, o := range groups[i] {
+		for k := range groups[i] {
+			o := &groups[i][k]
 			if o.kind == opMkdir {
 				// Only with then (see execute): made first, in order.
 				fd := FileData{Path: o.path, Mode: o.src.Mode}
-				if r.wantsOwner(o) {
-					fd.Own = &OwnerRequest{Owner: r.ownerFor(o)}
+				if r.wantsOwner(*o) {
+					fd.Own = &OwnerRequest{Owner: r.ownerFor(*o)}
 				}
 				files = append(files, fd)
 				sent = append(sent, o)
@@ -109,14 +111,14 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 			}
 			fd, err := r.readSmall(o.path, o.src, budget)
 			if err != nil {
-				if err := fail(o, err); err != nil {
+				if err := fail(*o, err); err != nil {
 					return err
 				}
 				continue
 			}
 			budget -= int64(len(fd.Data))
-			if r.wantsOwner(o) {
-				fd.Own = &OwnerRequest{Owner: r.ownerFor(o)}
+			if r.wantsOwner(*o) {
+				fd.Own = &OwnerRequest{Owner: r.ownerFor(*o)}
 			}
 			o.src = Entry{Path: o.path, Mode: fd.Mode, Size: int64(len(fd.Data)), ModTime: fd.ModTime,
 				UID: o.src.UID, GID: o.src.GID, Owned: o.src.Owned}
@@ -132,7 +134,8 @@ func (r *Reconciler) uploadBatches(ctx context.Context, bw BatchWriter, ops []op
 		} else {
 			errs = bw.WriteFiles(ctx, files)
 		}
-		for j, o := range sent {
+		for j, po := range sent {
+			o := *po
 			if errs[j] != nil {
 				if err := fail(o, errs[j]); err != nil {
 					return err

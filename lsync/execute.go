@@ -171,6 +171,7 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 	bw, batches := t.(BatchWriter)
 	if batches {
 		single := rest[:0]
+		batched = make([]op, 0, len(rest))
 		for _, o := range rest {
 			if batchable(o) {
 				batched = append(batched, o)

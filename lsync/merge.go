@@ -100,7 +100,11 @@ func (s *stateTx) putRecord(p string, rec syncstate.Record) {
 	}
 	s.mu.Lock()
 	if s.puts == nil {
-		s.puts = map[string]syncstate.Record{}
+		n := 0
+		if s.flush != nil {
+			n = stateFlushEvery // a pass's chunk fills it: no growing
+		}
+		s.puts = make(map[string]syncstate.Record, n)
 	}
 	s.puts[p] = rec
 	s.flushIfFullLocked()

@@ -141,6 +141,9 @@ func (r *Reconciler) streamPass(ctx context.Context, t Target, p pass) (*Report,
 				rep.Errors = append(rep.Errors, &PathError{Path: s.Path, Op: "compare", Err: err})
 				mu.Unlock()
 			case need:
+				if ops == nil {
+					ops = make([]op, 0, len(entries)) // an op is large: grow it once
+				}
 				ops = append(ops, o)
 				if p.listed != nil && !p.listed(s.Path) {
 					mu.Lock()

@@ -432,8 +432,10 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			defer wg.Done()
 			res := OnceResult{Target: w.name}
 			defer func() { out[i] = res }()
-			// The connection is set up while the source is compared with
-			// the sync state: the handshake costs nothing then.
+			// A trusted restart dials the peer only once the comparison
+			// with the sync state finds a difference (most restarts find
+			// none, and a handshake costs the peer a login); a full pass
+			// dials at once, while its estimate is counted.
 			type dialed struct {
 				t   Target
 				err error
@@ -441,17 +443,22 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			dctx, cancelDial := context.WithCancel(ctx)
 			defer cancelDial()
 			conn := make(chan dialed, 1)
-			go func() {
-				t, err := w.conn.Connect(dctx)
-				conn <- dialed{t, err}
-			}()
+			var dialing atomic.Bool
+			dial := sync.OnceFunc(func() {
+				dialing.Store(true)
+				go func() {
+					t, err := w.conn.Connect(dctx)
+					conn <- dialed{t, err}
+				}()
+			})
 			var d *trustedDiff
 			trusted := false
 			var err error
-			if !j.fullOnce {
-				d, trusted, err = w.rec.trustedPrepare(ctx)
+			if !j.fullOnce && w.rec.canTrust() {
+				d, trusted, err = w.rec.trustedPrepare(ctx, dial)
 			}
 			if !trusted {
+				dial()
 				// A full pass follows: its estimate is counted while the
 				// dial is under way.
 				stopCount := w.rec.CountAhead(ctx)
@@ -459,12 +466,14 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			}
 			if trusted && err == nil && d.empty() && len(d.errors) == 0 {
 				// Nothing differs from what the state says the target
-				// holds: the peer has nothing to be told. The dial is
-				// called off (a restart costs the local walk only); the
-				// daemon's verification, or --full, lists the peer.
-				cancelDial()
-				if c := <-conn; c.err == nil {
-					_ = c.t.Close()
+				// holds: the peer has nothing to be told, and was not
+				// dialed. The daemon's verification, or --full, lists
+				// the peer.
+				if dialing.Load() {
+					cancelDial()
+					if c := <-conn; c.err == nil {
+						_ = c.t.Close()
+					}
 				}
 				res.Applied = &Report{Target: w.name, Trusted: true, Compared: d.entries}
 				res.Verify = &Report{Target: w.name, Trusted: true, Compared: d.entries}
@@ -474,6 +483,7 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 				}
 				return
 			}
+			dial()
 			c := <-conn
 			if c.err != nil {
 				res.Err = c.err

@@ -87,12 +87,15 @@ func (d *trustedDiff) empty() bool { return len(d.paths) == 0 && len(d.scan) == 
 // trustedDiff compares the source with the state, directory by directory;
 // it reads nothing of the target. Memory is a directory's listing (and
 // its records) per walker plus what differs, whatever the tree's size.
-func (r *Reconciler) trustedDiff(ctx context.Context) (*trustedDiff, error) {
-	return r.trustedDiffFrom(ctx, "")
+// onDiff, when not nil, is called as soon as something differs (from a
+// walker goroutine, maybe more than once): a restart dials the peer only
+// then.
+func (r *Reconciler) trustedDiff(ctx context.Context, onDiff func()) (*trustedDiff, error) {
+	return r.trustedDiffFrom(ctx, "", onDiff)
 }
 
 // trustedDiffFrom is trustedDiff below the directory start.
-func (r *Reconciler) trustedDiffFrom(ctx context.Context, start string) (*trustedDiff, error) {
+func (r *Reconciler) trustedDiffFrom(ctx context.Context, start string, onDiff func()) (*trustedDiff, error) {
 	st := r.State.(stateLister)
 	var mu sync.Mutex
 	d := &trustedDiff{}
@@ -103,6 +106,9 @@ func (r *Reconciler) trustedDiffFrom(ctx context.Context, start string) (*truste
 			mu.Lock()
 			d.errors = append(d.errors, &PathError{Path: dir, Op: "list source directory", Err: listErr})
 			mu.Unlock()
+			if onDiff != nil {
+				onDiff()
+			}
 			return nil, nil
 		}
 		recs := map[string]syncstate.Record{}
@@ -141,6 +147,9 @@ func (r *Reconciler) trustedDiffFrom(ctx context.Context, start string) (*truste
 		d.paths = append(d.paths, paths...)
 		d.scan = append(d.scan, scan...)
 		mu.Unlock()
+		if onDiff != nil && len(paths)+len(scan) > 0 {
+			onDiff()
+		}
 		return descend, nil
 	})
 	sort.Strings(d.paths)
@@ -155,7 +164,7 @@ func isDirRecord(rec syncstate.Record) bool { return fs.FileMode(rec.Mode).IsDir
 // differs, plus b's pending paths, is applied, like a live batch. ok is
 // false when the state cannot be trusted; the caller runs a full pass.
 func (r *Reconciler) TrustedCatchUp(ctx context.Context, t Target, b Batch) (rep *Report, ok bool, err error) {
-	d, ok, err := r.trustedPrepare(ctx)
+	d, ok, err := r.trustedPrepare(ctx, nil)
 	if !ok || err != nil {
 		return nil, ok, err
 	}
@@ -163,15 +172,15 @@ func (r *Reconciler) TrustedCatchUp(ctx context.Context, t Target, b Batch) (rep
 }
 
 // trustedPrepare runs the comparison with the state when it can be
-// trusted.
-func (r *Reconciler) trustedPrepare(ctx context.Context) (*trustedDiff, bool, error) {
+// trusted (onDiff as in trustedDiff).
+func (r *Reconciler) trustedPrepare(ctx context.Context, onDiff func()) (*trustedDiff, bool, error) {
 	if !r.canTrust() {
 		return nil, false, nil
 	}
 	if err := r.Source.checkRoot(); err != nil {
 		return nil, true, err
 	}
-	d, err := r.trustedDiff(ctx)
+	d, err := r.trustedDiff(ctx, onDiff)
 	return d, true, err
 }
 
@@ -195,7 +204,7 @@ func (r *Reconciler) applyTrusted(ctx context.Context, t Target, d *trustedDiff,
 // reports what differs from what the state says the target holds (a
 // source that changed during the pass), without reading the target.
 func (r *Reconciler) trustedVerify(ctx context.Context) (*Report, bool, error) {
-	d, ok, err := r.trustedPrepare(ctx)
+	d, ok, err := r.trustedPrepare(ctx, nil)
 	if !ok || err != nil {
 		return nil, ok, err
 	}
@@ -234,7 +243,7 @@ func (r *Reconciler) followRenameInState(tx *stateTx, from, to string) bool {
 func (r *Reconciler) reconcileRenamed(ctx context.Context, t Target, subs []string, rep *Report) error {
 	var paths, scan []string
 	for _, sub := range subs {
-		d, err := r.trustedDiffFrom(ctx, sub)
+		d, err := r.trustedDiffFrom(ctx, sub, nil)
 		if err != nil {
 			return err
 		}

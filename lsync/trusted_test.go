@@ -16,14 +16,17 @@ import (
 	"github.com/lockstep-ha/lockstep/lsync/syncstate"
 )
 
-// walkCounter counts the target listings of the sessions it dials.
+// walkCounter counts the target listings of the sessions it dials, and
+// the dials.
 type walkCounter struct {
 	lsync.Connector
 	walks atomic.Int64 // Walk calls on the whole tree ("")
 	subs  atomic.Int64 // Walk calls on a subtree
+	dials atomic.Int64
 }
 
 func (c *walkCounter) Connect(ctx context.Context) (lsync.Target, error) {
+	c.dials.Add(1)
 	t, err := c.Connector.Connect(ctx)
 	if err != nil {
 		return nil, err
@@ -48,7 +51,8 @@ func (t *countedTarget) Walk(ctx context.Context, sub string, fn func(lsync.Entr
 // TestOnceTrustsTheStateAfterAFullPass: the first `sync --once` lists the
 // target; later ones compare the source with the sync state only, and
 // still push what changed in between (edits, new trees, deletions, a
-// mode change) without listing the target as a whole.
+// mode change) without listing the target as a whole. A restart that
+// finds nothing changed does not dial the peer at all.
 func TestOnceTrustsTheStateAfterAFullPass(t *testing.T) {
 	cfg, src, dst := localJobConfig(t, "peer")
 	cfg.StateDir = t.TempDir()
@@ -56,7 +60,7 @@ func TestOnceTrustsTheStateAfterAFullPass(t *testing.T) {
 	for _, p := range []string{"a/1.txt", "a/2.txt", "b/c/3.txt", "gone/4.txt", "top.txt"} {
 		lsynctest.WriteFile(t, src, p, p, 0o644, old)
 	}
-	once := func() lsync.OnceResult {
+	once := func() (lsync.OnceResult, *walkCounter) {
 		t.Helper()
 		wc := &walkCounter{Connector: lsynctest.LocalConnectors(t, cfg)[0]}
 		j, err := lsync.NewJob(cfg, []lsync.Connector{wc}, lsync.JobOptions{Logger: lsynctest.TestLogger(t)})
@@ -69,15 +73,14 @@ func TestOnceTrustsTheStateAfterAFullPass(t *testing.T) {
 			t.Fatalf("ReconcileOnce: %+v %+v", res[0], res[0].Verify)
 		}
 		lsynctest.AssertTreesEqual(t, src, dst[0])
-		res[0].StateEntries = int(wc.walks.Load()) // smuggled out for the caller
-		return res[0]
+		return res[0], wc
 	}
-	if r := once(); r.StateEntries != 1 || r.Applied.Trusted {
-		t.Fatalf("first pass: %d whole-tree listings, trusted=%v; want 1, a full pass", r.StateEntries, r.Applied.Trusted)
+	if r, wc := once(); wc.walks.Load() != 1 || r.Applied.Trusted {
+		t.Fatalf("first pass: %d whole-tree listings, trusted=%v; want 1, a full pass", wc.walks.Load(), r.Applied.Trusted)
 	}
-	if r := once(); r.StateEntries != 0 || !r.Applied.Trusted || r.Applied.Actions() != 0 || r.Applied.Compared != 9 {
-		t.Fatalf("restart in sync: %d listings, trusted=%v, %d actions, %d compared; want 0, true, 0, 9",
-			r.StateEntries, r.Applied.Trusted, r.Applied.Actions(), r.Applied.Compared)
+	if r, wc := once(); wc.dials.Load() != 0 || !r.Applied.Trusted || r.Applied.Actions() != 0 || r.Applied.Compared != 9 {
+		t.Fatalf("restart in sync: %d dials, trusted=%v, %d actions, %d compared; want 0, true, 0, 9",
+			wc.dials.Load(), r.Applied.Trusted, r.Applied.Actions(), r.Applied.Compared)
 	}
 	// Changes while no sync ran.
 	lsynctest.WriteFile(t, src, "a/1.txt", "edited", 0o644, time.Time{})
@@ -88,9 +91,10 @@ func TestOnceTrustsTheStateAfterAFullPass(t *testing.T) {
 	if err := os.Chmod(filepath.Join(src, "top.txt"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := once()
-	if r.StateEntries != 0 || !r.Applied.Trusted {
-		t.Fatalf("restart after changes: %d whole-tree listings, trusted=%v", r.StateEntries, r.Applied.Trusted)
+	r, wc := once()
+	if wc.walks.Load() != 0 || wc.dials.Load() != 1 || !r.Applied.Trusted {
+		t.Fatalf("restart after changes: %d whole-tree listings, %d dials, trusted=%v; want 0, 1, true",
+			wc.walks.Load(), wc.dials.Load(), r.Applied.Trusted)
 	}
 	if r.Applied.Files != 2 || r.Applied.Deleted != 1 || r.Applied.Attrs < 1 {
 		t.Errorf("restart after changes: %+v", r.Applied)

@@ -111,18 +111,11 @@ func (r *Reconciler) trustedDiffFrom(ctx context.Context, start string, onDiff f
 			}
 			return nil, nil
 		}
-		recs := map[string]syncstate.Record{}
-		if err := st.Children(dir, func(name string, rec syncstate.Record) error {
-			recs[name] = rec
-			return nil
-		}); err != nil {
-			return nil, err
-		}
+		// Both sides come sorted by name, byte-wise (the walk sorts its
+		// names; the state's keys sort so within a directory): one
+		// merge, no map of the directory's records.
 		var paths, scan, descend []string
-		for _, e := range entries {
-			name := path.Base(e.Path)
-			rec, known := recs[name]
-			delete(recs, name)
+		compare := func(e Entry, rec syncstate.Record, known bool) {
 			switch {
 			case known && matches(e, rec):
 				if e.Mode.IsDir() {
@@ -139,8 +132,23 @@ func (r *Reconciler) trustedDiffFrom(ctx context.Context, start string, onDiff f
 				}
 			}
 		}
-		for name := range recs {
+		i := 0
+		if err := st.Children(dir, func(name string, rec syncstate.Record) error {
+			for ; i < len(entries) && path.Base(entries[i].Path) < name; i++ {
+				compare(entries[i], syncstate.Record{}, false)
+			}
+			if i < len(entries) && path.Base(entries[i].Path) == name {
+				compare(entries[i], rec, true)
+				i++
+				return nil
+			}
 			paths = append(paths, joinRel(dir, name)) // gone from the source
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		for ; i < len(entries); i++ {
+			compare(entries[i], syncstate.Record{}, false)
 		}
 		mu.Lock()
 		d.entries += len(entries)

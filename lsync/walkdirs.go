@@ -71,7 +71,7 @@ func (s *Source) walkDirsFrom(ctx context.Context, start string, workers int, fn
 
 // listDir returns the entries of dir, sorted by name.
 func (s *Source) listDir(h *rootHandle, dir string) ([]Entry, error) {
-	if entries, ok, err := listDirBeneath(h.beneath, dir, s.entryOf); ok {
+	if entries, ok, err := listDirBeneath(h.beneath, dir, s.keep); ok {
 		return entries, err
 	}
 	name := dir
@@ -109,16 +109,13 @@ func (s *Source) listDir(h *rootHandle, dir string) ([]Entry, error) {
 	return out, nil
 }
 
-// entryOf completes an lstat'ed entry: nil for excluded entries and the
-// types that are not synced.
-func (s *Source) entryOf(e Entry) *Entry {
+// keep reports whether an lstat'ed entry is listed: not when excluded
+// or of a type that is not synced.
+func (s *Source) keep(e *Entry) bool {
 	if s.excluder.Excluded(e.Path, e.Mode.IsDir()) {
-		return nil
+		return false
 	}
-	if !e.Mode.IsDir() && !e.Mode.IsRegular() && e.Mode&os.ModeSymlink == 0 {
-		return nil
-	}
-	return &e
+	return e.Mode.IsDir() || e.Mode.IsRegular() || e.Mode&os.ModeSymlink != 0
 }
 
 // countEntries estimates the number of entries below the root, cheaply

@@ -1,0 +1,97 @@
+package lsync
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/lockstep-ha/lockstep/lsync/syncstate"
+)
+
+// TestTrustedDiffMergesByName: the trusted comparison merges a
+// directory's sorted entries with its sorted records. Names that sort
+// around a directory's own name ("a-b" and "a.b" before "a/…", "a0"
+// after) and records past the last entry are where a merge goes wrong.
+func TestTrustedDiffMergesByName(t *testing.T) {
+	dir := t.TempDir()
+	old := time.Unix(1_600_000_000, 0)
+	write := func(p, data string) {
+		t.Helper()
+		full := filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(full, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{"a/x.txt", "a/y.txt", "a-b.txt", "a.b.txt", "a0.txt", "b.txt", "c/z.txt", "zz.txt"} {
+		write(p, p)
+	}
+	src, err := OpenSource(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	st, err := syncstate.Open(filepath.Join(t.TempDir(), "state.db"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	puts := map[string]syncstate.Record{}
+	if err := src.walkDirs(t.Context(), 1, func(_ string, entries []Entry, listErr error) ([]string, error) {
+		var descend []string
+		for _, e := range entries {
+			puts[e.Path] = recordOf(e)
+			if e.Mode.IsDir() {
+				descend = append(descend, e.Path)
+			}
+		}
+		return descend, listErr
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Update(puts, nil); err != nil {
+		t.Fatal(err)
+	}
+	r := &Reconciler{Source: src, State: st}
+	r.TrustState(true)
+	if d, err := r.trustedDiff(t.Context()); err != nil || !d.empty() || d.entries != 10 {
+		t.Fatalf("in sync: %v, paths %q, scan %q, %d entries; want nothing of 10", err, d.paths, d.scan, d.entries)
+	}
+
+	write("a0.txt", "edited, longer")                            // changed, after "a/" in key order
+	write("a-c.txt", "new")                                      // new, between two records
+	write("a-new/y.txt", "y")                                    // a new directory: compared whole
+	write("zzz.txt", "new")                                      // new, past the last record
+	for _, p := range []string{"a.b.txt", "a/x.txt", "zz.txt"} { // gone from the source
+		if err := os.Remove(filepath.Join(dir, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(filepath.Join(dir, "b.txt")); err != nil { // a file that became a directory
+		t.Fatal(err)
+	}
+	write("b.txt/inner", "i")
+	if err := os.RemoveAll(filepath.Join(dir, "c")); err != nil { // a directory that became a file
+		t.Fatal(err)
+	}
+	write("c", "file now")
+	if err := os.Chmod(filepath.Join(dir, "a"), 0o700); err != nil { // a mode change: its contents still compared
+		t.Fatal(err)
+	}
+	d, err := r.trustedDiff(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPaths := []string{"a", "a-c.txt", "a.b.txt", "a/x.txt", "a0.txt", "c", "zz.txt", "zzz.txt"}
+	wantScan := []string{"a-new", "b.txt"}
+	if !slices.Equal(d.paths, wantPaths) || !slices.Equal(d.scan, wantScan) {
+		t.Errorf("paths %q, scan %q;\nwant paths %q, scan %q", d.paths, d.scan, wantPaths, wantScan)
+	}
+}

@@ -89,7 +89,7 @@ func BenchmarkTrustedDiff(b *testing.B) {
 	r := benchReconciler(b)
 	defer reportCPU(b)()
 	for b.Loop() {
-		d, err := r.trustedDiff(b.Context())
+		d, err := r.trustedDiff(b.Context(), nil)
 		if err != nil || !d.empty() || d.entries != 22020 {
 			b.Fatalf("diff: %v, %d paths, %d scan, %d entries", err, len(d.paths), len(d.scan), d.entries)
 		}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,7 +62,9 @@ func TestTrustedDiffMergesByName(t *testing.T) {
 	}
 	r := &Reconciler{Source: src, State: st}
 	r.TrustState(true)
-	if d, err := r.trustedDiff(t.Context()); err != nil || !d.empty() || d.entries != 10 {
+	var diffs atomic.Int64 // calls of onDiff: a restart dials on the first
+	onDiff := func() { diffs.Add(1) }
+	if d, err := r.trustedDiff(t.Context(), onDiff); err != nil || !d.empty() || d.entries != 10 || diffs.Load() != 0 {
 		t.Fatalf("in sync: %v, paths %q, scan %q, %d entries; want nothing of 10", err, d.paths, d.scan, d.entries)
 	}
 
@@ -85,7 +88,7 @@ func TestTrustedDiffMergesByName(t *testing.T) {
 	if err := os.Chmod(filepath.Join(dir, "a"), 0o700); err != nil { // a mode change: its contents still compared
 		t.Fatal(err)
 	}
-	d, err := r.trustedDiff(t.Context())
+	d, err := r.trustedDiff(t.Context(), onDiff)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,5 +96,8 @@ func TestTrustedDiffMergesByName(t *testing.T) {
 	wantScan := []string{"a-new", "b.txt"}
 	if !slices.Equal(d.paths, wantPaths) || !slices.Equal(d.scan, wantScan) {
 		t.Errorf("paths %q, scan %q;\nwant paths %q, scan %q", d.paths, d.scan, wantPaths, wantScan)
+	}
+	if diffs.Load() == 0 {
+		t.Error("differences found, but onDiff was not called")
 	}
 }

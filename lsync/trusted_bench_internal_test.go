@@ -45,6 +45,13 @@ func benchReconciler(b *testing.B) *Reconciler {
 	if err := benchTree(dir); err != nil {
 		b.Fatal(err)
 	}
+	return trustingReconciler(b, dir)
+}
+
+// trustingReconciler is a Reconciler over dir whose state records the
+// tree as it is now, and is trusted.
+func trustingReconciler(b testing.TB, dir string) *Reconciler {
+	b.Helper()
 	src, err := OpenSource(dir, nil)
 	if err != nil {
 		b.Fatal(err)

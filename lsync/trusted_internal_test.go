@@ -1,3 +1,5 @@
+//go:build unix
+
 package lsync
 
 import (
@@ -7,8 +9,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/lockstep-ha/lockstep/lsync/syncstate"
 )
 
 // TestTrustedDiffMergesByName: the trusted comparison merges a
@@ -34,34 +34,7 @@ func TestTrustedDiffMergesByName(t *testing.T) {
 	for _, p := range []string{"a/x.txt", "a/y.txt", "a-b.txt", "a.b.txt", "a0.txt", "b.txt", "c/z.txt", "zz.txt"} {
 		write(p, p)
 	}
-	src, err := OpenSource(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	st, err := syncstate.Open(filepath.Join(t.TempDir(), "state.db"), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	puts := map[string]syncstate.Record{}
-	if err := src.walkDirs(t.Context(), 1, func(_ string, entries []Entry, listErr error) ([]string, error) {
-		var descend []string
-		for _, e := range entries {
-			puts[e.Path] = recordOf(e)
-			if e.Mode.IsDir() {
-				descend = append(descend, e.Path)
-			}
-		}
-		return descend, listErr
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Update(puts, nil); err != nil {
-		t.Fatal(err)
-	}
-	r := &Reconciler{Source: src, State: st}
-	r.TrustState(true)
+	r := trustingReconciler(t, dir)
 	var diffs atomic.Int64 // calls of onDiff: a restart dials on the first
 	onDiff := func() { diffs.Add(1) }
 	if d, err := r.trustedDiff(t.Context(), onDiff); err != nil || !d.empty() || d.entries != 10 || diffs.Load() != 0 {

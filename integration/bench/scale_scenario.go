@@ -63,6 +63,7 @@ func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotRe
 		return shotResult{}, err
 	}
 	var peak int64
+	tree := newTreeSampler(cmd.Process.Pid, 200*time.Millisecond)
 	// The peer's processes: found every 200ms (a scan of /proc), their
 	// CPU read every 10ms until they are gone.
 	peerCPU := map[int]float64{}
@@ -89,7 +90,7 @@ func runShot(ctx context.Context, e *Env, argv []string, logPath string) (shotRe
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			peak = max(peak, TreeRSS(cmd.Process.Pid))
+			peak = max(peak, tree.rss())
 			if hwm, err := procStatusBytes(cmd.Process.Pid, "VmHWM"); err == nil {
 				peak = max(peak, hwm)
 			}

@@ -33,6 +33,9 @@ type Root struct {
 	// older than 5.6) or filtered (seccomp): the per-component walk gives
 	// the same guarantee with more system calls.
 	noOpenat2 atomic.Bool
+	// anonLink is how putNew links an unnamed file in (linkEmptyPath,
+	// linkProcFD, or linkNone: not at all).
+	anonLink atomic.Int32
 }
 
 // OpenRoot opens dir as a confinement root. Like rsync it creates the last
@@ -486,20 +489,24 @@ func (r *Root) publish(t *tempFile, mode fs.FileMode, mtime time.Time, tmpShown 
 		r.discard(t)
 		return &fs.PathError{Op: "chtimes", Path: tmpShown, Err: err}
 	}
-	// The rename publishes whatever has the temp name: a peer user that
-	// moved the file aside and put a symlink there meanwhile would get its
-	// link published as the file (nothing outside is touched: every call
-	// here is relative to dfd and never follows a final symlink).
-	var named unix.Stat_t
-	if err := unix.Fstatat(t.dfd, t.tmp, &named, unix.AT_SYMLINK_NOFOLLOW); err != nil || named.Dev != held.Dev || named.Ino != held.Ino {
-		r.discard(t)
-		return &refusal{errno: unix.ESTALE, why: tmpShown + ": the temp file was replaced on the peer while it was written; not published"}
-	}
-	if err := r.replace(t.dfd, t.tmp, t.name, t.rel); err != nil {
+	if err := r.swapIn(t.dfd, t.tmp, t.name, t.rel, &held, tmpShown); err != nil {
 		r.discard(t)
 		return err
 	}
 	return nil
+}
+
+// swapIn renames the temp name tmp over name if tmp still names the file
+// held. The rename publishes whatever has the temp name: a peer user that
+// moved the file aside and put a symlink there meanwhile would get its
+// link published as the file (nothing outside is touched: every call
+// here is relative to dfd and never follows a final symlink).
+func (r *Root) swapIn(dfd int, tmp, name, rel string, held *unix.Stat_t, tmpShown string) error {
+	var named unix.Stat_t
+	if err := unix.Fstatat(dfd, tmp, &named, unix.AT_SYMLINK_NOFOLLOW); err != nil || named.Dev != held.Dev || named.Ino != held.Ino {
+		return &refusal{errno: unix.ESTALE, why: tmpShown + ": the temp file was replaced on the peer while it was written; not published"}
+	}
+	return r.replace(dfd, tmp, name, rel)
 }
 
 // discard removes the temp file of a failed write.
@@ -571,6 +578,8 @@ type putResult struct{ err, ownErr error }
 // resolved below the root, so sharing it gives a file no other place to
 // land than a resolution of its own would have given it a moment later;
 // a directory that fails to resolve is resolved again for the next file.
+// A file is written unnamed and linked in complete where it can be (see
+// putNew), else through a temp name like a Put.
 func (r *Root) putMany(files []putFile) []putResult {
 	res := make([]putResult, len(files))
 	dfd, dir := -1, ""
@@ -601,6 +610,10 @@ func (r *Root) putMany(files []putFile) []putResult {
 				continue
 			}
 			dfd, dir = fd, d
+		}
+		if pr, ok := r.putNew(dfd, name, f); ok {
+			res[i] = pr
+			continue
 		}
 		t, err := r.createAt(dfd, name, f.rel)
 		if err != nil {

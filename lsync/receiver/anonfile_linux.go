@@ -1,0 +1,149 @@
+package receiver
+
+import (
+	"errors"
+	"io/fs"
+	"path"
+	"strconv"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lockstep-ha/lockstep/internal/unixmode"
+	"github.com/lockstep-ha/lockstep/lsync"
+)
+
+// How an unnamed file (O_TMPFILE) gets its name: linkat(AT_EMPTY_PATH)
+// needs CAP_DAC_READ_SEARCH on kernels before 6.10 and fails with ENOENT
+// without it; linking the /proc/self/fd magic link works for any user
+// where /proc is mounted. Root.anonLink starts at linkEmptyPath and only
+// moves down.
+const (
+	linkEmptyPath int32 = iota
+	linkProcFD
+	linkNone
+)
+
+// putNew lands a putmany file as an unnamed file in dfd (O_TMPFILE) that
+// is given its final name by linkat once it is complete: content, owner,
+// mode, delivery mark and mtime are all set through the descriptor
+// before the file has a name. Against a temp name, rename and the checks
+// around them, a new file costs three system calls and two name lookups
+// fewer on the peer (most of an initial sync's files), and a write cut
+// short leaves nothing behind, not even a temp file. linkat never
+// replaces: where the name exists, the file is linked in under a temp
+// name and renamed over it, as the classic path does.
+//
+// done is false when the filesystem or kernel cannot do this (no
+// O_TMPFILE, no way to link it): the caller then takes the classic
+// path, which also names the errors of a directory it cannot write.
+func (r *Root) putNew(dfd int, name string, f putFile) (res putResult, done bool) {
+	if r.anonLink.Load() == linkNone {
+		return res, false
+	}
+	var fd int
+	err := retryEINTR(func() (err error) {
+		fd, err = unix.Openat(dfd, ".", unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+		return err
+	})
+	if err != nil {
+		return res, false
+	}
+	defer unix.Close(fd)
+	shown := r.show(f.rel)
+	for data, off := f.data, int64(0); len(data) > 0; {
+		var n int
+		err := retryEINTR(func() (err error) { n, err = unix.Pwrite(fd, data, off); return err })
+		if err != nil {
+			res.err = r.spaceHint(dfd, &fs.PathError{Op: "write", Path: shown, Err: err})
+			return res, true
+		}
+		data, off = data[n:], off+int64(n)
+	}
+	if f.own != nil {
+		// Before the chmod, which sets the set-ID bits a chown clears.
+		if err := unix.Fchown(fd, f.own.uid, f.own.gid); err != nil {
+			res.ownErr = &fs.PathError{Op: "chown", Path: shown, Err: err}
+		}
+	}
+	if err := unix.Fchmod(fd, unixmode.ToUnix(f.mode)); err != nil {
+		res.err = &fs.PathError{Op: "chmod", Path: shown, Err: err}
+		return res, true
+	}
+	lsync.MarkDelivered(fd, f.rel, int64(len(f.data)), f.mtime)
+	if err := futimens(fd, f.mtime.UnixNano()); err != nil {
+		res.err = &fs.PathError{Op: "chtimes", Path: shown, Err: err}
+		return res, true
+	}
+	err = r.linkAnon(fd, dfd, name)
+	switch {
+	case err == nil:
+		return res, true
+	case errors.Is(err, unix.EEXIST):
+		res.err = r.linkOver(fd, dfd, name, f.rel)
+		return res, true
+	case r.anonLink.Load() == linkNone:
+		// Neither way of linking works here: the classic path writes the
+		// file again, and every later one.
+		return putResult{}, false
+	default:
+		res.err = r.spaceHint(dfd, &fs.PathError{Op: "link", Path: shown, Err: err})
+		return res, true
+	}
+}
+
+// linkAnon gives the unnamed file fd the name name in dfd; linkat never
+// follows or replaces what is at name (EEXIST).
+func (r *Root) linkAnon(fd, dfd int, name string) error {
+	if r.anonLink.Load() == linkEmptyPath {
+		err := unix.Linkat(fd, "", dfd, name, unix.AT_EMPTY_PATH)
+		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EPERM) {
+			return err
+		}
+		// ENOENT is also a directory removed meanwhile: the /proc way
+		// then fails the same, and only the capability probe is lost.
+		r.anonLink.CompareAndSwap(linkEmptyPath, linkProcFD)
+	}
+	proc := "/proc/self/fd/" + strconv.Itoa(fd)
+	err := unix.Linkat(unix.AT_FDCWD, proc, dfd, name, unix.AT_SYMLINK_FOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		var st unix.Stat_t
+		if unix.Lstat(proc, &st) != nil {
+			r.anonLink.Store(linkNone) // no /proc: no way to link
+		}
+	}
+	return err
+}
+
+// linkOver publishes the unnamed file fd over the existing name: linked
+// in under a temp name, then renamed over name if the temp name still
+// names fd's file (see publish).
+func (r *Root) linkOver(fd, dfd int, name, rel string) error {
+	tmp := tempName(name)
+	tmpShown := r.show(path.Join(path.Dir(rel), tmp))
+	if err := r.linkAnon(fd, dfd, tmp); err != nil {
+		return r.spaceHint(dfd, &fs.PathError{Op: "link", Path: tmpShown, Err: err})
+	}
+	var held unix.Stat_t
+	if err := unix.Fstat(fd, &held); err != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
+		return &fs.PathError{Op: "fstat", Path: tmpShown, Err: err}
+	}
+	if err := r.swapIn(dfd, tmp, name, rel, &held, tmpShown); err != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
+		return err
+	}
+	return nil
+}
+
+// futimens sets the access and modification times of the open file fd
+// (utimensat with a NULL path, which x/sys/unix does not wrap): through
+// the descriptor, never a name.
+func futimens(fd int, ns int64) error {
+	ts := [2]unix.Timespec{unix.NsecToTimespec(ns), unix.NsecToTimespec(ns)}
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}

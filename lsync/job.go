@@ -64,7 +64,7 @@ type TargetStatus struct {
 	// Progress is the running full pass, nil when none runs.
 	Progress *ProgressSnapshot
 	// Protocol is how the current (or last) session reaches the peer:
-	// "receiver v4", "sftp" or "local" ("" before the first connection).
+	// "receiver v5", "sftp" or "local" ("" before the first connection).
 	// ProtocolFallback says why receiver: auto fell back to SFTP.
 	Protocol         string
 	ProtocolFallback string
@@ -491,6 +491,7 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			}
 			t := c.t
 			defer t.Close()
+			w.adopt(ctx, t)
 			if err != nil {
 				res.Err = err
 				return
@@ -908,6 +909,7 @@ func (w *targetWorker) run(ctx context.Context) {
 			continue
 		}
 		dialBackoff, downSince = minB, time.Time{}
+		w.adopt(ctx, t)
 		w.setProtocol(t)
 		w.setConnected(true, nil)
 		w.logger.Info("target connected")
@@ -1009,6 +1011,26 @@ const verifyReason = "verification"
 // worker would only notice at its next change.
 type disconnectNotifier interface {
 	Disconnected() <-chan struct{}
+}
+
+// unmarkedDelivery is implemented by targets that can land files
+// without the delivery mark (DeliveredXattr), which only a two-way
+// peer's merge reads: a one-way job spares its peer an xattr per file.
+type unmarkedDelivery interface {
+	SkipDeliveryMarks(ctx context.Context) error
+}
+
+// adopt readies a new connection to the target for this job.
+func (w *targetWorker) adopt(ctx context.Context, t Target) {
+	m, ok := t.(unmarkedDelivery)
+	if !ok || w.job.cfg.TwoWay {
+		return
+	}
+	if err := m.SkipDeliveryMarks(ctx); err != nil && ctx.Err() == nil {
+		// The marks are only extra work for the peer; a broken
+		// connection shows at the next request.
+		w.logger.Warn("the peer keeps putting delivery marks on the files it lands", "err", err)
+	}
 }
 
 func (w *targetWorker) session(ctx context.Context, t Target) error {

@@ -74,7 +74,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, labels),
 		protocol: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lockstep_sync_target_protocol",
-			Help: "1 for the protocol the target's session uses or last used (receiver v4, receiver v3, receiver v2, sftp, local; fallback=1 when receiver: auto fell back to SFTP), 0 for one it used before. SFTP as root leaves a hostile peer race windows the receiver does not (README, threat model).",
+			Help: "1 for the protocol the target's session uses or last used (receiver v5, receiver v4, receiver v3, receiver v2, sftp, local; fallback=1 when receiver: auto fell back to SFTP), 0 for one it used before. SFTP as root leaves a hostile peer race windows the receiver does not (README, threat model).",
 		}, append(labels, "protocol", "fallback")),
 		passProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lockstep_sync_pass_progress",

@@ -32,7 +32,7 @@ type SyncTargetStatus struct {
 	LastError   string `json:"last_error,omitempty"`
 	// Progress is the running full pass (nil when none runs).
 	Progress *lsync.ProgressSnapshot `json:"progress,omitempty"`
-	// Protocol is how the session reaches the peer ("receiver v4",
+	// Protocol is how the session reaches the peer ("receiver v5",
 	// "sftp", "local"); ProtocolFallback says why receiver: auto fell
 	// back to SFTP, which leaves a hostile peer race windows.
 	Protocol         string `json:"protocol,omitempty"`

@@ -70,7 +70,9 @@ func (r *Root) putNew(dfd int, name string, f putFile) (res putResult, done bool
 		res.err = &fs.PathError{Op: "chmod", Path: shown, Err: err}
 		return res, true
 	}
-	lsync.MarkDelivered(fd, f.rel, int64(len(f.data)), f.mtime)
+	if !r.noMarks.Load() {
+		lsync.MarkDelivered(fd, f.rel, int64(len(f.data)), f.mtime)
+	}
 	if err := futimens(fd, f.mtime.UnixNano()); err != nil {
 		res.err = &fs.PathError{Op: "chtimes", Path: shown, Err: err}
 		return res, true

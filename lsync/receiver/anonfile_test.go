@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -176,6 +177,61 @@ func BenchmarkPutManyNew(b *testing.B) {
 			_ = unix.Getrusage(unix.RUSAGE_SELF, &ru1)
 			cpu := time.Duration(unix.TimevalToNsec(ru1.Utime) - unix.TimevalToNsec(ru0.Utime) + unix.TimevalToNsec(ru1.Stime) - unix.TimevalToNsec(ru0.Stime))
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*len(files)), "cpu-µs/file")
+		})
+	}
+}
+
+// TestDeliveryMarksOption: a version 5 client of a one-way job asks the
+// receiver to land files without the delivery mark, and they land
+// without it, whichever way they are written (putmany of a new file and
+// of an existing one, put, streamed create/commit); without the request,
+// and for a version 4 client (which cannot ask), every file gets the
+// mark. Bits the server does not know are not reported as applied.
+func TestDeliveryMarksOption(t *testing.T) {
+	ctx := context.Background()
+	mtime := time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		version uint32
+		ask     uint32
+		applied uint32
+		marked  bool
+	}{
+		{"v5-unmarked", Version, OptNoDeliveryMarks | 1<<7, OptNoDeliveryMarks, false},
+		{"v5-default", Version, 0, 0, true},
+		{"v4-cannot-ask", 4, OptNoDeliveryMarks, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			lsynctest.WriteFile(t, root, "d/existing", "old", 0o644, time.Time{})
+			c, err := hookedConn(t, root, serveHooks{}, tc.version)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.ask != 0 {
+				applied, err := c.SetOptions(ctx, tc.ask)
+				if err != nil || applied != tc.applied {
+					t.Fatalf("SetOptions(%#x) = %#x, %v; want %#x", tc.ask, applied, err, tc.applied)
+				}
+			}
+			errs, err := c.PutMany(ctx, []PutFile{
+				{Rel: "d/new", Mode: 0o644, MTime: mtime, Data: []byte("new")},
+				{Rel: "d/existing", Mode: 0o644, MTime: mtime, Data: []byte("replaced")},
+			})
+			if err != nil || errs[0] != nil || errs[1] != nil {
+				t.Fatalf("putmany: %v %v", err, errs)
+			}
+			must(t, c.Put(ctx, "d/put", 0o644, mtime, []byte("put")))
+			w, err := c.Create(ctx, "d/streamed")
+			must(t, err)
+			must(t, c.Write(ctx, w, 0, []byte("streamed")))
+			must(t, c.Commit(ctx, w, 0o644, mtime))
+			for _, rel := range []string{"d/new", "d/existing", "d/put", "d/streamed"} {
+				_, err := unix.Getxattr(filepath.Join(root, rel), lsync.DeliveredXattr, make([]byte, 256))
+				if marked := err == nil; marked != tc.marked {
+					t.Errorf("%s: delivery mark present %v (%v), want %v", rel, marked, err, tc.marked)
+				}
+			}
 		})
 	}
 }

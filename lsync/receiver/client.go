@@ -420,6 +420,23 @@ func (c *Client) PutManyOwned(ctx context.Context, files []PutFile) ([]PutResult
 	return res, err
 }
 
+// SetOptions asks the receiver for the option bits opts (Opt*) and
+// returns those it applied: none before protocol version 5.
+func (c *Client) SetOptions(ctx context.Context, opts uint32) (uint32, error) {
+	if c.version < 5 {
+		return 0, nil
+	}
+	var e enc
+	e.u32(opts)
+	out, err := c.call(ctx, opOptions, e.b)
+	if err != nil {
+		return 0, err
+	}
+	d := dec{b: out}
+	applied := d.u32()
+	return applied, d.done()
+}
+
 // DirTime is a directory whose mtime a PutManyThen sets after its files.
 type DirTime struct {
 	Rel   string

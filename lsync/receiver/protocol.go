@@ -78,6 +78,17 @@
 // makes it, in its place in the order. A directory whose new
 // subdirectories and files all go in one request is then done in one
 // round trip.
+//
+// # Session options (version 5)
+//
+// opOptions carries a uint32 of option bits the client asks for; the
+// reply carries the bits the server applied (a server leaves out those
+// it does not know, so that a later bit needs no new version). The only
+// bit, optNoDeliveryMarks, is sent by a one-way job: nothing on its
+// peer reads the delivery mark (DeliveredXattr, for a two-way merge), so
+// the receiver stops setting it on the files it lands, an fsetxattr per
+// file of an initial sync saved. Without the request, and for every
+// older client, files get the mark.
 package receiver
 
 import (
@@ -96,8 +107,8 @@ import (
 //
 // Version 2 added opPutMany (many small files in one request); version 3
 // owner names in opChown, and opOwnerIDs; version 4 an owner per file of
-// opPutMany.
-const Version uint32 = 4
+// opPutMany; version 5 opOptions.
+const Version uint32 = 5
 
 // MinVersion is the oldest client version a server still serves.
 const MinVersion uint32 = 1
@@ -149,6 +160,8 @@ const (
 	opPutMany byte = 'P' // count, count × (rel, mode, mtime, data) → count × result (u8 0, or 1 and an error); version 4: see below
 	// Version 3.
 	opOwnerIDs byte = 'u' // uid, gid, user, group → uid, gid (the ids a chown with them gives, nothing changed)
+	// Version 5.
+	opOptions byte = 'S' // option bits asked → option bits applied
 
 	typeOK    byte = 'k'
 	typeError byte = 'e'
@@ -159,7 +172,16 @@ var opNames = map[byte]string{
 	opWrite: "write", opCommit: "commit", opAbort: "abort", opSymlink: "symlink", opChtimes: "chtimes",
 	opChmod: "chmod", opChown: "chown", opRename: "rename", opRemoveAll: "removeall", opRmdir: "rmdir",
 	opOpen: "open", opRead: "read", opClose: "close", opPutMany: "putmany", opOwnerIDs: "ownerids",
+	opOptions: "options",
 }
+
+// Option bits of an opOptions (version 5).
+const (
+	// OptNoDeliveryMarks: files are landed without the delivery mark.
+	OptNoDeliveryMarks uint32 = 1 << 0
+
+	knownOptions = OptNoDeliveryMarks
+)
 
 // Error kinds carried by a typeError reply.
 const (

@@ -36,6 +36,8 @@ type Root struct {
 	// anonLink is how putNew links an unnamed file in (linkEmptyPath,
 	// linkProcFD, or linkNone: not at all).
 	anonLink atomic.Int32
+	// noMarks: files land without the delivery mark (opOptions).
+	noMarks atomic.Bool
 }
 
 // OpenRoot opens dir as a confinement root. Like rsync it creates the last
@@ -478,7 +480,9 @@ func (r *Root) publish(t *tempFile, mode fs.FileMode, mtime time.Time, tmpShown 
 		return &fs.PathError{Op: "fstat", Path: tmpShown, Err: err}
 	}
 	// A two-way node reads it to tell this delivery from its own files.
-	lsync.MarkDelivered(t.fd, t.rel, held.Size, mtime)
+	if !r.noMarks.Load() {
+		lsync.MarkDelivered(t.fd, t.rel, held.Size, mtime)
+	}
 	err := unix.Close(t.fd)
 	t.fd = -1
 	if err != nil {

@@ -480,6 +480,17 @@ func (s *server) do(rq request) ([]byte, error) {
 		uid, gid = localIDs(s.ids, uid, gid, user, group)
 		e.u32(uid)
 		e.u32(gid)
+	case opOptions:
+		if s.version < 5 {
+			return nil, &invalid{why: "options is not part of protocol version " + strconv.Itoa(int(s.version))}
+		}
+		asked := d.u32()
+		if err := bad(); err != nil {
+			return nil, err
+		}
+		applied := asked & knownOptions
+		s.root.noMarks.Store(applied&OptNoDeliveryMarks != 0)
+		e.u32(applied)
 	case opRename:
 		from, to := d.str(), d.str()
 		if err := bad(); err != nil {

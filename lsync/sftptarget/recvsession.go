@@ -635,6 +635,13 @@ func (s *recvSession) WriteFiles(ctx context.Context, files []lsync.FileData) []
 	return errs
 }
 
+// SkipDeliveryMarks asks the receiver (version 5) to land files without
+// the delivery mark, for a one-way job; an older one keeps marking them.
+func (s *recvSession) SkipDeliveryMarks(ctx context.Context) error {
+	_, err := s.client.SetOptions(ctx, receiver.OptNoDeliveryMarks)
+	return s.check(err)
+}
+
 // DirBatches implements lsync.BatchDirTimer: version 4.
 func (s *recvSession) DirBatches() bool { return s.client.PutsOwners() }
 

@@ -171,7 +171,9 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 	bw, batches := t.(BatchWriter)
 	if batches {
 		single := rest[:0]
-		batched = make([]op, 0, len(rest))
+		// Room in front for the directories, which go first in the
+		// request when the directory is done in one (then, below).
+		batched = make([]op, len(mkdirs), len(mkdirs)+len(rest))
 		for _, o := range rest {
 			if batchable(o) {
 				batched = append(batched, o)
@@ -179,11 +181,12 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 				single = append(single, o)
 			}
 		}
+		files := batched[len(mkdirs):]
 		rest = single
 		if dt, ok := t.(BatchDirTimer); ok && dt.DirBatches() && rep.inPass && len(dirTimes) == 1 &&
-			len(removes) == 0 && len(rest) == 0 && len(mkdirs)+len(batched) > 0 && oneBatch(bw, mkdirs, batched) {
+			len(removes) == 0 && len(rest) == 0 && len(mkdirs)+len(files) > 0 && oneBatch(bw, mkdirs, files) {
 			then = &dirTimes[0]
-			for _, list := range [][]op{mkdirs, batched} {
+			for _, list := range [][]op{mkdirs, files} {
 				for _, o := range list {
 					if parentOf(o.path) != then.Path {
 						then = nil
@@ -195,9 +198,12 @@ func (r *Reconciler) execute(ctx context.Context, t Target, ops []op, dirTimes [
 				}
 			}
 			if then != nil {
-				batched = append(mkdirs, batched...)
+				copy(batched, mkdirs)
 				mkdirs = nil
 			}
+		}
+		if then == nil {
+			batched = files
 		}
 	}
 	// Directories one depth level at a time, each level concurrently:

@@ -33,5 +33,8 @@ func (s *stateTx) flushIfFullLocked() {
 	if s.flush(s.renames, s.puts, s.dels) != nil {
 		s.failed = true
 	}
-	s.renames, s.puts, s.dels = nil, nil, nil
+	// The map is reused (the store kept nothing of it): the next chunk
+	// fills it again.
+	s.renames, s.dels = nil, nil
+	clear(s.puts)
 }

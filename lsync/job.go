@@ -496,20 +496,32 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 				res.Err = err
 				return
 			}
+			var watch *passWatch
 			if trusted {
 				res.Applied, _, res.Err = w.rec.applyTrusted(ctx, t, d, nil)
 			} else {
-				res.Applied, res.Err = w.rec.Reconcile(ctx, t, false)
+				if !j.cfg.TwoWay {
+					// A two-way pass writes to the source itself.
+					watch = newPassWatch()
+				}
+				res.Applied, res.Err = w.rec.Reconcile(withPassWatch(ctx, watch), t, false)
 			}
+			quiet, why := watch.close()
 			if res.Err != nil {
 				return
 			}
 			w.logReport("reconcile", res.Applied)
-			if trusted && res.Applied.Actions() == 0 && res.Applied.InSync() {
+			switch {
+			case trusted && res.Applied.Actions() == 0 && res.Applied.InSync():
 				// Nothing differed from the state, and nothing was done:
 				// the comparison was the verification.
 				res.Verify = &Report{Target: w.name, Trusted: true, Compared: res.Applied.Compared}
-			} else {
+			case w.rec.watchVouches(quiet, res.Applied):
+				res.Verify = &Report{Target: w.name, Trusted: true, Watched: true, Compared: res.Applied.Compared}
+			default:
+				if watch != nil {
+					w.logger.Debug("verifying the pass by walking the source again", "why", why)
+				}
 				var ok bool
 				// After a pass, the state records what the target holds:
 				// checking the source against it needs no second listing.

@@ -74,6 +74,9 @@ type Report struct {
 	// number of source entries it compared.
 	Trusted  bool
 	Compared int
+	// Watched marks a verification made by watching the source during
+	// the pass (see passWatch): nothing changed, no second walk.
+	Watched bool
 }
 
 const maxReportedChanges = 100

@@ -43,12 +43,13 @@ func (s *Source) walkDirsFrom(ctx context.Context, start string, workers int, fn
 	defer h.release()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(workers, 1))
+	watch := passWatchFrom(ctx)
 	var visit func(dir string) error
 	visit = func(dir string) error {
 		if err := gctx.Err(); err != nil {
 			return err
 		}
-		entries, lerr := s.listDir(h, dir)
+		entries, lerr := s.listDir(h, dir, watch)
 		if lerr != nil && gone(lerr) {
 			return nil // removed meanwhile: its parent's next pass sees it
 		}
@@ -69,11 +70,13 @@ func (s *Source) walkDirsFrom(ctx context.Context, start string, workers int, fn
 	return g.Wait()
 }
 
-// listDir returns the entries of dir, sorted by name.
-func (s *Source) listDir(h *rootHandle, dir string) ([]Entry, error) {
-	if entries, ok, err := listDirBeneath(h.beneath, dir, s.keep); ok {
+// listDir returns the entries of dir, sorted by name; watch (nil: none)
+// watches dir from before it is read.
+func (s *Source) listDir(h *rootHandle, dir string, watch *passWatch) ([]Entry, error) {
+	if entries, ok, err := listDirBeneath(h.beneath, dir, s.keep, watch); ok {
 		return entries, err
 	}
+	watch.spoil("listed without openat2: " + dotIfRoot(dir))
 	name := dir
 	if name == "" {
 		name = "."

@@ -140,12 +140,13 @@ func childPath(dir string, name []byte) string {
 // directory, getdents, and one statx per entry. keep completes an entry
 // and says whether it is listed. ok is false when openat2 is not
 // available (the caller then uses os.Root).
-func listDirBeneath(b *beneath, dir string, keep func(*Entry) bool) (out []Entry, ok bool, err error) {
+func listDirBeneath(b *beneath, dir string, keep func(*Entry) bool, watch *passWatch) (out []Entry, ok bool, err error) {
 	fd, ok, err := openDirBeneath(b, dir)
 	if !ok || err != nil {
 		return nil, ok, err
 	}
 	defer unix.Close(fd)
+	watch.dir(fd, dotIfRoot(dir))
 	l := dirListers.Get().(*dirLister)
 	defer dirListers.Put(l)
 	if err := l.readNames(fd, dir); err != nil {
@@ -156,9 +157,12 @@ func listDirBeneath(b *beneath, dir string, keep func(*Entry) bool) (out []Entry
 		name := l.name(i)
 		out = append(out, Entry{Path: childPath(dir, name[:len(name)-1])})
 		e := &out[len(out)-1]
-		listed, err := l.complete(fd, name, e, keep)
+		listed, nlink, err := l.complete(fd, name, e, keep)
 		if err != nil {
 			return nil, true, err
+		}
+		if nlink > 1 && listed && e.Mode.IsRegular() {
+			watch.linked(e.Path)
 		}
 		if !listed {
 			out = out[:len(out)-1]
@@ -169,26 +173,27 @@ func listDirBeneath(b *beneath, dir string, keep func(*Entry) bool) (out []Entry
 
 // complete lstats name (NUL-terminated) in fd into e, reads its link
 // target, and reports whether it is listed: not when it is gone, no
-// longer a symlink, or keep drops it.
-func (l *dirLister) complete(fd int, name []byte, e *Entry, keep func(*Entry) bool) (bool, error) {
-	if err := lstatAt(fd, name, e); err != nil {
+// longer a symlink, or keep drops it; nlink is its number of links.
+func (l *dirLister) complete(fd int, name []byte, e *Entry, keep func(*Entry) bool) (listed bool, nlink uint32, err error) {
+	nlink, err = lstatAt(fd, name, e)
+	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return false, nil // removed meanwhile
+			return false, 0, nil // removed meanwhile
 		}
-		return false, &fs.PathError{Op: "lstat", Path: e.Path, Err: err}
+		return false, 0, &fs.PathError{Op: "lstat", Path: e.Path, Err: err}
 	}
 	if !keep(e) {
-		return false, nil
+		return false, nlink, nil
 	}
 	if e.Mode&fs.ModeSymlink == 0 {
-		return true, nil
+		return true, nlink, nil
 	}
 	target, ok, err := l.readlinkat(fd, name)
 	if err != nil {
-		return false, &fs.PathError{Op: "readlink", Path: e.Path, Err: err}
+		return false, nlink, &fs.PathError{Op: "readlink", Path: e.Path, Err: err}
 	}
 	e.LinkTarget = target
-	return ok, nil // !ok: gone, or no longer a symlink: seen again next time
+	return ok, nlink, nil // !ok: gone, or no longer a symlink: seen again next time
 }
 
 // noStatx is set once statx turned out to be missing (seccomp filters of
@@ -198,13 +203,14 @@ var noStatx atomic.Bool
 // statxWanted is what an Entry holds; AT_STATX_DONT_SYNC keeps a
 // network file system from asking its server for the rest.
 const (
-	statxWanted = unix.STATX_TYPE | unix.STATX_MODE | unix.STATX_SIZE | unix.STATX_MTIME | unix.STATX_UID | unix.STATX_GID
+	statxWanted = unix.STATX_TYPE | unix.STATX_MODE | unix.STATX_NLINK | unix.STATX_SIZE | unix.STATX_MTIME | unix.STATX_UID | unix.STATX_GID
 	statxFlags  = unix.AT_SYMLINK_NOFOLLOW | unix.AT_STATX_DONT_SYNC
 )
 
 // lstatAt fills e's type, mode, size, mtime and owner from name
-// (NUL-terminated) in dirfd, never following a symlink.
-func lstatAt(dirfd int, name []byte, e *Entry) error {
+// (NUL-terminated) in dirfd, never following a symlink, and returns its
+// number of links.
+func lstatAt(dirfd int, name []byte, e *Entry) (nlink uint32, err error) {
 	if !noStatx.Load() {
 		var st unix.Statx_t
 		err := statx(dirfd, name, &st)
@@ -213,22 +219,22 @@ func lstatAt(dirfd int, name []byte, e *Entry) error {
 			e.Mode, e.Size = unixmode.FromStat(uint32(st.Mode)), int64(st.Size)
 			e.ModTime = time.Unix(st.Mtime.Sec, int64(st.Mtime.Nsec))
 			e.UID, e.GID, e.Owned = st.Uid, st.Gid, true
-			return nil
+			return st.Nlink, nil
 		case errors.Is(err, unix.ENOSYS):
 			noStatx.Store(true)
 		case err != nil:
-			return err
+			return 0, err
 		}
 		// A file system that leaves a field out: fstatat fills it in.
 	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, string(name[:len(name)-1]), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return err
+		return 0, err
 	}
 	e.Mode, e.Size = unixmode.FromStat(st.Mode), st.Size
 	e.ModTime = time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
 	e.UID, e.GID, e.Owned = st.Uid, st.Gid, true
-	return nil
+	return uint32(st.Nlink), nil
 }
 
 // statx is unix.Statx on a name that already ends in NUL: unix.Statx

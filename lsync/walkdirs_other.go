@@ -3,7 +3,7 @@
 package lsync
 
 // listDirBeneath is Linux's openat2 shortcut; elsewhere os.Root lists.
-func listDirBeneath(*beneath, string, func(*Entry) bool) ([]Entry, bool, error) {
+func listDirBeneath(*beneath, string, func(*Entry) bool, *passWatch) ([]Entry, bool, error) {
 	return nil, false, nil
 }
 

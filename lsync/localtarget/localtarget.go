@@ -35,6 +35,16 @@ type Target struct {
 	// resolve a path in one openat per component instead of os.Root's
 	// per-operation walk.
 	rootFD int
+	// unmarked: files land without the delivery mark (a one-way job's;
+	// see SkipDeliveryMarks).
+	unmarked atomic.Bool
+}
+
+// SkipDeliveryMarks lands the files of a one-way job without the
+// delivery mark, which only a two-way node's merge reads.
+func (t *Target) SkipDeliveryMarks(context.Context) error {
+	t.unmarked.Store(true)
+	return nil
 }
 
 var (
@@ -373,7 +383,9 @@ func (t *Target) writeFile(ctx context.Context, rel string, r io.Reader, mode fs
 		return err
 	}
 	// A two-way node reads it to tell this delivery from its own files.
-	lsync.MarkDelivered(int(f.Fd()), c, n, mtime)
+	if !t.unmarked.Load() {
+		lsync.MarkDelivered(int(f.Fd()), c, n, mtime)
+	}
 	if err = f.Chmod(mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)); err != nil {
 		f.Close()
 		return err

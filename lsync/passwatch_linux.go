@@ -2,7 +2,6 @@ package lsync
 
 import (
 	"strconv"
-	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -29,9 +28,9 @@ import (
 type passWatch struct {
 	fd      int
 	watched atomic.Int64 // directories watched
-
-	mu      sync.Mutex
-	spoiled string // why the watch cannot vouch ("" while it can)
+	// spoiled is the first reason the watch cannot vouch (nil while it
+	// can).
+	spoiled atomic.Pointer[string]
 }
 
 // passWatchEvents are the changes that make the source differ from what
@@ -92,20 +91,16 @@ func (w *passWatch) linked(rel string) {
 }
 
 func (w *passWatch) spoil(why string) {
-	if w == nil {
-		return
+	if w != nil {
+		w.spoiled.CompareAndSwap(nil, &why)
 	}
-	w.mu.Lock()
-	if w.spoiled == "" {
-		w.spoiled = why
-	}
-	w.mu.Unlock()
 }
 
 func (w *passWatch) why() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.spoiled
+	if p := w.spoiled.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // close ends the watch. quiet reports that every directory listed was

@@ -491,11 +491,11 @@ func (j *Job) ReconcileOnce(ctx context.Context) []OnceResult {
 			}
 			t := c.t
 			defer t.Close()
-			w.adopt(ctx, t)
 			if err != nil {
 				res.Err = err
 				return
 			}
+			w.adopt(ctx, t)
 			var watch *passWatch
 			if trusted {
 				res.Applied, _, res.Err = w.rec.applyTrusted(ctx, t, d, nil)

@@ -51,14 +51,9 @@ func (r *Root) putNew(dfd int, name string, f putFile) (res putResult, done bool
 	}
 	defer unix.Close(fd)
 	shown := r.show(f.rel)
-	for data, off := f.data, int64(0); len(data) > 0; {
-		var n int
-		err := retryEINTR(func() (err error) { n, err = unix.Pwrite(fd, data, off); return err })
-		if err != nil {
-			res.err = r.spaceHint(dfd, &fs.PathError{Op: "write", Path: shown, Err: err})
-			return res, true
-		}
-		data, off = data[n:], off+int64(n)
+	if err := pwriteAll(fd, f.data, 0); err != nil {
+		res.err = r.spaceHint(dfd, &fs.PathError{Op: "write", Path: shown, Err: err})
+		return res, true
 	}
 	if f.own != nil {
 		// Before the chmod, which sets the set-ID bits a chown clears.

@@ -425,11 +425,18 @@ func (r *Root) writeAt(t *tempFile, off int64, data []byte) error {
 	if t.fd < 0 {
 		return &invalid{why: "write: the file was already committed or aborted"}
 	}
+	if err := pwriteAll(t.fd, data, off); err != nil {
+		return r.spaceHint(t.dfd, &fs.PathError{Op: "write", Path: r.show(path.Join(path.Dir(t.rel), t.tmp)), Err: err})
+	}
+	return nil
+}
+
+// pwriteAll writes all of data at off in fd.
+func pwriteAll(fd int, data []byte, off int64) error {
 	for len(data) > 0 {
 		var n int
-		err := retryEINTR(func() (err error) { n, err = unix.Pwrite(t.fd, data, off); return err })
-		if err != nil {
-			return r.spaceHint(t.dfd, &fs.PathError{Op: "write", Path: r.show(path.Join(path.Dir(t.rel), t.tmp)), Err: err})
+		if err := retryEINTR(func() (err error) { n, err = unix.Pwrite(fd, data, off); return err }); err != nil {
+			return err
 		}
 		data, off = data[n:], off+int64(n)
 	}

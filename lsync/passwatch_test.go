@@ -85,7 +85,8 @@ func onceWith(t *testing.T, cfg lsync.JobConfig, conn lsync.Connector) lsync.Onc
 // the tree again. Whatever the watch cannot vouch for is verified by the
 // walk as before, and a source that changed during the pass is never
 // reported in sync: a file rewritten after it was sent, a file removed,
-// a file created, the docroot's symlink switched to another release.
+// a file created, the docroot swapped for another directory or its
+// symlink switched to another release.
 func TestOnceVerifiesByWatchingThePass(t *testing.T) {
 	old := time.Unix(1_600_000_000, 0)
 	tree := func(t *testing.T, dir string) {
@@ -156,6 +157,22 @@ func TestOnceVerifiesByWatchingThePass(t *testing.T) {
 			})
 		}
 	}
+	t.Run("docroot directory swapped", func(t *testing.T) {
+		cfg, src, _ := localJobConfig(t, "peer")
+		cfg.StateDir = t.TempDir()
+		tree(t, src)
+		next := src + ".next"
+		tree(t, next)
+		lsynctest.WriteFile(t, next, "top.txt", "the next release", 0o644, time.Time{})
+		conn := &duringPass{Connector: lsynctest.LocalConnectors(t, cfg)[0], path: "a/1.txt", stream: true, act: func() {
+			must(t, os.Rename(src, src+".old"))
+			must(t, os.Rename(next, src))
+		}}
+		r := onceWith(t, cfg, conn)
+		if r.OK() || r.Verify == nil || r.Verify.Watched {
+			t.Fatalf("ReconcileOnce: OK=%v verify %+v: the docroot is now another directory, which the pass did not send", r.OK(), r.Verify)
+		}
+	})
 	t.Run("docroot symlink switched", func(t *testing.T) {
 		cfg, _, _ := localJobConfig(t, "peer")
 		cfg.StateDir = t.TempDir()

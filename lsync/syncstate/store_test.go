@@ -2,6 +2,7 @@ package syncstate
 
 import (
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -263,5 +264,92 @@ func TestWriteAppliesRenamesThenDeletionsThenPuts(t *testing.T) {
 		if size, exp := want[p]; ok != exp || ok && r.Size != size {
 			t.Errorf("%s: %+v %v, want present=%v size %d", p, r, ok, exp, size)
 		}
+	}
+}
+
+// TestStatsKeepsTheCountWithoutWalkingTheFile checks the number of paths
+// Stats reports against a model through random puts (new and existing
+// paths), subtree deletions (present and absent) and renames (over
+// existing paths and not), and that a store written since it was created
+// never walks its records to count them.
+func TestStatsKeepsTheCountWithoutWalkingTheFile(t *testing.T) {
+	for _, seed := range []uint64{1, 2, 3} {
+		p := filepath.Join(t.TempDir(), "state.db")
+		s, err := Open(p, "job")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(seed, 0))
+		model := map[string]bool{}
+		name := func() string {
+			parts := []string{"a", "b", "c"}[:1+rng.IntN(3)]
+			for i := range parts {
+				parts[i] = string(rune('a' + rng.IntN(3)))
+			}
+			return strings.Join(parts, "/")
+		}
+		under := func(p string) []string {
+			var out []string
+			for k := range model {
+				if k == p || strings.HasPrefix(k, p+"/") {
+					out = append(out, k)
+				}
+			}
+			return out
+		}
+		for range 300 {
+			switch rng.IntN(3) {
+			case 0:
+				puts := map[string]Record{}
+				for range 1 + rng.IntN(5) {
+					puts[name()] = Record{Mode: 0o644, Size: rng.Int64N(100)}
+				}
+				if err := s.Update(puts, nil); err != nil {
+					t.Fatal(err)
+				}
+				for k := range puts {
+					model[k] = true
+				}
+			case 1:
+				d := name()
+				if err := s.Update(nil, []string{d}); err != nil {
+					t.Fatal(err)
+				}
+				for _, k := range under(d) {
+					delete(model, k)
+				}
+			case 2:
+				from, to := name(), name()
+				if from == to || strings.HasPrefix(to, from+"/") || strings.HasPrefix(from, to+"/") {
+					continue // not a rename a filesystem makes
+				}
+				if err := s.Move(from, to); err != nil {
+					t.Fatal(err)
+				}
+				moved := under(from)
+				for _, k := range under(to) {
+					delete(model, k)
+				}
+				for _, k := range moved {
+					delete(model, k)
+					model[to+strings.TrimPrefix(k, from)] = true
+				}
+			}
+			if n, _ := s.Stats(); n != len(model) {
+				t.Fatalf("seed %d: Stats = %d paths, model has %d", seed, n, len(model))
+			}
+		}
+		if s.entries < 0 {
+			t.Errorf("seed %d: a store written since it was created had to count its records", seed)
+		}
+		s.Close()
+		s, err = Open(p, "job")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := s.Stats(); n != len(model) {
+			t.Errorf("seed %d: reopened, Stats = %d paths, model has %d", seed, n, len(model))
+		}
+		s.Close()
 	}
 }

@@ -2,12 +2,15 @@ package syncstate
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func TestStoreRoundTripAndSubtreeDelete(t *testing.T) {
@@ -270,8 +273,9 @@ func TestWriteAppliesRenamesThenDeletionsThenPuts(t *testing.T) {
 // TestStatsKeepsTheCountWithoutWalkingTheFile checks the number of paths
 // Stats reports against a model through random puts (new and existing
 // paths), subtree deletions (present and absent) and renames (over
-// existing paths and not), and that a store written since it was created
-// never walks its records to count them.
+// existing paths and not), that a store written since it was created
+// never walks its records to count them, that a reopened store takes the
+// count it recorded, and that a count another writer left stale is not.
 func TestStatsKeepsTheCountWithoutWalkingTheFile(t *testing.T) {
 	for _, seed := range []uint64{1, 2, 3} {
 		p := filepath.Join(t.TempDir(), "state.db")
@@ -347,9 +351,123 @@ func TestStatsKeepsTheCountWithoutWalkingTheFile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n, _ := s.Stats(); n != len(model) {
-			t.Errorf("seed %d: reopened, Stats = %d paths, model has %d", seed, n, len(model))
+		if s.entries != int64(len(model)) {
+			t.Errorf("seed %d: reopened, the recorded count is %d, model has %d", seed, s.entries, len(model))
+		}
+		s.Close()
+
+		// A lockstep that predates the recorded count writes a path: the
+		// count it left is stale, and is counted again.
+		db, err := bolt.Open(p, 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketEntries).Put([]byte("written/by/an/older/lockstep"), encode(Record{Mode: 0o644}))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		s, err = Open(p, "job")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.entries >= 0 {
+			t.Errorf("seed %d: a count left stale by another writer was trusted (%d)", seed, s.entries)
+		}
+		if n, _ := s.Stats(); n != len(model)+1 {
+			t.Errorf("seed %d: after an older writer, Stats = %d paths, want %d", seed, n, len(model)+1)
+		}
+		if err := s.SetInUse(false); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if s, err = Open(p, "job"); err != nil {
+			t.Fatal(err)
+		}
+		if s.entries != int64(len(model)+1) {
+			t.Errorf("seed %d: the count made after an older writer was not recorded: %d, want %d", seed, s.entries, len(model)+1)
 		}
 		s.Close()
 	}
+}
+
+// TestReadingTheStateKeepsLittleOfItMapped walks a state of 60k paths as
+// a trusted restart does (Children of every directory, after Stats) and
+// checks that this process never holds more than a slice of the file
+// mapped: bbolt reads through a shared mapping, and without releasing
+// its pages a walk holds the whole file in RSS.
+func TestReadingTheStateKeepsLittleOfItMapped(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.db")
+	s, err := Open(p, "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dirs, files = 300, 200
+	for d := range dirs {
+		puts := map[string]Record{fmt.Sprintf("dir-%04d", d): {Mode: uint32(os.ModeDir | 0o755)}}
+		for f := range files {
+			puts[fmt.Sprintf("dir-%04d/a-rather-long-file-name-%04d.html", d, f)] = Record{Mode: 0o644, Size: 256, MTimeNs: 1}
+		}
+		if err := s.Update(puts, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	s, err = Open(p, "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.Stats(); n != dirs*(files+1) {
+		t.Fatalf("Stats = %d paths, want %d", n, dirs*(files+1))
+	}
+	peak := mappedKiB(t, p)
+	var seen int
+	for d := range dirs {
+		err := s.Children(fmt.Sprintf("dir-%04d", d), func(string, Record) error {
+			if seen++; seen%1000 == 0 {
+				peak = max(peak, mappedKiB(t, p))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if seen != dirs*files {
+		t.Fatalf("Children listed %d paths, want %d", seen, dirs*files)
+	}
+	peak = max(peak, mappedKiB(t, p))
+	t.Logf("state file %d KiB, at most %d KiB of it mapped while read", fi.Size()>>10, peak)
+	if limit := int64(2048); peak > limit || peak*4 > fi.Size()>>10 {
+		t.Errorf("reading the state kept %d KiB of its %d KiB mapped (want at most %d and a quarter)", peak, fi.Size()>>10, limit)
+	}
+}
+
+// mappedKiB is this process's resident KiB of the mappings of file.
+func mappedKiB(t *testing.T, file string) int64 {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Skip("no /proc/self/smaps:", err)
+	}
+	var total int64
+	in := false
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		switch {
+		case len(fields) >= 5 && strings.Contains(fields[0], "-"): // a mapping's first line
+			in = len(fields) >= 6 && fields[5] == file
+		case in && len(fields) == 3 && fields[0] == "Rss:":
+			var kb int64
+			fmt.Sscan(fields[1], &kb)
+			total += kb
+		}
+	}
+	return total
 }

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package syncstate
+
+import bolt "go.etcd.io/bbolt"
+
+func release(*bolt.DB, int64) {}

@@ -201,6 +201,7 @@ func (s *Store) Get(path string) (Record, bool) {
 		if v != nil {
 			r, ok = decode(v)
 		}
+		s.readDone(tx, 1) // a daemon's lookups add up to the whole file
 		return nil
 	})
 	return r, ok

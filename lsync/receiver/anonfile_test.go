@@ -235,3 +235,105 @@ func TestDeliveryMarksOption(t *testing.T) {
 		})
 	}
 }
+
+// TestPutManyNewFilesGetTheModeAndOwnerAsked: a new file skips fchown and
+// fchmod only when the first new file of its directory was born with
+// exactly what it asks for; wherever the umask, a default ACL, a
+// set-group-ID directory, set-ID bits or another owner make a file's
+// birth differ from its request, it still lands with the mode and owner
+// asked, in a batch of files asking for different things.
+func TestPutManyNewFilesGetTheModeAndOwnerAsked(t *testing.T) {
+	root := os.Geteuid() == 0
+	mtime := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, dir string) // the directory the files land in
+		umask int
+	}{
+		{name: "plain"},
+		{name: "umask 027", umask: 0o027},
+		{name: "umask 077", umask: 0o077},
+		{name: "default ACL", setup: func(t *testing.T, dir string) {
+			// user::rwx group::--- other::--- (version 2, then tag, perm, id).
+			acl := []byte{2, 0, 0, 0}
+			for _, e := range [][2]uint16{{0x01, 7}, {0x04, 0}, {0x20, 0}} {
+				acl = append(acl, byte(e[0]), byte(e[0]>>8), byte(e[1]), byte(e[1]>>8), 0xff, 0xff, 0xff, 0xff)
+			}
+			if err := unix.Setxattr(dir, "system.posix_acl_default", acl, 0); err != nil {
+				t.Skip("no POSIX ACLs here:", err)
+			}
+		}},
+		{name: "set-group-ID directory", setup: func(t *testing.T, dir string) {
+			if !root {
+				t.Skip("needs root to give the directory another group")
+			}
+			if err := os.Chown(dir, 0, 4242); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, 0o2775); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(base, "d"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if tc.setup != nil {
+				tc.setup(t, filepath.Join(base, "d"))
+			}
+			r, err := OpenRoot(base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			if tc.umask != 0 {
+				old := unix.Umask(tc.umask)
+				defer unix.Umask(old)
+			}
+			me := &fileOwner{uid: os.Geteuid(), gid: os.Getegid()}
+			other := &fileOwner{uid: 1234, gid: 1234}
+			files := []putFile{
+				{rel: "d/a", mode: 0o644, own: me},
+				{rel: "d/b", mode: 0o644, own: me},
+				{rel: "d/c", mode: 0o600, own: me},
+				{rel: "d/d", mode: 0o755, own: me},
+				{rel: "d/e", mode: 0o644},
+				{rel: "d/f", mode: 0o755 | os.ModeSetuid, own: me},
+				{rel: "d/g", mode: 0o664, own: me},
+			}
+			if root {
+				files = append(files, putFile{rel: "d/h", mode: 0o644, own: other}, putFile{rel: "d/i", mode: 0o644, own: me})
+			}
+			for i := range files {
+				files[i].mtime, files[i].data = mtime, []byte(files[i].rel)
+			}
+			for i, res := range r.putMany(files) {
+				if res.err != nil || res.ownErr != nil {
+					t.Fatalf("%s: %v / %v", files[i].rel, res.err, res.ownErr)
+				}
+			}
+			for _, f := range files {
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(base, f.rel), &st); err != nil {
+					t.Fatal(err)
+				}
+				if got, want := st.Mode&0o7777, unixModeOf(f.mode); got != want {
+					t.Errorf("%s: mode %#o, want %#o", f.rel, got, want)
+				}
+				if f.own != nil && (int(st.Uid) != f.own.uid || int(st.Gid) != f.own.gid) {
+					t.Errorf("%s: owner %d:%d, want %d:%d", f.rel, st.Uid, st.Gid, f.own.uid, f.own.gid)
+				}
+			}
+		})
+	}
+}
+
+func unixModeOf(m os.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&os.ModeSetuid != 0 {
+		u |= unix.S_ISUID
+	}
+	return u
+}

@@ -594,6 +594,7 @@ type putResult struct{ err, ownErr error }
 func (r *Root) putMany(files []putFile) []putResult {
 	res := make([]putResult, len(files))
 	dfd, dir := -1, ""
+	var born birth // of dir's new files
 	defer func() {
 		if dfd >= 0 {
 			_ = unix.Close(dfd)
@@ -620,9 +621,9 @@ func (r *Root) putMany(files []putFile) []putResult {
 				res[i].err = err
 				continue
 			}
-			dfd, dir = fd, d
+			dfd, dir, born = fd, d, birth{}
 		}
-		if pr, ok := r.putNew(dfd, name, f); ok {
+		if pr, ok := r.putNew(dfd, name, f, &born); ok {
 			res[i] = pr
 			continue
 		}

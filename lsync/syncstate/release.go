@@ -18,6 +18,11 @@ import bolt "go.etcd.io/bbolt"
 // release may drop before they are read.
 const releaseEvery = 8192
 
+// seekCost is what a cursor's seek to a far key counts for in readDone:
+// about the number of records in the 64 KiB the kernel maps around a
+// page it faults in (fault_around_bytes).
+const seekCost = 512
+
 // readDone counts n records read or written and, every releaseEvery,
 // releases the mapped pages. tx must still be open: it keeps bbolt from
 // remapping the file meanwhile (a reader holds the mapping's read lock;

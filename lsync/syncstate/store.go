@@ -667,7 +667,7 @@ func (s *Store) Children(dir string, fn func(name string, r Record) error) error
 		read := 0
 		defer func() { s.readDone(tx, read) }()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); {
-			if read++; read == 1024 { // a directory may hold a million names
+			if read++; read >= 1024 { // a directory may hold a million names
 				s.readDone(tx, read)
 				read = 0
 			}
@@ -677,6 +677,10 @@ func (s *Store) Children(dir string, fn func(name string, r Record) error) error
 				// is missing): skip its subtree, '0' being '/'+1.
 				next := append(append([]byte(nil), k[:len(prefix)+i]...), '0')
 				k, v = c.Seek(next)
+				// Counted as the records of the 64 KiB the kernel maps
+				// around the page it lands on (fault-around): a root of
+				// 174 subdirectories mapped 11 MiB of a 300k-path state.
+				read += seekCost
 				continue
 			}
 			r, ok := decode(v)

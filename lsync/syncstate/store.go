@@ -21,7 +21,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -94,7 +93,7 @@ type Store struct {
 	countMu sync.Mutex
 	entries int64
 
-	reads atomic.Int64 // see readDone
+	mapped mapping // see readDone
 }
 
 // Open opens (creating it and its directory, both private) the state at
@@ -506,11 +505,9 @@ func (s *Store) count(tx *bolt.Tx) int64 {
 	var n int64
 	c := tx.Bucket(bucketEntries).Cursor()
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		if n++; n%releaseEvery == 0 {
-			release(s.db, tx.Size())
-		}
+		n++
+		s.readDone(tx, 1)
 	}
-	release(s.db, tx.Size())
 	return n
 }
 

@@ -2,7 +2,6 @@ package syncstate
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -14,22 +13,11 @@ import (
 // tree with it.
 func BenchmarkChildrenWalk(b *testing.B) {
 	p := filepath.Join(b.TempDir(), "state.db")
+	const dirs, files = 10000, 10
+	fillState(b, p, dirs, files, "d%05d", "/f%02d.html")
 	s, err := Open(p, "job")
 	if err != nil {
 		b.Fatal(err)
-	}
-	const dirs, files = 10000, 10
-	for d := 0; d < dirs; d += 100 {
-		puts := map[string]Record{}
-		for dd := d; dd < d+100; dd++ {
-			puts[fmt.Sprintf("d%05d", dd)] = Record{Mode: uint32(os.ModeDir | 0o755)}
-			for f := range files {
-				puts[fmt.Sprintf("d%05d/f%02d.html", dd, f)] = Record{Mode: 0o644, Size: 256, MTimeNs: 1}
-			}
-		}
-		if err := s.Update(puts, nil); err != nil {
-			b.Fatal(err)
-		}
 	}
 	defer s.Close()
 	b.ResetTimer()

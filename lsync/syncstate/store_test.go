@@ -400,22 +400,9 @@ func TestStatsKeepsTheCountWithoutWalkingTheFile(t *testing.T) {
 // its pages a walk holds the whole file in RSS.
 func TestReadingTheStateKeepsLittleOfItMapped(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "state.db")
-	s, err := Open(p, "job")
-	if err != nil {
-		t.Fatal(err)
-	}
 	const dirs, files = 600, 200
-	for d := range dirs {
-		puts := map[string]Record{fmt.Sprintf("dir-%04d", d): {Mode: uint32(os.ModeDir | 0o755)}}
-		for f := range files {
-			puts[fmt.Sprintf("dir-%04d/a-rather-long-file-name-%04d.html", d, f)] = Record{Mode: 0o644, Size: 256, MTimeNs: 1}
-		}
-		if err := s.Update(puts, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s.Close()
-	s, err = Open(p, "job")
+	fillState(t, p, dirs, files, "dir-%04d", "/a-rather-long-file-name-%04d.html")
+	s, err := Open(p, "job")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,4 +469,26 @@ func mappedKiB(t *testing.T, file string) int64 {
 		}
 	}
 	return total
+}
+
+// fillState records, in a new state at p, dirs directories named by
+// dirName and in each files files named by fileName (after the
+// directory's name), a transaction per directory.
+func fillState(tb testing.TB, p string, dirs, files int, dirName, fileName string) {
+	tb.Helper()
+	s, err := Open(p, "job")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer s.Close()
+	for d := range dirs {
+		dir := fmt.Sprintf(dirName, d)
+		puts := map[string]Record{dir: {Mode: uint32(os.ModeDir | 0o755)}}
+		for f := range files {
+			puts[dir+fmt.Sprintf(fileName, f)] = Record{Mode: 0o644, Size: 256, MTimeNs: 1}
+		}
+		if err := s.Update(puts, nil); err != nil {
+			tb.Fatal(err)
+		}
+	}
 }

@@ -12,8 +12,9 @@ import (
 // release drops the first size bytes of db's mapping from this process
 // (MADV_DONTNEED on a shared file mapping: the next read faults the page
 // back in from the page cache; nothing is lost, bbolt never writes
-// through the mapping). Only pages within the file can be mapped, so size
-// is the file's.
+// through the mapping). size is the database's as a transaction sees it:
+// never beyond the mapping, which is at least that large while the
+// transaction is open (what fault-around maps past it is at most 60 KiB).
 func release(db *bolt.DB, size int64) {
 	page := int64(os.Getpagesize())
 	n := (size + page - 1) &^ (page - 1)

@@ -85,11 +85,11 @@ type Store struct {
 	// without owners) to the current schema.
 	Migrated bool
 
-	// entries is the number of paths recorded (-1 until first counted),
-	// kept up by every write: counting them means reading every page of
-	// the file, which maps all of it into this process (11 MiB of a
-	// 16 MiB state of 110k paths, the peak of a first sync's memory when
-	// its report asked for the count at the end).
+	// entries is the number of paths recorded (-1: not known until
+	// counted), taken at Open from keyEntries and kept up by every write:
+	// counting them reads every page of the file, which maps all of it
+	// into this process (11 MiB of a 16 MiB state of 110k paths, the peak
+	// of a first sync's memory when its report asked for the count).
 	countMu sync.Mutex
 	entries int64
 
